@@ -1,0 +1,55 @@
+"""`vistog-bench`: run, profile, report, check, baseline, tasks, train.
+
+Each subcommand lives in the module that does its work; that module exposes `add_arguments(parser)` and
+`main(args) -> int`, and keeps heavy imports (torch, lmms-eval) inside `main` so `--help` stays fast.
+A `UsageError` anywhere becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import UsageError
+
+# subcommand -> (module, one-line help)
+COMMANDS = {
+    "run": ("vistog_bench.runner", "evaluate methods x budgets x tasks through lmms-eval (no arguments: embedded default)"),
+    "tasks": ("vistog_bench.task_catalog", "list the lmms-eval tasks and groups available, ours included"),
+    "profile": ("vistog_bench.profiling.cli", "controlled latency / FLOPs / memory / energy measurement per budget"),
+    "report": ("vistog_bench.report.cli", "render tables and figures from result folders"),
+    "check": ("vistog_bench.regress", "compare a run with a baseline; exit 1 on regression"),
+    "baseline": ("vistog_bench.regress_baseline", "write a baseline from a run: `baseline update RUN_DIR --name NAME`"),
+    "train": ("vistog_bench.demo.train", "train LLaVA / VisToG (stage 1 and 2) on LLaVA-format conversation data"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vistog-bench", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(sub)
+        sub.set_defaults(handler=module.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    # `vistog-bench` with no arguments runs the main job on the embedded default.
+    args = parser.parse_args(argv or ["run"])
+    try:
+        return int(args.handler(args) or 0)
+    except UsageError as exc:
+        print(f"vistog-bench {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"vistog-bench {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

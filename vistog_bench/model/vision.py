@@ -1,0 +1,164 @@
+"""CLIP vision tower with VisToG's semantic tokens and isolated attention.
+
+Glossary: B batch, P patches, I = 1 + P image tokens (CLS + patches), N semantic tokens, S = I + N,
+Dv vision width, h heads, dh head width.
+
+After CLIP's own embedding (patch convolution + CLS + position embeddings, exactly as stock), N learnable semantic
+tokens are concatenated. They are initialised like CLIP's class embedding (normal, std Dv^-0.5) and get **no**
+position embedding: they have no place in the image and read it through attention only. The stock encoder layers
+then run with *isolated attention*:
+
+    image queries    (CLS + patches) attend to image keys only        -> patch features are exactly stock CLIP's
+    semantic queries                 attend to image and semantic keys
+
+Implemented as two unmasked `scaled_dot_product_attention` calls on one shared Q/K/V projection (no dense S x S mask),
+so fast SDPA kernels stay usable. Layers after the feature layer are not run: LLaVA never reads them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import CLIPVisionConfig, CLIPVisionModel
+from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoderLayer
+
+from ..errors import UsageError
+
+
+@dataclass
+class VisionStates:
+    """Feature-layer states of one forward pass of the vision tower."""
+
+    patch_states: torch.Tensor  # [B, P, Dv], CLS dropped
+    cls_state: torch.Tensor  # [B, Dv]
+    semantic_states: torch.Tensor | None = None  # [B, N, Dv]; None with VisToG off
+    cls_attention: torch.Tensor | None = None  # [B, P] CLS -> patch attention at the feature layer, head mean
+    patch_keys: torch.Tensor | None = None  # [B, P, Dv] attention keys of the patches at the feature layer
+
+
+def isolated_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, num_image_tokens: int, scaling: float
+) -> torch.Tensor:
+    """Image queries see image keys only; the queries after them (semantic tokens) see every key.
+
+    query, key, value: [B, h, S, dh] with the I image tokens first. Returns [B, h, S, dh].
+    """
+    image = slice(0, num_image_tokens)
+    # [B, h, I, dh] <- softmax([B, h, I, dh] @ [B, h, dh, I]) @ [B, h, I, dh]
+    image_out = F.scaled_dot_product_attention(query[:, :, image], key[:, :, image], value[:, :, image], scale=scaling)
+    if query.shape[2] == num_image_tokens:
+        return image_out
+    # [B, h, N, dh] <- softmax([B, h, N, dh] @ [B, h, dh, S]) @ [B, h, S, dh]
+    semantic_out = F.scaled_dot_product_attention(query[:, :, num_image_tokens:], key, value, scale=scaling)
+    return torch.cat([image_out, semantic_out], dim=2)
+
+
+def _split_heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
+    batch, length, _ = x.shape
+    return x.view(batch, length, -1, head_dim).transpose(1, 2)  # [B, h, S, dh]
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    batch, _, length, _ = x.shape
+    return x.transpose(1, 2).reshape(batch, length, -1)  # [B, S, Dv]
+
+
+def _cls_attention(query: torch.Tensor, key: torch.Tensor, scaling: float) -> torch.Tensor:
+    """Softmax attention of the CLS query over the image keys, mean over heads, CLS column dropped: [B, P]."""
+    # [B, h, 1, I] <- [B, h, 1, dh] @ [B, h, dh, I]
+    weights = torch.softmax((query[:, :, :1] @ key.transpose(-1, -2)).float() * scaling, dim=-1)
+    return weights[:, :, 0, 1:].mean(dim=1)
+
+
+def encoder_layer_forward(
+    layer: CLIPEncoderLayer, hidden_states: torch.Tensor, num_image_tokens: int, isolated: bool
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """One stock CLIP encoder layer with isolated attention. Returns new states [B, S, Dv] and (query, key)."""
+    attn: CLIPAttention = layer.self_attn
+    residual = hidden_states
+    hidden_states = layer.layer_norm1(hidden_states)
+    query = _split_heads(attn.q_proj(hidden_states), attn.head_dim)  # [B, h, S, dh]
+    key = _split_heads(attn.k_proj(hidden_states), attn.head_dim)
+    value = _split_heads(attn.v_proj(hidden_states), attn.head_dim)
+    if isolated:
+        attended = isolated_attention(query, key, value, num_image_tokens, attn.scale)
+    else:
+        attended = F.scaled_dot_product_attention(query, key, value, scale=attn.scale)
+    hidden_states = residual + attn.out_proj(_merge_heads(attended))
+
+    residual = hidden_states
+    hidden_states = residual + layer.mlp(layer.layer_norm2(hidden_states))
+    return hidden_states, (query, key)
+
+
+def init_semantic_tokens(num_tokens: int, width: int, *, device=None, dtype=None) -> torch.Tensor:
+    """N learnable tokens drawn like CLIP's class embedding: normal(0, Dv^-0.5). Shape [1, N, Dv]."""
+    return torch.randn(1, num_tokens, width, device=device, dtype=dtype) * width**-0.5
+
+
+class VisToGVisionTower(CLIPVisionModel):
+    """Stock CLIPVisionModel weights plus `semantic_tokens` [1, N, Dv]; forward returns feature-layer `VisionStates`.
+
+    With `num_semantic_tokens=0` it computes exactly stock CLIP's feature-layer states (and stops there).
+    """
+
+    def __init__(self, config: CLIPVisionConfig, num_semantic_tokens: int = 0, isolated_attention: bool = True):
+        super().__init__(config)
+        self.isolated_attention = isolated_attention
+        if num_semantic_tokens:
+            self.semantic_tokens = nn.Parameter(init_semantic_tokens(num_semantic_tokens, config.hidden_size))
+        else:
+            self.semantic_tokens = None
+
+    @property
+    def num_patches(self) -> int:
+        return self.embeddings.num_patches
+
+    def layers_to_run(self, feature_layer: int) -> int:
+        """hidden_states[k] is the output of k layers (0: embeddings), so feature layer -2 of 24 layers runs 23."""
+        num_layers = len(self.encoder.layers)
+        count = feature_layer if feature_layer >= 0 else num_layers + 1 + feature_layer
+        if not 0 < count <= num_layers:
+            raise UsageError(f"vision_feature_layer {feature_layer} is outside a {num_layers}-layer encoder")
+        return count
+
+    def check_pixel_values(self, pixel_values: torch.Tensor) -> None:
+        size = self.config.image_size
+        if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (self.config.num_channels, size, size):
+            raise UsageError(
+                f"pixel_values must be [batch, {self.config.num_channels}, {size}, {size}] for this vision tower, "
+                f"got {list(pixel_values.shape)}; resize images with the checkpoint's image processor"
+            )
+
+    def forward(
+        self, pixel_values: torch.Tensor, feature_layer: int = -2, with_cls_attention: bool = False
+    ) -> VisionStates:
+        self.check_pixel_values(pixel_values)
+        hidden_states = self.embeddings(pixel_values)  # [B, I, Dv], CLS + patches + position embeddings
+        num_image_tokens = hidden_states.shape[1]
+        if self.semantic_tokens is not None:
+            semantic = self.semantic_tokens.to(hidden_states.dtype).expand(hidden_states.shape[0], -1, -1)
+            hidden_states = torch.cat([hidden_states, semantic], dim=1)  # [B, S, Dv]
+        hidden_states = self.pre_layrnorm(hidden_states)
+
+        for layer in self.encoder.layers[: self.layers_to_run(feature_layer)]:
+            hidden_states, (query, key) = encoder_layer_forward(
+                layer, hidden_states, num_image_tokens, self.isolated_attention
+            )
+
+        states = VisionStates(
+            patch_states=hidden_states[:, 1:num_image_tokens],
+            cls_state=hidden_states[:, 0],
+            semantic_states=hidden_states[:, num_image_tokens:] if self.semantic_tokens is not None else None,
+        )
+        if with_cls_attention:
+            image_key = key[:, :, :num_image_tokens]  # [B, h, I, dh]
+            states.cls_attention = _cls_attention(query, image_key, self.encoder.layers[0].self_attn.scale)
+            states.patch_keys = _merge_heads(image_key)[:, 1:]
+        return states
+
+
+__all__ = ["VisionStates", "VisToGVisionTower", "isolated_attention", "init_semantic_tokens"]
