@@ -1,7 +1,20 @@
 """VisToG on transformers' LLaVA-1.5."""
 
 from .config import VisToGConfig
+from .loading import load_checkpoint
 from .modeling import TokenReducer, VisToGForConditionalGeneration, VisToGModel
+from .processing import build_inputs, llava_prompt
+from .shapes import shape_config
 from .vision import VisionStates
 
-__all__ = ["VisToGConfig", "VisToGForConditionalGeneration", "VisToGModel", "VisionStates", "TokenReducer"]
+__all__ = [
+    "VisToGConfig",
+    "VisToGForConditionalGeneration",
+    "VisToGModel",
+    "VisionStates",
+    "TokenReducer",
+    "load_checkpoint",
+    "build_inputs",
+    "llava_prompt",
+    "shape_config",
+]
