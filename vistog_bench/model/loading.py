@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from ..errors import UsageError
@@ -61,7 +62,7 @@ def load_checkpoint(
             )
         else:
             model = VisToGForConditionalGeneration.from_pretrained(path, **kwargs)
-    except (OSError, RuntimeError) as exc:  # truncated or corrupt safetensors, mismatched shapes
+    except (OSError, RuntimeError, SafetensorError) as exc:  # truncated or corrupt safetensors, mismatched shapes
         raise UsageError(f"cannot load weights from {path}: {str(exc).splitlines()[0]}") from None
     processor = AutoProcessor.from_pretrained(path)
     return model.to(device).eval(), processor
