@@ -567,15 +567,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="JSON laid over the defaults in vistog_bench/regress_tolerances.json (see docs/regression.md)")
     parser.add_argument("--junit", metavar="FILE", help="write JUnit XML here (one test case per compared value)")
     parser.add_argument("--summary", metavar="FILE",
-                        help="write a Markdown summary here (e.g. $GITHUB_STEP_SUMMARY; appended to if it exists)")
+                        help="write a Markdown summary here (CI: `cat` it into $GITHUB_STEP_SUMMARY)")
     parser.add_argument("--quiet", action="store_true", help="print only failures and the headline, not every value")
 
 
-def _write_text(path: str, text: str, *, append: bool = False) -> None:
+def _write_text(path: str, text: str) -> None:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target, "a" if append else "w", encoding="utf-8") as handle:
-        handle.write(text)
+    target.write_text(text, encoding="utf-8")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -593,8 +592,7 @@ def main(args: argparse.Namespace) -> int:
     if args.junit:
         _write_text(args.junit, report.to_junit_xml())
     if args.summary:
-        # GitHub's job summary file is shared by every step of a job: add to it, don't replace it.
-        _write_text(args.summary, report.to_markdown(), append=True)
+        _write_text(args.summary, report.to_markdown())
     sys.stdout.flush()
     return report.exit_code
 
