@@ -38,7 +38,7 @@ from typing import Any, Iterable, Mapping
 from xml.etree import ElementTree
 
 from .errors import UsageError
-from .results import CellKey, CellResult, ProfileRecord, RunDir, load_run
+from .results import STATUS_OK, CellKey, CellResult, ProfileRecord, RunDir, load_run
 
 BASELINE_FORMAT = "vistog-bench-baseline/1"
 DEFAULT_TOLERANCES = "regress_tolerances.json"
@@ -76,6 +76,8 @@ class Tolerance:
         return self.allowed if self.mode == "abs" else self.allowed * abs(baseline)
 
     def describe(self) -> str:
+        if self.allowed == 0:
+            return "exact"
         amount = f"{self.allowed:g}" if self.mode == "abs" else f"{self.allowed:.0%}" if self.allowed >= 0.01 else f"{self.allowed:g} rel"
         sign = {"higher": "-", "lower": "+", "equal": "±"}[self.better]
         return f"{sign}{amount}"
@@ -506,9 +508,13 @@ def compare(baseline: Baseline, current: Mapping[CellKey, Mapping[str, float]], 
                                     f"cell not in the run ({len(cell.values)} baseline values unchecked)"))
             continue
         status = statuses[cell.key]
+        if status != cell.status and cell.status == STATUS_OK:
+            # One failure for the cell, not one `missing` per value it no longer has.
+            findings.append(Finding(cell.key, "status", cell.status, status, "same", FAIL,
+                                    f"{len(cell.values)} baseline values unchecked"))
+            continue
         if status != cell.status:
-            verdict = FAIL if cell.status == "ok" else IMPROVED if status == "ok" else PASS
-            findings.append(Finding(cell.key, "status", cell.status, status, "same", verdict))
+            findings.append(Finding(cell.key, "status", cell.status, status, "same", IMPROVED if status == STATUS_OK else PASS))
         now_values = current.get(cell.key, {})
         for key, old in sorted(cell.values.items()):
             tolerance = tolerances.for_value(cell.key, key)
