@@ -46,7 +46,7 @@ def tiny_processor(image_size: int = 336, vocab_size: int = 128) -> LlavaProcess
     )
     return LlavaProcessor(
         image_processor=image_processor, tokenizer=tiny_tokenizer(vocab_size), patch_size=14,
-        vision_feature_select_strategy="default", image_token="<image>",
+        vision_feature_select_strategy="default", image_token="<image>", num_additional_image_tokens=1,
     )
 
 

@@ -154,8 +154,8 @@ class VisToGForConditionalGeneration(VisToGPreTrainedModel, LlavaForConditionalG
     ) -> "VisToGForConditionalGeneration":
         """Wrap a stock LLaVA model: its modules are reused (no copy); VisToG's own parts are freshly initialised on
         the LLaVA model's device and dtype. `num_semantic_tokens=None` gives stock LLaVA behind this class."""
-        config_dict = llava.config.to_dict()
-        config_dict.pop("model_type", None)
+        vistog_keys = set(VisToGConfig.__annotations__) | {"model_type"}
+        config_dict = {k: v for k, v in llava.config.to_dict().items() if k not in vistog_keys}
         config = VisToGConfig(**config_dict, num_semantic_tokens=num_semantic_tokens, **vistog_settings)
         config._attn_implementation = llava.config._attn_implementation
         with torch.device("meta"):
