@@ -1,0 +1,356 @@
+"""Report tables as plain data (`Table`): the main method@budget table, the reported block, per-task details and the
+latency-by-stage table. Rendering to Markdown / LaTeX / CSV / HTML lives in `render.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..results import STAGES
+from .data import Efficiency, ReportData, Row, RunData, Setup, manifest_setup, method_order, stage_efficiencies
+from .metrics import metric_values, stderr_values
+from .reference import ReferenceSet
+
+AUTO = -1  # decimals: 4 decimals below 10, 2 above (raw lmms-eval metrics of unknown range)
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    header: str
+    better: str | None = None  # "max" | "min" | None: which value is marked best
+    decimals: int | None = 1  # None: a text column
+
+
+@dataclass
+class Cell:
+    value: float | str | None = None
+    text: str | None = None  # shown instead of the value: OOM, failed, n/a
+    marks: tuple[str, ...] = ()  # footnote marks
+    best: bool = False
+    stderr: float | None = None
+
+
+@dataclass
+class Table:
+    name: str  # file stem
+    title: str
+    columns: list[Column]
+    rows: list[dict[str, Cell]]
+    provenance: list[str]
+    notes: list[tuple[str, str]] = field(default_factory=list)  # (mark or "", text)
+    block_starts: set[int] = field(default_factory=set)  # row indices preceded by a rule
+    row_meta: list[dict[str, Any]] = field(default_factory=list)  # extra CSV columns per row (provenance)
+
+
+class Footnotes:
+    """Footnote marks a, b, c ... given out once per distinct text."""
+
+    def __init__(self, style: str = "alpha"):
+        self.style = style
+        self.items: list[tuple[str, str]] = []
+
+    def mark(self, text: str) -> str:
+        for mark, existing in self.items:
+            if existing == text:
+                return mark
+        n = len(self.items)
+        mark = str(n + 1) if self.style == "numeric" else "abcdefghijklmnopqrstuvwxyz"[n % 26] * (n // 26 + 1)
+        self.items.append((mark, text))
+        return mark
+
+
+def format_number(value: float, decimals: int) -> str:
+    if decimals == AUTO:
+        decimals = 4 if abs(value) < 10 else 2
+    text = f"{value:.{decimals}f}"
+    if value != 0 and float(text) == 0:  # tiny-model values would print as 0.00
+        text = f"{value:.3g}"
+    return text
+
+
+def mark_best(table: Table) -> None:
+    """Mark the best value of each column that has a direction, ties included, when at least two rows have one."""
+    for column in table.columns:
+        if column.better is None or column.decimals is None:
+            continue
+        cells = [row[column.key] for row in table.rows
+                 if column.key in row and row[column.key].text is None and isinstance(row[column.key].value, (int, float))]
+        if len(cells) < 2:
+            continue
+        shown = [float(format_number(c.value, column.decimals)) for c in cells]
+        best = max(shown) if column.better == "max" else min(shown)
+        for cell, value in zip(cells, shown):
+            cell.best = value == best
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# provenance
+# ---------------------------------------------------------------------------------------------------------------
+def _describe(values: list[str | None], what: str) -> str:
+    seen = sorted({v for v in values if v})
+    if not seen:
+        return f"{what} ?"
+    if len(seen) == 1:
+        return f"{what} {seen[0]}"
+    return f"{what} MIXED ({', '.join(seen)}; see the setup column)"
+
+
+def runs_line(runs: list[RunData]) -> str:
+    parts = []
+    for run in runs:
+        sha = (run.manifest.git_sha or "")[:10]
+        parts.append(f"{run.run_id} ({run.path}{', git ' + sha if sha else ''})")
+    return "Runs: " + "; ".join(parts) + "."
+
+
+def setup_lines(setups: list[Setup]) -> str:
+    return ("Setup: " + "; ".join([
+        _describe([s.device for s in setups], "device"),
+        _describe([s.dtype for s in setups], "dtype"),
+        _describe([s.path for s in setups], "path"),
+        _describe([s.batch_size for s in setups], "batch size"),
+        _describe([s.output_tokens for s in setups], "output tokens"),
+    ]) + ".")
+
+
+def is_mixed(setups: list[Setup]) -> bool:
+    return len({s.comparable() for s in setups}) > 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# main table
+# ---------------------------------------------------------------------------------------------------------------
+EFFICIENCY_COLUMNS = (
+    Column("tflops", "Prefill TFLOPs", "min", 2),
+    Column("ttft_ms", "TTFT (ms)", "min", 1),
+    Column("total_ms", "E2E (ms)", "min", 1),
+    Column("speedup", "Speedup (×)", "max", 2),
+    Column("kv_mib", "KV cache (MiB)", "min", 1),
+    Column("peak_mib", "Peak mem (MiB)", "min", 1),
+    Column("joules", "J / sample", "min", 2),
+)
+
+
+def _efficiency_cells(row: Row) -> dict[str, Cell]:
+    eff = row.efficiency
+    if eff is None:
+        return {c.key: Cell() for c in EFFICIENCY_COLUMNS}
+    values = {
+        "tflops": eff.prefill_tflops,
+        "ttft_ms": eff.ttft_ms,
+        "total_ms": eff.total_ms,
+        "speedup": row.speedup,
+        "kv_mib": eff.kv_cache_mib,
+        "peak_mib": eff.peak_memory_mib,
+        "joules": eff.joules_per_sample,
+    }
+    return {k: Cell(v) for k, v in values.items()}
+
+
+def main_table(data: ReportData) -> Table:
+    notes = Footnotes()
+    units = {}
+    for task in data.tasks:
+        heads = [r.scores[task].headline for r in data.rows if task in r.scores and r.scores[task].headline]
+        units[task] = heads[0] if heads else None
+    columns = [Column("method", "Method", None, None), Column("tokens", "Tokens", None, 0)]
+    for task in data.tasks:
+        head = units[task]
+        columns.append(Column(f"task:{task}", f"{task} ({head.unit})" if head else task, "max", head.decimals if head else 1))
+    columns.append(Column("retention", "Avg. retention (%)", "max", 1))
+    columns.extend(EFFICIENCY_COLUMNS)
+
+    setups = [r.setup for r in data.rows]
+    mixed = is_mixed(setups)
+    rows: list[dict[str, Cell]] = []
+    meta: list[dict[str, Any]] = []
+    block_starts: set[int] = set()
+    for index, row in enumerate(data.rows):
+        if index > 0 and row.budget != data.rows[index - 1].budget:
+            block_starts.add(index)
+        cells = {"method": Cell(row.label + (" (full)" if row.full_budget else "")), "tokens": Cell(row.visual_tokens)}
+        for task in data.tasks:
+            score = row.scores.get(task)
+            if score is None:
+                cells[f"task:{task}"] = Cell()
+            elif score.status == "ok":
+                cells[f"task:{task}"] = Cell(score.value)
+            elif score.status == "oom":
+                cells[f"task:{task}"] = Cell(text="OOM")
+            else:
+                cells[f"task:{task}"] = Cell(text="failed", marks=(notes.mark(f"{task} @ {row.label}: {score.reason}"),))
+        if not row.scores:
+            cells["retention"] = Cell()
+        elif row.avg_retention is None:
+            cells["retention"] = Cell(text="n/a", marks=(notes.mark(
+                "retention n/a: no full-budget score for these benchmarks in the same run"),))
+        elif row.n_retention < len([t for t in data.tasks if t in row.scores]):
+            cells["retention"] = Cell(row.avg_retention, marks=(notes.mark(
+                f"averaged over the {row.n_retention} of {len([t for t in data.tasks if t in row.scores])} "
+                "benchmarks that have both a score and a full-budget score"),))
+        else:
+            cells["retention"] = Cell(row.avg_retention)
+        cells.update(_efficiency_cells(row))
+        if mixed:
+            cells["setup"] = Cell(row.setup.label())
+        rows.append(cells)
+        eff = row.efficiency
+        meta.append({
+            "runs": " ".join(row.run_ids),
+            "device": row.setup.device, "dtype": row.setup.dtype, "path": row.setup.path,
+            "batch_size": row.setup.batch_size, "output_tokens": row.setup.output_tokens,
+            "latency_source": eff.source if eff else None,
+            "flops_source": eff.flops_source if eff else None,
+        })
+    empty = [c for c in EFFICIENCY_COLUMNS if all(r[c.key].value is None and r[c.key].text is None for r in rows)]
+    if empty:
+        columns = [c for c in columns if c not in empty]
+        for r in rows:
+            for c in empty:
+                r.pop(c.key, None)
+    if mixed:
+        columns.append(Column("setup", "Setup", None, None))
+    table = Table("main", "Accuracy and efficiency per method @ visual-token budget", columns, rows, [], [],
+                  block_starts, meta)
+    mark_best(table)
+
+    latency_sources = sorted({r.efficiency.source.split(" (")[0] for r in data.rows if r.efficiency})
+    table.provenance = [runs_line(data.runs), setup_lines(setups)]
+    if latency_sources:
+        table.provenance.append(
+            "Latency: " + (" and ".join(latency_sources)) +
+            " (controlled = `vistog-bench profile` measurement at batch size 1 where present, forced output length; "
+            "request median = medians over served requests). TTFT = vision + grouping + projector + prefill; "
+            "speedup = full-budget E2E / this E2E within the same run.")
+    if empty:
+        table.provenance.append("No profile data for: " + ", ".join(c.header for c in empty) + " (columns left out).")
+    table.provenance.append("Scores: " + "; ".join(
+        f"{t} = {units[t].metric}{' x100' if units[t] and units[t].scale == 100 else ''}" for t in data.tasks if units[t])
+        + ". Retention = score / the same run's full-budget score, averaged over benchmarks. Best per column in bold."
+        if data.tasks else "Scores: no metrics.json cells.")
+    if mixed:
+        table.provenance.append("Rows come from different devices, paths, dtypes or batch sizes: compare latency "
+                                "only within rows of the same setup.")
+    table.notes = notes.items + [("", n) for n in data.notes]
+    return table
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# reported block
+# ---------------------------------------------------------------------------------------------------------------
+def reference_table(reference: ReferenceSet) -> Table:
+    notes = Footnotes(style="numeric")
+    columns = [Column("method", "Method (reported)", None, None), Column("tokens", "Tokens", None, 0)]
+    columns += [Column(f"bench:{b}", b, None, 0 if b == "mme" else 1) for b in reference.benchmarks]
+    columns.append(Column("retention", "Avg. retention (%)", None, 1))
+    rows, meta, blocks = [], [], set()
+    ordered = sorted(reference.rows, key=lambda r: -r.visual_tokens)
+    for index, ref in enumerate(ordered):
+        if index > 0 and ref.visual_tokens != ordered[index - 1].visual_tokens:
+            blocks.add(index)
+        marks = [notes.mark(ref.source)]
+        if ref.note:
+            marks.append(notes.mark(ref.note))
+        cells = {"method": Cell(ref.method, marks=tuple(marks)), "tokens": Cell(ref.visual_tokens)}
+        for b in reference.benchmarks:
+            cells[f"bench:{b}"] = Cell(ref.scores.get(b))
+        cells["retention"] = Cell(ref.retention) if ref.retention is not None else Cell(text="n/a")
+        rows.append(cells)
+        meta.append({"source": ref.source, "note": ref.note, "file": str(ref.file)})
+    provenance = [
+        "Reported in papers, not measured here; never averaged with measured rows. "
+        "Files: " + ", ".join(str(f) for f in reference.files) + ".",
+        "MME = perception + cognition; other benchmarks in %. Retention = mean of value / the same source's "
+        "full-budget value (n/a where that source gives no full-budget row).",
+    ]
+    return Table("reported", "Reported numbers (published, for context)", columns, rows, provenance, notes.items,
+                 blocks, meta)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# per-task details
+# ---------------------------------------------------------------------------------------------------------------
+def task_tables(data: ReportData) -> list[Table]:
+    tables = []
+    several_runs = len(data.runs) > 1
+    for task in data.tasks:
+        cells = [(run, c) for run in data.runs for c in run.cells if c.task == task]
+        cells.sort(key=lambda rc: (-rc[1].budget, method_order(rc[1].method), rc[0].run_id))
+        metric_names: list[str] = []
+        for _, cell in cells:
+            for name in metric_values(cell.metrics):
+                if name not in metric_names:
+                    metric_names.append(name)
+        columns = [Column("method", "Method", None, None), Column("status", "Status", None, None),
+                   Column("n", "n", None, 0)]
+        columns += [Column(f"metric:{m}", m, None, AUTO) for m in metric_names]
+        rows, meta, blocks = [], [], set()
+        for index, (run, cell) in enumerate(cells):
+            if index > 0 and cell.budget != cells[index - 1][1].budget:
+                blocks.add(index)
+            values = metric_values(cell.metrics)
+            errors = stderr_values(cell.stderr, cell.metrics)
+            label = f"{cell.method}@{cell.budget}" + (f" [{run.run_id}]" if several_runs else "")
+            row = {"method": Cell(label), "status": Cell(cell.status), "n": Cell(cell.n_samples)}
+            for m in metric_names:
+                value = values.get(m)
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    row[f"metric:{m}"] = Cell(float(value), stderr=errors.get(m))
+                else:
+                    row[f"metric:{m}"] = Cell(None if value is None else str(value))
+            rows.append(row)
+            meta.append({"run": run.run_id})
+        runs = [r for r in data.runs if any(c.task == task for c in r.cells)]
+        provenance = [runs_line(runs), setup_lines([manifest_setup(r.manifest) for r in runs]),
+                      "Every metric lmms-eval returned, as it returned it (filter suffix dropped), ± its stderr."]
+        tables.append(Table(f"task_{_slug(task)}", f"{task}: all metrics", columns, rows, provenance, [], blocks, meta))
+    return tables
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# latency by stage
+# ---------------------------------------------------------------------------------------------------------------
+def stage_rows(data: ReportData) -> list[Efficiency]:
+    effs = [e for run in data.runs for e in stage_efficiencies(run)]
+    effs.sort(key=lambda e: (e.run_id, -e.budget, method_order(e.method), e.kind, e.setup.path or "",
+                             e.setup.batch_size or ""))
+    return effs
+
+
+def stage_table(data: ReportData) -> Table:
+    several_runs = len(data.runs) > 1
+    columns = [Column("method", "Method", None, None), Column("source", "Source", None, None),
+               Column("setup", "Setup", None, None), Column("tokens", "Tokens", None, 0)]
+    columns += [Column(f"stage:{s}", f"{s} (ms)", None, 2) for s in STAGES]
+    columns += [Column("per_token", "decode / token (ms)", None, 2), Column("ttft", "TTFT (ms)", None, 2),
+                Column("total", "total (ms)", None, 2), Column("spread", "total p10–p90 (ms)", None, None)]
+    rows, meta, blocks = [], [], set()
+    effs = stage_rows(data)
+    for index, eff in enumerate(effs):
+        if index > 0 and (eff.run_id, eff.budget) != (effs[index - 1].run_id, effs[index - 1].budget):
+            blocks.add(index)
+        label = f"{eff.method}@{eff.budget}" + (f" [{eff.run_id}]" if several_runs else "")
+        row = {"method": Cell(label), "source": Cell(eff.source), "setup": Cell(eff.setup.label()),
+               "tokens": Cell(eff.visual_tokens if eff.visual_tokens is not None else eff.budget)}
+        for s in STAGES:
+            row[f"stage:{s}"] = Cell(eff.stage_ms.get(s))
+        row["per_token"] = Cell(eff.decode_per_token_ms)
+        row["ttft"] = Cell(eff.ttft_ms)
+        row["total"] = Cell(eff.total_ms)
+        spread = eff.total_spread_ms
+        row["spread"] = Cell(f"{spread[0]:.2f}–{spread[1]:.2f}" if spread else None)
+        rows.append(row)
+        meta.append({"run": eff.run_id, "kind": eff.kind, "n_records": eff.n_records})
+    provenance = [runs_line([r for r in data.runs if r.profile]) if any(r.profile for r in data.runs)
+                  else "Runs: none with profile records.",
+                  setup_lines([e.setup for e in effs]),
+                  "Controlled rows: medians over repeats of one `vistog-bench profile` measurement (the last written "
+                  "per setup); request rows: medians over served requests. TTFT = vision + grouping + projector + "
+                  "prefill."]
+    return Table("stages", "Latency by stage", columns, rows, provenance, [], blocks, meta)
