@@ -1,0 +1,209 @@
+"""Analytic FLOPs per stage: every formula of the harness, in one place.
+
+Convention (DESIGN.md): FLOPs are floating-point operations, **2 per multiply-add**, matrix products only (linear
+layers, convolutions, attention scores and attention-weighted values): the operations `FlopCounterMode` counts.
+Norms, softmax, activations, rotary embeddings and residual adds are left out (they are < 1 % at LLaVA's widths and
+are memory-bound anyway; the roofline floor accounts for bytes instead).
+
+Glossary: B batch (prompts), Bi images, P patches (576), I = 1 + P image tokens (CLS + patches), N semantic tokens,
+S = I + N, Dv vision width, Fv vision MLP width, Lv vision layers run (up to LLaVA's feature layer: 23 of 24),
+p patch size, C channels, D LLM width, Dkv = n_kv_heads * head_dim, F LLM MLP width, L LLM layers, V vocabulary,
+q new tokens of an LLM forward, k keys it attends to (KV length, new tokens included), n visual tokens into the
+projector (N with VisToG, P stock).
+
+    vision   = Bi * [ 2 P (C p^2) Dv                                       patch embedding (a convolution)
+                    + Lv * ( 2 S Dv (3 Dv) + 2 S Dv Dv                     Q, K, V and output projections
+                           + 2 S (2 Dv Fv)                                 CLIP MLP: two matrices
+                           + 4 I I Dv + 4 N S Dv ) ]                       isolated attention: image queries over
+                                                                           I keys, semantic queries over S keys
+                                                                           (4 S S Dv when attention is not isolated)
+    grouping = Bi * [ 2 N Dv^2 + 2 P Dv^2 + 2 N P Dv                       q, k and the [N, P] assignment logits
+                    + 2 P Dv^2 + 2 N P Dv + 2 N Dv^2                       v, assignment @ v, output projection
+                    + 2 N (2 Dv Fg) ]                                      residual MLP (Fg = ratio * Dv)
+    projector= Bi * 2 n (Dv D + D D)                                       LLaVA's two-layer MLP projector
+    llm(q,k) = B * [ L * ( 2 q D (D + 2 Dkv) + 2 q D D                     Q, K, V, O projections
+                         + 2 q (3 D F)                                     LLaMA MLP: gate, up, down (3 matrices)
+                         + 4 q k D )                                       scores Q K^T and weights @ V, full (the
+                                                                           kernels do not skip the causal half)
+                   + 2 t D V ]                                             logits for t tokens
+    prefill  = llm(q=T, k=T) with t = 1 (generate asks for the last token's logits only)
+    decode   = sum over generated tokens 2..n of llm(q=1, k=T+i-1) with t = 1
+
+Check (the issue's): llava-1.5-7b, T = 576 + 64 = 640: prefill = 8.504e12 FLOPs, what FlopCounterMode counted on an H100.
+
+FastV's convention (Chen et al., "An Image is Worth 1/2 Tokens After Layer 2", ECCV 2024, eq. for FLOPs) counts
+multiply-adds and two MLP matrices: per layer 4 n d^2 + 2 n^2 d + 2 n d m. `fastv_llm_flops` gives it so tables can
+match papers; it is about 0.35x ours for LLaMA-7B (half for multiply-adds, and 2 of LLaMA's 3 MLP matrices).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+CONVENTION = "2 FLOPs per multiply-add; matrix products only; LLaMA MLP with 3 matrices; full attention"
+FASTV_CONVENTION = "FastV: multiply-adds; per layer 4nd^2 + 2n^2d + 2ndm (2 MLP matrices)"
+
+STAGE_KEYS = ("vision", "grouping", "projector", "prefill", "decode")
+
+
+@dataclass(frozen=True)
+class ArchShape:
+    """The sizes the formulas need, read from a (VisToG or LLaVA) config."""
+
+    channels: int
+    patch_size: int
+    num_patches: int  # P
+    vision_width: int  # Dv
+    vision_mlp: int  # Fv
+    vision_layers_run: int  # Lv
+    isolated_attention: bool
+    grouping_mlp: int  # Fg
+    width: int  # D
+    kv_width: int  # Dkv
+    mlp: int  # F
+    layers: int  # L
+    vocab: int  # V
+    num_kv_heads: int
+    head_dim: int
+
+    @classmethod
+    def from_config(cls, config) -> "ArchShape":
+        vision, text = config.vision_config, config.text_config
+        feature_layer = config.vision_feature_layer
+        layers_run = feature_layer if feature_layer >= 0 else vision.num_hidden_layers + 1 + feature_layer
+        heads = text.num_attention_heads
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+        kv_heads = getattr(text, "num_key_value_heads", None) or heads
+        return cls(
+            channels=vision.num_channels,
+            patch_size=vision.patch_size,
+            num_patches=(vision.image_size // vision.patch_size) ** 2,
+            vision_width=vision.hidden_size,
+            vision_mlp=vision.intermediate_size,
+            vision_layers_run=layers_run,
+            isolated_attention=getattr(config, "isolated_attention", True),
+            grouping_mlp=int(vision.hidden_size * getattr(config, "grouping_mlp_ratio", 4.0)),
+            width=text.hidden_size,
+            kv_width=kv_heads * head_dim,
+            mlp=text.intermediate_size,
+            layers=text.num_hidden_layers,
+            vocab=text.vocab_size,
+            num_kv_heads=kv_heads,
+            head_dim=head_dim,
+        )
+
+
+# -- the formulas ----------------------------------------------------------------------------------------------------
+def vision_flops(shape: ArchShape, images: int, semantic_tokens: int) -> float:
+    """CLIP tower up to the feature layer with N semantic tokens (N = 0: stock CLIP)."""
+    dv, p, n = shape.vision_width, shape.num_patches, semantic_tokens
+    i = 1 + p
+    s = i + n
+    patch_embedding = 2 * p * (shape.channels * shape.patch_size**2) * dv
+    projections = 2 * s * dv * (3 * dv) + 2 * s * dv * dv
+    mlp = 2 * s * (2 * dv * shape.vision_mlp)
+    if shape.isolated_attention:
+        attention = 4 * i * i * dv + 4 * n * s * dv
+    else:
+        attention = 4 * s * s * dv
+    return float(images * (patch_embedding + shape.vision_layers_run * (projections + mlp + attention)))
+
+
+def grouping_flops(shape: ArchShape, images: int, groups: int) -> float:
+    """The grouping layer: N groups over P patches (0 when VisToG is off)."""
+    if groups == 0:
+        return 0.0
+    dv, p, n = shape.vision_width, shape.num_patches, groups
+    assignment = 2 * n * dv * dv + 2 * p * dv * dv + 2 * n * p * dv
+    pooling = 2 * p * dv * dv + 2 * n * p * dv + 2 * n * dv * dv
+    mlp = 2 * n * (2 * dv * shape.grouping_mlp)
+    return float(images * (assignment + pooling + mlp))
+
+
+def projector_flops(shape: ArchShape, tokens: int) -> float:
+    """LLaVA's projector on `tokens` vision tokens in all (images x tokens per image)."""
+    return float(2 * tokens * (shape.vision_width * shape.width + shape.width * shape.width))
+
+
+def llm_flops(shape: ArchShape, batch: int, new_tokens: int, kv_length: int, logits_tokens: int = 1) -> float:
+    """One LLaMA forward: q = `new_tokens` per prompt attending to k = `kv_length` keys; logits for `logits_tokens`."""
+    d, q, k = shape.width, new_tokens, kv_length
+    projections = 2 * q * d * (d + 2 * shape.kv_width) + 2 * q * d * d
+    mlp = 2 * q * (3 * d * shape.mlp)
+    attention = 4 * q * k * d
+    logits = 2 * logits_tokens * d * shape.vocab
+    return float(batch * (shape.layers * (projections + mlp + attention) + logits))
+
+
+def prefill_flops(shape: ArchShape, batch: int, prompt_tokens: int) -> float:
+    return llm_flops(shape, batch, prompt_tokens, prompt_tokens, logits_tokens=1)
+
+
+def decode_step_flops(shape: ArchShape, batch: int, kv_length: int) -> float:
+    """One generated token whose forward attends to `kv_length` keys (itself included)."""
+    return llm_flops(shape, batch, 1, kv_length, logits_tokens=1)
+
+
+def decode_flops(shape: ArchShape, batch: int, prompt_tokens: int, output_tokens: int) -> float:
+    """All decode steps of a generate that returns `output_tokens` tokens (the first comes from the prefill)."""
+    return sum(decode_step_flops(shape, batch, prompt_tokens + i) for i in range(1, output_tokens))
+
+
+def fastv_llm_flops(shape: ArchShape, batch: int, tokens: int) -> float:
+    """FastV's convention for an LLM forward over n tokens: multiply-adds, two MLP matrices, no logits."""
+    n, d, m = tokens, shape.width, shape.mlp
+    return float(batch * shape.layers * (4 * n * d * d + 2 * n * n * d + 2 * n * d * m))
+
+
+# -- one cell of a sweep -----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StageFlops:
+    """Analytic FLOPs by stage for one generate: `by_stage` has the STAGE_KEYS and `total`."""
+
+    by_stage: dict[str, float]
+    decode_per_token: float | None  # mean over decode steps; None with one output token
+    fastv_prefill: float
+    convention: str = CONVENTION
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def generate_flops(
+    shape: ArchShape, *, budget: int, batch_size: int, text_tokens: int, output_tokens: int, images_per_prompt: int = 1
+) -> StageFlops:
+    """A generate of `output_tokens` tokens for `batch_size` prompts of `images_per_prompt` images at `budget` tokens
+    per image and `text_tokens` text tokens. budget == P is stock LLaVA (no semantic tokens, no grouping)."""
+    images = batch_size * images_per_prompt
+    semantic = 0 if budget == shape.num_patches else budget
+    prompt = images_per_prompt * budget + text_tokens
+    by_stage = {
+        "vision": vision_flops(shape, images, semantic),
+        "grouping": grouping_flops(shape, images, semantic),
+        "projector": projector_flops(shape, images * budget),
+        "prefill": prefill_flops(shape, batch_size, prompt),
+        "decode": decode_flops(shape, batch_size, prompt, output_tokens),
+    }
+    by_stage["total"] = sum(by_stage.values())
+    steps = output_tokens - 1
+    return StageFlops(
+        by_stage=by_stage,
+        decode_per_token=by_stage["decode"] / steps if steps > 0 else None,
+        fastv_prefill=fastv_llm_flops(shape, batch_size, prompt),
+    )
+
+
+__all__ = [
+    "ArchShape",
+    "StageFlops",
+    "CONVENTION",
+    "FASTV_CONVENTION",
+    "STAGE_KEYS",
+    "vision_flops",
+    "grouping_flops",
+    "projector_flops",
+    "llm_flops",
+    "prefill_flops",
+    "decode_step_flops",
+    "decode_flops",
+    "fastv_llm_flops",
+    "generate_flops",
+]

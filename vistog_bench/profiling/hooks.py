@@ -1,0 +1,104 @@
+"""Forward hooks on the model's stage modules: the profiler observes the model from outside, the model carries no
+timing code.
+
+    vision     model.model.vision_tower            VisToGVisionTower (CLIP + semantic tokens)
+    grouping   model.model.grouping                VisToGGroupingLayer (absent with VisToG off)
+    projector  model.model.multi_modal_projector   LLaVA's projector
+    llm        model.model.language_model          LLaMA decoder: the first call of a generate is the prefill,
+    lm_head    model.lm_head                       each later call one decode step (lm_head closes the step)
+
+Hooks do nothing while torch.compile traces (`torch.compiler.is_compiling()`): a compiled region runs without them,
+and the profiler falls back to coarser spans there (see profiler.py).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator, Protocol
+
+import torch
+from torch import nn
+
+STAGE_MODULES = {
+    "vision": ("model", "vision_tower"),
+    "grouping": ("model", "grouping"),
+    "projector": ("model", "multi_modal_projector"),
+    "llm": ("model", "language_model"),
+    "lm_head": ("lm_head",),
+}
+
+
+class StageObserver(Protocol):
+    def enter(self, stage: str, module: nn.Module, args: tuple, kwargs: dict) -> None: ...
+
+    def exit(self, stage: str, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None: ...
+
+
+def stage_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """The stage modules the model has (grouping is None with VisToG off and is then left out)."""
+    found = {}
+    for stage, path in STAGE_MODULES.items():
+        module = model
+        for name in path:
+            module = getattr(module, name, None)
+            if module is None:
+                break
+        if module is not None:
+            found[stage] = module
+    missing = {"vision", "projector", "llm", "lm_head"} - found.keys()
+    if missing:
+        raise TypeError(f"not a LLaVA / VisToG model: no {', '.join(sorted(missing))} module")
+    return found
+
+
+def llm_new_tokens(args: tuple, kwargs: dict) -> tuple[int, int]:
+    """(batch, new tokens) of a decoder call, from inputs_embeds [B, q, D] or input_ids [B, q]."""
+    for name in ("inputs_embeds", "input_ids"):
+        tensor = kwargs.get(name)
+        if isinstance(tensor, torch.Tensor):
+            return tensor.shape[0], tensor.shape[1]
+    for tensor in args:
+        if isinstance(tensor, torch.Tensor) and tensor.ndim >= 2:
+            return tensor.shape[0], tensor.shape[1]
+    return 0, 0
+
+
+def first_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    for value in list(args) + list(kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            return value
+    return None
+
+
+@contextmanager
+def stage_hooks(model: nn.Module, observer: StageObserver) -> Iterator[list]:
+    """Install pre/post forward hooks on every stage module, calling `observer`; all are removed on exit."""
+    handles = []
+
+    def add(stage: str, module: nn.Module) -> None:
+        def pre(mod, args, kwargs):
+            if not torch.compiler.is_compiling():
+                observer.enter(stage, mod, args, kwargs)
+
+        def post(mod, args, kwargs, output):
+            if not torch.compiler.is_compiling():
+                observer.exit(stage, mod, args, kwargs, output)
+
+        handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+        handles.append(module.register_forward_hook(post, with_kwargs=True))
+
+    try:
+        for stage, module in stage_modules(model).items():
+            add(stage, module)
+        yield handles
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def hook_count(model: nn.Module) -> int:
+    """Forward hooks (pre and post) installed on any submodule: 0 once every profiler has detached."""
+    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
+
+
+__all__ = ["STAGE_MODULES", "StageObserver", "stage_modules", "stage_hooks", "hook_count", "llm_new_tokens"]

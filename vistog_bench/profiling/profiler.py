@@ -1,0 +1,437 @@
+"""Per-request stage profiling: the profiler attaches hooks from outside the model and turns each request into a
+`ProfileRecord` (kind="request").
+
+    profiler = RequestProfiler(model, device="cuda")         # no hooks yet
+    with profiler.attached():                                # installs hooks; removes them on exit
+        with profiler.request(method="vistog", budget=64, batch_size=8, task="mme") as req:
+            with req.stage("preprocess"):                    # a CPU stage the caller times
+                inputs = ...
+            out = model.generate(**inputs)
+            req.set_tokens(visual=64, text=40, output=12)    # per prompt; inferred from the hooks if not given
+        record = req.record
+
+Stage times (milliseconds):
+    preprocess   the caller's `req.stage("preprocess")` (host perf_counter; other caller stage names go to
+                 extra["stages_ms"])
+    vision       vision tower forward (CLIP up to the feature layer, semantic tokens included)
+    grouping     grouping layer forward (None when no grouping ran: VisToG off)
+    projector    multi-modal projector forward
+    prefill      the LLM's first forward of the generate, lm_head included (the first token's logits)
+    decode       from the end of the prefill to the end of the last decode step: every generated token after the
+                 first, with the sampling and bookkeeping between forwards (what a user waits for)
+    total        the whole request, from entering `request()` to leaving it
+extra["ttft_ms"] is the time to first token: request start -> first token's logits (preprocess, vision, grouping,
+projector and prefill, plus the glue between them).
+
+On CUDA every mark is an event on the current stream; the request synchronises once, when it closes. On CPU marks
+are perf_counter readings. Memory: on CUDA the allocator's peak per stage (`reset_peak_memory_stats` at each stage's
+start: anything else reading `max_memory_allocated` during a request sees these resets); everywhere the process's
+peak RSS over the request. Energy: NVML's total-energy counter before and after (see nvml.py).
+
+With `path="compiled"` (torch.compile / CUDA graphs for decode steps, prefill eager as transformers does it) the
+hooks are silent inside the compiled region: decode is then timed as one span, prefill end -> request end, and its
+step count is `output_tokens - 1`.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from ..results import ProfileRecord
+from . import flops as F
+from .counting import MISMATCH_TOLERANCE, flop_counter, mismatches
+from .hooks import first_tensor, llm_new_tokens, stage_hooks
+from .memory import kv_cache_bytes, measured_cache_bytes, module_bytes, peak_rss_bytes, reset_peak_rss
+from .nvml import EnergyMeter
+from .timers import make_clock
+
+PATHS = ("eager", "compiled")
+DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+
+@dataclass
+class _Span:
+    """One forward of a vision-side module; `size` holds what its FLOPs depend on."""
+
+    stage: str
+    start: Any
+    end: Any = None
+    size: tuple[int, ...] = ()
+    flops_start: float = 0.0
+    flops: float = 0.0
+
+
+@dataclass
+class _LlmStep:
+    """One LLM forward (+ lm_head): the prefill or one decode step."""
+
+    kind: str  # "prefill" | "decode"
+    batch: int
+    new_tokens: int
+    kv_length: int
+    start: Any
+    end: Any = None
+    logits_tokens: int = 1
+    flops_start: float = 0.0
+    flops: float = 0.0
+
+
+@dataclass
+class _Tokens:
+    visual: int | None = None
+    text: int | None = None
+    output: int | None = None
+
+
+class Request:
+    """One request being profiled; `record` is its ProfileRecord once the `with` block has closed."""
+
+    def __init__(self, profiler: "RequestProfiler", *, method: str, budget: int, batch_size: int,
+                 task: str | None, count_flops: bool, extra: dict[str, Any] | None):
+        self._profiler = profiler
+        self._clock = profiler.clock
+        self.method, self.budget, self.batch_size, self.task = method, budget, batch_size, task
+        self._extra = dict(extra or {})
+        self._spans: list[_Span] = []
+        self._open_spans: dict[str, _Span] = {}
+        self._steps: list[_LlmStep] = []
+        self._caller_ms: dict[str, float] = {}
+        self._tokens = _Tokens()
+        self._peaks: dict[str, int] = {}
+        self._cache = None
+        self._counter = flop_counter() if count_flops else None
+        self._record: ProfileRecord | None = None
+        self._cuda = profiler.device.type == "cuda"
+
+    # -- the caller's side ---------------------------------------------------------------------------------------------
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time a host-side stage (tokenising, image preprocessing) with perf_counter; repeated names add up."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._caller_ms[name] = self._caller_ms.get(name, 0.0) + (time.perf_counter() - start) * 1e3
+
+    def set_tokens(self, *, visual: int | None = None, text: int | None = None, output: int | None = None) -> None:
+        """Token counts per prompt (visual: all images of the prompt; text: prompt text incl. template; output:
+        generated). Any left unset is inferred from the hooks (padded prompt length for text)."""
+        if visual is not None:
+            self._tokens.visual = int(visual)
+        if text is not None:
+            self._tokens.text = int(text)
+        if output is not None:
+            self._tokens.output = int(output)
+
+    @property
+    def record(self) -> ProfileRecord:
+        if self._record is None:
+            raise RuntimeError("the request's record exists once its `with profiler.request(...)` block has closed")
+        return self._record
+
+    # -- the hooks' side -------------------------------------------------------------------------------------------
+    def _flops_now(self) -> float:
+        return float(self._counter.get_total_flops()) if self._counter is not None else 0.0
+
+    def _reset_peak(self) -> None:
+        if self._cuda:
+            torch.cuda.reset_peak_memory_stats(self._profiler.device)
+
+    def _note_peak(self, key: str) -> None:
+        if self._cuda:
+            peak = int(torch.cuda.max_memory_allocated(self._profiler.device))
+            self._peaks[key] = max(self._peaks.get(key, 0), peak)
+
+    def enter(self, stage: str, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if stage == "llm":
+            batch, new_tokens = llm_new_tokens(args, kwargs)
+            previous = self._steps[-1] if self._steps else None
+            if previous is None or new_tokens > 1:
+                kind, kv_length = "prefill", new_tokens
+            else:
+                kind, kv_length = "decode", previous.kv_length + new_tokens
+            self._reset_peak()
+            self._steps.append(_LlmStep(kind, batch, new_tokens, kv_length, self._clock.mark(),
+                                        flops_start=self._flops_now()))
+            return
+        if stage == "lm_head":
+            hidden = first_tensor(args, kwargs)
+            if self._steps and hidden is not None and hidden.ndim == 3:
+                self._steps[-1].logits_tokens = hidden.shape[1]
+            return
+        tensor = first_tensor(args, kwargs)
+        if stage == "vision":
+            semantic = getattr(module, "semantic_tokens", None)
+            size = (tensor.shape[0], semantic.shape[1] if semantic is not None else 0)
+        elif stage == "grouping":  # (semantic [Bi, N, Dv], patches [Bi, P, Dv])
+            size = (tensor.shape[0], tensor.shape[1])
+        else:  # projector: [Bi, n, Dv]
+            size = (tensor.shape[0] * tensor.shape[1],) if tensor.ndim == 3 else (tensor.shape[0],)
+        self._reset_peak()
+        self._open_spans[stage] = _Span(stage, self._clock.mark(), size=size, flops_start=self._flops_now())
+
+    def exit(self, stage: str, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        if stage in ("llm", "lm_head"):
+            if not self._steps:
+                return
+            step = self._steps[-1]
+            step.end = self._clock.mark()
+            step.flops = self._flops_now() - step.flops_start
+            self._note_peak(step.kind)
+            if stage == "llm":
+                cache = getattr(output, "cache", None)
+                self._cache = cache if cache is not None else getattr(output, "past_key_values", None)
+            return
+        span = self._open_spans.pop(stage, None)
+        if span is None:
+            return
+        span.end = self._clock.mark()
+        span.flops = self._flops_now() - span.flops_start
+        self._note_peak(stage)
+        self._spans.append(span)
+
+    # -- lifecycle -----------------------------------------------------------------------------------------------------
+    def _open(self) -> None:
+        self._rss_reset = reset_peak_rss()
+        self._energy_start = self._profiler.energy.read_mj()
+        self._host_start = time.perf_counter()
+        if self._counter is not None:
+            self._counter.__enter__()
+        self._start = self._clock.mark()
+
+    def _abandon(self) -> None:
+        if self._counter is not None:
+            self._counter.__exit__(None, None, None)
+        self._cache = None
+
+    def _close(self) -> None:
+        end = self._clock.mark()
+        if self._counter is not None:
+            self._counter.__exit__(None, None, None)
+        self._clock.synchronize()  # the one synchronisation of the request
+        host_total_ms = (time.perf_counter() - self._host_start) * 1e3
+        energy_end = self._profiler.energy.read_mj()
+        self._record = self._build(end, host_total_ms, energy_end)
+        self._cache = None
+
+    # -- the record ------------------------------------------------------------------------------------------------
+    def _build(self, end: Any, host_total_ms: float, energy_end: int | None) -> ProfileRecord:
+        ms = self._clock.elapsed_ms
+        profiler = self._profiler
+        shape = profiler.shape
+        reasons: dict[str, str] = {}
+        extra: dict[str, Any] = {"clock": self._clock.kind, "host_total_ms": host_total_ms}
+
+        def stage_ms(stage: str) -> float | None:
+            spans = [s for s in self._spans if s.stage == stage]
+            return sum(ms(s.start, s.end) for s in spans) if spans else None
+
+        vision_ms, grouping_ms, projector_ms = stage_ms("vision"), stage_ms("grouping"), stage_ms("projector")
+        if grouping_ms is None:
+            reasons["grouping_ms"] = "no grouping layer ran (VisToG off)"
+        prefills = [s for s in self._steps if s.kind == "prefill"]
+        decodes = [s for s in self._steps if s.kind == "decode"]
+
+        # tokens per prompt
+        batch = self._steps[0].batch if self._steps else self.batch_size
+        prompt_tokens = prefills[0].new_tokens if prefills else None
+        projected = sum(s.size[0] for s in self._spans if s.stage == "projector")
+        visual = self._tokens.visual if self._tokens.visual is not None else (projected // batch if batch else None)
+        text = self._tokens.text
+        if text is None and prompt_tokens is not None and visual is not None:
+            text = prompt_tokens - visual
+        observed_output = 1 + len(decodes) if prefills else 0
+        output = self._tokens.output if self._tokens.output is not None else observed_output
+
+        # times
+        prefill_ms = sum(ms(s.start, s.end) for s in prefills) if prefills else None
+        ttft_ms = ms(self._start, prefills[0].end) if prefills else None
+        decode_steps = len(decodes)
+        decode_ms: float | None
+        if decodes:
+            ends = [s.end for s in self._steps]
+            decode_ms = sum(ms(ends[i - 1], ends[i]) for i, s in enumerate(self._steps) if s.kind == "decode")
+            extra["decode_forward_ms"] = sum(ms(s.start, s.end) for s in decodes)
+        elif profiler.path == "compiled" and prefills and output > 1:
+            decode_steps = output - 1
+            decode_ms = ms(self._steps[-1].end, end)
+            extra["decode_span"] = "prefill end -> request end (decode steps run compiled, without hooks)"
+        elif prefills:
+            decode_ms = 0.0
+        else:
+            decode_ms = None
+            reasons["decode_ms"] = "no LLM forward observed"
+        decode_per_token_ms = decode_ms / decode_steps if decode_ms is not None and decode_steps else None
+        if decode_per_token_ms is None:
+            reasons["decode_per_token_ms"] = "no decode step (one output token)" if prefills else "no LLM forward"
+        if prefill_ms is None:
+            reasons["prefill_ms"] = "no LLM forward observed"
+        extra.update(ttft_ms=ttft_ms, decode_steps=decode_steps, prompt_tokens=prompt_tokens)
+        stages_ms = {k: v for k, v in self._caller_ms.items() if k != "preprocess"}
+        if stages_ms:
+            extra["stages_ms"] = stages_ms
+        preprocess_ms = self._caller_ms.get("preprocess")
+        if preprocess_ms is None:
+            reasons["preprocess_ms"] = "the caller timed no preprocess stage"
+
+        # FLOPs: analytic from the shapes the hooks saw, counted if asked
+        analytic = {
+            "vision": sum(F.vision_flops(shape, *s.size) for s in self._spans if s.stage == "vision"),
+            "grouping": sum(F.grouping_flops(shape, *s.size) for s in self._spans if s.stage == "grouping"),
+            "projector": sum(F.projector_flops(shape, *s.size) for s in self._spans if s.stage == "projector"),
+            "prefill": sum(F.llm_flops(shape, s.batch, s.new_tokens, s.kv_length, s.logits_tokens) for s in prefills),
+            "decode": sum(F.llm_flops(shape, s.batch, s.new_tokens, s.kv_length, s.logits_tokens) for s in decodes),
+        }
+        if not decodes and decode_steps and prompt_tokens is not None:
+            analytic["decode"] = F.decode_flops(shape, batch, prompt_tokens, output)
+        analytic["total"] = sum(analytic.values())
+        counted: dict[str, float] = {}
+        if self._counter is not None:
+            counted = {stage: sum(s.flops for s in self._spans if s.stage == stage)
+                       for stage in ("vision", "grouping", "projector")}
+            counted["prefill"] = sum(s.flops for s in prefills)
+            counted["decode"] = sum(s.flops for s in decodes)
+            counted["total"] = float(self._counter.get_total_flops())
+            extra["flops_mismatch"] = mismatches(analytic, counted, MISMATCH_TOLERANCE)
+        extra["flops_convention"] = F.CONVENTION
+
+        # memory
+        if self._cuda:
+            self._note_peak("total")
+            peaks = dict(self._peaks)
+            peaks["total"] = max(peaks.values())
+        else:
+            peaks = {}
+            reasons["peak_memory_bytes"] = f"no CUDA allocator on {profiler.device.type}; see peak_rss_bytes"
+        rss = peak_rss_bytes()
+        if rss is None:
+            reasons["peak_rss_bytes"] = "no /proc/self/status (not Linux)"
+        elif not self._rss_reset:
+            extra["peak_rss_scope"] = "process lifetime (/proc/self/clear_refs not writable)"
+
+        # KV cache
+        computed_kv = None
+        if self._steps:
+            kv_tokens = self._steps[-1].kv_length + (decode_steps if not decodes else 0)
+            computed_kv = kv_cache_bytes(shape, batch, kv_tokens, profiler.element_bytes)
+        measured_kv = measured_cache_bytes(self._cache) if self._cache is not None else None
+        extra.update(kv_cache_bytes_computed=computed_kv, kv_cache_bytes_measured=measured_kv)
+        kv_bytes = measured_kv if measured_kv is not None else computed_kv
+        if kv_bytes is None:
+            reasons["kv_cache_bytes"] = "no LLM forward observed"
+
+        # energy
+        energy_j = None
+        if self._energy_start is not None and energy_end is not None:
+            energy_j = (energy_end - self._energy_start) / 1e3
+        else:
+            reasons["energy_j"] = profiler.energy.reason or "NVML energy counter not readable"
+
+        extra.update(self._extra)
+        return ProfileRecord(
+            kind="request",
+            method=self.method,
+            budget=self.budget,
+            batch_size=self.batch_size,
+            device=str(profiler.device),
+            dtype=profiler.dtype_name,
+            path=profiler.path,
+            task=self.task,
+            visual_tokens=visual,
+            text_tokens=text,
+            output_tokens=output,
+            preprocess_ms=preprocess_ms,
+            vision_ms=vision_ms,
+            grouping_ms=grouping_ms,
+            projector_ms=projector_ms,
+            prefill_ms=prefill_ms,
+            decode_ms=decode_ms,
+            decode_per_token_ms=decode_per_token_ms,
+            total_ms=ms(self._start, end),
+            flops=analytic,
+            counted_flops=counted,
+            peak_memory_bytes=peaks,
+            kv_cache_bytes=kv_bytes,
+            weight_bytes=profiler.weight_bytes,
+            energy_j=energy_j,
+            peak_rss_bytes=rss,
+            null_reasons=reasons,
+            extra=extra,
+        )
+
+
+class RequestProfiler:
+    """Stage profiler for a LLaVA / VisToG model. `attached()` installs the hooks, `request(...)` profiles one
+    request. Hooks outside a request cost one attribute check."""
+
+    def __init__(self, model: nn.Module, *, device: torch.device | str | None = None, path: str = "eager"):
+        if path not in PATHS:
+            raise ValueError(f"path must be one of {', '.join(PATHS)}, got {path!r}")
+        parameter = next(model.parameters())
+        self.model = model
+        self.device = torch.device(device) if device is not None else parameter.device
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.path = path
+        self.clock = make_clock(self.device)
+        self.shape = F.ArchShape.from_config(model.config)
+        self.dtype_name = DTYPE_NAMES.get(parameter.dtype, str(parameter.dtype).removeprefix("torch."))
+        self.element_bytes = parameter.element_size()
+        self.weight_bytes = module_bytes(model)
+        self.energy = EnergyMeter(self.device)
+        self._active: Request | None = None
+        self._attached = False
+
+    # observer interface: forwards to the open request, if any
+    def enter(self, stage, module, args, kwargs) -> None:
+        if self._active is not None:
+            self._active.enter(stage, module, args, kwargs)
+
+    def exit(self, stage, module, args, kwargs, output) -> None:
+        if self._active is not None:
+            self._active.exit(stage, module, args, kwargs, output)
+
+    @contextmanager
+    def attached(self) -> Iterator["RequestProfiler"]:
+        """Install the stage hooks for the duration of the block; they are all removed on exit, errors included."""
+        if self._attached:
+            raise RuntimeError("this profiler is already attached")
+        with stage_hooks(self.model, self):
+            self._attached = True
+            try:
+                yield self
+            finally:
+                self._attached = False
+                self._active = None
+
+    @contextmanager
+    def request(self, *, method: str, budget: int, batch_size: int, task: str | None = None,
+                count_flops: bool = False, extra: dict[str, Any] | None = None) -> Iterator[Request]:
+        """Profile one request (one generate). `count_flops=True` also runs FlopCounterMode over it (slow: for
+        controlled runs, not for timing). The record is built after the block, with one device synchronisation."""
+        if not self._attached:
+            raise RuntimeError("attach the profiler first: `with profiler.attached(): ...`")
+        if self._active is not None:
+            raise RuntimeError("a request is already open on this profiler")
+        req = Request(self, method=method, budget=budget, batch_size=batch_size, task=task,
+                      count_flops=count_flops, extra=extra)
+        self._active = req
+        req._open()
+        try:
+            yield req
+        except BaseException:
+            req._abandon()
+            raise
+        else:
+            req._close()
+        finally:
+            self._active = None
+
+
+__all__ = ["RequestProfiler", "Request", "PATHS"]

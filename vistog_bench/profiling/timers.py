@@ -1,0 +1,65 @@
+"""Clocks for stage timing: CUDA events on a GPU (no host synchronisation until `synchronize`), `perf_counter` on CPU.
+
+A clock hands out opaque marks; `elapsed_ms(a, b)` is valid only after `synchronize()`. The request profiler
+synchronises once, when a request closes, so the model's asynchronous work is never serialised by timing.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+import torch
+
+
+class Clock(Protocol):
+    kind: str
+
+    def mark(self) -> Any: ...
+
+    def synchronize(self) -> None: ...
+
+    def elapsed_ms(self, start: Any, end: Any) -> float: ...
+
+
+class HostClock:
+    """Wall clock of the host; right for CPU work (it is synchronous)."""
+
+    kind = "perf_counter"
+
+    def mark(self) -> float:
+        return time.perf_counter()
+
+    def synchronize(self) -> None:
+        pass
+
+    def elapsed_ms(self, start: float, end: float) -> float:
+        return (end - start) * 1e3
+
+
+class CudaEventClock:
+    """CUDA events recorded on the current stream: each mark is timestamped when the GPU reaches it."""
+
+    kind = "cuda_event"
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def mark(self) -> torch.cuda.Event:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record(torch.cuda.current_stream(self.device))
+        return event
+
+    def synchronize(self) -> None:
+        torch.cuda.synchronize(self.device)
+
+    def elapsed_ms(self, start: torch.cuda.Event, end: torch.cuda.Event) -> float:
+        return float(start.elapsed_time(end))
+
+
+def make_clock(device: torch.device | str) -> Clock:
+    device = torch.device(device)
+    return CudaEventClock(device) if device.type == "cuda" else HostClock()
+
+
+__all__ = ["Clock", "HostClock", "CudaEventClock", "make_clock"]
