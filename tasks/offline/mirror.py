@@ -1,0 +1,14 @@
+"""`data_files` for the local tasks' YAMLs, resolved under $VISTOG_DATA_DIR when lmms-eval builds the task.
+
+A YAML writes `data_files: !function mirror.gqa_local`; lmms-eval's `!function` loader execs this file and reads the
+attribute `gqa_local`, which the module-level __getattr__ below computes from the mirror at that moment. A missing
+mirror raises vistog_bench.offline_data.MissingLocalData with a message that says what to copy where.
+"""
+
+from vistog_bench.offline_data import data_files
+
+
+def __getattr__(task_name: str):
+    if task_name.startswith("__"):
+        raise AttributeError(task_name)
+    return data_files(task_name)
