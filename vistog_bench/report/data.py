@@ -378,6 +378,8 @@ class Row:
     speedup: float | None = None
     setup: Setup = field(default_factory=Setup)
     full_budget: bool = False
+    accuracy_run: str | None = None  # the run the scores come from
+    efficiency_run: str | None = None  # the run the latency numbers come from
 
     @property
     def label(self) -> str:
@@ -455,7 +457,7 @@ def _accuracy_parts(run: RunData, notes: list[str]) -> dict[tuple[str, int], Acc
     return parts
 
 
-def _efficiency_parts(run: RunData, notes: list[str]) -> dict[tuple[str, int], tuple[Efficiency, float | None]]:
+def _efficiency_parts(run: RunData, notes: list[str]) -> dict[tuple[str, int], tuple[Efficiency, float | None, bool]]:
     keys = {(r.method, r.budget) for r in run.profile}
     full = full_budget(keys, run.run_id, "profile records")
     if full is None:
@@ -474,7 +476,7 @@ def _efficiency_parts(run: RunData, notes: list[str]) -> dict[tuple[str, int], t
             if base.setup.comparable() != eff.setup.comparable():
                 notes.append(f"run {run.run_id}: speedup of {method}@{budget} divides {base.setup.label()} "
                              f"by {eff.setup.label()} (no full-budget record measured the same way)")
-        parts[(method, budget)] = (eff, speedup)
+        parts[(method, budget)] = (eff, speedup, (method, budget) == (full.method, full.budget))
     return parts
 
 
@@ -515,9 +517,12 @@ def build_report_data(runs: list[RunData]) -> ReportData:
                 row.n_retention = len(retentions)
                 row.avg_retention = statistics.fmean(retentions) if retentions else None
                 row.setup = setups[acc_ids[0]]
+                row.accuracy_run = acc_ids[0]
             if eff_ids:
-                row.efficiency, row.speedup = efficiency[eff_ids[0]][key]
+                row.efficiency, row.speedup, is_full = efficiency[eff_ids[0]][key]
+                row.full_budget = row.full_budget or is_full
                 row.setup = row.efficiency.setup
+                row.efficiency_run = eff_ids[0]
             rows.append(row)
     return ReportData(runs, tasks, rows, list(dict.fromkeys(notes)))
 

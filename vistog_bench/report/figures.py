@@ -18,7 +18,7 @@ from matplotlib import rc_context
 from matplotlib.figure import Figure
 
 from ..results import STAGES
-from .data import ReportData, Row
+from .data import FULL_METHOD, ReportData, Row
 from .metrics import benchmark_family
 from .reference import ReferenceSet
 
@@ -26,20 +26,43 @@ FIGURE_NAMES = ("retention_vs_speedup", "accuracy_vs_tokens", "stage_breakdown",
 STAGE_COLORS = {"preprocess": "#bbbbbb", "vision": "#4c72b0", "grouping": "#dd8452", "projector": "#8172b3",
                 "prefill": "#55a868", "decode": "#c44e52"}
 RC = {"svg.hashsalt": "vistog-bench", "font.size": 9, "axes.grid": True, "grid.alpha": 0.3}
-FOOTER_WRAP = 150
+FOOTER_CHARS_PER_IN = 19  # 6 pt text
 FOOTER_LINE_IN = 0.13
 
 
-def _series_key(row: Row) -> str:
-    return row.method + (f" [{row.run_ids[0]}]" if row.label_run else "")
+def _series_names(rows: list[Row], *runs_of) -> dict[int, str]:
+    """Row index -> series name: the method, with the run ids its numbers come from when one method's rows come from
+    more than one run (so lines never join numbers from different runs)."""
+    def runs(row: Row) -> tuple:
+        return tuple(getattr(row, name) for name in runs_of)
+
+    per_method: dict[str, set] = {}
+    for row in rows:
+        per_method.setdefault(row.method, set()).add(runs(row))
+    names = {}
+    for index, row in enumerate(rows):
+        ids = [r for r in dict.fromkeys(runs(row)) if r]
+        several = len(per_method[row.method]) > 1
+        names[index] = row.method + (f" [{', '.join(ids)}]" if several and ids else "")
+    return names
 
 
-def _new_figure(width: float, height: float, footer: list[str], ncols: int = 1, nrows: int = 1):
-    wrapped = [w for line in footer for w in textwrap.wrap(line, FOOTER_WRAP)]
+def _colors(names) -> dict[str, str]:
+    """One colour per series name, the same in every panel."""
+    cycle = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+             "#17becf"]
+    return {name: cycle[i % len(cycle)] for i, name in enumerate(sorted(set(names)))}
+
+
+def _new_figure(width: float, height: float, footer: list[str], ncols: int = 1, nrows: int = 1,
+                xlabel_in: float = 0.55):
+    """A figure whose bottom holds the provenance footer; `xlabel_in`: room for the x tick labels and axis label."""
+    wrapped = [w for line in footer for w in textwrap.wrap(line, int(width * FOOTER_CHARS_PER_IN))]
     footer_in = 0.25 + FOOTER_LINE_IN * len(wrapped)
+    height += xlabel_in - 0.55
     fig = Figure(figsize=(width, height + footer_in))
-    fig.subplots_adjust(bottom=(footer_in + 0.55) / (height + footer_in), top=1 - 0.45 / (height + footer_in),
-                        left=0.09, right=0.97, wspace=0.3, hspace=0.5)
+    fig.subplots_adjust(bottom=(footer_in + xlabel_in) / (height + footer_in), top=1 - 0.45 / (height + footer_in),
+                        left=0.8 / width, right=1 - 0.2 / width, wspace=0.35, hspace=0.6)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     fig.text(0.01, 0.01, "\n".join(wrapped), fontsize=6, va="bottom", ha="left", color="#444444")
     return fig, axes
@@ -55,9 +78,11 @@ def retention_vs_speedup(data: ReportData, reference: ReferenceSet | None, foote
     fig, axes = _new_figure(6.4, 4.2, footer)
     ax = axes[0, 0]
     series: dict[str, list[Row]] = {}
-    for row in data.rows:
-        if row.avg_retention is not None and row.speedup is not None:
-            series.setdefault(_series_key(row), []).append(row)
+    both = [r for r in data.rows if r.avg_retention is not None and r.speedup is not None]
+    names = _series_names(both, "accuracy_run", "efficiency_run")
+    for index, row in enumerate(both):
+        series.setdefault(names[index], []).append(row)
+    colors = _colors(series)
     ref_points = [r for r in (reference.rows if reference else ()) if r.speedup is not None and r.retention is not None]
     if not series and not ref_points:
         _no_data(ax, "no method@budget has both an average retention and a speedup\n"
@@ -68,10 +93,10 @@ def retention_vs_speedup(data: ReportData, reference: ReferenceSet | None, foote
         rows = sorted(rows, key=lambda r: r.speedup)
         xs, ys = [r.speedup for r in rows], [r.avg_retention for r in rows]
         points += list(zip(xs, ys))
-        (line,) = ax.plot(xs, ys, marker="o", label=name)
+        ax.plot(xs, ys, marker="o", label=name, color=colors[name])
         for r in rows:
             ax.annotate(str(r.budget), (r.speedup, r.avg_retention), textcoords="offset points", xytext=(4, 4),
-                        fontsize=7, color=line.get_color())
+                        fontsize=7, color=colors[name])
     frontier = pareto_frontier(points)
     if len(frontier) > 1:
         ax.plot([p[0] for p in frontier], [p[1] for p in frontier], ls="--", color="black", lw=1, alpha=0.6,
@@ -110,21 +135,24 @@ def accuracy_vs_tokens(data: ReportData, reference: ReferenceSet | None, footer:
         return fig
     for ax in flat[len(tasks):]:
         ax.set_axis_off()
+    scored = [r for r in data.rows if r.accuracy_run]
+    names = _series_names(scored, "accuracy_run")
+    colors = _colors(names.values())
     for ax, task in zip(flat, tasks):
         series: dict[str, list[tuple[int, float]]] = {}
         unit = None
-        for row in data.rows:
+        for index, row in enumerate(scored):
             score = row.scores.get(task)
             if score is not None and score.status == "ok":
-                series.setdefault(_series_key(row), []).append((row.visual_tokens, score.value))
+                series.setdefault(names[index], []).append((row.visual_tokens, score.value))
                 unit = unit or score.headline.unit
         budgets = sorted({x for pts in series.values() for x, _ in pts})
         for name, pts in sorted(series.items()):
             pts.sort()
-            if len(pts) == 1 and name.startswith("none"):
-                ax.axhline(pts[0][1], ls="--", color="black", lw=1, label=f"{name}@{pts[0][0]}")
+            if len(pts) == 1 and name.startswith(FULL_METHOD):
+                ax.axhline(pts[0][1], ls="--", color="black", lw=1, label=f"{name}@{pts[0][0]} (full)")
             else:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name, color=colors[name])
         family = benchmark_family(task, reference.benchmarks) if reference else None
         if family:
             refs = [r for r in reference.rows if family in r.scores]
@@ -148,7 +176,8 @@ def accuracy_vs_tokens(data: ReportData, reference: ReferenceSet | None, footer:
 
 def stage_breakdown(data: ReportData, footer: list[str]) -> Figure:
     rows = [r for r in data.rows if r.efficiency is not None]
-    fig, axes = _new_figure(max(5.0, 0.55 * len(rows) + 2.0), 4.0, footer)
+    longest = max((len(r.label) for r in rows), default=0)
+    fig, axes = _new_figure(max(5.0, 0.55 * len(rows) + 2.0), 4.0, footer, xlabel_in=0.3 + 0.045 * longest)
     ax = axes[0, 0]
     if not rows:
         _no_data(ax, "no profile records")
@@ -161,6 +190,7 @@ def stage_breakdown(data: ReportData, footer: list[str]) -> Figure:
             continue
         ax.bar(labels, values, bottom=bottoms, label=stage, color=STAGE_COLORS.get(stage))
         bottoms = [b + v for b, v in zip(bottoms, values)]
+    ax.set_axisbelow(True)
     ax.set_ylabel("milliseconds per request")
     ax.set_title("Where the time goes, by stage")
     ax.tick_params(axis="x", labelrotation=45, labelsize=7)
@@ -178,8 +208,9 @@ def flops_vs_latency(data: ReportData, footer: list[str]) -> Figure:
         _no_data(ax, "no profile record has both prefill FLOPs and a prefill time")
         return fig
     by_method: dict[str, list[Row]] = {}
-    for r in rows:
-        by_method.setdefault(_series_key(r), []).append(r)
+    names = _series_names(rows, "efficiency_run")
+    for index, r in enumerate(rows):
+        by_method.setdefault(names[index], []).append(r)
     for name, group in sorted(by_method.items()):
         xs = [r.efficiency.prefill_tflops for r in group]
         ys = [r.efficiency.stage_ms["prefill"] for r in group]
@@ -187,11 +218,14 @@ def flops_vs_latency(data: ReportData, footer: list[str]) -> Figure:
         for r, x, y in zip(group, xs, ys):
             ax.annotate(str(r.budget), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
                         color=points.get_facecolor()[0])
-    full = max(rows, key=lambda r: (r.full_budget or r.method == "none", r.budget, r.efficiency.prefill_tflops))
-    f_full, t_full = full.efficiency.prefill_tflops, full.efficiency.stage_ms["prefill"]
     top = max(r.efficiency.prefill_tflops for r in rows) * 1.05
-    ax.plot([0, top], [0, t_full * top / f_full], ls="--", color="gray", lw=1,
-            label=f"time ∝ FLOPs (through {full.label})")
+    runs = list(dict.fromkeys(r.efficiency_run for r in rows))
+    for run_id in runs:  # one reference line per run: never scale one device's time by another's FLOPs
+        own = [r for r in rows if r.efficiency_run == run_id]
+        full = max(own, key=lambda r: (r.full_budget, r.budget, r.efficiency.prefill_tflops))
+        f_full, t_full = full.efficiency.prefill_tflops, full.efficiency.stage_ms["prefill"]
+        ax.plot([0, top], [0, t_full * top / f_full], ls="--", color="gray", lw=1,
+                label=f"time ∝ FLOPs through {full.method}@{full.budget}" + (f" [{run_id}]" if len(runs) > 1 else ""))
     ax.set_xlim(left=0)
     ax.set_ylim(bottom=0)
     ax.set_xlabel("prefill TFLOPs (analytic)")

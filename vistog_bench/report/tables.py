@@ -216,14 +216,19 @@ def main_table(data: ReportData) -> Table:
                   block_starts, meta)
     mark_best(table)
 
-    latency_sources = sorted({r.efficiency.source.split(" (")[0] for r in data.rows if r.efficiency})
+    kinds = {r.efficiency.kind for r in data.rows if r.efficiency}
+    flops_sources = {r.efficiency.flops_source for r in data.rows if r.efficiency and r.efficiency.flops_source}
     table.provenance = [runs_line(data.runs), setup_lines(setups)]
-    if latency_sources:
+    if kinds:
+        described = {"controlled": "controlled measurements (`kind=controlled`: batch size 1 and the compiled path "
+                                   "preferred where several exist, forced output length)",
+                     "request": "medians over served requests (`kind=request`)"}
         table.provenance.append(
-            "Latency: " + (" and ".join(latency_sources)) +
-            " (controlled = `vistog-bench profile` measurement at batch size 1 where present, forced output length; "
-            "request median = medians over served requests). TTFT = vision + grouping + projector + prefill; "
-            "speedup = full-budget E2E / this E2E within the same run.")
+            "Latency from " + " and ".join(described[k] for k in sorted(kinds)) +
+            ("; the latency_source column of the CSV says which per row" if len(kinds) > 1 else "") +
+            ". TTFT = vision + grouping + projector + prefill; speedup = full-budget E2E / this E2E, same run. "
+            "Prefill TFLOPs: " + (" / ".join(sorted(flops_sources)) or "none recorded") +
+            (" (see the flops_source column of the CSV)" if len(flops_sources) > 1 else "") + ".")
     if empty:
         table.provenance.append("No profile data for: " + ", ".join(c.header for c in empty) + " (columns left out).")
     table.provenance.append("Scores: " + "; ".join(
