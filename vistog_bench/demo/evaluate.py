@@ -1,0 +1,105 @@
+"""Direct evaluation of a tiny model on the shapes world (no lmms-eval): greedy answers, exact match per type.
+
+The lmms-eval tasks in tasks/shapes/ score the same way (`normalise_answer` is shared); this path exists for tests
+and for the trainer's own checks, where starting lmms-eval would cost more than the evaluation.
+
+    python -m vistog_bench.demo.evaluate vistog_bench/demo/checkpoints/tiny-vistog-16 [--images 150 --clips 80]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+
+from . import world
+
+
+def normalise_answer(text: str) -> str:
+    """Lower case, surrounding spaces and a final full stop dropped."""
+    return text.strip().lower().rstrip(".").strip()
+
+
+def generate_answers(model, processor, questions, images, *, max_new_tokens: int = 4, batch_size: int = 32):
+    """Greedy answers to single-turn LLaVA prompts; `images[i]` is the list of images (frames) of question i."""
+    import torch
+
+    from ..model.processing import build_inputs, llava_prompt
+
+    tokenizer = processor.tokenizer
+    answers = []
+    for start in range(0, len(questions), batch_size):
+        chunk_q = questions[start : start + batch_size]
+        chunk_i = images[start : start + batch_size]
+        prompts = [llava_prompt(q, num_images=len(i)) for q, i in zip(chunk_q, chunk_i)]
+        inputs = build_inputs(processor, prompts, chunk_i, model.num_visual_tokens)
+        with torch.inference_mode():
+            output = model.generate(
+                **inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            )  # fmt: skip
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        answers += [normalise_answer(t) for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    return answers
+
+
+def accuracy_by_type(types, answers, targets) -> dict[str, float]:
+    hits, counts = defaultdict(int), defaultdict(int)
+    for question_type, answer, target in zip(types, answers, targets):
+        counts[question_type] += 1
+        hits[question_type] += answer == normalise_answer(target)
+    result = {"overall": sum(hits.values()) / max(1, sum(counts.values()))}
+    result.update({t: hits[t] / counts[t] for t in sorted(counts)})
+    result["n"] = sum(counts.values())
+    return result
+
+
+def evaluate_vqa(model, processor, split: str = "test", num_images: int = 150, first: int = 0) -> dict[str, float]:
+    questions, images, targets, types = [], [], [], []
+    for index in range(first, first + num_images):
+        sample = world.image_sample(split, index)
+        image = world.render(sample.scene)
+        for q in sample.questions:
+            questions.append(q.question)
+            images.append([image])
+            targets.append(q.answer)
+            types.append(q.question_type)
+    answers = generate_answers(model, processor, questions, images)
+    return accuracy_by_type(types, answers, targets)
+
+
+def evaluate_video(model, processor, split: str = "test", num_clips: int = 80) -> dict[str, float]:
+    samples = [world.video_sample(split, i) for i in range(num_clips)]
+    answers = generate_answers(
+        model, processor, [s.question.question for s in samples], [world.render_video(s) for s in samples], batch_size=16
+    )
+    return accuracy_by_type([s.question.question_type for s in samples], answers, [s.question.answer for s in samples])
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    from ..model.loading import load_checkpoint
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoints", nargs="+")
+    parser.add_argument("--split", default="test", choices=world.SPLITS)
+    parser.add_argument("--images", type=int, default=150, help="images (about 4 questions each)")
+    parser.add_argument("--clips", type=int, default=80)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    for path in args.checkpoints:
+        model, processor = load_checkpoint(path)
+        start = time.perf_counter()
+        vqa = evaluate_vqa(model, processor, args.split, args.images)
+        video = evaluate_video(model, processor, args.split, args.clips) if args.clips else {}
+        record = {"checkpoint": str(path), "budget": model.num_visual_tokens, "vqa": vqa, "video": video,
+                  "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+        print(json.dumps(record), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
