@@ -218,6 +218,28 @@ def test_mixed_devices_flagged_per_row(main_run, tmp_path):
     assert "H100" in md_row(md, "vistog@64 [run-a]")[-1]
 
 
+def request(method, budget, total_ms, *, batch_size=2) -> ProfileRecord:
+    """A served request as the adapter's profiler records it: device `cuda:0`, the manifest names the GPU."""
+    return ProfileRecord(kind="request", method=method, budget=budget, batch_size=batch_size, device="cuda:0",
+                         dtype="float16", path="eager", task="gqa", visual_tokens=budget, output_tokens=3,
+                         vision_ms=2.0, prefill_ms=10.0, decode_ms=total_ms - 12.0, total_ms=total_ms,
+                         flops={"prefill": 1e12}, energy_j=4.0)
+
+
+def test_request_medians_when_no_controlled_record(tmp_path):
+    records = [request("none", 576, t) for t in (100.0, 120.0, 110.0)]
+    records += [request("pool", 64, t) for t in (50.0, 60.0, 55.0, 1000.0)]
+    run = make_run(tmp_path, "run-r", [cell("gqa", "none", 576, gqa(0.6)), cell("gqa", "pool", 64, gqa(0.5))],
+                   records)
+    _, md = render([run])
+    assert column(md, "none@576", "E2E") == "110.0"  # median of 100, 110, 120
+    assert column(md, "pool@64", "E2E") == "**57.5**"  # median of 50, 55, 60, 1000
+    assert column(md, "pool@64", "Speedup") == "**1.91**"  # 110 / 57.5
+    assert column(md, "pool@64", "J / sample") == "**2.00**"  # 4 J for a batch of 2 (a tie with none@576)
+    assert "medians over served requests" in md
+    assert "device NVIDIA H100 80GB HBM3" in md and "cuda:0" not in md  # the manifest names the GPU
+
+
 def test_stage_and_task_tables(main_run):
     report = build_report([main_run], [])
     by_name = {t.name: t for t in report.tables}
@@ -345,6 +367,8 @@ def test_cli_writes_report_default_out(main_run, report_cli, tmp_path, monkeypat
     assert (out / "report.md").is_file() and (out / "tables" / "main.csv").is_file()
     assert not (out / "report.html").exists()
     assert "wrote" in capsys.readouterr().out
+    assert report_cli(["report", str(main_run), "--output", "elsewhere", "--formats", "html", "--no-reference"]) == 0
+    assert (tmp_path / "elsewhere" / "report.html").is_file()
 
 
 def _one_error_line(capsys) -> str:

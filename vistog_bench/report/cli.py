@@ -13,7 +13,8 @@ DEFAULT_FORMATS = "md,tex,csv,html"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="result folders (results/<run_id>)")
-    parser.add_argument("--out", default=None, help="report folder (default: reports/<first run id>)")
+    parser.add_argument("--out", "--output", dest="out", default=None,
+                        help="report folder (default: reports/<first run id>)")
     parser.add_argument("--reference", action="append", default=None, metavar="FILE",
                         help="published-numbers CSV, repeatable (default: results/reference/*.csv)")
     parser.add_argument("--no-reference", action="store_true", help="leave the reported block out")

@@ -20,6 +20,7 @@ Definitions (docs/reports.md repeats them for users):
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,8 +154,31 @@ def _find(obj: Any, *names: str, depth: int = 3) -> Any:
     return None
 
 
+GENERIC_DEVICE = re.compile(r"^(cuda|cpu|mps|xpu|meta)(:\d+)?$")
+
+
+def manifest_device(manifest: RunManifest) -> str | None:
+    """The device's name from the manifest: NVML's name, torch's, else `cpu (<host CPU>)`."""
+    facts = manifest.device
+    name = _find(facts, "name", "torch_device_name", "device_name", "gpu", depth=1)
+    if name:
+        return str(name)
+    device = facts.get("device") or _find(manifest.config, "device")
+    host = facts.get("host_cpu")
+    if device and host and str(device).startswith("cpu"):
+        return f"{device} ({host})"
+    return None if device is None else str(device)
+
+
+def record_device(record: ProfileRecord, device_name: str | None) -> str:
+    """A record's device, named: records say `cuda:0`; the run's manifest says which GPU that was."""
+    if device_name and GENERIC_DEVICE.match(str(record.device)):
+        return device_name
+    return str(record.device)
+
+
 def manifest_setup(manifest: RunManifest) -> Setup:
-    device = _find(manifest.device, "name", "device_name", "gpu") or _find(manifest.config, "device")
+    device = manifest_device(manifest)
     dtype = _find(manifest.config, "dtype", "torch_dtype")
     path = _find(manifest.config, "path", "execution_path")
     batch = _find(manifest.config, "batch_size")
@@ -224,7 +248,8 @@ def _distinct_text(values: Iterable[Any]) -> str | None:
     return "/".join(seen) if seen else None
 
 
-def _efficiency_from(records: list[ProfileRecord], run_id: str, kind: str) -> Efficiency:
+def _efficiency_from(records: list[ProfileRecord], run: RunData, kind: str) -> Efficiency:
+    run_id, device_name = run.run_id, manifest_device(run.manifest)
     first = records[-1]
     if kind == "controlled":
         record = first
@@ -239,7 +264,7 @@ def _efficiency_from(records: list[ProfileRecord], run_id: str, kind: str) -> Ef
             budget=record.budget,
             kind=kind,
             n_records=1,
-            setup=Setup(record.device, record.dtype, record.path, str(record.batch_size),
+            setup=Setup(record_device(record, device_name), record.dtype, record.path, str(record.batch_size),
                         None if record.output_tokens is None else f"{record.output_tokens} (forced)"),
             visual_tokens=record.visual_tokens,
             stage_ms={s: as_number(getattr(record, f"{s}_ms")) for s in LATENCY_STAGES},
@@ -266,7 +291,7 @@ def _efficiency_from(records: list[ProfileRecord], run_id: str, kind: str) -> Ef
         kind=kind,
         n_records=len(records),
         setup=Setup(
-            _distinct_text(r.device for r in records),
+            _distinct_text(record_device(r, device_name) for r in records),
             _distinct_text(r.dtype for r in records),
             _distinct_text(r.path for r in records),
             _distinct_text(r.batch_size for r in records),
@@ -298,16 +323,18 @@ def select_efficiency(run: RunData, method: str, budget: int, like: Setup | None
     controlled = [r for r in matching if r.kind == "controlled"]
     if controlled:
         if like is not None:
-            same = [r for r in controlled if (r.device, r.path, r.dtype, str(r.batch_size)) == like.comparable()]
+            name = manifest_device(run.manifest)
+            same = [r for r in controlled
+                    if (record_device(r, name), r.path, r.dtype, str(r.batch_size)) == like.comparable()]
             if same:
-                return _efficiency_from(same, run.run_id, "controlled")
+                return _efficiency_from(same, run, "controlled")
         batch_one = [r for r in controlled if r.batch_size == 1] or controlled
         best_rank = min(_path_rank(r.path) for r in batch_one)
         chosen = [r for r in batch_one if _path_rank(r.path) == best_rank]
-        return _efficiency_from(chosen, run.run_id, "controlled")
+        return _efficiency_from(chosen, run, "controlled")
     requests = [r for r in matching if r.kind == "request"]
     if requests:
-        return _efficiency_from(requests, run.run_id, "request")
+        return _efficiency_from(requests, run, "request")
     return None
 
 
@@ -323,7 +350,7 @@ def stage_efficiencies(run: RunData) -> list[Efficiency]:
             key = ("request", record.method, record.budget, None, record.batch_size, None, None)
         groups.setdefault(key, []).append(record)
     for key, records in groups.items():
-        out.append(_efficiency_from(records, run.run_id, key[0]))
+        out.append(_efficiency_from(records, run, key[0]))
     return out
 
 
