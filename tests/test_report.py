@@ -202,6 +202,13 @@ def test_run_without_none_uses_largest_budget(tmp_path):
     assert "no `none` cells" in md
 
 
+def test_accuracy_only_row_is_not_a_mixed_setup(main_run):
+    RunDir(main_run).record_cell(cell("gqa", "random", 64, gqa(0.3)))  # no profile record for random@64
+    _, md = render([main_run])
+    assert "Setup" not in md_header(md) and "MIXED" not in md
+    assert column(md, "random@64", "gqa") == "30.0" and column(md, "random@64", "E2E") == "–"
+
+
 def test_mixed_devices_flagged_per_row(main_run, tmp_path):
     other = make_run(tmp_path / "results", "run-b", records=[
         controlled("none", 576, 300.0, device="NVIDIA A100-SXM4-80GB", path="eager"),

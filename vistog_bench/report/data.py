@@ -543,7 +543,8 @@ def build_report_data(runs: list[RunData]) -> ReportData:
                 row.n_scored = len(part.scores)
                 row.n_retention = len(retentions)
                 row.avg_retention = statistics.fmean(retentions) if retentions else None
-                row.setup = setups[acc_ids[0]]
+                # accuracy alone: only device and dtype matter (the eval batch size is no latency setup)
+                row.setup = Setup(setups[acc_ids[0]].device, setups[acc_ids[0]].dtype)
                 row.accuracy_run = acc_ids[0]
             if eff_ids:
                 row.efficiency, row.speedup, is_full = efficiency[eff_ids[0]][key]

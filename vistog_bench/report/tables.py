@@ -116,7 +116,8 @@ def setup_lines(setups: list[Setup]) -> str:
 
 
 def is_mixed(setups: list[Setup]) -> bool:
-    return len({s.comparable() for s in setups}) > 1
+    """True when two setups disagree on device, path, dtype or batch size (an unknown value disagrees with none)."""
+    return any(len({s.comparable()[i] for s in setups} - {None}) > 1 for i in range(4))
 
 
 # ---------------------------------------------------------------------------------------------------------------
