@@ -13,11 +13,16 @@ then run with *isolated attention*:
 
 Implemented as two unmasked `scaled_dot_product_attention` calls on one shared Q/K/V projection (no dense S x S mask),
 so fast SDPA kernels stay usable. Layers after the feature layer are not run: LLaVA never reads them.
+
+Optionally (VisToG off only) a `TokenMerge` merges tokens inside each layer, between attention and MLP, as ToMe does
+(Bolya et al., ICLR 2023; vistog_bench.reducers.tome): the tower tracks how many patches each token stands for (its
+size s) and adds log s to the attention logits (proportional attention). The stock path is untouched by this.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +42,19 @@ class VisionStates:
     semantic_states: torch.Tensor | None = None  # [B, N, Dv]; None with VisToG off
     cls_attention: torch.Tensor | None = None  # [B, P] CLS -> patch attention at the feature layer, head mean
     patch_keys: torch.Tensor | None = None  # [B, P, Dv] attention keys of the patches at the feature layer
+
+
+class TokenMerge(Protocol):
+    """Merges tokens inside the encoder, between a layer's attention and its MLP (ToMe).
+
+    Called with the layer's index, its post-attention states [B, S, Dv], its attention keys [B, h, S, dh] and the
+    token sizes [B, S] (patches each token stands for); returns merged states [B, S', Dv] and sizes [B, S'].
+    The CLS token must stay first.
+    """
+
+    def __call__(
+        self, layer_index: int, hidden_states: torch.Tensor, key: torch.Tensor, sizes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 def isolated_attention(
@@ -94,6 +112,30 @@ def encoder_layer_forward(
     return hidden_states, (query, key)
 
 
+def merging_encoder_layer_forward(
+    layer: CLIPEncoderLayer, hidden_states: torch.Tensor, sizes: torch.Tensor, merge: TokenMerge, layer_index: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One stock CLIP encoder layer with ToMe: proportional attention, then `merge` between attention and MLP.
+
+    hidden_states [B, S, Dv], sizes [B, S]. Returns merged states [B, S', Dv] and sizes [B, S'].
+    """
+    attn: CLIPAttention = layer.self_attn
+    residual = hidden_states
+    hidden_states = layer.layer_norm1(hidden_states)
+    query = _split_heads(attn.q_proj(hidden_states), attn.head_dim)  # [B, h, S, dh]
+    key = _split_heads(attn.k_proj(hidden_states), attn.head_dim)
+    value = _split_heads(attn.v_proj(hidden_states), attn.head_dim)
+    # proportional attention: softmax(q k^T * scale + log s) -- a key standing for s patches counts s times
+    size_bias = sizes.log().to(query.dtype)[:, None, None, :]  # [B, 1, 1, S]
+    attended = F.scaled_dot_product_attention(query, key, value, attn_mask=size_bias, scale=attn.scale)
+    hidden_states = residual + attn.out_proj(_merge_heads(attended))
+    hidden_states, sizes = merge(layer_index, hidden_states, key, sizes)
+
+    residual = hidden_states
+    hidden_states = residual + layer.mlp(layer.layer_norm2(hidden_states))
+    return hidden_states, sizes
+
+
 def init_semantic_tokens(num_tokens: int, width: int, *, device=None, dtype=None) -> torch.Tensor:
     """N learnable tokens drawn like CLIP's class embedding: normal(0, Dv^-0.5). Shape [1, N, Dv]."""
     return torch.randn(1, num_tokens, width, device=device, dtype=dtype) * width**-0.5
@@ -103,6 +145,8 @@ class VisToGVisionTower(CLIPVisionModel):
     """Stock CLIPVisionModel weights plus `semantic_tokens` [1, N, Dv]; forward returns feature-layer `VisionStates`.
 
     With `num_semantic_tokens=0` it computes exactly stock CLIP's feature-layer states (and stops there).
+    `token_merge` (set by vistog_bench.reducers, VisToG off only) merges tokens inside the layers: the feature layer
+    then returns fewer patch tokens.
     """
 
     def __init__(self, config: CLIPVisionConfig, num_semantic_tokens: int = 0, isolated_attention: bool = True):
@@ -112,6 +156,7 @@ class VisToGVisionTower(CLIPVisionModel):
             self.semantic_tokens = nn.Parameter(init_semantic_tokens(num_semantic_tokens, config.hidden_size))
         else:
             self.semantic_tokens = None
+        self.token_merge: TokenMerge | None = None
 
     @property
     def num_patches(self) -> int:
@@ -144,7 +189,18 @@ class VisToGVisionTower(CLIPVisionModel):
             hidden_states = torch.cat([hidden_states, semantic], dim=1)  # [B, S, Dv]
         hidden_states = self.pre_layrnorm(hidden_states)
 
-        for layer in self.encoder.layers[: self.layers_to_run(feature_layer)]:
+        layers = self.encoder.layers[: self.layers_to_run(feature_layer)]
+        if self.token_merge is not None:
+            if self.semantic_tokens is not None or with_cls_attention:
+                raise UsageError("token merging runs on the stock tower only: VisToG off and no CLS attention")
+            sizes = hidden_states.new_ones(hidden_states.shape[:2])  # [B, I]
+            for index, layer in enumerate(layers):
+                hidden_states, sizes = merging_encoder_layer_forward(
+                    layer, hidden_states, sizes, self.token_merge, index
+                )
+            return VisionStates(patch_states=hidden_states[:, 1:], cls_state=hidden_states[:, 0])
+
+        for layer in layers:
             hidden_states, (query, key) = encoder_layer_forward(
                 layer, hidden_states, num_image_tokens, self.isolated_attention
             )
@@ -161,4 +217,4 @@ class VisToGVisionTower(CLIPVisionModel):
         return states
 
 
-__all__ = ["VisionStates", "VisToGVisionTower", "isolated_attention", "init_semantic_tokens"]
+__all__ = ["VisionStates", "VisToGVisionTower", "TokenMerge", "isolated_attention", "init_semantic_tokens"]

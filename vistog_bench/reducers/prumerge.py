@@ -1,0 +1,104 @@
+"""`prumerge`: LLaVA-PruMerge at a fixed budget.
+
+Shang, Cai, Xu, Lee, Yan. "LLaVA-PruMerge: Adaptive Token Reduction for Efficient Large Multimodal Models."
+arXiv 2403.15388. Reference implementation: 42Shawn/LLaVA-PruMerge, `llava/model/multimodal_encoder/clip_encoder.py`
+(`token_prune_merge_advanced`, `outlier_dectection`).
+
+Glossary: B images, P patches, I = 1 + P (CLS first), K budget, Dv vision width, k neighbours merged (32).
+
+As the reference:
+  1. attention of CLS over the I tokens from the q / k projections of the encoder layer *after* LLaVA's feature
+     layer applied to the feature-layer states (the reference hooks `layers[23].self_attn.{q,k}_proj`), as one head
+     of width Dv: softmax(q_cls k^T / sqrt(Dv)), CLS column dropped -> a [B, P];
+  2. the kept tokens: the top of that attention (in the reference, its IQR outliers, see departure 1), in
+     descending-attention order;
+  3. each kept token i becomes x_i + sum_j a_j x_j over its k = 32 most key-similar other tokens j (cosine of the
+     same layer's keys, kept and pruned alike), weighted by their un-normalised CLS attention a_j.
+
+Departures from the reference:
+  1. Fixed budget. The reference keeps the IQR outliers of the attention (a > Q3 + 1.5 IQR), a number that varies by
+     image (about 32 of 576 on average). Here exactly K are kept: the outliers ranked by attention, then the next
+     highest-attention tokens until K. Outliers are by definition the top of the ranking, so the kept set is the
+     top K by attention whatever the outlier count; `iqr_outlier_count` reports what the reference would have kept.
+  2. The reference computes the IQR over the whole batch at once (`flatten()`), so an image's token count depends
+     on its batch; here per image.
+  3. Vectorised (the reference loops over images and kept tokens); same neighbours up to ties.
+  4. Without an encoder layer after the feature layer (feature layer = last layer) this method is refused.
+  PruMerge+ (extra spatially uniform tokens) is not implemented.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers.models.clip.modeling_clip import CLIPEncoderLayer
+
+from ..model.vision import VisionStates
+from .base import check_budget, check_output, gather_tokens
+
+NEIGHBOURS = 32  # the reference's k
+
+
+def next_layer_cls_attention(layer: CLIPEncoderLayer, states: VisionStates) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's CLS attention and keys: `layer`'s q / k on the feature-layer states, one head of width Dv.
+
+    Returns attention [B, P] (softmax over all I tokens, CLS column dropped) and patch keys [B, P, Dv].
+    """
+    tokens = torch.cat([states.cls_state.unsqueeze(1), states.patch_states], dim=1)  # [B, I, Dv]
+    normed = layer.layer_norm1(tokens)
+    query = layer.self_attn.q_proj(normed[:, :1])  # [B, 1, Dv]
+    key = layer.self_attn.k_proj(normed)  # [B, I, Dv]
+    width = key.shape[-1]
+    # [B, 1, I] <- [B, 1, Dv] @ [B, Dv, I]
+    attention = torch.softmax((query @ key.transpose(1, 2)).float() * width**-0.5, dim=-1)
+    return attention[:, 0, 1:], key[:, 1:]
+
+
+def iqr_outlier_count(attention: torch.Tensor) -> torch.Tensor:
+    """Per image, how many tokens lie above Q3 + 1.5 IQR of its attention [B, P] (the reference's adaptive count)."""
+    q1, q3 = torch.quantile(attention.float(), torch.tensor([0.25, 0.75], device=attention.device), dim=1)
+    return (attention.float() > (q3 + 1.5 * (q3 - q1)).unsqueeze(1)).sum(dim=1)
+
+
+def merge_neighbours(
+    patches: torch.Tensor, keys: torch.Tensor, attention: torch.Tensor, kept: torch.Tensor, neighbours: int
+) -> torch.Tensor:
+    """x_i + sum_j a_j x_j over the `neighbours` most key-similar other tokens j of each kept token i.
+
+    patches [B, P, Dv], keys [B, P, Dv], attention [B, P], kept [B, K]. Returns [B, K, Dv].
+    """
+    num_patches = patches.shape[1]
+    normed = F.normalize(keys.float(), dim=-1)
+    # [B, K, P] <- [B, K, Dv] @ [B, Dv, P]
+    similarity = gather_tokens(normed, kept) @ normed.transpose(1, 2)
+    similarity.scatter_(2, kept.unsqueeze(-1), -torch.inf)  # a token is not its own neighbour
+    near = similarity.topk(min(neighbours, num_patches - 1), dim=2).indices  # [B, K, k]
+    batch, budget, count = near.shape
+    flat = near.flatten(1)  # [B, K k]
+    weights = attention.gather(1, flat).view(batch, budget, count, 1).to(patches.dtype)
+    neighbour_tokens = gather_tokens(patches, flat).view(batch, budget, count, -1)  # [B, K, k, Dv]
+    return gather_tokens(patches, kept) + (neighbour_tokens * weights).sum(dim=2)
+
+
+@dataclass(frozen=True)
+class PruMergeReducer:
+    budget: int
+    num_patches: int
+    next_layer: CLIPEncoderLayer  # the encoder layer after LLaVA's feature layer (weights shared, not copied)
+    neighbours: int = NEIGHBOURS
+    needs_cls_attention: bool = False  # computed here from `next_layer`, as the reference does
+
+    def __post_init__(self):
+        check_budget(self.budget, self.num_patches)
+
+    def __call__(self, states: VisionStates) -> torch.Tensor:
+        patches = states.patch_states  # [B, P, Dv]
+        attention, keys = next_layer_cls_attention(self.next_layer, states)
+        kept = attention.topk(self.budget, dim=1).indices  # [B, K], descending attention as the reference
+        tokens = merge_neighbours(patches, keys, attention, kept, self.neighbours)
+        return check_output(tokens, patches.shape[0], self.budget, "prumerge")
+
+
+__all__ = ["NEIGHBOURS", "PruMergeReducer", "iqr_outlier_count", "merge_neighbours", "next_layer_cls_attention"]

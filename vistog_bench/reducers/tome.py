@@ -1,0 +1,123 @@
+"""`tome`: Token Merging inside the vision encoder.
+
+Bolya, Fu, Dai, Zhang, Feichtenhofer, Hoffman. "Token Merging: Your ViT But Faster." ICLR 2023 (arXiv 2210.09461).
+Reference implementation: facebookresearch/ToMe, `tome/merge.py` (`bipartite_soft_matching`, `merge_wavg`) and
+`tome/patch/timm.py` (where a block merges, proportional attention).
+
+Glossary: B images, S tokens in the encoder (CLS + patches), r tokens merged in one layer, L encoder layers run
+(LLaVA's feature layer -2 of ViT-L's 24: L = 23), P patches, K the budget, dh head width.
+
+As the reference: in every layer, after attention and before the MLP, the tokens are split alternately into sets
+A (even positions) and B (odd); each A token's most similar B token (cosine of the layer's attention keys, mean over
+heads) gives an edge; the r strongest edges merge their A token into its B token by size-weighted averaging
+(`merge_wavg`); CLS is protected; attention adds log(size) to the logits (proportional attention, in
+vistog_bench.model.vision.merging_encoder_layer_forward). The schedule is constant r, as the reference's default,
+chosen here so that exactly P - K tokens are merged over the L layers: the feature layer returns K patch tokens.
+
+Departures from the reference:
+  1. Schedule: r_l = floor((P - K) / L), plus one in the first (P - K) mod L layers, so the budget is met exactly
+     (the reference fixes r and lets the final count follow).
+  2. The reference caps r at half the tokens. When a layer must merge more (small budgets, or a shallow encoder such
+     as the tests' tiny one), matching is repeated in that layer on the merged tokens, their keys merged by the same
+     size-weighted average, until r tokens have gone.
+  3. Surviving tokens keep their sequence order (so spatial order for the LLM), where the reference concatenates
+     [unmerged A, B]. The encoder itself is order-blind (position embeddings are added before the first layer), but
+     the LLM reads an order. Consequently, the A/B alternation of later layers runs over this order.
+  4. The merged features at the feature layer go to LLaVA's projector as they are (the reference classifies from
+     CLS); sizes are not passed on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..model.vision import VisionStates
+from .base import check_budget, check_output
+
+
+def merge_schedule(num_patches: int, budget: int, num_layers: int) -> tuple[int, ...]:
+    """Tokens to merge in each of the L layers run, summing to P - K, constant up to one."""
+    check_budget(budget, num_patches)
+    total = num_patches - budget
+    base, extra = divmod(total, num_layers)
+    return tuple(base + (1 if layer < extra else 0) for layer in range(num_layers))
+
+
+def bipartite_matching_round(metric: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One round of bipartite soft matching with CLS (position 0) protected.
+
+    metric [B, S, dh] (any scale). Returns src [B, r], the positions merged away, and dst [B, r], the positions they
+    merge into, both in the sequence's coordinates. r must be <= (S - 1) // 2.
+    """
+    metric = metric / metric.norm(dim=-1, keepdim=True)
+    set_a, set_b = metric[:, ::2], metric[:, 1::2]  # A: even positions (CLS first), B: odd
+    scores = set_a @ set_b.transpose(-1, -2)  # [B, |A|, |B|] <- [B, |A|, dh] @ [B, dh, |B|]
+    scores[:, 0] = -torch.inf  # CLS never merges
+    best_score, best_b = scores.max(dim=-1)  # [B, |A|]
+    src_a = best_score.argsort(dim=-1, descending=True)[:, :r]  # [B, r], the r strongest edges
+    dst_b = best_b.gather(1, src_a)
+    return 2 * src_a, 2 * dst_b + 1
+
+
+def merge_weighted_average(
+    tokens: torch.Tensor, sizes: torch.Tensor, src: torch.Tensor, dst: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge tokens `src` into `dst` by size-weighted average; survivors keep their order.
+
+    tokens [B, S, C], sizes [B, S], src / dst [B, r]. Returns tokens [B, S - r, C] and sizes [B, S - r].
+    """
+    length, width = tokens.shape[1:]
+    weighted = tokens * sizes.unsqueeze(-1)  # [B, S, C]
+    moved = weighted.gather(1, src.unsqueeze(-1).expand(-1, -1, width))  # [B, r, C]
+    weighted = weighted.scatter_add(1, dst.unsqueeze(-1).expand(-1, -1, width), moved)
+    sizes = sizes.scatter_add(1, dst, sizes.gather(1, src))
+    survivors = surviving_positions(length, src)  # [B, S - r]
+    sizes = sizes.gather(1, survivors)
+    tokens = weighted.gather(1, survivors.unsqueeze(-1).expand(-1, -1, width)) / sizes.unsqueeze(-1)
+    return tokens, sizes
+
+
+def surviving_positions(length: int, src: torch.Tensor) -> torch.Tensor:
+    """Positions 0..S-1 without `src` [B, r], in increasing order: [B, S - r] (sort, so no host sync)."""
+    batch, r = src.shape
+    positions = torch.arange(length, device=src.device).expand(batch, -1)
+    merged_away = torch.zeros(batch, length, dtype=torch.bool, device=src.device).scatter(1, src, True)
+    return torch.where(merged_away, positions + length, positions).sort(dim=1).values[:, : length - r]
+
+
+@dataclass(frozen=True)
+class ToMeMerge:
+    """The per-layer merge the vision tower calls (vistog_bench.model.vision.TokenMerge)."""
+
+    schedule: tuple[int, ...]  # r per layer
+
+    def __call__(
+        self, layer_index: int, hidden_states: torch.Tensor, key: torch.Tensor, sizes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        to_merge = self.schedule[layer_index]
+        metric = key.mean(dim=1)  # [B, S, dh] <- [B, h, S, dh], the reference's metric
+        while to_merge > 0:
+            r = min(to_merge, (hidden_states.shape[1] - 1) // 2)
+            src, dst = bipartite_matching_round(metric, r)
+            if to_merge > r:  # another round follows: it matches on merged keys
+                metric, _ = merge_weighted_average(metric, sizes, src, dst)
+            hidden_states, sizes = merge_weighted_average(hidden_states, sizes, src, dst)
+            to_merge -= r
+        return hidden_states, sizes
+
+
+@dataclass(frozen=True)
+class ToMeReducer:
+    """The vision-side reducer of `tome`: the merging happened in the tower; this checks and passes the K tokens."""
+
+    budget: int
+    needs_cls_attention: bool = False
+
+    def __call__(self, states: VisionStates) -> torch.Tensor:
+        patches = states.patch_states  # [B, K, Dv], merged in the tower
+        return check_output(patches, patches.shape[0], self.budget, "tome (is the tower's token_merge set?)")
+
+
+__all__ = ["ToMeMerge", "ToMeReducer", "bipartite_matching_round", "merge_schedule", "merge_weighted_average"]
