@@ -91,7 +91,7 @@ def test_stage_times_present_and_positive_on_cpu(models):
     assert record.extra["ttft_ms"] <= record.total_ms
     assert record.vision_ms + record.grouping_ms + record.projector_ms + record.prefill_ms <= record.extra["ttft_ms"]
     assert record.extra["decode_steps"] == NEW_TOKENS - 1
-    assert (record.visual_tokens, record.text_tokens, record.output_tokens) == (64, TEXT_TOKENS, NEW_TOKENS)
+    assert (record.visual_tokens, record.text_tokens, record.output_tokens) == (2 * 64, 2 * TEXT_TOKENS, 2 * NEW_TOKENS)
     assert record.peak_rss_bytes > 0
 
 
@@ -179,7 +179,7 @@ def test_profile_command_writes_controlled_records(tmp_path, capsys):
     records = run.profile()
     assert [(r.kind, r.budget, r.method) for r in records] == [("controlled", 576, "none"), ("controlled", 64, "vistog")]
     for record in records:
-        assert record.path == "eager" and record.output_tokens == 2
+        assert record.path == "eager" and record.output_tokens == 2  # batch 1
         assert record.stats["ttft"]["n"] == 3 and record.stats["prefill"]["p10"] <= record.stats["prefill"]["p90"]
         assert record.prefill_ms == record.stats["prefill"]["median"] > 0
         assert record.extra["flops_mismatch"] == {}

@@ -150,7 +150,7 @@ def measured_table(records) -> str:
         ttft = r.stats.get("ttft", {})
         mismatch = r.extra.get("flops_mismatch") or {}
         rows.append([
-            r.budget, r.batch_size, r.output_tokens, r.path, _fmt(r.preprocess_ms), _fmt(r.vision_ms),
+            r.budget, r.batch_size, r.output_tokens // r.batch_size, r.path, _fmt(r.preprocess_ms), _fmt(r.vision_ms),
             _fmt(r.grouping_ms), _fmt(r.projector_ms), _fmt(r.prefill_ms), _fmt(ttft.get("median")),
             _fmt(ttft.get("p10")), _fmt(ttft.get("p90")), _fmt(ttft.get("cv", None), 0.01, 1),
             _fmt(r.decode_per_token_ms), _fmt(r.total_ms), _fmt(r.flops.get("total"), 1e9, 3),
@@ -159,7 +159,7 @@ def measured_table(records) -> str:
         ])
     headers = ["budget", "batch", "new", "path", "prep ms", "vision ms", "group ms", "proj ms", "prefill ms",
                "TTFT ms", "p10", "p90", "CV %", "decode ms/tok", "total ms", "GFLOPs", "counted", "KV MiB", "J"]
-    note = "medians; '!' = counted vs analytic FLOPs differ by > 1 % in some stage (see extra.flops_mismatch)"
+    note = "medians; new = output tokens per prompt; '!' = counted vs analytic FLOPs differ by > 1 % in some stage (see extra.flops_mismatch)"
     return tabulate(rows, headers=headers, tablefmt="github") + "\n" + note
 
 
@@ -168,14 +168,14 @@ def analytic_table(records, gpus) -> str:
 
     rows = []
     for r in records:
-        row = [r.budget, r.batch_size, r.output_tokens, _fmt(r.flops["vision"], 1e9), _fmt(r.flops["grouping"], 1e9),
+        row = [r.budget, r.batch_size, r.output_tokens // r.batch_size, _fmt(r.flops["vision"], 1e9), _fmt(r.flops["grouping"], 1e9),
                _fmt(r.flops["projector"], 1e9), _fmt(r.flops["prefill"], 1e12, 3),
                _fmt(r.extra["decode_flops_per_token"], 1e9), _fmt(r.extra["fastv_prefill_macs"], 1e12, 3),
                _fmt(r.weight_bytes, 1e9), _fmt(r.kv_cache_bytes, 2**20, 1)]
         for gpu in gpus:
             floor = r.extra["roofline"][gpu]
             ttft = sum(floor[s]["floor_ms"] for s in ("vision", "grouping", "projector", "prefill"))
-            steps = r.output_tokens - 1
+            steps = r.output_tokens // r.batch_size - 1
             row += [_fmt(ttft, 1, 3), _fmt(floor["decode"]["floor_ms"] / steps if steps else None, 1, 3)]
         rows.append(row)
     headers = ["budget", "batch", "new", "vision GF", "group GF", "proj GF", "prefill TF", "decode GF/tok",

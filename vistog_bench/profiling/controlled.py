@@ -133,7 +133,8 @@ def analytic_records(settings: ProfileSettings) -> list[ProfileRecord]:
                 records.append(ProfileRecord(
                     kind="analytic", method=method_of(config, budget), budget=budget, batch_size=batch,
                     device=",".join(gpu.key for gpu in gpus), dtype=settings.dtype, path="analytic",
-                    visual_tokens=budget, text_tokens=settings.text_tokens, output_tokens=new_tokens,
+                    visual_tokens=budget * batch, text_tokens=settings.text_tokens * batch,
+                    output_tokens=new_tokens * batch,
                     flops=costs.by_stage,
                     kv_cache_bytes=kv_cache_bytes(shape, batch, kv_tokens, element_bytes),
                     weight_bytes=weights["total"],
@@ -279,7 +280,8 @@ def measure_cell(model, source: ModelSource, profiler: RequestProfiler, *, budge
         generated = out.shape[1] - inputs["input_ids"].shape[1]
         if generated != new_tokens:
             raise RuntimeError(f"generate returned {generated} tokens, {new_tokens} were forced")
-        req.set_tokens(visual=budget, text=settings.text_tokens, output=new_tokens)
+        req.set_tokens(visual=budget * batch_size, text=settings.text_tokens * batch_size,
+                       output=new_tokens * batch_size)
 
     request = dict(method=method, budget=budget, batch_size=batch_size, task=None)
     counted: dict[str, float] = {}

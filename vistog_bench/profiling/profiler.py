@@ -7,7 +7,7 @@
             with req.stage("preprocess"):                    # a CPU stage the caller times
                 inputs = ...
             out = model.generate(**inputs)
-            req.set_tokens(visual=64, text=40, output=12)    # per prompt; inferred from the hooks if not given
+            req.set_tokens(visual=512, text=320, output=96)  # request totals; inferred from the hooks if not given
         record = req.record
 
 Stage times (milliseconds):
@@ -30,7 +30,7 @@ peak RSS over the request. Energy: NVML's total-energy counter before and after 
 
 With `path="compiled"` (torch.compile / CUDA graphs for decode steps, prefill eager as transformers does it) the
 hooks are silent inside the compiled region: decode is then timed as one span, prefill end -> request end, and its
-step count is `output_tokens - 1`.
+step count is output_tokens / batch - 1 (lengths are forced there).
 """
 
 from __future__ import annotations
@@ -120,8 +120,9 @@ class Request:
             self._caller_ms[name] = self._caller_ms.get(name, 0.0) + (time.perf_counter() - start) * 1e3
 
     def set_tokens(self, *, visual: int | None = None, text: int | None = None, output: int | None = None) -> None:
-        """Token counts per prompt (visual: all images of the prompt; text: prompt text incl. template; output:
-        generated). Any left unset is inferred from the hooks (padded prompt length for text)."""
+        """Token counts of the whole request, summed over its prompts (visual: every image's tokens; text: prompt
+        text incl. template; output: generated). Any left unset is inferred from the hooks (text then counts
+        padding, output the generate's steps times the batch)."""
         if visual is not None:
             self._tokens.visual = int(visual)
         if text is not None:
@@ -238,16 +239,16 @@ class Request:
         prefills = [s for s in self._steps if s.kind == "prefill"]
         decodes = [s for s in self._steps if s.kind == "decode"]
 
-        # tokens per prompt
+        # tokens: request totals (summed over prompts)
         batch = self._steps[0].batch if self._steps else self.batch_size
-        prompt_tokens = prefills[0].new_tokens if prefills else None
+        prompt_tokens = prefills[0].new_tokens if prefills else None  # per prompt, padded
         projected = sum(s.size[0] for s in self._spans if s.stage == "projector")
-        visual = self._tokens.visual if self._tokens.visual is not None else (projected // batch if batch else None)
+        visual = self._tokens.visual if self._tokens.visual is not None else projected
         text = self._tokens.text
-        if text is None and prompt_tokens is not None and visual is not None:
-            text = prompt_tokens - visual
-        observed_output = 1 + len(decodes) if prefills else 0
-        output = self._tokens.output if self._tokens.output is not None else observed_output
+        if text is None and prompt_tokens is not None:
+            text = batch * prompt_tokens - visual
+        steps_per_prompt = 1 + len(decodes) if prefills else 0
+        output = self._tokens.output if self._tokens.output is not None else batch * steps_per_prompt
 
         # times
         prefill_ms = sum(ms(s.start, s.end) for s in prefills) if prefills else None
@@ -258,8 +259,8 @@ class Request:
             ends = [s.end for s in self._steps]
             decode_ms = sum(ms(ends[i - 1], ends[i]) for i, s in enumerate(self._steps) if s.kind == "decode")
             extra["decode_forward_ms"] = sum(ms(s.start, s.end) for s in decodes)
-        elif profiler.path == "compiled" and prefills and output > 1:
-            decode_steps = output - 1
+        elif profiler.path == "compiled" and prefills and output > batch:
+            decode_steps = -(-output // batch) - 1  # the longest prompt's steps (all equal when lengths are forced)
             decode_ms = ms(self._steps[-1].end, end)
             extra["decode_span"] = "prefill end -> request end (decode steps run compiled, without hooks)"
         elif prefills:
@@ -289,7 +290,7 @@ class Request:
             "decode": sum(F.llm_flops(shape, s.batch, s.new_tokens, s.kv_length, s.logits_tokens) for s in decodes),
         }
         if not decodes and decode_steps and prompt_tokens is not None:
-            analytic["decode"] = F.decode_flops(shape, batch, prompt_tokens, output)
+            analytic["decode"] = F.decode_flops(shape, batch, prompt_tokens, decode_steps + 1)
         analytic["total"] = sum(analytic.values())
         counted: dict[str, float] = {}
         if self._counter is not None:
