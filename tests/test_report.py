@@ -19,7 +19,13 @@ from vistog_bench import cli
 from vistog_bench.report import build_report, headline_score, write_report
 from vistog_bench.report.figures import FIGURE_NAMES, pareto_frontier
 from vistog_bench.report.render import to_latex, to_markdown
-from vistog_bench.results import CellResult, ProfileRecord, RunDir, RunManifest, failed_status
+from vistog_bench.results import (
+    CellResult,
+    ProfileRecord,
+    RunDir,
+    RunManifest,
+    failed_status,
+)
 
 REFERENCE_CSV = Path(__file__).resolve().parents[1] / "results" / "reference" / "llava15_7b_published.csv"
 
@@ -178,7 +184,7 @@ def test_best_marked_per_column(main_run):
 
 
 def test_failed_and_oom_cells_and_partial_retention(main_run):
-    report, md = render([main_run])
+    _, md = render([main_run])
     assert column(md, "pool@64", "gqa") == "OOM"
     failed = column(md, "pool@64", "mme")
     assert failed.startswith("failed<sup>")
@@ -214,7 +220,7 @@ def test_mixed_devices_flagged_per_row(main_run, tmp_path):
         controlled("none", 576, 300.0, device="NVIDIA A100-SXM4-80GB", path="eager"),
         controlled("vistog", 64, 290.0, device="NVIDIA A100-SXM4-80GB", path="eager"),
     ], device="NVIDIA A100-SXM4-80GB")
-    report, md = render([main_run, other])
+    _, md = render([main_run, other])
     header = md_header(md)
     assert header[-1] == "Setup"
     assert "MIXED" in md
@@ -288,7 +294,7 @@ def _assert_balanced_tabular(tex: str) -> None:
     assert tex.count(r"\begin{table}") == tex.count(r"\end{table}")
     unescaped = re.sub(r"\\[{}]", "", tex)
     assert unescaped.count("{") == unescaped.count("}")
-    for block in re.findall(r"\\begin\{tabular\}\{([lrc]+)\}(.*?)\\end\{tabular\}", tex, flags=re.S):
+    for block in re.findall(r"\\begin\{tabular\}\{([lrc]+)\}(.*?)\\end\{tabular\}", tex, flags=re.DOTALL):
         spec, body = block
         assert r"\toprule" in body and r"\bottomrule" in body
         rows = [line for line in body.splitlines() if line.rstrip().endswith(r"\\")]
@@ -316,7 +322,7 @@ def test_latex_compiles(main_run, tmp_path):
                    "\\usepackage{booktabs}\n\\usepackage[margin=1cm,landscape]{geometry}\n"
                    f"\\begin{{document}}\n{body}\n\\end{{document}}\n")
     result = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stdout[-2000:]
 
 

@@ -33,7 +33,7 @@ _EXPORTS = {
     "render_figures": "figures",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str):

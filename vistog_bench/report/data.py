@@ -22,12 +22,21 @@ from __future__ import annotations
 import math
 import re
 import statistics
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from ..errors import UsageError
-from ..results import FAILED_PREFIX, STATUS_OK, STATUS_OOM, CellResult, ProfileRecord, RunManifest, load_run
+from ..results import (
+    FAILED_PREFIX,
+    STATUS_OK,
+    STATUS_OOM,
+    CellResult,
+    ProfileRecord,
+    RunManifest,
+    load_run,
+)
 from .metrics import Headline, as_number, headline_score
 
 FULL_METHOD = "none"
@@ -79,6 +88,9 @@ def _validate_record(record: ProfileRecord, source: Path) -> None:
     for stage in LATENCY_STAGES + ("total", "decode_per_token"):
         value = getattr(record, f"{stage}_ms")
         _check(value is None or as_number(value) is not None, source, f"{where}: {stage}_ms must be a number or null")
+    for name in ("visual_tokens", "text_tokens", "output_tokens", "kv_cache_bytes", "energy_j"):
+        value = getattr(record, name)
+        _check(value is None or as_number(value) is not None, source, f"{where}: {name} must be a number or null")
     for name in ("flops", "counted_flops", "peak_memory_bytes", "stats"):
         _check(isinstance(getattr(record, name), dict), source, f"{where}: {name} must be an object")
 
@@ -373,7 +385,7 @@ def full_budget(keys: Iterable[tuple[str, int]], run_id: str, what: str) -> Full
     if none_budgets:
         return FullBudget(FULL_METHOD, max(none_budgets), None)
     top = max(b for _, b in keys)
-    method = sorted(m for m, b in keys if b == top)[0]
+    method = min(m for m, b in keys if b == top)
     return FullBudget(method, top, f"run {run_id} has no `{FULL_METHOD}` {what}; its full budget is taken as {method}@{top}")
 
 

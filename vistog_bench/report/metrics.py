@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import fnmatch
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 MME_PERCEPTION = ("mme_perception_score", "mme_percetion_score")
 MME_COGNITION = ("mme_cognition_score",)
@@ -102,7 +103,7 @@ def stderr_values(stderr: Mapping[str, Any], metrics: Mapping[str, Any] | None =
             name = strip_filter(key)
             if source is metrics and not name.endswith("_stderr"):
                 continue
-            name = name[: -len("_stderr")] if name.endswith("_stderr") else name
+            name = name.removesuffix("_stderr")
             number = as_number(value)
             if number is not None:
                 out.setdefault(name, number)

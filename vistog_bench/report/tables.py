@@ -8,7 +8,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..results import STAGES
-from .data import Efficiency, ReportData, Row, RunData, Setup, manifest_setup, method_order, stage_efficiencies
+from .data import (
+    Efficiency,
+    ReportData,
+    Row,
+    RunData,
+    Setup,
+    manifest_setup,
+    method_order,
+    stage_efficiencies,
+)
 from .metrics import metric_values, stderr_values
 from .reference import ReferenceSet
 
@@ -100,7 +109,7 @@ def _describe(values: list[str | None], what: str) -> str:
 def runs_line(runs: list[RunData]) -> str:
     parts = []
     for run in runs:
-        sha = (run.manifest.git_sha or "")[:10]
+        sha = str(run.manifest.git_sha or "")[:10]
         parts.append(f"{run.run_id} ({run.path}{', git ' + sha if sha else ''})")
     return "Runs: " + "; ".join(parts) + "."
 
@@ -268,8 +277,8 @@ def reference_table(reference: ReferenceSet) -> Table:
     provenance = [
         "Reported in papers, not measured here; never averaged with measured rows. "
         "Files: " + ", ".join(str(f) for f in reference.files) + ".",
-        "MME = perception + cognition; other benchmarks in %. Retention = mean of value / the same source's "
-        "full-budget value (n/a where that source gives no full-budget row).",
+        ("MME = perception + cognition; other benchmarks in %. Retention = mean of value / the same source's "
+         "full-budget value (n/a where that source gives no full-budget row)."),
     ]
     return Table("reported", "Reported numbers (published, for context)", columns, rows, provenance, notes.items,
                  blocks, meta)
@@ -356,7 +365,7 @@ def stage_table(data: ReportData) -> Table:
     provenance = [runs_line([r for r in data.runs if r.profile]) if any(r.profile for r in data.runs)
                   else "Runs: none with profile records.",
                   setup_lines([e.setup for e in effs]),
-                  "Controlled rows: medians over repeats of one `vistog-bench profile` measurement (the last written "
-                  "per setup); request rows: medians over served requests. TTFT = vision + grouping + projector + "
-                  "prefill."]
+                  ("Controlled rows: medians over repeats of one `vistog-bench profile` measurement (the last written "
+                   "per setup); request rows: medians over served requests. TTFT = vision + grouping + projector + "
+                   "prefill.")]
     return Table("stages", "Latency by stage", columns, rows, provenance, [], blocks, meta)
