@@ -251,3 +251,34 @@ def test_fixture_cli_refuses_unknown_datasets(capsys, tmp_path):
 
     assert main([str(tmp_path), "--only", "gqa,imagenet"]) == 2
     assert "imagenet" in capsys.readouterr().err
+
+
+def test_lmms_eval_evaluates_local_tasks_end_to_end(manager, mirror):
+    """simple_evaluate with an oracle model: requests carry the mirror's images and video paths, and right answers
+    aggregate to full marks."""
+    from lmms_eval import evaluator
+    from lmms_eval.api.model import lmms
+
+    class Oracle(lmms):
+        def generate_until(self, requests):
+            answers = []
+            for request in requests:
+                _, _, doc_to_visual, doc_id, task, split = request.args
+                doc = self.task_dict[task][split][doc_id]
+                visual = doc_to_visual(doc)[0]
+                assert os.path.isfile(visual) if task in VIDEO else visual.size == (96, 96)
+                answers.append(right_answer(task, doc))
+            return answers
+
+        def loglikelihood(self, requests):
+            raise NotImplementedError
+
+        def generate_until_multi_round(self, requests):
+            raise NotImplementedError
+
+    out = evaluator.simple_evaluate(model=Oracle(), tasks=["gqa_local", "pope_local", "videomme_local"],
+                                    task_manager=manager, verbosity="WARNING")  # fmt: skip
+    results = out["results"]
+    assert results["gqa_local"]["exact_match,none"] == 1.0
+    assert results["pope_local"]["pope_accuracy,none"] == 1.0
+    assert results["videomme_local"]["videomme_perception_score,none"] == 100.0

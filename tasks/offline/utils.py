@@ -27,11 +27,29 @@ def mvbench_local_doc_to_visual(doc, lmms_eval_specific_kwargs=None):
 
 
 def _nextqa():
-    # lmms-eval's nextqa utils read $HF_HOME at import (KeyError when unset); its default is the hub's default.
-    os.environ.setdefault("HF_HOME", os.path.expanduser("~/.cache/huggingface"))
-    from lmms_eval.tasks.nextqa import utils
+    """lmms-eval's nextqa utils, imported the offline way.
 
-    return utils
+    At import they read $HF_HOME (KeyError when unset: we default it to the hub's own default) and call
+    nltk.download for the open-ended WUPS metric, which can hang on a machine without network. The multiple-choice
+    functions used here need no nltk data, so those downloads are skipped.
+    """
+    import sys
+
+    if "lmms_eval.tasks.nextqa.utils" not in sys.modules:
+        os.environ.setdefault("HF_HOME", os.path.expanduser("~/.cache/huggingface"))
+        try:
+            import nltk
+        except ImportError:
+            nltk = None
+        download = getattr(nltk, "download", None)
+        if nltk is not None:
+            nltk.download = lambda *args, **kwargs: False
+        try:
+            import lmms_eval.tasks.nextqa.utils  # noqa: F401
+        finally:
+            if nltk is not None:
+                nltk.download = download
+    return sys.modules["lmms_eval.tasks.nextqa.utils"]
 
 
 def nextqa_doc_to_text_mc(doc, lmms_eval_specific_kwargs=None):
