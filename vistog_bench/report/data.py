@@ -19,7 +19,6 @@ Definitions (docs/reports.md repeats them for users):
 
 from __future__ import annotations
 
-import math
 import re
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
@@ -565,7 +564,3 @@ def build_report_data(runs: list[RunData]) -> ReportData:
                 row.efficiency_run = eff_ids[0]
             rows.append(row)
     return ReportData(runs, tasks, rows, list(dict.fromkeys(notes)))
-
-
-def finite(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)
