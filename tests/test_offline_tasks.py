@@ -11,7 +11,12 @@ import pytest
 
 from vistog_bench import offline_data
 from vistog_bench.fixtures import write_fixture
-from vistog_bench.offline_data import LOCAL_GROUPS, LOCAL_TASKS, MissingLocalData, check_local_data
+from vistog_bench.offline_data import (
+    LOCAL_GROUPS,
+    LOCAL_TASKS,
+    MissingLocalData,
+    check_local_data,
+)
 
 TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
 
@@ -220,8 +225,10 @@ def test_check_local_data_names_each_missing_file(tmp_path, mirror):
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv(offline_data.DATA_DIR_ENV, raising=False)
         assert check_local_data(["pope_local"], None) == [
-            "pope_local reads a local mirror, but no data dir is set: pass --data-dir DIR or set VISTOG_DATA_DIR, "
-            "see docs/offline-data.md"
+            (
+                "pope_local reads a local mirror, but no data dir is set: pass --data-dir DIR or set VISTOG_DATA_DIR, "
+                "see docs/offline-data.md"
+            )
         ]
 
 

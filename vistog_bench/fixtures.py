@@ -14,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+from datasets import Features, Image, List, Value
+
 from vistog_bench.offline_data import MVBENCH_SUBTASKS
 
 COLORS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 70, 220), "yellow": (235, 210, 40)}
@@ -78,17 +80,10 @@ def _write(rows: list[dict], features, path: Path) -> None:
     datasets.Dataset.from_dict(columns, features=features).to_parquet(str(path))
 
 
-def _F():
-    from datasets import Features, Image, List, Value
-
-    return Features, Image, List, Value
-
-
 # ---------------------------------------------------------------- image tasks
 
 
 def gqa(root: Path, n: int) -> None:
-    Features, Image, List, Value = _F()
     repo = root / "lmms-lab/GQA"
     images, rows = [], []
     for i in range(n):
@@ -123,7 +118,6 @@ def gqa(root: Path, n: int) -> None:
 
 
 def textvqa(root: Path, n: int) -> None:
-    Features, Image, List, Value = _F()
     rows = []
     for i in range(n):
         img, f = draw_image(i)
@@ -144,7 +138,6 @@ def textvqa(root: Path, n: int) -> None:
 
 
 def vqav2(root: Path, n: int) -> None:
-    Features, Image, List, Value = _F()
     rows = []
     for i in range(n):
         img, f = draw_image(i)
@@ -165,7 +158,6 @@ def vqav2(root: Path, n: int) -> None:
 
 
 def pope(root: Path, n: int) -> None:
-    Features, Image, List, Value = _F()
     rows = []
     for i in range(n):
         img, f = draw_image(i)
@@ -184,7 +176,6 @@ def pope(root: Path, n: int) -> None:
 
 
 def mme(root: Path, n: int) -> None:
-    Features, Image, List, Value = _F()
     rows = []
     for i in range(n):
         img, f = draw_image(i)
@@ -205,7 +196,6 @@ def mme(root: Path, n: int) -> None:
 
 
 def scienceqa(root: Path, n: int) -> None:
-    Features, Image, List, Value = _F()
     rows = []
     for i in range(n):
         img, f = draw_image(i)
@@ -226,7 +216,6 @@ def scienceqa(root: Path, n: int) -> None:
 
 
 def mmbench(root: Path, n: int) -> None:
-    Features, Image, List, Value = _F()
     rows = []
     letters = "ABCD"
     for i in range(n):
@@ -253,7 +242,6 @@ def _caption(f: dict) -> list[str]:
 
 
 def coco(root: Path, n: int) -> None:
-    Features, Image, List, Value = _F()
     rows = []
     for i in range(n):
         img, f = draw_image(i)
@@ -273,7 +261,6 @@ def coco(root: Path, n: int) -> None:
 
 
 def nocaps(root: Path, n: int) -> None:
-    Features, Image, List, Value = _F()
     rows = []
     for i in range(n):
         img, f = draw_image(i)
@@ -294,7 +281,6 @@ def nocaps(root: Path, n: int) -> None:
 
 
 def flickr(root: Path, n: int) -> None:
-    Features, Image, List, Value = _F()
     rows = []
     for i in range(n):
         img, f = draw_image(i)
@@ -316,7 +302,6 @@ DIRECTIONS = ("A. left to right", "B. right to left", "C. top to bottom", "D. it
 
 
 def videomme(root: Path, n: int) -> None:
-    Features, Image, List, Value = _F()
     repo = root / "lmms-lab/Video-MME"
     rows = []
     for i in range(n):
@@ -333,7 +318,6 @@ def videomme(root: Path, n: int) -> None:
 
 
 def nextqa(root: Path, n: int) -> None:
-    Features, Image, List, Value = _F()
     repo = root / "lmms-lab/NExTQA"
     rows = []
     for i in range(n):

@@ -227,13 +227,14 @@ def _missing_media(task: LocalTask, root: Path, files: list[str]) -> list[str]:
     missing = []
     for value in dict.fromkeys(values):
         path = media_path(task.name, value, root)
-        if not (path.exists() or (path.suffix == ".mp4" and (path.with_suffix(".MP4").exists()
-                                                             or path.with_suffix(".mkv").exists()))):
-            missing.append(path)  # fmt: skip
+        spellings = (path, path.with_suffix(".MP4"), path.with_suffix(".mkv")) if path.suffix == ".mp4" else (path,)
+        if not any(p.exists() for p in spellings):
+            missing.append(path)
     messages = [f"{task.name} needs {p}; copy the video from {task.repo} there, see {DOC}" for p in missing]
     if len(messages) > MAX_MEDIA_MESSAGES:
         rest = len(messages) - MAX_MEDIA_MESSAGES
-        messages = messages[:MAX_MEDIA_MESSAGES] + [f"{task.name} misses {rest} more videos under {repo_dir(task, root)}"]
+        more = f"{task.name} misses {rest} more videos under {repo_dir(task, root)}"
+        messages = messages[:MAX_MEDIA_MESSAGES] + [more]
     return messages
 
 

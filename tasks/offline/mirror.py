@@ -5,10 +5,10 @@ attribute `gqa_local`, which the module-level __getattr__ below computes from th
 mirror raises vistog_bench.offline_data.MissingLocalData with a message that says what to copy where.
 """
 
-from vistog_bench.offline_data import data_files
+from vistog_bench.offline_data import LOCAL_TASKS, data_files
 
 
 def __getattr__(task_name: str):
-    if task_name.startswith("__"):
-        raise AttributeError(task_name)
+    if task_name not in LOCAL_TASKS:
+        raise AttributeError(f"{task_name!r} is not a local task (vistog_bench.offline_data.LOCAL_TASKS)")
     return data_files(task_name)
