@@ -236,7 +236,7 @@ def request(method, budget, total_ms, *, batch_size=2) -> ProfileRecord:
     return ProfileRecord(kind="request", method=method, budget=budget, batch_size=batch_size, device="cuda:0",
                          dtype="float16", path="eager", task="gqa", visual_tokens=budget, output_tokens=3,
                          vision_ms=2.0, prefill_ms=10.0, decode_ms=total_ms - 12.0, total_ms=total_ms,
-                         flops={"prefill": 1e12}, energy_j=4.0)
+                         flops={"prefill": 1e12}, energy_j=4.0, extra={"ttft_ms": total_ms / 10})
 
 
 def test_request_medians_when_no_controlled_record(tmp_path):
@@ -250,6 +250,9 @@ def test_request_medians_when_no_controlled_record(tmp_path):
     assert column(md, "pool@64", "Speedup") == "**1.91**"  # 110 / 57.5
     assert column(md, "pool@64", "J / sample") == "**2.00**"  # 4 J for a batch of 2 (a tie with none@576)
     assert "medians over served requests" in md
+    # the profiler measured TTFT on every row, so the column uses it (median of 10, 11, 12), and says so
+    assert column(md, "none@576", "TTFT") == "11.0" and "measured time to first token" in md
+    assert "output tokens median 1.5" in md  # records count tokens over the batch of 2: 3 tokens -> 1.5 per sample
     assert "device NVIDIA H100 80GB HBM3" in md and "cuda:0" not in md  # the manifest names the GPU
 
 

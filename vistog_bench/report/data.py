@@ -9,8 +9,10 @@ Definitions (docs/reports.md repeats them for users):
   tasks where both exist.
 - Latency: a `kind="controlled"` record at batch size 1 when the run has one for that method@budget (a compiled one
   before an eager one, the last written when several remain), else the medians over its `kind="request"` records.
-- TTFT = vision + grouping + projector + prefill (milliseconds; CPU preprocessing excluded, a missing grouping or
-  projector stage counts 0, a missing prefill makes TTFT n/a).
+- TTFT: the profiler's measured time to first token (`extra["ttft_ms"]`: request start -> first token's logits,
+  preprocessing and glue included) when every row has it; else vision + grouping + projector + prefill (CPU
+  preprocessing excluded, a missing grouping or projector stage counts 0, a missing prefill makes it n/a). One
+  definition per table; the provenance line says which.
 - Speedup = full-budget total_ms / this total_ms, both from the same run and, where possible, the same kind, path
   and batch size.
 - Prefill TFLOPs = analytic `flops["prefill"]` / 1e12 (counted FLOPs when no analytic value). KV cache and peak
@@ -210,8 +212,9 @@ class Efficiency:
     kind: str  # "controlled" or "request"
     n_records: int
     setup: Setup
-    visual_tokens: int | None
+    visual_tokens: float | None  # per sample (records hold request totals, summed over the batch)
     stage_ms: dict[str, float | None]
+    measured_ttft_ms: float | None  # the profiler's own request start -> first token's logits (extra["ttft_ms"])
     decode_per_token_ms: float | None
     total_ms: float | None
     total_spread_ms: tuple[float, float] | None  # (p10, p90) of total, where the record has them
@@ -222,10 +225,14 @@ class Efficiency:
     joules_per_sample: float | None
 
     @property
-    def ttft_ms(self) -> float | None:
+    def stage_sum_ttft_ms(self) -> float | None:
+        """vision + grouping + projector + prefill (None without a prefill time)."""
         if self.stage_ms.get("prefill") is None:
             return None
         return sum(self.stage_ms.get(s) or 0.0 for s in TTFT_STAGES)
+
+    def ttft_ms(self, measured: bool) -> float | None:
+        return self.measured_ttft_ms if measured else self.stage_sum_ttft_ms
 
     @property
     def source(self) -> str:
@@ -276,9 +283,10 @@ def _efficiency_from(records: list[ProfileRecord], run: RunData, kind: str) -> E
             kind=kind,
             n_records=1,
             setup=Setup(record_device(record, device_name), record.dtype, record.path, str(record.batch_size),
-                        None if record.output_tokens is None else f"{record.output_tokens} (forced)"),
-            visual_tokens=record.visual_tokens,
+                        None if record.output_tokens is None else f"{_per_sample(record.output_tokens, record):g} (forced)"),
+            visual_tokens=_per_sample(record.visual_tokens, record),
             stage_ms={s: as_number(getattr(record, f"{s}_ms")) for s in LATENCY_STAGES},
+            measured_ttft_ms=as_number(record.extra.get("ttft_ms")) if isinstance(record.extra, dict) else None,
             decode_per_token_ms=as_number(record.decode_per_token_ms),
             total_ms=as_number(record.total_ms),
             total_spread_ms=(p10, p90) if p10 is not None and p90 is not None else None,
@@ -294,7 +302,7 @@ def _efficiency_from(records: list[ProfileRecord], run: RunData, kind: str) -> E
     peak = _median(_peak_bytes(r) for r in records)
     energy = _median((as_number(r.energy_j) / r.batch_size) if as_number(r.energy_j) is not None else None for r in records)
     kv = _median(r.kv_cache_bytes for r in records)
-    output = _median(r.output_tokens for r in records)
+    output = _median(_per_sample(r.output_tokens, r) for r in records)
     return Efficiency(
         run_id=run_id,
         method=first.method,
@@ -308,8 +316,9 @@ def _efficiency_from(records: list[ProfileRecord], run: RunData, kind: str) -> E
             _distinct_text(r.batch_size for r in records),
             None if output is None else f"median {output:g}",
         ),
-        visual_tokens=first.visual_tokens,
+        visual_tokens=_median(_per_sample(r.visual_tokens, r) for r in records),
         stage_ms={s: _median(getattr(r, f"{s}_ms") for r in records) for s in LATENCY_STAGES},
+        measured_ttft_ms=_median(r.extra.get("ttft_ms") if isinstance(r.extra, dict) else None for r in records),
         decode_per_token_ms=_median(r.decode_per_token_ms for r in records),
         total_ms=_median(r.total_ms for r in records),
         total_spread_ms=None,
@@ -319,6 +328,11 @@ def _efficiency_from(records: list[ProfileRecord], run: RunData, kind: str) -> E
         peak_memory_mib=None if peak is None else peak / MIB,
         joules_per_sample=energy,
     )
+
+
+def _per_sample(total: float | None, record: ProfileRecord) -> float | None:
+    """Token counts in records are request totals, summed over the batch's prompts."""
+    return None if as_number(total) is None else total / record.batch_size
 
 
 def _path_rank(path: str) -> int:
@@ -426,8 +440,7 @@ class Row:
 
     @property
     def visual_tokens(self) -> int:
-        if self.efficiency is not None and self.efficiency.visual_tokens is not None:
-            return int(self.efficiency.visual_tokens)
+        """Visual tokens one image gives the LLM: the budget (a video prompt has one budget per frame)."""
         return self.budget
 
 
