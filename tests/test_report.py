@@ -256,6 +256,16 @@ def test_request_medians_when_no_controlled_record(tmp_path):
     assert "device NVIDIA H100 80GB HBM3" in md and "cuda:0" not in md  # the manifest names the GPU
 
 
+def test_analytic_records_left_out_with_a_note(main_run):
+    analytic = ProfileRecord(kind="analytic", method="none", budget=576, batch_size=1, device="cpu", dtype="bfloat16",
+                             flops={"prefill": 8e12})
+    RunDir(main_run).append_profile([analytic])
+    report, md = render([main_run])
+    assert column(md, "none@576", "Prefill TFLOPs") == "2.00"  # from the controlled record, not the analytic one
+    assert "1 profile record(s) of kind analytic left out" in md
+    assert to_markdown(report.tables[1]).count("none@576") == 2  # stage table: eager + compiled only
+
+
 def test_stage_and_task_tables(main_run):
     report = build_report([main_run], [])
     by_name = {t.name: t for t in report.tables}

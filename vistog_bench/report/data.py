@@ -45,6 +45,8 @@ MIB = 2.0**20
 LATENCY_STAGES = ("preprocess", "vision", "grouping", "projector", "prefill", "decode")
 TTFT_STAGES = ("vision", "grouping", "projector", "prefill")
 PATH_PREFERENCE = ("compiled", "eager")
+MEASURED_KINDS = ("controlled", "request")  # other kinds (e.g. "analytic": FLOPs and roofline floors, no times) are
+# not latency measurements and stay out of the tables; a note counts them
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -83,7 +85,7 @@ def _validate_cell(cell: CellResult, source: Path) -> None:
 
 def _validate_record(record: ProfileRecord, source: Path) -> None:
     where = f"profile record {record.kind!r} {record.method!r} {record.budget!r}"
-    _check(record.kind in ("request", "controlled"), source, f"{where}: kind must be 'request' or 'controlled'")
+    _check(isinstance(record.kind, str), source, f"{where}: kind must be text")
     _check(isinstance(record.method, str) and _is_int(record.budget), source, f"{where}: method text, budget integer")
     _check(_is_int(record.batch_size) and record.batch_size >= 1, source, f"{where}: batch_size must be a positive integer")
     for stage in LATENCY_STAGES + ("total", "decode_per_token"):
@@ -369,6 +371,8 @@ def stage_efficiencies(run: RunData) -> list[Efficiency]:
     out: list[Efficiency] = []
     groups: dict[tuple, list[ProfileRecord]] = {}
     for record in run.profile:
+        if record.kind not in MEASURED_KINDS:
+            continue
         if record.kind == "controlled":
             key = ("controlled", record.method, record.budget, record.path, record.batch_size, record.device, record.dtype)
         else:
@@ -509,7 +513,12 @@ def _accuracy_parts(run: RunData, notes: list[str]) -> dict[tuple[str, int], Acc
 
 
 def _efficiency_parts(run: RunData, notes: list[str]) -> dict[tuple[str, int], tuple[Efficiency, float | None, bool]]:
-    keys = {(r.method, r.budget) for r in run.profile}
+    others = sorted({r.kind for r in run.profile if r.kind not in MEASURED_KINDS})
+    if others:
+        count = sum(r.kind not in MEASURED_KINDS for r in run.profile)
+        notes.append(f"run {run.run_id}: {count} profile record(s) of kind {', '.join(others)} left out "
+                     "(no measured times; `vistog-bench profile --analytic` prints them)")
+    keys = {(r.method, r.budget) for r in run.profile if r.kind in MEASURED_KINDS}
     full = full_budget(keys, run.run_id, "profile records")
     if full is None:
         return {}
