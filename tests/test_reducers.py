@@ -221,3 +221,28 @@ def test_reducers_refuse_a_vistog_checkpoint():
         apply_method(vistog, "vistog", 32)
     apply_method(vistog, "vistog", 64)
     assert tokens_per_image(vistog) == 64
+
+
+def test_prumerge_merge_matches_the_reference_loop():
+    """The vectorised merge equals the reference's per-token loop: x_i + sum of a_j x_j over the k nearest keys."""
+    from vistog_bench.reducers.prumerge import merge_neighbours
+
+    generator = torch.Generator().manual_seed(0)
+    patches, keys = torch.randn(2, 20, 8, generator=generator), torch.randn(2, 20, 8, generator=generator)
+    attention = torch.rand(2, 20, generator=generator)
+    kept = attention.topk(5, dim=1).indices
+    merged = merge_neighbours(patches, keys, attention, kept, neighbours=4)
+    normed = torch.nn.functional.normalize(keys, dim=-1)
+    for b in range(2):
+        for i, token in enumerate(kept[b].tolist()):
+            others = [j for j in range(20) if j != token]
+            near = [others[j] for j in (normed[b, others] @ normed[b, token]).topk(4).indices.tolist()]
+            expected = patches[b, token] + (attention[b, near, None] * patches[b, near]).sum(0)
+            torch.testing.assert_close(merged[b, i], expected)
+
+
+def test_prumerge_reports_the_reference_outlier_count():
+    from vistog_bench.reducers.prumerge import iqr_outlier_count
+
+    attention = torch.cat([torch.full((1, 570), 0.001), torch.full((1, 6), 0.2)], dim=1)
+    assert iqr_outlier_count(attention).tolist() == [6]

@@ -152,7 +152,15 @@ class FastV:
         hidden_states = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         if prompt.kept_mask is None:  # prefill
-            keep, prompt.kept_mask = self.kept_positions(self.last_token_attention(kwargs["position_embeddings"]))
+            if prompt.query is None or prompt.key is None:
+                raise RuntimeError("fastv: layer K-1's q / k projections were not seen in this forward")
+            attention = last_token_attention(
+                prompt.query, prompt.key, kwargs["position_embeddings"], prompt.padding_mask,
+                head_dim=self._head_dim, kv_groups=self._kv_groups, scaling=self._scaling,
+            )
+            keep, prompt.kept_mask = kept_positions(
+                attention, prompt.image_mask, prompt.padding_mask, num_patches=self.num_patches, budget=self.budget
+            )
             prompt.query = prompt.key = None
             hidden_states = gather_rows(hidden_states, keep)  # [B, T', D]
             cos, sin = kwargs["position_embeddings"]
@@ -187,50 +195,62 @@ class FastV:
         kwargs.update(self._pruned_kwargs)
         return args, kwargs
 
-    # -- the method ------------------------------------------------------------------------------------------------
-    def last_token_attention(self, position_embeddings: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """Attention of the last prompt token over all prompt tokens at layer K-1, mean over heads: [B, T] (float)."""
-        prompt = self._prompt
-        if prompt.query is None or prompt.key is None:
-            raise RuntimeError("fastv: layer K-1's q / k projections were not seen in this forward")
-        batch, length, _ = prompt.key.shape
-        query = prompt.query.view(batch, 1, -1, self._head_dim).transpose(1, 2).float()  # [B, h, 1, dh]
-        key = prompt.key.view(batch, length, -1, self._head_dim).transpose(1, 2).float()  # [B, hkv, T, dh]
-        cos, sin = (x.float().unsqueeze(1) for x in position_embeddings)  # [B or 1, 1, T, dh]
-        query = query * cos[..., -1:, :] + rotate_half(query) * sin[..., -1:, :]
-        key = repeat_kv(key * cos + rotate_half(key) * sin, self._kv_groups)  # [B, h, T, dh]
-        # [B, h, 1, T] <- [B, h, 1, dh] @ [B, h, dh, T]
-        logits = (query @ key.transpose(-1, -2)) * self._scaling
-        logits = logits.masked_fill(~prompt.padding_mask[:, None, None, :], -torch.inf)
-        return torch.softmax(logits, dim=-1).mean(dim=1)[:, 0]  # [B, T]
+def last_token_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    padding_mask: torch.Tensor,
+    *,
+    head_dim: int,
+    kv_groups: int,
+    scaling: float,
+) -> torch.Tensor:
+    """Attention of the last prompt token over the prompt at one layer, mean over heads: [B, T] (float32).
 
-    def kept_positions(self, attention: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Positions kept per sample (text + the top K_img visual tokens of each image), left padded to T'.
+    query [B, 1, h dh] and key [B, T, hkv dh]: the layer's q / k projections before RoPE; position_embeddings:
+    rotary (cos, sin) [B or 1, T, dh]; padding_mask [B, T] (True for real tokens; padding keys get no attention).
+    """
+    batch, length, _ = key.shape
+    query = query.view(batch, 1, -1, head_dim).transpose(1, 2).float()  # [B, h, 1, dh]
+    key = key.view(batch, length, -1, head_dim).transpose(1, 2).float()  # [B, hkv, T, dh]
+    cos, sin = (x.float().unsqueeze(1) for x in position_embeddings)  # [B or 1, 1, T, dh]
+    query = query * cos[..., -1:, :] + rotate_half(query) * sin[..., -1:, :]
+    key = repeat_kv(key * cos + rotate_half(key) * sin, kv_groups)  # [B, h, T, dh]
+    # [B, h, 1, T] <- [B, h, 1, dh] @ [B, h, dh, T]
+    logits = (query @ key.transpose(-1, -2)) * scaling
+    logits = logits.masked_fill(~padding_mask[:, None, None, :], -torch.inf)
+    return torch.softmax(logits, dim=-1).mean(dim=1)[:, 0]
 
-        attention [B, T]. Returns positions [B, T'] (increasing; padding slots point at 0) and their mask [B, T'].
-        """
-        prompt = self._prompt
-        rows = []
-        for image_mask, scores in zip(prompt.image_mask, attention):
-            images = image_mask.nonzero().squeeze(1)  # [n P]
-            if images.numel() % self.num_patches:
-                raise UsageError(
-                    f"fastv: a prompt has {images.numel()} image tokens, not a multiple of {self.num_patches} per "
-                    "image; expand <image> with tokens_per_image(model)"
-                )
-            blocks = images.view(-1, self.num_patches)  # [n, P], one row per image
-            top = scores[blocks].topk(self.budget, dim=1).indices  # [n, K_img]
-            keep = ~image_mask
-            keep[blocks.gather(1, top).flatten()] = True
-            rows.append(keep.nonzero().squeeze(1))
-        length = max(row.numel() for row in rows)
-        positions = torch.zeros(len(rows), length, dtype=torch.long, device=attention.device)
-        valid = torch.zeros(len(rows), length, dtype=torch.bool, device=attention.device)
-        for b, row in enumerate(rows):
-            positions[b, length - row.numel() :] = row
-            valid[b, length - row.numel() :] = True
-        kept_mask = prompt.padding_mask.gather(1, positions) & valid
-        return positions, kept_mask
+
+def kept_positions(
+    attention: torch.Tensor, image_mask: torch.Tensor, padding_mask: torch.Tensor, *, num_patches: int, budget: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions kept per sample: its text tokens and the top `budget` visual tokens of each of its images.
+
+    attention, image_mask, padding_mask [B, T]; every run of `num_patches` image tokens is one image. Returns
+    positions [B, T'] (increasing, left padded to the longest sample; padding slots point at 0) and their mask
+    [B, T'] (True for real tokens).
+    """
+    rows = []
+    for sample_images, scores in zip(image_mask, attention):
+        images = sample_images.nonzero().squeeze(1)  # [n P]
+        if images.numel() % num_patches:
+            raise UsageError(
+                f"fastv: a prompt has {images.numel()} image tokens, not a multiple of {num_patches} per image; "
+                "expand <image> with tokens_per_image(model)"
+            )
+        blocks = images.view(-1, num_patches)  # [n, P], one row per image
+        top = scores[blocks].topk(budget, dim=1).indices  # [n, K_img]
+        keep = ~sample_images
+        keep[blocks.gather(1, top).flatten()] = True
+        rows.append(keep.nonzero().squeeze(1))
+    length = max(row.numel() for row in rows)
+    positions = torch.zeros(len(rows), length, dtype=torch.long, device=attention.device)
+    valid = torch.zeros(len(rows), length, dtype=torch.bool, device=attention.device)
+    for b, row in enumerate(rows):
+        positions[b, length - row.numel() :] = row
+        valid[b, length - row.numel() :] = True
+    return positions, padding_mask.gather(1, positions) & valid
 
 
 def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -239,4 +259,4 @@ def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
-__all__ = ["FastV"]
+__all__ = ["FastV", "gather_rows", "kept_positions", "last_token_attention"]

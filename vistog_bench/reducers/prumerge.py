@@ -76,10 +76,11 @@ def merge_neighbours(
     similarity.scatter_(2, kept.unsqueeze(-1), -torch.inf)  # a token is not its own neighbour
     near = similarity.topk(min(neighbours, num_patches - 1), dim=2).indices  # [B, K, k]
     batch, budget, count = near.shape
-    flat = near.flatten(1)  # [B, K k]
-    weights = attention.gather(1, flat).view(batch, budget, count, 1).to(patches.dtype)
-    neighbour_tokens = gather_tokens(patches, flat).view(batch, budget, count, -1)  # [B, K, k, Dv]
-    return gather_tokens(patches, kept) + (neighbour_tokens * weights).sum(dim=2)
+    # the weighted sum over neighbours as one matmul with a sparse-by-construction weight matrix
+    neighbour_attention = attention.gather(1, near.flatten(1)).view(batch, budget, count)  # [B, K, k]
+    weights = patches.new_zeros(batch, budget, num_patches).scatter_(2, near, neighbour_attention.to(patches.dtype))
+    # [B, K, Dv] <- [B, K, P] @ [B, P, Dv]
+    return gather_tokens(patches, kept) + weights @ patches
 
 
 @dataclass(frozen=True)
