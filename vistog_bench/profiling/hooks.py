@@ -5,7 +5,8 @@ timing code.
     grouping   model.model.grouping                VisToGGroupingLayer (absent with VisToG off)
     projector  model.model.multi_modal_projector   LLaVA's projector
     llm        model.model.language_model          LLaMA decoder: the first call of a generate is the prefill,
-    lm_head    model.lm_head                       each later call one decode step (lm_head closes the step)
+    lm_head    model.lm_head                       each later call one decode step; lm_head's output closes a
+                                                   step (LLM pre-hook -> lm_head post-hook)
 
 Hooks do nothing while torch.compile traces (`torch.compiler.is_compiling()`): a compiled region runs without them,
 and the profiler falls back to coarser spans there (see profiler.py).
@@ -26,12 +27,16 @@ STAGE_MODULES = {
     "llm": ("model", "language_model"),
     "lm_head": ("lm_head",),
 }
+# Which hooks each stage needs: a step of the LLM opens at the decoder's pre-hook and closes at lm_head's post-hook,
+# so a decode step costs two hook calls (the tiny CPU model's steps are ~3 ms; every hook call shows).
+PRE_HOOKS = ("vision", "grouping", "projector", "llm")
+POST_HOOKS = ("vision", "grouping", "projector", "lm_head")
 
 
 class StageObserver(Protocol):
     def enter(self, stage: str, module: nn.Module, args: tuple, kwargs: dict) -> None: ...
 
-    def exit(self, stage: str, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None: ...
+    def exit(self, stage: str, module: nn.Module, output: Any) -> None: ...
 
 
 def stage_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -72,20 +77,26 @@ def first_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:
 
 @contextmanager
 def stage_hooks(model: nn.Module, observer: StageObserver) -> Iterator[list]:
-    """Install pre/post forward hooks on every stage module, calling `observer`; all are removed on exit."""
+    """Install forward hooks on every stage module (PRE_HOOKS / POST_HOOKS), calling `observer`; all are removed on
+    exit. Dynamo sees `is_compiling()` true while tracing, so a compiled region keeps no trace of the hooks."""
     handles = []
 
     def add(stage: str, module: nn.Module) -> None:
+        enter, exit_ = observer.enter, observer.exit
+        is_compiling = torch.compiler.is_compiling
+
         def pre(mod, args, kwargs):
-            if not torch.compiler.is_compiling():
-                observer.enter(stage, mod, args, kwargs)
+            if not is_compiling():
+                enter(stage, mod, args, kwargs)
 
-        def post(mod, args, kwargs, output):
-            if not torch.compiler.is_compiling():
-                observer.exit(stage, mod, args, kwargs, output)
+        def post(mod, args, output):
+            if not is_compiling():
+                exit_(stage, mod, output)
 
-        handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
-        handles.append(module.register_forward_hook(post, with_kwargs=True))
+        if stage in PRE_HOOKS:
+            handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+        if stage in POST_HOOKS:
+            handles.append(module.register_forward_hook(post))
 
     try:
         for stage, module in stage_modules(model).items():
@@ -101,4 +112,4 @@ def hook_count(model: nn.Module) -> int:
     return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
 
 
-__all__ = ["STAGE_MODULES", "StageObserver", "stage_modules", "stage_hooks", "hook_count", "llm_new_tokens"]
+__all__ = ["STAGE_MODULES", "PRE_HOOKS", "POST_HOOKS", "StageObserver", "stage_modules", "stage_hooks", "hook_count", "llm_new_tokens"]

@@ -152,19 +152,17 @@ class Request:
     def enter(self, stage: str, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if stage == "llm":
             batch, new_tokens = llm_new_tokens(args, kwargs)
-            previous = self._steps[-1] if self._steps else None
-            if previous is None or new_tokens > 1:
+            steps = self._steps
+            if not steps or new_tokens > 1:
                 kind, kv_length = "prefill", new_tokens
             else:
-                kind, kv_length = "decode", previous.kv_length + new_tokens
-            self._reset_peak()
-            self._steps.append(_LlmStep(kind, batch, new_tokens, kv_length, self._clock.mark(),
-                                        flops_start=self._flops_now()))
-            return
-        if stage == "lm_head":
-            hidden = first_tensor(args, kwargs)
-            if self._steps and hidden is not None and hidden.ndim == 3:
-                self._steps[-1].logits_tokens = hidden.shape[1]
+                kind, kv_length = "decode", steps[-1].kv_length + new_tokens
+            if self._cuda:
+                torch.cuda.reset_peak_memory_stats(self._profiler.device)
+            cache = kwargs.get("cache")
+            self._cache = cache if cache is not None else kwargs.get("past_key_values", self._cache)
+            steps.append(_LlmStep(kind, batch, new_tokens, kv_length, self._clock.mark(),
+                                  flops_start=self._flops_now() if self._counter is not None else 0.0))
             return
         tensor = first_tensor(args, kwargs)
         if stage == "vision":
@@ -177,17 +175,18 @@ class Request:
         self._reset_peak()
         self._open_spans[stage] = _Span(stage, self._clock.mark(), size=size, flops_start=self._flops_now())
 
-    def exit(self, stage: str, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-        if stage in ("llm", "lm_head"):
+    def exit(self, stage: str, module: nn.Module, output: Any) -> None:
+        if stage == "lm_head":
             if not self._steps:
                 return
             step = self._steps[-1]
             step.end = self._clock.mark()
-            step.flops = self._flops_now() - step.flops_start
-            self._note_peak(step.kind)
-            if stage == "llm":
-                cache = getattr(output, "cache", None)
-                self._cache = cache if cache is not None else getattr(output, "past_key_values", None)
+            if output.ndim == 3:  # logits [B, t, V]
+                step.logits_tokens = output.shape[1]
+            if self._counter is not None:
+                step.flops = self._flops_now() - step.flops_start
+            if self._cuda:
+                self._note_peak(step.kind)
             return
         span = self._open_spans.pop(stage, None)
         if span is None:
@@ -236,6 +235,9 @@ class Request:
         vision_ms, grouping_ms, projector_ms = stage_ms("vision"), stage_ms("grouping"), stage_ms("projector")
         if grouping_ms is None:
             reasons["grouping_ms"] = "no grouping layer ran (VisToG off)"
+        for step, following in zip(self._steps, self._steps[1:] + [None]):
+            if step.end is None:  # the decoder ran without lm_head (called directly): close at what came next
+                step.end = following.start if following is not None else end
         prefills = [s for s in self._steps if s.kind == "prefill"]
         decodes = [s for s in self._steps if s.kind == "decode"]
 
@@ -394,9 +396,9 @@ class RequestProfiler:
         if self._active is not None:
             self._active.enter(stage, module, args, kwargs)
 
-    def exit(self, stage, module, args, kwargs, output) -> None:
+    def exit(self, stage, module, output) -> None:
         if self._active is not None:
-            self._active.exit(stage, module, args, kwargs, output)
+            self._active.exit(stage, module, output)
 
     @contextmanager
     def attached(self) -> Iterator["RequestProfiler"]:
