@@ -136,6 +136,8 @@ class VisToGLMM(lmms):
         self.max_frames = int(max_frames)
         self.profiler = profiler
         self.sample_failures: list[dict] = []
+        self.profile_records: list = []  # ProfileRecord per served batch, when a profiler is given
+        self.keep_loaded = False  # True: survive lmms-eval's post-evaluation clean() (one load, several tasks)
 
     # -- lmms-eval properties --------------------------------------------------------------------------------------
     @property
@@ -175,6 +177,8 @@ class VisToGLMM(lmms):
                     images.extend(load_frames(visual, self.max_frames))
                 else:
                     raise TypeError(f"unsupported visual of type {type(visual).__name__}")
+        except torch.OutOfMemoryError:
+            raise
         except (OSError, UnidentifiedImageError, RuntimeError, TypeError, ValueError) as exc:
             reason = " ".join(f"{type(exc).__name__}: {exc}".split())
             self.sample_failures.append({"task": task, "split": split, "doc_id": doc_id, "reason": reason})
@@ -246,6 +250,8 @@ class VisToGLMM(lmms):
             if request is not None:
                 visual = sum(len(s.images) for s in live) * self.budget
                 request.set_tokens(visual=visual, text=sum(input_counts) - visual, output=sum(output_counts))
+        if request is not None:
+            self.profile_records.append(request.record)
         texts = iter(
             (self._cut_at_stop(text, until), TokenCounts(int(n_in), int(n_out)))
             for text, n_in, n_out in zip(self.tokenizer.batch_decode(new_ids, skip_special_tokens=True), input_counts, output_counts)
@@ -294,6 +300,11 @@ class VisToGLMM(lmms):
             greedy = bool((logprobs.argmax(dim=-1) == target_ids[0]).all())
             results.append((float(chosen.sum()), greedy))
         return results
+
+    def clean(self) -> None:
+        """lmms-eval frees the model after each evaluation; the harness keeps it across its tasks (`keep_loaded`)."""
+        if not self.keep_loaded:
+            super().clean()
 
     def generate_until_multi_round(self, requests) -> list[str]:
         raise NotImplementedError("vistog: multi-round generation is not supported; use single-turn tasks")

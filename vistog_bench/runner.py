@@ -186,8 +186,8 @@ def cell_from_lmms_results(task: str, method: str, budget: int, results: dict, e
         if not isinstance(value, (int, float)) or isinstance(value, bool) or key == "alias":
             continue
         metric, _, filter_name = key.partition(",")
-        if metric.endswith("_stderr"):
-            stderr[f"{metric[: -len('_stderr')]},{filter_name}"] = float(value)
+        if "_stderr" in metric:  # "exact_match_stderr,none", or with the estimator named: "..._stderr_clt,none"
+            stderr[f"{metric.split('_stderr')[0]},{filter_name}"] = float(value)
         else:
             metrics[key] = float(value)
     n_samples = results.get("n-samples", {}).get(task, {}).get("effective", 0)
@@ -310,6 +310,7 @@ def _run_cell(run: RunDir, cell: Cell, tasks: list[str], config: RunConfig, mana
         for task in tasks:
             run.record_cell(CellResult(task, cell.method, cell.budget, status))
         return
+    lm.keep_loaded = True  # several tasks, one load
     profiler = _profiler(lm, config) if config.profile else None
     lm.profiler = profiler
     for task in tasks:
@@ -329,7 +330,7 @@ def _run_cell(run: RunDir, cell: Cell, tasks: list[str], config: RunConfig, mana
             continue
         finally:
             if profiler is not None:
-                run.append_profile(_take_records(profiler, task))
+                run.append_profile(_take_records(lm, task))
         if results is None:
             run.record_cell(CellResult(task, cell.method, cell.budget, failed_status("lmms-eval returned nothing")))
             continue
@@ -347,9 +348,9 @@ def _profiler(lm, config: RunConfig):
     return RequestProfiler(lm.model, device=config.device)
 
 
-def _take_records(profiler, task: str) -> list[ProfileRecord]:
-    records = [dataclasses.replace(r, task=task) for r in profiler.records]
-    profiler.records.clear()
+def _take_records(lm, task: str) -> list[ProfileRecord]:
+    records = [dataclasses.replace(r, task=task) for r in lm.profile_records]
+    lm.profile_records.clear()
     return records
 
 

@@ -1,0 +1,148 @@
+"""`vistog-bench run` on tiny random checkpoints and the synthetic shapes tasks: run folder contents, cell-level
+failures (failed task, out-of-memory), resume, and one-line errors for bad input."""
+
+import json
+import textwrap
+
+import pandas as pd
+import pytest
+import torch
+from testers import save_tiny_llava
+
+from vistog_bench.cli import main as cli_main
+from vistog_bench.model import VisToGForConditionalGeneration, load_checkpoint
+from vistog_bench.results import RunDir
+from vistog_bench.runner import RunConfig, run_sweep
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    llava_dir = save_tiny_llava(root / "llava")
+    model, processor = load_checkpoint(llava_dir)
+    torch.manual_seed(0)
+    vistog = VisToGForConditionalGeneration.from_llava(model, num_semantic_tokens=16)
+    vistog.save_pretrained(root / "vistog16")
+    processor.save_pretrained(root / "vistog16")
+    return str(llava_dir), str(root / "vistog16")
+
+
+@pytest.fixture(scope="module")
+def sweep(checkpoints, tmp_path_factory):
+    config = RunConfig(
+        models=checkpoints, tasks=("shapes_vqa",), methods=("vistog",), budgets=(16,), limit=3,
+        output=str(tmp_path_factory.mktemp("results")),
+    )
+    run, cells = run_sweep(config, command=["test"])
+    return config, run, cells
+
+
+def test_sweep_writes_manifest_metrics_samples_and_profile(sweep):
+    _, run, cells = sweep
+    assert sorted((c.method, c.budget, c.status) for c in cells) == [("none", 576, "ok"), ("vistog", 16, "ok")]
+    for cell in cells:
+        assert "exact_match,none" in cell.metrics and cell.n_samples == 3
+        assert set(cell.stderr) <= set(cell.metrics)
+        lines = run.samples_path(cell.key).read_text().splitlines()
+        assert len(lines) == 3 and "filtered_resps" in json.loads(lines[0])
+    manifest = run.manifest()
+    assert manifest.finished_at and manifest.versions["lmms_eval"] and manifest.config["limit"] == 3
+    records = run.profile()
+    assert {(r.method, r.budget) for r in records} == {("none", 576), ("vistog", 16)}
+    assert all(r.task == "shapes_vqa" and r.kind == "request" and r.total_ms > 0 for r in records)
+    assert {r.visual_tokens for r in records if r.method == "vistog"} == {16}
+
+
+def test_resume_redoes_only_unfinished_cells(sweep):
+    config, run, cells = sweep
+    kept = next(c for c in cells if c.method == "none")
+    metrics_file = run.path / "metrics.json"
+    metrics_file.write_text(json.dumps([json.loads(json.dumps(c.__dict__)) for c in cells if c.method == "none"]))
+    resumed, after = run_sweep(RunConfig(**{**config.__dict__, "resume": str(run.path)}))
+    assert resumed.path == run.path
+    assert {(c.method, c.status) for c in after} == {("none", "ok"), ("vistog", "ok")}
+    assert next(c for c in after if c.method == "none") == kept  # finished cell untouched
+
+
+def test_resume_with_another_configuration_is_refused(sweep, capsys):
+    config, run, _ = sweep
+    code = cli_main(["run", "--model", *config.models, "--tasks", "shapes_caption", "--budgets", "16",
+                     "--resume", str(run.path)])
+    assert code == 2
+    assert "different configuration" in capsys.readouterr().err
+
+
+def _user_tasks(folder, data_file):
+    (folder / "utils.py").write_text(textwrap.dedent("""
+        import torch
+
+        def broken_visual(doc):
+            raise KeyError("image column 'img' not in this split")
+
+        def oom_visual(doc):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+        def doc_to_text(doc):
+            return doc["question"]
+    """))
+    for name, visual in (("user_broken", "broken_visual"), ("user_oom", "oom_visual")):
+        (folder / f"{name}.yaml").write_text(textwrap.dedent(f"""
+            task: {name}
+            dataset_path: parquet
+            dataset_kwargs:
+              data_files:
+                test: {data_file}
+            test_split: test
+            output_type: generate_until
+            doc_to_visual: !function utils.{visual}
+            doc_to_text: !function utils.doc_to_text
+            doc_to_target: answer
+            generation_kwargs:
+              max_new_tokens: 2
+            metric_list:
+              - metric: exact_match
+                aggregation: mean
+                higher_is_better: true
+        """))
+
+
+def test_failed_and_oom_tasks_are_recorded_and_the_sweep_goes_on(checkpoints, tmp_path):
+    data_file = tmp_path / "toy.parquet"
+    pd.DataFrame({"question": ["what colour ?"] * 2, "answer": ["red"] * 2}).to_parquet(data_file)
+    tasks_dir = tmp_path / "user_tasks"
+    tasks_dir.mkdir()
+    _user_tasks(tasks_dir, data_file)
+    config = RunConfig(
+        models=checkpoints[:1], tasks=("user_broken", "user_oom", "shapes_vqa"), methods=("none",), budgets=(576,),
+        limit=2, output=str(tmp_path / "results"), include_paths=(str(tasks_dir),), profile=False,
+    )
+    run, cells = run_sweep(config)
+    status = {c.task: c.status for c in cells}
+    assert status["user_broken"].startswith("failed: KeyError") and "'img'" in status["user_broken"]
+    assert status["user_oom"] == "oom"
+    assert status["shapes_vqa"] == "ok"
+    assert len(RunDir(run.path).cells()) == 3
+
+
+@pytest.mark.parametrize(
+    "arguments,message",
+    [
+        (["--tasks", "shapes_vqq"], "unknown task 'shapes_vqq' (did you mean shapes_vqa"),
+        (["--tasks", "shapes_vqa", "--budgets", "0"], "budget 0 is out of range: 1..576"),
+        (["--tasks", "shapes_vqa", "--budgets", "577"], "budget 577 is out of range"),
+        (["--tasks", "shapes_vqa", "--budgets", "64"], "no VisToG checkpoint for budget 64"),
+        (["--tasks", "shapes_vqa", "--method", "tomee"], "unknown method 'tomee' (did you mean 'tome'?)"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(checkpoints, tmp_path, capsys, arguments, message):
+    code = cli_main(["run", "--model", *checkpoints, "--output", str(tmp_path), *arguments])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1
+
+
+def test_missing_or_foreign_model_folder(tmp_path, capsys):
+    assert cli_main(["run", "--model", str(tmp_path / "nope"), "--tasks", "shapes_vqa"]) == 2
+    assert "checkpoint folder not found" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    assert cli_main(["run", "--model", str(tmp_path), "--tasks", "shapes_vqa"]) == 2
+    assert "holds a 'bert' model" in capsys.readouterr().err
