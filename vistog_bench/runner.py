@@ -86,6 +86,12 @@ def _checkpoint_facts(path: str) -> tuple[str, int | None, int]:
     return model_type, config.get("num_semantic_tokens") if model_type == "vistog" else None, patches
 
 
+def checkpoint_budgets(models) -> tuple[int, ...]:
+    """Each checkpoint's own budget (N for VisToG, the patch count for stock LLaVA), largest first."""
+    facts = [_checkpoint_facts(str(m)) for m in models]
+    return tuple(sorted({semantic or patches for _, semantic, patches in facts}, reverse=True))
+
+
 def plan_cells(config: RunConfig) -> list[Cell]:
     """The sweep: `none` at the full budget first, then every other method at every budget below it."""
     stock, vistog, patch_counts = None, {}, set()
@@ -214,10 +220,15 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-def _evaluate_task(lm, task: str, config: RunConfig, manager) -> dict:
+def _evaluate_task(lm, task: str, config: RunConfig, manager, run_path: Path) -> dict:
+    import argparse
+
     from lmms_eval.evaluator import simple_evaluate
 
+    # Tasks that write submission files (TextVQA, MMBench, captions) put them under the run folder, not the cwd.
+    lmms_args = argparse.Namespace(output_path=str(run_path), process_with_media=True)
     return simple_evaluate(
+        cli_args=lmms_args,
         model=lm,
         tasks=[task],
         limit=config.limit,
@@ -320,9 +331,9 @@ def _run_cell(run: RunDir, cell: Cell, tasks: list[str], config: RunConfig, mana
         try:
             if profiler is not None:
                 with profiler.attached():
-                    results = _evaluate_task(lm, task, config, manager)
+                    results = _evaluate_task(lm, task, config, manager, run.path)
             else:
-                results = _evaluate_task(lm, task, config, manager)
+                results = _evaluate_task(lm, task, config, manager, run.path)
         except Exception as exc:  # noqa: BLE001 - a failed task is a failed cell; the sweep goes on
             status = STATUS_OOM if _is_oom(exc) else failed_status(f"{type(exc).__name__}: {exc}")
             run.record_cell(CellResult(task, cell.method, cell.budget, status, elapsed_s=time.perf_counter() - started))
@@ -446,8 +457,7 @@ def config_from_args(args) -> RunConfig:
         models, tasks = tuple(args.model), _csv(args.tasks)
         methods = _csv(args.method) or ("vistog",)
         budgets = _budgets(args.budgets)
-        if not budgets:
-            budgets = tuple(sorted({_checkpoint_facts(m)[1] or _checkpoint_facts(m)[2] for m in models}, reverse=True))
+        budgets = budgets or checkpoint_budgets(models)
         data_dir = args.data_dir
     return RunConfig(
         models=tuple(str(Path(m).resolve()) for m in models),
