@@ -101,6 +101,32 @@ def test_vistog_off_has_no_grouping_stage(models):
     assert record.visual_tokens == 576
 
 
+def test_compiled_path_hooks_stay_out_of_the_graph(models):
+    """Dynamo traces the decode step with the hooks installed (fullgraph: a hook that broke the graph would raise);
+    the compiled path times decode as one span. Eager backend on CPU: the tracing is what is tested here."""
+    from transformers import CompileConfig
+
+    model = models[64]
+    config = CompileConfig(backend="eager", fullgraph=True)
+    config._compile_all_devices = True  # transformers compiles on CPU only when asked
+    ids = prompt_ids(model.config, 64, TEXT_TOKENS, seed=0).expand(2, -1)
+    pixels = torch.randn(2, 3, 336, 336)
+    profiler = RequestProfiler(model, device="cpu", path="compiled")
+    with profiler.attached():
+        for _ in range(2):  # the first run compiles
+            with profiler.request(method="vistog", budget=64, batch_size=2) as req:
+                model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels,
+                               max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
+                               pad_token_id=0, cache_implementation="static", compile_config=config)
+                req.set_tokens(output=2 * NEW_TOKENS)
+    torch._dynamo.reset()
+    record = req.record
+    assert record.path == "compiled" and record.prefill_ms > 0 and record.decode_ms > 0
+    assert record.extra["decode_steps"] == NEW_TOKENS - 1 and "decode_span" in record.extra
+    # a static cache is allocated at its maximum length: here exactly the positions the generate needs
+    assert record.extra["kv_cache_bytes_measured"] >= record.extra["kv_cache_bytes_computed"]
+
+
 # -- FLOPs -------------------------------------------------------------------------------------------------------------
 def test_analytic_7b_prefill_is_8_50_tflops():
     shape = F.ArchShape.from_config(shape_config("llava-1.5-7b"))
