@@ -266,3 +266,46 @@ def test_trainer_bad_input(tiny_data, tmp_path):
     with pytest.raises(UsageError, match="training data not found"):
         train.main(_train_args(stage="llava", model=str(demo.checkpoint_dir("tiny-llava")),
                                data=str(tmp_path / "none.json"), output_dir=str(tmp_path)))  # fmt: skip
+
+
+# -- the lmms-eval tasks -----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def shapes_tasks(tmp_path_factory):
+    import os
+
+    from lmms_eval.tasks import TaskManager, get_task_dict
+
+    previous = os.environ.get("VISTOG_BENCH_CACHE")
+    os.environ["VISTOG_BENCH_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    try:
+        manager = TaskManager(include_path=str(demo.TASKS_DIR), include_defaults=False)
+        (group,) = get_task_dict([demo.DEMO_GROUP], manager).values()
+        yield dict(group)
+    finally:
+        if previous is None:
+            os.environ.pop("VISTOG_BENCH_CACHE")
+        else:
+            os.environ["VISTOG_BENCH_CACHE"] = previous
+
+
+def test_tasks_load_and_score(shapes_tasks):
+    assert set(shapes_tasks) == set(demo.DEMO_TASKS)
+    vqa = shapes_tasks["shapes_vqa"]
+    docs = vqa.test_docs()
+    assert len(docs) >= 500
+    doc = docs[0]
+    assert vqa.doc_to_text(doc) == doc["question"] and len(vqa.doc_to_visual(doc)) == 1
+    right = vqa.process_results(doc, [doc["answer"] + "."])
+    wrong = vqa.process_results(doc, ["nothing"])
+    assert right["exact_match"] == 1.0 and wrong["exact_match"] == 0.0
+    aggregate = vqa.aggregation()[f"{doc['question_type']}_exact_match"]
+    assert aggregate([right[f"{doc['question_type']}_exact_match"], wrong[f"{doc['question_type']}_exact_match"]]) == 0.5
+
+    video = shapes_tasks["shapes_video"]
+    clip = video.test_docs()[0]
+    assert len(video.doc_to_visual(clip)) == world.VIDEO_FRAMES
+
+    caption = shapes_tasks["shapes_caption"]
+    docs = caption.test_docs()
+    results = [caption.process_results(d, [d["answer"][0]])["shapes_CIDEr"] for d in (docs[i] for i in range(5))]
+    assert caption.aggregation()["shapes_Bleu_4"](results) > 0.99

@@ -7,10 +7,9 @@ and COCO caption metrics through pycocoevalcap (captions, as tasks/coco_cap does
 """
 
 from lmms_eval.api.task import ConfigurableTask
-from lmms_eval.tasks.coco_cap.utils import coco_aggregation_result
 
 from vistog_bench.demo import test_data_file
-from vistog_bench.demo.evaluate import normalise_answer
+from vistog_bench.demo.evaluate import coco_caption_score, normalise_answer
 from vistog_bench.demo.world import QUESTION_TYPES, VIDEO_QUESTION_TYPES
 
 COCO_METRICS = ["Bleu_4", "Bleu_3", "Bleu_2", "Bleu_1", "METEOR", "ROUGE_L", "CIDEr"]
@@ -103,8 +102,8 @@ def shapes_caption_process_results(doc, results):
 
 
 def _coco(metric):
-    def aggregate(results, args=None):
-        return coco_aggregation_result(results, metric, args)
+    def aggregate(results):
+        return coco_caption_score(results, metric)
 
     aggregate.__name__ = f"shapes_{metric.lower()}"
     return aggregate

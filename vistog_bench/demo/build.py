@@ -31,9 +31,9 @@ THREADS = 1  # robust when the cores are shared: two threads stall at every barr
 # Steps are sized for ~25 minutes on 2 CPU cores in total.
 STAGE_ARGS = {
     "pretrain-vision": dict(max_steps=400, batch_size=64, lr=1e-3),
-    "llava": dict(max_steps=1500, batch_size=32, lr=3e-4),
-    "vistog-stage1": dict(max_steps=300, batch_size=32, lr=1e-3),
-    "vistog-stage2": dict(max_steps=400, batch_size=32, lr=3e-4),
+    "llava": dict(max_steps=700, batch_size=32, lr=5e-4),
+    "vistog-stage1": dict(max_steps=200, batch_size=32, lr=1e-3),
+    "vistog-stage2": dict(max_steps=250, batch_size=32, lr=3e-4),
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from collections import defaultdict
 
@@ -17,8 +18,8 @@ from . import world
 
 
 def normalise_answer(text: str) -> str:
-    """Lower case, surrounding spaces and a final full stop dropped."""
-    return text.strip().lower().rstrip(".").strip()
+    """Lower case, no space before punctuation (a word-level tokenizer decodes "shapes : a"), no final full stop."""
+    return re.sub(r"\s+([?.,:;!])", r"\1", text.strip().lower()).rstrip(".").strip()
 
 
 def generate_answers(model, processor, questions, images, *, max_new_tokens: int = 4, batch_size: int = 32):
@@ -42,6 +43,40 @@ def generate_answers(model, processor, questions, images, *, max_new_tokens: int
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
         answers += [normalise_answer(t) for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
     return answers
+
+
+def coco_caption_score(results, metric: str) -> float:
+    """One COCO caption metric over `{"answer": [references], "pred": caption}` records: PTB tokenisation, then
+    pycocoevalcap's scorer, as lmms-eval's coco_cap aggregation does (without its COCO index and submission file)."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.meteor.meteor import Meteor
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    references = {i: [{"caption": a} for a in r["answer"]] for i, r in enumerate(results)}
+    predictions = {i: [{"caption": r["pred"]}] for i, r in enumerate(results)}
+    tokenizer = PTBTokenizer()
+    references, predictions = tokenizer.tokenize(references), tokenizer.tokenize(predictions)
+    scorers = {"METEOR": Meteor, "ROUGE_L": Rouge, "CIDEr": Cider}
+    scorer = Bleu(4) if metric.startswith("Bleu") else scorers[metric]()
+    score, _ = scorer.compute_score(references, predictions)
+    if metric.startswith("Bleu"):
+        score = score[int(metric.split("_")[-1]) - 1]
+    return float(score)
+
+
+def evaluate_captions(model, processor, split: str = "test", num_images: int = 60, first: int = 150) -> dict:
+    """BLEU-4 and CIDEr of greedy captions against the canonical sentence (the shapes_caption task's images)."""
+    samples = [world.image_sample(split, i) for i in range(first, first + num_images)]
+    predictions = generate_answers(
+        model, processor, ["Describe the image in one sentence."] * len(samples),
+        [[world.render(s.scene)] for s in samples], max_new_tokens=48, batch_size=16,
+    )  # fmt: skip
+    records = [{"answer": [s.caption], "pred": p} for s, p in zip(samples, predictions)]
+    return {m: coco_caption_score(records, m) for m in ("Bleu_4", "CIDEr")} | {
+        "exact_match": sum(p == normalise_answer(s.caption) for s, p in zip(samples, predictions)) / len(samples)
+    }
 
 
 def accuracy_by_type(types, answers, targets) -> dict[str, float]:
@@ -87,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="test", choices=world.SPLITS)
     parser.add_argument("--images", type=int, default=150, help="images (about 4 questions each)")
     parser.add_argument("--clips", type=int, default=80)
+    parser.add_argument("--captions", type=int, default=60)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -95,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         vqa = evaluate_vqa(model, processor, args.split, args.images)
         video = evaluate_video(model, processor, args.split, args.clips) if args.clips else {}
+        captions = evaluate_captions(model, processor, args.split, args.captions) if args.captions else {}
         record = {"checkpoint": str(path), "budget": model.num_visual_tokens, "vqa": vqa, "video": video,
+                  "caption": captions,
                   "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
         print(json.dumps(record), flush=True)
     return 0
