@@ -119,7 +119,7 @@ def test_corrupt_image_fails_only_its_sample(vistog_dir):
 def test_bad_method_and_budget(llava_dir, vistog_dir):
     with pytest.raises(UsageError, match="unknown method 'tomee'"):
         VisToGLMM(pretrained=str(llava_dir), method="tomee", device="cpu")
-    with pytest.raises(UsageError, match="trained for 16 tokens, not budget 64"):
+    with pytest.raises(UsageError, match="gives 16 tokens per image, not budget 64"):
         VisToGLMM(pretrained=str(vistog_dir), method="vistog", budget=64, device="cpu")
     with pytest.raises(UsageError, match="budget must be 576"):
         VisToGLMM(pretrained=str(llava_dir), method="none", budget=64, device="cpu")

@@ -35,8 +35,7 @@ from tqdm import tqdm
 from .errors import UsageError
 from .model import VisToGForConditionalGeneration, build_inputs, load_checkpoint
 from .model.processing import IMAGE_TOKEN
-
-METHODS = ("vistog", "none", "pool", "random", "tome", "visionzip", "prumerge", "fastv")
+from .reducers import METHODS, apply_method, tokens_per_image
 
 # lmms-eval's default chat for llava-hf/llava-1.5 checkpoints without a chat template (models/simple/llava_hf.py):
 # LLaVA-1.5's vicuna_v1 conversation, system prompt included.
@@ -50,38 +49,11 @@ VICUNA_CHAT_TEMPLATE = (
 DEFAULT_MAX_NEW_TOKENS = 1024  # llava_hf's default when a task sets none
 
 def configure_method(model: VisToGForConditionalGeneration, method: str, budget: int | None, seed: int = 0) -> int:
-    """Set `model` up for `method` at `budget` (None: the checkpoint's own count). Returns the budget."""
-    if method not in METHODS:
-        raise UsageError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
-    semantic = model.config.num_semantic_tokens
-    patches = model.config.num_patches
-    if method == "vistog":
-        if semantic is None:
-            raise UsageError("method 'vistog' needs a VisToG checkpoint; this one is stock LLaVA (use method none)")
-        if budget is not None and budget != semantic:
-            raise UsageError(f"this VisToG checkpoint was trained for {semantic} tokens, not budget {budget}")
-        return semantic
-    if semantic is not None:
-        raise UsageError(f"method {method!r} runs on a stock LLaVA checkpoint; this one is VisToG ({semantic} tokens)")
-    budget = patches if budget is None else budget
-    if method == "none":
-        if budget != patches:
-            raise UsageError(f"method 'none' keeps every patch: budget must be {patches}, got {budget}")
-        model.set_token_reducer(None)
-        return budget
-    from .reducers import apply_method
-
+    """Set `model` up for `method` at `budget` (None: the checkpoint's own count, N or P). Returns the budget."""
+    if budget is None:
+        budget = model.config.num_semantic_tokens or model.config.num_patches
     apply_method(model, method, budget, seed=seed)
     return budget
-
-
-def tokens_per_image_for(model: VisToGForConditionalGeneration, method: str) -> int:
-    """How many placeholder tokens one image needs in the prompt (FastV prunes inside the LLM: all patches)."""
-    if method in ("vistog", "none"):
-        return model.num_visual_tokens
-    from .reducers import tokens_per_image
-
-    return tokens_per_image(model)
 
 
 def load_frames(path: str, max_frames: int) -> list[Image.Image]:
@@ -129,7 +101,7 @@ class VisToGLMM(lmms):
             pretrained, device=device, dtype=dtype, attn_implementation=attn_implementation
         )
         self.budget = configure_method(self.model, method, None if budget in (None, "") else int(budget), int(seed))
-        self.tokens_per_image = tokens_per_image_for(self.model, method)
+        self.tokens_per_image = tokens_per_image(self.model)
         self.tokenizer = self.processor.tokenizer
         self.chat_template = chat_template
         self.batch_size_per_gpu = int(batch_size)
@@ -310,4 +282,4 @@ class VisToGLMM(lmms):
         raise NotImplementedError("vistog: multi-round generation is not supported; use single-turn tasks")
 
 
-__all__ = ["VisToGLMM", "configure_method", "tokens_per_image_for", "METHODS"]
+__all__ = ["VisToGLMM", "configure_method", "METHODS"]

@@ -42,7 +42,6 @@ from .results import (
     write_json,
 )
 
-ADAPTER_METHODS = ("none", "vistog", "pool", "random", "tome", "visionzip", "prumerge", "fastv")
 # Keys of RunConfig that may differ between a run and its resumption.
 RESUME_FREE_KEYS = ("output", "resume")
 
@@ -94,6 +93,8 @@ def checkpoint_budgets(models) -> tuple[int, ...]:
 
 def plan_cells(config: RunConfig) -> list[Cell]:
     """The sweep: `none` at the full budget first, then every other method at every budget below it."""
+    from .reducers import check_method
+
     stock, vistog, patch_counts = None, {}, set()
     for path in config.models:
         model_type, semantic, patches = _checkpoint_facts(path)
@@ -105,22 +106,16 @@ def plan_cells(config: RunConfig) -> list[Cell]:
     if len(patch_counts) != 1:
         raise UsageError(f"the checkpoints disagree on the patch count ({sorted(patch_counts)}); sweep one model family")
     full = patch_counts.pop()
-    for method in config.methods:
-        if method not in ADAPTER_METHODS:
-            import difflib
-
-            near = difflib.get_close_matches(method, ADAPTER_METHODS, n=1)
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
-            raise UsageError(f"unknown method {method!r}{hint}; allowed: {', '.join(ADAPTER_METHODS)}")
+    methods = [check_method(m) for m in config.methods]
     for budget in config.budgets:
         if not 0 < budget <= full:
             raise UsageError(f"budget {budget} is out of range: 1..{full} visual tokens (the patch count)")
     cells = []
     if stock is not None:
         cells.append(Cell("none", full, stock))
-    elif "none" in config.methods or any(m not in ("vistog",) for m in config.methods):
+    elif any(m != "vistog" for m in methods):
         raise UsageError("methods other than vistog, and the full-budget reference, need a stock LLaVA checkpoint among --model")
-    for method in config.methods:
+    for method in methods:
         if method == "none":
             continue
         for budget in sorted(set(config.budgets), reverse=True):
@@ -408,7 +403,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model", nargs="+", help="checkpoint folder(s): stock LLaVA-1.5 and/or VisToG checkpoints")
     parser.add_argument("--tasks", help="comma-separated lmms-eval task or group names")
     parser.add_argument("--budgets", help="visual tokens per image, e.g. 576,192,128,64")
-    parser.add_argument("--method", default=None, help="comma-separated: " + ",".join(ADAPTER_METHODS))
+    parser.add_argument("--method", default=None, help="comma-separated: none, vistog, pool, random, tome, visionzip, prumerge, fastv")
     parser.add_argument("--limit", type=int, default=None, help="samples per task (for quick runs)")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")

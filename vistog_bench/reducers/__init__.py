@@ -15,6 +15,7 @@ from .methods import (
     AppliedMethod,
     applied_method,
     apply_method,
+    check_method,
     remove_method,
     tokens_per_image,
 )
@@ -26,6 +27,7 @@ from .visionzip import VisionZipReducer, visionzip_split
 
 __all__ = [
     "METHODS",
+    "check_method",
     "OPTIONS",
     "REDUCERS",
     "AppliedMethod",

@@ -68,7 +68,7 @@ def apply_method(model, method: str, budget: int, *, seed: int = 0, **options) -
     none: stock LLaVA, budget must be the patch count. vistog: a VisToG checkpoint whose N equals budget. The others
     run on a VisToG-off model. Raises UsageError for unknown methods or options and budgets out of range.
     """
-    method = _check_method(method)
+    method = check_method(method)
     options = _check_options(method, options)
     num_patches = model.config.num_patches
     check_budget(budget, num_patches)
@@ -162,7 +162,7 @@ def tokens_per_image(model) -> int:
     return model.num_visual_tokens
 
 
-def _check_method(method: str) -> str:
+def check_method(method: str) -> str:
     name = str(method).strip().lower()
     if name not in METHODS:
         near = difflib.get_close_matches(name, METHODS, n=1)
