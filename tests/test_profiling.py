@@ -213,6 +213,28 @@ def test_profile_command_writes_controlled_records(tmp_path, capsys):
     assert "TTFT ms" in capsys.readouterr().out
 
 
+def test_profile_command_on_a_stock_checkpoint(tmp_path):
+    from testers import save_tiny_llava
+
+    checkpoint = save_tiny_llava(tmp_path / "llava")
+    code = cli_main(["profile", "--model", str(checkpoint), "--budgets", "64", "--batch-sizes", "2", "--new-tokens",
+                     "1", "--text-tokens", "8", "--warmup", "0", "--repeats", "2", "--output", str(tmp_path / "out")])
+    assert code == 0
+    (record,) = RunDir(next((tmp_path / "out").iterdir())).profile()
+    assert record.method == "vistog" and record.visual_tokens == 2 * 64 and record.output_tokens == 2
+    assert record.extra["vistog_parts"].startswith("random") and record.decode_ms == 0.0
+
+
+def test_profile_refuses_other_budgets_on_a_vistog_checkpoint(tmp_path, capsys):
+    from testers import tiny_processor
+
+    path = tmp_path / "vistog"
+    VisToGForConditionalGeneration.from_llava(tiny_llava(), num_semantic_tokens=16).save_pretrained(path)
+    tiny_processor().save_pretrained(path)
+    assert cli_main(["profile", "--model", str(path), "--budgets", "64", "--output", str(tmp_path / "out")]) == 2
+    assert "only its own budget 16" in capsys.readouterr().err
+
+
 def test_profile_analytic_json(tmp_path, capsys):
     code = cli_main(["profile", "--shape", "llava-1.5-7b", "--analytic", "--budgets", "576", "--batch-sizes", "1",
                      "--new-tokens", "1", "--gpu", "h100-sxm,a100-80gb,h200", "--json", "--output", str(tmp_path)])

@@ -299,7 +299,16 @@ def measure_cell(model, source: ModelSource, profiler: RequestProfiler, *, budge
         with profiler.request(**request) as req:
             run(req)
         records.append(req.record)
-    return aggregate(records, counted=counted, notes=notes, settings=settings)
+    record = aggregate(records, counted=counted, notes=notes, settings=settings)
+    gpu = gpu_from_device_name(torch.cuda.get_device_name(source.device)) if source.device.type == "cuda" else None
+    if gpu is not None and settings.dtype in gpu.peak_flops:
+        # the floor this GPU could reach for the same work, beside the measured times
+        shape = F.ArchShape.from_config(model.config)
+        moved = stage_bytes(shape, stage_weight_bytes(model), budget=budget, batch_size=batch_size,
+                            text_tokens=settings.text_tokens, output_tokens=new_tokens,
+                            element_bytes=DTYPE_BYTES[settings.dtype])
+        record.extra["roofline"] = {gpu.key: floors(record.flops, moved, gpu, settings.dtype)}
+    return record
 
 
 def aggregate(records: list[ProfileRecord], *, counted: dict[str, float], notes: dict[str, Any],
@@ -344,10 +353,6 @@ def aggregate(records: list[ProfileRecord], *, counted: dict[str, float], notes:
         extra["flops_mismatch"] = mismatches(first.flops, counted, MISMATCH_TOLERANCE)
     else:
         reasons["counted_flops"] = "FLOP counting switched off (--no-count-flops)"
-    if first.device.startswith("cuda"):
-        gpu = gpu_from_device_name(torch.cuda.get_device_name(torch.device(first.device)))
-        if gpu is not None and first.dtype in gpu.peak_flops:
-            extra["roofline_gpu"] = gpu.key
     return dataclasses.replace(
         first, kind="controlled", stats=stats, counted_flops=counted, peak_memory_bytes=peaks, energy_j=energy_j,
         peak_rss_bytes=max((r.peak_rss_bytes or 0) for r in records) or None, null_reasons=reasons, extra=extra,
