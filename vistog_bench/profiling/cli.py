@@ -102,6 +102,9 @@ def settings_from_args(args: argparse.Namespace):
             raise UsageError("--compile measures an execution path; --analytic measures none")
         if device_type != "cuda":
             raise UsageError(f"--compile needs a CUDA device (static cache + CUDA graphs); got --device {device}")
+        if args.warmup < 2:
+            raise UsageError(f"--compile needs --warmup >= 2 (compiling and capturing CUDA graphs take the first "
+                             f"runs), got {args.warmup}")
     return ProfileSettings(
         model_path=args.model, shape=args.shape,
         budgets=_int_list(args.budgets, "--budgets"),

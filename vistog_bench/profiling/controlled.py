@@ -273,10 +273,10 @@ def measure_cell(model, source: ModelSource, profiler: RequestProfiler, *, budge
         return dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                     pixel_values=pixels.to(source.device, source.dtype))
 
-    def run(req) -> None:
+    def run(req, kwargs: dict[str, Any] = gen_kwargs) -> None:
         with req.stage("preprocess"):
             inputs = prepare()
-        out = model.generate(**inputs, **gen_kwargs)
+        out = model.generate(**inputs, **kwargs)
         generated = out.shape[1] - inputs["input_ids"].shape[1]
         if generated != new_tokens:
             raise RuntimeError(f"generate returned {generated} tokens, {new_tokens} were forced")
@@ -287,10 +287,13 @@ def measure_cell(model, source: ModelSource, profiler: RequestProfiler, *, budge
     counted: dict[str, float] = {}
     warmups = settings.warmup
     if settings.count_flops:
-        with profiler.request(**request, count_flops=True) as req:  # a warm-up run too; its times are discarded
-            run(req)
+        # Counted on the eager path: the same work, and FlopCounterMode stays out of torch.compile's way. Eager, it
+        # doubles as a warm-up (times discarded); compiled, the warm-ups must still compile and capture graphs.
+        with profiler.request(**request, count_flops=True) as req:
+            run(req, generate_kwargs(model.config, new_tokens, compiled=False))
         counted = req.record.counted_flops
-        warmups = max(warmups - 1, 0)
+        if not settings.compile:
+            warmups = max(warmups - 1, 0)
     for _ in range(warmups):
         with profiler.request(**request) as req:
             run(req)
