@@ -260,3 +260,40 @@ def test_profile_bad_input_exits_2(tmp_path, capsys, argv, message):
     assert cli_main(["profile", *argv, "--output", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
+
+
+def _profiled_generate(model, method, budget, **options):
+    from testers import random_images, tiny_processor
+
+    from vistog_bench.model import build_inputs, llava_prompt
+    from vistog_bench.profiling import RequestProfiler
+    from vistog_bench.reducers import apply_method, tokens_per_image
+
+    apply_method(model, method, budget, **options)
+    inputs = build_inputs(tiny_processor(), [llava_prompt("what colour ?")], [random_images(1)], tokens_per_image(model))
+    profiler = RequestProfiler(model)
+    with profiler.attached():
+        with profiler.request(method=method, budget=budget, batch_size=1, count_flops=True) as request:
+            with torch.no_grad():
+                model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    return request.record
+
+
+def test_fastv_flops_charge_the_first_layers_at_full_length():
+    model = VisToGForConditionalGeneration.from_llava(tiny_llava(), None).eval()
+    stock = _profiled_generate(model, "none", 576)
+    fastv = _profiled_generate(model, "fastv", 64, fastv_layer=1)
+    assert fastv.extra["fastv_pruning"] == {"pruned_after_layer": 1, "pruned_tokens": 576 - 64}
+    for stage in ("prefill", "decode"):
+        assert fastv.flops[stage] == pytest.approx(fastv.counted_flops[stage], rel=0.01)
+    # layer 0 runs at full length: more than a model that had 64 visual tokens throughout, less than stock
+    assert fastv.flops["prefill"] < stock.flops["prefill"]
+    assert fastv.flops["prefill"] > stock.flops["prefill"] / 2
+
+
+def test_reducer_time_is_the_grouping_stage():
+    model = VisToGForConditionalGeneration.from_llava(tiny_llava(), None).eval()
+    record = _profiled_generate(model, "pool", 64)
+    assert record.grouping_ms is not None and record.grouping_ms > 0
+    assert record.extra["grouping_stage"].startswith("pool")
+    assert "grouping_ms" in _profiled_generate(model, "none", 576).null_reasons

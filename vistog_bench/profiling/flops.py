@@ -125,14 +125,37 @@ def projector_flops(shape: ArchShape, tokens: int) -> float:
     return float(2 * tokens * (shape.vision_width * shape.width + shape.width * shape.width))
 
 
-def llm_flops(shape: ArchShape, batch: int, new_tokens: int, kv_length: int, logits_tokens: int = 1) -> float:
-    """One LLaMA forward: q = `new_tokens` per prompt attending to k = `kv_length` keys; logits for `logits_tokens`."""
+def llm_layer_flops(shape: ArchShape, new_tokens: int, kv_length: int) -> float:
+    """One decoder layer for one prompt: q = `new_tokens` queries attending to k = `kv_length` keys."""
     d, q, k = shape.width, new_tokens, kv_length
     projections = 2 * q * d * (d + 2 * shape.kv_width) + 2 * q * d * d
     mlp = 2 * q * (3 * d * shape.mlp)
     attention = 4 * q * k * d
-    logits = 2 * logits_tokens * d * shape.vocab
-    return float(batch * (shape.layers * (projections + mlp + attention) + logits))
+    return float(projections + mlp + attention)
+
+
+def llm_flops(
+    shape: ArchShape,
+    batch: int,
+    new_tokens: int,
+    kv_length: int,
+    logits_tokens: int = 1,
+    pruned_after_layer: int | None = None,
+    pruned_tokens: int = 0,
+) -> float:
+    """One LLaMA forward: q = `new_tokens` per prompt attending to k = `kv_length` keys; logits for `logits_tokens`.
+
+    FastV (`pruned_after_layer=K`, `pruned_tokens=R` per prompt): layers 0..K-1 see every token; layers K..L-1 hold R
+    fewer keys, and in the prefill (q > 1) R fewer queries too (Chen et al., arXiv 2403.06764, Sec. 4).
+    """
+    logits = 2 * logits_tokens * shape.width * shape.vocab
+    full = llm_layer_flops(shape, new_tokens, kv_length)
+    if pruned_after_layer is None or not pruned_tokens:
+        return float(batch * (shape.layers * full + logits))
+    kept_queries = new_tokens - pruned_tokens if new_tokens > 1 else new_tokens
+    pruned = llm_layer_flops(shape, kept_queries, kv_length - pruned_tokens)
+    layers_after = shape.layers - pruned_after_layer
+    return float(batch * (pruned_after_layer * full + layers_after * pruned + logits))
 
 
 def prefill_flops(shape: ArchShape, batch: int, prompt_tokens: int) -> float:

@@ -43,6 +43,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from ..reducers import REDUCERS, applied_method
 from ..results import ProfileRecord
 from . import flops as F
 from .counting import MISMATCH_TOLERANCE, flop_counter, mismatches
@@ -233,8 +234,15 @@ class Request:
             return sum(ms(s.start, s.end) for s in spans) if spans else None
 
         vision_ms, grouping_ms, projector_ms = stage_ms("vision"), stage_ms("grouping"), stage_ms("projector")
+        applied = applied_method(profiler.model)
+        if grouping_ms is None and applied is not None and applied.method in REDUCERS and applied.fastv_layer is None:
+            # A training-free reducer is no module: its stage is the gap between the vision tower and the projector.
+            visions = [s for s in self._spans if s.stage == "vision"]
+            projectors = [s for s in self._spans if s.stage == "projector"]
+            grouping_ms = sum(ms(v.end, p.start) for v, p in zip(visions, projectors))
+            extra["grouping_stage"] = f"{applied.method} reduction (vision end -> projector start)"
         if grouping_ms is None:
-            reasons["grouping_ms"] = "no grouping layer ran (VisToG off)"
+            reasons["grouping_ms"] = "no grouping layer or reducer ran"
         for step, following in zip(self._steps, self._steps[1:] + [None]):
             if step.end is None:  # the decoder ran without lm_head (called directly): close at what came next
                 step.end = following.start if following is not None else end
@@ -284,12 +292,22 @@ class Request:
             reasons["preprocess_ms"] = "the caller timed no preprocess stage"
 
         # FLOPs: analytic from the shapes the hooks saw, counted if asked
+        pruning = {}
+        if applied is not None and applied.fastv_layer is not None and batch:
+            # FastV: projected tokens are all P patches per image; from layer K on only `budget` per image stay.
+            dropped = projected * (1 - applied.budget / shape.num_patches) / batch
+            pruning = dict(pruned_after_layer=applied.fastv_layer, pruned_tokens=round(dropped))
+            extra["fastv_pruning"] = pruning
         analytic = {
             "vision": sum(F.vision_flops(shape, *s.size) for s in self._spans if s.stage == "vision"),
             "grouping": sum(F.grouping_flops(shape, *s.size) for s in self._spans if s.stage == "grouping"),
             "projector": sum(F.projector_flops(shape, *s.size) for s in self._spans if s.stage == "projector"),
-            "prefill": sum(F.llm_flops(shape, s.batch, s.new_tokens, s.kv_length, s.logits_tokens) for s in prefills),
-            "decode": sum(F.llm_flops(shape, s.batch, s.new_tokens, s.kv_length, s.logits_tokens) for s in decodes),
+            "prefill": sum(
+                F.llm_flops(shape, s.batch, s.new_tokens, s.kv_length, s.logits_tokens, **pruning) for s in prefills
+            ),
+            "decode": sum(
+                F.llm_flops(shape, s.batch, s.new_tokens, s.kv_length, s.logits_tokens, **pruning) for s in decodes
+            ),
         }
         if not decodes and decode_steps and prompt_tokens is not None:
             analytic["decode"] = F.decode_flops(shape, batch, prompt_tokens, decode_steps + 1)
