@@ -236,7 +236,7 @@ def request(method, budget, total_ms, *, batch_size=2) -> ProfileRecord:
     return ProfileRecord(kind="request", method=method, budget=budget, batch_size=batch_size, device="cuda:0",
                          dtype="float16", path="eager", task="gqa", visual_tokens=budget, output_tokens=3,
                          vision_ms=2.0, prefill_ms=10.0, decode_ms=total_ms - 12.0, total_ms=total_ms,
-                         flops={"prefill": 1e12}, energy_j=4.0, extra={"ttft_ms": total_ms / 10})
+                         flops={"prefill": 1e12}, energy_j=4.0, ttft_ms=total_ms / 10)
 
 
 def test_request_medians_when_no_controlled_record(tmp_path):

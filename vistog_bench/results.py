@@ -94,7 +94,10 @@ class RunManifest:
 class ProfileRecord:
     """One served request (`kind="request"`) or one controlled measurement (`kind="controlled"`).
 
-    Stage times are milliseconds; for controlled measurements they are medians over repeats and `stats` holds
+    Stage times are milliseconds; `ttft_ms` is the time to first token (request start -> the first token's
+    logits: preprocess, vision, grouping, projector, prefill). Token counts are request totals, summed over the
+    prompts of a batch. `kind="analytic"` records (from `vistog-bench profile --analytic`, `path="analytic"`) carry
+    FLOPs and bytes and no times. For controlled measurements they are medians over repeats and `stats` holds
     `{stage: {"median", "p10", "p90", "cv", "n"}}`. `path` says which execution path produced the numbers
     (`eager` or `compiled`). FLOPs: `flops` holds analytic values per stage, `counted_flops` what
     `torch.utils.flop_counter.FlopCounterMode` counted. `null_reasons` says why a field is None
@@ -117,6 +120,7 @@ class ProfileRecord:
     grouping_ms: float | None = None
     projector_ms: float | None = None
     prefill_ms: float | None = None
+    ttft_ms: float | None = None
     decode_ms: float | None = None
     decode_per_token_ms: float | None = None
     total_ms: float | None = None

@@ -36,7 +36,7 @@ from .profiler import RequestProfiler
 from .roofline import floors, get_gpu, gpu_from_device_name, stage_bytes
 from .stats import summarize
 
-TIMED_FIELDS = ("preprocess", "vision", "grouping", "projector", "prefill", "decode", "decode_per_token", "total")
+TIMED_FIELDS = ("preprocess", "vision", "grouping", "projector", "prefill", "ttft", "decode", "decode_per_token", "total")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -327,9 +327,6 @@ def aggregate(records: list[ProfileRecord], *, counted: dict[str, float], notes:
             medians[f"{name}_ms"] = stats[name]["median"]
         else:
             medians[f"{name}_ms"] = None
-    ttft = [r.extra.get("ttft_ms") for r in records]
-    if all(v is not None for v in ttft):
-        stats["ttft"] = summarize(ttft)
     energies = [r.energy_j for r in records]
     energy_j = None
     if all(v is not None for v in energies):
@@ -341,7 +338,6 @@ def aggregate(records: list[ProfileRecord], *, counted: dict[str, float], notes:
             peaks[key] = max(peaks.get(key, 0), value)
     reasons = {k: v for k, v in first.null_reasons.items() if k.removesuffix("_ms") not in stats}
     extra: dict[str, Any] = {
-        "ttft_ms": stats.get("ttft", {}).get("median"),
         "warmup": settings.warmup,
         "repeats": settings.repeats,
         "clock": first.extra.get("clock"),

@@ -20,7 +20,7 @@ Stage times (milliseconds):
     decode       from the end of the prefill to the end of the last decode step: every generated token after the
                  first, with the sampling and bookkeeping between forwards (what a user waits for)
     total        the whole request, from entering `request()` to leaving it
-extra["ttft_ms"] is the time to first token: request start -> first token's logits (preprocess, vision, grouping,
+ttft_ms is the time to first token: request start -> first token's logits (preprocess, vision, grouping,
 projector and prefill, plus the glue between them).
 
 On CUDA every mark is an event on the current stream; the request synchronises once, when it closes. On CPU marks
@@ -283,7 +283,7 @@ class Request:
             reasons["decode_per_token_ms"] = "no decode step (one output token)" if prefills else "no LLM forward"
         if prefill_ms is None:
             reasons["prefill_ms"] = "no LLM forward observed"
-        extra.update(ttft_ms=ttft_ms, decode_steps=decode_steps, prompt_tokens=prompt_tokens)
+        extra.update(decode_steps=decode_steps, prompt_tokens=prompt_tokens)
         stages_ms = {k: v for k, v in self._caller_ms.items() if k != "preprocess"}
         if stages_ms:
             extra["stages_ms"] = stages_ms
@@ -372,6 +372,7 @@ class Request:
             grouping_ms=grouping_ms,
             projector_ms=projector_ms,
             prefill_ms=prefill_ms,
+            ttft_ms=ttft_ms,
             decode_ms=decode_ms,
             decode_per_token_ms=decode_per_token_ms,
             total_ms=ms(self._start, end),

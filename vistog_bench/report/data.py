@@ -9,7 +9,7 @@ Definitions (docs/reports.md repeats them for users):
   tasks where both exist.
 - Latency: a `kind="controlled"` record at batch size 1 when the run has one for that method@budget (a compiled one
   before an eager one, the last written when several remain), else the medians over its `kind="request"` records.
-- TTFT: the profiler's measured time to first token (`extra["ttft_ms"]`: request start -> first token's logits,
+- TTFT: the profiler's measured time to first token (`ttft_ms`: request start -> first token's logits,
   preprocessing and glue included) when every row has it; else vision + grouping + projector + prefill (CPU
   preprocessing excluded, a missing grouping or projector stage counts 0, a missing prefill makes it n/a). One
   definition per table; the provenance line says which.
@@ -216,7 +216,7 @@ class Efficiency:
     setup: Setup
     visual_tokens: float | None  # per sample (records hold request totals, summed over the batch)
     stage_ms: dict[str, float | None]
-    measured_ttft_ms: float | None  # the profiler's own request start -> first token's logits (extra["ttft_ms"])
+    measured_ttft_ms: float | None  # the profiler's own request start -> first token's logits (ProfileRecord.ttft_ms)
     decode_per_token_ms: float | None
     total_ms: float | None
     total_spread_ms: tuple[float, float] | None  # (p10, p90) of total, where the record has them
@@ -288,7 +288,7 @@ def _efficiency_from(records: list[ProfileRecord], run: RunData, kind: str) -> E
                         None if record.output_tokens is None else f"{_per_sample(record.output_tokens, record):g} (forced)"),
             visual_tokens=_per_sample(record.visual_tokens, record),
             stage_ms={s: as_number(getattr(record, f"{s}_ms")) for s in LATENCY_STAGES},
-            measured_ttft_ms=as_number(record.extra.get("ttft_ms")) if isinstance(record.extra, dict) else None,
+            measured_ttft_ms=as_number(record.ttft_ms),
             decode_per_token_ms=as_number(record.decode_per_token_ms),
             total_ms=as_number(record.total_ms),
             total_spread_ms=(p10, p90) if p10 is not None and p90 is not None else None,
@@ -320,7 +320,7 @@ def _efficiency_from(records: list[ProfileRecord], run: RunData, kind: str) -> E
         ),
         visual_tokens=_median(_per_sample(r.visual_tokens, r) for r in records),
         stage_ms={s: _median(getattr(r, f"{s}_ms") for r in records) for s in LATENCY_STAGES},
-        measured_ttft_ms=_median(r.extra.get("ttft_ms") if isinstance(r.extra, dict) else None for r in records),
+        measured_ttft_ms=_median(r.ttft_ms for r in records),
         decode_per_token_ms=_median(r.decode_per_token_ms for r in records),
         total_ms=_median(r.total_ms for r in records),
         total_spread_ms=None,
