@@ -24,40 +24,19 @@ import argparse
 import json
 import platform
 import statistics
-import time
 from pathlib import Path
 
 import torch
 from transformers.masking_utils import create_causal_mask
 
 from vistog_bench.model.shapes import shape_config
+from vistog_bench.profiling.timers import time_repeats
 from vistog_bench.model.vision import VisToGVisionTower
 from vistog_bench.reducers import PoolReducer, PruMergeReducer, RandomReducer, ToMeMerge, VisionZipReducer
 from vistog_bench.reducers.fastv import gather_rows, kept_positions, last_token_attention
 from vistog_bench.reducers.tome import merge_schedule
 
 TEXT_TOKENS = 40  # a short LLaVA-1.5 question around the image
-
-
-def timed(fn, device: str, warmup: int, repeats: int) -> list[float]:
-    """Milliseconds of `fn()` per repeat."""
-    with torch.no_grad():
-        for _ in range(warmup):
-            fn()
-        times = []
-        for _ in range(repeats):
-            if device.startswith("cuda"):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                torch.cuda.synchronize()
-                times.append(start.elapsed_time(end))
-            else:
-                begin = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - begin) * 1e3)
-    return times
 
 
 def summary(times: list[float]) -> dict:
@@ -134,7 +113,7 @@ def bench_shape(shape: str, budgets: list[int], args) -> list[dict]:
         )
 
     def run(fn, repeats=None):
-        return timed(fn, device, args.warmup, repeats or args.repeats)
+        return time_repeats(fn, device, args.warmup, repeats or args.repeats)
 
     if args.tower:
         tower_repeats = max(3, args.repeats // 4)

@@ -13,32 +13,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 from transformers import CLIPVisionModel
 
 from vistog_bench.model.shapes import shape_config
+from vistog_bench.profiling.timers import time_repeats
 from vistog_bench.model.vision import VisToGVisionTower
-
-
-def timed(fn, device: str, warmup: int, repeats: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            begin = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - begin) * 1e3)
-    return times
 
 
 def main() -> None:
@@ -72,7 +53,7 @@ def main() -> None:
     medians = {}
     with torch.inference_mode():
         for name, fn in runs.items():
-            times = timed(fn, args.device, args.warmup, args.repeats)
+            times = time_repeats(fn, args.device, args.warmup, args.repeats)
             medians[name] = statistics.median(times)
             print(f"{name:9s} median {medians[name]:9.2f} ms  min {min(times):9.2f}  max {max(times):9.2f}  (n={len(times)})")
     patches = vision_config.image_size // vision_config.patch_size

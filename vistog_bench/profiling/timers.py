@@ -62,4 +62,22 @@ def make_clock(device: torch.device | str) -> Clock:
     return CudaEventClock(device) if device.type == "cuda" else HostClock()
 
 
-__all__ = ["Clock", "HostClock", "CudaEventClock", "make_clock"]
+def time_repeats(fn, device: torch.device | str, warmup: int, repeats: int) -> list[float]:
+    """Milliseconds of `fn()` for each of `repeats` calls after `warmup` untimed ones (no autograd); on CUDA, events
+    around each call and one synchronisation per call."""
+    clock = make_clock(device)
+    times = []
+    with torch.no_grad():
+        for _ in range(warmup):
+            fn()
+        clock.synchronize()
+        for _ in range(repeats):
+            start = clock.mark()
+            fn()
+            end = clock.mark()
+            clock.synchronize()
+            times.append(clock.elapsed_ms(start, end))
+    return times
+
+
+__all__ = ["Clock", "HostClock", "CudaEventClock", "make_clock", "time_repeats"]
