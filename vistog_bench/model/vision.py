@@ -91,16 +91,20 @@ def _cls_attention(query: torch.Tensor, key: torch.Tensor, scaling: float) -> to
     return weights[:, :, 0, 1:].mean(dim=1)
 
 
+def _query_key_value(attn: CLIPAttention, hidden_states: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """CLIP's shared Q/K/V projections of [B, S, Dv] states, split into heads: three [B, h, S, dh]."""
+    return tuple(
+        _split_heads(projection(hidden_states), attn.head_dim) for projection in (attn.q_proj, attn.k_proj, attn.v_proj)
+    )
+
+
 def encoder_layer_forward(
     layer: CLIPEncoderLayer, hidden_states: torch.Tensor, num_image_tokens: int, isolated: bool
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """One stock CLIP encoder layer with isolated attention. Returns new states [B, S, Dv] and (query, key)."""
     attn: CLIPAttention = layer.self_attn
     residual = hidden_states
-    hidden_states = layer.layer_norm1(hidden_states)
-    query = _split_heads(attn.q_proj(hidden_states), attn.head_dim)  # [B, h, S, dh]
-    key = _split_heads(attn.k_proj(hidden_states), attn.head_dim)
-    value = _split_heads(attn.v_proj(hidden_states), attn.head_dim)
+    query, key, value = _query_key_value(attn, layer.layer_norm1(hidden_states))  # [B, h, S, dh] each
     if isolated:
         attended = isolated_attention(query, key, value, num_image_tokens, attn.scale)
     else:
@@ -121,10 +125,7 @@ def merging_encoder_layer_forward(
     """
     attn: CLIPAttention = layer.self_attn
     residual = hidden_states
-    hidden_states = layer.layer_norm1(hidden_states)
-    query = _split_heads(attn.q_proj(hidden_states), attn.head_dim)  # [B, h, S, dh]
-    key = _split_heads(attn.k_proj(hidden_states), attn.head_dim)
-    value = _split_heads(attn.v_proj(hidden_states), attn.head_dim)
+    query, key, value = _query_key_value(attn, layer.layer_norm1(hidden_states))  # [B, h, S, dh] each
     # proportional attention: softmax(q k^T * scale + log s) -- a key standing for s patches counts s times
     size_bias = sizes.log().to(query.dtype)[:, None, None, :]  # [B, 1, 1, S]
     attended = F.scaled_dot_product_attention(query, key, value, attn_mask=size_bias, scale=attn.scale)
