@@ -38,7 +38,7 @@ from typing import Any, Iterable, Mapping
 from xml.etree import ElementTree
 
 from .errors import UsageError
-from .results import STATUS_OK, CellKey, CellResult, ProfileRecord, RunDir, load_run
+from .results import STATUS_OK, CellKey, CellResult, ProfileRecord, RunDir, load_run, read_json
 
 BASELINE_FORMAT = "vistog-bench-baseline/1"
 DEFAULT_TOLERANCES = "regress_tolerances.json"
@@ -178,15 +178,6 @@ def _merge_tolerances(base: Tolerances | None, data: Any, source: str) -> Tolera
     return Tolerances(defaults=defaults, overrides=tuple(overrides))
 
 
-def _read_json_file(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise UsageError(f"{what} not found: {path}")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"malformed {what} {path}: {exc}") from None
-
-
 def default_tolerances() -> Tolerances:
     """The documented defaults shipped in `vistog_bench/regress_tolerances.json`."""
     text = resources.files("vistog_bench").joinpath(DEFAULT_TOLERANCES).read_text(encoding="utf-8")
@@ -199,7 +190,7 @@ def load_tolerances(path: str | Path | None = None) -> Tolerances:
     if path is None:
         return tolerances
     path = Path(path)
-    return _merge_tolerances(tolerances, _read_json_file(path, "tolerances file"), str(path))
+    return _merge_tolerances(tolerances, read_json(path, "tolerances file"), str(path))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -348,7 +339,7 @@ def parse_baseline(data: Any, source: str) -> Baseline:
 
 def load_baseline(path: str | Path) -> Baseline:
     path = Path(path)
-    return parse_baseline(_read_json_file(path, "baseline"), str(path))
+    return parse_baseline(read_json(path, "baseline"), str(path))
 
 
 # ---------------------------------------------------------------------------------------------------------------

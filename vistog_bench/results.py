@@ -167,14 +167,15 @@ def append_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
         os.fsync(handle.fileno())
 
 
-def read_json(path: Path) -> Any:
+def read_json(path: Path, what: str = "result file") -> Any:
+    """Parsed JSON; a missing or malformed file is a UsageError naming it."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"missing result file: {path}")
+        raise UsageError(f"missing {what}: {path}")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"malformed result file {path}: {exc}") from None
+        raise UsageError(f"malformed {what} {path}: {exc}") from None
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
