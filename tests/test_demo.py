@@ -83,10 +83,14 @@ def _answer_from_pixels(found: dict[int, tuple[str, str]], question: world.Quest
         return next(colour for colour, shape in found.values() if shape == words[-1])
     if question.question_type == "shape":  # What shape is the {colour} object?
         return next(shape for colour, shape in found.values() if colour == words[-2])
-    if question.question_type == "position":  # Where is the {colour} {shape}?
-        return next(world.POSITIONS[c] for c, kind in found.items() if kind == (words[-2], words[-1]))
-    if question.question_type == "exist":  # Is there a {colour} {shape}?
-        return "yes" if (words[-2], words[-1]) in found.values() else "no"
+    if question.question_type == "position":  # Where is the {shape}? / Where is the {colour} object?
+        if words[-1] == "object":
+            return next(world.POSITIONS[c] for c, (colour, _) in found.items() if colour == words[-2])
+        return next(world.POSITIONS[c] for c, (_, shape) in found.items() if shape == words[-1])
+    if question.question_type == "exist":  # Is there a {shape}? / Is there a {colour} shape?
+        if words[-1] == "shape":
+            return "yes" if any(colour == words[-2] for colour, _ in found.values()) else "no"
+        return "yes" if any(shape == words[-1] for _, shape in found.values()) else "no"
     raise AssertionError(question)
 
 

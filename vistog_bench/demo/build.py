@@ -4,9 +4,9 @@
     1. training data: the shapes world's train split in LLaVA's conversation format (+ region labels)
     2. a fresh tiny LLaVA: CLIP-shaped ViT (64 wide, 2 layers, 112 px, 14 px patches -> 64 patches) + Llama (128 wide,
        2 layers) + the word-level tokenizer and CLIP image processor
-    3. `pretrain-vision`: the ViT learns per-region colour / shape / size / position (the tiny stand-in for CLIP)
-    4. `llava`: projector + LLM on frozen vision                                        -> checkpoints/tiny-llava
-    5. for each budget N: `vistog-stage1` then `vistog-stage2` from tiny-llava           -> checkpoints/tiny-vistog-N
+    3. `pretrain-vision`: the ViT learns per-region colour / shape / size (the tiny stand-in for CLIP)
+    4. `llava`: projector + LLM on the frozen encoder, then end to end                  -> checkpoints/tiny-llava
+    5. for each budget N: `vistog-stage1` then `vistog-stage2` from tiny-llava, vision frozen -> checkpoints/tiny-vistog-N
 
 Every stage is the public trainer (`vistog_bench.demo.train`) run with the arguments in `STAGE_ARGS`.
 """
@@ -28,12 +28,14 @@ TRAIN_IMAGES = 12000
 TRAIN_CLIPS = 3000
 SEED = 0
 THREADS = 1  # robust when the cores are shared: two threads stall at every barrier under contention
-# Steps are sized for ~25 minutes on 2 CPU cores in total.
+# step name -> (trainer stage, its arguments). The LLaVA stage runs twice: projector + LLM on the frozen pre-trained
+# encoder first, then end to end (the ViT is tiny; LLaVA-1.5 itself keeps CLIP frozen). VisToG keeps it frozen.
 STAGE_ARGS = {
-    "pretrain-vision": dict(max_steps=400, batch_size=64, lr=1e-3),
-    "llava": dict(max_steps=700, batch_size=32, lr=5e-4),
-    "vistog-stage1": dict(max_steps=200, batch_size=32, lr=1e-3),
-    "vistog-stage2": dict(max_steps=250, batch_size=32, lr=3e-4),
+    "pretrain-vision": ("pretrain-vision", dict(max_steps=400, batch_size=64, lr=1e-3)),
+    "llava-frozen-vision": ("llava", dict(max_steps=700, batch_size=32, lr=5e-4)),
+    "llava-end-to-end": ("llava", dict(max_steps=1200, batch_size=32, lr=3e-4, train_vision=True)),
+    "vistog-stage1": ("vistog-stage1", dict(max_steps=200, batch_size=32, lr=1e-3)),
+    "vistog-stage2": ("vistog-stage2", dict(max_steps=250, batch_size=32, lr=3e-4)),
 }
 
 
@@ -75,27 +77,28 @@ def write_fresh_model(folder: Path) -> Path:
     return folder
 
 
-def stage_namespace(stage: str, model: Path, data: Path, output: Path, **overrides) -> argparse.Namespace:
+def stage_namespace(step: str, model: Path, data: Path, output: Path, **overrides) -> argparse.Namespace:
     from . import train
 
     parser = argparse.ArgumentParser()
     train.add_arguments(parser)
     args = parser.parse_args([])
+    stage, stage_args = STAGE_ARGS[step]
     values = dict(stage=stage, model=str(model), data=str(data), output_dir=str(output), seed=SEED, threads=THREADS)
-    values.update(STAGE_ARGS[stage])
+    values.update(stage_args)
     values.update(overrides)
     for key, value in values.items():
         setattr(args, key, value)
     return args
 
 
-def run_stage(stage: str, model: Path, data: Path, output: Path, **overrides) -> Path:
+def run_stage(step: str, model: Path, data: Path, output: Path, **overrides) -> Path:
     from . import train
 
     start = time.perf_counter()
-    print(f"== {stage}: {model} -> {output}", flush=True)
-    train.main(stage_namespace(stage, model, data, output, **overrides))
-    print(f"== {stage} done in {time.perf_counter() - start:.0f} s", flush=True)
+    print(f"== {step}: {model} -> {output}", flush=True)
+    train.main(stage_namespace(step, model, data, output, **overrides))
+    print(f"== {step} done in {time.perf_counter() - start:.0f} s", flush=True)
     return output
 
 
@@ -124,8 +127,9 @@ def build(work_dir: Path | None = None, budgets: tuple[int, ...] = BUDGETS, stag
         fresh = write_fresh_model(work / "fresh")
         run_stage("pretrain-vision", fresh, regions, work / "vision")
     if "llava" in wanted:
-        run_stage("llava", work / "vision", conversations, work / "llava")
-        publish(work / "llava", "tiny-llava")
+        run_stage("llava-frozen-vision", work / "vision", conversations, work / "llava")
+        run_stage("llava-end-to-end", work / "llava", conversations, work / "llava-e2e")
+        publish(work / "llava-e2e", "tiny-llava")
     if "vistog" in wanted:
         for budget in budgets:
             stage1 = run_stage(
