@@ -156,6 +156,11 @@ def write_json(path: Path, obj: Any) -> None:
     _atomic_write_text(Path(path), json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    """Atomically write one JSON line per record (a whole file at once, e.g. one cell's sample log)."""
+    _atomic_write_text(Path(path), "".join(json.dumps(record, default=str) + "\n" for record in records))
+
+
 def append_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
     """Append one JSON line per record; each line is flushed and synced before the next call returns."""
     path = Path(path)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import math
 import os
 import platform
 import subprocess
@@ -39,7 +40,7 @@ from .results import (
     RunManifest,
     failed_status,
     load_run,
-    write_json,
+    write_jsonl,
 )
 
 # Keys of RunConfig that may differ between a run and its resumption.
@@ -184,8 +185,8 @@ def cell_from_lmms_results(task: str, method: str, budget: int, results: dict, e
         return CellResult(task, method, budget, failed_status("lmms-eval returned no results for this task"))
     metrics, stderr = {}, {}
     for key, value in values.items():
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or key == "alias":
-            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            continue  # aliases, and NaN for a sub-metric no sample of this split has (e.g. a question type)
         metric, _, filter_name = key.partition(",")
         if "_stderr" in metric:  # "exact_match_stderr,none", or with the estimator named: "..._stderr_clt,none"
             stderr[f"{metric.split('_stderr')[0]},{filter_name}"] = float(value)
@@ -342,7 +343,7 @@ def _run_cell(run: RunDir, cell: Cell, tasks: list[str], config: RunConfig, mana
             continue
         lines = _sample_lines(results.get("samples", {}).get(task, []))
         lines += [{"sample_failure": f} for f in lm.sample_failures[failures_before:]]
-        _write_samples(run.samples_path(key), lines)
+        write_jsonl(run.samples_path(key), lines)
         run.record_cell(cell_from_lmms_results(task, cell.method, cell.budget, results, time.perf_counter() - started))
     del lm
     _release_memory()
@@ -358,12 +359,6 @@ def _take_records(lm, task: str) -> list[ProfileRecord]:
     records = [dataclasses.replace(r, task=task) for r in lm.profile_records]
     lm.profile_records.clear()
     return records
-
-
-def _write_samples(path: Path, lines: list[dict]) -> None:
-    from .results import _atomic_write_text
-
-    _atomic_write_text(path, "".join(json.dumps(line, default=str) + "\n" for line in lines))
 
 
 def _release_memory() -> None:
