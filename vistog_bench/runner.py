@@ -192,6 +192,7 @@ def cell_from_lmms_results(task: str, method: str, budget: int, results: dict, e
             stderr[f"{metric.split('_stderr')[0]},{filter_name}"] = float(value)
         else:
             metrics[key] = float(value)
+    stderr = {key: value for key, value in stderr.items() if key in metrics}
     n_samples = results.get("n-samples", {}).get(task, {}).get("effective", 0)
     return CellResult(task, method, budget, STATUS_OK, metrics, stderr, int(n_samples), round(elapsed_s, 3))
 
