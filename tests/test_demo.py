@@ -79,18 +79,15 @@ def _answer_from_pixels(found: dict[int, tuple[str, str]], question: world.Quest
         if words[2] == "shapes":
             return str(len(found))
         return str(sum(shape + "s" == words[2] for _, shape in found.values()))
-    if question.question_type == "colour":  # What colour is the {shape}?
-        return next(colour for colour, shape in found.values() if shape == words[-1])
-    if question.question_type == "shape":  # What shape is the {colour} object?
-        return next(shape for colour, shape in found.values() if colour == words[-2])
+    if question.question_type in ("colour", "shape", "exist"):  # ... at the {position}?
+        cell = world.POSITIONS.index(words[-1])
+        if question.question_type == "exist":
+            return "yes" if cell in found else "no"
+        return found[cell][0 if question.question_type == "colour" else 1]
     if question.question_type == "position":  # Where is the {shape}? / Where is the {colour} object?
         if words[-1] == "object":
             return next(world.POSITIONS[c] for c, (colour, _) in found.items() if colour == words[-2])
         return next(world.POSITIONS[c] for c, (_, shape) in found.items() if shape == words[-1])
-    if question.question_type == "exist":  # Is there a {shape}? / Is there a {colour} shape?
-        if words[-1] == "shape":
-            return "yes" if any(colour == words[-2] for colour, _ in found.values()) else "no"
-        return "yes" if any(shape == words[-1] for _, shape in found.values()) else "no"
     raise AssertionError(question)
 
 

@@ -30,7 +30,7 @@ FULL_CHECKPOINT = "tiny-llava"
 FULL_BUDGET = 64
 DEMO_TASKS = ("shapes_vqa", "shapes_caption", "shapes_video")
 DEMO_GROUP = "shapes"
-WORLD_VERSION = "v1"
+WORLD_VERSION = "v3"  # bump whenever world.py changes what it generates: the test data are cached by it
 # test-split sizes: small enough for `vistog-bench run` on 2 cores, large enough for per-type accuracies
 TEST_VQA_IMAGES = 150  # ~4 questions each
 TEST_CAPTION_IMAGES = 60
