@@ -34,8 +34,8 @@ STAGE_ARGS = {
     "pretrain-vision": ("pretrain-vision", dict(max_steps=400, batch_size=64, lr=1e-3)),
     "llava-frozen-vision": ("llava", dict(max_steps=700, batch_size=32, lr=5e-4)),
     "llava-end-to-end": ("llava", dict(max_steps=1200, batch_size=32, lr=3e-4, train_vision=True)),
-    "vistog-stage1": ("vistog-stage1", dict(max_steps=200, batch_size=32, lr=1e-3)),
-    "vistog-stage2": ("vistog-stage2", dict(max_steps=250, batch_size=32, lr=3e-4)),
+    "vistog-stage1": ("vistog-stage1", dict(max_steps=600, batch_size=32, lr=1e-3)),
+    "vistog-stage2": ("vistog-stage2", dict(max_steps=900, batch_size=32, lr=3e-4)),
 }
 
 

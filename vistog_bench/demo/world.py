@@ -412,7 +412,7 @@ def write_llava_training_data(
 
 
 def region_labels(scene: Scene) -> dict[str, list[str]]:
-    """Per-cell attribute labels on the 3 x 3 grid, row-major ("none" where a cell is empty)."""
+    """Per-cell labels on the 3 x 3 grid, row-major: the shape's colour / shape / size ("none" where a cell is empty)."""
     labels = {"colour": ["none"] * 9, "shape": ["none"] * 9, "size": ["none"] * 9}
     for s in scene.shapes:
         labels["colour"][s.cell] = s.colour
