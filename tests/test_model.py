@@ -107,6 +107,7 @@ def test_eval_assignment_is_one_hot_and_training_reaches_vistog_parts(llava, pix
     assert model.model.vision_tower.semantic_tokens.grad.abs().sum() > 0
     assert grouping.q_proj.weight.grad.abs().sum() > 0  # through the straight-through assignment
     assert grouping.v_proj.weight.grad.abs().sum() > 0
+    assert grouping.log_logit_scale.grad.abs() > 0  # the learnt logit scale trains too
     model.zero_grad()
     model.eval()
 

@@ -25,6 +25,8 @@ class VisToGConfig(LlavaConfig):
         CLS and patch tokens attend only to CLS and patch tokens (so their features stay exactly CLIP's) and semantic
         tokens attend to everything. `False` lets every token attend to every token, semantic ones included, which
         changes the patch features: an ablation, not the paper's model.
+    grouping_logit_scale (`float`, defaults to 10.0):
+        Initial value of the grouping layer's learnt logit scale (multiplies q.k/sqrt(Dv) before the Gumbel noise).
     grouping_mlp_ratio (`float`, defaults to 4.0):
         Hidden width of the grouping layer's residual MLP, as a multiple of the vision width (ViT convention).
     """
@@ -36,6 +38,7 @@ class VisToGConfig(LlavaConfig):
     grouping_hard: bool = True
     isolated_attention: bool = True
     grouping_mlp_ratio: float = 4.0
+    grouping_logit_scale: float = 10.0
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -46,6 +49,8 @@ class VisToGConfig(LlavaConfig):
                     f"num_semantic_tokens must be an integer in 1..{num_patches} (the patch count) or None, "
                     f"got {self.num_semantic_tokens!r}"
                 )
+        if self.grouping_logit_scale <= 0:
+            raise UsageError(f"grouping_logit_scale must be > 0, got {self.grouping_logit_scale}")
         if self.gumbel_tau <= 0:
             raise UsageError(f"gumbel_tau must be > 0, got {self.gumbel_tau}")
         if self.vision_feature_select_strategy != "default" or not isinstance(self.vision_feature_layer, int):

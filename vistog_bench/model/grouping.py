@@ -9,9 +9,12 @@ Supervision", CVPR 2022; NVlabs/GroupViT `models/group_vit.py`: `GroupingBlock`,
 Gumbel-softmax over the *group* axis so each patch picks one group, straight-through hard one-hot when training.
 Unlike GroupViT: no pre-assignment cross-attention block (VisToG's semantic tokens already read the image inside the
 encoder), argmax at evaluation (deterministic), and an exact mean (`count.clamp(min=1)`) instead of GroupViT's
-`assign_eps` smoothing; an empty group contributes nothing but its semantic token.
+`assign_eps` smoothing; an empty group contributes nothing but its semantic token. A learnt logit scale exp(t)
+(CLIP's device for its contrastive logits) lets training make the assignment logits outgrow the Gumbel noise
+(std 1.28): at initialisation q.k/sqrt(Dv) spreads less than the noise, so the hard training assignment is mostly
+noise while the evaluation argmax is not. The scale does not change the evaluation argmax.
 
-    logits = (LN(s) Wq) (LN(x) Wk)^T / sqrt(Dv)                        [B, N, P]
+    logits = exp(t) (LN(s) Wq) (LN(x) Wk)^T / sqrt(Dv)                 [B, N, P]
     A      = hard(gumbel_softmax(logits / tau, axis=N))   (training)     one-hot over N for each patch
            = one_hot(argmax_N logits)                      (evaluation)
     g      = s + Wo (A (LN(x) Wv) / max(A 1, 1))                          [B, N, Dv]
@@ -19,6 +22,8 @@ encoder), argmax at evaluation (deterministic), and an exact mean (`count.clamp(
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -45,11 +50,16 @@ def argmax_one_hot(logits: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class VisToGGroupingLayer(nn.Module):
-    def __init__(self, width: int, *, mlp_ratio: float = 4.0, tau: float = 1.0, hard: bool = True, eps: float = 1e-5):
+    def __init__(
+        self, width: int, *, mlp_ratio: float = 4.0, tau: float = 1.0, hard: bool = True, eps: float = 1e-5,
+        logit_scale: float = 1.0,
+    ):
         super().__init__()
         self.tau = tau
         self.hard = hard
         self.scale = width**-0.5
+        self.logit_scale_init = logit_scale
+        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(logit_scale)))  # t, learnt
         self.norm_semantic = nn.LayerNorm(width, eps=eps)
         self.norm_patches = nn.LayerNorm(width, eps=eps)
         self.q_proj = nn.Linear(width, width)
@@ -64,7 +74,8 @@ class VisToGGroupingLayer(nn.Module):
         """[B, N, P] assignment; each patch column is one-hot over the N groups (soft if `hard=False` in training)."""
         query = self.q_proj(self.norm_semantic(semantic))  # [B, N, Dv]
         key = self.k_proj(patches_normed)  # [B, P, Dv]
-        logits = (query @ key.transpose(1, 2)) * self.scale  # [B, N, P] <- [B, N, Dv] @ [B, Dv, P]
+        scale = self.scale * self.log_logit_scale.exp()
+        logits = (query @ key.transpose(1, 2)) * scale  # [B, N, P] <- [B, N, Dv] @ [B, Dv, P]
         if not self.training:
             return argmax_one_hot(logits, dim=1)
         soft = gumbel_softmax(logits, self.tau, dim=1)

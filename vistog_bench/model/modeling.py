@@ -31,6 +31,7 @@ Gumbel-softmax grouping layer, LLaVA-1.5's two-stage training, >= 64 tokens in t
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 import torch
@@ -60,6 +61,9 @@ class VisToGPreTrainedModel(LlavaPreTrainedModel):
 
     def _init_weights(self, module):
         super()._init_weights(module)
+        if isinstance(module, VisToGGroupingLayer):
+            with torch.no_grad():
+                module.log_logit_scale.fill_(math.log(module.logit_scale_init))
         if isinstance(module, VisToGVisionTower) and module.semantic_tokens is not None:
             with torch.no_grad():
                 module.semantic_tokens.copy_(init_semantic_tokens(*module.semantic_tokens.shape[1:]))
@@ -81,6 +85,7 @@ class VisToGModel(VisToGPreTrainedModel, LlavaModel):
                 tau=config.gumbel_tau,
                 hard=config.grouping_hard,
                 eps=config.vision_config.layer_norm_eps,
+                logit_scale=config.grouping_logit_scale,
             )
             if num_semantic
             else None
@@ -176,6 +181,7 @@ class VisToGForConditionalGeneration(VisToGPreTrainedModel, LlavaForConditionalG
             for module in grouping.modules():
                 if hasattr(module, "reset_parameters"):
                     module.reset_parameters()
+            model._init_weights(grouping)
         model.generation_config = llava.generation_config
         model.train(llava.training)
         leftover = [name for name, p in list(model.named_parameters()) + list(model.named_buffers()) if p.is_meta]
