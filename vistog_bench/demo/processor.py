@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from transformers import CLIPImageProcessor, LlavaProcessor, PreTrainedTokenizerFast
 
+from ..model.processing import LLAVA_PLAIN_CHAT_TEMPLATE
+
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", "<image>")
 
 
@@ -46,9 +48,12 @@ def tiny_processor(words: list[str], image_size: int, patch_size: int) -> LlavaP
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )
+    tokenizer = word_tokenizer(words)
+    # the conversation format the trainer writes (no system prompt), so evaluation prompts match training
+    tokenizer.chat_template = LLAVA_PLAIN_CHAT_TEMPLATE
     return LlavaProcessor(
         image_processor=image_processor,
-        tokenizer=word_tokenizer(words),
+        tokenizer=tokenizer,
         patch_size=patch_size,
         vision_feature_select_strategy="default",
         image_token="<image>",

@@ -18,6 +18,14 @@ from transformers import BatchFeature
 
 IMAGE_TOKEN = "<image>"
 
+# LLaVA-1.5's turn format without a system prompt, for checkpoints trained on exactly `llava_prompt`'s text (the
+# embedded tiny models). Renders one user turn as `USER: <image>\n{question} ASSISTANT:`.
+LLAVA_PLAIN_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}USER: {{ message['content'] }} "
+    "{% else %}ASSISTANT: {{ message['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
 
 def llava_prompt(question: str, num_images: int = 1, image_token: str = IMAGE_TOKEN) -> str:
     """The LLaVA-1.5 single-turn prompt with `num_images` placeholders before the question."""
@@ -67,4 +75,4 @@ def build_inputs(
     return BatchFeature(data=data)
 
 
-__all__ = ["IMAGE_TOKEN", "llava_prompt", "expand_image_tokens", "build_inputs", "image_token_of"]
+__all__ = ["IMAGE_TOKEN", "LLAVA_PLAIN_CHAT_TEMPLATE", "llava_prompt", "expand_image_tokens", "build_inputs", "image_token_of"]
