@@ -156,12 +156,6 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _device_facts(device: str) -> dict:
-    from .profiling import device_facts
-
-    return device_facts(device)
-
-
 def new_run_id() -> str:
     return dt.datetime.now().strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
@@ -242,6 +236,7 @@ def _evaluate_task(lm, task: str, config: RunConfig, manager, run_path: Path) ->
 def run_sweep(config: RunConfig, command: list[str] | None = None) -> tuple[RunDir, list[CellResult]]:
     """Plan, validate, evaluate every cell, write the run folder. Returns the run and its cells."""
     from . import offline_data
+    from .profiling import device_facts
     from .task_catalog import DATA_DIR_ENV, check_task_names, task_manager
 
     cells = plan_cells(config)
@@ -258,7 +253,7 @@ def run_sweep(config: RunConfig, command: list[str] | None = None) -> tuple[RunD
     if config.resume:
         run = load_run(config.resume)
         previous = run.manifest()
-        if _comparable(RunConfig(**_config_from_manifest(previous.config))) != _comparable(config):
+        if _comparable(_config_from_manifest(previous.config)) != _comparable(config):
             raise UsageError(f"--resume {config.resume}: that run was made with a different configuration")
     else:
         run_id = new_run_id()
@@ -271,7 +266,7 @@ def run_sweep(config: RunConfig, command: list[str] | None = None) -> tuple[RunD
                 config=dataclasses.asdict(config),
                 git_sha=_git_sha(),
                 versions=_versions(),
-                device=_device_facts(config.device),
+                device=device_facts(config.device),
                 seed=config.seed,
                 started_at=_now(),
             )
@@ -287,18 +282,16 @@ def run_sweep(config: RunConfig, command: list[str] | None = None) -> tuple[RunD
     return run, run.cells()
 
 
-def _config_from_manifest(data: dict) -> dict:
-    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
-    out = {}
-    for key, value in data.items():
-        if key in fields:
-            out[key] = tuple(value) if isinstance(value, list) else value
-    return out
+def _config_from_manifest(data: dict) -> RunConfig:
+    """The RunConfig a run's manifest recorded (JSON lists back to tuples)."""
+    names = {f.name for f in dataclasses.fields(RunConfig)}
+    return RunConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names})
 
 
 def _run_cell(run: RunDir, cell: Cell, tasks: list[str], config: RunConfig, manager) -> None:
     """Load the model once for (method, budget), then evaluate each task; every outcome is recorded."""
     from .adapter import VisToGLMM
+    from .profiling import RequestProfiler
 
     try:
         lm = VisToGLMM(
@@ -319,7 +312,7 @@ def _run_cell(run: RunDir, cell: Cell, tasks: list[str], config: RunConfig, mana
             run.record_cell(CellResult(task, cell.method, cell.budget, status))
         return
     lm.keep_loaded = True  # several tasks, one load
-    profiler = _profiler(lm, config) if config.profile else None
+    profiler = RequestProfiler(lm.model, device=config.device) if config.profile else None
     lm.profiler = profiler
     for task in tasks:
         key = CellKey(task, cell.method, cell.budget)
@@ -348,12 +341,6 @@ def _run_cell(run: RunDir, cell: Cell, tasks: list[str], config: RunConfig, mana
         run.record_cell(cell_from_lmms_results(task, cell.method, cell.budget, results, time.perf_counter() - started))
     del lm
     _release_memory()
-
-
-def _profiler(lm, config: RunConfig):
-    from .profiling import RequestProfiler
-
-    return RequestProfiler(lm.model, device=config.device)
 
 
 def _take_records(lm, task: str) -> list[ProfileRecord]:
@@ -438,7 +425,7 @@ def config_from_args(args) -> RunConfig:
     no_sweep_arguments = args.model is None and args.tasks is None and args.budgets is None and args.method is None
     if args.resume and no_sweep_arguments:
         saved = _config_from_manifest(load_run(args.resume).manifest().config)
-        return dataclasses.replace(RunConfig(**saved), resume=args.resume)
+        return dataclasses.replace(saved, resume=args.resume)
     if no_sweep_arguments:
         models, tasks, budgets, methods = embedded_default()
         data_dir = args.data_dir
