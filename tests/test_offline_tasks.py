@@ -63,6 +63,15 @@ def right_answer(task: str, doc: dict) -> str:
     return doc["answer"]
 
 
+def wrong_answer(task: str, doc: dict) -> str:
+    """A wrong answer the task parses: another option letter for multiple choice (an unparsable reply makes some
+    lmms-eval tasks, nextqa_mc among them, pick an option at random), a foreign word otherwise."""
+    right = right_answer(task, doc)
+    if len(right) == 1 and right in string.ascii_uppercase:
+        return "A" if right != "A" else "B"
+    return "zebra"
+
+
 def score(task: str, result: dict) -> float:
     """The 0..1 correctness of one process_results output, read the way each built-in aggregation reads it."""
     if "exact_match" in result:
@@ -165,7 +174,7 @@ def test_local_task_loads_prompts_and_scores_like_the_builtin(task, loaded):
         assert right["submission"]["prediction"] == doc["answer"]
     else:
         assert score(task, right) == 1.0
-        assert score(task, obj.process_results(doc, ["zebra"])) == 0.0
+        assert score(task, obj.process_results(doc, [wrong_answer(task, doc)])) == 0.0
 
 
 def test_gqa_local_joins_images_on_image_id(loaded):

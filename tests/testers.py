@@ -11,43 +11,24 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
-from transformers import PreTrainedTokenizerFast
+from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
+from vistog_bench.demo.processor import SPECIAL_TOKENS
+from vistog_bench.demo.processor import tiny_processor as word_level_processor
 from vistog_bench.model.shapes import SHAPES
 
-SPECIAL = ["<pad>", "<s>", "</s>", "<image>", "<unk>"]
 WORDS = (
-    "USER: ASSISTANT: what colour is the shape ? how many shapes are there is a red green blue yellow circle square "
+    "user assistant : what colour is the shape ? how many shapes are there a red green blue yellow circle square "
     "triangle left right top bottom centre yes no one two three four describe image video moves which way does "
-    "answer with single word . , a an in of on"
+    "answer with single word . , an in of on"
 ).split()
 
 
-def tiny_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
-    vocab = {token: i for i, token in enumerate(SPECIAL + WORDS)}
-    for i in range(len(vocab), vocab_size):
-        vocab[f"w{i}"] = i
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
-        extra_special_tokens={"image_token": "<image>"},
-    )
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    return tokenizer
-
-
 def tiny_processor(image_size: int = 336, vocab_size: int = 128) -> LlavaProcessor:
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
-    )
-    return LlavaProcessor(
-        image_processor=image_processor, tokenizer=tiny_tokenizer(vocab_size), patch_size=14,
-        vision_feature_select_strategy="default", image_token="<image>", num_additional_image_tokens=1,
-    )
+    """The demo's word-level LLaVA processor, its vocabulary filled up to the tiny shape's `vocab_size` so that every
+    id past the special tokens that a random-weight model can emit decodes to a word."""
+    words = WORDS + [f"w{i}" for i in range(vocab_size - len(SPECIAL_TOKENS) - len(WORDS))]
+    return word_level_processor(words, image_size, patch_size=14)
 
 
 def tiny_llava_config() -> LlavaConfig:

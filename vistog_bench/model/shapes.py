@@ -80,9 +80,9 @@ SHAPES: dict[str, dict] = {
             num_key_value_heads=4,
             vocab_size=128,
             max_position_embeddings=2048,
-            pad_token_id=0,
+            pad_token_id=3,  # the word-level tokenizer's ids (vistog_bench.demo.processor.SPECIAL_TOKENS)
         ),
-        image_token_index=3,
+        image_token_index=4,
     ),
 }
 
