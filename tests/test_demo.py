@@ -201,6 +201,21 @@ def _losses(output: Path) -> tuple[float, float]:
     return steps[0], steps[-1]
 
 
+def test_training_turns_never_hand_out_a_position_answer(tiny_data):
+    conversations = json.loads((tiny_data / "conversations.json").read_text())
+    images = [c for c in conversations if isinstance(c["image"], str)]
+    assert images
+    for record in images:
+        turns = record["conversations"]
+        questions = [t["value"].removeprefix("<image>\n") for t in turns[0::2]]
+        answers = [t["value"] for t in turns[1::2]]
+        assert "Describe the image in one sentence." not in questions[:-1]  # the caption, if any, comes last
+        for i, (question, answer) in enumerate(zip(questions, answers)):
+            if question.startswith("Where is"):
+                earlier = " ".join(questions[:i] + answers[:i])
+                assert answer not in earlier, (record["id"], questions, answers)
+
+
 def test_two_training_steps_decrease_the_loss(tiny_data, tmp_path):
     fresh = build.write_fresh_model(tmp_path / "fresh")
     out = tmp_path / "llava"
@@ -230,6 +245,12 @@ def test_region_pretraining_targets():
     regions = train.patch_regions(patch_grid=8, region_grid=3)
     assert regions.shape == (64,)
     assert regions[0] == 0 and regions[7] == 2 and regions[63] == 8 and regions[3 * 8 + 4] == 4
+    scene = world.image_sample("train", 3).scene
+    labels = world.region_labels(scene)
+    assert labels["cell"] == list(world.POSITIONS)  # every region names itself, occupied or not
+    for cell in range(9):
+        occupant = [s for s in scene.shapes if s.cell == cell]
+        assert labels["colour"][cell] == (occupant[0].colour if occupant else "none")
 
 
 # -- bad input ---------------------------------------------------------------------------------------------------------

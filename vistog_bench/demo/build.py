@@ -7,6 +7,7 @@
     3. `pretrain-vision`: the ViT learns per-region colour / shape / size (the tiny stand-in for CLIP)
     4. `llava`: projector + LLM on the frozen encoder, then end to end                  -> checkpoints/tiny-llava
     5. for each budget N: `vistog-stage1` then `vistog-stage2` from tiny-llava, vision frozen -> checkpoints/tiny-vistog-N
+       (the budgets train side by side, one process and one thread each)
 
 Every stage is the public trainer (`vistog_bench.demo.train`) run with the arguments in `STAGE_ARGS`.
 """
@@ -15,9 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import shutil
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from . import CHECKPOINT_DIR, cache_dir
@@ -31,7 +35,7 @@ THREADS = 1  # robust when the cores are shared: two threads stall at every barr
 # step name -> (trainer stage, its arguments). The LLaVA stage runs twice: projector + LLM on the frozen pre-trained
 # encoder first, then end to end (the ViT is tiny; LLaVA-1.5 itself keeps CLIP frozen). VisToG keeps it frozen.
 STAGE_ARGS = {
-    "pretrain-vision": ("pretrain-vision", dict(max_steps=400, batch_size=64, lr=1e-3)),
+    "pretrain-vision": ("pretrain-vision", dict(max_steps=1200, batch_size=64, lr=1e-3)),
     "llava-frozen-vision": ("llava", dict(max_steps=700, batch_size=32, lr=5e-4)),
     "llava-end-to-end": ("llava", dict(max_steps=1200, batch_size=32, lr=3e-4, train_vision=True)),
     "vistog-stage1": ("vistog-stage1", dict(max_steps=600, batch_size=32, lr=1e-3)),
@@ -114,6 +118,17 @@ def publish(source: Path, name: str) -> Path:
     return target
 
 
+def build_vistog(budget: int, conversations: Path, work: Path) -> int:
+    """VisToG stage 1 then stage 2 from the published tiny LLaVA at one budget -> checkpoints/tiny-vistog-<budget>."""
+    stage1 = run_stage(
+        "vistog-stage1", CHECKPOINT_DIR / "tiny-llava", conversations, work / f"vistog-{budget}-s1",
+        num_semantic_tokens=budget,
+    )  # fmt: skip
+    run_stage("vistog-stage2", stage1, conversations, work / f"vistog-{budget}-s2")
+    publish(work / f"vistog-{budget}-s2", f"tiny-vistog-{budget}")
+    return budget
+
+
 def build(work_dir: Path | None = None, budgets: tuple[int, ...] = BUDGETS, stages: tuple[str, ...] | None = None) -> None:
     work = Path(work_dir) if work_dir else cache_dir() / "build"
     data_dir = work / "train-data"
@@ -131,13 +146,12 @@ def build(work_dir: Path | None = None, budgets: tuple[int, ...] = BUDGETS, stag
         run_stage("llava-end-to-end", work / "llava", conversations, work / "llava-e2e")
         publish(work / "llava-e2e", "tiny-llava")
     if "vistog" in wanted:
-        for budget in budgets:
-            stage1 = run_stage(
-                "vistog-stage1", CHECKPOINT_DIR / "tiny-llava", conversations, work / f"vistog-{budget}-s1",
-                num_semantic_tokens=budget,
-            )  # fmt: skip
-            run_stage("vistog-stage2", stage1, conversations, work / f"vistog-{budget}-s2")
-            publish(work / f"vistog-{budget}-s2", f"tiny-vistog-{budget}")
+        # the budgets are independent: one process each (one thread each, so the weights do not depend on how many
+        # run side by side), as many at once as there are cores
+        workers = max(1, min(len(budgets), os.cpu_count() or 1))
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for budget in pool.map(build_vistog, budgets, [conversations] * len(budgets), [work] * len(budgets)):
+                print(f"== published tiny-vistog-{budget}", flush=True)
     print(json.dumps({"build_s": round(time.perf_counter() - start, 1)}), flush=True)
 
 
