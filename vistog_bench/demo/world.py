@@ -374,21 +374,13 @@ def _turns(pairs: list[tuple[str, str]], image_prefix: str) -> list[dict]:
     return conversations
 
 
-def _turn_rank(question: Question) -> int:
-    """Turn order of an image's questions in training: no answer may be copied from an earlier turn, since evaluation
-    asks one question alone. A position question after a caption, or after a colour question about the same shape,
-    names its answer in the conversation (measured: the answer word was in the earlier turns for 48 % of the position
-    questions when turns were shuffled), so position comes first, existence second, the caption last."""
-    return {"position": 0, "exist": 1}.get(question.question_type, 2)
-
-
 def write_llava_training_data(
     out_dir: str | Path, split: str, num_images: int, num_clips: int, caption_fraction: float = 0.25
 ) -> Path:
     """Images (PNG) + `conversations.json` in LLaVA's format (+ `regions.json` for vision pre-training).
 
-    Each image is one multi-turn conversation of its questions (ordered by `_turn_rank`); a `caption_fraction` of the
-    images also gets a caption turn, the last one. A clip is one conversation with one `<image>` per frame and `image` a list of frame files.
+    Each image is one multi-turn conversation of its questions; a `caption_fraction` of the images also gets a
+    caption turn. A clip is one conversation with one `<image>` per frame and `image` a list of frame files.
     """
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
@@ -397,10 +389,10 @@ def write_llava_training_data(
         sample = image_sample(split, index)
         file = f"images/{sample.id}.png"
         render(sample.scene).save(out_dir / file)
-        pairs = [(q.question, q.answer) for q in sorted(sample.questions, key=_turn_rank)]
+        pairs = [(q.question, q.answer) for q in sample.questions]
         rng = random.Random(sample_seed(split, index, "image") ^ 0xCA9)
         if rng.random() < caption_fraction:
-            pairs.append(("Describe the image in one sentence.", sample.caption))
+            pairs.insert(rng.randrange(len(pairs) + 1), ("Describe the image in one sentence.", sample.caption))
         conversations.append({"id": sample.id, "image": file, "conversations": _turns(pairs, "<image>\n")})
         regions.append({"id": sample.id, "image": file, "region_labels": region_labels(sample.scene)})
     for index in range(num_clips):
