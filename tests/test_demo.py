@@ -212,6 +212,21 @@ def test_two_training_steps_decrease_the_loss(tiny_data, tmp_path):
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
 
 
+def test_parallel_data_and_loader_workers_change_nothing(tiny_data, tmp_path):
+    drawn = world.write_llava_training_data(tmp_path / "data", "val", num_images=8, num_clips=2, workers=2)
+    for file in sorted(tiny_data.rglob("*.*")):
+        assert (drawn / file.relative_to(tiny_data)).read_bytes() == file.read_bytes(), file
+    fresh = build.write_fresh_model(tmp_path / "fresh")
+    weights = []
+    for workers in (0, 1):
+        out = tmp_path / f"llava-{workers}"
+        args = _train_args(stage="llava", model=str(fresh), data=str(tiny_data / "conversations.json"),
+                           output_dir=str(out), max_steps=2, batch_size=4, num_workers=workers)  # fmt: skip
+        assert train.main(args) == 0
+        weights.append((out / "model.safetensors").read_bytes())
+    assert weights[0] == weights[1]
+
+
 def test_vistog_stage1_smoke_from_committed_llava(tiny_data, tmp_path):
     from vistog_bench.model.loading import load_checkpoint
 

@@ -23,6 +23,7 @@ Conversations use LLaVA-1.5's template without a system prompt, the one evaluati
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -446,7 +447,7 @@ def main(args: argparse.Namespace) -> int:
         dataset = ConversationDataset(records, image_folder, processor, tokens_per_image(model), args.max_length)
         pad = processor.tokenizer.pad_token_id
         module = model
-        collate = lambda items: collate_conversations(items, pad if pad is not None else 0)  # noqa: E731
+        collate = functools.partial(collate_conversations, pad_token_id=pad if pad is not None else 0)
 
     losses = train_loop(args, module, dataset, collate, accelerator, log)
     accelerator.wait_for_everyone()

@@ -375,20 +375,20 @@ def _turns(pairs: list[tuple[str, str]], image_prefix: str) -> list[dict]:
 
 
 def write_llava_training_data(
-    out_dir: str | Path, split: str, num_images: int, num_clips: int, caption_fraction: float = 0.25
+    out_dir: str | Path, split: str, num_images: int, num_clips: int, caption_fraction: float = 0.25, workers: int = 1
 ) -> Path:
     """Images (PNG) + `conversations.json` in LLaVA's format (+ `regions.json` for vision pre-training).
 
     Each image is one multi-turn conversation of its questions; a `caption_fraction` of the images also gets a
     caption turn. A clip is one conversation with one `<image>` per frame and `image` a list of frame files.
+    The PNG files are drawn by `workers` processes; the files and the JSON do not depend on how many.
     """
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     conversations, regions = [], []
     for index in range(num_images):
         sample = image_sample(split, index)
-        file = f"images/{sample.id}.png"
-        render(sample.scene).save(out_dir / file)
+        file = _image_file(sample.id)
         pairs = [(q.question, q.answer) for q in sample.questions]
         rng = random.Random(sample_seed(split, index, "image") ^ 0xCA9)
         if rng.random() < caption_fraction:
@@ -397,18 +397,41 @@ def write_llava_training_data(
         regions.append({"id": sample.id, "image": file, "region_labels": region_labels(sample.scene)})
     for index in range(num_clips):
         sample = video_sample(split, index)
-        files = []
-        for t, frame in enumerate(render_video(sample)):
-            files.append(f"images/{sample.id}_f{t}.png")
-            frame.save(out_dir / files[-1])
         pair = [(sample.question.question, sample.question.answer)]
-        conversations.append(
-            {"id": sample.id, "image": files, "conversations": _turns(pair, "<image>" * VIDEO_FRAMES + "\n")}
-        )
+        conversations.append({
+            "id": sample.id, "image": [_image_file(sample.id, t) for t in range(VIDEO_FRAMES)],
+            "conversations": _turns(pair, "<image>" * VIDEO_FRAMES + "\n"),
+        })  # fmt: skip
+    jobs = [("image", i) for i in range(num_images)] + [("video", i) for i in range(num_clips)]
+    chunks = [(out_dir, split, jobs[w::workers]) for w in range(workers)]
+    if workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers) as pool:
+            list(pool.map(_draw_files, chunks))
+    else:
+        _draw_files(chunks[0])
     random.Random(sample_seed(split, 0, "image")).shuffle(conversations)
     (out_dir / "conversations.json").write_text(json.dumps(conversations))
     (out_dir / "regions.json").write_text(json.dumps(regions))
     return out_dir
+
+
+def _image_file(sample_id: str, frame: int | None = None) -> str:
+    return f"images/{sample_id}.png" if frame is None else f"images/{sample_id}_f{frame}.png"
+
+
+def _draw_files(chunk: tuple[Path, str, list[tuple[str, int]]]) -> None:
+    """Draw and save the PNG files of some (kind, index) samples of a split."""
+    out_dir, split, jobs = chunk
+    for kind, index in jobs:
+        if kind == "image":
+            sample = image_sample(split, index)
+            render(sample.scene).save(out_dir / _image_file(sample.id))
+        else:
+            sample = video_sample(split, index)
+            for t, frame in enumerate(render_video(sample)):
+                frame.save(out_dir / _image_file(sample.id, t))
 
 
 def region_labels(scene: Scene) -> dict[str, list[str]]:
