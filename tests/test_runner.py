@@ -146,3 +146,34 @@ def test_missing_or_foreign_model_folder(tmp_path, capsys):
     (tmp_path / "config.json").write_text('{"model_type": "bert"}')
     assert cli_main(["run", "--model", str(tmp_path), "--tasks", "shapes_vqa"]) == 2
     assert "holds a 'bert' model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "arguments,message",
+    [
+        (["--tasks", "shapes_ocr"], "unknown demo task 'shapes_ocr'; available: shapes, shapes_vqa"),
+        (["--budgets", "64,7"], "no tiny VisToG model for budget 7; available budgets: 64, 16, 4"),
+        (["--model", "/some/checkpoint"], "--tasks is needed with --model"),
+    ],
+)
+def test_embedded_default_bad_input_is_one_line_and_exit_2(tmp_path, capsys, arguments, message):
+    code = cli_main(["run", "--output", str(tmp_path), *arguments])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1
+    assert not any(tmp_path.iterdir())  # refused before a run folder exists
+
+
+def test_embedded_default_narrowed_by_tasks_budgets_and_methods():
+    from vistog_bench import demo
+    from vistog_bench.runner import embedded_default, plan_cells
+
+    models, tasks, budgets, methods = embedded_default(("shapes_vqa",), (64, 16), ("vistog", "pool"))
+    assert tasks == ("shapes_vqa",) and methods == ("vistog", "pool")
+    assert models == [demo.checkpoint_for_budget(None), demo.checkpoint_for_budget(16)]
+    config = RunConfig(models=tuple(map(str, models)), tasks=tasks, methods=methods, budgets=budgets)
+    planned = [(c.method, c.budget) for c in plan_cells(config)]
+    assert planned == [("none", 64), ("vistog", 16), ("pool", 16)]
+    # a training-free method at a budget no VisToG model was trained for needs only the tiny LLaVA
+    models, *_ = embedded_default(("shapes",), (8,), ("pool",))
+    assert models == [demo.checkpoint_for_budget(None)]
+    assert embedded_default()[1:] == (demo.DEMO_TASKS, (demo.FULL_BUDGET, *demo.available_budgets()), ("vistog",))

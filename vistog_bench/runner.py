@@ -11,7 +11,8 @@ measured against it.
 Cells are recorded as they finish (atomic writes): a failed task is `failed: <reason>`, out-of-memory is `oom`, and
 the sweep goes on. `--resume RUN_DIR` with the same configuration redoes only cells that are not `ok`.
 Exit code: 0 all cells ok, 1 some cell failed, 2 bad input.
-With no arguments: the embedded default (tiny LLaVA + VisToG trained on the synthetic shapes world, no downloads).
+Without --model: the embedded default (tiny LLaVA + VisToG trained on the synthetic shapes world, no downloads);
+--tasks (shapes, shapes_vqa, shapes_caption, shapes_video), --budgets and --method narrow or change that sweep.
 """
 
 from __future__ import annotations
@@ -383,7 +384,8 @@ def _budgets(text: str | None) -> tuple[int, ...]:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", nargs="+", help="checkpoint folder(s): stock LLaVA-1.5 and/or VisToG checkpoints")
+    parser.add_argument("--model", nargs="+",
+                        help="checkpoint folder(s): stock LLaVA-1.5 and/or VisToG checkpoints (default: the embedded ones)")
     parser.add_argument("--tasks", help="comma-separated lmms-eval task or group names")
     parser.add_argument("--budgets", help="visual tokens per image, e.g. 576,192,128,64")
     parser.add_argument("--method", default=None, help="comma-separated: none, vistog, pool, random, tome, visionzip, prumerge, fastv")
@@ -401,14 +403,20 @@ def add_arguments(parser) -> None:
     parser.add_argument("--resume", default=None, help="an interrupted run folder to complete")
 
 
-def embedded_default() -> tuple[list[Path], tuple[str, ...], tuple[int, ...], tuple[str, ...]]:
-    """The committed tiny LLaVA and VisToG checkpoints on the three synthetic shapes tasks (test split)."""
+def embedded_default(
+    tasks: tuple[str, ...] = (), budgets: tuple[int, ...] = (), methods: tuple[str, ...] = ()
+) -> tuple[list[Path], tuple[str, ...], tuple[int, ...], tuple[str, ...]]:
+    """The committed tiny LLaVA and VisToG checkpoints on the synthetic shapes tasks (test split): all three tasks,
+    every committed budget and `vistog` unless `tasks` / `budgets` / `methods` narrow or change the sweep."""
     from . import demo
 
-    budgets = demo.available_budgets()
-    models = [demo.checkpoint_for_budget(None), *(demo.checkpoint_for_budget(b) for b in budgets)]
+    tasks = demo.check_tasks(tasks) if tasks else demo.DEMO_TASKS
+    methods = methods or ("vistog",)
+    budgets = budgets or (demo.FULL_BUDGET, *demo.available_budgets())
+    vistog_budgets = [b for b in budgets if b != demo.FULL_BUDGET] if "vistog" in methods else []
+    models = [demo.checkpoint_for_budget(None), *(demo.checkpoint_for_budget(b) for b in vistog_budgets)]
     demo.ensure_test_data()
-    return models, demo.DEMO_TASKS, (demo.FULL_BUDGET, *budgets), ("vistog",)
+    return models, tasks, budgets, methods
 
 
 def config_from_args(args) -> RunConfig:
@@ -426,12 +434,12 @@ def config_from_args(args) -> RunConfig:
     if args.resume and no_sweep_arguments:
         saved = _config_from_manifest(load_run(args.resume).manifest().config)
         return dataclasses.replace(saved, resume=args.resume)
-    if no_sweep_arguments:
-        models, tasks, budgets, methods = embedded_default()
+    if not args.model:
+        models, tasks, budgets, methods = embedded_default(_csv(args.tasks), _budgets(args.budgets), _csv(args.method))
         data_dir = args.data_dir
     else:
-        if not args.model or not args.tasks:
-            raise UsageError("--model and --tasks are needed (or no arguments at all, for the embedded default)")
+        if not args.tasks:
+            raise UsageError("--tasks is needed with --model (leave both out for the embedded default)")
         models, tasks = tuple(args.model), _csv(args.tasks)
         methods = _csv(args.method) or ("vistog",)
         budgets = _budgets(args.budgets)
