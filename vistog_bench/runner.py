@@ -436,15 +436,12 @@ def config_from_args(args) -> RunConfig:
         return dataclasses.replace(saved, resume=args.resume)
     if not args.model:
         models, tasks, budgets, methods = embedded_default(_csv(args.tasks), _budgets(args.budgets), _csv(args.method))
-        data_dir = args.data_dir
     else:
         if not args.tasks:
             raise UsageError("--tasks is needed with --model (leave both out for the embedded default)")
         models, tasks = tuple(args.model), _csv(args.tasks)
         methods = _csv(args.method) or ("vistog",)
-        budgets = _budgets(args.budgets)
-        budgets = budgets or checkpoint_budgets(models)
-        data_dir = args.data_dir
+        budgets = _budgets(args.budgets) or checkpoint_budgets(models)
     return RunConfig(
         models=tuple(str(Path(m).resolve()) for m in models),
         tasks=tuple(tasks),
@@ -455,7 +452,7 @@ def config_from_args(args) -> RunConfig:
         device=device,
         dtype=dtype,
         output=args.output,
-        data_dir=data_dir,
+        data_dir=args.data_dir,
         include_paths=tuple(args.include_path),
         max_frames=args.max_frames,
         seed=args.seed,
