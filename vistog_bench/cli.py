@@ -2,7 +2,15 @@
 
 Each subcommand lives in the module that does its work; that module exposes `add_arguments(parser)` and
 `main(args) -> int`, and keeps heavy imports (torch, lmms-eval) inside `main` so `--help` stays fast.
-A `UsageError` anywhere becomes one line on stderr and exit code 2.
+Exit codes, for every subcommand:
+
+    0  done, all well
+    1  the work ran and found a problem: a cell failed (`run`), a regression (`check`)
+    2  bad input: a `UsageError` (arguments, paths, unreadable or unwritable files), or another operating-system
+       error on a file (permission, read-only filesystem, missing folder); one line on stderr
+    3  the disk (or quota) filled up: one line says which file could not be written and what the run folder
+       already holds; everything written before is intact (atomic JSON writes, appends cut back on failure)
+  130  interrupted (Ctrl-C)
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import importlib
 import sys
 
 from .errors import UsageError
+from .results import DISK_FULL_ERRNOS, DISK_FULL_EXIT, disk_full_message
 
 # subcommand -> (module, one-line help)
 COMMANDS = {
@@ -46,6 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"vistog-bench {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        if exc.errno in DISK_FULL_ERRNOS:
+            message = disk_full_message(exc, resume_hint=args.command == "run")
+            print(f"vistog-bench {args.command}: error: {message}", file=sys.stderr)
+            return DISK_FULL_EXIT
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"vistog-bench {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return UsageError.exit_code
     except KeyboardInterrupt:
         print(f"vistog-bench {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -20,7 +20,11 @@ exist, one group per (path, batch size), each summarised by medians; else its `k
 `request`), total_ms by median, FLOPs by mean per record.
 
 Every value in the baseline must be found in the run: a missing cell or value is a failure (exit 1), never a
-silent pass. A value only in the run is listed as `new`. Exit 2 is for unreadable input (UsageError).
+silent pass. A value only in the run is listed as `new`. A baseline cell that was not `ok` and now is `ok` is
+`fixed` (not a failure): its baseline values described a failure, so they are not compared and the run's values are
+listed as `new`. Exit 2 is for unreadable input (UsageError), a baseline with no cells (nothing to hold the run to),
+and an unwritable --junit / --summary (checked before the comparison; the files are written before the verdict is
+printed, so a printed verdict is always the exit code's). Exit 3: the disk filled up while writing them.
 """
 
 from __future__ import annotations
@@ -38,7 +42,17 @@ from typing import Any, Iterable, Mapping
 from xml.etree import ElementTree
 
 from .errors import UsageError
-from .results import STATUS_OK, CellKey, CellResult, ProfileRecord, RunDir, load_run, read_json
+from .results import (
+    STATUS_OK,
+    CellKey,
+    CellResult,
+    ProfileRecord,
+    RunDir,
+    check_writable_file,
+    load_run,
+    read_json,
+    write_output_text,
+)
 
 BASELINE_FORMAT = "vistog-bench-baseline/1"
 DEFAULT_TOLERANCES = "regress_tolerances.json"
@@ -48,7 +62,7 @@ CATEGORIES = ("accuracy", "retention", "speedup", "flops", "memory", "latency", 
 MODES = ("abs", "rel")
 BETTER = ("higher", "lower", "equal")
 
-PASS, IMPROVED, FAIL, MISSING, NEW = "pass", "improved", "FAIL", "missing", "new"
+PASS, IMPROVED, FIXED, FAIL, MISSING, NEW = "pass", "improved", "fixed", "FAIL", "missing", "new"
 FAILING = (FAIL, MISSING)
 
 # Floats written to JSON and read back, or summed in another order, differ in the last bits: never a regression.
@@ -328,6 +342,9 @@ def parse_baseline(data: Any, source: str) -> Baseline:
             raise UsageError(f"{where}: cells[{index}] has values of unknown category: {', '.join(bad)}")
         key = CellKey(str(item["task"]), str(item["method"]), item["budget"])
         cells.append(BaselineCell(key, str(item["status"]), {k: float(v) for k, v in values.items()}))
+    if not cells:
+        raise UsageError(f"baseline {source} has no cells: nothing to compare a run with "
+                         "(write one with `vistog-bench baseline update RUN_DIR --name NAME`)")
     keys = [c.key for c in cells]
     if len(set(keys)) != len(keys):
         raise UsageError(f"{where}: a cell is listed twice")
@@ -504,9 +521,17 @@ def compare(baseline: Baseline, current: Mapping[CellKey, Mapping[str, float]], 
             findings.append(Finding(cell.key, "status", cell.status, status, "same", FAIL,
                                     f"{len(cell.values)} baseline values unchecked"))
             continue
-        if status != cell.status:
-            findings.append(Finding(cell.key, "status", cell.status, status, "same", IMPROVED if status == STATUS_OK else PASS))
         now_values = current.get(cell.key, {})
+        if status != cell.status and status == STATUS_OK:
+            # The baseline's values described a failure (no samples, no scores): nothing to compare them with.
+            findings.append(Finding(cell.key, "status", cell.status, status, "same", FIXED,
+                                    "baseline cell was not ok; its values are not compared"))
+            for key in sorted(now_values):
+                if tolerances.for_value(cell.key, key).enabled:
+                    findings.append(Finding(cell.key, key, None, now_values[key], "-", NEW, "cell fixed since the baseline"))
+            continue
+        if status != cell.status:
+            findings.append(Finding(cell.key, "status", cell.status, status, "same", PASS))
         for key, old in sorted(cell.values.items()):
             tolerance = tolerances.for_value(cell.key, key)
             if not tolerance.enabled:
@@ -568,14 +593,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="print only failures and the headline, not every value")
 
 
-def _write_text(path: str, text: str) -> None:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(text, encoding="utf-8")
-
-
 def main(args: argparse.Namespace) -> int:
+    outputs = [(flag, path) for flag, path in (("--junit", args.junit), ("--summary", args.summary)) if path]
+    for flag, path in outputs:
+        check_writable_file(path, flag)
     report = check_run(args.run_dir, args.baseline, args.tolerances)
+    # Files first: a verdict on stdout is only printed once nothing can fail any more.
+    if args.junit:
+        write_output_text(args.junit, report.to_junit_xml(), "--junit")
+    if args.summary:
+        write_output_text(args.summary, report.to_markdown(), "--summary")
     if args.quiet:
         if report.failures:
             from tabulate import tabulate
@@ -586,10 +613,6 @@ def main(args: argparse.Namespace) -> int:
     for note in report.notes:
         print(f"note: {note}")
     print(report.headline())
-    if args.junit:
-        _write_text(args.junit, report.to_junit_xml())
-    if args.summary:
-        _write_text(args.summary, report.to_markdown())
     sys.stdout.flush()
     return report.exit_code
 

@@ -21,7 +21,8 @@ from typing import Any
 
 from .errors import UsageError
 from .regress import BASELINE_FORMAT, derive_values, load_baseline, parse_baseline
-from .results import load_run, write_json
+from .report.metrics import headline_score
+from .results import check_writable_file, load_run, write_json
 
 DEFAULT_OUT_DIR = Path("results/baselines")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -35,6 +36,9 @@ def build_baseline(run_dir: str | Path, name: str) -> dict[str, Any]:
     cells = run.cells()
     if not cells:
         raise UsageError(f"run {run.path} has no cells in metrics.json: nothing to make a baseline of")
+    if not any(c.ok and headline_score(c.task, c.metrics) is not None for c in cells):
+        raise UsageError(f"run {run.path} has no cell with a finite headline metric (every cell failed, or its score "
+                         "is NaN or missing): a baseline of it would hold nothing to compare")
     values = derive_values(cells, run.profile())
     data = {
         "format": BASELINE_FORMAT,
@@ -64,6 +68,7 @@ def write_baseline(run_dir: str | Path, name: str, out_dir: str | Path = DEFAULT
     """Write `out_dir/NAME.json` atomically from a run; returns its path."""
     data = build_baseline(run_dir, name)
     path = Path(out_dir) / f"{name}.json"
+    check_writable_file(path, "--out-dir")
     write_json(path, data)
     return path
 

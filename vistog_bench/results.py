@@ -1,9 +1,12 @@
 """The on-disk schema of a run: `results/<run_id>/` with manifest, metrics, per-sample logs and profile records.
 
 One run = one folder. Files are written atomically (write to a temporary file, then `os.replace`), so a killed run
-never leaves a half-written JSON; `profile.jsonl` and sample logs are appended line by line and a torn last line is
-ignored on read. Nothing already finished is rewritten with different content: `metrics.json` only grows, and a
-cell that is recorded again (a resumed run redoing a failed cell) replaces its own record and no other.
+never leaves a half-written JSON; `profile.jsonl` is appended line by line. An append that fails (a full disk) is
+cut back to where it started, so earlier lines stay whole; a kill can still tear the last line: readers skip a torn
+last line with a warning (a malformed line before it is an error naming the file and line), and
+`RunDir.prepare_resume()` cuts it off before a resumed run appends again. Nothing already finished is rewritten with
+different content: `metrics.json` only grows, and a cell that is recorded again (a resumed run redoing a failed
+cell) replaces its own record and no other. `RunDir.lock()` keeps two processes from writing one run at once.
 
     manifest.json    RunManifest: run id, command line, config, git sha, versions, device, seed, start/end
     metrics.json     list of CellResult: one per (task, method, budget) with lmms-eval's metric values + stderr
@@ -15,13 +18,18 @@ Units are in the names: `_ms`, `_bytes`, `_flops`, `_j`. FLOPs count 2 per multi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime as dt
+import errno
 import json
 import os
+import sys
 import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from .errors import UsageError
 
@@ -29,6 +37,11 @@ MANIFEST_FILE = "manifest.json"
 METRICS_FILE = "metrics.json"
 PROFILE_FILE = "profile.jsonl"
 SAMPLES_DIR = "samples"
+LOCK_FILE = ".lock"
+
+# Errors that mean "the disk (or the quota) is full": the CLI reports what was saved and exits DISK_FULL_EXIT.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+DISK_FULL_EXIT = 3
 
 STATUS_OK = "ok"
 STATUS_OOM = "oom"
@@ -36,6 +49,12 @@ FAILED_PREFIX = "failed: "
 
 # Stages a request goes through, in order. `decode` is all generated tokens after the first.
 STAGES = ("preprocess", "vision", "grouping", "projector", "prefill", "decode")
+
+
+def new_run_id(prefix: str = "") -> str:
+    """`<prefix>YYYYmmdd-HHMMSS-<6 hex>`: the time for people, a random suffix so two runs started in the same second
+    never share a folder."""
+    return prefix + dt.datetime.now().strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
 def failed_status(reason: str) -> str:
@@ -65,8 +84,9 @@ class CellResult:
     status: str
     metrics: dict[str, float] = field(default_factory=dict)
     stderr: dict[str, float] = field(default_factory=dict)
-    n_samples: int = 0
+    n_samples: int = 0  # samples scored
     elapsed_s: float | None = None
+    n_failed: int = 0  # samples that failed alone (an undecodable image) and were left out of the metrics
 
     @property
     def key(self) -> CellKey:
@@ -88,6 +108,7 @@ class RunManifest:
     seed: int
     started_at: str
     finished_at: str | None = None
+    prompt_templates: dict[str, dict[str, str]] = field(default_factory=dict)  # checkpoint -> {source, style}
 
 
 @dataclass(frozen=True)
@@ -136,6 +157,13 @@ class ProfileRecord:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def _disk_full(exc: OSError, path: Path) -> OSError:
+    """The same error with the file it happened on named (a failed `write` carries no file name)."""
+    if exc.errno in DISK_FULL_ERRNOS and not exc.filename:
+        return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path))
+    return exc
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -145,6 +173,13 @@ def _atomic_write_text(path: Path, text: str) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        error = _disk_full(exc, path)
+        if error is exc:
+            raise
+        raise error from exc
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -162,14 +197,33 @@ def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
 
 
 def append_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
-    """Append one JSON line per record; each line is flushed and synced before the next call returns."""
+    """Append one JSON line per record, synced before returning. All or nothing: when the write fails (a full disk)
+    the file is cut back to its size before the call, so no partial line is left behind. A torn last line left by
+    an earlier kill is cut off first, so the new lines never glue onto it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, default=str) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    data = "".join(json.dumps(record, default=str) + "\n" for record in records).encode("utf-8")
+    if not data:
+        return
+    if not _ends_cleanly(path):
+        repair_jsonl_tail(path)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except BaseException as exc:
+            os.ftruncate(fd, start)  # shrinking needs no space; earlier lines are untouched
+            if isinstance(exc, OSError):
+                error = _disk_full(exc, path)
+                if error is not exc:
+                    raise error from exc
+            raise
+    finally:
+        os.close(fd)
 
 
 def read_json(path: Path, what: str = "result file") -> Any:
@@ -183,23 +237,179 @@ def read_json(path: Path, what: str = "result file") -> Any:
         raise UsageError(f"malformed {what} {path}: {exc}") from None
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Read JSON lines; a torn last line (a run killed mid-write) is dropped, a malformed middle line is an error."""
+def _parse_line(raw: bytes) -> Any:
+    return json.loads(raw.decode("utf-8"))
+
+
+def _last_line(data: bytes) -> tuple[int, bytes]:
+    """(offset, bytes) of the last line of `data`, its newline left out."""
+    body = data[:-1] if data.endswith(b"\n") else data
+    start = body.rfind(b"\n") + 1
+    return start, body[start:]
+
+
+def _is_torn(raw: bytes) -> bool:
+    """A last line that is not one whole JSON record: cut mid-write, or zeros a crash left where it should be."""
+    if not raw.strip(b" \t\r\x00"):
+        return bool(raw.strip(b" \t\r"))  # only zeros: torn; blank: just a blank line
+    try:
+        _parse_line(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return True
+    return False
+
+
+def read_jsonl(path: Path, *, warn: bool = True) -> list[dict[str, Any]]:
+    """Read JSON lines. A torn last line (a run killed mid-append) is skipped with a warning on stderr; a malformed
+    line before it is a UsageError naming the file and line."""
     path = Path(path)
     if not path.is_file():
         return []
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = path.read_bytes().split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
     records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
+    for number, raw in enumerate(lines, start=1):
+        if number == len(lines) and _is_torn(raw):
+            if warn:
+                print(f"warning: {path} line {number}: incomplete last line skipped ({len(raw)} bytes; the run was "
+                      "interrupted while writing it)", file=sys.stderr)
+            break
+        if not raw.strip(b" \t\r"):
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            if number == len(lines):
-                break
+            records.append(_parse_line(raw))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise UsageError(f"malformed result file {path} line {number}: {exc}") from None
     return records
+
+
+def repair_jsonl_tail(path: Path) -> str | None:
+    """Make `path` end after its last complete record: cut a torn last line off, or end a whole last record that
+    lacks its newline. Returns what was done, or None when the file was already clean (or is absent)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    data = path.read_bytes()
+    if not data:
+        return None
+    start, last = _last_line(data)
+    if _is_torn(last):
+        with open(path, "r+b") as handle:
+            handle.truncate(start)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return f"{path}: cut an incomplete last line ({len(data) - start} bytes) back to the last complete record"
+    if not data.endswith(b"\n"):
+        with open(path, "ab") as handle:
+            handle.write(b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        return f"{path}: ended its last record with the missing newline"
+    return None
+
+
+def _ends_cleanly(path: Path) -> bool:
+    """True when `path` is absent, empty, or ends with a newline (the cheap test before every append)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            if handle.tell() == 0:
+                return True
+            handle.seek(-1, os.SEEK_END)
+            return handle.read(1) == b"\n"
+    except FileNotFoundError:
+        return True
+
+
+# -- checks of output paths, before any work ---------------------------------------------------------------------
+def _probe_dir(folder: Path, flag: str, target: Path) -> None:
+    """Create and remove a file in `folder`: the one test that also holds for root and read-only filesystems."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".vistog-write-test-")
+    except OSError as exc:
+        raise UsageError(f"{flag} {target}: cannot write in {folder}: {exc.strerror or exc}") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _existing_ancestor(path: Path, flag: str, target: Path) -> Path:
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise UsageError(f"{flag} {target}: {folder} is a file, not a folder")
+            return folder
+    return Path(".")
+
+
+def check_writable_dir(path: str | os.PathLike, flag: str) -> Path:
+    """UsageError (one line naming `flag`) unless `path` is a folder this process can write in, or one it can create.
+    Creates nothing; call it before any work."""
+    target = Path(path)
+    folder = _existing_ancestor(target.absolute(), flag, target)
+    _probe_dir(folder, flag, target)
+    return target
+
+
+def check_writable_file(path: str | os.PathLike, flag: str) -> Path:
+    """UsageError (one line naming `flag`) unless a file can be written at `path` (its folder writable or creatable,
+    the path no folder, an existing file writable). Creates nothing; call it before any work."""
+    target = Path(path)
+    absolute = target.absolute()
+    if absolute.is_dir():
+        raise UsageError(f"{flag} {target}: is a folder, not a file")
+    folder = _existing_ancestor(absolute.parent, flag, target)
+    _probe_dir(folder, flag, target)
+    if absolute.exists():
+        try:
+            with open(absolute, "ab"):
+                pass
+        except OSError as exc:
+            raise UsageError(f"{flag} {target}: cannot write: {exc.strerror or exc}") from None
+    return target
+
+
+def write_output_text(path: str | os.PathLike, text: str, flag: str) -> Path:
+    """Write a user-named output file atomically; an unwritable path is a UsageError naming `flag` (a full disk stays
+    an OSError, which the CLI reports as such)."""
+    target = Path(path)
+    try:
+        _atomic_write_text(target, text)
+    except OSError as exc:
+        if exc.errno in DISK_FULL_ERRNOS:
+            raise
+        raise UsageError(f"{flag} {target}: cannot write: {exc.strerror or exc}") from None
+    return target
+
+
+# -- what a full disk left behind ---------------------------------------------------------------------------------
+def run_folder_of(path: str | os.PathLike | None) -> Path | None:
+    """The run folder (a folder holding manifest.json) that `path` lies in, or None."""
+    if not path:
+        return None
+    path = Path(path).absolute()
+    for folder in (path, *path.parents):
+        if (folder / MANIFEST_FILE).is_file():
+            return folder
+    return None
+
+
+def disk_full_message(exc: OSError, resume_hint: bool = False) -> str:
+    """One line for a full disk: which file could not be written, and what the run folder already holds (its
+    earlier files are whole: JSON files are replaced atomically, failed appends are cut back)."""
+    filename = exc.filename or "a file"
+    line = f"no space left on device writing {filename}"
+    folder = run_folder_of(exc.filename)
+    if folder is None:
+        return line + "; nothing written before it was changed"
+    try:
+        cells = RunDir(folder).cells()
+        records = len(read_jsonl(folder / PROFILE_FILE, warn=False))
+    except (UsageError, OSError):
+        return line + f"; saved: {folder} (its metrics.json could not be read back)"
+    ok = sum(c.ok for c in cells)
+    line += f"; saved: {folder} ({len(cells)} cell(s) recorded, {ok} ok, {records} profile record(s))"
+    return line + (f"; free space, then `vistog-bench run --resume {folder}` completes it" if resume_hint else "")
 
 
 def _from_dict(cls, data: dict[str, Any], source: Path):
@@ -232,6 +442,75 @@ class RunDir:
 
     def samples_path(self, key: CellKey) -> Path:
         return self.path / SAMPLES_DIR / f"{key.slug()}.jsonl"
+
+    # -- resuming ------------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold `<run>/.lock` (an exclusive `flock`, never waited for) while writing this run: a second process that
+        tries is refused with a UsageError. The kernel drops the lock when its holder exits, killed or not."""
+        import fcntl
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock_path = self.path / LOCK_FILE
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UsageError(f"run {self.path} is in use: another process holds {lock_path} "
+                                 "(a run or --resume of it is still going); wait for it or stop it") from None
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+
+    def prepare_resume(self) -> list[str]:
+        """Make the folder safe to append to again, and say what was changed (one message each):
+
+        - a torn last line of `profile.jsonl` or of a sample log (a kill mid-append) is cut back to the last complete
+          record;
+        - profile records of cells that are not `ok` in metrics.json (failed, OOM, or interrupted before they were
+          recorded) are dropped, since a resumed run measures those cells again;
+        - temporary files of atomic writes a kill left behind are removed.
+        Call it while holding `lock()`, before the sweep."""
+        notes = []
+        for path in [self.path / PROFILE_FILE, *sorted((self.path / SAMPLES_DIR).glob("*.jsonl"))]:
+            note = repair_jsonl_tail(path)
+            if note:
+                notes.append(note)
+        note = self._drop_profile_of_unfinished_cells()
+        if note:
+            notes.append(note)
+        for tmp in sorted(self.path.rglob(".*.tmp")):
+            if tmp.is_file():
+                tmp.unlink()
+                notes.append(f"{tmp}: removed a temporary file an interrupted write left behind")
+        return notes
+
+    def _drop_profile_of_unfinished_cells(self) -> str | None:
+        path = self.path / PROFILE_FILE
+        if not path.is_file():
+            return None
+        ok = {c.key for c in self.cells() if c.ok}
+        read_jsonl(path)  # a malformed line is a UsageError naming it; after repair_jsonl_tail every line parses
+        lines = [line for line in path.read_bytes().split(b"\n") if line.strip(b" \t\r")]
+        kept, dropped = [], {}
+        for raw in lines:
+            record = _parse_line(raw)
+            task = record.get("task") if isinstance(record, dict) else None
+            if task is not None:
+                key = CellKey(task, record.get("method"), record.get("budget"))
+                if key not in ok:
+                    dropped[key] = dropped.get(key, 0) + 1
+                    continue
+            kept.append(raw)
+        if not dropped:
+            return None
+        _atomic_write_text(path, "".join(raw.decode("utf-8") + "\n" for raw in kept))
+        cells = ", ".join(f"{k.slug()} ({n})" for k, n in sorted(dropped.items(), key=lambda kv: kv[0].slug()))
+        return (f"{path}: dropped {sum(dropped.values())} profile record(s) of cells that are not ok and will be "
+                f"measured again: {cells}")
 
     # -- reading -------------------------------------------------------------------------------------------------
     def manifest(self) -> RunManifest:

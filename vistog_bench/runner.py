@@ -26,7 +26,6 @@ import platform
 import subprocess
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from .results import (
     RunManifest,
     failed_status,
     load_run,
+    new_run_id,
     write_jsonl,
 )
 
@@ -155,10 +155,6 @@ def _versions() -> dict[str, str]:
         except PackageNotFoundError:
             continue
     return found
-
-
-def new_run_id() -> str:
-    return dt.datetime.now().strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
 def _now() -> str:

@@ -189,16 +189,18 @@ def analytic_table(records, gpus) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from vistog_bench.results import RunDir, RunManifest
+    from vistog_bench.results import RunDir, RunManifest, check_writable_dir, new_run_id
 
     from .controlled import analytic_records, measured_records, settings_dict
     from .nvml import device_facts
     from .roofline import get_gpu
 
     settings = settings_from_args(args)
+    check_writable_dir(args.output, "--output")
     started = _now()
-    run_id = "profile-" + datetime.now().strftime("%Y%m%d-%H%M%S") + ("-analytic" if args.analytic else "")
+    run_id = new_run_id("profile-") + ("-analytic" if args.analytic else "")
     run = RunDir(Path(args.output) / run_id)
+    run.path.mkdir(parents=True, exist_ok=False)  # a unique id: never another run's folder
     facts = device_facts("cpu" if args.analytic else settings.device)
     manifest = RunManifest(run_id=run_id, command=["vistog-bench", *sys.argv[1:]], config=settings_dict(settings),
                            git_sha=_git_sha(), versions=_versions(), device=facts, seed=settings.seed,

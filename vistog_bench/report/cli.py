@@ -23,12 +23,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from ..results import check_writable_dir
     from .build import build_report, parse_formats, write_report
 
     formats = parse_formats(args.formats)
+    if args.out:
+        check_writable_dir(args.out, "--out")
     references = [] if args.no_reference else args.reference
     report = build_report(args.run_dirs, references)
-    out = Path(args.out) if args.out else Path("reports") / report.data.run_ids[0]
+    out = Path(args.out) if args.out else check_writable_dir(Path("reports") / report.data.run_ids[0], "--out (default)")
     written = write_report(report, out, formats)
     main_files = [p for p in written if p.name.startswith("report.")]
     print(f"wrote {len(written)} files to {out}: " + ", ".join(str(p) for p in main_files))

@@ -38,7 +38,7 @@ from ..results import (
     RunManifest,
     load_run,
 )
-from .metrics import Headline, as_number, headline_score
+from .metrics import Headline, as_number, headline_metric, headline_value
 
 FULL_METHOD = "none"
 MIB = 2.0**20
@@ -411,7 +411,8 @@ def full_budget(keys: Iterable[tuple[str, int]], run_id: str, what: str) -> Full
 # ---------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Score:
-    """One task's headline score in one row; `status` is `ok`, `oom`, `failed` or `missing`."""
+    """One task's headline score in one row; `status` is `ok`, `oom`, `failed`, `missing` or `n/a` (the cell ran, but
+    its headline metric is NaN or absent)."""
 
     status: str
     value: float | None = None
@@ -479,6 +480,20 @@ class ReportData:
         return [r.run_id for r in self.runs]
 
 
+def _task_headlines(cells: Mapping[tuple[str, str, int], CellResult], full: FullBudget) -> dict[str, Headline]:
+    """One headline metric per task, chosen by name: the one most of the task's ok cells name (the full-budget
+    cell's choice first on a tie), so a cell whose headline is NaN or was dropped shows n/a rather than some other
+    metric under that column."""
+    votes: dict[str, dict[Headline, int]] = {}
+    ordered = sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][2]) != (full.method, full.budget))
+    for (task, _, _), cell in ordered:
+        headline = headline_metric(task, cell.metrics) if cell.ok else None
+        if headline is not None:
+            counts = votes.setdefault(task, {})
+            counts[headline] = counts.get(headline, 0) + 1
+    return {task: max(counts, key=counts.get) for task, counts in votes.items()}  # max keeps the first on ties
+
+
 def _accuracy_parts(run: RunData, notes: list[str]) -> dict[tuple[str, int], Accuracy]:
     cells = {(c.task, c.method, c.budget): c for c in run.cells}  # last record of a key wins
     full = full_budget(((m, b) for _, m, b in cells), run.run_id, "cells")
@@ -486,13 +501,14 @@ def _accuracy_parts(run: RunData, notes: list[str]) -> dict[tuple[str, int], Acc
         notes.append(full.note)
     if full is None:
         return {}
+    headlines = _task_headlines(cells, full)
     reference: dict[str, float] = {}
     for (task, method, budget), cell in cells.items():
-        if (method, budget) != (full.method, full.budget):
+        if (method, budget) != (full.method, full.budget) or not cell.ok or task not in headlines:
             continue
-        scored = headline_score(task, cell.metrics) if cell.ok else None
-        if scored is not None and scored[1] != 0:
-            reference[task] = scored[1]
+        value = headline_value(headlines[task], cell.metrics)
+        if value is not None and value != 0:
+            reference[task] = value
     for task in sorted({t for t, _, _ in cells} - set(reference)):
         notes.append(f"run {run.run_id}: no usable full-budget ({full.method}@{full.budget}) score for {task}: retention n/a")
     parts: dict[tuple[str, int], Accuracy] = {}
@@ -502,11 +518,15 @@ def _accuracy_parts(run: RunData, notes: list[str]) -> dict[tuple[str, int], Acc
         if status != "ok":
             part.scores[task] = Score(status, reason=reason)
             continue
-        scored = headline_score(task, cell.metrics)
-        if scored is None:
+        if task not in headlines:
             part.scores[task] = Score("failed", reason="no numeric metric in the cell")
             continue
-        headline, value = scored
+        headline = headlines[task]
+        value = headline_value(headline, cell.metrics)
+        if value is None:
+            part.scores[task] = Score("n/a", headline=headline,
+                                      reason=f"headline metric {headline.metric} is NaN or missing in this cell")
+            continue
         retention = 100.0 * value / reference[task] if task in reference else None
         part.scores[task] = Score("ok", value, headline, retention)
     return parts

@@ -16,6 +16,10 @@ metric, printed as is):
     seedbench*                         seed_image, else seed_all                           x100 (%)
 
 lmms-eval spelt the MME perception metric `mme_percetion_score` in some releases; both spellings are read.
+
+The headline metric is chosen by *name*, never by value: a headline that is NaN (or missing from a cell) is n/a for
+that cell, not replaced by another metric that happens to be finite (which would print, say, a colour sub-score
+under the exact-match column and a retention above 100 %).
 """
 
 from __future__ import annotations
@@ -110,40 +114,61 @@ def stderr_values(stderr: Mapping[str, Any], metrics: Mapping[str, Any] | None =
     return out
 
 
+def _is_number(value: Any) -> bool:
+    """A number, finite or not (NaN names a metric that has no value in this cell)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _match_metric(candidates: tuple[str, ...], values: Mapping[str, Any]) -> str | None:
     for candidate in candidates:
         for name, value in values.items():
-            if fnmatch.fnmatchcase(name, candidate) and as_number(value) is not None:
+            if fnmatch.fnmatchcase(name, candidate) and _is_number(value):
                 return name
     return None
 
 
-def _first_numeric(values: Mapping[str, Any]) -> str | None:
+def _first_metric(values: Mapping[str, Any]) -> str | None:
     for name, value in values.items():
-        if name not in NON_SCORE_METRICS and as_number(value) is not None:
+        if name not in NON_SCORE_METRICS and _is_number(value):
             return name
     return None
 
 
-def headline_score(task: str, metrics: Mapping[str, Any]) -> tuple[Headline, float] | None:
-    """The headline score of one cell, already scaled to the printed unit, or None when it has no numeric metric."""
+def headline_metric(task: str, metrics: Mapping[str, Any]) -> Headline | None:
+    """Which metric of these is the task's headline (by name: its value may be NaN), or None when none is."""
     values = metric_values(metrics)
     task_l = task.lower()
-    if fnmatch.fnmatchcase(task_l, "mme*"):
-        perception = next((as_number(values[k]) for k in MME_PERCEPTION if k in values), None)
-        cognition = next((as_number(values[k]) for k in MME_COGNITION if k in values), None)
-        if perception is not None and cognition is not None:
-            return Headline("perception+cognition", "P+C", 1.0, 1), perception + cognition
+    if fnmatch.fnmatchcase(task_l, "mme*") and any(k in values for k in MME_PERCEPTION + MME_COGNITION):
+        return Headline("perception+cognition", "P+C", 1.0, 1)
     for rule in HEADLINE_RULES:
         if any(fnmatch.fnmatchcase(task_l, p) for p in rule.patterns):
             name = _match_metric(rule.metrics, values)
             if name is not None:
-                return Headline(name, rule.unit, rule.scale, rule.decimals), as_number(values[name]) * rule.scale
+                return Headline(name, rule.unit, rule.scale, rule.decimals)
             break
-    name = _first_numeric(values)
-    if name is None:
+    name = _first_metric(values)
+    return None if name is None else Headline(name, name, 1.0, 3)
+
+
+def headline_value(headline: Headline, metrics: Mapping[str, Any]) -> float | None:
+    """The value of `headline` in these metrics, scaled to its printed unit; None when missing or not finite."""
+    values = metric_values(metrics)
+    if headline.metric == "perception+cognition":
+        perception = next((as_number(values[k]) for k in MME_PERCEPTION if k in values), None)
+        cognition = next((as_number(values[k]) for k in MME_COGNITION if k in values), None)
+        return None if perception is None or cognition is None else perception + cognition
+    value = as_number(values.get(headline.metric))
+    return None if value is None else value * headline.scale
+
+
+def headline_score(task: str, metrics: Mapping[str, Any]) -> tuple[Headline, float] | None:
+    """The headline score of one cell, already scaled to the printed unit, or None when the cell has no headline
+    metric or its value is NaN / missing."""
+    headline = headline_metric(task, metrics)
+    if headline is None:
         return None
-    return Headline(name, name, 1.0, 3), as_number(values[name])
+    value = headline_value(headline, metrics)
+    return None if value is None else (headline, value)
 
 
 def benchmark_family(task: str, families: tuple[str, ...]) -> str | None:

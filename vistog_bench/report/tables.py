@@ -200,6 +200,8 @@ def main_table(data: ReportData) -> Table:
                 cells[f"task:{task}"] = Cell(score.value)
             elif score.status == "oom":
                 cells[f"task:{task}"] = Cell(text="OOM")
+            elif score.status == "n/a":
+                cells[f"task:{task}"] = Cell(text="n/a", marks=(notes.mark(f"{task} @ {row.label}: {score.reason}"),))
             else:
                 cells[f"task:{task}"] = Cell(text="failed", marks=(notes.mark(f"{task} @ {row.label}: {score.reason}"),))
         if not row.scores:
