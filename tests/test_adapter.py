@@ -112,8 +112,9 @@ def test_corrupt_image_fails_only_its_sample(vistog_dir):
     reqs[1].arguments = (QUESTIONS[1], reqs[1].arguments[1], lambda doc: [Image.open(doc["image"])], 1, "toy", "test")
     answers = texts(lm.generate_until(reqs))
     assert answers[1] == "" and answers[0] != ""
-    assert [f["doc_id"] for f in lm.sample_failures] == [1]
-    assert "UnidentifiedImageError" in lm.sample_failures[0]["reason"]
+    failures = [entry for entry in lm.take_sample_log() if "failure" in entry]
+    assert [f["doc_id"] for f in failures] == [1]
+    assert "UnidentifiedImageError" in failures[0]["failure"]
 
 
 def test_bad_method_and_budget(llava_dir, vistog_dir):

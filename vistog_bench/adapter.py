@@ -1,12 +1,18 @@
 """The lmms-eval model `vistog`: LLaVA-1.5 / VisToG / training-free reducers at a visual-token budget.
 
-    python -m lmms_eval eval --model vistog \
-        --model_args pretrained=/ckpt/llava-vistog-64,budget=64,method=vistog,device=cuda,dtype=float16,batch_size=8 \
-        --tasks gqa --include_path tasks
+    python -m lmms_eval eval --model vistog --batch_size 8 \
+        --model_args pretrained=/ckpt/llava-vistog-64,budget=64,method=vistog,device=cuda,dtype=float16 \
+        --tasks gqa
 
-A thin adapter in the manner of lmms-eval's `models/simple/llava_hf.py`: it turns requests into LLaVA-1.5 prompts
-(the same chat template rule as `llava_hf`, so answers match it at `method=none, budget=576`), expands each image
-placeholder to the budget, batches with left padding, generates greedily by default and cuts at `until` strings.
+(lmms-eval passes `--batch_size` to the model itself; `batch_size` inside `--model_args` is a duplicate.)
+
+Two classes behind the one name, as lmms-eval 0.7 registers its own models (ModelManifest in `lmms_entry`):
+`VisToGChatLMM` (the default resolution: requests carry `doc_to_messages`, lmms-eval's chat interface) and
+`VisToGLMM` (with `--force_simple`: requests carry the task's text and `doc_to_visual`; also log-likelihood). They
+share everything below the prompt: both turn a request into conversation turns, render them with the checkpoint's
+chat template through `model.prompting.PromptBuilder` (structured llava-hf template, string template, or LLaVA-1.5's
+vicuna_v1 default, as lmms-eval's `llava_hf` falls back to it; `chat_template=FILE` overrides), expand each image
+placeholder to the budget, batch with left padding, generate greedily by default and cut at `until` strings.
 Everything model-specific lives in `vistog_bench.model` and `vistog_bench.reducers`.
 
 Video: `max_frames` frames are sampled uniformly (as `llava_hf` samples them) and each goes through the vision path
@@ -15,8 +21,9 @@ question, i.e. frames x budget visual tokens in all.
 
 Per-request profiling: give the instance a profiler (`vistog_bench.profiling.RequestProfiler`) and every batch it
 serves becomes a `ProfileRecord`; the profiler observes the model from outside, the adapter only marks requests.
-A sample whose image or video cannot be decoded fails alone: its answer is empty and the reason is kept in
-`sample_failures`.
+Every served sample is logged (`take_sample_log`): the exact rendered prompt, its image placeholders and the tokens
+each expands to. A sample whose image, video or prompt cannot be built fails alone: its answer is empty and the
+reason is in its log entry.
 """
 
 from __future__ import annotations
@@ -34,19 +41,12 @@ from tqdm import tqdm
 
 from .errors import UsageError
 from .model import VisToGForConditionalGeneration, build_inputs, load_checkpoint
-from .model.processing import IMAGE_TOKEN
+from .model.prompting import PromptBuilder, Turn, find_template, image_token_of
 from .reducers import METHODS, apply_method, tokens_per_image
 
-# lmms-eval's default chat for llava-hf/llava-1.5 checkpoints without a chat template (models/simple/llava_hf.py):
-# LLaVA-1.5's vicuna_v1 conversation, system prompt included.
-VICUNA_CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if loop.index0 == 0 %}A chat between a curious user and an artificial "
-    "intelligence assistant. The assistant gives helpful, detailed, and polite answers to the user's questions. "
-    "USER: {{ message['content'] }} {% elif message['role'] == 'user' %}USER: {{ message['content'] }} {% else %} "
-    "ASSISTANT: {{ message['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
-)
 DEFAULT_MAX_NEW_TOKENS = 1024  # llava_hf's default when a task sets none
+# What a sample can fail on while its media and prompt are built: it then fails alone.
+SAMPLE_ERRORS = (OSError, UnidentifiedImageError, RuntimeError, TypeError, ValueError, KeyError, UsageError)
 
 def configure_method(model: VisToGForConditionalGeneration, method: str, budget: int | None, seed: int = 0) -> int:
     """Set `model` up for `method` at `budget` (None: the checkpoint's own count, N or P). Returns the budget."""
@@ -67,13 +67,34 @@ def load_frames(path: str, max_frames: int) -> list[Image.Image]:
 
 @dataclass
 class _Sample:
-    context: str
+    task: str
+    doc_id: int
+    turns: list[Turn]
     images: list[Image.Image]
+    prompt: str = ""
     failure: str | None = None
 
 
+def _failure_reason(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
+def _as_images(visuals, max_frames: int) -> list[Image.Image]:
+    """PIL images as RGB; a video path becomes `max_frames` frames."""
+    images: list[Image.Image] = []
+    for visual in visuals or []:
+        if isinstance(visual, Image.Image):
+            images.append(visual.convert("RGB"))
+        elif isinstance(visual, str):
+            images.extend(load_frames(visual, max_frames))
+        else:
+            raise TypeError(f"unsupported visual of type {type(visual).__name__}")
+    return images
+
+
 class VisToGLMM(lmms):
-    """lmms-eval simple model for LLaVA-1.5 checkpoints with VisToG or a training-free reducer at a token budget."""
+    """lmms-eval simple model (`--force_simple`) for LLaVA-1.5 checkpoints with VisToG or a training-free reducer at
+    a token budget; the chat model `VisToGChatLMM` shares all of it but the request format."""
 
     def __init__(
         self,
@@ -103,11 +124,12 @@ class VisToGLMM(lmms):
         self.budget = configure_method(self.model, method, None if budget in (None, "") else int(budget), int(seed))
         self.tokens_per_image = tokens_per_image(self.model)
         self.tokenizer = self.processor.tokenizer
-        self.chat_template = chat_template
+        self.prompt_template = find_template(self.processor, pretrained, chat_template or None)
+        self.prompts = PromptBuilder(self.prompt_template, self.tokenizer, image_token_of(self.processor))
         self.batch_size_per_gpu = int(batch_size)
         self.max_frames = int(max_frames)
         self.profiler = profiler
-        self.sample_failures: list[dict] = []
+        self._sample_log: list[dict] = []
         self.profile_records: list = []  # ProfileRecord per served batch, when a profiler is given
         self.keep_loaded = False  # True: survive lmms-eval's post-evaluation clean() (one load, several tasks)
 
@@ -124,38 +146,35 @@ class VisToGLMM(lmms):
     def eot_token_id(self) -> int:
         return self.tokenizer.eos_token_id
 
-    # -- prompts and visuals -----------------------------------------------------------------------------------------
-    def chat_prompt(self, context: str, num_images: int, answer: str | None = None) -> str:
-        """LLaVA-1.5 prompt; placeholders are prepended (space-separated) when the task's text has none, as llava_hf."""
-        if IMAGE_TOKEN not in context and num_images:
-            context = " ".join([IMAGE_TOKEN] * num_images) + "\n" + context
-        messages = [{"role": "user", "content": context}]
-        if answer is not None:
-            messages.append({"role": "assistant", "content": answer})
-        template = self.chat_template or self.tokenizer.chat_template or VICUNA_CHAT_TEMPLATE
-        return self.tokenizer.apply_chat_template(
-            messages, chat_template=template, tokenize=False, add_generation_prompt=answer is None
-        )
+    # -- samples: media, prompt, log ---------------------------------------------------------------------------------
+    def take_sample_log(self) -> list[dict]:
+        """One entry per sample served since the last call: task, doc_id, the exact rendered prompt (before each
+        placeholder is expanded), image_placeholders, tokens_per_placeholder, and `failure` for a failed sample."""
+        log, self._sample_log = self._sample_log, []
+        return log
 
-    def load_sample(self, doc_to_visual, task: str, split: str, doc_id: int, context: str) -> _Sample:
-        """The sample's images (video paths become frames); a decoding failure fails this sample only."""
+    def _doc(self, task: str, split: str, doc_id: int):
+        return self.task_dict[task][split][doc_id]
+
+    def _simple_sample(self, context: str, doc_to_visual, doc_id: int, task: str, split: str) -> _Sample:
+        images = _as_images(doc_to_visual(self._doc(task, split, doc_id)), self.max_frames)
+        return _Sample(task, doc_id, [Turn("user", context, len(images))], images)
+
+    def _build(self, make, task: str, doc_id: int) -> _Sample:
+        """`make()` -> _Sample with its prompt rendered; any media or prompt failure fails this sample only."""
         try:
-            visuals = doc_to_visual(self.task_dict[task][split][doc_id])
-            images: list[Image.Image] = []
-            for visual in visuals or []:
-                if isinstance(visual, Image.Image):
-                    images.append(visual.convert("RGB"))
-                elif isinstance(visual, str):
-                    images.extend(load_frames(visual, self.max_frames))
-                else:
-                    raise TypeError(f"unsupported visual of type {type(visual).__name__}")
+            sample = make()
+            sample.prompt = self.prompts.generation_prompt(sample.turns)
         except torch.OutOfMemoryError:
             raise
-        except (OSError, UnidentifiedImageError, RuntimeError, TypeError, ValueError) as exc:
-            reason = " ".join(f"{type(exc).__name__}: {exc}".split())
-            self.sample_failures.append({"task": task, "split": split, "doc_id": doc_id, "reason": reason})
-            return _Sample(context, [], failure=reason)
-        return _Sample(context, images)
+        except SAMPLE_ERRORS as exc:
+            sample = _Sample(task, doc_id, [], [], failure=_failure_reason(exc))
+        entry = {"task": task, "doc_id": doc_id, "prompt": sample.prompt,
+                 "image_placeholders": len(sample.images), "tokens_per_placeholder": self.tokens_per_image}  # fmt: skip
+        if sample.failure:
+            entry["failure"] = sample.failure
+        self._sample_log.append(entry)
+        return sample
 
     def _request_scope(self, task: str, batch_size: int):
         if self.profiler is None:
@@ -166,43 +185,52 @@ class VisToGLMM(lmms):
     def _stage(request, name: str):
         return request.stage(name) if request is not None else contextlib.nullcontext()
 
+    def _inputs(self, samples: list[_Sample]):
+        inputs = build_inputs(
+            self.processor, [s.prompt for s in samples], [s.images for s in samples], self.tokens_per_image
+        ).to(self.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        return inputs
+
     # -- lmms-eval API ---------------------------------------------------------------------------------------------
+    def _sample_maker(self, args):
+        """(task, doc_id, make) for one request's arguments (simple: context, gen_kwargs, doc_to_visual, ...)."""
+        context, _, doc_to_visual, doc_id, task, split = args
+        return task, doc_id, lambda: self._simple_sample(context, doc_to_visual, doc_id, task, split)
+
+    @staticmethod
+    def _gen_kwargs(args) -> dict:
+        return dict(args[1])
+
     def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
         def sort_key(args):
             return -len(args[0]), args[0]  # longest first: padding waste and OOMs show up early
 
-        collator = lmms_utils.Collator([request.args for request in requests], sort_key, grouping=True)
+        args = [request.args for request in requests]
+        collator = lmms_utils.Collator(args, sort_key, group_fn=self._gen_kwargs, grouping=True)  # one batch: one gen_kwargs
         results: list[GenerationResult] = []
         progress = tqdm(total=len(requests), disable=self.rank != 0, desc=f"{self.method}@{self.budget}")
         for chunk in collator.get_batched(n=self.batch_size, batch_fn=None):
-            contexts, all_gen_kwargs, doc_to_visuals, doc_ids, tasks, splits = zip(*chunk)
-            results.extend(self._generate_batch(contexts, dict(all_gen_kwargs[0]), doc_to_visuals, doc_ids, tasks, splits))
+            results.extend(self._generate_batch(chunk))
             progress.update(len(chunk))
         progress.close()
         return collator.get_original(results)
 
-    def _generate_batch(self, contexts, gen_kwargs, doc_to_visuals, doc_ids, tasks, splits) -> list[GenerationResult]:
+    def _generate_batch(self, chunk) -> list[GenerationResult]:
+        gen_kwargs = self._gen_kwargs(chunk[0])
         until = gen_kwargs.pop("until", None) or []
         until = [until] if isinstance(until, str) else list(until)
         max_new_tokens = int(gen_kwargs.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS)
         temperature = float(gen_kwargs.get("temperature") or 0)
         do_sample = temperature > 0
-        with self._request_scope(tasks[0], len(contexts)) as request:
+        makers = [self._sample_maker(args) for args in chunk]
+        with self._request_scope(makers[0][0], len(chunk)) as request:
             with self._stage(request, "preprocess"):
-                samples = [
-                    self.load_sample(visual_fn, task, split, doc_id, context)
-                    for context, visual_fn, task, split, doc_id in zip(contexts, doc_to_visuals, tasks, splits, doc_ids)
-                ]
+                samples = [self._build(make, task, doc_id) for task, doc_id, make in makers]
                 live = [s for s in samples if s.failure is None]
                 if live:
-                    inputs = build_inputs(
-                        self.processor,
-                        [self.chat_prompt(s.context, len(s.images)) for s in live],
-                        [s.images for s in live],
-                        self.tokens_per_image,
-                    ).to(self.device)
-                    if "pixel_values" in inputs:
-                        inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+                    inputs = self._inputs(live)
             if not live:
                 return [GenerationResult("", TokenCounts(0, 0)) for _ in samples]
             with torch.inference_mode():
@@ -243,21 +271,18 @@ class VisToGLMM(lmms):
         return text
 
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
-        """Sum of log-probabilities of the continuation after the LLaVA-1.5 prompt, and whether greedy decoding
-        would produce it. One request at a time (contexts differ in images)."""
+        """Sum of log-probabilities of the continuation after the prompt, and whether greedy decoding would produce
+        it. One request at a time (contexts differ in images)."""
         results = []
         for context, doc_to_target, doc_to_visual, doc_id, task, split in tqdm(
             [request.args for request in requests], disable=self.rank != 0, desc=f"{self.method}@{self.budget} ll"
         ):
-            continuation = doc_to_target if isinstance(doc_to_target, str) else doc_to_target(self.task_dict[task][split][doc_id])
-            sample = self.load_sample(doc_to_visual, task, split, doc_id, context)
+            sample = self._build(lambda: self._simple_sample(context, doc_to_visual, doc_id, task, split), task, doc_id)
             if sample.failure:
                 results.append((float("-inf"), False))
                 continue
-            prompt = self.chat_prompt(context, len(sample.images))
-            inputs = build_inputs(self.processor, [prompt], [sample.images], self.tokens_per_image).to(self.device)
-            if "pixel_values" in inputs:
-                inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+            continuation = doc_to_target if isinstance(doc_to_target, str) else doc_to_target(self._doc(task, split, doc_id))
+            inputs = self._inputs([sample])
             target = self.tokenizer(" " + continuation.strip(), add_special_tokens=False, return_tensors="pt")
             target_ids = target["input_ids"].to(self.device)  # [1, C]
             input_ids = torch.cat([inputs["input_ids"], target_ids], dim=1)
@@ -282,4 +307,37 @@ class VisToGLMM(lmms):
         raise NotImplementedError("vistog: multi-round generation is not supported; use single-turn tasks")
 
 
-__all__ = ["VisToGLMM", "configure_method", "METHODS"]
+class VisToGChatLMM(VisToGLMM):
+    """lmms-eval chat model (the default resolution of `--model vistog`): requests carry `doc_to_messages`, whose
+    user turns hold image / video / text parts (lmms_eval.protocol.ChatMessages). Video parts become frames, one
+    image placeholder each; text parts of a turn are joined with a space."""
+
+    is_simple = False
+
+    def _sample_maker(self, args):
+        _, doc_to_messages, _, doc_id, task, split = args
+        return task, doc_id, lambda: self._chat_sample(doc_to_messages, doc_id, task, split)
+
+    @staticmethod
+    def _gen_kwargs(args) -> dict:
+        return dict(args[2])
+
+    def _chat_sample(self, doc_to_messages, doc_id: int, task: str, split: str) -> _Sample:
+        from lmms_eval.protocol import ChatMessages
+
+        chat = ChatMessages(messages=doc_to_messages(self._doc(task, split, doc_id)))
+        turns, images = [], []
+        for message in chat.messages:
+            media = [part.url for part in message.content if part.type in ("image", "video")]
+            turn_images = _as_images(media, self.max_frames)
+            text = " ".join(part.text for part in message.content if part.type == "text")
+            turns.append(Turn(message.role, text, len(turn_images)))
+            images += turn_images
+        return _Sample(task, doc_id, turns, images)
+
+    def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
+        raise NotImplementedError("vistog chat model: lmms-eval builds only generation requests for chat models; "
+                                  "use --force_simple for log-likelihood tasks")  # fmt: skip
+
+
+__all__ = ["VisToGLMM", "VisToGChatLMM", "configure_method", "METHODS"]

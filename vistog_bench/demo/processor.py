@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from transformers import CLIPImageProcessor, LlavaProcessor, PreTrainedTokenizerFast
 
-from ..model.processing import LLAVA_PLAIN_CHAT_TEMPLATE
+from ..model.prompting import LLAVA_PLAIN_CHAT_TEMPLATE
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", "<image>")
 

@@ -1,8 +1,5 @@
-"""Model inputs in LLaVA-1.5's conversation format for any visual-token budget.
-
-LLaVA-1.5 (vicuna_v1 template, as the llava-hf checkpoints and lmms-eval's `llava_hf` use it):
-
-    USER: <image>\n{question} ASSISTANT:
+"""Model inputs for any visual-token budget from prompts rendered by `prompting.PromptBuilder`
+(e.g. `USER: <image>\n{question} ASSISTANT:`).
 
 Each `<image>` placeholder is expanded to the number of tokens one image gives the LLM (576 stock, N with VisToG or
 a reducer), so the LLM sees exactly N visual tokens per image. A video is a list of frames: one placeholder per frame,
@@ -16,19 +13,12 @@ from typing import Sequence
 from PIL import Image
 from transformers import BatchFeature
 
-IMAGE_TOKEN = "<image>"
-
-# LLaVA-1.5's turn format without a system prompt, for checkpoints trained on exactly `llava_prompt`'s text (the
-# embedded tiny models). Renders one user turn as `USER: <image>\n{question} ASSISTANT:`.
-LLAVA_PLAIN_CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if message['role'] == 'user' %}USER: {{ message['content'] }} "
-    "{% else %}ASSISTANT: {{ message['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
+from .prompting import IMAGE_TOKEN, image_token_of
 
 
 def llava_prompt(question: str, num_images: int = 1, image_token: str = IMAGE_TOKEN) -> str:
-    """The LLaVA-1.5 single-turn prompt with `num_images` placeholders before the question."""
+    """The single-turn rendering of `prompting.LLAVA_PLAIN_CHAT_TEMPLATE` (the embedded models' turns), for tests and
+    benchmarks that tokenise prompts without a template; a test checks the two agree."""
     placeholders = image_token * num_images
     return f"USER: {placeholders}\n{question} ASSISTANT:"
 
@@ -36,10 +26,6 @@ def llava_prompt(question: str, num_images: int = 1, image_token: str = IMAGE_TO
 def expand_image_tokens(prompt: str, tokens_per_image: int, image_token: str = IMAGE_TOKEN) -> str:
     """Replace each `<image>` by `tokens_per_image` copies of it."""
     return prompt.replace(image_token, image_token * tokens_per_image)
-
-
-def image_token_of(processor) -> str:
-    return getattr(processor, "image_token", None) or IMAGE_TOKEN
 
 
 def build_inputs(
@@ -75,4 +61,4 @@ def build_inputs(
     return BatchFeature(data=data)
 
 
-__all__ = ["IMAGE_TOKEN", "LLAVA_PLAIN_CHAT_TEMPLATE", "llava_prompt", "expand_image_tokens", "build_inputs", "image_token_of"]
+__all__ = ["IMAGE_TOKEN", "llava_prompt", "expand_image_tokens", "build_inputs", "image_token_of"]
