@@ -18,7 +18,7 @@ from vistog_bench.offline_data import (
     check_local_data,
 )
 
-TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
+from vistog_bench.task_catalog import PROJECT_TASKS as TASKS_DIR  # vistog_bench/tasks/, shipped in the package
 
 # The built-in YAML each local task mirrors, relative to lmms_eval/tasks/.
 BUILTIN_YAML = {

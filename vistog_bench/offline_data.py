@@ -8,8 +8,8 @@ lmms-eval's built-in tasks read, in the hub repos' own file layout:
     <data_dir>/lmms-lab/Video-MME/videomme/test-00000-of-00001.parquet + data/<videoID>.mp4
     ...
 
-The task YAMLs in `tasks/offline/` ask `data_files(task)` for their parquet/json files when lmms-eval builds the
-task (through `tasks/offline/mirror.py`), so the data dir is read at that moment, not when the tasks are indexed.
+The task YAMLs in `vistog_bench/tasks/offline/` ask `data_files(task)` for their parquet/json files when lmms-eval builds the
+task (through `vistog_bench/tasks/offline/mirror.py`), so the data dir is read at that moment, not when the tasks are indexed.
 `check_local_data` gives the runner one message per missing file before any model is loaded.
 docs/offline-data.md lists every file each task needs.
 """
@@ -105,7 +105,7 @@ def _tasks() -> dict[str, LocalTask]:
 
 LOCAL_TASKS: dict[str, LocalTask] = _tasks()
 
-# Groups of local tasks (tasks/groups/*.yaml), expanded by check_local_data.
+# Groups of local tasks (vistog_bench/tasks/groups/*.yaml), expanded by check_local_data.
 LOCAL_GROUPS: dict[str, tuple[str, ...]] = {
     "vistog_image_local": ("gqa_local", "mmbench_en_dev_static_local", "mme_local", "pope_local",
                            "scienceqa_img_local", "vqav2_val_local", "textvqa_val_local"),

@@ -1,23 +1,31 @@
-"""Task names: lmms-eval's built-ins, ours in `tasks/` (always on the include path), and users' `--include-path`.
+"""Task names: lmms-eval's built-ins, ours in `vistog_bench/tasks/` (always on the include path), users' `--include-path`.
 
-`vistog-bench tasks [--include-path DIR ...] [--filter TEXT]` lists them.
+`vistog-bench tasks [--include-path DIR ...] [--filter TEXT]` lists them; `vistog-bench tasks --path` prints the folder
+of ours, for lmms-eval's own CLI (`--include_path "$(vistog-bench tasks --path)"`).
+
+Our task YAMLs (and the utils.py / mirror.py their `!function` tags name) ship inside the package, so a wheel install
+finds them where an editable one does: `importlib.resources` gives the folder, lmms-eval reads it as files.
+`check_tasks_available` is the runner's one pre-flight call: names known, and every task's data on this machine
+before any model loads.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib.resources
 import logging
 import os
 from pathlib import Path
 
 from .errors import UsageError
 
-PROJECT_TASKS = Path(__file__).resolve().parent.parent / "tasks"
+# A real folder in both an editable and a wheel install (lmms-eval walks it with os.walk and opens files by path).
+PROJECT_TASKS = Path(str(importlib.resources.files("vistog_bench").joinpath("tasks")))
 DATA_DIR_ENV = "VISTOG_DATA_DIR"
 
 
 def include_paths(extra: list[str] | tuple[str, ...] = ()) -> list[str]:
-    """Our `tasks/` first, then the user's folders (which must exist)."""
+    """Our `vistog_bench/tasks/` first, then the user's folders (which must exist)."""
     for path in extra:
         if not Path(path).is_dir():
             raise UsageError(f"--include-path {path} is not a folder")
@@ -57,9 +65,14 @@ def check_task_names(manager, names: list[str]) -> None:
 def add_arguments(parser) -> None:
     parser.add_argument("--include-path", action="append", default=[], help="extra lmms-eval task folder")
     parser.add_argument("--filter", default="", help="show names containing this text")
+    parser.add_argument("--path", action="store_true",
+                        help="print the folder of vistog-bench's task YAMLs (for lmms-eval's --include_path) and exit")
 
 
 def main(args) -> int:
+    if args.path:
+        print(PROJECT_TASKS)
+        return 0
     manager = task_manager(args.include_path)
     ours = PROJECT_TASKS.resolve()
     rows = []
