@@ -24,6 +24,7 @@ import datetime as dt
 import errno
 import json
 import os
+import stat
 import sys
 import tempfile
 import uuid
@@ -216,7 +217,8 @@ def append_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
                 view = view[os.write(fd, view):]
             os.fsync(fd)
         except BaseException as exc:
-            os.ftruncate(fd, start)  # shrinking needs no space; earlier lines are untouched
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                os.ftruncate(fd, start)  # shrinking needs no space; earlier lines are untouched
             if isinstance(exc, OSError):
                 error = _disk_full(exc, path)
                 if error is not exc:
@@ -370,14 +372,18 @@ def check_writable_file(path: str | os.PathLike, flag: str) -> Path:
 
 
 def write_output_text(path: str | os.PathLike, text: str, flag: str) -> Path:
-    """Write a user-named output file atomically; an unwritable path is a UsageError naming `flag` (a full disk stays
+    """Write a user-named output file (atomically when it is a regular file); an unwritable path is a UsageError naming `flag` (a full disk stays
     an OSError, which the CLI reports as such)."""
     target = Path(path)
     try:
-        _atomic_write_text(target, text)
+        if target.exists() and not target.is_file():  # a device or a pipe (/dev/stdout): written in place, never replaced
+            with open(target, "w", encoding="utf-8") as handle:
+                handle.write(text)
+        else:
+            _atomic_write_text(target, text)
     except OSError as exc:
         if exc.errno in DISK_FULL_ERRNOS:
-            raise
+            raise _disk_full(exc, target) from None
         raise UsageError(f"{flag} {target}: cannot write: {exc.strerror or exc}") from None
     return target
 
