@@ -118,7 +118,9 @@ def test_failed_and_oom_tasks_are_recorded_and_the_sweep_goes_on(checkpoints, tm
     )
     run, cells = run_sweep(config)
     status = {c.task: c.status for c in cells}
-    assert status["user_broken"].startswith("failed: KeyError") and "'img'" in status["user_broken"]
+    # every sample's visual fails alone: no sample is scored, so the cell is failed with the first reason
+    assert status["user_broken"].startswith("failed: no sample was scored: all 2 failed, the first: KeyError")
+    assert "'img'" in status["user_broken"]
     assert status["user_oom"] == "oom"
     assert status["shapes_vqa"] == "ok"
     assert len(RunDir(run.path).cells()) == 3

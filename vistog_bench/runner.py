@@ -8,17 +8,37 @@ every task is evaluated by `lmms_eval.evaluator.simple_evaluate` one task at a t
 its own cell. The full-budget stock cell (`none` at the patch count) is always part of the sweep: retention is
 measured against it.
 
-Cells are recorded as they finish (atomic writes): a failed task is `failed: <reason>`, out-of-memory is `oom`, and
-the sweep goes on. `--resume RUN_DIR` with the same configuration redoes only cells that are not `ok`.
+A group (`vistog_image_local`, `shapes`, nested ones such as `mvbench_local`) is expanded into its member tasks, each
+its own cell with its metrics, samples and profile records; a group whose YAML defines `aggregate_metric_list` also
+gets a cell of its own, aggregated from its members' cells as lmms-eval aggregates groups (size-weighted mean, pooled
+stderr). MME scores each image's two questions as a pair, so an odd `--limit` is rounded up to even for MME tasks.
+
+Failures cost only what failed. A sample whose image or video cannot be decoded fails alone: lmms-eval post-processes
+without media (`process_with_media=False`), the adapter serves the sample as failed, and its requests are taken out
+before scoring, so the cell is scored on the rest and records `n_failed` beside `n_samples` (the reason is in the
+sample log). A cell with no scored sample is never `ok`. A (model, method, budget) that the checkpoint configs rule
+out (FastV's layer outside the LLM, PruMerge with the feature layer last) is refused before anything runs, one line
+each; a model that fails to load (corrupt weights) fails its own cells with the reason and the sweep goes on. A
+failed task is `failed: <reason>`, out-of-memory is `oom`. `--resume RUN_DIR` redoes only cells that are not `ok`,
+and refuses settings (`--limit`, `--seed`, `--batch-size`, `--device`, ...) other than the run's own.
 Exit code: 0 all cells ok, 1 some cell failed, 2 bad input.
+
+Console: progress bars, one line per finished cell and the summary table. What lmms-eval, loguru, transformers,
+pycocoevalcap / pycocotools and their Java subprocess print while a model loads or a task is evaluated goes to
+`<run>/run.log` (redirected at the file-descriptor level, so subprocesses are caught too). The report is written
+inside the run folder it describes: `<output>/<run_id>/report/`.
+
 Without --model: the embedded default (tiny LLaVA + VisToG trained on the synthetic shapes world, no downloads);
 --tasks (shapes, shapes_vqa, shapes_caption, shapes_video), --budgets and --method narrow or change that sweep.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
+import functools
+import io
 import json
 import math
 import os
@@ -46,6 +66,16 @@ from .results import (
 
 # Keys of RunConfig that may differ between a run and its resumption.
 RESUME_FREE_KEYS = ("output", "resume")
+# Settings a resumed run keeps from its manifest: giving another value is refused (RunConfig field -> option).
+RESUME_KEPT_OPTIONS = {
+    "limit": "--limit", "seed": "--seed", "batch_size": "--batch-size", "device": "--device", "dtype": "--dtype",
+    "max_frames": "--max-frames", "chat_template": "--chat-template", "data_dir": "--data-dir",
+}  # fmt: skip
+DEFAULT_BATCH_SIZE, DEFAULT_SEED, DEFAULT_MAX_FRAMES = 1, 0, 8
+LOG_FILE = "run.log"
+REPORT_DIR = "report"  # <run>/report/
+# What the adapter's sample log adds to each sample line (VisToGLMM.take_sample_log).
+SERVED_KEYS = ("prompt", "image_placeholders", "tokens_per_placeholder", "failure")
 
 
 @dataclass(frozen=True)
@@ -55,17 +85,18 @@ class RunConfig:
     methods: tuple[str, ...]
     budgets: tuple[int, ...]
     limit: int | None = None
-    batch_size: int = 1
+    batch_size: int = DEFAULT_BATCH_SIZE
     device: str = "cpu"
     dtype: str = "float32"
     output: str = "results"
     data_dir: str | None = None
     include_paths: tuple[str, ...] = ()
-    max_frames: int = 8
-    seed: int = 0
+    max_frames: int = DEFAULT_MAX_FRAMES
+    seed: int = DEFAULT_SEED
     bootstrap_iters: int = 1000
     profile: bool = True
     resume: str | None = None
+    chat_template: str | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +104,16 @@ class Cell:
     method: str
     budget: int
     checkpoint: str
+
+
+@dataclass(frozen=True)
+class TaskGroup:
+    """A group named on the command line (or nested in one): the leaf tasks under it, and lmms-eval's
+    `aggregate_metric_list` entries (AggMetricConfig) when the group has a score of its own."""
+
+    name: str
+    members: tuple[str, ...]
+    aggregate: tuple = ()
 
 
 # -- planning --------------------------------------------------------------------------------------------------------
@@ -133,6 +174,86 @@ def plan_cells(config: RunConfig) -> list[Cell]:
     return cells
 
 
+def check_combinations(cells: list[Cell]) -> None:
+    """Refuse, before anything is loaded, every cell whose checkpoint config rules its method out (one line each)."""
+    from .model.loading import load_config
+    from .reducers.methods import config_problem
+
+    configs, problems = {}, []
+    for cell in cells:
+        if cell.checkpoint not in configs:
+            try:
+                configs[cell.checkpoint] = load_config(cell.checkpoint)
+            except UsageError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - an unreadable config is bad input, named with its checkpoint
+                raise UsageError(f"{cell.checkpoint}: cannot read its config: {type(exc).__name__}: {exc}") from None
+        problem = config_problem(configs[cell.checkpoint], cell.method)
+        if problem:
+            problems.append(f"cannot run {cell.method} at budget {cell.budget} on {cell.checkpoint}: {problem}")
+    if problems:
+        raise UsageError("\n".join(problems))
+
+
+def expand_tasks(manager, names) -> tuple[list[str], list[TaskGroup]]:
+    """The leaf tasks to evaluate (groups and tags replaced by their members, in order, each once) and the groups."""
+    leaves: list[str] = []
+    groups: list[TaskGroup] = []
+    for name in names:
+        for leaf in _leaf_tasks(manager, name, groups, ()):
+            if leaf not in leaves:
+                leaves.append(leaf)
+    return leaves, groups
+
+
+def _leaf_tasks(manager, name: str, groups: list[TaskGroup], parents: tuple[str, ...]) -> list[str]:
+    from lmms_eval.api.group import GroupConfig
+
+    entry = manager.task_index.get(name)
+    if entry is None:
+        raise UsageError(f"group {parents[-1]}: member {name!r} is not a known task")
+    if entry["type"] in ("task", "python_task"):
+        return [name]
+    if name in parents:
+        raise UsageError(f"group {name} contains itself ({' > '.join(parents + (name,))})")
+    config = manager._get_config(name) if entry["type"] == "group" and entry["yaml_path"] != -1 else {}
+    listed = config.get("task", entry.get("task"))
+    listed = [listed] if isinstance(listed, str) else list(listed or [])
+    leaves: list[str] = []
+    for member in listed:
+        if not isinstance(member, str):
+            raise UsageError(f"group {name}: an inline task config among its members is not supported; name the task")
+        leaves += [t for t in _leaf_tasks(manager, member, groups, parents + (name,)) if t not in leaves]
+    if entry["type"] == "group" and all(g.name != name for g in groups):
+        fields = {f.name for f in dataclasses.fields(GroupConfig)}
+        group_config = GroupConfig(**{k: v for k, v in config.items() if k in fields})
+        groups.append(TaskGroup(name, tuple(leaves), tuple(group_config.aggregate_metric_list or ())))
+    return leaves
+
+
+def _is_mme(manager, task: str) -> bool:
+    """MME-style scoring (lmms-eval's `mme_process_results`), which asserts that each image's questions are paired."""
+    from lmms_eval import utils as lmms_utils
+
+    path = manager.task_index.get(task, {}).get("yaml_path")
+    if not isinstance(path, str):
+        return False
+    process = lmms_utils.load_yaml_config(path, mode="simple").get("process_results")
+    return "mme_process_results" in str(getattr(process, "value", process))
+
+
+def task_limits(manager, tasks: list[str], limit: int | None) -> dict[str, int | None]:
+    """`--limit` per task; for MME an odd limit becomes the next even one (whole question pairs), said in one line."""
+    limits = {}
+    for task in tasks:
+        limits[task] = limit
+        if limit is not None and limit % 2 and _is_mme(manager, task):
+            limits[task] = limit + 1
+            print(f"vistog-bench run: {task}: --limit {limit} rounded up to {limit + 1} (MME scores each image's "
+                  "two questions as a pair)", file=sys.stderr)
+    return limits
+
+
 # -- the manifest ----------------------------------------------------------------------------------------------------
 def _git_sha() -> str | None:
     try:
@@ -168,12 +289,33 @@ def _comparable(config: RunConfig) -> dict:
     return json.loads(json.dumps(data))
 
 
+def _config_differences(saved: RunConfig, config: RunConfig) -> str:
+    """`key: saved -> given` for every setting that differs (resume-free keys left out)."""
+    before, after = _comparable(saved), _comparable(config)
+    return ", ".join(f"{k} {before.get(k)!r} -> {after.get(k)!r}" for k in sorted(after) if before.get(k) != after.get(k))
+
+
+def _note_prompt_template(run: RunDir, checkpoint: str, lm) -> None:
+    """Record in the manifest which chat template this checkpoint's prompts were rendered with, and its origin."""
+    entry = {"source": str(lm.prompt_template.source), "style": str(lm.prompt_template.style)}
+    manifest = run.manifest()
+    if manifest.prompt_templates.get(checkpoint) != entry:
+        templates = {**manifest.prompt_templates, checkpoint: entry}
+        run.write_manifest(dataclasses.replace(manifest, prompt_templates=templates))
+
+
 # -- lmms-eval results -> cells --------------------------------------------------------------------------------------
-def cell_from_lmms_results(task: str, method: str, budget: int, results: dict, elapsed_s: float) -> CellResult:
-    """lmms-eval's `results["results"][task]`: `"metric,filter"` values with `"metric_stderr,filter"` beside them."""
+def cell_from_lmms_results(
+    task: str, method: str, budget: int, results: dict, elapsed_s: float, failures: list[str] = ()
+) -> CellResult:
+    """lmms-eval's `results["results"][task]`: `"metric,filter"` values with `"metric_stderr,filter"` beside them.
+    `n_samples` counts the samples scored (the logged ones, when samples were logged); a cell with none is failed.
+    `failures`: the reasons of the samples that failed alone (left out of the scoring)."""
+    n_failed = len(failures)
     values = results.get("results", {}).get(task)
     if values is None:
-        return CellResult(task, method, budget, failed_status("lmms-eval returned no results for this task"))
+        return CellResult(task, method, budget, failed_status("lmms-eval returned no results for this task"),
+                          n_failed=n_failed)
     metrics, stderr = {}, {}
     for key, value in values.items():
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
@@ -184,21 +326,123 @@ def cell_from_lmms_results(task: str, method: str, budget: int, results: dict, e
         else:
             metrics[key] = float(value)
     stderr = {key: value for key, value in stderr.items() if key in metrics}
-    n_samples = results.get("n-samples", {}).get(task, {}).get("effective", 0)
-    return CellResult(task, method, budget, STATUS_OK, metrics, stderr, int(n_samples), round(elapsed_s, 3))
+    if task in results.get("samples", {}):
+        n_samples = len(results["samples"][task])
+    else:
+        n_samples = results.get("n-samples", {}).get(task, {}).get("effective", 0) - n_failed
+    status = STATUS_OK if n_samples > 0 else failed_status(
+        "no sample was scored" + (f": all {n_failed} failed, the first: {failures[0]}" if n_failed else "")
+    )
+    return CellResult(task, method, budget, status, metrics, stderr, int(n_samples), round(elapsed_s, 3), n_failed)
 
 
-def _sample_lines(samples: list[dict]) -> list[dict]:
-    """lmms-eval's logged samples, without the documents (they can hold images)."""
+def group_cell(group: TaskGroup, method: str, budget: int, members: dict[str, CellResult]) -> CellResult:
+    """A group's own cell from its members' cells, as lmms-eval's `consolidate_group_results` aggregates: per metric
+    named in `aggregate_metric_list`, the (size-weighted) mean over the members that have it, and the pooled stderr."""
+    from lmms_eval.api.metrics import aggregate_subtask_metrics, pooled_sample_stderr
+
+    not_ok = [t for t in group.members if t not in members or not members[t].ok]
+    n_failed = sum(members[t].n_failed for t in group.members if t in members)
+    if not_ok:
+        reason = f"member task(s) not ok: {', '.join(not_ok)}"
+        return CellResult(group.name, method, budget, failed_status(reason), n_failed=n_failed)
+    cells = [members[t] for t in group.members]
+    metrics, stderr = {}, {}
+    for metric in sorted({k for c in cells for k in c.metrics}):
+        having = [c for c in cells if metric in c.metrics]
+        values, sizes = [c.metrics[metric] for c in having], [c.n_samples for c in having]
+        for spec in group.aggregate:
+            if spec.metric not in metric or metric.partition(",")[2] not in spec.filter_list:
+                continue
+            aggregate = aggregate_subtask_metrics if spec.aggregation == "mean" else spec.aggregation
+            metrics[metric] = float(aggregate(values, sizes, spec.weight_by_size))
+            if all(metric in c.stderr for c in having) and sum(sizes) > len(sizes):
+                stderr[metric] = float(pooled_sample_stderr([c.stderr[metric] for c in having], sizes))
+    n_samples = sum(c.n_samples for c in cells)
+    elapsed = round(sum(c.elapsed_s or 0.0 for c in cells), 3)
+    status = STATUS_OK if metrics else failed_status(f"no member metric matches the group's aggregate_metric_list")
+    return CellResult(group.name, method, budget, status, metrics, stderr, n_samples, elapsed, n_failed)
+
+
+def _sample_lines(samples: list[dict], served: list[dict]) -> list[dict]:
+    """lmms-eval's logged samples, without the documents (they can hold images), each with what the adapter served
+    for it (prompt, image placeholders, tokens per placeholder; merged by doc_id), then one line per failed sample."""
     keep = ("doc_id", "target", "arguments", "resps", "filtered_resps", "input", "token_counts")
+    by_doc: dict = {}
+    for entry in served:
+        by_doc.setdefault(entry.get("doc_id"), {}).update({k: entry[k] for k in SERVED_KEYS if k in entry})
     lines = []
     for sample in samples:
         line = {k: sample[k] for k in keep if k in sample}
         if "arguments" in line:
             line["arguments"] = [a for a in line["arguments"] if isinstance(a, (str, int, float, dict, list))]
         line.update({k: v for k, v in sample.items() if k not in line and k != "doc" and isinstance(v, (int, float, str))})
+        line.update(by_doc.pop(sample.get("doc_id"), {}))
         lines.append(line)
+    lines += [{"doc_id": doc_id, **entry} for doc_id, entry in by_doc.items() if "failure" in entry]
     return lines
+
+
+# -- third-party output ----------------------------------------------------------------------------------------------
+class _ProgressSplitter(io.TextIOBase):
+    """`sys.stderr` while third-party code runs: tqdm's redraws (a write that starts with a carriage return, and the
+    newline that closes a bar) go to the terminal, every other write (warnings, prints to stderr) to the run log."""
+
+    def __init__(self, terminal, log) -> None:
+        self.terminal, self.log, self._in_bar = terminal, log, False
+
+    def write(self, text: str) -> int:
+        if text.startswith("\r") or (self._in_bar and text == "\n"):
+            self.terminal.write(text)
+            self.terminal.flush()
+            self._in_bar = text != "\n"
+        elif text:
+            self.log.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.terminal.flush()
+        self.log.flush()
+
+    def isatty(self) -> bool:
+        return self.terminal.isatty()
+
+    def fileno(self) -> int:
+        return self.terminal.fileno()
+
+
+@contextlib.contextmanager
+def third_party_output_to(log_path: Path):
+    """Send what libraries print to `log_path`: file descriptors 1 and 2 (Java under pycocoevalcap, C libraries,
+    handlers bound to the process's stderr) and Python's `sys.stdout`; `sys.stderr` keeps tqdm bars on the terminal.
+    loguru (lmms-eval's logger) writes to the log at INFO while inside."""
+    from loguru import logger
+
+    from .task_catalog import quiet_lmms_eval
+
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    log = open(log_path, "a", encoding="utf-8", buffering=1)
+    saved = os.dup(1), os.dup(2)
+    terminal = os.fdopen(os.dup(2), "w", encoding="utf-8", buffering=1)
+    old_streams = sys.stdout, sys.stderr
+    try:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        sys.stdout, sys.stderr = log, _ProgressSplitter(terminal, log)
+        logger.remove()
+        logger.add(log, level=os.environ.get("VISTOG_LMMS_LOG_LEVEL_FILE", "INFO"))
+        yield
+    finally:
+        sys.stdout, sys.stderr = old_streams
+        log.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+        terminal.close()
+        log.close()
+        quiet_lmms_eval()  # loguru back to the console, warnings only
 
 
 # -- running ---------------------------------------------------------------------------------------------------------
@@ -208,26 +452,77 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-def _evaluate_task(lm, task: str, config: RunConfig, manager, run_path: Path) -> dict:
+@functools.lru_cache(maxsize=None)
+def _sweep_model_class():
+    """The `vistog` adapter as a sweep drives it (built on first use: the adapter imports torch and lmms-eval)."""
+    from .adapter import VisToGLMM
+
+    class SweepLMM(VisToGLMM):
+        """lmms-eval calls `clean()` between generation and post-processing. There the adapter's sample log is taken
+        and the requests of samples that failed are removed from the task being evaluated (`evaluating`), so
+        lmms-eval scores the samples that were served and skips the failed ones (a document without requests)."""
+
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.evaluating: tuple = ()  # the Task objects of the simple_evaluate call under way
+            self.served: list[dict] = []  # sample log entries taken at clean(), not yet collected
+
+        def collect_served(self) -> list[dict]:
+            """Every sample log entry since the last call (taken at `clean()` or now)."""
+            entries = self.served + self.take_sample_log()
+            self.served = []
+            return entries
+
+        def clean(self) -> None:
+            self.served += self.take_sample_log()
+            failed = {(e["task"], e["doc_id"]) for e in self.served if e.get("failure")}
+            for task in self.evaluating:
+                task._instances = [i for i in task.instances if (i.task_name, i.doc_id) not in failed]
+            super().clean()
+
+    return SweepLMM
+
+
+def _evaluate_task(lm, task: str, limit: int | None, config: RunConfig, manager, run_path: Path) -> dict:
     import argparse
 
     from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.tasks import get_task_dict
 
+    task_dict = get_task_dict([task], manager, "simple" if lm.is_simple else "chat")
+    # Post-processing reads documents without their media (lmms-eval's eval_docs_no_media): decoding every row there
+    # would run outside the adapter's per-sample guard, and one corrupt image would fail the whole task.
     # Tasks that write submission files (TextVQA, MMBench, captions) put them under the run folder, not the cwd.
-    lmms_args = argparse.Namespace(output_path=str(run_path), process_with_media=True)
-    return simple_evaluate(
-        cli_args=lmms_args,
-        model=lm,
-        tasks=[task],
-        limit=config.limit,
-        log_samples=True,
-        task_manager=manager,
-        bootstrap_iters=config.bootstrap_iters,
-        random_seed=config.seed,
-        numpy_random_seed=config.seed,
-        torch_random_seed=config.seed,
-        verbosity="WARNING",
-    )
+    lmms_args = argparse.Namespace(output_path=str(run_path), process_with_media=False)
+    lm.evaluating = tuple(task_dict.values())
+    try:
+        return simple_evaluate(
+            cli_args=lmms_args,
+            model=lm,
+            tasks=list(task_dict.values()),
+            limit=limit,
+            log_samples=True,
+            task_manager=manager,
+            bootstrap_iters=config.bootstrap_iters,
+            random_seed=config.seed,
+            numpy_random_seed=config.seed,
+            torch_random_seed=config.seed,
+            verbosity="WARNING",
+        )
+    finally:
+        lm.evaluating = ()
+
+
+def check_run_config(config: RunConfig) -> None:
+    """Settings that no sweep can use, refused in one line before anything is read or written."""
+    if config.limit is not None and config.limit <= 0:
+        raise UsageError(f"--limit must be positive, got {config.limit}")
+    if config.batch_size <= 0:
+        raise UsageError(f"--batch-size must be positive, got {config.batch_size}")
+    if config.max_frames < 1:
+        raise UsageError(f"--max-frames must be at least 1, got {config.max_frames}")
+    if config.chat_template is not None and not Path(config.chat_template).is_file():
+        raise UsageError(f"--chat-template {config.chat_template}: no such file")
 
 
 def run_sweep(config: RunConfig, command: list[str] | None = None) -> tuple[RunDir, list[CellResult]]:
@@ -236,6 +531,7 @@ def run_sweep(config: RunConfig, command: list[str] | None = None) -> tuple[RunD
     from .profiling import device_facts
     from .task_catalog import DATA_DIR_ENV, check_task_names, task_manager
 
+    check_run_config(config)
     cells = plan_cells(config)
     if config.data_dir:
         if not Path(config.data_dir).is_dir():
@@ -243,15 +539,18 @@ def run_sweep(config: RunConfig, command: list[str] | None = None) -> tuple[RunD
         os.environ[DATA_DIR_ENV] = str(Path(config.data_dir).resolve())
     manager = task_manager(config.include_paths)
     check_task_names(manager, list(config.tasks))
-    missing = offline_data.check_local_data(list(config.tasks), os.environ.get(DATA_DIR_ENV))
+    tasks, groups = expand_tasks(manager, config.tasks)
+    missing = offline_data.check_local_data(tasks, os.environ.get(DATA_DIR_ENV))
     if missing:
         raise UsageError(missing[0] + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    check_combinations(cells)
 
     if config.resume:
         run = load_run(config.resume)
-        previous = run.manifest()
-        if _comparable(_config_from_manifest(previous.config)) != _comparable(config):
-            raise UsageError(f"--resume {config.resume}: that run was made with a different configuration")
+        saved = _config_from_manifest(run.manifest().config)
+        if _comparable(saved) != _comparable(config):
+            raise UsageError(f"--resume {config.resume}: that run was made with a different configuration "
+                             f"({_config_differences(saved, config)})")
     else:
         run_id = new_run_id()
         run = RunDir(Path(config.output) / run_id)
@@ -268,12 +567,14 @@ def run_sweep(config: RunConfig, command: list[str] | None = None) -> tuple[RunD
                 started_at=_now(),
             )
         )
+    limits = task_limits(manager, tasks, config.limit)
     done = {c.key for c in run.cells() if c.ok}
-    print(f"vistog-bench run: {run.path}", file=sys.stderr)
+    print(f"vistog-bench run: {run.path} (library output: {run.path / LOG_FILE})", file=sys.stderr)
     for cell in cells:
-        todo = [t for t in config.tasks if CellKey(t, cell.method, cell.budget) not in done]
+        todo = [t for t in tasks if CellKey(t, cell.method, cell.budget) not in done]
         if todo:
-            _run_cell(run, cell, todo, config, manager)
+            _run_cell(run, cell, todo, config, manager, limits)
+        _record_groups(run, cell, groups, done)
     manifest = run.manifest()
     run.write_manifest(dataclasses.replace(manifest, finished_at=_now()))
     return run, run.cells()
@@ -285,75 +586,114 @@ def _config_from_manifest(data: dict) -> RunConfig:
     return RunConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names})
 
 
-def _run_cell(run: RunDir, cell: Cell, tasks: list[str], config: RunConfig, manager) -> None:
+def _record(run: RunDir, result: CellResult) -> None:
+    """Write the cell's record, then its one console line."""
+    run.record_cell(result)
+    shown = ", ".join(f"{k.split(',')[0]}={v:.4g}" for k, v in list(result.metrics.items())[:2])
+    failed = f", {result.n_failed} failed" if result.n_failed else ""
+    took = f" [{result.elapsed_s:.1f} s]" if result.elapsed_s is not None else ""
+    print(f"  {result.task} {result.method}@{result.budget}: {result.status} (n={result.n_samples}{failed})"
+          + (f" {shown}" if shown else "") + took, file=sys.stderr)
+
+
+def _record_groups(run: RunDir, cell: Cell, groups: list[TaskGroup], done: set) -> None:
+    """The cells of the groups with an aggregate of their own, from their members' cells (once all are recorded)."""
+    members = {c.task: c for c in run.cells() if (c.method, c.budget) == (cell.method, cell.budget)}
+    for group in groups:
+        if group.aggregate and CellKey(group.name, cell.method, cell.budget) not in done:
+            _record(run, group_cell(group, cell.method, cell.budget, members))
+
+
+def _run_cell(run: RunDir, cell: Cell, tasks: list[str], config: RunConfig, manager, limits: dict) -> None:
     """Load the model once for (method, budget), then evaluate each task; every outcome is recorded."""
-    from .adapter import VisToGLMM
     from .profiling import RequestProfiler
 
+    log_path = run.path / LOG_FILE
+    started = time.perf_counter()
     try:
-        lm = VisToGLMM(
-            pretrained=cell.checkpoint,
-            budget=cell.budget,
-            method=cell.method,
-            device=config.device,
-            dtype=config.dtype,
-            batch_size=config.batch_size,
-            max_frames=config.max_frames,
-            seed=config.seed,
-        )
-    except UsageError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any load failure is this cell's outcome, recorded with its reason
-        status = STATUS_OOM if _is_oom(exc) else failed_status(f"loading {cell.checkpoint}: {type(exc).__name__}: {exc}")
+        with third_party_output_to(log_path):
+            lm = _sweep_model_class()(
+                pretrained=cell.checkpoint,
+                budget=cell.budget,
+                method=cell.method,
+                device=config.device,
+                dtype=config.dtype,
+                batch_size=config.batch_size,
+                max_frames=config.max_frames,
+                seed=config.seed,
+                chat_template=config.chat_template,
+            )
+    except Exception as exc:  # noqa: BLE001 - a model that does not load fails its own cells; the sweep goes on
+        reason = f"loading {cell.checkpoint}: {type(exc).__name__}: {exc}"
+        status = STATUS_OOM if _is_oom(exc) else failed_status(reason)
         for task in tasks:
-            run.record_cell(CellResult(task, cell.method, cell.budget, status))
+            _record(run, CellResult(task, cell.method, cell.budget, status, elapsed_s=time.perf_counter() - started))
+        _release_memory()
         return
+    _note_prompt_template(run, cell.checkpoint, lm)
     lm.keep_loaded = True  # several tasks, one load
     profiler = RequestProfiler(lm.model, device=config.device) if config.profile else None
     lm.profiler = profiler
     for task in tasks:
         key = CellKey(task, cell.method, cell.budget)
         started = time.perf_counter()
-        failures_before = len(lm.sample_failures)
         try:
-            if profiler is not None:
-                with profiler.attached():
-                    results = _evaluate_task(lm, task, config, manager, run.path)
-            else:
-                results = _evaluate_task(lm, task, config, manager, run.path)
+            with third_party_output_to(log_path):
+                if profiler is not None:
+                    with profiler.attached():
+                        results = _evaluate_task(lm, task, limits.get(task, config.limit), config, manager, run.path)
+                else:
+                    results = _evaluate_task(lm, task, limits.get(task, config.limit), config, manager, run.path)
         except Exception as exc:  # noqa: BLE001 - a failed task is a failed cell; the sweep goes on
-            status = STATUS_OOM if _is_oom(exc) else failed_status(f"{type(exc).__name__}: {exc}")
-            run.record_cell(CellResult(task, cell.method, cell.budget, status, elapsed_s=time.perf_counter() - started))
+            served = lm.collect_served()
+            failures = [e for e in served if e.get("failure")]
+            reason = f"{type(exc).__name__}: {exc}"
+            if failures:
+                reason += f" ({len(failures)} sample(s) had failed, first: {failures[0]['failure']})"
+            status = STATUS_OOM if _is_oom(exc) else failed_status(reason)
+            _record(run, CellResult(task, cell.method, cell.budget, status, elapsed_s=time.perf_counter() - started,
+                                    n_failed=len(failures)))
             _release_memory()
             continue
         finally:
             if profiler is not None:
                 run.append_profile(_take_records(lm, task))
+        served = lm.collect_served()
+        failures = list({e["doc_id"]: e["failure"] for e in served if e.get("failure")}.values())
         if results is None:
-            run.record_cell(CellResult(task, cell.method, cell.budget, failed_status("lmms-eval returned nothing")))
+            _record(run, CellResult(task, cell.method, cell.budget, failed_status("lmms-eval returned nothing"),
+                                    n_failed=len(failures)))
             continue
-        lines = _sample_lines(results.get("samples", {}).get(task, []))
-        lines += [{"sample_failure": f} for f in lm.sample_failures[failures_before:]]
-        write_jsonl(run.samples_path(key), lines)
-        run.record_cell(cell_from_lmms_results(task, cell.method, cell.budget, results, time.perf_counter() - started))
-    del lm
+        write_jsonl(run.samples_path(key), _sample_lines(results.get("samples", {}).get(task, []), served))
+        _record(run, cell_from_lmms_results(task, cell.method, cell.budget, results, time.perf_counter() - started,
+                                            failures))
+    del lm, profiler  # every reference to this cell's model: the next cell loads only after it is gone
     _release_memory()
 
 
 def _take_records(lm, task: str) -> list[ProfileRecord]:
-    records = [dataclasses.replace(r, task=task) for r in lm.profile_records]
+    records = [r if r.task else dataclasses.replace(r, task=task) for r in lm.profile_records]
     lm.profile_records.clear()
     return records
 
 
 def _release_memory() -> None:
+    """Free what the last cell held before the next one loads: collect cycles, hand CUDA's cached blocks back and ask
+    glibc to return freed heap pages to the system (a model's weights, freed, otherwise stay in this process's RSS)."""
+    import ctypes
     import gc
 
     import torch
 
     gc.collect()
     if torch.cuda.is_available():
+        torch.cuda.synchronize()
         torch.cuda.empty_cache()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None).malloc_trim(0)  # the process's own symbols: glibc's allocator
+        except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+            pass
 
 
 # -- summary ---------------------------------------------------------------------------------------------------------
@@ -363,8 +703,8 @@ def summary_table(cells: list[CellResult]) -> str:
     rows = []
     for cell in sorted(cells, key=lambda c: (c.task, c.method != "none", -c.budget, c.method)):
         shown = ", ".join(f"{k.split(',')[0]}={v:.4g}" for k, v in list(cell.metrics.items())[:3])
-        rows.append([cell.task, cell.method, cell.budget, cell.status, cell.n_samples, shown])
-    return tabulate(rows, headers=["task", "method", "budget", "status", "n", "metrics"], tablefmt="github")
+        rows.append([cell.task, cell.method, cell.budget, cell.status, cell.n_samples, cell.n_failed, shown])
+    return tabulate(rows, headers=["task", "method", "budget", "status", "n", "failed", "metrics"], tablefmt="github")
 
 
 # -- CLI -------------------------------------------------------------------------------------------------------------
@@ -385,17 +725,19 @@ def add_arguments(parser) -> None:
     parser.add_argument("--tasks", help="comma-separated lmms-eval task or group names")
     parser.add_argument("--budgets", help="visual tokens per image, e.g. 576,192,128,64")
     parser.add_argument("--method", default=None, help="comma-separated: none, vistog, pool, random, tome, visionzip, prumerge, fastv")
-    parser.add_argument("--limit", type=int, default=None, help="samples per task (for quick runs)")
-    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--limit", type=int, default=None, help="samples per task (for quick runs; even for MME)")
+    parser.add_argument("--batch-size", type=int, default=None, help=f"default {DEFAULT_BATCH_SIZE}")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--dtype", default=None, choices=["float16", "bfloat16", "float32"])
     parser.add_argument("--output", default="results", help="folder that receives <run_id>/")
     parser.add_argument("--data-dir", default=None, help="local mirror of the benchmark datasets (see docs)")
     parser.add_argument("--include-path", action="append", default=[], help="extra lmms-eval task folder")
-    parser.add_argument("--max-frames", type=int, default=8, help="frames sampled per video")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-frames", type=int, default=None, help=f"frames sampled per video (default {DEFAULT_MAX_FRAMES})")
+    parser.add_argument("--seed", type=int, default=None, help=f"default {DEFAULT_SEED}")
+    parser.add_argument("--chat-template", default=None,
+                        help="a Jinja chat template file for every checkpoint (default: each checkpoint's own)")
     parser.add_argument("--no-profile", action="store_true", help="skip per-request profiling")
-    parser.add_argument("--no-report", action="store_true", help="do not render the report at the end")
+    parser.add_argument("--no-report", action="store_true", help="do not render the report (<run>/report/) at the end")
     parser.add_argument("--resume", default=None, help="an interrupted run folder to complete")
 
 
@@ -415,21 +757,51 @@ def embedded_default(
     return models, tasks, budgets, methods
 
 
+def _chat_template_path(text: str | None) -> str | None:
+    if text is None:
+        return None
+    if not Path(text).is_file():
+        raise UsageError(f"--chat-template {text}: no such file")
+    return str(Path(text).resolve())
+
+
+def _resumed_config(args) -> RunConfig:
+    """`--resume RUN` without sweep arguments: the run's own configuration. A setting given with another value than
+    the run was made with is refused: the cells already recorded would not be comparable with the new ones."""
+    saved = _config_from_manifest(load_run(args.resume).manifest().config)
+    given = {
+        "limit": args.limit, "seed": args.seed, "batch_size": args.batch_size, "device": args.device,
+        "dtype": args.dtype, "max_frames": args.max_frames, "chat_template": _chat_template_path(args.chat_template),
+        "data_dir": args.data_dir,
+    }  # fmt: skip
+    if args.data_dir is not None and saved.data_dir is not None and Path(args.data_dir).resolve() == Path(saved.data_dir).resolve():
+        given["data_dir"] = saved.data_dir  # the same folder, however it is spelt
+    clashes = [
+        f"{RESUME_KEPT_OPTIONS[key]} {value} (the run used {getattr(saved, key)})"
+        for key, value in given.items()
+        if value is not None and value != getattr(saved, key)
+    ]
+    if clashes:
+        raise UsageError(f"--resume {args.resume}: a resumed run keeps its own settings; got {'; '.join(clashes)}")
+    return dataclasses.replace(saved, resume=args.resume)
+
+
 def config_from_args(args) -> RunConfig:
     import torch
 
+    if args.limit is not None and args.limit <= 0:
+        raise UsageError(f"--limit must be positive, got {args.limit}")
+    if args.batch_size is not None and args.batch_size <= 0:
+        raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise UsageError(f"--max-frames must be at least 1, got {args.max_frames}")
+    no_sweep_arguments = args.model is None and args.tasks is None and args.budgets is None and args.method is None
+    if args.resume and no_sweep_arguments:
+        return _resumed_config(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available here")
     dtype = args.dtype or ("float16" if device.startswith("cuda") else "float32")
-    if args.limit is not None and args.limit <= 0:
-        raise UsageError(f"--limit must be positive, got {args.limit}")
-    if args.batch_size <= 0:
-        raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
-    no_sweep_arguments = args.model is None and args.tasks is None and args.budgets is None and args.method is None
-    if args.resume and no_sweep_arguments:
-        saved = _config_from_manifest(load_run(args.resume).manifest().config)
-        return dataclasses.replace(saved, resume=args.resume)
     if not args.model:
         models, tasks, budgets, methods = embedded_default(_csv(args.tasks), _budgets(args.budgets), _csv(args.method))
     else:
@@ -444,16 +816,17 @@ def config_from_args(args) -> RunConfig:
         methods=tuple(methods),
         budgets=tuple(budgets),
         limit=args.limit,
-        batch_size=args.batch_size,
+        batch_size=DEFAULT_BATCH_SIZE if args.batch_size is None else args.batch_size,
         device=device,
         dtype=dtype,
         output=args.output,
         data_dir=args.data_dir,
         include_paths=tuple(args.include_path),
-        max_frames=args.max_frames,
-        seed=args.seed,
+        max_frames=DEFAULT_MAX_FRAMES if args.max_frames is None else args.max_frames,
+        seed=DEFAULT_SEED if args.seed is None else args.seed,
         profile=not args.no_profile,
         resume=args.resume,
+        chat_template=_chat_template_path(args.chat_template),
     )
 
 
@@ -464,7 +837,7 @@ def main(args) -> int:
     if not args.no_report:
         from .report import build_report, write_report
 
-        out = Path("reports") / run.path.name
+        out = run.path / REPORT_DIR
         write_report(build_report([run.path]), out)
         print(f"report: {out}")
     bad = [c for c in cells if not c.ok]

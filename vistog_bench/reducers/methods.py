@@ -182,12 +182,34 @@ def _check_options(method: str, options: dict) -> dict:
     return options
 
 
+def config_problem(config, method: str, **options) -> str | None:
+    """Why `method` cannot run on a checkpoint with this config (a LlavaConfig / VisToGConfig, no weights), or None.
+
+    The rules of `_build` that the config alone decides (FastV's layer inside the LLM, PruMerge's layer after the
+    feature layer), so a sweep can refuse an impossible combination before it loads anything."""
+    method = check_method(method)
+    if method == "prumerge":
+        num_layers = config.vision_config.num_hidden_layers
+        feature_layer = config.vision_feature_layer
+        runs = feature_layer if feature_layer >= 0 else num_layers + 1 + feature_layer
+        if runs >= num_layers:
+            return (f"prumerge reads the encoder layer after the feature layer; the feature layer "
+                    f"({feature_layer}) is the last of {num_layers}")
+    if method == "fastv":
+        fastv_layer = options.get("fastv_layer", FASTV_LAYER)
+        num_layers = config.text_config.num_hidden_layers
+        if not 1 <= fastv_layer < num_layers:
+            return f"fastv_layer must be in 1..{num_layers - 1} for a {num_layers}-layer LLM, got {fastv_layer}"
+    return None
+
+
 __all__ = [
     "METHODS",
     "OPTIONS",
     "REDUCERS",
     "AppliedMethod",
     "applied_method",
+    "config_problem",
     "apply_method",
     "remove_method",
     "tokens_per_image",
