@@ -14,11 +14,13 @@
   `special_tokens_map.json` and `added_tokens.json` (`<image>`, `<pad>` after the SentencePiece vocabulary, as
   llava-hf appends 32000 and 32001 to Llama's 32000 pieces).
 - `resaved`: that checkpoint loaded and written again by transformers 5 (`save_pretrained` of the model and of
-  `AutoProcessor`): 5.x weight names, `chat_template.jinja` (which the tokenizer then loads too), 5.x configs.
+  `AutoProcessor`): one `model.safetensors` (transformers 5 writes back the checkpoint's own weight names),
+  `chat_template.jinja` (which the tokenizer then loads too), 5.x `config.json` / `processor_config.json` (the image
+  processor's settings inside it, no `preprocessor_config.json`) / `tokenizer_config.json`.
 
 The chat template is copied verbatim from transformers' tests/models/llava/test_processing_llava.py
 (`prepare_processor_dict`, "must match processor_config.json from the Hub repo"), which is the hub repo's
-`chat_template.json`. Widths are tiny (`model.shapes` "tiny": 336 px / 14 px, so 576 patches); the vocabulary is a
+`chat_template.json`. Widths are tiny (`model.shapes` "tiny": 336 px / 14 px, so 576 patches; 3 LLM layers); the vocabulary is a
 SentencePiece model trained here on a few hundred sentences, since the real one cannot be downloaded.
 """
 
@@ -61,6 +63,7 @@ SPECIAL = {"unk": "<unk>", "bos": "<s>", "eos": "</s>"}  # Llama's ids 0, 1, 2
 ADDED = ("<image>", "<pad>")  # appended after the SentencePiece vocabulary, as llava-hf does
 VOCAB_SIZE = 384  # SentencePiece pieces (Llama: 32000)
 PADDED_VOCAB = 448  # the embedding rows, a multiple of 64 as llava-hf's 32064
+TEXT_LAYERS = 3  # LLM layers: FastV's default K = 2 needs a layer after it (Vicuna-7B: 32)
 
 # Text the tiny SentencePiece model is trained on: LLaVA's turn words, the questions tests and tasks ask.
 _CORPUS = (
@@ -204,10 +207,11 @@ def write_hub_layout(out: str | Path, seed: int = 0) -> Path:
     tokenizer = llama_tokenizer(sentencepiece_model)
     tiny = SHAPES["tiny"]
     text = {k: v for k, v in tiny["text_config"].items() if k not in ("pad_token_id", "bos_token_id", "eos_token_id")}
+    text["num_hidden_layers"] = TEXT_LAYERS
     config = _hub_config(tokenizer, text, tiny["vision_config"])
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(LlavaConfig(**config)).eval()
-    _write_sharded({_hub_name(n): t for n, t in model.state_dict().items()}, out)
+    _write_sharded({_hub_name(n): t.to(torch.float16) for n, t in model.state_dict().items()}, out)  # as published
     _dump(out / "config.json", config)
     _dump(out / "generation_config.json", {"_from_model_config": True, "bos_token_id": 1, "eos_token_id": 2,
                                            "pad_token_id": config["pad_token_id"],

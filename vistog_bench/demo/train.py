@@ -14,7 +14,10 @@ Data: a JSON list in LLaVA's format, `{"id", "image": file | [files], "conversat
 "value": "<image>\\n..."}, {"from": "gpt", "value": "..."}, ...]}` (one `<image>` per image; a list of images is a
 video's frames or a multi-image sample; no `image` key: text only). `pretrain-vision` reads
 `{"id", "image", "region_labels": {attribute: [label per region, G*G row-major]}}`.
-Conversations use LLaVA-1.5's template without a system prompt, the one evaluation uses:
+Conversations are rendered with the checkpoint's chat template (`--chat-template FILE` overrides it; a checkpoint
+without one gets LLaVA-1.5's vicuna_v1 conversation) by the prompt builder evaluation uses
+(`model.prompting.PromptBuilder`), and the trained checkpoint carries that template, so `vistog-bench run` evaluates
+it with the prompt it was trained with. The embedded models' template gives
 `USER: <image>\\n{q} ASSISTANT: {a}</s>USER: {q2} ASSISTANT: {a2}</s>`; the loss is on the answers and `</s>`.
 
 `vistog-bench train --demo` (= `python -m vistog_bench.demo.build`) rebuilds the committed tiny models.
@@ -57,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                         help="weights dtype when loading (use accelerate's --mixed_precision for AMP)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--chat-template", help="Jinja template file (or chat_template.json) to train with instead of "
+                        "the checkpoint's own (default: the checkpoint's, else LLaVA-1.5's vicuna_v1); it is saved "
+                        "into the trained checkpoint")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--num-workers", type=int, default=0, help="data loader worker processes")
     parser.add_argument("--log-every", type=int, default=20, help="steps between loss lines")
@@ -121,12 +127,17 @@ class ImageLoader:
 
 
 class ConversationDataset:
-    """LLaVA conversations -> input_ids / labels (answers only) / pixel_values [K, 3, H, W]."""
+    """LLaVA conversations -> input_ids / labels (answers only) / pixel_values [K, 3, H, W].
 
-    def __init__(self, records, image_folder, processor, tokens_per_image: int, max_length: int):
+    Prompts come from `prompts` (a `model.prompting.PromptBuilder` over the checkpoint's chat template), the same
+    builder evaluation uses: round 0's prompt is exactly what `vistog-bench run` feeds the trained checkpoint. Each
+    answer is followed by the end-of-sequence token, which is trained (LLaVA's target)."""
+
+    def __init__(self, records, image_folder, processor, prompts, tokens_per_image: int, max_length: int):
         self.records = records
         self.tokenizer = processor.tokenizer
-        self.image_token = getattr(processor, "image_token", None) or "<image>"
+        self.prompts = prompts
+        self.image_token = prompts.image_token
         self.tokens_per_image = tokens_per_image
         self.max_length = max_length
         self.load_images = ImageLoader(Path(image_folder), processor.image_processor)
@@ -136,19 +147,35 @@ class ConversationDataset:
     def __len__(self) -> int:
         return len(self.records)
 
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _answer_ids(self, prompt_ids: list[int], prompt: str, answer: str) -> list[int]:
+        """The answer's tokens as they follow the prompt in one text (a SentencePiece tokenizer marks a word start
+        differently at the start of a text), else tokenised alone."""
+        joint = self._ids(prompt + " " + answer)
+        if joint[: len(prompt_ids)] == prompt_ids:
+            return joint[len(prompt_ids) :]
+        return self._ids(" " + answer)
+
     def encode(self, record: dict) -> tuple[list[int], list[int]]:
+        from ..model.processing import expand_image_tokens
+        from ..model.prompting import Turn
+
         tokenizer = self.tokenizer
-        expand = self.image_token * self.tokens_per_image
-        input_ids = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-        labels = [IGNORE_INDEX] * len(input_ids)
         turns = record["conversations"]
+        conversation = []
         for i in range(0, len(turns) - 1, 2):
             human, gpt = turns[i], turns[i + 1]
             if human.get("from") != "human" or gpt.get("from") != "gpt":
                 raise UsageError(f"sample {record.get('id')}: turns must alternate human / gpt")
-            prompt = f"USER: {human['value'].replace(self.image_token, expand)} ASSISTANT:"
-            prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            answer_ids = tokenizer(" " + gpt["value"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            conversation += [Turn("user", human["value"]), Turn("assistant", gpt["value"])]
+        input_ids = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+        labels = [IGNORE_INDEX] * len(input_ids)
+        for prompt, answer in self.prompts.training_rounds(conversation):
+            prompt = expand_image_tokens(prompt, self.tokens_per_image, self.image_token)
+            prompt_ids = self._ids(prompt)
+            answer_ids = self._answer_ids(prompt_ids, prompt, answer) + [tokenizer.eos_token_id]
             input_ids += prompt_ids + answer_ids
             labels += [IGNORE_INDEX] * len(prompt_ids) + answer_ids
         return input_ids[: self.max_length], labels[: self.max_length]
@@ -274,15 +301,15 @@ def build_region_pretrainer(vision_tower, feature_layer: int, classes: dict[str,
 def load_for_stage(args, processor):
     """The model a stage trains, with exactly the stage's parameters trainable."""
     import torch
-    from transformers import AutoConfig, LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration
 
     from ..model import VisToGForConditionalGeneration
-    from ..model.loading import parse_dtype
+    from ..model.loading import load_config, parse_dtype
 
     path = Path(args.model)
     if not (path / "config.json").is_file():
         raise UsageError(f"{path} is not a checkpoint folder: config.json is missing")
-    config = AutoConfig.from_pretrained(path)
+    config = load_config(path)  # refuses a checkpoint that asks to run its own code
     has_weights = any(path.glob("*.safetensors"))
     dtype = parse_dtype(args.dtype)
     kwargs = dict(dtype=dtype, use_safetensors=True)
@@ -415,7 +442,8 @@ def main(args: argparse.Namespace) -> int:
     import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from transformers import AutoProcessor
+    from ..model.loading import load_processor
+    from ..model.prompting import PromptBuilder, find_template, image_token_of
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -430,9 +458,12 @@ def main(args: argparse.Namespace) -> int:
             print(json.dumps(record), flush=True)
 
     try:
-        processor = AutoProcessor.from_pretrained(args.model)
+        processor = load_processor(args.model)  # remote code refused
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot load a processor from {args.model}: {str(exc).splitlines()[0]}") from None
+    template = find_template(processor, args.model, args.chat_template)
+    prompts = PromptBuilder(template, processor.tokenizer, image_token_of(processor))
+    log({"stage": args.stage, "chat_template": template.source, "style": template.style})
     records = load_records(args.data, args.stage)
     image_folder = Path(args.image_folder) if args.image_folder else Path(args.data).parent
     model = load_for_stage(args, processor)
@@ -444,7 +475,7 @@ def main(args: argparse.Namespace) -> int:
         )
         collate = collate_regions
     else:
-        dataset = ConversationDataset(records, image_folder, processor, tokens_per_image(model), args.max_length)
+        dataset = ConversationDataset(records, image_folder, processor, prompts, tokens_per_image(model), args.max_length)
         pad = processor.tokenizer.pad_token_id
         module = model
         collate = functools.partial(collate_conversations, pad_token_id=pad if pad is not None else 0)
@@ -455,6 +486,7 @@ def main(args: argparse.Namespace) -> int:
         model.eval()
         output_dir.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(output_dir)
+        processor.chat_template = template.text  # saved as chat_template.jinja: evaluation renders what training did
         processor.save_pretrained(output_dir)
         summary = {"stage": args.stage, "steps": len(losses), "first_loss": losses[0], "last_loss": losses[-1]}
         (output_dir / "training_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [*log_lines, summary]))
