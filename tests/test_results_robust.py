@@ -76,6 +76,14 @@ def run_cli(argv: list[str]) -> int:
     return cli.main(argv)
 
 
+def dev_full() -> Path:
+    """/dev/full: every write fails with ENOSPC, as on a full disk."""
+    path = Path("/dev/full")
+    if not path.is_char_device():
+        pytest.skip("no /dev/full character device here")
+    return path
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # a torn last line
 # ---------------------------------------------------------------------------------------------------------------
@@ -252,7 +260,7 @@ def test_enospc_on_a_run_folder_names_the_file_and_what_was_saved(tmp_path):
     profile = run.path / PROFILE_FILE
     saved = profile.read_bytes()
     profile.unlink()
-    profile.symlink_to("/dev/full")  # every write to it fails with ENOSPC, as on a full disk
+    profile.symlink_to(dev_full())
     with pytest.raises(OSError) as full:
         run.append_profile([request("vistog", 16, 50)])
     assert full.value.errno == errno.ENOSPC
@@ -270,13 +278,15 @@ def test_enospc_on_a_run_folder_names_the_file_and_what_was_saved(tmp_path):
 def test_check_on_a_full_disk_exits_3_without_printing_a_verdict(tmp_path, capsys):
     run = make_run(tmp_path)
     baseline = write_baseline(run.path, "base", tmp_path / "baselines")
+    junit = tmp_path / "junit.xml"
+    junit.symlink_to(dev_full())  # a link of our own: were it ever replaced, /dev/full itself stays untouched
     capsys.readouterr()
-    assert run_cli(["check", str(run.path), "--baseline", str(baseline), "--junit", "/dev/full"]) == 3
+    assert run_cli(["check", str(run.path), "--baseline", str(baseline), "--junit", str(junit)]) == 3
     captured = capsys.readouterr()
     assert "OK" not in captured.out and "REGRESSION" not in captured.out
     err = captured.err.strip().splitlines()
-    assert len(err) == 1 and "no space left on device writing /dev/full" in err[0]
-    assert Path("/dev/full").is_char_device()  # written in place, never replaced by a regular file
+    assert len(err) == 1 and f"no space left on device writing {junit}" in err[0]
+    assert junit.is_symlink() and junit.is_char_device()  # written in place, not replaced by a regular file
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -26,6 +26,8 @@ _EXPORTS = {
     "task_tables": "tables",
     "load_reference": "reference",
     "headline_score": "metrics",
+    "headline_metric": "metrics",
+    "headline_value": "metrics",
     "to_markdown": "render",
     "to_latex": "render",
     "to_csv": "render",
