@@ -407,7 +407,7 @@ def disk_full_message(exc: OSError, resume_hint: bool = False) -> str:
     line = f"no space left on device writing {filename}"
     folder = run_folder_of(exc.filename)
     if folder is None:
-        return line + "; nothing written before it was changed"
+        return line + "; the files written before it are intact"
     try:
         cells = RunDir(folder).cells()
         records = len(read_jsonl(folder / PROFILE_FILE, warn=False))
