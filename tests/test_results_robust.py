@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
-import os
 import re
 import signal
 import subprocess
@@ -93,7 +92,7 @@ def test_report_and_check_read_a_run_whose_last_profile_line_is_torn(tmp_path, c
     # cut inside a multi-byte character: the old reader decoded the whole file first and rejected the run for good
     record = dataclasses.asdict(request("vistog", 16, 99, task="shapes_vqa_é_ü"))
     line = json.dumps(record, ensure_ascii=False).encode("utf-8")
-    cut = line.index("é".encode("utf-8")) + 1
+    cut = line.index("é".encode()) + 1
     with open(run.path / PROFILE_FILE, "ab") as handle:
         handle.write(line[:cut])
 
@@ -209,19 +208,18 @@ def test_a_second_writer_of_a_run_is_refused_and_a_killed_holder_frees_it(tmp_pa
                               stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(UsageError) as refused:
-            with run.lock():
-                pytest.fail("the lock was granted twice")
+        with pytest.raises(UsageError) as refused, run.lock():
+            pytest.fail("the lock was granted twice")
         message = str(refused.value)
         assert str(run.path) in message and "another process" in message and "\n" not in message
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     assert holder.returncode == -signal.SIGKILL
-    with run.lock():  # the kernel dropped the dead holder's lock: no stale lock file to clean up by hand
-        with pytest.raises(UsageError):
-            with RunDir(run.path).lock():  # and one process holding it still refuses a second holder
-                pass
+    # the kernel dropped the dead holder's lock (no stale lock file to clean up by hand), and a holder in this
+    # process still refuses a second one
+    with run.lock(), pytest.raises(UsageError), RunDir(run.path).lock():
+        pass
 
 
 # ---------------------------------------------------------------------------------------------------------------

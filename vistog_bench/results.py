@@ -28,9 +28,10 @@ import stat
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from .errors import UsageError
 
@@ -372,8 +373,8 @@ def check_writable_file(path: str | os.PathLike, flag: str) -> Path:
 
 
 def write_output_text(path: str | os.PathLike, text: str, flag: str) -> Path:
-    """Write a user-named output file (atomically when it is a regular file); an unwritable path is a UsageError naming `flag` (a full disk stays
-    an OSError, which the CLI reports as such)."""
+    """Write a user-named output file (atomically when it is a regular file; a device or pipe in place). An
+    unwritable path is a UsageError naming `flag`; a full disk stays an OSError, which the CLI reports as such."""
     target = Path(path)
     try:
         if target.exists() and not target.is_file():  # a device or a pipe (/dev/stdout): written in place, never replaced
