@@ -1,15 +1,22 @@
 """Load a local checkpoint in the Hugging Face layout: stock LLaVA-1.5 (`model_type: llava`, as llava-hf publishes
-it) or a saved VisToG model (`model_type: vistog`). Safetensors only; `trust_remote_code` is never needed.
+it) or a saved VisToG model (`model_type: vistog`). Safetensors only; code shipped with a checkpoint never runs.
+
+Every reader of a checkpoint goes through this module: `refuse_remote_code` (the one check that a folder asks for no
+code of its own), `load_config`, `load_processor`, `load_pretrained` (weights) and `load_checkpoint` (all of them).
+transformers' `from_pretrained` on a folder whose configs carry `auto_map` asks "run the custom code? [y/N]" on the
+terminal unless `trust_remote_code=False` is passed, and a piped `y` runs the folder's Python: so the folder is
+refused before transformers sees it, and `trust_remote_code=False` is passed as well.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from transformers import AutoProcessor, LlavaForConditionalGeneration
+from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
 
 from ..errors import UsageError
 from .modeling import VisToGForConditionalGeneration
@@ -18,6 +25,12 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 MODEL_TYPES = ("llava", "vistog")
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+# The files transformers reads class names (and `auto_map`, code to import) from when it loads a folder.
+CONFIG_FILES = ("config.json", "tokenizer_config.json", "preprocessor_config.json", "processor_config.json",
+                "video_preprocessor_config.json")
+CLASS_KEYS = ("architectures", "processor_class", "tokenizer_class", "image_processor_type",
+              "feature_extractor_type", "video_processor_type")
+OWN_CLASSES = ("VisToGForConditionalGeneration", "VisToGConfig")  # ours: registered with transformers' Auto classes
 
 
 def parse_dtype(name: str) -> torch.dtype:
@@ -26,18 +39,92 @@ def parse_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def checkpoint_model_type(path: str | Path) -> str:
-    """Check that `path` holds a loadable LLaVA / VisToG checkpoint and return its model_type."""
+def refuse_remote_code(path: str | Path) -> None:
+    """UsageError naming the first config file of `path` that asks for code of its own: an `auto_map` anywhere in it,
+    or a class (architectures, processor / tokenizer / image / feature-extractor / video processor class) that is
+    neither transformers' nor ours. Files are only parsed as JSON here; nothing of the folder is imported."""
+    import transformers
+
+    path = Path(path)
+    for name in CONFIG_FILES:
+        file = path / name
+        if not file.is_file():
+            continue
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UsageError(f"{file} is not valid JSON: {exc}") from None
+        for key, value in _items(data):
+            if key == "auto_map":
+                raise UsageError(f"{file} asks to run code shipped with the checkpoint (auto_map); "
+                                 "vistog-bench never runs a checkpoint's own code")
+            if key in CLASS_KEYS:
+                for class_name in value if isinstance(value, list) else [value]:
+                    if class_name is None:
+                        continue
+                    known = isinstance(class_name, str) and class_name.isidentifier() and (
+                        class_name in OWN_CLASSES or hasattr(transformers, class_name)
+                        or (class_name.endswith("Fast") and hasattr(transformers, class_name.removesuffix("Fast"))))
+                    if not known:
+                        raise UsageError(f"{file} names {key} {class_name!r}, which is not a transformers class "
+                                         "(code shipped with the checkpoint); vistog-bench never runs it")
+
+
+def _items(data: Any):
+    """Every (key, value) of a JSON document, nested objects and lists included."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield key, value
+            yield from _items(value)
+    elif isinstance(data, list):
+        for value in data:
+            yield from _items(value)
+
+
+def load_config(path: str | Path):
+    """The checkpoint's config (AutoConfig; ours for `model_type: vistog`), remote code refused."""
+    _check_folder(path)
+    refuse_remote_code(path)
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UsageError(f"cannot read the config of {path}: {str(exc).splitlines()[0]}") from None
+
+
+def load_processor(path: str | Path):
+    """The checkpoint's processor (AutoProcessor: tokenizer + image processor), remote code refused."""
+    refuse_remote_code(path)
+    try:
+        return AutoProcessor.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"cannot load a processor from {path}: {str(exc).splitlines()[0]}") from None
+
+
+def load_pretrained(cls, path: str | Path, **kwargs):
+    """`cls.from_pretrained(path, safetensors only, no remote code)`; corrupt or mismatched weights are one line."""
+    refuse_remote_code(path)
+    try:
+        return cls.from_pretrained(path, use_safetensors=True, trust_remote_code=False, **kwargs)
+    except (OSError, RuntimeError, ValueError, SafetensorError) as exc:  # truncated / corrupt files, bad shapes
+        raise UsageError(f"cannot load weights from {path}: {str(exc).splitlines()[0]}") from None
+
+
+def _check_folder(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_dir():
         raise UsageError(f"checkpoint folder not found: {path}")
-    config_file = path / "config.json"
-    if not config_file.is_file():
+    if not (path / "config.json").is_file():
         raise UsageError(f"{path} is not a Hugging Face checkpoint: config.json is missing")
-    try:
-        model_type = json.loads(config_file.read_text()).get("model_type")
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{config_file} is not valid JSON: {exc}") from None
+    return path
+
+
+def checkpoint_model_type(path: str | Path) -> str:
+    """Check that `path` holds a loadable LLaVA / VisToG checkpoint (asking for no code of its own) and return its
+    model_type."""
+    path = _check_folder(path)
+    refuse_remote_code(path)
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))  # valid JSON: refuse_remote_code read it
+    model_type = config.get("model_type") if isinstance(config, dict) else None
     if model_type not in MODEL_TYPES:
         raise UsageError(f"{path} holds a {model_type!r} model; expected one of: {', '.join(MODEL_TYPES)}")
     if not any(path.glob("*.safetensors")):
@@ -54,18 +141,18 @@ def load_checkpoint(
 ) -> tuple[VisToGForConditionalGeneration, object]:
     """(model in eval mode, processor). A stock LLaVA checkpoint comes back as VisToG-off (stock behaviour)."""
     model_type = checkpoint_model_type(path)
-    kwargs = dict(dtype=parse_dtype(dtype), attn_implementation=attn_implementation, use_safetensors=True)
-    try:
-        if model_type == "llava":
-            model = VisToGForConditionalGeneration.from_llava(
-                LlavaForConditionalGeneration.from_pretrained(path, **kwargs), num_semantic_tokens=None
-            )
-        else:
-            model = VisToGForConditionalGeneration.from_pretrained(path, **kwargs)
-    except (OSError, RuntimeError, SafetensorError) as exc:  # truncated or corrupt safetensors, mismatched shapes
-        raise UsageError(f"cannot load weights from {path}: {str(exc).splitlines()[0]}") from None
-    processor = AutoProcessor.from_pretrained(path)
+    kwargs = dict(dtype=parse_dtype(dtype), attn_implementation=attn_implementation)
+    if model_type == "llava":
+        model = VisToGForConditionalGeneration.from_llava(
+            load_pretrained(LlavaForConditionalGeneration, path, **kwargs), num_semantic_tokens=None
+        )
+    else:
+        model = load_pretrained(VisToGForConditionalGeneration, path, **kwargs)
+    processor = load_processor(path)
     return model.to(device).eval(), processor
 
 
-__all__ = ["load_checkpoint", "checkpoint_model_type", "parse_dtype", "DTYPES"]
+__all__ = [
+    "load_checkpoint", "load_config", "load_pretrained", "load_processor", "refuse_remote_code",
+    "checkpoint_model_type", "parse_dtype", "DTYPES",
+]

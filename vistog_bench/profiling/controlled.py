@@ -21,7 +21,6 @@ import dataclasses
 import json
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -68,14 +67,11 @@ class ProfileSettings:
 def base_config(settings: ProfileSettings):
     """The VisToGConfig of the model or shape as it is (a stock checkpoint: VisToG off)."""
     from vistog_bench.model import VisToGConfig, shape_config
-    from transformers import AutoConfig
+    from vistog_bench.model.loading import load_config
 
     if settings.shape is not None:
         return shape_config(settings.shape)
-    config_file = Path(settings.model_path) / "config.json"
-    if not config_file.is_file():
-        raise UsageError(f"{settings.model_path} is not a Hugging Face checkpoint: config.json is missing")
-    config = AutoConfig.from_pretrained(settings.model_path)
+    config = load_config(settings.model_path)  # refuses a checkpoint that asks to run its own code
     if not isinstance(config, VisToGConfig):
         if config.model_type != "llava":
             raise UsageError(f"{settings.model_path} holds a {config.model_type!r} model; expected llava or vistog")
@@ -199,22 +195,17 @@ class ModelSource:
                 size={"shortest_edge": size}, crop_size={"height": size, "width": size}
             )
         else:
-            from transformers import AutoProcessor
             from vistog_bench.model import load_checkpoint
-            from vistog_bench.model.loading import checkpoint_model_type
+            from vistog_bench.model.loading import checkpoint_model_type, load_pretrained, load_processor
 
             if checkpoint_model_type(settings.model_path) == "vistog":
                 self.base, processor = load_checkpoint(settings.model_path, device=settings.device,
                                                        dtype=settings.dtype)
             else:
-                try:
-                    llava = LlavaForConditionalGeneration.from_pretrained(
-                        settings.model_path, dtype=self.dtype, attn_implementation="sdpa", use_safetensors=True
-                    )
-                except (OSError, RuntimeError) as exc:
-                    raise UsageError(f"cannot load weights from {settings.model_path}: {str(exc).splitlines()[0]}")
+                llava = load_pretrained(LlavaForConditionalGeneration, settings.model_path, dtype=self.dtype,
+                                        attn_implementation="sdpa")  # corrupt safetensors: one line, exit 2
                 self.base = llava.to(self.device).eval()
-                processor = AutoProcessor.from_pretrained(settings.model_path)
+                processor = load_processor(settings.model_path)
             self.weights = f"checkpoint {settings.model_path}"
             self.image_processor = processor.image_processor
 

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import difflib
-import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -55,11 +54,14 @@ class AppliedMethod:
 
 @dataclass
 class _Installed:
+    """What one `apply_method` call configured, and how to undo it. Kept on the model itself (`_STATE`), never in a
+    module-level registry: a registry whose entries reach their model keeps every model of a sweep alive."""
+
     applied: AppliedMethod
-    undo: list[Callable[[], None]]
+    undo: list[Callable[[Any], None]]  # each takes the model: nothing here holds a reference to it
 
 
-_INSTALLED: weakref.WeakKeyDictionary[Any, _Installed] = weakref.WeakKeyDictionary()
+_STATE = "_vistog_applied_method"  # private attribute of the model (a plain object: not a submodule, not in state_dict)
 
 
 def apply_method(model, method: str, budget: int, *, seed: int = 0, **options) -> None:
@@ -91,21 +93,20 @@ def apply_method(model, method: str, budget: int, *, seed: int = 0, **options) -
 
     reducer, merge, fastv = _build(model, method, budget, seed, options)  # validates before anything changes
     remove_method(model)
-    undo: list[Callable[[], None]] = []
+    undo: list[Callable[[Any], None]] = []
     if merge is not None:
-        tower = model.model.vision_tower
-        tower.token_merge = merge
-        undo.append(lambda: setattr(tower, "token_merge", None))
+        model.model.vision_tower.token_merge = merge
+        undo.append(lambda m: setattr(m.model.vision_tower, "token_merge", None))
     if reducer is not None:
         model.set_token_reducer(reducer)
-        undo.append(lambda: model.set_token_reducer(None))
+        undo.append(lambda m: m.set_token_reducer(None))
     if fastv is not None:
         fastv.install(model)
-        undo.append(fastv.remove)
+        undo.append(lambda m, fastv=fastv: fastv.remove())
     per_image = num_patches if method == "fastv" else budget
     fastv_layer = fastv.fastv_layer if fastv is not None else None
     applied = AppliedMethod(method, budget, seed, MappingProxyType(dict(options)), per_image, fastv_layer)
-    _INSTALLED[model] = _Installed(applied, undo)
+    object.__setattr__(model, _STATE, _Installed(applied, undo))
     assert model.num_visual_tokens == per_image, (model.num_visual_tokens, per_image)
 
 
@@ -144,15 +145,15 @@ def _build(model, method: str, budget: int, seed: int, options: dict):
 
 def remove_method(model) -> None:
     """Undo what `apply_method` installed (the model is then as loaded)."""
-    installed = _INSTALLED.pop(model, None)
+    installed = model.__dict__.pop(_STATE, None)
     if installed is not None:
         for undo in reversed(installed.undo):
-            undo()
+            undo(model)
 
 
 def applied_method(model) -> AppliedMethod | None:
     """What `apply_method` last configured on `model` (None if nothing)."""
-    installed = _INSTALLED.get(model)
+    installed = model.__dict__.get(_STATE)
     return installed.applied if installed is not None else None
 
 
