@@ -1,6 +1,7 @@
 """The `*_local` lmms-eval tasks over the drawn fixture mirror: they load through lmms-eval's own TaskManager, give the
 built-in tasks' prompts and settings, and score a right answer as right; check_local_data names what is missing."""
 
+import json
 import os
 import shutil
 import string
@@ -298,3 +299,59 @@ def test_lmms_eval_evaluates_local_tasks_end_to_end(manager, mirror):
     assert results["gqa_local"]["exact_match,none"] == 1.0
     assert results["pope_local"]["pope_accuracy,none"] == 1.0
     assert results["videomme_local"]["videomme_perception_score,none"] == 100.0
+
+
+def test_an_empty_table_or_a_missing_column_is_one_line_naming_file_and_column(tmp_path, mirror):
+    """Read from the parquet footer before the run (issue 13): lmms-eval would otherwise fail after the model loaded."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "m"
+    shutil.copytree(mirror / "lmms-lab/POPE", root / "lmms-lab/POPE")
+    (table,) = (root / "lmms-lab/POPE/data").glob("test-*.parquet")
+    assert check_local_data(["pope_local"], root) == []
+
+    full = pq.read_table(table)
+    pq.write_table(full.slice(0, 0), table)  # the hub schema, no rows
+    assert check_local_data(["pope_local"], root) == [
+        f"pope_local: {table} has no rows; copy lmms-lab/POPE's test parquet there again, see docs/offline-data.md"
+    ]
+
+    pq.write_table(full.drop(["category"]), table)
+    (message,) = check_local_data(["pope_local"], root)
+    assert message.startswith(f"pope_local: {table} has no column 'category' (its columns: answer, id, image, ")
+    assert "the task reads image, question, question_id, answer, category" in message
+
+    table.write_bytes(b"PAR1 cut short")
+    (message,) = check_local_data(["pope_local"], root)
+    assert message.startswith(f"pope_local: {table} is not a readable parquet file (")
+
+    # GQA's image table is checked with its own columns; MVBench's json rows too
+    shutil.copytree(mirror / "lmms-lab/GQA", root / "lmms-lab/GQA")
+    (images,) = (root / "lmms-lab/GQA/testdev_balanced_images").glob("*.parquet")
+    pq.write_table(pa.table({"id": pq.read_table(images).column("id")}), images)
+    (message,) = check_local_data(["gqa_local"], root)
+    assert message.startswith(f"gqa_local: {images} has no column 'image' (its columns: id)")
+    shutil.copytree(mirror / "OpenGVLab/MVBench", root / "OpenGVLab/MVBench")
+    entries = root / "OpenGVLab/MVBench/json/action_count.json"
+    rows = json.loads(entries.read_text())
+    entries.write_text(json.dumps([{k: v for k, v in r.items() if k != "candidates"} for r in rows]))
+    (message,) = check_local_data(["mvbench_action_count_local"], root)
+    assert message.startswith(f"mvbench_action_count_local: {entries} has no column 'candidates'")
+    entries.write_text("[]")
+    assert check_local_data(["mvbench_action_count_local"], root) == [
+        f"mvbench_action_count_local: {entries} has no rows; copy OpenGVLab/MVBench's json/action_count.json there "
+        "again, see docs/offline-data.md"
+    ]
+
+
+def test_the_mirror_tables_have_every_column_the_tasks_read(mirror):
+    """The fixture writes the hub schemas; each local task's declared columns must be among them (and non-empty)."""
+    import pyarrow.parquet as pq
+
+    for name, task in LOCAL_TASKS.items():
+        assert task.columns, name
+        files = offline_data.data_files(name, mirror)[task.split]
+        names = set(json.loads(Path(files[0]).read_text())[0]) if files[0].endswith(".json") else set(
+            pq.read_schema(files[0]).names)  # fmt: skip
+        assert set(task.columns) <= names, (name, set(task.columns) - names)

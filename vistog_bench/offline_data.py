@@ -8,9 +8,10 @@ lmms-eval's built-in tasks read, in the hub repos' own file layout:
     <data_dir>/lmms-lab/Video-MME/videomme/test-00000-of-00001.parquet + data/<videoID>.mp4
     ...
 
-The task YAMLs in `vistog_bench/tasks/offline/` ask `data_files(task)` for their parquet/json files when lmms-eval builds the
-task (through `vistog_bench/tasks/offline/mirror.py`), so the data dir is read at that moment, not when the tasks are indexed.
-`check_local_data` gives the runner one message per missing file before any model is loaded.
+The task YAMLs in `vistog_bench/tasks/offline/` ask `data_files(task)` for their parquet/json files when lmms-eval
+builds the task (through `vistog_bench/tasks/offline/mirror.py`), so the data dir is read at that moment, not when the
+tasks are indexed. `check_local_data` gives the runner one message per missing file, empty table or missing column
+before any model is loaded.
 docs/offline-data.md lists every file each task needs.
 """
 
@@ -28,6 +29,7 @@ from vistog_bench.errors import UsageError
 DATA_DIR_ENV = "VISTOG_DATA_DIR"
 DOC = "docs/offline-data.md"
 MAX_MEDIA_MESSAGES = 5  # per task; a mirror missing its videos would otherwise print thousands of lines
+GQA_IMAGES = "testdev_balanced_images parquet"  # GQA's second table, as messages name it
 
 
 class MissingLocalData(UsageError):
@@ -47,6 +49,10 @@ class LocalTask:
     what: str = ""  # how to describe the table in messages
     images: tuple[str, ...] = ()  # GQA: the separate image table, joined on imageId
     media: str = ""  # video tasks: "<column>:<folder template>" checked per row, see media_paths()
+    # the columns lmms-eval's task functions read from each row (docs/offline-data.md, "Columns the tasks read"); the
+    # hub schemas, which vistog_bench.fixtures reproduces, have these and more
+    columns: tuple[str, ...] = ()
+    image_columns: tuple[str, ...] = ()  # GQA's image table
 
 
 def _parquet(config: str | None, split: str) -> tuple[str, ...]:
@@ -68,38 +74,53 @@ def _tasks() -> dict[str, LocalTask]:
     specs = [
         LocalTask("gqa_local", "gqa", "lmms-lab/GQA", "testdev", _parquet("testdev_balanced_instructions", "testdev"),
                   ("lmms-lab-encoder/GQA",), "testdev_balanced_instructions parquet",
-                  images=_parquet("testdev_balanced_images", "testdev")),
+                  images=_parquet("testdev_balanced_images", "testdev"),
+                  columns=("imageId", "question", "answer"), image_columns=("id", "image")),
         LocalTask("textvqa_val_local", "textvqa_val", "lmms-lab/textvqa", "validation", _parquet(None, "validation"),
-                  ("lmms-lab-encoder/textvqa",), "validation parquet"),
+                  ("lmms-lab-encoder/textvqa",), "validation parquet",
+                  columns=("image", "question", "question_id", "answers", "ocr_tokens")),
         LocalTask("vqav2_val_local", "vqav2_val", "lmms-lab/VQAv2", "validation", _parquet(None, "validation"),
-                  ("lmms-lab-encoder/VQAv2",), "validation parquet"),
+                  ("lmms-lab-encoder/VQAv2",), "validation parquet",
+                  columns=("image", "question", "question_id", "answers")),
         LocalTask("pope_local", "pope", "lmms-lab/POPE", "test", _parquet(None, "test"),
-                  ("lmms-lab-encoder/POPE",), "test parquet"),
+                  ("lmms-lab-encoder/POPE",), "test parquet",
+                  columns=("image", "question", "question_id", "answer", "category")),
         LocalTask("mme_local", "mme", "lmms-lab/MME", "test", _parquet(None, "test"),
-                  ("lmms-lab-encoder/MME",), "test parquet"),
+                  ("lmms-lab-encoder/MME",), "test parquet",
+                  columns=("image", "question", "question_id", "answer", "category")),
         LocalTask("scienceqa_img_local", "scienceqa_img", "lmms-lab/ScienceQA", "test", _parquet("ScienceQA-IMG", "test"),
-                  ("lmms-lab-encoder/ScienceQA",), "ScienceQA-IMG test parquet"),
+                  ("lmms-lab-encoder/ScienceQA",), "ScienceQA-IMG test parquet",
+                  columns=("image", "question", "hint", "choices", "answer")),
         LocalTask("mmbench_en_dev_local", "mmbench_en_dev", "lmms-lab/MMBench", "dev", _parquet("en", "dev"),
-                  ("lmms-lab-encoder/MMBench",), "en dev parquet"),
+                  ("lmms-lab-encoder/MMBench",), "en dev parquet",
+                  columns=("index", "image", "question", "hint", "A", "B", "C", "D", "answer", "category",
+                           "L2-category", "source", "split")),
         LocalTask("coco2017_cap_val_local", "coco2017_cap_val", "lmms-lab/COCO-Caption2017", "val", _parquet(None, "val"),
-                  ("lmms-lab-encoder/COCO-Caption2017",), "val parquet"),
+                  ("lmms-lab-encoder/COCO-Caption2017",), "val parquet",
+                  columns=("image", "question_id", "id", "answer")),
         LocalTask("nocaps_val_local", "nocaps_val", "lmms-lab/NoCaps", "validation", _parquet(None, "validation"),
-                  ("lmms-lab-encoder/NoCaps",), "validation parquet"),
+                  ("lmms-lab-encoder/NoCaps",), "validation parquet",
+                  columns=("image", "image_id", "annotations_captions")),
         LocalTask("flickr30k_test_local", "flickr30k_test", "lmms-lab/flickr30k", "test", _parquet(None, "test"),
-                  ("lmms-lab-encoder/flickr30k",), "test parquet"),
+                  ("lmms-lab-encoder/flickr30k",), "test parquet",
+                  columns=("image", "img_id", "caption")),
         LocalTask("videomme_local", "videomme", "lmms-lab/Video-MME", "test", _parquet("videomme", "test"),
-                  ("lmms-eval/Video-MME",), "videomme test parquet", media="videoID:data/{}.mp4"),
+                  ("lmms-eval/Video-MME",), "videomme test parquet", media="videoID:data/{}.mp4",
+                  columns=("videoID", "question", "options", "answer", "question_id", "duration", "domain",
+                           "sub_category", "task_type")),
         LocalTask("nextqa_mc_test_local", "nextqa_mc_test", "lmms-lab/NExTQA", "test", _parquet("MC", "test"),
-                  ("lmms-eval/NExTQA",), "MC test parquet", media="video:NExTVideo/{}.mp4"),
+                  ("lmms-eval/NExTQA",), "MC test parquet", media="video:NExTVideo/{}.mp4",
+                  columns=("video", "question", "a0", "a1", "a2", "a3", "a4", "answer")),
     ]  # fmt: skip
     # MMBench without the GPT judge (lmms-eval's mmbench_en_dev_static): the same data, for machines with no API.
     mmb = specs[6]
     specs.append(LocalTask("mmbench_en_dev_static_local", "mmbench_en_dev_static", mmb.repo, mmb.split, mmb.patterns,
-                           mmb.aliases, mmb.what))  # fmt: skip
+                           mmb.aliases, mmb.what, columns=mmb.columns))  # fmt: skip
     for sub in MVBENCH_SUBTASKS:
         specs.append(LocalTask(f"mvbench_{sub}_local", f"mvbench_{sub}", "OpenGVLab/MVBench", "train",
                                (f"json/{sub}.json",), (), f"json/{sub}.json",
-                               media=f"video:{{mvbench:{sub}}}"))  # fmt: skip
+                               media=f"video:{{mvbench:{sub}}}",
+                               columns=("video", "question", "candidates", "answer")))  # fmt: skip
     return {t.name: t for t in specs}
 
 
@@ -238,11 +259,53 @@ def _missing_media(task: LocalTask, root: Path, files: list[str]) -> list[str]:
     return messages
 
 
+def _table_problems(task: LocalTask, files: list[str], columns: tuple[str, ...], what: str) -> list[str]:
+    """Rows and columns of the mirror's table files, from their metadata only (parquet footer; MVBench's json rows):
+    one message per unreadable file or file without a column the task reads, one if the table has no rows."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    problems, rows = [], 0
+    for file in files:
+        try:
+            if file.endswith(".json"):
+                data = json.loads(Path(file).read_text(encoding="utf-8"))
+                if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
+                    raise ValueError("not a list of rows")
+                names = set().union(*data) if data else set(columns)
+                missing = [c for c in columns if any(c not in row for row in data)]
+                rows += len(data)
+            else:
+                meta = pq.read_metadata(file)
+                names = set(meta.schema.to_arrow_schema().names)
+                missing = [c for c in columns if c not in names]
+                rows += meta.num_rows
+        except (OSError, ValueError) as exc:  # pyarrow.ArrowInvalid is a ValueError, json.JSONDecodeError too
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            kind = "json" if file.endswith(".json") else "parquet"
+            problems.append(f"{task.name}: {file} is not a readable {kind} file ({reason}); "
+                            f"copy {task.repo}'s {what} there again, see {DOC}")  # fmt: skip
+            continue
+        if missing:
+            lacks = ", ".join(repr(c) for c in missing)
+            has = ", ".join(sorted(names)) or "none"
+            noun = "columns" if len(missing) > 1 else "column"
+            problems.append(f"{task.name}: {file} has no {noun} {lacks} (its columns: {has}); the task reads "
+                            f"{', '.join(columns)}, as {task.repo}'s {what} has them, see {DOC}")  # fmt: skip
+    if not problems and rows == 0:
+        where = files[0] if len(files) == 1 else f"{files[0]} (and {len(files) - 1} more files)"
+        problems.append(f"{task.name}: {where} has no rows; copy {task.repo}'s {what} there again, see {DOC}")
+    return problems
+
+
 def check_local_data(task_names, data_dir: str | os.PathLike | None = None) -> list[str]:
     """One message per file the named local tasks (or groups) need and the mirror lacks; [] when all is there.
 
-    Names that are not local tasks are ignored, so the runner can pass its whole task list. Video tasks also check
-    every video their rows reference (at most MAX_MEDIA_MESSAGES lines per task, then a count).
+    Names that are not local tasks are ignored, so the runner can pass its whole task list. Each table file found is
+    read for its schema and row count only (no data): an empty table or one without a column the task reads is one
+    message naming the file and the column. Video tasks also check every video their rows reference (at most
+    MAX_MEDIA_MESSAGES lines per task, then a count).
     """
     tasks = expand_local_tasks(task_names)
     if not tasks:
@@ -254,11 +317,17 @@ def check_local_data(task_names, data_dir: str | os.PathLike | None = None) -> l
     for name in tasks:
         task = LOCAL_TASKS[name]
         files = _glob_first(repo_dir(task, root), task.patterns)
+        table = _table_problems(task, files, task.columns, task.what) if files else []
         if not files:
             messages.append(_needs(task, root, task.patterns, task.what))
-        if task.images and not _glob_first(repo_dir(task, root), task.images):
-            messages.append(_needs(task, root, task.images, "testdev_balanced_images parquet"))
-        if files and task.media:
+        messages.extend(table)
+        if task.images:
+            images = _glob_first(repo_dir(task, root), task.images)
+            if not images:
+                messages.append(_needs(task, root, task.images, GQA_IMAGES))
+            else:
+                messages.extend(_table_problems(task, images, task.image_columns, GQA_IMAGES))
+        if files and not table and task.media:
             messages.extend(_missing_media(task, root, files))
     return messages
 
@@ -285,7 +354,7 @@ def gqa_image(image_id: str, data_dir: str | os.PathLike | None = None):
         raise MissingLocalData(_no_data_dir(task.name))
     files = _glob_first(repo_dir(task, root), task.images)
     if not files:
-        raise MissingLocalData(_needs(task, root, task.images, "testdev_balanced_images parquet"))
+        raise MissingLocalData(_needs(task, root, task.images, GQA_IMAGES))
     table = _gqa_image_bytes(tuple(files))
     if image_id not in table:
         raise KeyError(f"gqa_local: imageId {image_id!r} is not in {files[0]}")

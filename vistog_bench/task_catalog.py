@@ -1,4 +1,4 @@
-"""Task names: lmms-eval's built-ins, ours in `vistog_bench/tasks/` (always on the include path), users' `--include-path`.
+"""Task names: lmms-eval's built-ins, ours in `vistog_bench/tasks/` (always on the include path), users' folders.
 
 `vistog-bench tasks [--include-path DIR ...] [--filter TEXT]` lists them; `vistog-bench tasks --path` prints the folder
 of ours, for lmms-eval's own CLI (`--include_path "$(vistog-bench tasks --path)"`).
@@ -85,3 +85,215 @@ def main(args) -> int:
         rows.append(f"{name:45s} {entry['type']:7s} {origin}")
     print("\n".join(rows) if rows else "no task matches")
     return 0
+
+
+# -- pre-flight: is every task's data on this machine? ----------------------------------------------------------------
+# lmms-eval 0.7.3 builds a task's dataset only after the model is loaded, and a missing one surfaces as tenacity's
+# RetryError around datasets' ConnectionError. These checks read the same YAML fields lmms-eval's
+# ConfigurableTask.download reads (dataset_path, dataset_name, dataset_kwargs) and probe what it would load, offline.
+
+# dataset_kwargs that ConfigurableTask.download consumes itself (the rest go to datasets.load_dataset)
+_LMMS_EVAL_KWARGS = ("video", "cache_dir", "force_download", "force_unzip", "local_files_only", "create_link",
+                     "builder_script", "From_YouTube", "load_from_disk", "max_retries", "num_proc",
+                     "token")  # fmt: skip
+# Hub datasets a built-in task's utils load on their own (lmms-eval 0.7.3): gqa's process_docs joins the image table.
+EXTRA_HUB_DATASETS = {"gqa": (("lmms-lab-encoder/GQA", "testdev_balanced_images"),)}
+OFFLINE_DOC = "docs/offline-data.md"
+
+
+def _simple_config(yaml_path: str) -> dict:
+    """A task YAML with its `include:`s merged and `!function` tags left unresolved (nothing imported)."""
+    from lmms_eval.utils import load_yaml_config
+
+    return load_yaml_config(yaml_path, mode="simple")
+
+
+def leaf_tasks(manager, names) -> list[tuple[str, dict | None, str | None]]:
+    """(task, YAML config or None for a class-defined task, yaml path) for every task behind `names`: groups and tags
+    expanded the way lmms-eval's TaskManager expands them, group-level overrides merged, no repeats."""
+    index = manager.task_index
+    out: dict[str, tuple[str, dict | None, str | None]] = {}
+    seen_groups: set[str] = set()
+
+    def visit(item, group_path: str | None = None) -> None:
+        if isinstance(item, dict):
+            if isinstance(item.get("task"), list):  # an inline group
+                for member in item["task"]:
+                    visit(member, group_path)
+                return
+            name = item.get("task")
+            if not isinstance(name, str):
+                return
+            if name in index and index[name]["type"] in ("group", "tag"):
+                visit(name)
+                return
+            entry = index.get(name)
+            base = _simple_config(entry["yaml_path"]) if entry and entry["type"] == "task" else {}
+            yaml_path = entry["yaml_path"] if entry and entry["type"] == "task" else group_path
+            out.setdefault(name, (name, {**base, **item}, yaml_path))
+            return
+        entry = index.get(item)
+        if entry is None:
+            return
+        kind = entry["type"]
+        if kind == "python_task":  # its class decides where its data comes from (our shapes tasks generate theirs)
+            out.setdefault(item, (item, None, entry["yaml_path"]))
+        elif kind == "task":
+            out.setdefault(item, (item, _simple_config(entry["yaml_path"]), entry["yaml_path"]))
+        elif item not in seen_groups:
+            seen_groups.add(item)
+            if kind == "tag":
+                members, path = entry["task"], None
+            elif entry["task"] != -1:
+                members, path = entry["task"], None
+            else:
+                members, path = _simple_config(entry["yaml_path"]).get("task", []), entry["yaml_path"]
+            for member in members:
+                visit(member, path)
+
+    for name in names:
+        visit(name)
+    return list(out.values())
+
+
+def _hub_offline() -> bool:
+    """What `datasets` in this process will do: with HF_HUB_OFFLINE (or HF_DATASETS_OFFLINE) set it never asks the hub
+    and loads a hub dataset from its own cache only; online, a missing dataset is simply downloaded."""
+    import datasets
+
+    return bool(datasets.config.HF_HUB_OFFLINE)
+
+
+def _datasets_cache_problem(path: str, name, cache_dir, kwargs: dict) -> str | None:
+    """Why `datasets.load_dataset(path, name, ...)` would fail offline, or None: load_dataset_builder with the same
+    arguments runs the same lookup (datasets' cache module, `<cache>/<org>___<name>/<config>/...`) and reads no data.
+    Only called in offline mode, where datasets never touches the network."""
+    import datasets
+
+    try:
+        datasets.load_dataset_builder(path, name, cache_dir=cache_dir, **kwargs)
+    except Exception as exc:  # ConnectionError (not cached), ValueError (config not cached), ...
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return None
+
+
+def _hub_snapshot_cached(repo_id: str, revision: str) -> bool:
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot_download(repo_id=repo_id, repo_type="dataset", revision=revision, local_files_only=True)
+    except Exception:  # LocalEntryNotFoundError and kin: not in the hub cache
+        return False
+    return True
+
+
+def _local_route(task: str, requested: str) -> str:
+    """How to run the same benchmark from a local mirror, if we have a local twin of the task (or its group)."""
+    from . import offline_data
+
+    twins = [t for t in offline_data.LOCAL_TASKS.values() if t.builtin == task]
+    if not twins:
+        return "run once with the hub reachable so that the datasets cache holds it, or unset HF_HUB_OFFLINE"
+    twin = twins[0]
+    if requested != task and f"{requested}_local" in offline_data.LOCAL_GROUPS:
+        return (f"use --tasks {requested}_local --data-dir DIR instead ({twin.name} reads DIR/{twin.repo}), "
+                f"see {OFFLINE_DOC}")  # fmt: skip
+    return f"use --tasks {twin.name} --data-dir DIR instead, DIR holding a copy of {twin.repo}, see {OFFLINE_DOC}"
+
+
+def _files_problem(task: str, data_files, yaml_path: str | None) -> str | None:
+    """A local-builder task (dataset_path: parquet/json/csv/...) whose data_files name a file that is not there."""
+    import glob
+
+    values = list(data_files.values()) if isinstance(data_files, dict) else data_files
+    values = values if isinstance(values, list) else [values]
+    flat = [v for value in values for v in (value if isinstance(value, list) else [value])]
+    for value in flat:
+        if not isinstance(value, str) or "://" in value:
+            continue  # `!function` (our *_local tasks: checked by offline_data) or a URL
+        candidates = [os.path.expanduser(value)]
+        if yaml_path and not os.path.isabs(candidates[0]):
+            candidates.insert(0, os.path.join(os.path.dirname(yaml_path), value))
+        if not any(glob.glob(c) for c in candidates):
+            return f"{task} reads {value}, which does not exist"
+    return None
+
+
+def _task_problems(task: str, config: dict, yaml_path: str | None, requested: str, offline: bool) -> list[str]:
+    """Why the data of one YAML-configured, non-local task cannot be loaded here ([] when it can, or when we cannot
+    tell without the network)."""
+    path = config.get("dataset_path")
+    if not isinstance(path, str):
+        return []
+    kwargs = config.get("dataset_kwargs") if isinstance(config.get("dataset_kwargs"), dict) else {}
+    if kwargs.get("load_from_disk"):
+        found = os.path.exists(os.path.expanduser(path))
+        return [] if found else [f"{task} loads the saved dataset {path}, which does not exist"]
+    if path in ("csv", "json", "parquet", "text", "pandas", "arrow"):  # lmms_eval.utils._LOCAL_BUILDERS
+        problem = _files_problem(task, kwargs.get("data_files"), yaml_path)
+        return [problem] if problem else []
+    if os.path.isdir(os.path.expanduser(path)) or not offline:
+        return []  # a local dataset folder, or online: datasets downloads what its cache lacks
+    if path.startswith(("/", ".", "~")) or path.count("/") > 1:
+        return [f"{task} reads {path}, which is not a folder"]
+
+    hub_home = os.path.expanduser(os.getenv("HF_HOME", "~/.cache/huggingface/"))
+    load_kwargs = {k: v for k, v in kwargs.items() if k not in _LMMS_EVAL_KWARGS}
+    if kwargs.get("video") and kwargs.get("cache_dir"):
+        from lmms_eval.utils import resolve_cache_dir
+
+        videos = resolve_cache_dir(str(kwargs["cache_dir"]), base_dir=hub_home)
+        if not os.path.exists(videos) and not _hub_snapshot_cached(path, str(kwargs.get("revision", "main"))):
+            return [f"{task} needs its videos in {videos} (unpacked from the hub dataset {path}), which is not there "
+                    f"and HF_HUB_OFFLINE is set; {_local_route(task, requested)}"]  # fmt: skip
+    from lmms_eval.api.task import _resolve_hf_datasets_cache_dir  # where ConfigurableTask.download points datasets
+
+    # a video task's cache_dir is its video folder (consumed above); otherwise it overrides the datasets cache
+    cache_dir = (None if kwargs.get("video") else kwargs.get("cache_dir")) or _resolve_hf_datasets_cache_dir()
+    needed = [(path, config.get("dataset_name"), cache_dir, load_kwargs)]
+    needed += [(repo, name, None, {}) for repo, name in EXTRA_HUB_DATASETS.get(task, ())]
+    for repo, name, where, extra in needed:
+        if _datasets_cache_problem(repo, name, where, extra) is not None:
+            config_text = f" (config {name})" if name else ""
+            where = where or datasets_default_cache()
+            return [f"{task} needs the hub dataset {repo}{config_text}, which is not in the datasets cache {where} "
+                    f"and HF_HUB_OFFLINE is set; {_local_route(task, requested)}"]  # one line per task is enough
+    return []
+
+
+def datasets_default_cache() -> str:
+    """Where `datasets.load_dataset` without cache_dir looks (gqa's utils load their image table that way)."""
+    import datasets
+
+    return str(datasets.config.HF_DATASETS_CACHE)
+
+
+def check_tasks_available(manager, tasks, data_dir: str | os.PathLike | None = None) -> None:
+    """The runner's pre-flight, before any model loads: every name is known, and every task behind it (groups and
+    tags expanded) can get its data on this machine. Raises one UsageError (the first problem, then a count).
+
+    - our `*_local` tasks: their mirror files under `data_dir` (or $VISTOG_DATA_DIR), readable, non-empty, with the
+      columns the task reads (vistog_bench.offline_data.check_local_data);
+    - lmms-eval's built-in (hub) tasks, when HF_HUB_OFFLINE is set: their dataset (and config) in the datasets cache
+      lmms-eval loads from, video folders in $HF_HOME or the hub cache; the message names the hub dataset and the
+      local route (`gqa_local --data-dir DIR`, docs/offline-data.md);
+    - tasks reading local files (`dataset_path: parquet` + `data_files`, `load_from_disk`): the files exist.
+    Class-defined tasks (our shapes tasks) fetch their own data and pass.
+    """
+    from . import offline_data
+
+    names = list(tasks)
+    check_task_names(manager, names)
+    messages: list[str] = []
+    offline = _hub_offline()
+    local: list[str] = []
+    for requested in names:
+        for task, config, yaml_path in leaf_tasks(manager, [requested]):
+            if task in offline_data.LOCAL_TASKS:
+                local.append(task)
+            elif config is not None:
+                found = _task_problems(task, config, yaml_path, requested, offline)
+                messages.extend(m for m in found if m not in messages)
+    messages = offline_data.check_local_data(list(dict.fromkeys(local)), data_dir) + messages
+    if messages:
+        raise UsageError(messages[0] + (f" (and {len(messages) - 1} more)" if len(messages) > 1 else ""))
