@@ -360,7 +360,7 @@ def group_cell(group: TaskGroup, method: str, budget: int, members: dict[str, Ce
                 stderr[metric] = float(pooled_sample_stderr([c.stderr[metric] for c in having], sizes))
     n_samples = sum(c.n_samples for c in cells)
     elapsed = round(sum(c.elapsed_s or 0.0 for c in cells), 3)
-    status = STATUS_OK if metrics else failed_status(f"no member metric matches the group's aggregate_metric_list")
+    status = STATUS_OK if metrics else failed_status("no member metric matches the group's aggregate_metric_list")
     return CellResult(group.name, method, budget, status, metrics, stderr, n_samples, elapsed, n_failed)
 
 
@@ -431,7 +431,7 @@ def third_party_output_to(log_path: Path):
         os.dup2(log.fileno(), 2)
         sys.stdout, sys.stderr = log, _ProgressSplitter(terminal, log)
         logger.remove()
-        logger.add(log, level=os.environ.get("VISTOG_LMMS_LOG_LEVEL_FILE", "INFO"))
+        logger.add(log, level="INFO")
         yield
     finally:
         sys.stdout, sys.stderr = old_streams
@@ -452,7 +452,7 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sweep_model_class():
     """The `vistog` adapter as a sweep drives it (built on first use: the adapter imports torch and lmms-eval)."""
     from .adapter import VisToGLMM
