@@ -314,13 +314,22 @@ class VisToGChatLMM(VisToGLMM):
 
     is_simple = False
 
+    @staticmethod
+    def _is_chat(args) -> bool:
+        """A messages request: (context, doc_to_messages, gen_kwargs, doc_id, task, split). A task with its own
+        class (`class:` in its YAML) keeps the simple format even in chat mode: (context, gen_kwargs, doc_to_visual,
+        doc_id, task, split)."""
+        return isinstance(args[2], dict)
+
     def _sample_maker(self, args):
+        if not self._is_chat(args):
+            return super()._sample_maker(args)
         _, doc_to_messages, _, doc_id, task, split = args
         return task, doc_id, lambda: self._chat_sample(doc_to_messages, doc_id, task, split)
 
-    @staticmethod
-    def _gen_kwargs(args) -> dict:
-        return dict(args[2])
+    @classmethod
+    def _gen_kwargs(cls, args) -> dict:
+        return dict(args[2] if cls._is_chat(args) else args[1])
 
     def _chat_sample(self, doc_to_messages, doc_id: int, task: str, split: str) -> _Sample:
         from lmms_eval.protocol import ChatMessages
