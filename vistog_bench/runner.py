@@ -56,8 +56,10 @@ from .results import (
     CellKey,
     CellResult,
     ProfileRecord,
+    DISK_FULL_ERRNOS,
     RunDir,
     RunManifest,
+    check_writable_dir,
     failed_status,
     load_run,
     new_run_id,
@@ -527,23 +529,57 @@ def check_run_config(config: RunConfig) -> None:
 
 def run_sweep(config: RunConfig, command: list[str] | None = None) -> tuple[RunDir, list[CellResult]]:
     """Plan, validate, evaluate every cell, write the run folder. Returns the run and its cells."""
-    from . import offline_data
-    from .profiling import device_facts
-    from .task_catalog import DATA_DIR_ENV, check_task_names, task_manager
+    from .task_catalog import check_tasks_available, task_manager
 
     check_run_config(config)
+    check_writable_dir(config.resume, "--resume") if config.resume else check_writable_dir(config.output, "--output")
     cells = plan_cells(config)
-    if config.data_dir:
-        if not Path(config.data_dir).is_dir():
-            raise UsageError(f"--data-dir {config.data_dir} is not a folder")
-        os.environ[DATA_DIR_ENV] = str(Path(config.data_dir).resolve())
-    manager = task_manager(config.include_paths)
-    check_task_names(manager, list(config.tasks))
-    tasks, groups = expand_tasks(manager, config.tasks)
-    missing = offline_data.check_local_data(tasks, os.environ.get(DATA_DIR_ENV))
-    if missing:
-        raise UsageError(missing[0] + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    check_combinations(cells)
+    if config.data_dir and not Path(config.data_dir).is_dir():
+        raise UsageError(f"--data-dir {config.data_dir} is not a folder")
+    with _data_dir_scope(config.data_dir):  # lmms-eval's task YAMLs read the mirror's folder from the environment
+        manager = task_manager(config.include_paths)
+        check_tasks_available(manager, config.tasks, config.data_dir)  # before any model loads
+        tasks, groups = expand_tasks(manager, config.tasks)
+        check_combinations(cells)
+        run = _open_run(config, command)
+        with run.lock():
+            if config.resume:
+                for note in run.prepare_resume():
+                    print(f"vistog-bench run: {note}", file=sys.stderr)
+            limits = task_limits(manager, tasks, config.limit)
+            done = {c.key for c in run.cells() if c.ok}
+            print(f"vistog-bench run: {run.path} (library output: {run.path / LOG_FILE})", file=sys.stderr)
+            for cell in cells:
+                todo = [t for t in tasks if CellKey(t, cell.method, cell.budget) not in done]
+                if todo:
+                    _run_cell(run, cell, todo, config, manager, limits)
+                _record_groups(run, cell, groups, done)
+            run.write_manifest(dataclasses.replace(run.manifest(), finished_at=_now()))
+    return run, run.cells()
+
+
+@contextlib.contextmanager
+def _data_dir_scope(data_dir: str | None):
+    """$VISTOG_DATA_DIR set to `data_dir` for the sweep, as it was afterwards (the process is not left changed)."""
+    from .task_catalog import DATA_DIR_ENV
+
+    if not data_dir:
+        yield
+        return
+    previous = os.environ.get(DATA_DIR_ENV)
+    os.environ[DATA_DIR_ENV] = str(Path(data_dir).resolve())
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(DATA_DIR_ENV, None)
+        else:
+            os.environ[DATA_DIR_ENV] = previous
+
+
+def _open_run(config: RunConfig, command: list[str] | None) -> RunDir:
+    """The run folder: the one being resumed (same settings), or a new one with its manifest."""
+    from .profiling import device_facts
 
     if config.resume:
         run = load_run(config.resume)
@@ -551,33 +587,23 @@ def run_sweep(config: RunConfig, command: list[str] | None = None) -> tuple[RunD
         if _comparable(saved) != _comparable(config):
             raise UsageError(f"--resume {config.resume}: that run was made with a different configuration "
                              f"({_config_differences(saved, config)})")
-    else:
-        run_id = new_run_id()
-        run = RunDir(Path(config.output) / run_id)
-        run.path.mkdir(parents=True, exist_ok=False)
-        run.write_manifest(
-            RunManifest(
-                run_id=run_id,
-                command=command or sys.argv,
-                config=dataclasses.asdict(config),
-                git_sha=_git_sha(),
-                versions=_versions(),
-                device=device_facts(config.device),
-                seed=config.seed,
-                started_at=_now(),
-            )
+        return run
+    run_id = new_run_id()
+    run = RunDir(Path(config.output) / run_id)
+    run.path.mkdir(parents=True, exist_ok=False)
+    run.write_manifest(
+        RunManifest(
+            run_id=run_id,
+            command=command or sys.argv,
+            config=dataclasses.asdict(config),
+            git_sha=_git_sha(),
+            versions=_versions(),
+            device=device_facts(config.device),
+            seed=config.seed,
+            started_at=_now(),
         )
-    limits = task_limits(manager, tasks, config.limit)
-    done = {c.key for c in run.cells() if c.ok}
-    print(f"vistog-bench run: {run.path} (library output: {run.path / LOG_FILE})", file=sys.stderr)
-    for cell in cells:
-        todo = [t for t in tasks if CellKey(t, cell.method, cell.budget) not in done]
-        if todo:
-            _run_cell(run, cell, todo, config, manager, limits)
-        _record_groups(run, cell, groups, done)
-    manifest = run.manifest()
-    run.write_manifest(dataclasses.replace(manifest, finished_at=_now()))
-    return run, run.cells()
+    )
+    return run
 
 
 def _config_from_manifest(data: dict) -> RunConfig:
@@ -645,6 +671,8 @@ def _run_cell(run: RunDir, cell: Cell, tasks: list[str], config: RunConfig, mana
                 else:
                     results = _evaluate_task(lm, task, limits.get(task, config.limit), config, manager, run.path)
         except Exception as exc:  # noqa: BLE001 - a failed task is a failed cell; the sweep goes on
+            if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+                raise  # a full disk ends the run (exit 3), it is not this cell's failure
             served = lm.collect_served()
             failures = [e for e in served if e.get("failure")]
             reason = f"{type(exc).__name__}: {exc}"
