@@ -170,10 +170,14 @@ def _datasets_cache_problem(path: str, name, cache_dir, kwargs: dict) -> str | N
     Only called in offline mode, where datasets never touches the network."""
     import datasets
 
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity_error()  # "Using the latest cached version ..." is lmms-eval's to print, later
     try:
         datasets.load_dataset_builder(path, name, cache_dir=cache_dir, **kwargs)
     except Exception as exc:  # ConnectionError (not cached), ValueError (config not cached), ...
         return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    finally:
+        datasets.logging.set_verbosity(verbosity)
     return None
 
 
