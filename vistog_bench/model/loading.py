@@ -54,10 +54,11 @@ def refuse_remote_code(path: str | Path) -> None:
             data = json.loads(file.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise UsageError(f"{file} is not valid JSON: {exc}") from None
-        for key, value in _items(data):
-            if key == "auto_map":
-                raise UsageError(f"{file} asks to run code shipped with the checkpoint (auto_map); "
-                                 "vistog-bench never runs a checkpoint's own code")
+        items = list(_items(data))
+        if any(key == "auto_map" for key, _ in items):
+            raise UsageError(f"{file} asks to run code shipped with the checkpoint (auto_map); "
+                             "vistog-bench never runs a checkpoint's own code")
+        for key, value in items:
             if key in CLASS_KEYS:
                 for class_name in value if isinstance(value, list) else [value]:
                     if class_name is None:
