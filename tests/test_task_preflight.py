@@ -162,7 +162,36 @@ def test_user_hub_task_and_group_pass_once_cached(manager, offline, user_tasks):
     check_tasks_available(manager, ["tiny_group", "shapes"], None)
 
 
-def test_online_the_hub_is_not_probed_and_local_files_are_checked_either_way(manager, user_tasks, monkeypatch):
+@pytest.fixture
+def local_hub(monkeypatch):
+    """A stand-in hub endpoint on the loopback address that answers every request 200 (only its reachability is
+    asked), and `_hub_unreachable`'s memo cleared around the test."""
+    import http.server
+    import threading
+
+    from huggingface_hub import constants
+
+    from vistog_bench.task_catalog import _hub_unreachable
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):  # noqa: N802 - the handler's API
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+    _hub_unreachable.cache_clear()
+    yield server
+    server.shutdown()
+    _hub_unreachable.cache_clear()
+
+
+def test_online_with_the_hub_reachable_datasets_download_and_local_files_are_checked(manager, user_tasks, local_hub,
+                                                                                     monkeypatch):  # fmt: skip
     import datasets
 
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
@@ -172,6 +201,22 @@ def test_online_the_hub_is_not_probed_and_local_files_are_checked_either_way(man
     assert message == f"tiny_file_vqa reads {user_tasks / 'tiny.parquet'}, which does not exist"
     pd.DataFrame({"question": ["q"], "answer": ["a"]}).to_parquet(user_tasks / "tiny.parquet")
     check_tasks_available(manager, ["tiny_file_vqa"], None)
+
+
+def test_online_with_the_hub_unreachable_only_the_cache_counts(manager, local_hub, monkeypatch):
+    import datasets
+    from huggingface_hub import constants
+
+    from vistog_bench.task_catalog import _hub_unreachable
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    port = local_hub.server_port
+    local_hub.shutdown()
+    local_hub.server_close()  # nothing listens on the port now: the connection is refused at once
+    _hub_unreachable.cache_clear()
+    message = _error(manager, ["gqa"])
+    assert f"the hub http://127.0.0.1:{port} cannot be reached" in message and "--tasks gqa_local" in message
+    assert (datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE) == (False, False)  # restored after the lookup
 
 
 def test_unknown_names_and_local_tasks_without_a_mirror_are_refused(manager, offline, tmp_path):

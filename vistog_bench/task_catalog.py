@@ -11,7 +11,9 @@ before any model loads.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import functools
 import importlib.resources
 import logging
 import os
@@ -164,6 +166,38 @@ def _hub_offline() -> bool:
     return bool(datasets.config.HF_HUB_OFFLINE)
 
 
+@functools.cache
+def _hub_unreachable() -> str | None:
+    """Why the hub cannot be reached from here (one HEAD request to its endpoint, 5 s at most), or None."""
+    from huggingface_hub import constants, get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=5)
+    except Exception as exc:  # noqa: BLE001 - DNS failure, refused, timed out, proxy error: all mean "cannot reach"
+        return f"the hub {constants.ENDPOINT} cannot be reached ({type(exc).__name__})"
+    return None
+
+
+def _why_cache_only() -> str | None:
+    """Why a hub dataset can come only from the local cache here (offline mode, or no route to the hub), or None."""
+    return "HF_HUB_OFFLINE is set" if _hub_offline() else _hub_unreachable()
+
+
+@contextlib.contextmanager
+def _cache_lookups_only():
+    """datasets and huggingface_hub in offline mode for the lookups inside (restored after): with the hub unreachable
+    they then answer from the cache at once instead of retrying the network, as datasets falls back to the cache."""
+    import datasets
+    from huggingface_hub import constants
+
+    saved = datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE = saved
+
+
 def _datasets_cache_problem(path: str, name, cache_dir, kwargs: dict) -> str | None:
     """Why `datasets.load_dataset(path, name, ...)` would fail offline, or None: load_dataset_builder with the same
     arguments runs the same lookup (datasets' cache module, `<cache>/<org>___<name>/<config>/...`) and reads no data.
@@ -223,9 +257,9 @@ def _files_problem(task: str, data_files, yaml_path: str | None) -> str | None:
     return None
 
 
-def _task_problems(task: str, config: dict, yaml_path: str | None, requested: str, offline: bool) -> list[str]:
-    """Why the data of one YAML-configured, non-local task cannot be loaded here ([] when it can, or when we cannot
-    tell without the network)."""
+def _task_problems(task: str, config: dict, yaml_path: str | None, requested: str) -> list[str]:
+    """Why the data of one YAML-configured, non-local task cannot be loaded here ([] when it can, or when the hub is
+    reachable and datasets may download what its cache lacks)."""
     path = config.get("dataset_path")
     if not isinstance(path, str):
         return []
@@ -236,8 +270,18 @@ def _task_problems(task: str, config: dict, yaml_path: str | None, requested: st
     if path in ("csv", "json", "parquet", "text", "pandas", "arrow"):  # lmms_eval.utils._LOCAL_BUILDERS
         problem = _files_problem(task, kwargs.get("data_files"), yaml_path)
         return [problem] if problem else []
-    if os.path.isdir(os.path.expanduser(path)) or not offline:
-        return []  # a local dataset folder, or online: datasets downloads what its cache lacks
+    if os.path.isdir(os.path.expanduser(path)):
+        return []  # a local dataset folder
+    cache_only = _why_cache_only()
+    if cache_only is None:
+        return []  # online: datasets downloads what its cache lacks
+    with _cache_lookups_only():
+        return _hub_task_problems(task, path, config, kwargs, requested, cache_only)
+
+
+def _hub_task_problems(task: str, path: str, config: dict, kwargs: dict, requested: str, cache_only: str) -> list[str]:
+    """The hub dataset (and videos) of a built-in task looked up in the local caches; `cache_only` says why only
+    they count."""
     if path.startswith(("/", ".", "~")) or path.count("/") > 1:
         return [f"{task} reads {path}, which is not a folder"]
 
@@ -249,7 +293,7 @@ def _task_problems(task: str, config: dict, yaml_path: str | None, requested: st
         videos = resolve_cache_dir(str(kwargs["cache_dir"]), base_dir=hub_home)
         if not os.path.exists(videos) and not _hub_snapshot_cached(path, str(kwargs.get("revision", "main"))):
             return [f"{task} needs its videos in {videos} (unpacked from the hub dataset {path}), which is not there "
-                    f"and HF_HUB_OFFLINE is set; {_local_route(task, requested)}"]  # fmt: skip
+                    f"and {cache_only}; {_local_route(task, requested)}"]  # fmt: skip
     from lmms_eval.api.task import _resolve_hf_datasets_cache_dir  # where ConfigurableTask.download points datasets
 
     # a video task's cache_dir is its video folder (consumed above); otherwise it overrides the datasets cache
@@ -261,7 +305,7 @@ def _task_problems(task: str, config: dict, yaml_path: str | None, requested: st
             config_text = f" (config {name})" if name else ""
             where = where or datasets_default_cache()
             return [f"{task} needs the hub dataset {repo}{config_text}, which is not in the datasets cache {where} "
-                    f"and HF_HUB_OFFLINE is set; {_local_route(task, requested)}"]  # one line per task is enough
+                    f"and {cache_only}; {_local_route(task, requested)}"]  # one line per task is enough
     return []
 
 
@@ -278,7 +322,7 @@ def check_tasks_available(manager, tasks, data_dir: str | os.PathLike | None = N
 
     - our `*_local` tasks: their mirror files under `data_dir` (or $VISTOG_DATA_DIR), readable, non-empty, with the
       columns the task reads (vistog_bench.offline_data.check_local_data);
-    - lmms-eval's built-in (hub) tasks, when HF_HUB_OFFLINE is set: their dataset (and config) in the datasets cache
+    - lmms-eval's built-in (hub) tasks, when HF_HUB_OFFLINE is set or the hub cannot be reached: their dataset (and config) in the datasets cache
       lmms-eval loads from, video folders in $HF_HOME or the hub cache; the message names the hub dataset and the
       local route (`gqa_local --data-dir DIR`, docs/offline-data.md);
     - tasks reading local files (`dataset_path: parquet` + `data_files`, `load_from_disk`): the files exist.
@@ -289,14 +333,13 @@ def check_tasks_available(manager, tasks, data_dir: str | os.PathLike | None = N
     names = list(tasks)
     check_task_names(manager, names)
     messages: list[str] = []
-    offline = _hub_offline()
     local: list[str] = []
     for requested in names:
         for task, config, yaml_path in leaf_tasks(manager, [requested]):
             if task in offline_data.LOCAL_TASKS:
                 local.append(task)
             elif config is not None:
-                found = _task_problems(task, config, yaml_path, requested, offline)
+                found = _task_problems(task, config, yaml_path, requested)
                 messages.extend(m for m in found if m not in messages)
     messages = offline_data.check_local_data(list(dict.fromkeys(local)), data_dir) + messages
     if messages:
