@@ -29,9 +29,19 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import (
+    AllowInfNan,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+)
 
 from .errors import UsageError
 
@@ -64,6 +74,11 @@ def failed_status(reason: str) -> str:
     return FAILED_PREFIX + " ".join(str(reason).split())
 
 
+# Field types the readers check (pydantic validates each record against its dataclass; writers are not slowed).
+Number = Annotated[StrictFloat, AllowInfNan(False)]  # a finite number (an int is accepted as one)
+Count = StrictInt | Number  # tokens and bytes: integers as written; a float from another writer is accepted
+
+
 @dataclass(frozen=True)
 class CellKey:
     """One cell of a sweep."""
@@ -80,15 +95,15 @@ class CellKey:
 class CellResult:
     """lmms-eval's results for one (task, method, budget): metric name -> value, and its stderr where given."""
 
-    task: str
-    method: str
-    budget: int
-    status: str
-    metrics: dict[str, float] = field(default_factory=dict)
-    stderr: dict[str, float] = field(default_factory=dict)
-    n_samples: int = 0  # samples scored
-    elapsed_s: float | None = None
-    n_failed: int = 0  # samples that failed alone (an undecodable image) and were left out of the metrics
+    task: StrictStr
+    method: StrictStr
+    budget: StrictInt
+    status: StrictStr
+    metrics: dict[str, Any] = field(default_factory=dict)  # lmms-eval's values: numbers, NaN, "N/A", None
+    stderr: dict[str, Any] = field(default_factory=dict)
+    n_samples: StrictInt = 0  # samples scored
+    elapsed_s: Number | None = None
+    n_failed: StrictInt = 0  # samples that failed alone (an undecodable image) and were left out of the metrics
 
     @property
     def key(self) -> CellKey:
@@ -101,16 +116,16 @@ class CellResult:
 
 @dataclass(frozen=True)
 class RunManifest:
-    run_id: str
-    command: list[str]
+    run_id: StrictStr
+    command: list[StrictStr]
     config: dict[str, Any]
-    git_sha: str | None
-    versions: dict[str, str]
+    git_sha: StrictStr | None
+    versions: dict[str, Any]
     device: dict[str, Any]
-    seed: int
-    started_at: str
-    finished_at: str | None = None
-    prompt_templates: dict[str, dict[str, str]] = field(default_factory=dict)  # checkpoint -> {source, style}
+    seed: StrictInt
+    started_at: StrictStr
+    finished_at: StrictStr | None = None
+    prompt_templates: dict[str, dict[str, Any]] = field(default_factory=dict)  # checkpoint -> {source, style}
 
 
 @dataclass(frozen=True)
@@ -119,44 +134,53 @@ class ProfileRecord:
 
     Stage times are milliseconds; `ttft_ms` is the time to first token (request start -> the first token's
     logits: preprocess, vision, grouping, projector, prefill). Token counts are request totals, summed over the
-    prompts of a batch. `kind="analytic"` records (from `vistog-bench profile --analytic`, `path="analytic"`) carry
-    FLOPs and bytes and no times. For controlled measurements they are medians over repeats and `stats` holds
-    `{stage: {"median", "p10", "p90", "cv", "n"}}`. `path` says which execution path produced the numbers
-    (`eager` or `compiled`). FLOPs: `flops` holds analytic values per stage, `counted_flops` what
-    `torch.utils.flop_counter.FlopCounterMode` counted. `null_reasons` says why a field is None
+    prompts of a batch. `kind="analytic"` records (from `vistog-bench profile --analytic`,
+    `execution_path="analytic"`) carry FLOPs and bytes and no times. For controlled measurements they are medians over
+    repeats and `stats` holds `{stage: {"median", "p10", "p90", "cv", "n"}}`. `execution_path` says which execution
+    path produced the numbers (`eager` or `compiled`); files and callers that still say `path` are read as before
+    (`path=` to the constructor, `record.path`, a `"path"` key). FLOPs: `flops` holds analytic values per stage,
+    `counted_flops` what `torch.utils.flop_counter.FlopCounterMode` counted. `null_reasons` says why a field is None
     (e.g. `{"energy_j": "NVML not available: no NVIDIA driver"}`).
     """
 
-    kind: str
-    method: str
-    budget: int
-    batch_size: int
-    device: str
-    dtype: str
-    path: str = "eager"
-    task: str | None = None
-    visual_tokens: int | None = None
-    text_tokens: int | None = None
-    output_tokens: int | None = None
-    preprocess_ms: float | None = None
-    vision_ms: float | None = None
-    grouping_ms: float | None = None
-    projector_ms: float | None = None
-    prefill_ms: float | None = None
-    ttft_ms: float | None = None
-    decode_ms: float | None = None
-    decode_per_token_ms: float | None = None
-    total_ms: float | None = None
-    stats: dict[str, dict[str, float]] = field(default_factory=dict)
-    flops: dict[str, float] = field(default_factory=dict)
-    counted_flops: dict[str, float] = field(default_factory=dict)
-    peak_memory_bytes: dict[str, int] = field(default_factory=dict)
-    kv_cache_bytes: int | None = None
-    weight_bytes: int | None = None
-    energy_j: float | None = None
-    peak_rss_bytes: int | None = None
+    kind: StrictStr
+    method: StrictStr
+    budget: StrictInt
+    batch_size: Annotated[StrictInt, Field(ge=1)]
+    device: StrictStr
+    dtype: StrictStr
+    execution_path: StrictStr = "eager"
+    task: StrictStr | None = None
+    visual_tokens: Count | None = None
+    text_tokens: Count | None = None
+    output_tokens: Count | None = None
+    preprocess_ms: Number | None = None
+    vision_ms: Number | None = None
+    grouping_ms: Number | None = None
+    projector_ms: Number | None = None
+    prefill_ms: Number | None = None
+    ttft_ms: Number | None = None
+    decode_ms: Number | None = None
+    decode_per_token_ms: Number | None = None
+    total_ms: Number | None = None
+    stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    flops: dict[str, Number] = field(default_factory=dict)
+    counted_flops: dict[str, Number] = field(default_factory=dict)
+    peak_memory_bytes: dict[str, Count] = field(default_factory=dict)
+    kv_cache_bytes: Count | None = None
+    weight_bytes: Count | None = None
+    energy_j: Number | None = None
+    peak_rss_bytes: Count | None = None
     null_reasons: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    path: InitVar[str | None] = None  # the old name of execution_path, accepted from writers and files
+
+    def __post_init__(self, path: str | None) -> None:
+        if path is not None:
+            object.__setattr__(self, "execution_path", path)
+
+
+ProfileRecord.path = property(lambda self: self.execution_path, doc="The old name of `execution_path`.")
 
 
 def _disk_full(exc: OSError, path: Path) -> OSError:
@@ -419,13 +443,25 @@ def disk_full_message(exc: OSError, resume_hint: bool = False) -> str:
     return line + (f"; free space, then `vistog-bench run --resume {folder}` completes it" if resume_hint else "")
 
 
-def _from_dict(cls, data: dict[str, Any], source: Path):
-    names = {f.name for f in dataclasses.fields(cls)}
-    required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
-    if not isinstance(data, dict) or not required <= data.keys():
-        missing = sorted(required - set(data)) if isinstance(data, dict) else sorted(required)
-        raise UsageError(f"malformed result file {source}: a {cls.__name__} record lacks {', '.join(missing)}")
-    return cls(**{k: v for k, v in data.items() if k in names})
+_ADAPTERS = {cls: TypeAdapter(cls) for cls in (CellResult, RunManifest, ProfileRecord)}
+
+
+def validation_message(exc: ValidationError) -> str:
+    """A pydantic error on one line: the first problem, where it is, and how many more there are."""
+    errors = exc.errors()
+    first = errors[0]
+    where = ".".join(str(part) for part in first["loc"])
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where + ': ' if where else ''}{first['msg']}{more}"
+
+
+def _from_dict(cls, data: Any, source: Path, index: int | None = None):
+    """A record of `cls` checked against its field types; unknown keys are ignored (newer writers may add some)."""
+    try:
+        return _ADAPTERS[cls].validate_python(data)
+    except ValidationError as exc:
+        which = f"{cls.__name__} record" + ("" if index is None else f" {index}")
+        raise UsageError(f"malformed result file {source}: {which}: {validation_message(exc)}") from None
 
 
 class RunDir:
@@ -530,11 +566,11 @@ class RunDir:
         data = read_json(path)
         if not isinstance(data, list):
             raise UsageError(f"malformed result file {path}: expected a list of cell records")
-        return [_from_dict(CellResult, item, path) for item in data]
+        return [_from_dict(CellResult, item, path, index) for index, item in enumerate(data)]
 
     def profile(self) -> list[ProfileRecord]:
         path = self.path / PROFILE_FILE
-        return [_from_dict(ProfileRecord, item, path) for item in read_jsonl(path)]
+        return [_from_dict(ProfileRecord, item, path, index) for index, item in enumerate(read_jsonl(path))]
 
 
 def load_run(path: str | os.PathLike) -> RunDir:

@@ -1,20 +1,19 @@
 """From result folders to report rows: scores, retention, latency, speedup, and where each number came from.
 
-Reads only files (through `vistog_bench.results`); nothing here runs a model.
+Reads only files (through `vistog_bench.results`, which checks every record against its schema); nothing here runs a
+model. Full budget, retention, speedup, its interval and which profile records count come from
+`vistog_bench.analysis`, the derivation `check` uses too; this module adds what only a report needs:
 
-Definitions (docs/reports.md repeats them for users):
-- Full budget of a run: method `none` at the largest budget it has; a run without `none` uses its largest budget
-  (and the report says so). Accuracy and latency each take the full budget from their own run.
-- Retention of a task = score / the same run's full-budget score of that task; average retention = the mean over the
-  tasks where both exist.
-- Latency: a `kind="controlled"` record at batch size 1 when the run has one for that method@budget (a compiled one
-  before an eager one, the last written when several remain), else the medians over its `kind="request"` records.
+- Accuracy and latency each take the full budget from their own run (its cells, its measured profile records).
+  Average retention = the mean over the tasks where both a score and a full-budget score exist.
+- Latency of a row: the headline `analysis.Measurement` of its method@budget (controlled: batch size 1, a compiled
+  path before an eager one, the longest forced output; else the medians over its requests).
 - TTFT: the profiler's measured time to first token (`ttft_ms`: request start -> first token's logits,
   preprocessing and glue included) when every row has it; else vision + grouping + projector + prefill (CPU
   preprocessing excluded, a missing grouping or projector stage counts 0, a missing prefill makes it n/a). One
   definition per table; the provenance line says which.
-- Speedup = full-budget total_ms / this total_ms, both from the same run and, where possible, the same kind, path
-  and batch size.
+- Speedup: divided by the full-budget measurement made the same way where there is one (else the full budget's
+  headline measurement, and a note says so).
 - Prefill TFLOPs = analytic `flops["prefill"]` / 1e12 (counted FLOPs when no analytic value). KV cache and peak
   memory in MiB (peak = the largest value in `peak_memory_bytes`). Joules per sample = energy_j / batch size.
 """
@@ -28,6 +27,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..analysis import (
+    FULL_BUDGET_METHOD,
+    MEASURED_KINDS,
+    FullBudget,
+    Measurement,
+    Speedup,
+    finite,
+    full_budget,
+    headline_measurement,
+    measurements,
+    median,
+    reference_measurement,
+    retention,
+    speedup,
+)
 from ..errors import UsageError
 from ..results import (
     FAILED_PREFIX,
@@ -38,19 +52,15 @@ from ..results import (
     RunManifest,
     load_run,
 )
-from .metrics import Headline, as_number, headline_metric, headline_value
+from .metrics import Headline, headline_metric, headline_value
 
-FULL_METHOD = "none"
 MIB = 2.0**20
 LATENCY_STAGES = ("preprocess", "vision", "grouping", "projector", "prefill", "decode")
 TTFT_STAGES = ("vision", "grouping", "projector", "prefill")
-PATH_PREFERENCE = ("compiled", "eager")
-MEASURED_KINDS = ("controlled", "request")  # other kinds (e.g. "analytic": FLOPs and roofline floors, no times) are
-# not latency measurements and stay out of the tables; a note counts them
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# loading and validation
+# loading
 # ---------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RunData:
@@ -66,54 +76,10 @@ class RunData:
         return str(self.manifest.run_id)
 
 
-def _check(condition: bool, source: Path, what: str) -> None:
-    if not condition:
-        raise UsageError(f"malformed result file {source}: {what}")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _validate_cell(cell: CellResult, source: Path) -> None:
-    where = f"cell {cell.task!r} {cell.method!r} {cell.budget!r}"
-    _check(isinstance(cell.task, str) and isinstance(cell.method, str), source, f"{where}: task and method must be text")
-    _check(_is_int(cell.budget), source, f"{where}: budget must be an integer")
-    _check(isinstance(cell.status, str), source, f"{where}: status must be text")
-    _check(isinstance(cell.metrics, dict) and isinstance(cell.stderr, dict), source, f"{where}: metrics and stderr must be objects")
-
-
-def _validate_record(record: ProfileRecord, source: Path) -> None:
-    where = f"profile record {record.kind!r} {record.method!r} {record.budget!r}"
-    _check(isinstance(record.kind, str), source, f"{where}: kind must be text")
-    _check(isinstance(record.method, str) and _is_int(record.budget), source, f"{where}: method text, budget integer")
-    _check(_is_int(record.batch_size) and record.batch_size >= 1, source, f"{where}: batch_size must be a positive integer")
-    for stage in LATENCY_STAGES + ("total", "decode_per_token"):
-        value = getattr(record, f"{stage}_ms")
-        _check(value is None or as_number(value) is not None, source, f"{where}: {stage}_ms must be a number or null")
-    for name in ("visual_tokens", "text_tokens", "output_tokens", "kv_cache_bytes", "energy_j"):
-        value = getattr(record, name)
-        _check(value is None or as_number(value) is not None, source, f"{where}: {name} must be a number or null")
-    for name in ("flops", "counted_flops", "peak_memory_bytes", "stats"):
-        _check(isinstance(getattr(record, name), dict), source, f"{where}: {name} must be an object")
-
-
 def read_run(path: str | Path) -> RunData:
     """Open and check one run folder; any missing or malformed file raises `UsageError` naming it."""
     run = load_run(path)
-    manifest = run.manifest()
-    _check(isinstance(manifest.config, dict) and isinstance(manifest.device, dict), run.path / "manifest.json",
-           "config and device must be objects")
-    cells = run.cells()
-    for cell in cells:
-        _validate_cell(cell, run.path / "metrics.json")
-    try:
-        profile = run.profile()
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"malformed result file {run.path / 'profile.jsonl'}: {exc}") from None
-    for record in profile:
-        _validate_record(record, run.path / "profile.jsonl")
-    return RunData(run.path, manifest, tuple(cells), tuple(profile))
+    return RunData(run.path, run.manifest(), tuple(run.cells()), tuple(run.profile()))
 
 
 def read_runs(paths: Sequence[str | Path]) -> list[RunData]:
@@ -206,25 +172,33 @@ def manifest_setup(manifest: RunManifest) -> Setup:
 # ---------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Efficiency:
-    """Latency, FLOPs, memory and energy of one method@budget in one run."""
+    """Latency, FLOPs, memory and energy of one measurement of a method@budget in one run (medians over its
+    records: one controlled record is its own median)."""
 
     run_id: str
     method: str
     budget: int
-    kind: str  # "controlled" or "request"
-    n_records: int
+    measurement: Measurement
     setup: Setup
     visual_tokens: float | None  # per sample (records hold request totals, summed over the batch)
     stage_ms: dict[str, float | None]
     measured_ttft_ms: float | None  # the profiler's own request start -> first token's logits (ProfileRecord.ttft_ms)
     decode_per_token_ms: float | None
     total_ms: float | None
-    total_spread_ms: tuple[float, float] | None  # (p10, p90) of total, where the record has them
+    total_spread_ms: tuple[float, float] | None  # (p10, p90) of a single controlled record's repeats
     prefill_tflops: float | None
     flops_source: str | None  # "analytic" | "counted"
     kv_cache_mib: float | None
     peak_memory_mib: float | None
     joules_per_sample: float | None
+
+    @property
+    def kind(self) -> str:
+        return self.measurement.kind
+
+    @property
+    def n_records(self) -> int:
+        return len(self.measurement.records)
 
     @property
     def stage_sum_ttft_ms(self) -> float | None:
@@ -243,24 +217,10 @@ class Efficiency:
         return f"request median (n={self.n_records})"
 
 
-def _median(values: Iterable[Any]) -> float | None:
-    numbers = [as_number(v) for v in values]
-    numbers = [v for v in numbers if v is not None]
-    return statistics.median(numbers) if numbers else None
-
-
-def _prefill_flops(record: ProfileRecord) -> tuple[float | None, str | None]:
-    for source, table in (("analytic", record.flops), ("counted", record.counted_flops)):
-        value = as_number(table.get("prefill"))
-        if value is not None:
-            return value, source
-    return None, None
-
-
-def _peak_bytes(record: ProfileRecord) -> float | None:
-    values = [as_number(v) for v in record.peak_memory_bytes.values()]
-    values = [v for v in values if v is not None]
-    return max(values) if values else None
+def _per_sample(total: Any, record: ProfileRecord) -> float | None:
+    """Token counts in records are request totals, summed over the batch's prompts."""
+    number = finite(total)
+    return None if number is None else number / record.batch_size
 
 
 def _distinct_text(values: Iterable[Any]) -> str | None:
@@ -268,142 +228,70 @@ def _distinct_text(values: Iterable[Any]) -> str | None:
     return "/".join(seen) if seen else None
 
 
-def _efficiency_from(records: list[ProfileRecord], run: RunData, kind: str) -> Efficiency:
-    run_id, device_name = run.run_id, manifest_device(run.manifest)
-    first = records[-1]
-    if kind == "controlled":
-        record = first
-        flops, flops_source = _prefill_flops(record)
-        stats_total = record.stats.get("total", {}) if isinstance(record.stats.get("total"), dict) else {}
-        p10, p90 = as_number(stats_total.get("p10")), as_number(stats_total.get("p90"))
-        peak = _peak_bytes(record)
-        energy = as_number(record.energy_j)
-        return Efficiency(
-            run_id=run_id,
-            method=record.method,
-            budget=record.budget,
-            kind=kind,
-            n_records=1,
-            setup=Setup(record_device(record, device_name), record.dtype, record.path, str(record.batch_size),
-                        None if record.output_tokens is None else f"{_per_sample(record.output_tokens, record):g} (forced)"),
-            visual_tokens=_per_sample(record.visual_tokens, record),
-            stage_ms={s: as_number(getattr(record, f"{s}_ms")) for s in LATENCY_STAGES},
-            measured_ttft_ms=as_number(record.ttft_ms),
-            decode_per_token_ms=as_number(record.decode_per_token_ms),
-            total_ms=as_number(record.total_ms),
-            total_spread_ms=(p10, p90) if p10 is not None and p90 is not None else None,
-            prefill_tflops=None if flops is None else flops / 1e12,
-            flops_source=flops_source,
-            kv_cache_mib=None if as_number(record.kv_cache_bytes) is None else record.kv_cache_bytes / MIB,
-            peak_memory_mib=None if peak is None else peak / MIB,
-            joules_per_sample=None if energy is None else energy / record.batch_size,
-        )
-    flops = [_prefill_flops(r) for r in records]
-    flops_source = next((s for _, s in flops if s is not None), None)
-    prefill_flops = _median(f for f, s in flops if s == flops_source)
-    peak = _median(_peak_bytes(r) for r in records)
-    energy = _median((as_number(r.energy_j) / r.batch_size) if as_number(r.energy_j) is not None else None for r in records)
-    kv = _median(r.kv_cache_bytes for r in records)
-    output = _median(_per_sample(r.output_tokens, r) for r in records)
-    return Efficiency(
-        run_id=run_id,
-        method=first.method,
-        budget=first.budget,
-        kind=kind,
-        n_records=len(records),
-        setup=Setup(
-            _distinct_text(record_device(r, device_name) for r in records),
-            _distinct_text(r.dtype for r in records),
-            _distinct_text(r.path for r in records),
-            _distinct_text(r.batch_size for r in records),
-            None if output is None else f"median {output:g}",
-        ),
-        visual_tokens=_median(_per_sample(r.visual_tokens, r) for r in records),
-        stage_ms={s: _median(getattr(r, f"{s}_ms") for r in records) for s in LATENCY_STAGES},
-        measured_ttft_ms=_median(r.ttft_ms for r in records),
-        decode_per_token_ms=_median(r.decode_per_token_ms for r in records),
-        total_ms=_median(r.total_ms for r in records),
-        total_spread_ms=None,
-        prefill_tflops=None if prefill_flops is None else prefill_flops / 1e12,
-        flops_source=flops_source,
-        kv_cache_mib=None if kv is None else kv / MIB,
-        peak_memory_mib=None if peak is None else peak / MIB,
-        joules_per_sample=energy,
+def _measured_setup(measurement: Measurement, device_name: str | None) -> Setup:
+    records = measurement.records
+    output = median(_per_sample(r.output_tokens, r) for r in records)
+    forced = measurement.kind == "controlled"
+    return Setup(
+        _distinct_text(record_device(r, device_name) for r in records),
+        _distinct_text(r.dtype for r in records),
+        _distinct_text(r.execution_path for r in records),
+        _distinct_text(r.batch_size for r in records),
+        None if output is None else (f"{output:g} (forced)" if forced else f"median {output:g}"),
     )
 
 
-def _per_sample(total: float | None, record: ProfileRecord) -> float | None:
-    """Token counts in records are request totals, summed over the batch's prompts."""
-    return None if as_number(total) is None else total / record.batch_size
+def _prefill_flops(records: Sequence[ProfileRecord]) -> tuple[float | None, str | None]:
+    """The median prefill FLOPs of the first source any record has: analytic, else counted."""
+    for source, table in (("analytic", "flops"), ("counted", "counted_flops")):
+        value = median(getattr(r, table).get("prefill") for r in records)
+        if value is not None:
+            return value, source
+    return None, None
 
 
-def _path_rank(path: str) -> int:
-    return PATH_PREFERENCE.index(path) if path in PATH_PREFERENCE else len(PATH_PREFERENCE)
+def _total_spread(records: Sequence[ProfileRecord]) -> tuple[float, float] | None:
+    if len(records) != 1 or not isinstance(records[0].stats.get("total"), dict):
+        return None
+    total = records[0].stats["total"]
+    p10, p90 = finite(total.get("p10")), finite(total.get("p90"))
+    return (p10, p90) if p10 is not None and p90 is not None else None
 
 
-def select_efficiency(run: RunData, method: str, budget: int, like: Setup | None = None) -> Efficiency | None:
-    """The latency numbers the main table uses for method@budget of one run (see the module docstring).
+def _mib(value: float | None) -> float | None:
+    return None if value is None else value / MIB
 
-    `like`: prefer records measured like this (used to pick the full-budget record a speedup divides by).
-    """
-    matching = [r for r in run.profile if r.method == method and r.budget == budget]
-    controlled = [r for r in matching if r.kind == "controlled"]
-    if controlled:
-        if like is not None:
-            name = manifest_device(run.manifest)
-            same = [r for r in controlled
-                    if (record_device(r, name), r.path, r.dtype, str(r.batch_size)) == like.comparable()]
-            if same:
-                return _efficiency_from(same, run, "controlled")
-        batch_one = [r for r in controlled if r.batch_size == 1] or controlled
-        best_rank = min(_path_rank(r.path) for r in batch_one)
-        chosen = [r for r in batch_one if _path_rank(r.path) == best_rank]
-        return _efficiency_from(chosen, run, "controlled")
-    requests = [r for r in matching if r.kind == "request"]
-    if requests:
-        return _efficiency_from(requests, run, "request")
-    return None
+
+def efficiency_of(measurement: Measurement, run: RunData) -> Efficiency:
+    """The report's numbers for one measurement (the medians over its records)."""
+    records = measurement.records
+    flops, flops_source = _prefill_flops(records)
+    peaks = median(max((finite(v) for v in r.peak_memory_bytes.values() if finite(v) is not None), default=None)
+                   for r in records)
+    return Efficiency(
+        run_id=run.run_id,
+        method=records[0].method,
+        budget=records[0].budget,
+        measurement=measurement,
+        setup=_measured_setup(measurement, manifest_device(run.manifest)),
+        visual_tokens=median(_per_sample(r.visual_tokens, r) for r in records),
+        stage_ms={s: median(getattr(r, f"{s}_ms") for r in records) for s in LATENCY_STAGES},
+        measured_ttft_ms=median(r.ttft_ms for r in records),
+        decode_per_token_ms=median(r.decode_per_token_ms for r in records),
+        total_ms=measurement.total_ms,
+        total_spread_ms=_total_spread(records),
+        prefill_tflops=None if flops is None else flops / 1e12,
+        flops_source=flops_source,
+        kv_cache_mib=_mib(median(r.kv_cache_bytes for r in records)),
+        peak_memory_mib=_mib(peaks),
+        joules_per_sample=median(_per_sample(r.energy_j, r) for r in records),
+    )
 
 
 def stage_efficiencies(run: RunData) -> list[Efficiency]:
-    """Every distinct measurement setup of a run, for the latency-by-stage table: each controlled (method, budget,
-    path, batch size, device, dtype) — the last written — and the request medians per (method, budget, batch size)."""
-    out: list[Efficiency] = []
-    groups: dict[tuple, list[ProfileRecord]] = {}
-    for record in run.profile:
-        if record.kind not in MEASURED_KINDS:
-            continue
-        if record.kind == "controlled":
-            key = ("controlled", record.method, record.budget, record.path, record.batch_size, record.device, record.dtype)
-        else:
-            key = ("request", record.method, record.budget, None, record.batch_size, None, None)
-        groups.setdefault(key, []).append(record)
-    for key, records in groups.items():
-        out.append(_efficiency_from(records, run, key[0]))
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# full budget
-# ---------------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class FullBudget:
-    method: str
-    budget: int
-    note: str | None  # set when the run has no `none` method and the largest budget stands in
-
-
-def full_budget(keys: Iterable[tuple[str, int]], run_id: str, what: str) -> FullBudget | None:
-    """The full-budget (method, budget) among a run's cells or profile records."""
-    keys = sorted(set(keys))
-    if not keys:
-        return None
-    none_budgets = [b for m, b in keys if m == FULL_METHOD]
-    if none_budgets:
-        return FullBudget(FULL_METHOD, max(none_budgets), None)
-    top = max(b for _, b in keys)
-    method = min(m for m, b in keys if b == top)
-    return FullBudget(method, top, f"run {run_id} has no `{FULL_METHOD}` {what}; its full budget is taken as {method}@{top}")
+    """Every measurement of a run, for the latency-by-stage table."""
+    keys = dict.fromkeys((r.method, r.budget) for r in run.profile if r.kind in MEASURED_KINDS)
+    return [efficiency_of(m, run) for method, budget in keys for m in measurements(run.profile, method, budget)]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -432,7 +320,7 @@ class Row:
     n_retention: int = 0
     n_scored: int = 0
     efficiency: Efficiency | None = None
-    speedup: float | None = None
+    speedup: Speedup | None = None
     setup: Setup = field(default_factory=Setup)
     full_budget: bool = False
     accuracy_run: str | None = None  # the run the scores come from
@@ -496,18 +384,18 @@ def _task_headlines(cells: Mapping[tuple[str, str, int], CellResult], full: Full
 
 def _accuracy_parts(run: RunData, notes: list[str]) -> dict[tuple[str, int], Accuracy]:
     cells = {(c.task, c.method, c.budget): c for c in run.cells}  # last record of a key wins
-    full = full_budget(((m, b) for _, m, b in cells), run.run_id, "cells")
-    if full is not None and full.note:
-        notes.append(full.note)
+    full = full_budget((m, b) for _, m, b in cells)
     if full is None:
         return {}
+    if full.stand_in:
+        notes.append(full.note(run.run_id, "cells"))
     headlines = _task_headlines(cells, full)
     reference: dict[str, float] = {}
     for (task, method, budget), cell in cells.items():
         if (method, budget) != (full.method, full.budget) or not cell.ok or task not in headlines:
             continue
         value = headline_value(headlines[task], cell.metrics)
-        if value is not None and value != 0:
+        if retention(value, value) is not None:  # a finite, nonzero score can be divided by
             reference[task] = value
     for task in sorted({t for t, _, _ in cells} - set(reference)):
         notes.append(f"run {run.run_id}: no usable full-budget ({full.method}@{full.budget}) score for {task}: retention n/a")
@@ -527,42 +415,40 @@ def _accuracy_parts(run: RunData, notes: list[str]) -> dict[tuple[str, int], Acc
             part.scores[task] = Score("n/a", headline=headline,
                                       reason=f"headline metric {headline.metric} is NaN or missing in this cell")
             continue
-        retention = 100.0 * value / reference[task] if task in reference else None
-        part.scores[task] = Score("ok", value, headline, retention)
+        kept = retention(value, reference.get(task))
+        part.scores[task] = Score("ok", value, headline, None if kept is None else 100.0 * kept)
     return parts
 
 
-def _efficiency_parts(run: RunData, notes: list[str]) -> dict[tuple[str, int], tuple[Efficiency, float | None, bool]]:
+def _efficiency_parts(run: RunData, notes: list[str]) -> dict[tuple[str, int], tuple[Efficiency, Speedup | None, bool]]:
     others = sorted({r.kind for r in run.profile if r.kind not in MEASURED_KINDS})
     if others:
         count = sum(r.kind not in MEASURED_KINDS for r in run.profile)
         notes.append(f"run {run.run_id}: {count} profile record(s) of kind {', '.join(others)} left out "
                      "(no measured times; `vistog-bench profile --analytic` prints them)")
     keys = {(r.method, r.budget) for r in run.profile if r.kind in MEASURED_KINDS}
-    full = full_budget(keys, run.run_id, "profile records")
+    full = full_budget(keys)
     if full is None:
         return {}
-    if full.note:
-        notes.append(full.note)
+    if full.stand_in:
+        notes.append(full.note(run.run_id, "profile records"))
+    full_measurements = measurements(run.profile, full.method, full.budget)
     parts = {}
     for method, budget in sorted(keys):
-        eff = select_efficiency(run, method, budget)
-        if eff is None:
-            continue
-        base = select_efficiency(run, full.method, full.budget, like=eff.setup)
-        speedup = None
-        if base is not None and base.total_ms and eff.total_ms:
-            speedup = base.total_ms / eff.total_ms
-            if base.setup.comparable() != eff.setup.comparable():
-                notes.append(f"run {run.run_id}: speedup of {method}@{budget} divides {base.setup.label()} "
-                             f"by {eff.setup.label()} (no full-budget record measured the same way)")
-        parts[(method, budget)] = (eff, speedup, (method, budget) == (full.method, full.budget))
+        eff = efficiency_of(headline_measurement(measurements(run.profile, method, budget)), run)
+        reference, same_way = reference_measurement(full_measurements, eff.measurement)
+        ratio = speedup(reference, eff.measurement) if reference is not None else None
+        if ratio is not None and not same_way:
+            base = efficiency_of(reference, run)
+            notes.append(f"run {run.run_id}: speedup of {method}@{budget} divides {base.setup.label()} "
+                         f"by {eff.setup.label()} (no full-budget record measured the same way)")
+        parts[(method, budget)] = (eff, ratio, (method, budget) == (full.method, full.budget))
     return parts
 
 
 def method_order(method: str) -> tuple[int, str]:
     """`none` first, then baselines alphabetically, `vistog` (ours) last, as papers order their tables."""
-    return (0 if method == FULL_METHOD else 2 if method == "vistog" else 1, method)
+    return (0 if method == FULL_BUDGET_METHOD else 2 if method == "vistog" else 1, method)
 
 
 def build_report_data(runs: list[RunData]) -> ReportData:

@@ -2,7 +2,8 @@
 under the axes.
 
 - retention_vs_speedup: one line per method across its budgets, the Pareto frontier of the measured points, and
-  reported points where a reference file gives both retention and speedup.
+  reported points where a reference file gives both retention and speedup. A speedup's bootstrap interval is a
+  horizontal bar; a flagged (uncertain) speedup is a hollow marker.
 - accuracy_vs_tokens: one panel per task, score against visual tokens, reported points of the same benchmark.
 - stage_breakdown: stacked bars of stage milliseconds per method@budget.
 - flops_vs_latency: measured prefill time against prefill FLOPs, with the line time would follow if it scaled with
@@ -17,8 +18,9 @@ from pathlib import Path
 from matplotlib import rc_context
 from matplotlib.figure import Figure
 
+from ..analysis import CONFIDENCE, CV_THRESHOLD, FULL_BUDGET_METHOD
 from ..results import STAGES
-from .data import FULL_METHOD, ReportData, Row
+from .data import ReportData, Row
 from .metrics import benchmark_family
 from .reference import ReferenceSet
 
@@ -90,13 +92,18 @@ def retention_vs_speedup(data: ReportData, reference: ReferenceSet | None, foote
         return fig
     points = []
     for name, rows in sorted(series.items()):
-        rows = sorted(rows, key=lambda r: r.speedup)
-        xs, ys = [r.speedup for r in rows], [r.avg_retention for r in rows]
+        rows = sorted(rows, key=lambda r: r.speedup.value)
+        xs, ys = [r.speedup.value for r in rows], [r.avg_retention for r in rows]
         points += list(zip(xs, ys))
         ax.plot(xs, ys, marker="o", label=name, color=colors[name])
         for r in rows:
-            ax.annotate(str(r.budget), (r.speedup, r.avg_retention), textcoords="offset points", xytext=(4, 4),
+            _speedup_uncertainty(ax, r, colors[name])
+            ax.annotate(str(r.budget), (r.speedup.value, r.avg_retention), textcoords="offset points", xytext=(4, 4),
                         fontsize=7, color=colors[name])
+    if any(r.speedup.flagged for r in both):
+        ax.text(0.01, 0.01, f"hollow: speedup uncertain (CV > {CV_THRESHOLD:.0%} or its {CONFIDENCE:.0%} interval "
+                "includes 1); bars: that interval", transform=ax.transAxes, ha="left", va="bottom", fontsize=6,
+                color="#444444")
     frontier = pareto_frontier(points)
     if len(frontier) > 1:
         ax.plot([p[0] for p in frontier], [p[1] for p in frontier], ls="--", color="black", lw=1, alpha=0.6,
@@ -113,6 +120,16 @@ def retention_vs_speedup(data: ReportData, reference: ReferenceSet | None, foote
     ax.set_title("Retention vs speedup")
     ax.legend(fontsize=7)
     return fig
+
+
+def _speedup_uncertainty(ax, row: Row, color: str) -> None:
+    """The speedup's bootstrap interval as a horizontal error bar; a hollow marker over a flagged point."""
+    ratio = row.speedup
+    if ratio.low is not None:
+        ax.errorbar([ratio.value], [row.avg_retention], xerr=[[ratio.value - ratio.low], [ratio.high - ratio.value]],
+                    fmt="none", ecolor=color, elinewidth=1, capsize=2, alpha=0.8)
+    if ratio.flagged:
+        ax.scatter([ratio.value], [row.avg_retention], s=36, facecolors="white", edgecolors=color, zorder=3)
 
 
 def pareto_frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -149,7 +166,7 @@ def accuracy_vs_tokens(data: ReportData, reference: ReferenceSet | None, footer:
         budgets = sorted({x for pts in series.values() for x, _ in pts})
         for name, pts in sorted(series.items()):
             pts.sort()
-            if len(pts) == 1 and name.startswith(FULL_METHOD):
+            if len(pts) == 1 and name.startswith(FULL_BUDGET_METHOD):
                 ax.axhline(pts[0][1], ls="--", color="black", lw=1, label=f"{name}@{pts[0][0]} (full)")
             else:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name, color=colors[name])

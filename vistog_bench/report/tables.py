@@ -7,6 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..analysis import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    CONFIDENCE,
+    CV_THRESHOLD,
+    Measurement,
+)
 from ..results import STAGES
 from .data import (
     Efficiency,
@@ -137,10 +144,14 @@ EFFICIENCY_COLUMNS = (
     Column("ttft_ms", "TTFT (ms)", "min", 1),
     Column("total_ms", "E2E (ms)", "min", 1),
     Column("speedup", "Speedup (×)", "max", 2),
+    Column("speedup_ci", f"{CONFIDENCE:.0%} CI of speedup", None, None),
+    Column("timings", "Timed (n)", None, None),
     Column("kv_mib", "KV cache (MiB)", "min", 1),
     Column("peak_mib", "Peak mem (MiB)", "min", 1),
     Column("joules", "J / sample", "min", 2),
 )
+NO_INTERVAL = ("no interval: controlled records keep the median, p10, p90, CV and n of their repeats, not the repeats "
+               "a bootstrap resamples")
 
 
 def measured_ttft_everywhere(effs: list[Efficiency]) -> bool:
@@ -153,7 +164,31 @@ def ttft_definition(measured: bool) -> str:
             if measured else "TTFT = vision + grouping + projector + prefill")
 
 
-def _efficiency_cells(row: Row, measured_ttft: bool) -> dict[str, Cell]:
+def timings_text(measurement: Measurement) -> str:
+    """How many timings a row's latency rests on: `5 requests`, `20 repeats`."""
+    unit = "request" if measurement.kind == "request" else "repeat"
+    return f"{measurement.n_timings} {unit}{'s' if measurement.n_timings != 1 else ''}"
+
+
+def _speedup_cells(row: Row, notes: Footnotes) -> dict[str, Cell]:
+    """The speedup, flagged when it is uncertain (analysis.Speedup.flagged), and its interval."""
+    ratio = row.speedup
+    if ratio is None:
+        return {"speedup": Cell(), "speedup_ci": Cell()}
+    marks = ()
+    if ratio.flagged:
+        marks = (notes.mark(f"speedup of {row.label} uncertain: {'; '.join(ratio.flag_reasons())} "
+                            f"(from {ratio.n_full} and {ratio.n_this} timings)"),)
+    if ratio.low is not None:
+        interval = Cell(f"{ratio.low:.2f}–{ratio.high:.2f}")
+    elif row.full_budget:
+        interval = Cell()
+    else:
+        interval = Cell(text="n/a", marks=(notes.mark(NO_INTERVAL),)) if row.efficiency.kind == "controlled" else Cell()
+    return {"speedup": Cell(ratio.value, marks=marks), "speedup_ci": interval}
+
+
+def _efficiency_cells(row: Row, measured_ttft: bool, notes: Footnotes) -> dict[str, Cell]:
     eff = row.efficiency
     if eff is None:
         return {c.key: Cell() for c in EFFICIENCY_COLUMNS}
@@ -161,16 +196,58 @@ def _efficiency_cells(row: Row, measured_ttft: bool) -> dict[str, Cell]:
         "tflops": eff.prefill_tflops,
         "ttft_ms": eff.ttft_ms(measured_ttft),
         "total_ms": eff.total_ms,
-        "speedup": row.speedup,
+        "timings": timings_text(eff.measurement),
         "kv_mib": eff.kv_cache_mib,
         "peak_mib": eff.peak_memory_mib,
         "joules": eff.joules_per_sample,
     }
-    return {k: Cell(v) for k, v in values.items()}
+    return {**{k: Cell(v) for k, v in values.items()}, **_speedup_cells(row, notes)}
 
 
-def main_table(data: ReportData) -> Table:
-    notes = Footnotes()
+def _score_cell(row: Row, task: str, notes: Footnotes) -> Cell:
+    score = row.scores.get(task)
+    if score is None:
+        return Cell()
+    if score.status == "ok":
+        return Cell(score.value)
+    if score.status == "oom":
+        return Cell(text="OOM")
+    text = "n/a" if score.status == "n/a" else "failed"
+    return Cell(text=text, marks=(notes.mark(f"{task} @ {row.label}: {score.reason}"),))
+
+
+def _retention_cell(row: Row, tasks: list[str], notes: Footnotes) -> Cell:
+    if not row.scores:
+        return Cell()
+    if row.avg_retention is None:
+        return Cell(text="n/a", marks=(notes.mark(
+            "retention n/a: no full-budget score for these benchmarks in the same run"),))
+    scored = len([t for t in tasks if t in row.scores])
+    if row.n_retention < scored:
+        return Cell(row.avg_retention, marks=(notes.mark(
+            f"averaged over the {row.n_retention} of {scored} benchmarks that have both a score and a full-budget "
+            "score"),))
+    return Cell(row.avg_retention)
+
+
+def _row_meta(row: Row) -> dict[str, Any]:
+    """The CSV's per-row provenance columns (raw interval ends included)."""
+    eff, ratio = row.efficiency, row.speedup
+    return {
+        "runs": " ".join(row.run_ids),
+        "device": row.setup.device, "dtype": row.setup.dtype, "path": row.setup.path,
+        "batch_size": row.setup.batch_size, "output_tokens": row.setup.output_tokens,
+        "latency_source": eff.source if eff else None,
+        "flops_source": eff.flops_source if eff else None,
+        "timings_n": eff.measurement.n_timings if eff else None,
+        "speedup_low": ratio.low if ratio else None,
+        "speedup_high": ratio.high if ratio else None,
+        "speedup_cv": ratio.cv if ratio else None,
+    }
+
+
+def _main_columns(data: ReportData) -> tuple[list[Column], dict[str, Any]]:
+    """The main table's columns and each task's headline (its unit), as the first row that has one names it."""
     units = {}
     for task in data.tasks:
         heads = [r.scores[task].headline for r in data.rows if task in r.scores and r.scores[task].headline]
@@ -178,89 +255,77 @@ def main_table(data: ReportData) -> Table:
     columns = [Column("method", "Method", None, None), Column("tokens", "Tokens", None, 0)]
     for task in data.tasks:
         head = units[task]
-        columns.append(Column(f"task:{task}", f"{task} ({head.unit})" if head else task, "max", head.decimals if head else 1))
+        columns.append(Column(f"task:{task}", f"{task} ({head.unit})" if head else task, "max",
+                              head.decimals if head else 1))
     columns.append(Column("retention", "Avg. retention (%)", "max", 1))
-    columns.extend(EFFICIENCY_COLUMNS)
+    return columns + list(EFFICIENCY_COLUMNS), units
 
-    setups = [r.setup for r in data.rows]
-    mixed = is_mixed(setups)
-    measured_ttft = measured_ttft_everywhere([r.efficiency for r in data.rows if r.efficiency])
-    rows: list[dict[str, Cell]] = []
-    meta: list[dict[str, Any]] = []
-    block_starts: set[int] = set()
-    for index, row in enumerate(data.rows):
-        if index > 0 and row.budget != data.rows[index - 1].budget:
-            block_starts.add(index)
-        cells = {"method": Cell(row.label + (" (full)" if row.full_budget else "")), "tokens": Cell(row.visual_tokens)}
-        for task in data.tasks:
-            score = row.scores.get(task)
-            if score is None:
-                cells[f"task:{task}"] = Cell()
-            elif score.status == "ok":
-                cells[f"task:{task}"] = Cell(score.value)
-            elif score.status == "oom":
-                cells[f"task:{task}"] = Cell(text="OOM")
-            elif score.status == "n/a":
-                cells[f"task:{task}"] = Cell(text="n/a", marks=(notes.mark(f"{task} @ {row.label}: {score.reason}"),))
-            else:
-                cells[f"task:{task}"] = Cell(text="failed", marks=(notes.mark(f"{task} @ {row.label}: {score.reason}"),))
-        if not row.scores:
-            cells["retention"] = Cell()
-        elif row.avg_retention is None:
-            cells["retention"] = Cell(text="n/a", marks=(notes.mark(
-                "retention n/a: no full-budget score for these benchmarks in the same run"),))
-        elif row.n_retention < len([t for t in data.tasks if t in row.scores]):
-            cells["retention"] = Cell(row.avg_retention, marks=(notes.mark(
-                f"averaged over the {row.n_retention} of {len([t for t in data.tasks if t in row.scores])} "
-                "benchmarks that have both a score and a full-budget score"),))
-        else:
-            cells["retention"] = Cell(row.avg_retention)
-        cells.update(_efficiency_cells(row, measured_ttft))
-        if mixed:
-            cells["setup"] = Cell(row.setup.label())
-        rows.append(cells)
-        eff = row.efficiency
-        meta.append({
-            "runs": " ".join(row.run_ids),
-            "device": row.setup.device, "dtype": row.setup.dtype, "path": row.setup.path,
-            "batch_size": row.setup.batch_size, "output_tokens": row.setup.output_tokens,
-            "latency_source": eff.source if eff else None,
-            "flops_source": eff.flops_source if eff else None,
-        })
+
+def _drop_empty_efficiency(columns: list[Column], rows: list[dict[str, Cell]]) -> tuple[list[Column], list[Column]]:
+    """Efficiency columns no row has a value for are left out: (columns kept, columns dropped)."""
     empty = [c for c in EFFICIENCY_COLUMNS if all(r[c.key].value is None and r[c.key].text is None for r in rows)]
-    if empty:
-        columns = [c for c in columns if c not in empty]
-        for r in rows:
-            for c in empty:
-                r.pop(c.key, None)
-    if mixed:
-        columns.append(Column("setup", "Setup", None, None))
-    table = Table("main", "Accuracy and efficiency per method @ visual-token budget", columns, rows, [], [],
-                  block_starts, meta)
-    mark_best(table)
+    for r in rows:
+        for c in empty:
+            r.pop(c.key, None)
+    return [c for c in columns if c not in empty], empty
 
-    kinds = {r.efficiency.kind for r in data.rows if r.efficiency}
-    flops_sources = {r.efficiency.flops_source for r in data.rows if r.efficiency and r.efficiency.flops_source}
-    table.provenance = [runs_line(data.runs), setup_lines(setups)]
+
+def _main_provenance(data: ReportData, units: dict[str, Any], measured_ttft: bool, empty: list[Column],
+                     mixed: bool) -> list[str]:
+    effs = [r.efficiency for r in data.rows if r.efficiency]
+    kinds = {e.kind for e in effs}
+    flops_sources = {e.flops_source for e in effs if e.flops_source}
+    lines = [runs_line(data.runs), setup_lines([r.setup for r in data.rows])]
     if kinds:
         described = {"controlled": "controlled measurements (`kind=controlled`: batch size 1 and the compiled path "
                                    "preferred where several exist, forced output length)",
                      "request": "medians over served requests (`kind=request`)"}
-        table.provenance.append(
+        lines.append(
             "Latency from " + " and ".join(described[k] for k in sorted(kinds)) +
             ("; the latency_source column of the CSV says which per row" if len(kinds) > 1 else "") +
             f". {ttft_definition(measured_ttft)}; speedup = full-budget E2E / this E2E, same run. "
             "Prefill TFLOPs: " + (" / ".join(sorted(flops_sources)) or "none recorded") +
             (" (see the flops_source column of the CSV)" if len(flops_sources) > 1 else "") + ".")
+        lines.append(
+            f"Speedup interval: {CONFIDENCE:.0%} percentile bootstrap over the timings behind both medians "
+            f"({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}; Efron & Tibshirani 1993, ch. 13); a speedup "
+            f"whose CV exceeds {CV_THRESHOLD:.0%} or whose interval includes 1.0 is marked. Timed (n): the requests "
+            "or repeats the row's latency rests on.")
     if empty:
-        table.provenance.append("No profile data for: " + ", ".join(c.header for c in empty) + " (columns left out).")
-    table.provenance.append("Scores: " + "; ".join(
+        lines.append("No profile data for: " + ", ".join(c.header for c in empty) + " (columns left out).")
+    lines.append("Scores: " + "; ".join(
         f"{t} = {units[t].metric}{' x100' if units[t] and units[t].scale == 100 else ''}" for t in data.tasks if units[t])
         + ". Retention = score / the same run's full-budget score, averaged over benchmarks. Best per column in bold."
         if data.tasks else "Scores: no metrics.json cells.")
     if mixed:
-        table.provenance.append("Rows come from different devices, paths, dtypes or batch sizes: compare latency "
-                                "only within rows of the same setup.")
+        lines.append("Rows come from different devices, paths, dtypes or batch sizes: compare latency "
+                     "only within rows of the same setup.")
+    return lines
+
+
+def main_table(data: ReportData) -> Table:
+    """One row per method@budget: scores, average retention, latency, speedup (with its interval), memory, energy."""
+    notes = Footnotes()
+    columns, units = _main_columns(data)
+    mixed = is_mixed([r.setup for r in data.rows])
+    measured_ttft = measured_ttft_everywhere([r.efficiency for r in data.rows if r.efficiency])
+    rows: list[dict[str, Cell]] = []
+    block_starts = {i for i in range(1, len(data.rows)) if data.rows[i].budget != data.rows[i - 1].budget}
+    for row in data.rows:
+        cells = {"method": Cell(row.label + (" (full)" if row.full_budget else "")), "tokens": Cell(row.visual_tokens)}
+        cells.update({f"task:{task}": _score_cell(row, task, notes) for task in data.tasks})
+        cells["retention"] = _retention_cell(row, data.tasks, notes)
+        cells.update(_efficiency_cells(row, measured_ttft, notes))
+        if mixed:
+            cells["setup"] = Cell(row.setup.label())
+        rows.append(cells)
+    columns, empty = _drop_empty_efficiency(columns, rows)
+    if mixed:
+        columns.append(Column("setup", "Setup", None, None))
+    table = Table("main", "Accuracy and efficiency per method @ visual-token budget", columns, rows,
+                  _main_provenance(data, units, measured_ttft, empty, mixed), [], block_starts,
+                  [_row_meta(r) for r in data.rows])
+    mark_best(table)
     table.notes = notes.items + [("", n) for n in data.notes]
     return table
 
@@ -347,7 +412,7 @@ def _slug(text: str) -> str:
 def stage_rows(data: ReportData) -> list[Efficiency]:
     effs = [e for run in data.runs for e in stage_efficiencies(run)]
     effs.sort(key=lambda e: (e.run_id, -e.budget, method_order(e.method), e.kind, e.setup.path or "",
-                             e.setup.batch_size or ""))
+                             e.measurement.batch_size or 0, e.measurement.output_tokens or 0))
     return effs
 
 
@@ -359,7 +424,8 @@ def stage_table(data: ReportData) -> Table:
     columns += [Column("per_token", "decode / token (ms)", None, 2),
                 Column("stage_ttft", "vision+grouping+projector+prefill (ms)", None, 2),
                 Column("ttft", "TTFT measured (ms)", None, 2),
-                Column("total", "total (ms)", None, 2), Column("spread", "total p10–p90 (ms)", None, None)]
+                Column("total", "total (ms)", None, 2), Column("spread", "total p10–p90 (ms)", None, None),
+                Column("timings", "Timed (n)", None, None)]
     rows, meta, blocks = [], [], set()
     effs = stage_rows(data)
     for index, eff in enumerate(effs):
@@ -376,12 +442,13 @@ def stage_table(data: ReportData) -> Table:
         row["total"] = Cell(eff.total_ms)
         spread = eff.total_spread_ms
         row["spread"] = Cell(f"{spread[0]:.2f}–{spread[1]:.2f}" if spread else None)
+        row["timings"] = Cell(timings_text(eff.measurement))
         rows.append(row)
         meta.append({"run": eff.run_id, "kind": eff.kind, "n_records": eff.n_records})
     provenance = [runs_line([r for r in data.runs if r.profile]) if any(r.profile for r in data.runs)
                   else "Runs: none with profile records.",
                   setup_lines([e.setup for e in effs]),
-                  ("Controlled rows: medians over repeats of one `vistog-bench profile` measurement (the last written "
-                   "per setup); request rows: medians over served requests. TTFT measured = request start -> first "
-                   "token's logits, as the profiler records it.")]
+                  ("Controlled rows: medians over repeats of one `vistog-bench profile` measurement per execution path, "
+                   "batch size and output length; request rows: medians over a method@budget's served requests. "
+                   "TTFT measured = request start -> first token's logits, as the profiler records it.")]
     return Table("stages", "Latency by stage", columns, rows, provenance, [], blocks, meta)
