@@ -4,10 +4,12 @@
     apply_method(model, "tome", 64)          # model: VisToGForConditionalGeneration with VisToG off
     prompt = expand_image_tokens(prompt, tokens_per_image(model))
 
-Methods: none, vistog (a trained checkpoint), pool, random, tome, visionzip, prumerge, fastv.
+Methods: none, vistog (a trained checkpoint), pool, random, tome, visionzip, prumerge, fastv, divprune, vispruner,
+cdpruner, dart, pdrop, sparsevlm, vscan, downsample, holitom (docs/reducers.md).
 """
 
-from .fastv import FastV
+from .fastv import fastv
+from .llm_pruning import LLMPruner, Stage
 from .methods import (
     METHODS,
     OPTIONS,
@@ -16,6 +18,7 @@ from .methods import (
     applied_method,
     apply_method,
     check_method,
+    config_problem,
     remove_method,
     tokens_per_image,
 )
@@ -24,20 +27,27 @@ from .prumerge import PruMergeReducer
 from .random_choice import RandomReducer
 from .tome import ToMeMerge, ToMeReducer, merge_schedule
 from .visionzip import VisionZipReducer, visionzip_split
+from .vispruner import VisPrunerReducer
+from .vscan import VScanReducer
 
 __all__ = [
     "METHODS",
     "check_method",
+    "config_problem",
     "OPTIONS",
     "REDUCERS",
     "AppliedMethod",
-    "FastV",
+    "LLMPruner",
+    "Stage",
+    "fastv",
     "PoolReducer",
     "PruMergeReducer",
     "RandomReducer",
     "ToMeMerge",
     "ToMeReducer",
     "VisionZipReducer",
+    "VisPrunerReducer",
+    "VScanReducer",
     "applied_method",
     "apply_method",
     "merge_schedule",

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -17,14 +18,32 @@ from typing import Any
 
 from ..errors import UsageError
 from .base import check_budget
-from .fastv import FastV
+from .cdpruner import CDPrunerSelector
+from .dart import LAYER as DART_LAYER
+from .dart import DARTSelector
+from .divprune import DivPruneSelector
+from .downsample import GridDownsample
+from .fastv import LastTokenAttention, fastv
+from .holitom import HoliTomSelector
+from .llm_pruning import LLMPruner, Stage
+from .pdrop import LAYERS as PDROP_LAYERS
+from .pdrop import pdrop
 from .pool import PoolReducer
 from .prumerge import NEIGHBOURS, PruMergeReducer
 from .random_choice import RandomReducer
+from .schedule import layer_mean, mean_schedule, minimum_mean, scaled_layers
+from .sparsevlm import LAYERS as SPARSEVLM_LAYERS
+from .sparsevlm import sparsevlm
 from .tome import ToMeMerge, ToMeReducer, merge_schedule
+from .vispruner import VisPrunerReducer
 from .visionzip import VisionZipReducer
+from .vscan import LAYER as VSCAN_LAYER
+from .vscan import VScanReducer, encoder_tokens
 
-METHODS = ("none", "vistog", "pool", "random", "tome", "visionzip", "prumerge", "fastv")
+METHODS = (
+    "none", "vistog", "pool", "random", "tome", "visionzip", "prumerge", "fastv",
+    "divprune", "vispruner", "cdpruner", "dart", "pdrop", "sparsevlm", "vscan", "downsample", "holitom",
+)
 REDUCERS = METHODS[2:]  # the training-free ones, which run on stock LLaVA (VisToG off)
 
 OPTIONS: dict[str, dict[str, type]] = {  # method -> the options it accepts and their types
@@ -36,20 +55,60 @@ OPTIONS: dict[str, dict[str, type]] = {  # method -> the options it accepts and 
     "visionzip": {"contextual": int},
     "prumerge": {"neighbours": int},
     "fastv": {"fastv_layer": int},
+    "divprune": {},
+    "vispruner": {"important_ratio": float},
+    "cdpruner": {},
+    "dart": {"layer": int},
+    "pdrop": {},
+    "sparsevlm": {},
+    "vscan": {"layer": int},
+    "downsample": {},
+    "holitom": {},
 }
 FASTV_LAYER = 2  # the paper's K
+
+# How `budget` counts visual tokens per image (AppliedMethod.budget_convention; the report says which a row uses).
+LLM_INPUT = "llm_input"  # every decoder layer works on `budget` tokens per image
+AFTER_LAYER = "after_layer"  # FastV's own: `budget` from layer `fastv_layer` on, all P before it
+LAYER_MEAN = "layer_mean"  # the mean over decoder layers ("equivalent tokens", PyramidDrop / SparseVLM)
+CONVENTIONS = {"fastv": AFTER_LAYER, "dart": LAYER_MEAN, "pdrop": LAYER_MEAN, "sparsevlm": LAYER_MEAN,
+               "vscan": LAYER_MEAN}
+LLM_INPUT_STAGE = ("divprune", "cdpruner", "holitom")  # select at LLM layer 0: P placeholders, K from layer 0 on
 
 
 @dataclass(frozen=True)
 class AppliedMethod:
-    """What `apply_method` configured on a model (read by the profiler for its analytic costs)."""
+    """What `apply_method` configured on a model (read by the profiler for its analytic costs and by the runner).
+
+    Per-layer facts, for analytic FLOPs: decoder layer l works on `layer_tokens[l]` visual tokens per image (prefill
+    queries and cached keys alike), where the prompt holds `tokens_per_image` per image and the projector projects
+    `tokens_per_image`; the vision encoder's layer i runs on `encoder_tokens[i]` tokens per image (CLS included).
+    """
 
     method: str
-    budget: int  # visual tokens per image the LLM works with (from layer `fastv_layer` on, for fastv)
+    budget: int  # what --budgets asked for, counted as `budget_convention` says
     seed: int
     options: Mapping[str, Any] = field(default_factory=dict)
-    tokens_per_image: int = 0  # placeholders per image in the prompt (P for fastv, else the budget)
+    tokens_per_image: int = 0  # placeholders per image in the prompt (and tokens through the projector)
     fastv_layer: int | None = None  # FastV's K: layers 0..K-1 run at `tokens_per_image`; None for other methods
+    budget_convention: str = LLM_INPUT  # llm_input | after_layer | layer_mean
+    llm_input_tokens: int = 0  # visual tokens per image entering decoder layer 0
+    layer_tokens: tuple[int, ...] = ()  # visual tokens per image in each decoder layer (len = L)
+    mean_layer_tokens: float = 0.0  # mean of `layer_tokens` (equals budget under layer_mean, up to rounding)
+    encoder_tokens: tuple[int, ...] = ()  # tokens per image (CLS included) in each vision encoder layer run
+    llm_attention: tuple[str, ...] = ()  # the attention implementation of each decoder layer (none is changed)
+    vision_attention: str = "sdpa"  # the vision tower's kernel (VisToGVisionTower calls SDPA)
+    scored_llm_layers: tuple[int, ...] = ()  # layers whose q / k also feed a float32 score product (no eager)
+    vision_scores: str = ""  # extra attention the method computes in the tower, "" if none
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """What `_build` makes for a method: each None where the method has none."""
+
+    reducer: Any = None  # a TokenReducer, after the vision tower
+    merge: Any = None  # a TokenMerge, inside the encoder
+    pruner: LLMPruner | None = None  # inside the LLM
 
 
 @dataclass
@@ -74,6 +133,26 @@ def apply_method(model, method: str, budget: int, *, seed: int = 0, **options) -
     options = _check_options(method, options)
     num_patches = model.config.num_patches
     check_budget(budget, num_patches)
+    _check_checkpoint(model, method, budget)
+    parts = _build(model, method, budget, seed, options)  # validates before anything changes
+    remove_method(model)
+    undo: list[Callable[[Any], None]] = []
+    if parts.merge is not None:
+        model.model.vision_tower.token_merge = parts.merge
+        undo.append(lambda m: setattr(m.model.vision_tower, "token_merge", None))
+    if parts.reducer is not None:
+        model.set_token_reducer(parts.reducer)
+        undo.append(lambda m: m.set_token_reducer(None))
+    if parts.pruner is not None:
+        parts.pruner.install(model)
+        undo.append(lambda m, pruner=parts.pruner: pruner.remove())
+    applied = _describe(model, method, budget, seed, options, parts)
+    object.__setattr__(model, _STATE, _Installed(applied, undo))
+    assert model.num_visual_tokens == applied.tokens_per_image, (model.num_visual_tokens, applied.tokens_per_image)
+
+
+def _check_checkpoint(model, method: str, budget: int) -> None:
+    num_patches = model.config.num_patches
     is_vistog = model.model.grouping is not None
     if method == "vistog":
         if not is_vistog:
@@ -91,56 +170,117 @@ def apply_method(model, method: str, budget: int, *, seed: int = 0, **options) -
             f"method none keeps all {num_patches} patch tokens: budget must be {num_patches}, got {budget}"
         )
 
-    reducer, merge, fastv = _build(model, method, budget, seed, options)  # validates before anything changes
-    remove_method(model)
-    undo: list[Callable[[Any], None]] = []
-    if merge is not None:
-        model.model.vision_tower.token_merge = merge
-        undo.append(lambda m: setattr(m.model.vision_tower, "token_merge", None))
-    if reducer is not None:
-        model.set_token_reducer(reducer)
-        undo.append(lambda m: m.set_token_reducer(None))
-    if fastv is not None:
-        fastv.install(model)
-        undo.append(lambda m, fastv=fastv: fastv.remove())
-    per_image = num_patches if method == "fastv" else budget
-    fastv_layer = fastv.fastv_layer if fastv is not None else None
-    applied = AppliedMethod(method, budget, seed, MappingProxyType(dict(options)), per_image, fastv_layer)
-    object.__setattr__(model, _STATE, _Installed(applied, undo))
-    assert model.num_visual_tokens == per_image, (model.num_visual_tokens, per_image)
+
+def _describe(model, method: str, budget: int, seed: int, options: dict, parts: _Parts) -> AppliedMethod:
+    """The AppliedMethod record of what `parts` do on `model`."""
+    num_layers = model.config.text_config.num_hidden_layers
+    per_image = model.num_visual_tokens if parts.pruner is None else parts.pruner.tokens_per_image
+    if parts.reducer is not None:
+        per_image = parts.reducer.budget
+    layers = parts.pruner.layer_tokens(num_layers) if parts.pruner is not None else (per_image,) * num_layers
+    needs_cls = parts.reducer is not None and parts.reducer.needs_cls_attention
+    return AppliedMethod(
+        method, budget, seed, MappingProxyType(dict(options)), per_image,
+        fastv_layer=parts.pruner.stages[0].layer if method == "fastv" else None,
+        budget_convention=CONVENTIONS.get(method, LLM_INPUT),
+        llm_input_tokens=layers[0],
+        layer_tokens=layers,
+        mean_layer_tokens=layer_mean(layers),
+        encoder_tokens=_encoder_tokens(model, parts.merge),
+        llm_attention=(model.config.text_config._attn_implementation or "eager",) * num_layers,
+        scored_llm_layers=tuple(s.layer - 1 for s in parts.pruner.stages) if parts.pruner is not None
+        and parts.pruner.selector.needs_attention else (),
+        vision_scores="CLS attention at the feature layer (float32, from its q / k)" if needs_cls else "",
+    )
 
 
-def _build(model, method: str, budget: int, seed: int, options: dict):
-    """(vision reducer, in-encoder merge, FastV) for `method`; each None where the method has none."""
+def _encoder_tokens(model, merge) -> tuple[int, ...]:
+    tower = model.model.vision_tower
+    runs = tower.layers_to_run(model.config.vision_feature_layer)
+    count = 1 + model.config.num_patches + (model.config.num_semantic_tokens or 0)
+    if isinstance(merge, GridDownsample):
+        return (count,) + (1 + merge.budget,) * (runs - 1)
+    if isinstance(merge, ToMeMerge):
+        counts = []
+        for merged in merge.schedule:
+            counts.append(count)
+            count -= merged
+        return tuple(counts)
+    return (count,) * runs
+
+
+def _build(model, method: str, budget: int, seed: int, options: dict) -> _Parts:
+    """The parts of `method` at `budget` on `model`; raises UsageError for what cannot run."""
+    if method in ("none", "vistog"):
+        return _Parts()
+    problem = config_problem(model.config, method, budget=budget, **options)
+    if problem:
+        raise UsageError(f"{method}: {problem}")
+    return _BUILDERS[method](model, budget, seed, options)
+
+
+def _vision_parts(model, budget: int, seed: int, options: dict) -> dict[str, Callable[[], _Parts]]:
     num_patches = model.config.num_patches
     vision = model.config.vision_config
+    grid = vision.image_size // vision.patch_size
     tower = model.model.vision_tower
-    feature_layers = tower.layers_to_run(model.config.vision_feature_layer)  # encoder layers run
-    if method == "pool":
-        return PoolReducer(budget, grid=vision.image_size // vision.patch_size), None, None
-    if method == "random":
-        return RandomReducer(budget, num_patches, seed=seed), None, None
-    if method == "tome":
-        return ToMeReducer(budget), ToMeMerge(merge_schedule(num_patches, budget, feature_layers)), None
-    if method == "visionzip":
-        contextual = options.get("contextual")
-        return VisionZipReducer(budget, num_patches, vision.num_attention_heads, contextual=contextual), None, None
-    if method == "prumerge":
-        if feature_layers >= len(tower.encoder.layers):
-            raise UsageError("prumerge reads the encoder layer after the feature layer; the feature layer is the last")
-        neighbours = options.get("neighbours", NEIGHBOURS)
-        if neighbours is not None and neighbours < 1:
-            raise UsageError(f"prumerge neighbours must be >= 1, got {neighbours}")
-        return PruMergeReducer(budget, num_patches, tower.encoder.layers[feature_layers], neighbours), None, None
+    runs = tower.layers_to_run(model.config.vision_feature_layer)  # encoder layers run
+    neighbours = options.get("neighbours", NEIGHBOURS)
+    if neighbours is not None and neighbours < 1:
+        raise UsageError(f"prumerge neighbours must be >= 1, got {neighbours}")
+    ratio = options.get("important_ratio")
+    return {
+        "pool": lambda: _Parts(PoolReducer(budget, grid=grid)),
+        "random": lambda: _Parts(RandomReducer(budget, num_patches, seed=seed)),
+        "tome": lambda: _Parts(ToMeReducer(budget), ToMeMerge(merge_schedule(num_patches, budget, runs))),
+        "visionzip": lambda: _Parts(VisionZipReducer(
+            budget, num_patches, vision.num_attention_heads, contextual=options.get("contextual"))),
+        "prumerge": lambda: _Parts(PruMergeReducer(budget, num_patches, tower.encoder.layers[runs], neighbours)),
+        "vispruner": lambda: _Parts(VisPrunerReducer(budget, num_patches, *([ratio] if ratio is not None else []))),
+        "downsample": lambda: _Parts(ToMeReducer(budget), GridDownsample(budget, grid)),
+    }
+
+
+def _vision_method(method: str):
+    return lambda model, budget, seed, options: _vision_parts(model, budget, seed, options)[method]()
+
+
+def _llm_parts(model, method: str, budget: int, options: dict) -> _Parts:
+    num_patches, image_token = model.config.num_patches, model.config.image_token_id
+    num_layers = model.config.text_config.num_hidden_layers
     if method == "fastv":
-        fastv_layer = options.get("fastv_layer", FASTV_LAYER)
-        num_layers = model.config.text_config.num_hidden_layers
-        if not 1 <= fastv_layer < num_layers:
-            raise UsageError(
-                f"fastv_layer must be in 1..{num_layers - 1} for a {num_layers}-layer LLM, got {fastv_layer}"
-            )
-        return None, None, FastV(budget, fastv_layer, num_patches, model.config.image_token_id)
-    return None, None, None
+        return _Parts(pruner=fastv(budget, options.get("fastv_layer", FASTV_LAYER), num_patches, image_token))
+    if method == "pdrop":
+        return _Parts(pruner=pdrop(budget, num_layers, num_patches, image_token))
+    if method == "sparsevlm":
+        return _Parts(pruner=sparsevlm(budget, num_layers, num_patches, image_token))
+    if method == "dart":
+        layer = _llm_layer(options, DART_LAYER, num_layers)
+        (keep,) = mean_schedule(budget, num_layers, num_patches, (layer,), "dart")
+        selector = DARTSelector(model.model.language_model.norm)
+        return _Parts(pruner=LLMPruner((Stage(layer, keep),), selector, num_patches, image_token))
+    if method == "vscan":
+        layer = _llm_layer(options, VSCAN_LAYER, num_layers)
+        first = encoder_tokens(budget, num_layers, layer, num_patches)
+        (keep,) = mean_schedule(budget, num_layers, first, (layer,), "vscan")
+        vision = model.config.vision_config
+        reducer = VScanReducer(first, num_patches, vision.image_size // vision.patch_size)
+        return _Parts(reducer, pruner=LLMPruner((Stage(layer, keep),), LastTokenAttention(), first, image_token))
+    selectors = {"divprune": DivPruneSelector(), "cdpruner": CDPrunerSelector(), "holitom": HoliTomSelector()}
+    return _Parts(pruner=LLMPruner((Stage(0, budget),), selectors[method], num_patches, image_token))
+
+
+def _llm_layer(options: dict, paper_layer: int, num_layers: int) -> int:
+    layer = options.get("layer")
+    return layer if layer is not None else scaled_layers((paper_layer,), num_layers)[0]
+
+
+_BUILDERS: dict[str, Callable[..., _Parts]] = {
+    **{name: _vision_method(name) for name in ("pool", "random", "tome", "visionzip", "prumerge", "vispruner",
+                                                 "downsample")},
+    **{name: (lambda model, budget, seed, options, name=name: _llm_parts(model, name, budget, options))
+       for name in ("fastv", "pdrop", "sparsevlm", "dart", "vscan", *LLM_INPUT_STAGE)},
+}
 
 
 def remove_method(model) -> None:
@@ -183,24 +323,43 @@ def _check_options(method: str, options: dict) -> dict:
     return options
 
 
-def config_problem(config, method: str, **options) -> str | None:
+def config_problem(config, method: str, *, budget: int | None = None, **options) -> str | None:
     """Why `method` cannot run on a checkpoint with this config (a LlavaConfig / VisToGConfig, no weights), or None.
 
-    The rules of `_build` that the config alone decides (FastV's layer inside the LLM, PruMerge's layer after the
-    feature layer), so a sweep can refuse an impossible combination before it loads anything."""
+    The rules of `_build` that the config alone decides (the LLM layers of in-LLM methods, PruMerge's layer after the
+    feature layer) and, given `budget`, whether a layer-mean budget is reachable, so a sweep can refuse an impossible
+    combination before it loads anything."""
     method = check_method(method)
+    num_layers = config.text_config.num_hidden_layers
+    vision = config.vision_config
+    num_patches = (vision.image_size // vision.patch_size) ** 2
     if method == "prumerge":
-        num_layers = config.vision_config.num_hidden_layers
         feature_layer = config.vision_feature_layer
-        runs = feature_layer if feature_layer >= 0 else num_layers + 1 + feature_layer
-        if runs >= num_layers:
+        runs = feature_layer if feature_layer >= 0 else vision.num_hidden_layers + 1 + feature_layer
+        if runs >= vision.num_hidden_layers:
             return (f"prumerge reads the encoder layer after the feature layer; the feature layer "
-                    f"({feature_layer}) is the last of {num_layers}")
+                    f"({feature_layer}) is the last of {vision.num_hidden_layers}")
     if method == "fastv":
         fastv_layer = options.get("fastv_layer", FASTV_LAYER)
-        num_layers = config.text_config.num_hidden_layers
         if not 1 <= fastv_layer < num_layers:
             return f"fastv_layer must be in 1..{num_layers - 1} for a {num_layers}-layer LLM, got {fastv_layer}"
+    if CONVENTIONS.get(method) != LAYER_MEAN:
+        return None
+    if num_layers < 2:
+        return f"{method} prunes between decoder layers; this LLM has {num_layers}"
+    paper = {"dart": (DART_LAYER,), "vscan": (VSCAN_LAYER,), "pdrop": PDROP_LAYERS, "sparsevlm": SPARSEVLM_LAYERS}
+    layers = scaled_layers(paper[method], num_layers)
+    if options.get("layer") is not None:
+        layers = (options["layer"],)
+        if not 1 <= layers[0] < num_layers:
+            return f"{method} layer must be in 1..{num_layers - 1} for a {num_layers}-layer LLM, got {layers[0]}"
+    if budget is None:
+        return None
+    first = encoder_tokens(budget, num_layers, layers[0], num_patches) if method == "vscan" else num_patches
+    lowest = minimum_mean(num_layers, first, layers[0])
+    if budget < lowest:
+        return (f"{method} keeps {first} visual tokens per image in layers 0..{layers[0] - 1} of {num_layers}: "
+                f"its layer-mean budget must be at least {math.ceil(lowest)}, got {budget}")
     return None
 
 

@@ -1,0 +1,75 @@
+"""`cdpruner`: a conditional DPP over instruction-weighted similarity, at the LLM input.
+
+Zhang, Liu, et al. "Beyond Attention or Similarity: Maximizing Conditional Diversity for Token Pruning in MLLMs."
+NeurIPS 2025 (arXiv 2506.10967). Reference: Theia-4869/CDPruner, `llava/model/llava_arch.py` (`encode_images`).
+
+Glossary: V visual tokens of one image (P), K budget, t instruction tokens, D LLM width.
+
+As the reference: similarity S = cos between the projected visual tokens [V, V]; relevance r_i = mean over the
+instruction of cos(visual token i, instruction token), min-max normalised to (0, 1]; the kernel
+L = diag(r) S diag(r); the K tokens are chosen by the fast greedy MAP inference of a DPP (Chen, Zhang, Zhou,
+NeurIPS 2018: incremental Cholesky rows c_i and residual gains d_i^2, the largest gain taken each step); kept tokens
+enter the LLM in spatial order.
+
+Departures (the embedded models have no CLIP text tower, and a stock llava-hf checkpoint carries none either):
+  1. Relevance in the LLM's input space: the projected visual tokens against the LLM input embeddings of the
+     instruction (the text tokens after the sample's last image, or all its text if none follow), where the
+     reference compares CLIP image embeddings with CLIP text embeddings and negates them (its note on CLIP's
+     inverted patch-text similarity); no negation here, as the LLM space has no such inversion to undo.
+  2. Min-max per image (the reference normalises over the whole batch, so an image depended on its batch).
+  3. Where: a stage at LLM layer 0 of the shared in-LLM pruner (the instruction embeddings are there); the prompt
+     carries P placeholders per image, the projector runs on all P, every decoder layer sees K.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .llm_pruning import SampleView, Selection
+
+
+def conditional_kernel(visual: torch.Tensor, instruction: torch.Tensor) -> torch.Tensor:
+    """L = diag(r) S diag(r) for visual [V, D] and instruction [t, D] tokens: [V, V] (float32)."""
+    visual, instruction = F.normalize(visual.float(), dim=-1), F.normalize(instruction.float(), dim=-1)
+    similarity = visual @ visual.T  # [V, V]
+    relevance = (visual @ instruction.T).mean(dim=1)  # [V] <- [V, t]
+    relevance = (relevance - relevance.min() + 1e-6) / (relevance.max() - relevance.min() + 1e-6)
+    return relevance[:, None] * similarity * relevance[None, :]
+
+
+def greedy_dpp_map(kernel: torch.Tensor, keep: int) -> torch.Tensor:
+    """Fast greedy MAP of a DPP with kernel [V, V]: indices [keep] in the order chosen (Chen et al. 2018)."""
+    size = kernel.shape[0]
+    rows = kernel.new_zeros(keep, size)  # c: incremental Cholesky rows
+    gains = kernel.diagonal().clone()  # d^2: log-det gain of adding each item
+    chosen = []
+    for step in range(keep):
+        item = int(gains.argmax())
+        chosen.append(item)
+        # e = (L[j, :] - c[:step, j] . c[:step, :]) / d_j
+        new_row = (kernel[item] - rows[:step, item] @ rows[:step]) / gains[item].clamp(min=1e-12).sqrt()
+        rows[step] = new_row
+        gains = gains - new_row.square()
+        gains[chosen] = -torch.inf
+    return torch.tensor(chosen, device=kernel.device)
+
+
+def instruction_positions(view: SampleView) -> torch.Tensor:
+    after = view.text[view.text > view.blocks.max()]
+    return after if after.numel() else view.text
+
+
+@dataclass(frozen=True)
+class CDPrunerSelector:
+    needs_attention: bool = False
+
+    def __call__(self, view: SampleView, stage: int, keep: int) -> Selection:
+        instruction = view.hidden[instruction_positions(view)]  # [t, D]
+        kept = [block[greedy_dpp_map(conditional_kernel(view.hidden[block], instruction), keep)] for block in view.blocks]
+        return Selection(torch.cat(kept))
+
+
+__all__ = ["CDPrunerSelector", "conditional_kernel", "greedy_dpp_map"]

@@ -1,0 +1,342 @@
+"""Visual-token pruning inside the LLM: the hooks shared by every method that drops tokens between decoder layers.
+
+FastV (fastv.py), DART, PyramidDrop, SparseVLM, VScan's second stage, and CDPruner / HoliTom at the LLM input all
+run on this one `LLMPruner`; each method is a `Selector` (which visual tokens of a sample stay, and optionally their
+merged states) and a schedule of `Stage`s (at which layers, how many tokens per image from there on).
+
+Glossary: B samples, T prompt length (each image expanded to its placeholders), T' pruned length, V visual tokens
+per image entering a stage, n images of a sample, D LLM width, h heads, hkv key/value heads, dh head width.
+
+How (the FastV machinery, generalised to several stages; nothing is forced to eager attention):
+  * a pre-hook on the LLaVA model marks a new prompt (empty cache) and where its image tokens are;
+  * for a stage whose selector reads attention, forward hooks on the *previous* layer's `q_proj` / `k_proj` keep
+    their outputs (no projection is computed twice); the selector asks for the attention rows it needs
+    (`SampleView.attention`), computed in float32 from those q / k and the rotary tables: a [h, q, T] product for q
+    query tokens, never the full [h, T, T] map of an eager layer;
+  * a pre-hook on the stage layer gathers the kept hidden states (merged ones replaced), rotary cos / sin and
+    position ids (original RoPE positions, not renumbered), and builds the pruned mask with transformers'
+    `create_causal_mask` (SDPA, eager and flash each get their form); later layers reuse it until the next stage;
+  * in decoding, each stage's layers get the mask of [that stage's kept prompt, generated tokens].
+Each sample is selected on its own (a batch gives each sample what it gets alone); samples whose pruned lengths
+differ are left padded again. Not supported: `labels`, beam search, static caches, images in a later chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+from transformers.masking_utils import create_causal_mask
+from transformers.models.llama.modeling_llama import repeat_kv, rotate_half
+
+from ..errors import UsageError
+
+
+@dataclass(frozen=True)
+class Stage:
+    layer: int  # visual tokens are dropped at this decoder layer's input
+    keep: int  # visual tokens per image from this layer on
+
+
+@dataclass
+class SampleView:
+    """One sample's prompt as a stage layer receives it (positions index this sample's current sequence)."""
+
+    hidden: torch.Tensor  # [T, D] states entering the stage layer
+    blocks: torch.Tensor  # [n, V] positions of each image's visual tokens, in order
+    text: torch.Tensor  # [t] positions of real (non-padding) text tokens
+    keys: torch.Tensor | None  # [T, hkv dh] previous layer's keys after RoPE (None when the selector reads none)
+    attention: Callable[[torch.Tensor], torch.Tensor] | None  # query positions [q] -> head-mean attention [q, T]
+
+
+@dataclass
+class Selection:
+    visual: torch.Tensor  # [k] positions of the visual tokens kept (any order)
+    states: torch.Tensor | None = None  # [k, D] their new states (merged tokens), None to keep them as they are
+
+
+class Selector(Protocol):
+    needs_attention: bool  # reads the previous layer's q / k (stages at layer 0 cannot)
+
+    def __call__(self, view: SampleView, stage: int, keep: int) -> Selection: ...
+
+
+@dataclass
+class _Prompt:
+    """The current sequence's prefill state, and what it leaves for decoding."""
+
+    image_mask: torch.Tensor  # [B, T] bool, visual tokens of the current (pruned) sequence
+    padding_mask: torch.Tensor  # [B, T] bool, True for real tokens
+    query: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [B, T, h dh] q_proj output (pre-RoPE)
+    key: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [B, T, hkv dh] k_proj output (pre-RoPE)
+    kept_masks: dict[int, torch.Tensor] = field(default_factory=dict)  # stage layer -> [B, T'] real tokens kept
+    images_per_sample: torch.Tensor | None = None  # [B]
+
+
+@dataclass(eq=False)
+class LLMPruner:
+    """Installs a pruning schedule on a VisToG-off model (`install`) and removes it (`remove`)."""
+
+    stages: tuple[Stage, ...]
+    selector: Selector
+    tokens_per_image: int  # placeholders per image in the prompt
+    image_token_id: int
+    _handles: list[RemovableHandle] = field(default_factory=list, repr=False)
+    _prompt: _Prompt | None = field(default=None, repr=False)
+    _step_mask: torch.Tensor | None = field(default=None, repr=False)  # [B, T + t] 2-D mask of a decoding step
+    _pruned_kwargs: dict = field(default_factory=dict, repr=False)  # layer kwargs after the latest stage
+
+    def __post_init__(self):
+        layers = [stage.layer for stage in self.stages]
+        keeps = [self.tokens_per_image] + [stage.keep for stage in self.stages]
+        if layers != sorted(set(layers)) or any(b > a or b < 1 for a, b in zip(keeps, keeps[1:])):
+            raise UsageError(f"pruning stages must have increasing layers and non-increasing counts: {self.stages}")
+        if self.selector.needs_attention and layers[0] == 0:
+            raise UsageError("a selector reading attention needs a layer before its first stage, not layer 0")
+
+    def layer_tokens(self, num_layers: int) -> tuple[int, ...]:
+        """Visual tokens per image each decoder layer works on (prefill queries and cached keys alike)."""
+        counts, current = [], self.tokens_per_image
+        starts = {stage.layer: stage.keep for stage in self.stages}
+        for layer in range(num_layers):
+            current = starts.get(layer, current)
+            counts.append(current)
+        return tuple(counts)
+
+    # -- installation ----------------------------------------------------------------------------------------------
+    def install(self, model: nn.Module) -> None:
+        """model: a VisToGForConditionalGeneration with VisToG off."""
+        language_model = model.model.language_model
+        layers = language_model.layers
+        if self.stages[-1].layer >= len(layers):
+            raise UsageError(f"pruning layer {self.stages[-1].layer} is outside a {len(layers)}-layer LLM")
+        self._config = language_model.config
+        attn = layers[0].self_attn
+        self._head_dim, self._kv_groups, self._scaling = attn.head_dim, attn.num_key_value_groups, attn.scaling
+        self._handles = [model.model.register_forward_pre_hook(self._start_forward, with_kwargs=True)]
+        stage_layers = {stage.layer: index for index, stage in enumerate(self.stages)}
+        for layer_index in range(self.stages[0].layer, len(layers)):
+            if layer_index in stage_layers:
+                hook = self._stage_hook(stage_layers[layer_index])
+            else:
+                hook = self._pass_pruned
+            self._handles.append(layers[layer_index].register_forward_pre_hook(hook, with_kwargs=True))
+        if self.selector.needs_attention:
+            for stage in self.stages:
+                scored = layers[stage.layer - 1].self_attn
+                self._handles += [
+                    scored.q_proj.register_forward_hook(self._capture(stage.layer - 1, "query")),
+                    scored.k_proj.register_forward_hook(self._capture(stage.layer - 1, "key")),
+                ]
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._prompt = None
+
+    # -- hooks -----------------------------------------------------------------------------------------------------
+    def _start_forward(self, module, args, kwargs):
+        """VisToGModel pre-hook: a new sequence (empty cache) starts a new prompt; otherwise a decoding step."""
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        attention_mask = kwargs.get("attention_mask")
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        self._pruned_kwargs = {}
+        if cache is None or cache.get_seq_length() == 0:
+            self._prompt = None
+            self._step_mask = None
+            if input_ids is None:
+                if kwargs.get("pixel_values") is not None:
+                    raise UsageError("in-LLM pruning finds image tokens in input_ids: pass input_ids, not inputs_embeds")
+                return
+            image_mask = input_ids == self.image_token_id  # [B, T]
+            if bool(image_mask.any()):
+                padding = torch.ones_like(image_mask) if attention_mask is None else attention_mask.bool()
+                self._prompt = _Prompt(image_mask=image_mask, padding_mask=padding)
+                self._prompt.images_per_sample = image_mask.sum(dim=1) // self.tokens_per_image
+        else:
+            if input_ids is not None and bool((input_ids == self.image_token_id).any()):
+                raise UsageError("in-LLM pruning handles images of the first forward of a sequence only")
+            self._step_mask = attention_mask
+
+    def _capture(self, layer: int, kind: str):
+        def hook(module, args, output):
+            prompt = self._prompt
+            if prompt is not None and self.stages[-1].layer not in prompt.kept_masks:
+                getattr(prompt, kind)[layer] = output  # [B, T, h dh] or [B, T, hkv dh]
+        return hook
+
+    def _stage_hook(self, index: int):
+        def hook(module, args, kwargs):
+            return self._prune(index, args, kwargs)
+        return hook
+
+    def _prune(self, index: int, args, kwargs):
+        """Stage-layer pre-hook: prune the prompt (prefill) or give decoding this stage's mask."""
+        prompt = self._prompt
+        if prompt is None:
+            return None
+        layer = self.stages[index].layer
+        hidden_states = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if layer not in prompt.kept_masks:  # prefill
+            position_embeddings = self._pruned_kwargs.get("position_embeddings", kwargs["position_embeddings"])
+            keep, states = self._select(index, hidden_states, position_embeddings)
+            prompt.query.pop(layer - 1, None), prompt.key.pop(layer - 1, None)
+            hidden_states = gather_rows(hidden_states, keep)  # [B, T', D]
+            if states is not None:
+                hidden_states = torch.where(states[1].unsqueeze(-1), states[0], hidden_states)
+            cos, sin = position_embeddings
+            self._pruned_kwargs["position_embeddings"] = (gather_rows(cos, keep), gather_rows(sin, keep))
+            position_ids = self._pruned_kwargs.get("position_ids", kwargs.get("position_ids"))
+            if position_ids is not None:
+                self._pruned_kwargs["position_ids"] = position_ids.expand(keep.shape[0], -1).gather(1, keep)
+            prompt.image_mask = prompt.image_mask.gather(1, keep) & prompt.kept_masks[layer]
+            padding = prompt.padding_mask = prompt.kept_masks[layer]
+        else:  # decoding: [kept prompt tokens, tokens generated since (this step's included)]
+            kept = prompt.kept_masks[layer]
+            generated = cache.get_seq_length(layer) + hidden_states.shape[1] - kept.shape[1]
+            if self._step_mask is None:  # generate() leaves the mask out when nothing is padded
+                new = kept.new_ones(kept.shape[0], generated)
+            else:
+                new = self._step_mask[:, -generated:].to(kept.device, torch.bool)
+            padding = torch.cat([kept, new], dim=1)
+        self._pruned_kwargs["attention_mask"] = create_causal_mask(
+            config=self._config, inputs_embeds=hidden_states, attention_mask=padding, cache=cache, layer_idx=layer
+        )
+        kwargs.update(self._pruned_kwargs)
+        if "hidden_states" in kwargs:
+            kwargs["hidden_states"] = hidden_states
+            return args, kwargs
+        return (hidden_states, *args[1:]), kwargs
+
+    def _select(self, index: int, hidden_states: torch.Tensor, position_embeddings):
+        """Positions kept per sample [B, T'] (left padded), and merged states ([B, T', D], [B, T'] where) or None."""
+        prompt, stage = self._prompt, self.stages[index]
+        layer = stage.layer
+        query, key = prompt.query.get(layer - 1), prompt.key.get(layer - 1)
+        if self.selector.needs_attention and (query is None or key is None):
+            raise RuntimeError(f"in-LLM pruning: layer {layer - 1}'s q / k projections were not seen in this forward")
+        rows, replaced = [], []
+        for b in range(hidden_states.shape[0]):
+            images = prompt.image_mask[b].nonzero().squeeze(1)  # [n V]
+            count = int(prompt.images_per_sample[b])
+            if images.numel() == 0:
+                rows.append(torch.arange(hidden_states.shape[1], device=hidden_states.device))
+                replaced.append(None)
+                continue
+            if count == 0 or images.numel() % count:
+                raise UsageError(
+                    f"in-LLM pruning: a prompt has {images.numel()} image tokens, not {self.tokens_per_image} per "
+                    "image; expand <image> with tokens_per_image(model)"
+                )
+            view = SampleView(
+                hidden=hidden_states[b],
+                blocks=images.view(count, -1),
+                text=(prompt.padding_mask[b] & ~prompt.image_mask[b]).nonzero().squeeze(1),
+                keys=None if key is None else rotated(key[b], position_embeddings, b, self._head_dim),
+                attention=None if query is None else self._attention_rows(query[b], key[b], position_embeddings, b),
+            )
+            selection = self.selector(view, index, stage.keep)
+            keep = ~prompt.image_mask[b]
+            keep[selection.visual] = True
+            rows.append(keep.nonzero().squeeze(1))
+            replaced.append(selection)
+        positions, valid = left_pad(rows)
+        prompt.kept_masks[layer] = prompt.padding_mask.gather(1, positions) & valid
+        if all(s is None or s.states is None for s in replaced):
+            return positions, None
+        states = hidden_states.new_zeros(*positions.shape, hidden_states.shape[-1])
+        where = torch.zeros_like(valid)
+        for b, selection in enumerate(replaced):
+            if selection is None or selection.states is None:
+                continue
+            slot = torch.searchsorted(rows[b], selection.visual) + positions.shape[1] - rows[b].numel()
+            states[b, slot] = selection.states.to(states.dtype)
+            where[b, slot] = True
+        return positions, (states, where)
+
+    def _attention_rows(self, query, key, position_embeddings, b: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        padding = self._prompt.padding_mask[b]
+
+        def rows(positions: torch.Tensor) -> torch.Tensor:
+            return attention_rows(
+                query[positions], key, position_embeddings, padding, positions, b,
+                head_dim=self._head_dim, kv_groups=self._kv_groups, scaling=self._scaling,
+            )
+        return rows
+
+    def _pass_pruned(self, module, args, kwargs):
+        """Pre-hook of the layers between stages: the pruned sequence's mask (and, in prefill, its rotary tables)."""
+        if not self._pruned_kwargs:
+            return None
+        kwargs.update(self._pruned_kwargs)
+        return args, kwargs
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of x [..., q, dh] with cos / sin broadcastable to it."""
+    return x * cos + rotate_half(x) * sin
+
+
+def rotated(key: torch.Tensor, position_embeddings, b: int, head_dim: int) -> torch.Tensor:
+    """One sample's keys [T, hkv dh] (pre-RoPE) -> after RoPE [T, hkv dh] (float32)."""
+    cos, sin = (x[min(b, x.shape[0] - 1)].float() for x in position_embeddings)  # [T, dh]
+    heads = key.view(key.shape[0], -1, head_dim).float().transpose(0, 1)  # [hkv, T, dh]
+    return rope(heads, cos, sin).transpose(0, 1).reshape(key.shape[0], -1)
+
+
+def attention_rows(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    padding_mask: torch.Tensor,
+    positions: torch.Tensor,
+    b: int,
+    *,
+    head_dim: int,
+    kv_groups: int,
+    scaling: float,
+) -> torch.Tensor:
+    """Causal softmax attention of the queries at `positions` over one sample's prompt, mean over heads: [q, T].
+
+    query [q, h dh] and key [T, hkv dh]: a layer's q / k projections before RoPE; position_embeddings: rotary
+    (cos, sin) [B or 1, T, dh] (row b is this sample's); padding_mask [T] (padding keys get no attention).
+    """
+    length = key.shape[0]
+    cos, sin = (x[min(b, x.shape[0] - 1)].float() for x in position_embeddings)  # [T, dh]
+    query = query.view(query.shape[0], -1, head_dim).float().transpose(0, 1)  # [h, q, dh]
+    key = key.view(length, -1, head_dim).float().transpose(0, 1)  # [hkv, T, dh]
+    query = rope(query, cos[positions], sin[positions])
+    key = repeat_kv(rope(key, cos, sin).unsqueeze(0), kv_groups)[0]  # [h, T, dh]
+    # [h, q, T] <- [h, q, dh] @ [h, dh, T]
+    logits = (query @ key.transpose(-1, -2)) * scaling
+    allowed = padding_mask[None, :] & (torch.arange(length, device=key.device)[None, :] <= positions[:, None])
+    logits = logits.masked_fill(~allowed, -torch.inf)
+    return torch.softmax(logits, dim=-1).mean(dim=0)
+
+
+def left_pad(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample increasing positions -> [B, T'] left padded to the longest (padding slots point at 0), and where
+    each slot is real [B, T']."""
+    length = max(row.numel() for row in rows)
+    device = rows[0].device
+    positions = torch.zeros(len(rows), length, dtype=torch.long, device=device)
+    valid = torch.zeros(len(rows), length, dtype=torch.bool, device=device)
+    for b, row in enumerate(rows):
+        positions[b, length - row.numel() :] = row
+        valid[b, length - row.numel() :] = True
+    return positions, valid
+
+
+def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x [B or 1, T, C], index [B, T'] -> [B, T', C]."""
+    x = x.expand(index.shape[0], -1, -1)
+    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+__all__ = ["LLMPruner", "attention_rows", "gather_rows", "left_pad", "SampleView", "Selection", "Selector", "Stage"]

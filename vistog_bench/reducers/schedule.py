@@ -1,0 +1,59 @@
+"""Budgets of the methods that prune inside the LLM: the layer mean ("equivalent tokens"), as PyramidDrop and
+SparseVLM count them, turned into per-stage counts.
+
+Glossary: L decoder layers, n0 visual tokens per image entering the LLM, l_s the layer where stage s starts,
+n_s its count, K the budget = (1/L) sum over layers of the visual tokens per image that layer works on.
+
+    K L = l_1 n0 + sum_s (l_{s+1} - l_s) n_s          (l_{S+1} = L)
+
+Stages shrink geometrically, n_s = n0 lambda^s (PyramidDrop's rule; one stage needs no lambda); lambda is found by
+bisection, then the last stage's count is set so that the sum is as close to K L as an integer allows.
+"""
+
+from __future__ import annotations
+
+from ..errors import UsageError
+
+
+def scaled_layers(paper_layers: tuple[int, ...], num_layers: int, paper_depth: int = 32) -> tuple[int, ...]:
+    """A paper's pruning layers for a `paper_depth`-layer LLM placed at the same depth fraction of this one (at
+    least layer 1, at most L - 1, duplicates dropped)."""
+    scaled = (min(num_layers - 1, max(1, round(layer * num_layers / paper_depth))) for layer in paper_layers)
+    return tuple(sorted(set(scaled)))
+
+
+def minimum_mean(num_layers: int, input_tokens: int, first_layer: int) -> float:
+    """The smallest layer mean reachable: n0 until the first stage, then one token per image."""
+    return (first_layer * input_tokens + (num_layers - first_layer)) / num_layers
+
+
+def mean_schedule(budget: int, num_layers: int, input_tokens: int, layers: tuple[int, ...], method: str) -> tuple[int, ...]:
+    """Per-stage counts (one per entry of `layers`) whose layer mean is the budget."""
+    lowest = minimum_mean(num_layers, input_tokens, layers[0])
+    if not lowest <= budget <= input_tokens:
+        raise UsageError(
+            f"{method} prunes from LLM layer {layers[0]} of {num_layers} with {input_tokens} visual tokens before it: "
+            f"its layer-mean budget must be in {-(-lowest // 1):.0f}..{input_tokens}, got {budget}"
+        )
+    spans = [b - a for a, b in zip(layers, (*layers[1:], num_layers))]
+
+    def total(ratio: float) -> float:
+        return layers[0] * input_tokens + sum(span * max(1.0, input_tokens * ratio ** (s + 1)) for s, span in enumerate(spans))
+
+    low, high = 0.0, 1.0
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if total(middle) < budget * num_layers else (low, middle)
+    counts = [max(1, round(input_tokens * high ** (s + 1))) for s in range(len(spans) - 1)]
+    rest = budget * num_layers - layers[0] * input_tokens - sum(span * n for span, n in zip(spans, counts))
+    last = round(rest / spans[-1])
+    upper = counts[-1] if counts else input_tokens
+    counts.append(min(upper, max(1, last)))
+    return tuple(counts)
+
+
+def layer_mean(tokens_per_layer: tuple[int, ...]) -> float:
+    return sum(tokens_per_layer) / len(tokens_per_layer)
+
+
+__all__ = ["layer_mean", "mean_schedule", "minimum_mean", "scaled_layers"]
