@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -11,9 +10,12 @@ import numpy as np
 import pytest
 
 from vistog_bench import demo
-from vistog_bench.demo import build, train, world
+from vistog_bench.demo import build, world
 from vistog_bench.demo.evaluate import evaluate_vqa
 from vistog_bench.errors import UsageError
+from vistog_bench.train import TrainConfig, train
+from vistog_bench.train.cli import run_cli
+from vistog_bench.train.stages import patch_regions
 
 # The targets, checked on a fixed subset (test split, first SUBSET_IMAGES images, 4 questions each): full
 # budget >= 85 % VQA, the larger VisToG budget keeping >= 90 % of it. The committed weights measure 90 % and 91 % on
@@ -178,14 +180,9 @@ def test_vistog_models_have_their_budget():
 
 
 # -- the trainer -------------------------------------------------------------------------------------------------------
-def _train_args(**values) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    train.add_arguments(parser)
-    args = parser.parse_args([])
-    defaults = dict(threads=1, quiet=True, log_every=1, warmup_ratio=0.0, seed=0)
-    for key, value in {**defaults, **values}.items():
-        setattr(args, key, value)
-    return args
+def _config(**values) -> TrainConfig:
+    defaults = dict(threads=1, quiet=True, progress=False, log_every=1, warmup_ratio=0.0, seed=0)
+    return TrainConfig(**{**defaults, **values})
 
 
 @pytest.fixture(scope="module")
@@ -204,9 +201,9 @@ def _losses(output: Path) -> tuple[float, float]:
 def test_two_training_steps_decrease_the_loss(tiny_data, tmp_path):
     fresh = build.write_fresh_model(tmp_path / "fresh")
     out = tmp_path / "llava"
-    args = _train_args(stage="llava", model=str(fresh), data=str(tiny_data / "conversations.json"),
+    config = _config(stage="llava", model=str(fresh), data=str(tiny_data / "conversations.json"),
                        output_dir=str(out), max_steps=2, batch_size=10, lr=3e-3)  # fmt: skip
-    assert train.main(args) == 0
+    assert train(config).steps == 2
     first, last = _losses(out)
     assert last < first
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
@@ -220,9 +217,9 @@ def test_parallel_data_and_loader_workers_change_nothing(tiny_data, tmp_path):
     weights = []
     for workers in (0, 1):
         out = tmp_path / f"llava-{workers}"
-        args = _train_args(stage="llava", model=str(fresh), data=str(tiny_data / "conversations.json"),
+        config = _config(stage="llava", model=str(fresh), data=str(tiny_data / "conversations.json"),
                            output_dir=str(out), max_steps=2, batch_size=4, num_workers=workers)  # fmt: skip
-        assert train.main(args) == 0
+        assert train(config).steps == 2
         weights.append((out / "model.safetensors").read_bytes())
     assert weights[0] == weights[1]
 
@@ -231,10 +228,10 @@ def test_vistog_stage1_smoke_from_committed_llava(tiny_data, tmp_path):
     from vistog_bench.model.loading import load_checkpoint
 
     out = tmp_path / "vistog"
-    args = _train_args(stage="vistog-stage1", model=str(demo.checkpoint_dir("tiny-llava")), num_semantic_tokens=8,
+    config = _config(stage="vistog-stage1", model=str(demo.checkpoint_dir("tiny-llava")), num_semantic_tokens=8,
                        data=str(tiny_data / "conversations.json"), output_dir=str(out), max_steps=2, batch_size=10,
                        lr=3e-3)  # fmt: skip
-    assert train.main(args) == 0
+    assert train(config).steps == 2
     first, last = _losses(out)
     assert last < first
     model, _ = load_checkpoint(out)
@@ -242,7 +239,7 @@ def test_vistog_stage1_smoke_from_committed_llava(tiny_data, tmp_path):
 
 
 def test_region_pretraining_targets():
-    regions = train.patch_regions(patch_grid=8, region_grid=3)
+    regions = patch_regions(patch_grid=8, region_grid=3)
     assert regions.shape == (64,)
     assert regions[0] == 0 and regions[7] == 2 and regions[63] == 8 and regions[3 * 8 + 4] == 4
     scene = world.image_sample("train", 3).scene
@@ -280,15 +277,17 @@ def test_corrupted_weights_give_one_clear_line(tmp_path):
     assert "\n" not in str(info.value)
 
 
-def test_trainer_bad_input(tiny_data, tmp_path):
-    with pytest.raises(UsageError, match="missing --stage"):
-        train.main(_train_args())
+def test_trainer_bad_input(tiny_data, tmp_path, capsys):
+    assert run_cli([]) == 2
+    assert "missing --stage, --model, --data, --output-dir" in capsys.readouterr().err
     with pytest.raises(UsageError, match="--num-semantic-tokens N"):
-        train.main(_train_args(stage="vistog-stage1", model=str(demo.checkpoint_dir("tiny-llava")),
-                               data=str(tiny_data / "conversations.json"), output_dir=str(tmp_path)))  # fmt: skip
+        train(_config(stage="vistog-stage1", model=str(demo.checkpoint_dir("tiny-llava")),
+                      data=str(tiny_data / "conversations.json"), output_dir=str(tmp_path)))  # fmt: skip
     with pytest.raises(UsageError, match="training data not found"):
-        train.main(_train_args(stage="llava", model=str(demo.checkpoint_dir("tiny-llava")),
-                               data=str(tmp_path / "none.json"), output_dir=str(tmp_path)))  # fmt: skip
+        train(_config(stage="llava", model=str(demo.checkpoint_dir("tiny-llava")),
+                      data=str(tmp_path / "none.json"), output_dir=str(tmp_path)))  # fmt: skip
+    with pytest.raises(UsageError, match="--batch-size must be >= 1, got 0"):
+        _config(stage="llava", model="m", data="d", output_dir="o", batch_size=0)
 
 
 # -- the lmms-eval tasks -----------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from vistog_bench.model import (
     build_inputs,
     llava_prompt,
     load_checkpoint,
-    shape_config,
+    preset_config,
 )
 
 
@@ -133,12 +133,12 @@ def test_stock_llava_checkpoint_loads_as_vistog_off(tmp_path):
 @pytest.mark.parametrize("n", [0, -3, 577])
 def test_bad_budget(n):
     with pytest.raises(UsageError, match=r"1\.\.576"):
-        shape_config("tiny", num_semantic_tokens=n)
+        preset_config("tiny", num_semantic_tokens=n)
 
 
 def test_unknown_shape_suggests():
     with pytest.raises(UsageError, match="did you mean 'llava-1.5-7b'"):
-        shape_config("llava-1.5-7")
+        preset_config("llava-1.5-7")
 
 
 def test_image_of_another_size(llava):

@@ -10,7 +10,7 @@ import torch
 
 from testers import tiny_llava
 from vistog_bench.cli import main as cli_main
-from vistog_bench.model import VisToGForConditionalGeneration, shape_config
+from vistog_bench.model import VisToGForConditionalGeneration, preset_config
 from vistog_bench.profiling import RequestProfiler, device_facts
 from vistog_bench.profiling import flops as F
 from vistog_bench.profiling.hooks import hook_count
@@ -129,7 +129,7 @@ def test_compiled_path_hooks_stay_out_of_the_graph(models):
 
 # -- FLOPs -------------------------------------------------------------------------------------------------------------
 def test_analytic_7b_prefill_is_8_50_tflops():
-    shape = F.ArchShape.from_config(shape_config("llava-1.5-7b"))
+    shape = F.ArchShape.from_config(preset_config("llava-1.5-7b"))
     assert F.prefill_flops(shape, batch=1, prompt_tokens=576 + 64) == pytest.approx(8.50e12, rel=0.005)
     # FastV's convention: multiply-adds and two MLP matrices, well under half of ours
     assert F.fastv_llm_flops(shape, 1, 640) / F.prefill_flops(shape, 1, 640) == pytest.approx(0.39, abs=0.01)
@@ -167,7 +167,7 @@ def test_weight_bytes_from_meta_model_match_real_model(models):
 
 
 def test_roofline_decode_is_memory_bound_on_h100():
-    config = shape_config("llava-1.5-7b", 64)
+    config = preset_config("llava-1.5-7b", 64)
     shape = F.ArchShape.from_config(config)
     weights = stage_weight_bytes(meta_model(config), element_bytes=2)
     cell = F.generate_flops(shape, budget=64, batch_size=1, text_tokens=64, output_tokens=2)
@@ -197,8 +197,8 @@ def test_nvml_absent_gives_nulls_with_reasons(models):
 # -- the profile command -----------------------------------------------------------------------------------------------
 def test_profile_command_writes_controlled_records(tmp_path, capsys):
     code = cli_main(["profile", "--shape", "tiny", "--budgets", "576,64", "--batch-sizes", "1", "--new-tokens", "2",
-                     "--text-tokens", "8", "--warmup", "1", "--repeats", "3", "--device", "cpu",
-                     "--output", str(tmp_path)])
+                     "--text-tokens", "8", "--warmup", "1", "--repeats", "3", "--min-duration", "0", "--device", "cpu",
+                     "--threads", "1", "--output", str(tmp_path)])
     assert code == 0
     (run_path,) = tmp_path.iterdir()
     run = RunDir(run_path)
@@ -209,7 +209,12 @@ def test_profile_command_writes_controlled_records(tmp_path, capsys):
         assert record.stats["ttft"]["n"] == 3 and record.stats["prefill"]["p10"] <= record.stats["prefill"]["p90"]
         assert record.prefill_ms == record.stats["prefill"]["median"] > 0
         assert record.extra["flops_mismatch"] == {}
+        stats = record.stats["ttft"]
+        assert stats["p50"] == stats["median"] and stats["p50"] <= stats["p90"] <= stats["p95"] <= stats["p99"]
+        assert stats["stdev"] >= 0 and stats["cv"] == pytest.approx(stats["stdev"] / stats["mean"])
+        assert record.stats["ttft_logits_processor"]["n"] == 3 and record.extra["threads"] == 1
     assert run.manifest().device["device"] == "cpu"
+    assert run.manifest().config["threads"] == 1 and run.manifest().config["warmup"] == 1
     assert "TTFT ms" in capsys.readouterr().out
 
 
@@ -262,16 +267,17 @@ def test_profile_bad_input_exits_2(tmp_path, capsys, argv, message):
     assert len(err.splitlines()) == 1 and message in err
 
 
-def _profiled_generate(model, method, budget, **options):
+def _profiled_generate(model, method, budget, tell_profiler=True, **options):
+    """`tell_profiler`: hand the profiler what was applied, as every caller does (it reads no state of its own)."""
     from testers import random_images, tiny_processor
 
     from vistog_bench.model import build_inputs, llava_prompt
     from vistog_bench.profiling import RequestProfiler
-    from vistog_bench.reducers import apply_method, tokens_per_image
+    from vistog_bench.reducers import applied_method, apply_method, tokens_per_image
 
     apply_method(model, method, budget, **options)
     inputs = build_inputs(tiny_processor(), [llava_prompt("what colour ?")], [random_images(1)], tokens_per_image(model))
-    profiler = RequestProfiler(model)
+    profiler = RequestProfiler(model, applied=applied_method(model) if tell_profiler else None)
     with profiler.attached():
         with profiler.request(method=method, budget=budget, batch_size=1, count_flops=True) as request:
             with torch.no_grad():
@@ -297,3 +303,5 @@ def test_reducer_time_is_the_grouping_stage():
     assert record.grouping_ms is not None and record.grouping_ms > 0
     assert record.extra["grouping_stage"].startswith("pool")
     assert "grouping_ms" in _profiled_generate(model, "none", 576).null_reasons
+    # the profiler knows only what its caller told it: a reducer it was not told of has no stage of its own
+    assert "grouping_ms" in _profiled_generate(model, "pool", 64, tell_profiler=False).null_reasons

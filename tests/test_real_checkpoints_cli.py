@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vistog_bench.hub_checkpoints import LLAVA_HF_CHAT_TEMPLATE, write_both
+from vistog_bench.hub_checkpoints import LLAVA_HF_CHAT_TEMPLATE
 from vistog_bench.model import VisToGForConditionalGeneration, build_inputs, load_checkpoint
 from vistog_bench.model.prompting import VICUNA_CHAT_TEMPLATE, PromptBuilder, Turn, find_template
 
@@ -26,13 +25,9 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS
 
 
 @pytest.fixture(scope="module")
-def layouts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("llava-hf-cli")
-    hub, resaved = write_both(root)
-    bare = root / "no-template"
-    shutil.copytree(hub, bare)
-    (bare / "chat_template.json").unlink()
-    found = {"hub": hub, "resaved": resaved, "none": bare}
+def layouts(llava_hf_layouts, tmp_path_factory):
+    root = tmp_path_factory.mktemp("vistog-from-llava-hf")
+    found = dict(llava_hf_layouts)
     for name in ("hub", "resaved"):  # a VisToG-64 checkpoint made from each layout (what `train` starts from)
         model, processor = load_checkpoint(found[name])
         torch.manual_seed(0)
@@ -104,7 +99,7 @@ def lmms_eval_answers(tmp_path: Path, mirror: Path, model: str, model_args: str,
 
 
 @pytest.mark.parametrize(
-    "layout,extra", [("hub", ()), ("resaved", ()), ("none", ("--force_simple",))], ids=["chat-hub", "chat-resaved", "simple"]
+    "layout,extra", [("hub", ()), ("resaved", ()), ("no-template", ("--force_simple",))], ids=["chat-hub", "chat-resaved", "simple"]
 )
 def test_lmms_eval_cli_vistog_equals_its_llava_hf(layouts, pope_mirror, layout, extra, tmp_path):
     path = layouts[layout]
@@ -133,9 +128,9 @@ def write_llava_data(folder: Path, count: int = 4) -> Path:
     return path
 
 
-@pytest.mark.parametrize("layout,template", [("hub", LLAVA_HF_CHAT_TEMPLATE), ("none", VICUNA_CHAT_TEMPLATE)])
+@pytest.mark.parametrize("layout,template", [("hub", LLAVA_HF_CHAT_TEMPLATE), ("no-template", VICUNA_CHAT_TEMPLATE)])
 def test_trained_checkpoint_is_evaluated_with_its_training_prompt(layouts, layout, template, tmp_path):
-    from vistog_bench.demo.train import ConversationDataset
+    from vistog_bench.train.data import ConversationDataset
 
     data = write_llava_data(tmp_path / "data")
     out = tmp_path / "trained"

@@ -19,11 +19,16 @@ Video: `max_frames` frames are sampled uniformly (as `llava_hf` samples them) an
 as an image, giving `budget` tokens; the LLM sees `<frame 1 tokens> <frame 2 tokens> ...` in temporal order, then the
 question, i.e. frames x budget visual tokens in all.
 
-Per-request profiling: give the instance a profiler (`vistog_bench.profiling.RequestProfiler`) and every batch it
-serves becomes a `ProfileRecord`; the profiler observes the model from outside, the adapter only marks requests.
-Every served sample is logged (`take_sample_log`): the exact rendered prompt, its image placeholders and the tokens
-each expands to. A sample whose image, video or prompt cannot be built fails alone: its answer is empty and the
-reason is in its log entry.
+Configured through the constructor only. lmms-eval gives `pretrained=PATH,...` and the adapter loads the checkpoint;
+a harness that serves one loaded model to several evaluations builds it once with `serve_checkpoint` and passes
+`served=` to one adapter per evaluation (lmms-eval's `clean()` then frees the adapter, not the model). Per-request
+profiling: pass `profiler=` (`vistog_bench.profiling.RequestProfiler`, attached by its owner) and every batch served
+becomes a ProfileRecord that the profiler keeps (`profiler.take_records()`); the profiler observes the model from
+outside, the adapter only marks requests. What the adapter hands back besides lmms-eval's answers comes through one
+path, `take_sample_log()`: per sample the exact rendered prompt, its image placeholders and the tokens each expands
+to. A sample whose image, video or prompt cannot be built fails alone: its answer is empty and the reason is in its
+log entry; with `unscored_failures_in=` (the Task objects under evaluation) its requests are also taken out of those
+tasks at `clean()`, between generation and scoring, so lmms-eval scores only the samples that were served.
 """
 
 from __future__ import annotations
@@ -37,12 +42,13 @@ from lmms_eval import utils as lmms_utils
 from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
 from lmms_eval.api.model import lmms
 from PIL import Image, UnidentifiedImageError
+from transformers import LogitsProcessorList
 from tqdm import tqdm
 
 from .errors import UsageError
 from .model import VisToGForConditionalGeneration, build_inputs, load_checkpoint
 from .model.prompting import PromptBuilder, Turn, find_template, image_token_of
-from .reducers import METHODS, apply_method, tokens_per_image
+from .reducers import METHODS, AppliedMethod, applied_method, apply_method, tokens_per_image
 
 DEFAULT_MAX_NEW_TOKENS = 1024  # llava_hf's default when a task sets none
 # What a sample can fail on while its media and prompt are built: it then fails alone.
@@ -63,6 +69,31 @@ def load_frames(path: str, max_frames: int) -> list[Image.Image]:
     reader = VideoReader(path, ctx=cpu(0))
     index = np.linspace(0, len(reader) - 1, max_frames, dtype=int).tolist()
     return [Image.fromarray(frame) for frame in reader.get_batch(index).asnumpy()]
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A checkpoint loaded and set up for one method at one budget; `applied` is what the reducers installed."""
+
+    pretrained: str
+    model: VisToGForConditionalGeneration
+    processor: object
+    method: str
+    budget: int
+    tokens_per_image: int
+    prompt_template: object  # model.prompting.PromptTemplate: the chat template prompts are rendered with
+    applied: AppliedMethod | None
+
+
+def serve_checkpoint(pretrained: str, *, method: str = "vistog", budget: int | None = None, device: str = "cpu",
+                     dtype: str = "float32", attn_implementation: str = "sdpa", seed: int = 0,
+                     chat_template: str | None = None) -> ServedModel:
+    """Load `pretrained` and set it up for `method` at `budget` (None: the checkpoint's own count)."""
+    model, processor = load_checkpoint(pretrained, device=device, dtype=dtype, attn_implementation=attn_implementation)
+    budget = configure_method(model, method, budget, seed)
+    template = find_template(processor, pretrained, chat_template or None)
+    return ServedModel(str(pretrained), model, processor, method, budget, tokens_per_image(model), template,
+                       applied_method(model))
 
 
 @dataclass
@@ -98,7 +129,7 @@ class VisToGLMM(lmms):
 
     def __init__(
         self,
-        pretrained: str,
+        pretrained: str | None = None,
         budget: int | None = None,
         method: str = "vistog",
         device: str | None = None,
@@ -108,30 +139,34 @@ class VisToGLMM(lmms):
         max_frames: int = 8,
         seed: int = 0,
         chat_template: str | None = None,
+        served: ServedModel | None = None,
         profiler=None,
+        unscored_failures_in: tuple = (),
         **kwargs,
     ) -> None:
         super().__init__()
         if kwargs:
             raise UsageError(f"unknown model_args for vistog: {', '.join(sorted(kwargs))}")
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = dtype or ("float16" if device.startswith("cuda") else "float32")
-        self._device = torch.device(device)
-        self.method = method
-        self.model, self.processor = load_checkpoint(
-            pretrained, device=device, dtype=dtype, attn_implementation=attn_implementation
-        )
-        self.budget = configure_method(self.model, method, None if budget in (None, "") else int(budget), int(seed))
-        self.tokens_per_image = tokens_per_image(self.model)
+        if served is None:
+            if not pretrained:
+                raise UsageError("vistog needs model_args pretrained=PATH")
+            device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+            served = serve_checkpoint(
+                pretrained, method=method, budget=None if budget in (None, "") else int(budget),
+                device=device, dtype=dtype or ("float16" if device.startswith("cuda") else "float32"),
+                attn_implementation=attn_implementation, seed=int(seed), chat_template=chat_template,
+            )
+        self._device = next(served.model.parameters()).device
+        self.model, self.processor = served.model, served.processor
+        self.method, self.budget, self.tokens_per_image = served.method, served.budget, served.tokens_per_image
         self.tokenizer = self.processor.tokenizer
-        self.prompt_template = find_template(self.processor, pretrained, chat_template or None)
+        self.prompt_template = served.prompt_template
         self.prompts = PromptBuilder(self.prompt_template, self.tokenizer, image_token_of(self.processor))
         self.batch_size_per_gpu = int(batch_size)
         self.max_frames = int(max_frames)
         self.profiler = profiler
+        self.unscored_failures_in = tuple(unscored_failures_in)
         self._sample_log: list[dict] = []
-        self.profile_records: list = []  # ProfileRecord per served batch, when a profiler is given
-        self.keep_loaded = False  # True: survive lmms-eval's post-evaluation clean() (one load, several tasks)
 
     # -- lmms-eval properties --------------------------------------------------------------------------------------
     @property
@@ -236,6 +271,7 @@ class VisToGLMM(lmms):
             with torch.inference_mode():
                 output_ids = self.model.generate(
                     **inputs,
+                    logits_processor=LogitsProcessorList([request.first_token_clock]) if request is not None else None,
                     do_sample=do_sample,
                     temperature=temperature if do_sample else None,
                     top_p=gen_kwargs.get("top_p") if do_sample else None,
@@ -250,8 +286,6 @@ class VisToGLMM(lmms):
             if request is not None:
                 visual = sum(len(s.images) for s in live) * self.budget
                 request.set_tokens(visual=visual, text=sum(input_counts) - visual, output=sum(output_counts))
-        if request is not None:
-            self.profile_records.append(request.record)
         texts = iter(
             (self._cut_at_stop(text, until), TokenCounts(int(n_in), int(n_out)))
             for text, n_in, n_out in zip(self.tokenizer.batch_decode(new_ids, skip_special_tokens=True), input_counts, output_counts)
@@ -299,9 +333,13 @@ class VisToGLMM(lmms):
         return results
 
     def clean(self) -> None:
-        """lmms-eval frees the model after each evaluation; the harness keeps it across its tasks (`keep_loaded`)."""
-        if not self.keep_loaded:
-            super().clean()
+        """lmms-eval calls this between generation and scoring: the requests of failed samples leave the tasks in
+        `unscored_failures_in`, then lmms-eval frees this adapter's modules (a `served` model lives on with its
+        owner)."""
+        failed = {(e["task"], e["doc_id"]) for e in self._sample_log if e.get("failure")}
+        for task in self.unscored_failures_in:
+            task._instances = [i for i in task.instances if (i.task_name, i.doc_id) not in failed]
+        super().clean()
 
     def generate_until_multi_round(self, requests) -> list[str]:
         raise NotImplementedError("vistog: multi-round generation is not supported; use single-turn tasks")
@@ -349,4 +387,4 @@ class VisToGChatLMM(VisToGLMM):
                                   "use --force_simple for log-likelihood tasks")  # fmt: skip
 
 
-__all__ = ["VisToGLMM", "VisToGChatLMM", "configure_method", "METHODS"]
+__all__ = ["VisToGLMM", "VisToGChatLMM", "ServedModel", "serve_checkpoint", "configure_method", "METHODS"]

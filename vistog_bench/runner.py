@@ -36,20 +36,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as dt
-import functools
 import io
 import json
 import math
 import os
-import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .arguments import comma_list, int_list
+from .dtypes import DTYPE_NAMES
 from .errors import UsageError
+from .provenance import git_sha, now, package_versions
 from .results import (
     STATUS_OK,
     STATUS_OOM,
@@ -71,7 +70,7 @@ RESUME_FREE_KEYS = ("output", "resume")
 # Settings a resumed run keeps from its manifest: giving another value is refused (RunConfig field -> option).
 RESUME_KEPT_OPTIONS = {
     "limit": "--limit", "seed": "--seed", "batch_size": "--batch-size", "device": "--device", "dtype": "--dtype",
-    "max_frames": "--max-frames", "chat_template": "--chat-template", "data_dir": "--data-dir",
+    "max_frames": "--max-frames", "chat_template": "--chat-template", "data_dir": "--data-dir", "threads": "--threads",
 }  # fmt: skip
 DEFAULT_BATCH_SIZE, DEFAULT_SEED, DEFAULT_MAX_FRAMES = 1, 0, 8
 LOG_FILE = "run.log"
@@ -99,6 +98,7 @@ class RunConfig:
     profile: bool = True
     resume: str | None = None
     chat_template: str | None = None
+    threads: int | None = None  # torch CPU threads for the sweep (None: torch's own count)
 
 
 @dataclass(frozen=True)
@@ -121,13 +121,13 @@ class TaskGroup:
 # -- planning --------------------------------------------------------------------------------------------------------
 def _checkpoint_facts(path: str) -> tuple[str, int | None, int]:
     """(model_type, N or None, patch count) from a checkpoint's config.json, validated."""
-    from .model.loading import checkpoint_model_type
+    from .model.loading import checkpoint_model_type, load_config
+    from .model.modeling import vistog_config
 
     model_type = checkpoint_model_type(path)
-    config = json.loads((Path(path) / "config.json").read_text())
-    vision = config.get("vision_config", {})
-    patches = (vision.get("image_size", 336) // vision.get("patch_size", 14)) ** 2
-    return model_type, config.get("num_semantic_tokens") if model_type == "vistog" else None, patches
+    config = load_config(path)
+    semantic = config.num_semantic_tokens if model_type == "vistog" else None
+    return model_type, semantic, vistog_config(config, None).num_patches
 
 
 def checkpoint_budgets(models) -> tuple[int, ...]:
@@ -257,33 +257,6 @@ def task_limits(manager, tasks: list[str], limit: int | None) -> dict[str, int |
 
 
 # -- the manifest ----------------------------------------------------------------------------------------------------
-def _git_sha() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    names = ("vistog-bench", "torch", "transformers", "lmms_eval", "datasets", "accelerate")
-    found = {"python": platform.python_version()}
-    for name in names:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return found
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
 def _comparable(config: RunConfig) -> dict:
     data = dataclasses.asdict(config)
     for key in RESUME_FREE_KEYS:
@@ -297,9 +270,10 @@ def _config_differences(saved: RunConfig, config: RunConfig) -> str:
     return ", ".join(f"{k} {before.get(k)!r} -> {after.get(k)!r}" for k in sorted(after) if before.get(k) != after.get(k))
 
 
-def _note_prompt_template(run: RunDir, checkpoint: str, lm) -> None:
+def _note_prompt_template(run: RunDir, served) -> None:
     """Record in the manifest which chat template this checkpoint's prompts were rendered with, and its origin."""
-    entry = {"source": str(lm.prompt_template.source), "style": str(lm.prompt_template.style)}
+    checkpoint = served.pretrained
+    entry = {"source": str(served.prompt_template.source), "style": str(served.prompt_template.style)}
     manifest = run.manifest()
     if manifest.prompt_templates.get(checkpoint) != entry:
         templates = {**manifest.prompt_templates, checkpoint: entry}
@@ -454,65 +428,41 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-@functools.cache
-def _sweep_model_class():
-    """The `vistog` adapter as a sweep drives it (built on first use: the adapter imports torch and lmms-eval)."""
+def _task_adapter(served, profiler, task: str, config: RunConfig, manager):
+    """A fresh adapter over the loaded model for one task, and lmms-eval's task dict for it. Failed samples' requests
+    leave the task before scoring (the adapter's clean())."""
+    from lmms_eval.tasks import get_task_dict
+
     from .adapter import VisToGLMM
 
-    class SweepLMM(VisToGLMM):
-        """lmms-eval calls `clean()` between generation and post-processing. There the adapter's sample log is taken
-        and the requests of samples that failed are removed from the task being evaluated (`evaluating`), so
-        lmms-eval scores the samples that were served and skips the failed ones (a document without requests)."""
-
-        def __init__(self, *args, **kwargs) -> None:
-            super().__init__(*args, **kwargs)
-            self.evaluating: tuple = ()  # the Task objects of the simple_evaluate call under way
-            self.served: list[dict] = []  # sample log entries taken at clean(), not yet collected
-
-        def collect_served(self) -> list[dict]:
-            """Every sample log entry since the last call (taken at `clean()` or now)."""
-            entries = self.served + self.take_sample_log()
-            self.served = []
-            return entries
-
-        def clean(self) -> None:
-            self.served += self.take_sample_log()
-            failed = {(e["task"], e["doc_id"]) for e in self.served if e.get("failure")}
-            for task in self.evaluating:
-                task._instances = [i for i in task.instances if (i.task_name, i.doc_id) not in failed]
-            super().clean()
-
-    return SweepLMM
+    task_dict = get_task_dict([task], manager, "simple" if VisToGLMM.is_simple else "chat")
+    lm = VisToGLMM(served=served, batch_size=config.batch_size, max_frames=config.max_frames, profiler=profiler,
+                   unscored_failures_in=tuple(task_dict.values()))
+    return lm, task_dict
 
 
-def _evaluate_task(lm, task: str, limit: int | None, config: RunConfig, manager, run_path: Path) -> dict:
+def _evaluate_task(lm, task_dict: dict, limit: int | None, config: RunConfig, manager, run_path: Path) -> dict | None:
     import argparse
 
     from lmms_eval.evaluator import simple_evaluate
-    from lmms_eval.tasks import get_task_dict
 
-    task_dict = get_task_dict([task], manager, "simple" if lm.is_simple else "chat")
     # Post-processing reads documents without their media (lmms-eval's eval_docs_no_media): decoding every row there
     # would run outside the adapter's per-sample guard, and one corrupt image would fail the whole task.
     # Tasks that write submission files (TextVQA, MMBench, captions) put them under the run folder, not the cwd.
     lmms_args = argparse.Namespace(output_path=str(run_path), process_with_media=False)
-    lm.evaluating = tuple(task_dict.values())
-    try:
-        return simple_evaluate(
-            cli_args=lmms_args,
-            model=lm,
-            tasks=list(task_dict.values()),
-            limit=limit,
-            log_samples=True,
-            task_manager=manager,
-            bootstrap_iters=config.bootstrap_iters,
-            random_seed=config.seed,
-            numpy_random_seed=config.seed,
-            torch_random_seed=config.seed,
-            verbosity="WARNING",
-        )
-    finally:
-        lm.evaluating = ()
+    return simple_evaluate(
+        cli_args=lmms_args,
+        model=lm,
+        tasks=list(task_dict.values()),
+        limit=limit,
+        log_samples=True,
+        task_manager=manager,
+        bootstrap_iters=config.bootstrap_iters,
+        random_seed=config.seed,
+        numpy_random_seed=config.seed,
+        torch_random_seed=config.seed,
+        verbosity="WARNING",
+    )
 
 
 def check_run_config(config: RunConfig) -> None:
@@ -525,10 +475,13 @@ def check_run_config(config: RunConfig) -> None:
         raise UsageError(f"--max-frames must be at least 1, got {config.max_frames}")
     if config.chat_template is not None and not Path(config.chat_template).is_file():
         raise UsageError(f"--chat-template {config.chat_template}: no such file")
+    if config.threads is not None and config.threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {config.threads}")
 
 
 def run_sweep(config: RunConfig, command: list[str] | None = None) -> tuple[RunDir, list[CellResult]]:
     """Plan, validate, evaluate every cell, write the run folder. Returns the run and its cells."""
+    from .profiling.timers import cpu_threads
     from .task_catalog import check_tasks_available, task_manager
 
     check_run_config(config)
@@ -536,7 +489,8 @@ def run_sweep(config: RunConfig, command: list[str] | None = None) -> tuple[RunD
     cells = plan_cells(config)
     if config.data_dir and not Path(config.data_dir).is_dir():
         raise UsageError(f"--data-dir {config.data_dir} is not a folder")
-    with _data_dir_scope(config.data_dir):  # lmms-eval's task YAMLs read the mirror's folder from the environment
+    # lmms-eval's task YAMLs read the mirror's folder from the environment
+    with _data_dir_scope(config.data_dir), cpu_threads(config.threads):
         manager = task_manager(config.include_paths)
         check_tasks_available(manager, config.tasks, config.data_dir)  # before any model loads
         tasks, groups = expand_tasks(manager, config.tasks)
@@ -554,14 +508,14 @@ def run_sweep(config: RunConfig, command: list[str] | None = None) -> tuple[RunD
                 if todo:
                     _run_cell(run, cell, todo, config, manager, limits)
                 _record_groups(run, cell, groups, done)
-            run.write_manifest(dataclasses.replace(run.manifest(), finished_at=_now()))
+            run.write_manifest(dataclasses.replace(run.manifest(), finished_at=now()))
     return run, run.cells()
 
 
 @contextlib.contextmanager
 def _data_dir_scope(data_dir: str | None):
     """$VISTOG_DATA_DIR set to `data_dir` for the sweep, as it was afterwards (the process is not left changed)."""
-    from .task_catalog import DATA_DIR_ENV
+    from .offline_data import DATA_DIR_ENV
 
     if not data_dir:
         yield
@@ -596,11 +550,11 @@ def _open_run(config: RunConfig, command: list[str] | None) -> RunDir:
             run_id=run_id,
             command=command or sys.argv,
             config=dataclasses.asdict(config),
-            git_sha=_git_sha(),
-            versions=_versions(),
+            git_sha=git_sha(),
+            versions=package_versions(),
             device=device_facts(config.device),
             seed=config.seed,
-            started_at=_now(),
+            started_at=now(),
         )
     )
     return run
@@ -632,23 +586,15 @@ def _record_groups(run: RunDir, cell: Cell, groups: list[TaskGroup], done: set) 
 
 def _run_cell(run: RunDir, cell: Cell, tasks: list[str], config: RunConfig, manager, limits: dict) -> None:
     """Load the model once for (method, budget), then evaluate each task; every outcome is recorded."""
+    from .adapter import serve_checkpoint
     from .profiling import RequestProfiler
 
     log_path = run.path / LOG_FILE
     started = time.perf_counter()
     try:
         with third_party_output_to(log_path):
-            lm = _sweep_model_class()(
-                pretrained=cell.checkpoint,
-                budget=cell.budget,
-                method=cell.method,
-                device=config.device,
-                dtype=config.dtype,
-                batch_size=config.batch_size,
-                max_frames=config.max_frames,
-                seed=config.seed,
-                chat_template=config.chat_template,
-            )
+            served = serve_checkpoint(cell.checkpoint, method=cell.method, budget=cell.budget, device=config.device,
+                                      dtype=config.dtype, seed=config.seed, chat_template=config.chat_template)
     except Exception as exc:  # noqa: BLE001 - a model that does not load fails its own cells; the sweep goes on
         reason = f"loading {cell.checkpoint}: {type(exc).__name__}: {exc}"
         status = STATUS_OOM if _is_oom(exc) else failed_status(reason)
@@ -656,53 +602,51 @@ def _run_cell(run: RunDir, cell: Cell, tasks: list[str], config: RunConfig, mana
             _record(run, CellResult(task, cell.method, cell.budget, status, elapsed_s=time.perf_counter() - started))
         _release_memory()
         return
-    _note_prompt_template(run, cell.checkpoint, lm)
-    lm.keep_loaded = True  # several tasks, one load
-    profiler = RequestProfiler(lm.model, device=config.device) if config.profile else None
-    lm.profiler = profiler
+    _note_prompt_template(run, served)
+    profiler = (RequestProfiler(served.model, device=config.device, applied=served.applied)
+                if config.profile else None)
     for task in tasks:
-        key = CellKey(task, cell.method, cell.budget)
         started = time.perf_counter()
+        lm = None
         try:
-            with third_party_output_to(log_path):
-                if profiler is not None:
-                    with profiler.attached():
-                        results = _evaluate_task(lm, task, limits.get(task, config.limit), config, manager, run.path)
-                else:
-                    results = _evaluate_task(lm, task, limits.get(task, config.limit), config, manager, run.path)
+            with third_party_output_to(log_path), (profiler.attached() if profiler else contextlib.nullcontext()):
+                lm, task_dict = _task_adapter(served, profiler, task, config, manager)
+                results = _evaluate_task(lm, task_dict, limits.get(task, config.limit), config, manager, run.path)
         except Exception as exc:  # noqa: BLE001 - a failed task is a failed cell; the sweep goes on
             if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
                 raise  # a full disk ends the run (exit 3), it is not this cell's failure
-            served = lm.collect_served()
-            failures = [e for e in served if e.get("failure")]
-            reason = f"{type(exc).__name__}: {exc}"
-            if failures:
-                reason += f" ({len(failures)} sample(s) had failed, first: {failures[0]['failure']})"
-            status = STATUS_OOM if _is_oom(exc) else failed_status(reason)
-            _record(run, CellResult(task, cell.method, cell.budget, status, elapsed_s=time.perf_counter() - started,
-                                    n_failed=len(failures)))
+            _record(run, _failed_cell(cell, task, exc, lm.take_sample_log() if lm else [], started))
             _release_memory()
             continue
         finally:
             if profiler is not None:
-                run.append_profile(_take_records(lm, task))
-        served = lm.collect_served()
-        failures = list({e["doc_id"]: e["failure"] for e in served if e.get("failure")}.values())
-        if results is None:
-            _record(run, CellResult(task, cell.method, cell.budget, failed_status("lmms-eval returned nothing"),
-                                    n_failed=len(failures)))
-            continue
-        write_jsonl(run.samples_path(key), _sample_lines(results.get("samples", {}).get(task, []), served))
-        _record(run, cell_from_lmms_results(task, cell.method, cell.budget, results, time.perf_counter() - started,
-                                            failures))
-    del lm, profiler  # every reference to this cell's model: the next cell loads only after it is gone
+                run.append_profile([r if r.task else dataclasses.replace(r, task=task) for r in profiler.take_records()])
+        _record_task(run, cell, task, results, lm.take_sample_log(), time.perf_counter() - started)
+    del served, profiler, lm  # every reference to this cell's model: the next cell loads only after it is gone
     _release_memory()
 
 
-def _take_records(lm, task: str) -> list[ProfileRecord]:
-    records = [r if r.task else dataclasses.replace(r, task=task) for r in lm.profile_records]
-    lm.profile_records.clear()
-    return records
+def _failed_cell(cell: Cell, task: str, exc: Exception, samples: list[dict], started: float) -> CellResult:
+    failures = [e for e in samples if e.get("failure")]
+    reason = f"{type(exc).__name__}: {exc}"
+    if failures:
+        reason += f" ({len(failures)} sample(s) had failed, first: {failures[0]['failure']})"
+    status = STATUS_OOM if _is_oom(exc) else failed_status(reason)
+    return CellResult(task, cell.method, cell.budget, status, elapsed_s=time.perf_counter() - started,
+                      n_failed=len(failures))
+
+
+def _record_task(run: RunDir, cell: Cell, task: str, results: dict | None, samples: list[dict], elapsed_s: float
+                 ) -> None:
+    """A task's cell and its sample lines, from lmms-eval's results and the adapter's sample log."""
+    failures = list({e["doc_id"]: e["failure"] for e in samples if e.get("failure")}.values())
+    if results is None:
+        _record(run, CellResult(task, cell.method, cell.budget, failed_status("lmms-eval returned nothing"),
+                                n_failed=len(failures)))
+        return
+    write_jsonl(run.samples_path(CellKey(task, cell.method, cell.budget)),
+                _sample_lines(results.get("samples", {}).get(task, []), samples))
+    _record(run, cell_from_lmms_results(task, cell.method, cell.budget, results, elapsed_s, failures))
 
 
 def _release_memory() -> None:
@@ -736,27 +680,19 @@ def summary_table(cells: list[CellResult]) -> str:
 
 
 # -- CLI -------------------------------------------------------------------------------------------------------------
-def _csv(text: str | None) -> tuple[str, ...]:
-    return tuple(part.strip() for part in (text or "").split(",") if part.strip())
-
-
-def _budgets(text: str | None) -> tuple[int, ...]:
-    try:
-        return tuple(int(b) for b in _csv(text))
-    except ValueError:
-        raise UsageError(f"--budgets must be comma-separated integers, got {text!r}") from None
-
-
 def add_arguments(parser) -> None:
     parser.add_argument("--model", nargs="+",
                         help="checkpoint folder(s): stock LLaVA-1.5 and/or VisToG checkpoints (default: the embedded ones)")
     parser.add_argument("--tasks", help="comma-separated lmms-eval task or group names")
     parser.add_argument("--budgets", help="visual tokens per image, e.g. 576,192,128,64")
-    parser.add_argument("--method", default=None, help="comma-separated: none, vistog, pool, random, tome, visionzip, prumerge, fastv")
+    parser.add_argument("--methods", "--method", dest="method", default=None,
+                        help="comma-separated: none, vistog, pool, random, tome, visionzip, prumerge, fastv")
     parser.add_argument("--limit", type=int, default=None, help="samples per task (for quick runs; even for MME)")
     parser.add_argument("--batch-size", type=int, default=None, help=f"default {DEFAULT_BATCH_SIZE}")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--dtype", default=None, choices=["float16", "bfloat16", "float32"])
+    parser.add_argument("--dtype", default=None, choices=DTYPE_NAMES)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: 1 on CPU, where more stall on shared cores; torch's on a GPU)")
     parser.add_argument("--output", default="results", help="folder that receives <run_id>/")
     parser.add_argument("--data-dir", default=None, help="local mirror of the benchmark datasets (see docs)")
     parser.add_argument("--include-path", action="append", default=[], help="extra lmms-eval task folder")
@@ -800,7 +736,7 @@ def _resumed_config(args) -> RunConfig:
     given = {
         "limit": args.limit, "seed": args.seed, "batch_size": args.batch_size, "device": args.device,
         "dtype": args.dtype, "max_frames": args.max_frames, "chat_template": _chat_template_path(args.chat_template),
-        "data_dir": args.data_dir,
+        "data_dir": args.data_dir, "threads": args.threads,
     }  # fmt: skip
     if args.data_dir is not None and saved.data_dir is not None and Path(args.data_dir).resolve() == Path(saved.data_dir).resolve():
         given["data_dir"] = saved.data_dir  # the same folder, however it is spelt
@@ -817,6 +753,8 @@ def _resumed_config(args) -> RunConfig:
 def config_from_args(args) -> RunConfig:
     import torch
 
+    from .profiling.timers import default_threads
+
     if args.limit is not None and args.limit <= 0:
         raise UsageError(f"--limit must be positive, got {args.limit}")
     if args.batch_size is not None and args.batch_size <= 0:
@@ -831,13 +769,13 @@ def config_from_args(args) -> RunConfig:
         raise UsageError("--device cuda: no CUDA device is available here")
     dtype = args.dtype or ("float16" if device.startswith("cuda") else "float32")
     if not args.model:
-        models, tasks, budgets, methods = embedded_default(_csv(args.tasks), _budgets(args.budgets), _csv(args.method))
+        models, tasks, budgets, methods = embedded_default(comma_list(args.tasks), int_list(args.budgets, "--budgets"), comma_list(args.method))
     else:
         if not args.tasks:
             raise UsageError("--tasks is needed with --model (leave both out for the embedded default)")
-        models, tasks = tuple(args.model), _csv(args.tasks)
-        methods = _csv(args.method) or ("vistog",)
-        budgets = _budgets(args.budgets) or checkpoint_budgets(models)
+        models, tasks = tuple(args.model), comma_list(args.tasks)
+        methods = comma_list(args.method) or ("vistog",)
+        budgets = int_list(args.budgets, "--budgets") or checkpoint_budgets(models)
     return RunConfig(
         models=tuple(str(Path(m).resolve()) for m in models),
         tasks=tuple(tasks),
@@ -855,6 +793,7 @@ def config_from_args(args) -> RunConfig:
         profile=not args.no_profile,
         resume=args.resume,
         chat_template=_chat_template_path(args.chat_template),
+        threads=args.threads if args.threads is not None else default_threads(device),
     )
 
 

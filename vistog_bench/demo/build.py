@@ -9,7 +9,7 @@
     5. for each budget N: `vistog-stage1` then `vistog-stage2` from tiny-llava, vision frozen -> checkpoints/tiny-vistog-N
        (the budgets train side by side, one process and one thread each)
 
-Every stage is the public trainer (`vistog_bench.demo.train`) run with the arguments in `STAGE_ARGS`.
+Every stage is the public trainer (`vistog_bench.train.train`) run with a TrainConfig from `STAGE_SETTINGS`.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ THREADS = 1  # robust when the cores are shared: two threads stall at every barr
 # step, 21 % of a pre-training step); the batches, hence the weights, are the same as without it. The VisToG budgets
 # train side by side, so they already fill both cores and load their own data.
 LOADER_WORKERS = 1
-# step name -> (trainer stage, its arguments). The LLaVA stage runs twice: projector + LLM on the frozen pre-trained
+# step name -> (trainer stage, its TrainConfig settings). The LLaVA stage runs twice: projector + LLM on the frozen pre-trained
 # encoder first, then end to end (the ViT is tiny; LLaVA-1.5 itself keeps CLIP frozen). VisToG keeps it frozen.
-STAGE_ARGS = {
+STAGE_SETTINGS = {
     "pretrain-vision": ("pretrain-vision", dict(max_steps=1200, batch_size=64, lr=1e-3, num_workers=LOADER_WORKERS)),
     "llava-frozen-vision": ("llava", dict(max_steps=700, batch_size=32, lr=5e-4, num_workers=LOADER_WORKERS)),
     "llava-end-to-end": (
@@ -87,27 +87,20 @@ def write_fresh_model(folder: Path) -> Path:
     return folder
 
 
-def stage_namespace(step: str, model: Path, data: Path, output: Path, **overrides) -> argparse.Namespace:
-    from . import train
+def stage_config(step: str, model: Path, data: Path, output: Path, **overrides):
+    from ..train import TrainConfig
 
-    parser = argparse.ArgumentParser()
-    train.add_arguments(parser)
-    args = parser.parse_args([])
-    stage, stage_args = STAGE_ARGS[step]
-    values = dict(stage=stage, model=str(model), data=str(data), output_dir=str(output), seed=SEED, threads=THREADS)
-    values.update(stage_args)
-    values.update(overrides)
-    for key, value in values.items():
-        setattr(args, key, value)
-    return args
+    stage, settings = STAGE_SETTINGS[step]
+    values = dict(model=str(model), data=str(data), output_dir=str(output), seed=SEED, threads=THREADS, progress=False)
+    return TrainConfig(stage=stage, **{**values, **settings, **overrides})
 
 
 def run_stage(step: str, model: Path, data: Path, output: Path, **overrides) -> Path:
-    from . import train
+    from ..train import train
 
     start = time.perf_counter()
     print(f"== {step}: {model} -> {output}", flush=True)
-    train.main(stage_namespace(step, model, data, output, **overrides))
+    train(stage_config(step, model, data, output, **overrides))
     print(f"== {step} done in {time.perf_counter() - start:.0f} s", flush=True)
     return output
 

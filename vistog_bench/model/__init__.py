@@ -4,7 +4,8 @@ from .config import VisToGConfig
 from .loading import load_checkpoint
 from .modeling import TokenReducer, VisToGForConditionalGeneration, VisToGModel
 from .processing import build_inputs, llava_prompt
-from .shapes import shape_config
+from .presets import preset_config
+from .shapes import shape_config  # old name of preset_config
 from .vision import VisionStates
 
 __all__ = [
@@ -16,5 +17,6 @@ __all__ = [
     "load_checkpoint",
     "build_inputs",
     "llava_prompt",
+    "preset_config",
     "shape_config",
 ]

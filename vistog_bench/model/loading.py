@@ -14,14 +14,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors import SafetensorError
 from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
 
+from ..dtypes import torch_dtype
 from ..errors import UsageError
 from .modeling import VisToGForConditionalGeneration
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MODEL_TYPES = ("llava", "vistog")
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
@@ -31,12 +30,6 @@ CONFIG_FILES = ("config.json", "tokenizer_config.json", "preprocessor_config.jso
 CLASS_KEYS = ("architectures", "processor_class", "tokenizer_class", "image_processor_type",
               "feature_extractor_type", "video_processor_type")
 OWN_CLASSES = ("VisToGForConditionalGeneration", "VisToGConfig")  # ours: registered with transformers' Auto classes
-
-
-def parse_dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise UsageError(f"unknown dtype {name!r}; allowed: {', '.join(DTYPES)}")
-    return DTYPES[name]
 
 
 def refuse_remote_code(path: str | Path) -> None:
@@ -142,7 +135,7 @@ def load_checkpoint(
 ) -> tuple[VisToGForConditionalGeneration, object]:
     """(model in eval mode, processor). A stock LLaVA checkpoint comes back as VisToG-off (stock behaviour)."""
     model_type = checkpoint_model_type(path)
-    kwargs = dict(dtype=parse_dtype(dtype), attn_implementation=attn_implementation)
+    kwargs = dict(dtype=torch_dtype(dtype), attn_implementation=attn_implementation)
     if model_type == "llava":
         model = VisToGForConditionalGeneration.from_llava(
             load_pretrained(LlavaForConditionalGeneration, path, **kwargs), num_semantic_tokens=None
@@ -155,5 +148,5 @@ def load_checkpoint(
 
 __all__ = [
     "load_checkpoint", "load_config", "load_pretrained", "load_processor", "refuse_remote_code",
-    "checkpoint_model_type", "parse_dtype", "DTYPES",
+    "checkpoint_model_type",
 ]

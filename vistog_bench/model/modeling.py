@@ -55,6 +55,13 @@ class TokenReducer(Protocol):
     def __call__(self, states: VisionStates) -> torch.Tensor: ...
 
 
+def vistog_config(config, num_semantic_tokens: int | None, **vistog_settings) -> VisToGConfig:
+    """A LLaVA (or VisToG) config as a VisToGConfig with `num_semantic_tokens` (None: VisToG off, stock LLaVA)."""
+    own_keys = set(VisToGConfig.__annotations__) | {"model_type", "architectures", "transformers_version"}
+    data = {k: v for k, v in config.to_dict().items() if k not in own_keys}
+    return VisToGConfig(**data, num_semantic_tokens=num_semantic_tokens, **vistog_settings)
+
+
 class VisToGPreTrainedModel(LlavaPreTrainedModel):
     config: VisToGConfig
     config_class = VisToGConfig
@@ -159,9 +166,7 @@ class VisToGForConditionalGeneration(VisToGPreTrainedModel, LlavaForConditionalG
     ) -> "VisToGForConditionalGeneration":
         """Wrap a stock LLaVA model: its modules are reused (no copy); VisToG's own parts are freshly initialised on
         the LLaVA model's device and dtype. `num_semantic_tokens=None` gives stock LLaVA behind this class."""
-        vistog_keys = set(VisToGConfig.__annotations__) | {"model_type"}
-        config_dict = {k: v for k, v in llava.config.to_dict().items() if k not in vistog_keys}
-        config = VisToGConfig(**config_dict, num_semantic_tokens=num_semantic_tokens, **vistog_settings)
+        config = vistog_config(llava.config, num_semantic_tokens, **vistog_settings)
         config._attn_implementation = llava.config._attn_implementation
         with torch.device("meta"):
             model = cls(config)
@@ -189,4 +194,4 @@ class VisToGForConditionalGeneration(VisToGPreTrainedModel, LlavaForConditionalG
         return model
 
 
-__all__ = ["VisToGForConditionalGeneration", "VisToGModel", "VisToGPreTrainedModel", "TokenReducer"]
+__all__ = ["VisToGForConditionalGeneration", "VisToGModel", "VisToGPreTrainedModel", "TokenReducer", "vistog_config"]

@@ -1,4 +1,4 @@
-"""Named architecture shapes: configs without weights, for tests and analytic costs.
+"""Architecture presets: named configs without weights, for tests, `--shape NAME` and analytic costs.
 
 `llava-1.5-7b` / `-13b` follow the released `llava-hf/llava-1.5-{7b,13b}-hf` configs (CLIP ViT-L/14-336 +
 Vicuna-1.5); `tiny` keeps LLaVA-1.5's 336 px / 14 px geometry (576 patches, so every real budget exists) with widths
@@ -25,7 +25,7 @@ CLIP_VIT_L_336 = dict(
     projection_dim=768,
 )
 
-SHAPES: dict[str, dict] = {
+PRESETS: dict[str, dict] = {
     "llava-1.5-7b": dict(
         vision_config=CLIP_VIT_L_336,
         text_config=dict(
@@ -87,13 +87,13 @@ SHAPES: dict[str, dict] = {
 }
 
 
-def shape_config(name: str, num_semantic_tokens: int | None = None, **overrides) -> VisToGConfig:
-    """The VisToGConfig of a named shape (VisToG off unless `num_semantic_tokens` is given)."""
-    if name not in SHAPES:
-        near = difflib.get_close_matches(name, SHAPES, n=1)
+def preset_config(name: str, num_semantic_tokens: int | None = None, **overrides) -> VisToGConfig:
+    """The VisToGConfig of a named preset (VisToG off unless `num_semantic_tokens` is given)."""
+    if name not in PRESETS:
+        near = difflib.get_close_matches(name, PRESETS, n=1)
         hint = f" (did you mean {near[0]!r}?)" if near else ""
-        raise UsageError(f"unknown shape {name!r}{hint}; known: {', '.join(SHAPES)}")
-    return VisToGConfig(**SHAPES[name], num_semantic_tokens=num_semantic_tokens, **overrides)
+        raise UsageError(f"unknown shape {name!r}{hint}; known: {', '.join(PRESETS)}")
+    return VisToGConfig(**PRESETS[name], num_semantic_tokens=num_semantic_tokens, **overrides)
 
 
-__all__ = ["SHAPES", "shape_config"]
+__all__ = ["PRESETS", "preset_config"]

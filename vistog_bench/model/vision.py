@@ -12,7 +12,9 @@ then run with *isolated attention*:
     semantic queries                 attend to image and semantic keys
 
 Implemented as two unmasked `scaled_dot_product_attention` calls on one shared Q/K/V projection (no dense S x S mask),
-so fast SDPA kernels stay usable. Layers after the feature layer are not run: LLaVA never reads them.
+so fast SDPA kernels stay usable. Layers after the feature layer are not run: LLaVA never reads them. One layer
+forward (`encoder_layer_forward`) serves every path; the attention function is looked up by name
+(ATTENTION_FUNCTIONS: "sdpa" stock, "isolated"), as transformers' layers look up theirs.
 
 Optionally (VisToG off only) a `TokenMerge` merges tokens inside each layer, between attention and MLP, as ToMe does
 (Bolya et al., ICLR 2023; vistog_bench.reducers.tome): the tower tracks how many patches each token stands for (its
@@ -57,21 +59,38 @@ class TokenMerge(Protocol):
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
+def sdpa_attention(
+    module: CLIPAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+    attention_mask: torch.Tensor | None, scaling: float, **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Every query sees every key (stock CLIP). query, key, value: [B, h, S, dh]; attention_mask: an additive bias
+    broadcast to [B, h, S, S] or None. Returns ([B, h, S, dh], None): SDPA gives no weights."""
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling), None
+
+
 def isolated_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, num_image_tokens: int, scaling: float
-) -> torch.Tensor:
+    module: CLIPAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+    attention_mask: torch.Tensor | None, scaling: float, *, num_image_tokens: int, **kwargs,
+) -> tuple[torch.Tensor, None]:
     """Image queries see image keys only; the queries after them (semantic tokens) see every key.
 
-    query, key, value: [B, h, S, dh] with the I image tokens first. Returns [B, h, S, dh].
+    query, key, value: [B, h, S, dh] with the I image tokens first. Returns ([B, h, S, dh], None).
     """
+    if attention_mask is not None:
+        raise ValueError("isolated attention takes no attention mask")
     image = slice(0, num_image_tokens)
     # [B, h, I, dh] <- softmax([B, h, I, dh] @ [B, h, dh, I]) @ [B, h, I, dh]
     image_out = F.scaled_dot_product_attention(query[:, :, image], key[:, :, image], value[:, :, image], scale=scaling)
     if query.shape[2] == num_image_tokens:
-        return image_out
+        return image_out, None
     # [B, h, N, dh] <- softmax([B, h, N, dh] @ [B, h, dh, S]) @ [B, h, S, dh]
     semantic_out = F.scaled_dot_product_attention(query[:, :, num_image_tokens:], key, value, scale=scaling)
-    return torch.cat([image_out, semantic_out], dim=2)
+    return torch.cat([image_out, semantic_out], dim=2), None
+
+
+# Attention functions by name, looked up per layer as transformers' modules look up theirs
+# (`eager_attention_forward` / ALL_ATTENTION_FUNCTIONS): (module, query, key, value, mask, scaling) -> (out, weights).
+ATTENTION_FUNCTIONS = {"sdpa": sdpa_attention, "isolated": isolated_attention}
 
 
 def _split_heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -98,43 +117,36 @@ def _query_key_value(attn: CLIPAttention, hidden_states: torch.Tensor) -> tuple[
     )
 
 
+@dataclass
+class LayerOutput:
+    hidden_states: torch.Tensor  # [B, S', Dv]
+    query: torch.Tensor  # [B, h, S, dh] this layer's attention queries (before any merge)
+    key: torch.Tensor  # [B, h, S, dh]
+    sizes: torch.Tensor | None = None  # [B, S'] patches each token stands for (token merging only)
+
+
 def encoder_layer_forward(
-    layer: CLIPEncoderLayer, hidden_states: torch.Tensor, num_image_tokens: int, isolated: bool
-) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-    """One stock CLIP encoder layer with isolated attention. Returns new states [B, S, Dv] and (query, key)."""
+    layer: CLIPEncoderLayer, hidden_states: torch.Tensor, attention: str, *, num_image_tokens: int,
+    sizes: torch.Tensor | None = None, merge: TokenMerge | None = None, layer_index: int = 0,
+) -> LayerOutput:
+    """One stock CLIP encoder layer with the attention function named `attention` (ATTENTION_FUNCTIONS), serving the
+    stock, isolated and merging paths. With `sizes` [B, S] (ToMe) attention is proportional, softmax(q k^T * scale
+    + log s): a key standing for s patches counts s times; `merge` then runs between attention and MLP.
+    hidden_states [B, S, Dv]."""
     attn: CLIPAttention = layer.self_attn
     residual = hidden_states
     query, key, value = _query_key_value(attn, layer.layer_norm1(hidden_states))  # [B, h, S, dh] each
-    if isolated:
-        attended = isolated_attention(query, key, value, num_image_tokens, attn.scale)
-    else:
-        attended = F.scaled_dot_product_attention(query, key, value, scale=attn.scale)
+    size_bias = sizes.log().to(query.dtype)[:, None, None, :] if sizes is not None else None  # [B, 1, 1, S]
+    attended, _ = ATTENTION_FUNCTIONS[attention](
+        attn, query, key, value, size_bias, attn.scale, num_image_tokens=num_image_tokens
+    )
     hidden_states = residual + attn.out_proj(_merge_heads(attended))
+    if merge is not None:
+        hidden_states, sizes = merge(layer_index, hidden_states, key, sizes)
 
     residual = hidden_states
     hidden_states = residual + layer.mlp(layer.layer_norm2(hidden_states))
-    return hidden_states, (query, key)
-
-
-def merging_encoder_layer_forward(
-    layer: CLIPEncoderLayer, hidden_states: torch.Tensor, sizes: torch.Tensor, merge: TokenMerge, layer_index: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One stock CLIP encoder layer with ToMe: proportional attention, then `merge` between attention and MLP.
-
-    hidden_states [B, S, Dv], sizes [B, S]. Returns merged states [B, S', Dv] and sizes [B, S'].
-    """
-    attn: CLIPAttention = layer.self_attn
-    residual = hidden_states
-    query, key, value = _query_key_value(attn, layer.layer_norm1(hidden_states))  # [B, h, S, dh] each
-    # proportional attention: softmax(q k^T * scale + log s) -- a key standing for s patches counts s times
-    size_bias = sizes.log().to(query.dtype)[:, None, None, :]  # [B, 1, 1, S]
-    attended = F.scaled_dot_product_attention(query, key, value, attn_mask=size_bias, scale=attn.scale)
-    hidden_states = residual + attn.out_proj(_merge_heads(attended))
-    hidden_states, sizes = merge(layer_index, hidden_states, key, sizes)
-
-    residual = hidden_states
-    hidden_states = residual + layer.mlp(layer.layer_norm2(hidden_states))
-    return hidden_states, sizes
+    return LayerOutput(hidden_states, query, key, sizes)
 
 
 def init_semantic_tokens(num_tokens: int, width: int, *, device=None, dtype=None) -> torch.Tensor:
@@ -191,20 +203,18 @@ class VisToGVisionTower(CLIPVisionModel):
         hidden_states = self.pre_layrnorm(hidden_states)
 
         layers = self.encoder.layers[: self.layers_to_run(feature_layer)]
-        if self.token_merge is not None:
-            if self.semantic_tokens is not None or with_cls_attention:
-                raise UsageError("token merging runs on the stock tower only: VisToG off and no CLS attention")
-            sizes = hidden_states.new_ones(hidden_states.shape[:2])  # [B, I]
-            for index, layer in enumerate(layers):
-                hidden_states, sizes = merging_encoder_layer_forward(
-                    layer, hidden_states, sizes, self.token_merge, index
-                )
+        merge = self.token_merge
+        if merge is not None and (self.semantic_tokens is not None or with_cls_attention):
+            raise UsageError("token merging runs on the stock tower only: VisToG off and no CLS attention")
+        sizes = hidden_states.new_ones(hidden_states.shape[:2]) if merge is not None else None  # [B, I]
+        attention = "isolated" if self.semantic_tokens is not None and self.isolated_attention else "sdpa"
+        for index, layer in enumerate(layers):
+            out = encoder_layer_forward(layer, hidden_states, attention, num_image_tokens=num_image_tokens,
+                                        sizes=sizes, merge=merge, layer_index=index)
+            hidden_states, sizes = out.hidden_states, out.sizes
+        if merge is not None:
             return VisionStates(patch_states=hidden_states[:, 1:], cls_state=hidden_states[:, 0])
-
-        for layer in layers:
-            hidden_states, (query, key) = encoder_layer_forward(
-                layer, hidden_states, num_image_tokens, self.isolated_attention
-            )
+        query, key = out.query, out.key
 
         states = VisionStates(
             patch_states=hidden_states[:, 1:num_image_tokens],
@@ -218,4 +228,5 @@ class VisToGVisionTower(CLIPVisionModel):
         return states
 
 
-__all__ = ["VisionStates", "VisToGVisionTower", "TokenMerge", "isolated_attention", "init_semantic_tokens"]
+__all__ = ["VisionStates", "VisToGVisionTower", "TokenMerge", "ATTENTION_FUNCTIONS", "encoder_layer_forward",
+           "isolated_attention", "sdpa_attention", "init_semantic_tokens"]

@@ -14,28 +14,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import subprocess
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
+from ..arguments import comma_list, int_list
+from ..dtypes import DTYPE_NAMES
 from ..errors import UsageError
-
-DTYPE_CHOICES = ("float32", "float16", "bfloat16")
-
-
-def _int_list(text: str, name: str, minimum: int = 1) -> tuple[int, ...]:
-    try:
-        values = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise UsageError(f"{name} must be comma-separated integers, got {text!r}") from None
-    if not values:
-        raise UsageError(f"{name} is empty")
-    low = [v for v in values if v < minimum]
-    if low:
-        raise UsageError(f"{name} must be >= {minimum}, got {low[0]}")
-    return values
-
+from ..provenance import git_sha, now, package_versions
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group()
@@ -45,10 +30,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-sizes", default="1,8")
     parser.add_argument("--new-tokens", default="1,32", help="forced output lengths (min_new_tokens = max_new_tokens)")
     parser.add_argument("--text-tokens", type=int, default=64, help="prompt text tokens, BOS included")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=10, help="untimed runs first (optimum-benchmark, vLLM: 10)")
+    parser.add_argument("--repeats", type=int, default=30, help="timed runs, at least (vLLM bench latency: 30)")
+    parser.add_argument("--min-duration", type=float, default=10.0, metavar="S",
+                        help="keep repeating until the timed runs have taken S seconds (optimum-benchmark: 10)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: 1 on CPU, where more stall on shared cores; torch's on a GPU)")
     parser.add_argument("--device", default=None, help="cuda | cuda:N | cpu (default: cuda if available)")
-    parser.add_argument("--dtype", default=None, help=f"{' | '.join(DTYPE_CHOICES)} (default: bfloat16 on cuda, "
+    parser.add_argument("--dtype", default=None, help=f"{' | '.join(DTYPE_NAMES)} (default: bfloat16 on cuda, "
                                                      "float32 on cpu)")
     parser.add_argument("--compile", action="store_true", help="static cache + torch.compile decode (CUDA only)")
     parser.add_argument("--analytic", action="store_true", help="no weights: FLOPs, bytes, roofline floors")
@@ -63,19 +52,19 @@ def settings_from_args(args: argparse.Namespace):
     """Validate the arguments (UsageError on bad input) and return ProfileSettings."""
     import torch
 
-    from vistog_bench.model.shapes import SHAPES, shape_config
+    from vistog_bench.model.presets import preset_config
 
     from .controlled import ProfileSettings
     from .roofline import get_gpu
+    from .timers import default_threads
 
     if args.model is None and args.shape is None:
         raise UsageError("give --model PATH or --shape NAME")
     if args.shape is not None:
-        shape_config(args.shape)  # unknown names raise UsageError with the known ones
-        assert args.shape in SHAPES
+        preset_config(args.shape)  # unknown names raise UsageError with the known ones
     elif not Path(args.model).is_dir():
         raise UsageError(f"checkpoint folder not found: {args.model}")
-    gpus = tuple(name.strip() for name in args.gpu.split(",") if name.strip())
+    gpus = comma_list(args.gpu)
     for name in gpus:
         get_gpu(name)
     if args.text_tokens < 1:
@@ -84,6 +73,10 @@ def settings_from_args(args: argparse.Namespace):
         raise UsageError(f"--warmup must be >= 0, got {args.warmup}")
     if args.repeats < 1:
         raise UsageError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.min_duration < 0:
+        raise UsageError(f"--min-duration must be >= 0 seconds, got {args.min_duration}")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {args.threads}")
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -95,8 +88,8 @@ def settings_from_args(args: argparse.Namespace):
     if device_type == "cuda" and not args.analytic and not torch.cuda.is_available():
         raise UsageError("--device cuda, but CUDA is not available on this machine")
     dtype = args.dtype or ("bfloat16" if device_type == "cuda" or args.analytic else "float32")
-    if dtype not in DTYPE_CHOICES:
-        raise UsageError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPE_CHOICES)}")
+    if dtype not in DTYPE_NAMES:
+        raise UsageError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPE_NAMES)}")
     if args.compile:
         if args.analytic:
             raise UsageError("--compile measures an execution path; --analytic measures none")
@@ -107,38 +100,20 @@ def settings_from_args(args: argparse.Namespace):
                              f"runs), got {args.warmup}")
     return ProfileSettings(
         model_path=args.model, shape=args.shape,
-        budgets=_int_list(args.budgets, "--budgets"),
-        batch_sizes=_int_list(args.batch_sizes, "--batch-sizes"),
-        new_tokens=_int_list(args.new_tokens, "--new-tokens"),
-        text_tokens=args.text_tokens, warmup=args.warmup, repeats=args.repeats,
+        budgets=_nonempty(int_list(args.budgets, "--budgets", minimum=1), "--budgets"),
+        batch_sizes=_nonempty(int_list(args.batch_sizes, "--batch-sizes", minimum=1), "--batch-sizes"),
+        new_tokens=_nonempty(int_list(args.new_tokens, "--new-tokens", minimum=1), "--new-tokens"),
+        text_tokens=args.text_tokens, warmup=args.warmup, repeats=args.repeats, min_duration_s=args.min_duration,
+        threads=args.threads if args.threads is not None else default_threads(device),
         device=device, dtype=dtype, compile=args.compile, count_flops=not args.no_count_flops, gpus=gpus,
         seed=args.seed,
     )
 
 
-def _git_sha() -> str | None:
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                                cwd=Path(__file__).resolve().parent)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() or None if result.returncode == 0 else None
-
-
-def _versions() -> dict[str, str]:
-    from importlib import metadata
-
-    versions = {"python": sys.version.split()[0]}
-    for package in ("vistog-bench", "torch", "transformers", "lmms-eval", "nvidia-ml-py"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
-    return versions
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+def _nonempty(values: tuple[int, ...], flag: str) -> tuple[int, ...]:
+    if not values:
+        raise UsageError(f"{flag} is empty")
+    return values
 
 
 def _fmt(value, scale: float = 1.0, digits: int = 2) -> str:
@@ -154,15 +129,16 @@ def measured_table(records) -> str:
         mismatch = r.extra.get("flops_mismatch") or {}
         rows.append([
             r.budget, r.batch_size, r.output_tokens // r.batch_size, r.path, _fmt(r.preprocess_ms), _fmt(r.vision_ms),
-            _fmt(r.grouping_ms), _fmt(r.projector_ms), _fmt(r.prefill_ms), _fmt(ttft.get("median")),
-            _fmt(ttft.get("p10")), _fmt(ttft.get("p90")), _fmt(ttft.get("cv", None), 0.01, 1),
+            _fmt(r.grouping_ms), _fmt(r.projector_ms), _fmt(r.prefill_ms), _fmt(ttft.get("p50")),
+            _fmt(ttft.get("p90")), _fmt(ttft.get("p99")), _fmt(ttft.get("cv", None), 0.01, 1),
+            _fmt(r.stats.get("ttft_logits_processor", {}).get("p50")),
             _fmt(r.decode_per_token_ms), _fmt(r.total_ms), _fmt(r.flops.get("total"), 1e9, 3),
             _fmt(r.counted_flops.get("total"), 1e9, 3) + ("!" if mismatch else ""),
             _fmt(r.kv_cache_bytes, 2**20), _fmt(r.energy_j),
         ])
     headers = ["budget", "batch", "new", "path", "prep ms", "vision ms", "group ms", "proj ms", "prefill ms",
-               "TTFT ms", "p10", "p90", "CV %", "decode ms/tok", "total ms", "GFLOPs", "counted", "KV MiB", "J"]
-    note = "medians; new = output tokens per prompt; '!' = counted vs analytic FLOPs differ by > 1 % in some stage (see extra.flops_mismatch)"
+               "TTFT ms", "p90", "p99", "CV %", "TTFT (LP) ms", "decode ms/tok", "total ms", "GFLOPs", "counted", "KV MiB", "J"]
+    note = "medians (p50); TTFT (LP) = the first token's time by the logits processor; new = output tokens per prompt; '!' = counted vs analytic FLOPs differ by > 1 % in some stage (see extra.flops_mismatch)"
     return tabulate(rows, headers=headers, tablefmt="github") + "\n" + note
 
 
@@ -191,24 +167,26 @@ def analytic_table(records, gpus) -> str:
 def main(args: argparse.Namespace) -> int:
     from vistog_bench.results import RunDir, RunManifest, check_writable_dir, new_run_id
 
-    from .controlled import analytic_records, measured_records, settings_dict
+    from .controlled import ModelSource, analytic_records, measured_records, settings_dict
     from .nvml import device_facts
     from .roofline import get_gpu
 
     settings = settings_from_args(args)
     check_writable_dir(args.output, "--output")
-    started = _now()
+    started = now()
+    # Everything that can refuse the input (remote code, corrupt weights, budgets) runs before the run folder exists.
+    records = analytic_records(settings) if args.analytic else None
+    source = None if args.analytic else ModelSource(settings)
     run_id = new_run_id("profile-") + ("-analytic" if args.analytic else "")
     run = RunDir(Path(args.output) / run_id)
     run.path.mkdir(parents=True, exist_ok=False)  # a unique id: never another run's folder
     facts = device_facts("cpu" if args.analytic else settings.device)
     manifest = RunManifest(run_id=run_id, command=["vistog-bench", *sys.argv[1:]], config=settings_dict(settings),
-                           git_sha=_git_sha(), versions=_versions(), device=facts, seed=settings.seed,
+                           git_sha=git_sha(), versions=package_versions(), device=facts, seed=settings.seed,
                            started_at=started)
     run.write_manifest(manifest)
 
     if args.analytic:
-        records = analytic_records(settings)
         run.append_profile(records)
     else:
         def land(record) -> None:
@@ -216,8 +194,8 @@ def main(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(dataclasses.asdict(record), default=str), flush=True)
 
-        records = measured_records(settings, on_record=land)
-    run.write_manifest(dataclasses.replace(manifest, finished_at=_now()))
+        records = measured_records(settings, on_record=land, source=source)
+    run.write_manifest(dataclasses.replace(manifest, finished_at=now()))
 
     if args.json:
         if args.analytic:

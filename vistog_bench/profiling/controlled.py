@@ -1,5 +1,10 @@
 """Controlled measurement (`vistog-bench profile`): a fixed synthetic prompt and image, forced output length,
-warm-up excluded, median / p10 / p90 / CV per stage for every (budget, batch size, new tokens) cell.
+warm-up excluded, p50 / p90 / p95 / p99 / stdev / CV per stage for every (budget, batch size, new tokens) cell.
+
+The protocol's defaults are the anchors': optimum-benchmark's inference scenario (>= 10 warm-up runs, then at least
+10 iterations *and* at least 10 s of them, forced output length, CUDA events with a synchronize per run,
+p50 / p90 / p95 / p99 + stdev) and vLLM's `benchmarks/benchmark_latency.py` (10 warm-up, 30 iterations): 10 warm-up
+runs, 30 repeats, 10 s at least. CPU threads are fixed (`threads`, 1 on CPU by default; see docs/profiling.md).
 
 Models per budget. budget == P (576) is stock LLaVA (VisToG off, method "none"); any other budget is VisToG with
 N = budget (method "vistog"):
@@ -19,24 +24,30 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+from transformers import LogitsProcessorList
 
+from ..dtypes import dtype_bytes, torch_dtype
 from ..errors import UsageError
-from ..results import ProfileRecord
+from ..results import STAGES, ProfileRecord
 from . import flops as F
 from .counting import MISMATCH_TOLERANCE, mismatches
-from .memory import DTYPE_BYTES, generate_kv_tokens, kv_cache_bytes, meta_model, stage_weight_bytes
+from .memory import generate_kv_tokens, kv_cache_bytes, meta_model, stage_weight_bytes
 from .profiler import RequestProfiler
 from .roofline import floors, get_gpu, gpu_from_device_name, stage_bytes
 from .stats import summarize
+from .timers import cpu_threads
 
-TIMED_FIELDS = ("preprocess", "vision", "grouping", "projector", "prefill", "ttft", "decode", "decode_per_token", "total")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Stage fields timed per request (results.STAGES, plus the derived TTFT, decode per token and the total).
+TIMED_FIELDS = (*STAGES[:5], "ttft", "decode", "decode_per_token", "total")
+# The protocol's defaults (see the module docstring for their sources).
+DEFAULT_WARMUP, DEFAULT_REPEATS, DEFAULT_MIN_DURATION_S = 10, 30, 10.0
 
 
 @dataclass(frozen=True)
@@ -49,8 +60,10 @@ class ProfileSettings:
     batch_sizes: tuple[int, ...]
     new_tokens: tuple[int, ...]
     text_tokens: int = 64  # prompt text tokens per prompt, BOS and template included
-    warmup: int = 3
-    repeats: int = 20
+    warmup: int = DEFAULT_WARMUP
+    repeats: int = DEFAULT_REPEATS  # at least; more until min_duration_s of repeats have run
+    min_duration_s: float = DEFAULT_MIN_DURATION_S
+    threads: int | None = None  # torch CPU threads (None: left as torch set them)
     device: str = "cpu"
     dtype: str = "float32"
     compile: bool = False
@@ -66,11 +79,12 @@ class ProfileSettings:
 # -- configs ---------------------------------------------------------------------------------------------------------
 def base_config(settings: ProfileSettings):
     """The VisToGConfig of the model or shape as it is (a stock checkpoint: VisToG off)."""
-    from vistog_bench.model import VisToGConfig, shape_config
+    from vistog_bench.model import VisToGConfig
     from vistog_bench.model.loading import load_config
+    from vistog_bench.model.presets import preset_config
 
     if settings.shape is not None:
-        return shape_config(settings.shape)
+        return preset_config(settings.shape)
     config = load_config(settings.model_path)  # refuses a checkpoint that asks to run its own code
     if not isinstance(config, VisToGConfig):
         if config.model_type != "llava":
@@ -81,14 +95,10 @@ def base_config(settings: ProfileSettings):
 
 def config_for_budget(config, budget: int | None):
     """`config` with VisToG set for a budget: None or P (the patch count) switches it off."""
-    from vistog_bench.model import VisToGConfig
+    from vistog_bench.model.modeling import vistog_config
 
-    data = config.to_dict()
-    for key in ("model_type", "num_semantic_tokens", "architectures", "transformers_version"):
-        data.pop(key, None)
-    num_patches = (config.vision_config.image_size // config.vision_config.patch_size) ** 2
-    semantic = None if budget is None or budget == num_patches else budget
-    return VisToGConfig(**data, num_semantic_tokens=semantic)
+    off = vistog_config(config, None)
+    return off if budget is None or budget == off.num_patches else vistog_config(config, budget)
 
 
 def check_budgets(config, budgets: tuple[int, ...]) -> None:
@@ -112,7 +122,7 @@ def analytic_records(settings: ProfileSettings) -> list[ProfileRecord]:
     base = base_config(settings)
     check_budgets(base if base.num_semantic_tokens is None else config_for_budget(base, None), settings.budgets)
     gpus = [get_gpu(name) for name in settings.gpus]
-    element_bytes = DTYPE_BYTES[settings.dtype]
+    element_bytes = dtype_bytes(settings.dtype)
     records = []
     for budget in settings.budgets:
         config = config_for_budget(base, budget)
@@ -128,7 +138,7 @@ def analytic_records(settings: ProfileSettings) -> list[ProfileRecord]:
                 roofline = {gpu.key: floors(costs.by_stage, moved, gpu, settings.dtype) for gpu in gpus}
                 records.append(ProfileRecord(
                     kind="analytic", method=method_of(config, budget), budget=budget, batch_size=batch,
-                    device=",".join(gpu.key for gpu in gpus), dtype=settings.dtype, path="analytic",
+                    device=",".join(gpu.key for gpu in gpus), dtype=settings.dtype, execution_path="analytic",
                     visual_tokens=budget * batch, text_tokens=settings.text_tokens * batch,
                     output_tokens=new_tokens * batch,
                     flops=costs.by_stage,
@@ -179,8 +189,9 @@ class ModelSource:
 
         self.settings = settings
         self.device = torch.device(settings.device)
-        self.dtype = DTYPES[settings.dtype]
+        self.dtype = torch_dtype(settings.dtype)
         self.config = base_config(settings)
+        check_budgets(self.config, settings.budgets)
         self.native_vistog = self.config.num_semantic_tokens is not None
         torch.manual_seed(settings.seed)
         if settings.shape is not None:
@@ -267,7 +278,7 @@ def measure_cell(model, source: ModelSource, profiler: RequestProfiler, *, budge
     def run(req, kwargs: dict[str, Any] = gen_kwargs) -> None:
         with req.stage("preprocess"):
             inputs = prepare()
-        out = model.generate(**inputs, **kwargs)
+        out = model.generate(**inputs, **kwargs, logits_processor=LogitsProcessorList([req.first_token_clock]))
         generated = out.shape[1] - inputs["input_ids"].shape[1]
         if generated != new_tokens:
             raise RuntimeError(f"generate returned {generated} tokens, {new_tokens} were forced")
@@ -289,10 +300,12 @@ def measure_cell(model, source: ModelSource, profiler: RequestProfiler, *, budge
         with profiler.request(**request) as req:
             run(req)
     records = []
-    for _ in range(settings.repeats):
+    started = time.perf_counter()
+    while len(records) < settings.repeats or time.perf_counter() - started < settings.min_duration_s:
         with profiler.request(**request) as req:
             run(req)
         records.append(req.record)
+    profiler.take_records()  # kept here as `records`; the warm-ups' are dropped
     record = aggregate(records, counted=counted, notes=notes, settings=settings)
     gpu = gpu_from_device_name(torch.cuda.get_device_name(source.device)) if source.device.type == "cuda" else None
     if gpu is not None and settings.dtype in gpu.peak_flops:
@@ -300,14 +313,15 @@ def measure_cell(model, source: ModelSource, profiler: RequestProfiler, *, budge
         shape = F.ArchShape.from_config(model.config)
         moved = stage_bytes(shape, stage_weight_bytes(model), budget=budget, batch_size=batch_size,
                             text_tokens=settings.text_tokens, output_tokens=new_tokens,
-                            element_bytes=DTYPE_BYTES[settings.dtype])
+                            element_bytes=dtype_bytes(settings.dtype))
         record.extra["roofline"] = {gpu.key: floors(record.flops, moved, gpu, settings.dtype)}
     return record
 
 
 def aggregate(records: list[ProfileRecord], *, counted: dict[str, float], notes: dict[str, Any],
               settings: ProfileSettings) -> ProfileRecord:
-    """One kind="controlled" record: stage fields are medians, `stats` holds median / p10 / p90 / cv / n."""
+    """One kind="controlled" record: stage fields are medians, `stats` holds stats.summarize per stage (and for
+    the logits-processor TTFT, `ttft_logits_processor`)."""
     first = records[0]
     stats: dict[str, dict[str, float]] = {}
     medians: dict[str, float | None] = {}
@@ -318,6 +332,9 @@ def aggregate(records: list[ProfileRecord], *, counted: dict[str, float], notes:
             medians[f"{name}_ms"] = stats[name]["median"]
         else:
             medians[f"{name}_ms"] = None
+    independent = [r.extra.get("ttft_logits_processor_ms") for r in records]
+    if all(v is not None for v in independent):
+        stats["ttft_logits_processor"] = summarize(independent)
     energies = [r.energy_j for r in records]
     energy_j = None
     if all(v is not None for v in energies):
@@ -330,7 +347,9 @@ def aggregate(records: list[ProfileRecord], *, counted: dict[str, float], notes:
     reasons = {k: v for k, v in first.null_reasons.items() if k.removesuffix("_ms") not in stats}
     extra: dict[str, Any] = {
         "warmup": settings.warmup,
-        "repeats": settings.repeats,
+        "repeats": len(records),
+        "min_duration_s": settings.min_duration_s,
+        "threads": torch.get_num_threads() if settings.device == "cpu" else None,
         "clock": first.extra.get("clock"),
         "decode_steps": first.extra.get("decode_steps"),
         "prompt_tokens": first.extra.get("prompt_tokens"),
@@ -350,11 +369,17 @@ def aggregate(records: list[ProfileRecord], *, counted: dict[str, float], notes:
     )
 
 
-def measured_records(settings: ProfileSettings, on_record: Callable[[ProfileRecord], None] | None = None
-                     ) -> list[ProfileRecord]:
-    """Every cell of the sweep, in budget -> batch size -> new tokens order; `on_record` sees each as it lands."""
-    source = ModelSource(settings)
-    check_budgets(source.config, settings.budgets)
+def measured_records(settings: ProfileSettings, on_record: Callable[[ProfileRecord], None] | None = None,
+                     source: "ModelSource | None" = None) -> list[ProfileRecord]:
+    """Every cell of the sweep, in budget -> batch size -> new tokens order; `on_record` sees each as it lands.
+    `source`: the weights already loaded (`ModelSource(settings)`, which refuses a bad checkpoint), else loaded here."""
+    with cpu_threads(settings.threads):
+        source = source or ModelSource(settings)
+        return _measure_sweep(source, on_record)
+
+
+def _measure_sweep(source: "ModelSource", on_record: Callable[[ProfileRecord], None] | None) -> list[ProfileRecord]:
+    settings = source.settings
     records = []
     for budget in settings.budgets:
         model, notes = source.model_for_budget(budget)

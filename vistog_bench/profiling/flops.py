@@ -43,7 +43,6 @@ from dataclasses import dataclass, field
 CONVENTION = "2 FLOPs per multiply-add; matrix products only; LLaMA MLP with 3 matrices; full attention"
 FASTV_CONVENTION = "FastV: multiply-adds; per layer 4nd^2 + 2n^2d + 2ndm (2 MLP matrices)"
 
-STAGE_KEYS = ("vision", "grouping", "projector", "prefill", "decode")
 
 
 @dataclass(frozen=True)
@@ -77,7 +76,7 @@ class ArchShape:
         return cls(
             channels=vision.num_channels,
             patch_size=vision.patch_size,
-            num_patches=(vision.image_size // vision.patch_size) ** 2,
+            num_patches=config.num_patches,
             vision_width=vision.hidden_size,
             vision_mlp=vision.intermediate_size,
             vision_layers_run=layers_run,
@@ -181,7 +180,7 @@ def fastv_llm_flops(shape: ArchShape, batch: int, tokens: int) -> float:
 # -- one cell of a sweep -----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class StageFlops:
-    """Analytic FLOPs by stage for one generate: `by_stage` has the STAGE_KEYS and `total`."""
+    """Analytic FLOPs by stage for one generate: `by_stage` has results.STAGES but preprocess, and `total`."""
 
     by_stage: dict[str, float]
     decode_per_token: float | None  # mean over decode steps; None with one output token
@@ -219,7 +218,6 @@ __all__ = [
     "StageFlops",
     "CONVENTION",
     "FASTV_CONVENTION",
-    "STAGE_KEYS",
     "vision_flops",
     "grouping_flops",
     "projector_flops",

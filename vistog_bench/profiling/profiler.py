@@ -21,7 +21,14 @@ Stage times (milliseconds):
                  first, with the sampling and bookkeeping between forwards (what a user waits for)
     total        the whole request, from entering `request()` to leaving it
 ttft_ms is the time to first token: request start -> first token's logits (preprocess, vision, grouping,
-projector and prefill, plus the glue between them).
+projector and prefill, plus the glue between them). An independent clock beside it: `req.first_token_clock`, a
+transformers LogitsProcessor that marks the time of its first call (the first token's logits reach the sampler), as
+optimum-benchmark's latency tracker does (`trackers/latency.py`, PerTokenLatencyLogitsProcessor); pass it to
+`generate(logits_processor=...)` and the record's extra["ttft_logits_processor_ms"] holds its reading.
+
+The record is assembled by one tracker per concern, in the manner of optimum-benchmark's latency / memory / energy
+trackers: `_latency` (stage times), `_flop_counts` (analytic and counted), `_memory`, `_kv_cache`, `_energy`; each
+returns the record fields it owns, its extra entries and the reasons for its nulls.
 
 On CUDA every mark is an event on the current stream; the request synchronises once, when it closes. On CPU marks
 are perf_counter readings. Memory: on CUDA the allocator's peak per stage (`reset_peak_memory_stats` at each stage's
@@ -43,8 +50,9 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from ..reducers import REDUCERS, applied_method
-from ..results import ProfileRecord
+from ..dtypes import dtype_name
+from ..reducers import REDUCERS
+from ..results import STAGES, ProfileRecord
 from . import flops as F
 from .counting import MISMATCH_TOLERANCE, flop_counter, mismatches
 from .hooks import first_tensor, llm_new_tokens, stage_hooks
@@ -53,7 +61,7 @@ from .nvml import EnergyMeter
 from .timers import make_clock
 
 PATHS = ("eager", "compiled")
-DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+VISION_STAGES = STAGES[1:4]  # vision, grouping, projector: the hooked modules before the LLM
 
 
 @dataclass
@@ -90,6 +98,49 @@ class _Tokens:
     output: int | None = None
 
 
+@dataclass
+class _Part:
+    """What one tracker contributes to a record: fields of ProfileRecord, extra entries, reasons for nulls."""
+
+    fields: dict[str, Any]
+    extra: dict[str, Any]
+    reasons: dict[str, str]
+
+
+@dataclass
+class _Observed:
+    """A closed request as the hooks saw it: spans, LLM steps and token counts (request totals)."""
+
+    spans: list[_Span]
+    prefills: list[_LlmStep]
+    decodes: list[_LlmStep]
+    steps: list[_LlmStep]
+    batch: int
+    prompt_tokens: int | None  # per prompt, padded
+    projected: int  # tokens through the projector
+    visual: int
+    text: int | None
+    output: int
+    decode_steps: int  # per prompt; counted from the hooks, or inferred on the compiled path
+
+    def stage_spans(self, stage: str) -> list[_Span]:
+        return [s for s in self.spans if s.stage == stage]
+
+
+class FirstTokenClock:
+    """A transformers LogitsProcessor that marks when it is first called: the first token's logits have reached the
+    sampler (optimum-benchmark's PerTokenLatencyLogitsProcessor, first step only). Scores pass unchanged."""
+
+    def __init__(self, clock) -> None:
+        self._clock = clock
+        self.mark = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.mark is None:
+            self.mark = self._clock.mark()
+        return scores
+
+
 class Request:
     """One request being profiled; `record` is its ProfileRecord once the `with` block has closed."""
 
@@ -109,6 +160,7 @@ class Request:
         self._counter = flop_counter() if count_flops else None
         self._record: ProfileRecord | None = None
         self._cuda = profiler.device.type == "cuda"
+        self.first_token_clock = FirstTokenClock(self._clock)
 
     # -- the caller's side ---------------------------------------------------------------------------------------------
     @contextmanager
@@ -158,12 +210,10 @@ class Request:
                 kind, kv_length = "prefill", new_tokens
             else:
                 kind, kv_length = "decode", steps[-1].kv_length + new_tokens
-            if self._cuda:
-                torch.cuda.reset_peak_memory_stats(self._profiler.device)
+            self._reset_peak()
             cache = kwargs.get("cache")
             self._cache = cache if cache is not None else kwargs.get("past_key_values", self._cache)
-            steps.append(_LlmStep(kind, batch, new_tokens, kv_length, self._clock.mark(),
-                                  flops_start=self._flops_now() if self._counter is not None else 0.0))
+            steps.append(_LlmStep(kind, batch, new_tokens, kv_length, self._clock.mark(), flops_start=self._flops_now()))
             return
         tensor = first_tensor(args, kwargs)
         if stage == "vision":
@@ -184,10 +234,8 @@ class Request:
             step.end = self._clock.mark()
             if output.ndim == 3:  # logits [B, t, V]
                 step.logits_tokens = output.shape[1]
-            if self._counter is not None:
-                step.flops = self._flops_now() - step.flops_start
-            if self._cuda:
-                self._note_peak(step.kind)
+            step.flops = self._flops_now() - step.flops_start
+            self._note_peak(step.kind)
             return
         span = self._open_spans.pop(stage, None)
         if span is None:
@@ -222,193 +270,195 @@ class Request:
         self._cache = None
 
     # -- the record ------------------------------------------------------------------------------------------------
-    def _build(self, end: Any, host_total_ms: float, energy_end: int | None) -> ProfileRecord:
-        ms = self._clock.elapsed_ms
-        profiler = self._profiler
-        shape = profiler.shape
-        reasons: dict[str, str] = {}
-        extra: dict[str, Any] = {"clock": self._clock.kind, "host_total_ms": host_total_ms}
-
-        def stage_ms(stage: str) -> float | None:
-            spans = [s for s in self._spans if s.stage == stage]
-            return sum(ms(s.start, s.end) for s in spans) if spans else None
-
-        vision_ms, grouping_ms, projector_ms = stage_ms("vision"), stage_ms("grouping"), stage_ms("projector")
-        applied = applied_method(profiler.model)
-        if grouping_ms is None and applied is not None and applied.method in REDUCERS and applied.fastv_layer is None:
-            # A training-free reducer is no module: its stage is the gap between the vision tower and the projector.
-            visions = [s for s in self._spans if s.stage == "vision"]
-            projectors = [s for s in self._spans if s.stage == "projector"]
-            grouping_ms = sum(ms(v.end, p.start) for v, p in zip(visions, projectors))
-            extra["grouping_stage"] = f"{applied.method} reduction (vision end -> projector start)"
-        if grouping_ms is None:
-            reasons["grouping_ms"] = "no grouping layer or reducer ran"
+    def _observed(self, end: Any) -> _Observed:
         for step, following in zip(self._steps, self._steps[1:] + [None]):
             if step.end is None:  # the decoder ran without lm_head (called directly): close at what came next
                 step.end = following.start if following is not None else end
         prefills = [s for s in self._steps if s.kind == "prefill"]
         decodes = [s for s in self._steps if s.kind == "decode"]
-
-        # tokens: request totals (summed over prompts)
         batch = self._steps[0].batch if self._steps else self.batch_size
-        prompt_tokens = prefills[0].new_tokens if prefills else None  # per prompt, padded
+        prompt_tokens = prefills[0].new_tokens if prefills else None
         projected = sum(s.size[0] for s in self._spans if s.stage == "projector")
         visual = self._tokens.visual if self._tokens.visual is not None else projected
         text = self._tokens.text
         if text is None and prompt_tokens is not None:
             text = batch * prompt_tokens - visual
-        steps_per_prompt = 1 + len(decodes) if prefills else 0
-        output = self._tokens.output if self._tokens.output is not None else batch * steps_per_prompt
-
-        # times
-        prefill_ms = sum(ms(s.start, s.end) for s in prefills) if prefills else None
-        ttft_ms = ms(self._start, prefills[0].end) if prefills else None
+        output = self._tokens.output if self._tokens.output is not None else batch * (1 + len(decodes) if prefills else 0)
         decode_steps = len(decodes)
-        decode_ms: float | None
-        if decodes:
-            ends = [s.end for s in self._steps]
-            decode_ms = sum(ms(ends[i - 1], ends[i]) for i, s in enumerate(self._steps) if s.kind == "decode")
-            extra["decode_forward_ms"] = sum(ms(s.start, s.end) for s in decodes)
-        elif profiler.path == "compiled" and prefills and output > batch:
+        if not decodes and self._profiler.path == "compiled" and prefills and output > batch:
             decode_steps = -(-output // batch) - 1  # the longest prompt's steps (all equal when lengths are forced)
-            decode_ms = ms(self._steps[-1].end, end)
+        return _Observed(self._spans, prefills, decodes, self._steps, batch, prompt_tokens, projected, visual, text,
+                         output, decode_steps)
+
+    def _build(self, end: Any, host_total_ms: float, energy_end: int | None) -> ProfileRecord:
+        profiler = self._profiler
+        seen = self._observed(end)
+        parts = [self._latency(seen, end), self._flop_counts(seen), self._memory(), self._kv_cache(seen),
+                 self._energy(energy_end)]
+        fields: dict[str, Any] = {}
+        extra: dict[str, Any] = {"clock": self._clock.kind, "host_total_ms": host_total_ms,
+                                 "decode_steps": seen.decode_steps, "prompt_tokens": seen.prompt_tokens}
+        reasons: dict[str, str] = {}
+        for part in parts:
+            fields.update(part.fields)
+            extra.update(part.extra)
+            reasons.update(part.reasons)
+        extra.update(self._extra)
+        return ProfileRecord(
+            kind="request", method=self.method, budget=self.budget, batch_size=self.batch_size,
+            device=str(profiler.device), dtype=profiler.dtype_name, execution_path=profiler.path, task=self.task,
+            visual_tokens=seen.visual, text_tokens=seen.text, output_tokens=seen.output,
+            weight_bytes=profiler.weight_bytes, null_reasons=reasons, extra=extra, **fields,
+        )
+
+    def _reducer_gap_ms(self, seen: _Observed) -> float | None:
+        """A training-free reducer is no module: its stage is the gap between the vision tower and the projector."""
+        applied = self._profiler.applied
+        if applied is None or applied.method not in REDUCERS or applied.fastv_layer is not None:
+            return None
+        ms = self._clock.elapsed_ms
+        return sum(ms(v.end, p.start) for v, p in zip(seen.stage_spans("vision"), seen.stage_spans("projector")))
+
+    def _latency(self, seen: _Observed, end: Any) -> _Part:
+        ms = self._clock.elapsed_ms
+        extra: dict[str, Any] = {}
+        reasons: dict[str, str] = {}
+        times = {f"{stage}_ms": sum(ms(s.start, s.end) for s in spans) if (spans := seen.stage_spans(stage)) else None
+                 for stage in VISION_STAGES}
+        if times["grouping_ms"] is None and (gap := self._reducer_gap_ms(seen)) is not None:
+            times["grouping_ms"] = gap
+            extra["grouping_stage"] = f"{self._profiler.applied.method} reduction (vision end -> projector start)"
+        if times["grouping_ms"] is None:
+            reasons["grouping_ms"] = "no grouping layer or reducer ran"
+        prefills, decodes = seen.prefills, seen.decodes
+        times["prefill_ms"] = sum(ms(s.start, s.end) for s in prefills) if prefills else None
+        times["ttft_ms"] = ms(self._start, prefills[0].end) if prefills else None
+        if self.first_token_clock.mark is not None:
+            extra["ttft_logits_processor_ms"] = ms(self._start, self.first_token_clock.mark)
+        if decodes:
+            ends = [s.end for s in seen.steps]
+            decode_ms = sum(ms(ends[i - 1], ends[i]) for i, s in enumerate(seen.steps) if s.kind == "decode")
+            extra["decode_forward_ms"] = sum(ms(s.start, s.end) for s in decodes)
+        elif seen.decode_steps:  # compiled decode steps run without hooks: one span
+            decode_ms = ms(seen.steps[-1].end, end)
             extra["decode_span"] = "prefill end -> request end (decode steps run compiled, without hooks)"
         elif prefills:
             decode_ms = 0.0
         else:
             decode_ms = None
             reasons["decode_ms"] = "no LLM forward observed"
-        decode_per_token_ms = decode_ms / decode_steps if decode_ms is not None and decode_steps else None
-        if decode_per_token_ms is None:
+        times["decode_ms"] = decode_ms
+        times["decode_per_token_ms"] = decode_ms / seen.decode_steps if decode_ms is not None and seen.decode_steps else None
+        if times["decode_per_token_ms"] is None:
             reasons["decode_per_token_ms"] = "no decode step (one output token)" if prefills else "no LLM forward"
-        if prefill_ms is None:
+        if not prefills:
             reasons["prefill_ms"] = "no LLM forward observed"
-        extra.update(decode_steps=decode_steps, prompt_tokens=prompt_tokens)
         stages_ms = {k: v for k, v in self._caller_ms.items() if k != "preprocess"}
         if stages_ms:
             extra["stages_ms"] = stages_ms
-        preprocess_ms = self._caller_ms.get("preprocess")
-        if preprocess_ms is None:
+        times["preprocess_ms"] = self._caller_ms.get("preprocess")
+        if times["preprocess_ms"] is None:
             reasons["preprocess_ms"] = "the caller timed no preprocess stage"
+        times["total_ms"] = ms(self._start, end)
+        return _Part(times, extra, reasons)
 
-        # FLOPs: analytic from the shapes the hooks saw, counted if asked
+    def _flop_counts(self, seen: _Observed) -> _Part:
+        """Analytic FLOPs from the shapes the hooks saw; counted ones (FlopCounterMode) when asked for."""
+        shape, applied = self._profiler.shape, self._profiler.applied
+        extra: dict[str, Any] = {"flops_convention": F.CONVENTION}
         pruning = {}
-        if applied is not None and applied.fastv_layer is not None and batch:
+        if applied is not None and applied.fastv_layer is not None and seen.batch:
             # FastV: projected tokens are all P patches per image; from layer K on only `budget` per image stay.
-            dropped = projected * (1 - applied.budget / shape.num_patches) / batch
+            dropped = seen.projected * (1 - applied.budget / shape.num_patches) / seen.batch
             pruning = dict(pruned_after_layer=applied.fastv_layer, pruned_tokens=round(dropped))
             extra["fastv_pruning"] = pruning
-        analytic = {
-            "vision": sum(F.vision_flops(shape, *s.size) for s in self._spans if s.stage == "vision"),
-            "grouping": sum(F.grouping_flops(shape, *s.size) for s in self._spans if s.stage == "grouping"),
-            "projector": sum(F.projector_flops(shape, *s.size) for s in self._spans if s.stage == "projector"),
-            "prefill": sum(
-                F.llm_flops(shape, s.batch, s.new_tokens, s.kv_length, s.logits_tokens, **pruning) for s in prefills
-            ),
-            "decode": sum(
-                F.llm_flops(shape, s.batch, s.new_tokens, s.kv_length, s.logits_tokens, **pruning) for s in decodes
-            ),
-        }
-        if not decodes and decode_steps and prompt_tokens is not None:
-            analytic["decode"] = F.decode_flops(shape, batch, prompt_tokens, decode_steps + 1)
+        stage_formulas = {"vision": F.vision_flops, "grouping": F.grouping_flops, "projector": F.projector_flops}
+        analytic = {stage: sum(formula(shape, *s.size) for s in seen.stage_spans(stage))
+                    for stage, formula in stage_formulas.items()}
+        for kind, steps in (("prefill", seen.prefills), ("decode", seen.decodes)):
+            analytic[kind] = sum(F.llm_flops(shape, s.batch, s.new_tokens, s.kv_length, s.logits_tokens, **pruning)
+                                 for s in steps)
+        if not seen.decodes and seen.decode_steps and seen.prompt_tokens is not None:
+            analytic["decode"] = F.decode_flops(shape, seen.batch, seen.prompt_tokens, seen.decode_steps + 1)
         analytic["total"] = sum(analytic.values())
         counted: dict[str, float] = {}
         if self._counter is not None:
-            counted = {stage: sum(s.flops for s in self._spans if s.stage == stage)
-                       for stage in ("vision", "grouping", "projector")}
-            counted["prefill"] = sum(s.flops for s in prefills)
-            counted["decode"] = sum(s.flops for s in decodes)
+            counted = {stage: sum(s.flops for s in seen.stage_spans(stage)) for stage in VISION_STAGES}
+            counted["prefill"] = sum(s.flops for s in seen.prefills)
+            counted["decode"] = sum(s.flops for s in seen.decodes)
             counted["total"] = float(self._counter.get_total_flops())
             extra["flops_mismatch"] = mismatches(analytic, counted, MISMATCH_TOLERANCE)
-        extra["flops_convention"] = F.CONVENTION
+        return _Part({"flops": analytic, "counted_flops": counted}, extra, {})
 
-        # memory
+    def _memory(self) -> _Part:
+        """Peak allocator bytes per stage (CUDA) and the process's peak RSS over the request."""
+        extra: dict[str, Any] = {}
+        reasons: dict[str, str] = {}
+        peaks: dict[str, int] = {}
         if self._cuda:
             self._note_peak("total")
             peaks = dict(self._peaks)
             peaks["total"] = max(peaks.values())
         else:
-            peaks = {}
-            reasons["peak_memory_bytes"] = f"no CUDA allocator on {profiler.device.type}; see peak_rss_bytes"
+            reasons["peak_memory_bytes"] = f"no CUDA allocator on {self._profiler.device.type}; see peak_rss_bytes"
         rss = peak_rss_bytes()
         if rss is None:
             reasons["peak_rss_bytes"] = "no /proc/self/status (not Linux)"
         elif not self._rss_reset:
             extra["peak_rss_scope"] = "process lifetime (/proc/self/clear_refs not writable)"
+        return _Part({"peak_memory_bytes": peaks, "peak_rss_bytes": rss}, extra, reasons)
 
-        # KV cache
-        computed_kv = None
-        if self._steps:
-            kv_tokens = self._steps[-1].kv_length + (decode_steps if not decodes else 0)
-            computed_kv = kv_cache_bytes(shape, batch, kv_tokens, profiler.element_bytes)
-        measured_kv = measured_cache_bytes(self._cache) if self._cache is not None else None
-        extra.update(kv_cache_bytes_computed=computed_kv, kv_cache_bytes_measured=measured_kv)
-        kv_bytes = measured_kv if measured_kv is not None else computed_kv
-        if kv_bytes is None:
-            reasons["kv_cache_bytes"] = "no LLM forward observed"
+    def _kv_cache(self, seen: _Observed) -> _Part:
+        """KV-cache bytes: measured from the generate's cache where it is visible, else computed from the shape."""
+        computed = None
+        if seen.steps:
+            kv_tokens = seen.steps[-1].kv_length + (seen.decode_steps if not seen.decodes else 0)
+            computed = kv_cache_bytes(self._profiler.shape, seen.batch, kv_tokens, self._profiler.element_bytes)
+        measured = measured_cache_bytes(self._cache) if self._cache is not None else None
+        kv_bytes = measured if measured is not None else computed
+        reasons = {"kv_cache_bytes": "no LLM forward observed"} if kv_bytes is None else {}
+        extra = {"kv_cache_bytes_computed": computed, "kv_cache_bytes_measured": measured}
+        return _Part({"kv_cache_bytes": kv_bytes}, extra, reasons)
 
-        # energy
-        energy_j = None
-        if self._energy_start is not None and energy_end is not None:
-            energy_j = (energy_end - self._energy_start) / 1e3
-        else:
-            reasons["energy_j"] = profiler.energy.reason or "NVML energy counter not readable"
-
-        extra.update(self._extra)
-        return ProfileRecord(
-            kind="request",
-            method=self.method,
-            budget=self.budget,
-            batch_size=self.batch_size,
-            device=str(profiler.device),
-            dtype=profiler.dtype_name,
-            path=profiler.path,
-            task=self.task,
-            visual_tokens=visual,
-            text_tokens=text,
-            output_tokens=output,
-            preprocess_ms=preprocess_ms,
-            vision_ms=vision_ms,
-            grouping_ms=grouping_ms,
-            projector_ms=projector_ms,
-            prefill_ms=prefill_ms,
-            ttft_ms=ttft_ms,
-            decode_ms=decode_ms,
-            decode_per_token_ms=decode_per_token_ms,
-            total_ms=ms(self._start, end),
-            flops=analytic,
-            counted_flops=counted,
-            peak_memory_bytes=peaks,
-            kv_cache_bytes=kv_bytes,
-            weight_bytes=profiler.weight_bytes,
-            energy_j=energy_j,
-            peak_rss_bytes=rss,
-            null_reasons=reasons,
-            extra=extra,
-        )
+    def _energy(self, energy_end: int | None) -> _Part:
+        """Joules from NVML's total-energy counter, read when the request opened and after it closed."""
+        if self._energy_start is None or energy_end is None:
+            reason = self._profiler.energy.reason or "NVML energy counter not readable"
+            return _Part({"energy_j": None}, {}, {"energy_j": reason})
+        return _Part({"energy_j": (energy_end - self._energy_start) / 1e3}, {}, {})
 
 
 class RequestProfiler:
     """Stage profiler for a LLaVA / VisToG model. `attached()` installs the hooks, `request(...)` profiles one
     request. Hooks outside a request cost one attribute check."""
 
-    def __init__(self, model: nn.Module, *, device: torch.device | str | None = None, path: str = "eager"):
+    def __init__(self, model: nn.Module, *, device: torch.device | str | None = None, path: str = "eager",
+                 applied=None):
+        """`applied`: what `vistog_bench.reducers.applied_method(model)` returned when the caller set the model up
+        (None: stock or VisToG); it names a training-free reducer's stage and FastV's pruning in the FLOPs."""
         if path not in PATHS:
             raise ValueError(f"path must be one of {', '.join(PATHS)}, got {path!r}")
         parameter = next(model.parameters())
         self.model = model
+        self.applied = applied
         self.device = torch.device(device) if device is not None else parameter.device
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.path = path
         self.clock = make_clock(self.device)
         self.shape = F.ArchShape.from_config(model.config)
-        self.dtype_name = DTYPE_NAMES.get(parameter.dtype, str(parameter.dtype).removeprefix("torch."))
+        self.dtype_name = dtype_name(parameter.dtype)
         self.element_bytes = parameter.element_size()
         self.weight_bytes = module_bytes(model)
         self.energy = EnergyMeter(self.device)
+        self._records: list[ProfileRecord] = []
         self._active: Request | None = None
         self._attached = False
+
+    def take_records(self) -> list[ProfileRecord]:
+        """The records of every request closed since the last call (the profiler keeps them until then)."""
+        records, self._records = self._records, []
+        return records
 
     # observer interface: forwards to the open request, if any
     def enter(self, stage, module, args, kwargs) -> None:
@@ -452,8 +502,9 @@ class RequestProfiler:
             raise
         else:
             req._close()
+            self._records.append(req.record)
         finally:
             self._active = None
 
 
-__all__ = ["RequestProfiler", "Request", "PATHS"]
+__all__ = ["RequestProfiler", "Request", "FirstTokenClock", "PATHS"]

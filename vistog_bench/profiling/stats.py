@@ -1,34 +1,28 @@
-"""Summary statistics over repeats: median, p10, p90, coefficient of variation."""
+"""Summary statistics over repeats, as optimum-benchmark's latency tracker and vLLM's `bench latency` report them:
+mean, p50 (= median), p90, p95, p99, sample standard deviation and coefficient of variation; p10 as well (the
+lower end of the spread the report draws)."""
 
 from __future__ import annotations
 
-import statistics
 from typing import Sequence
 
+import numpy as np
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default), q in [0, 100]."""
-    ordered = sorted(values)
-    if not ordered:
-        raise ValueError("percentile of no values")
-    position = (len(ordered) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+PERCENTILES = (10, 50, 90, 95, 99)
 
 
 def summarize(values: Sequence[float]) -> dict[str, float]:
-    """{"median", "p10", "p90", "cv", "n"}; cv = sample standard deviation / mean (0 with one value)."""
-    values = [float(v) for v in values]
-    mean = statistics.fmean(values)
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return {
-        "median": statistics.median(values),
-        "p10": percentile(values, 10),
-        "p90": percentile(values, 90),
-        "cv": spread / mean if mean else 0.0,
-        "n": len(values),
-    }
+    """{"n", "mean", "median", "p10", "p50", "p90", "p95", "p99", "stdev", "cv"}: percentiles by linear
+    interpolation (numpy's default); stdev with n - 1 (0 with one value); cv = stdev / mean."""
+    array = np.asarray(values, dtype=float)
+    if array.size == 0:
+        raise ValueError("summary of no values")
+    mean = float(array.mean())
+    stdev = float(array.std(ddof=1)) if array.size > 1 else 0.0
+    summary = {"n": int(array.size), "mean": mean}
+    summary.update({f"p{q}": float(v) for q, v in zip(PERCENTILES, np.percentile(array, PERCENTILES))})
+    summary.update(median=summary["p50"], stdev=stdev, cv=stdev / mean if mean else 0.0)
+    return summary
 
 
-__all__ = ["percentile", "summarize"]
+__all__ = ["summarize", "PERCENTILES"]

@@ -7,7 +7,8 @@ synchronises once, when a request closes, so the model's asynchronous work is ne
 from __future__ import annotations
 
 import time
-from typing import Any, Protocol
+from contextlib import contextmanager
+from typing import Any, Iterator, Protocol
 
 import torch
 
@@ -62,6 +63,28 @@ def make_clock(device: torch.device | str) -> Clock:
     return CudaEventClock(device) if device.type == "cuda" else HostClock()
 
 
+# On a shared 2-core machine two OpenMP threads made every small op stall ~8 ms (a CPU prefill 25x too slow, measured);
+# one thread gave a CV of 0.6-1.6 %. So CPU runs use one thread unless told otherwise (docs/profiling.md).
+DEFAULT_CPU_THREADS = 1
+
+
+def default_threads(device: str) -> int | None:
+    """The torch thread count a run on `device` uses by default: DEFAULT_CPU_THREADS on CPU, torch's own on a GPU."""
+    return DEFAULT_CPU_THREADS if torch.device(device).type == "cpu" else None
+
+
+@contextmanager
+def cpu_threads(threads: int | None) -> Iterator[None]:
+    """`torch.set_num_threads(threads)` inside the block (None: unchanged), torch's previous count after it."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def time_repeats(fn, device: torch.device | str, warmup: int, repeats: int) -> list[float]:
     """Milliseconds of `fn()` for each of `repeats` calls after `warmup` untimed ones (no autograd); on CUDA, events
     around each call and one synchronisation per call."""
@@ -80,4 +103,5 @@ def time_repeats(fn, device: torch.device | str, warmup: int, repeats: int) -> l
     return times
 
 
-__all__ = ["Clock", "HostClock", "CudaEventClock", "make_clock", "time_repeats"]
+__all__ = ["Clock", "HostClock", "CudaEventClock", "make_clock", "time_repeats", "DEFAULT_CPU_THREADS",
+           "default_threads", "cpu_threads"]

@@ -1,0 +1,290 @@
+"""`train(config)`: one stage on accelerate; whatever `accelerate launch` or `torchrun` set up (one process, DDP,
+FSDP, DeepSpeed ZeRO) is what runs, and accelerate does the distribution, mixed precision and state saving.
+
+Resumable: with `save_steps`, `accelerator.save_state` writes `output_dir/checkpoints/checkpoint_<i>` (model,
+optimizer, scheduler, every process's RNG states, and `TrainerState`: step, data position, loss history);
+`resume_from_checkpoint` ("latest" or a folder) restores them and the data loader restarts at the same sample, so the
+run continues as if it had not stopped. The output folder is a normal Hugging Face checkpoint with the chat template
+training rendered with (`chat_template.jinja`) and `training_log.jsonl`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..errors import UsageError
+from .config import TrainConfig
+from .data import (ConversationDataset, ModalityLengthGroupedSampler, RegionDataset, collate_conversations,
+                   collate_regions, load_records)  # fmt: skip
+from .stages import build_region_pretrainer, load_for_stage, store_frozen_in, tokens_per_image
+
+
+@dataclass
+class TrainerState:
+    """What a resumable state adds to accelerate's: registered with `accelerator.register_for_checkpointing`."""
+
+    step: int = 0
+    micro_batches_in_epoch: int = 0
+    epoch_generator_state: object = None  # the data order's generator at the start of this epoch
+    saves: int = 0  # accelerate's checkpoint_<i> counter
+    skipped: int = 0  # samples replaced for a missing / corrupt image or cut image tokens (all processes)
+    losses: list = field(default_factory=list)
+    log_lines: list = field(default_factory=list)
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, values: dict) -> None:
+        for key, value in values.items():
+            setattr(self, key, value)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    output_dir: Path
+    steps: int
+    losses: list[float]
+    skipped: int
+
+
+def make_accelerator(config: TrainConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType, ProjectConfiguration
+
+    project = ProjectConfiguration(
+        project_dir=config.output_dir, automatic_checkpoint_naming=True, total_limit=config.save_total_limit
+    )
+    accelerator = Accelerator(
+        gradient_accumulation_steps=config.grad_accum, mixed_precision=config.mixed_precision,
+        log_with=list(config.report_to) or None, project_config=project,
+    )  # fmt: skip
+    # accelerate keeps MULTI_CPU when asked for FSDP on CPUs (its state.py switches only accelerator devices to FSDP)
+    for engine, kind in (("FSDP", DistributedType.FSDP), ("DEEPSPEED", DistributedType.DEEPSPEED)):
+        if os.environ.get(f"ACCELERATE_USE_{engine}", "false").lower() == "true" and accelerator.distributed_type != kind:
+            raise UsageError(f"the accelerate config asks for {engine} but accelerate set up "
+                             f"{accelerator.distributed_type.value} on {accelerator.device.type}; {engine} needs GPUs")  # fmt: skip
+    return accelerator
+
+
+def is_sharded(accelerator) -> bool:
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
+def build_dataset(config: TrainConfig, model, processor, prompts):
+    """(dataset, module to train, collate function) for the stage."""
+    records = load_records(config.data, config.stage)
+    image_folder = Path(config.image_folder) if config.image_folder else Path(config.data).parent
+    if config.stage == "pretrain-vision":
+        dataset = RegionDataset(records, image_folder, processor.image_processor)
+        module = build_region_pretrainer(
+            model.model.vision_tower, model.config.vision_feature_layer, dataset.classes, dataset.grid
+        )
+        return dataset, module, collate_regions
+    dataset = ConversationDataset(records, image_folder, processor, prompts, tokens_per_image(model),
+                                  config.max_length, config.data_format)  # fmt: skip
+    pad = processor.tokenizer.pad_token_id
+    return dataset, model, functools.partial(collate_conversations, pad_token_id=pad if pad is not None else 0)
+
+
+def make_loader(config: TrainConfig, dataset, collate, accelerator):
+    import torch
+
+    generator = torch.Generator().manual_seed(config.seed)
+    order = dict(shuffle=True)
+    if config.group_by_modality_length:  # LLaVA groups over processes x accumulation (llava_trainer.py)
+        world = accelerator.num_processes * config.grad_accum
+        order = dict(sampler=ModalityLengthGroupedSampler(dataset.records.lengths, config.batch_size, world, generator))
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=config.batch_size, collate_fn=collate, generator=generator,
+        num_workers=config.num_workers, drop_last=len(dataset) >= config.batch_size, **order,
+    )  # fmt: skip
+    return loader, generator
+
+
+def make_optimizer(config: TrainConfig, module):
+    """AdamW over the trainable parameters only (frozen ones get no optimizer state)."""
+    import torch
+
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        raise UsageError(f"stage {config.stage}: nothing to train")
+    groups = [{"params": params}]
+    if config.grouping_lr is not None:  # VisToG's new parts at their own rate
+        new = {id(p) for name, p in module.named_parameters() if p.requires_grad and _is_vistog_part(name)}
+        groups = [{"params": [p for p in params if id(p) in new], "lr": config.grouping_lr},
+                  {"params": [p for p in params if id(p) not in new]}]  # fmt: skip
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _is_vistog_part(name: str) -> bool:
+    return ".grouping." in name or "semantic_tokens" in name
+
+
+def total_steps(config: TrainConfig, batches: int, processes: int) -> int:
+    """Optimizer steps: max_steps, else epochs over each process's share of the `batches` (accelerate gives every
+    process ceil(batches / processes) of them)."""
+    if config.max_steps:
+        return config.max_steps
+    return max(1, math.ceil(config.epochs * max(1, math.ceil(batches / processes) // config.grad_accum)))
+
+
+class Progress:
+    """Loss lines (stdout, training_log.jsonl, accelerate trackers) and a tqdm bar with loss, lr, samples/s and ETA."""
+
+    def __init__(self, config: TrainConfig, accelerator, state: TrainerState, total: int):
+        from tqdm.auto import tqdm
+
+        self.config, self.accelerator, self.state = config, accelerator, state
+        self.samples_per_step = config.batch_size * config.grad_accum * accelerator.num_processes
+        self.start, self.start_step = time.perf_counter(), state.step
+        show = config.progress and accelerator.is_local_main_process
+        self.bar = tqdm(total=total, initial=state.step, desc=config.stage, disable=not show, dynamic_ncols=True)
+
+    def log(self, record: dict) -> None:
+        self.state.log_lines.append(record)
+        if self.accelerator.is_main_process and not self.config.quiet:
+            self.bar.write(json.dumps(record)) if not self.bar.disable else print(json.dumps(record), flush=True)
+
+    def samples_per_s(self) -> float:
+        elapsed = time.perf_counter() - self.start
+        return (self.state.step - self.start_step) * self.samples_per_step / elapsed if elapsed > 0 else 0.0
+
+    def step(self, total: int, lr: float) -> None:
+        state, every = self.state, self.config.log_every
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{state.losses[-1]:.4f}", lr=f"{lr:.2e}", samples_s=f"{self.samples_per_s():.1f}")
+        if state.step % every == 0 or state.step == total:
+            recent = state.losses[-every:]
+            record = {"stage": self.config.stage, "step": state.step, "of": total,
+                      "loss": round(sum(recent) / len(recent), 4), "lr": lr,
+                      "elapsed_s": round(time.perf_counter() - self.start, 1)}  # fmt: skip
+            self.log(record)
+            self.accelerator.log({"loss": record["loss"], "lr": lr, "samples_per_s": self.samples_per_s()},
+                                 step=state.step)  # fmt: skip
+
+
+def run_steps(config: TrainConfig, accelerator, parts, state: TrainerState, progress: Progress, total: int) -> None:
+    """The optimisation loop from `state` on: micro-batches, accumulation, clipping, periodic resumable states."""
+    import torch
+
+    module, optimizer, scheduler, loader, generator = parts
+    params = [p for p in module.parameters() if p.requires_grad]  # after prepare: FSDP2 swaps them for DTensors
+    while state.step < total:
+        if state.micro_batches_in_epoch:  # resumed inside an epoch: same order, already-seen batches skipped
+            generator.set_state(state.epoch_generator_state)
+            batches = accelerator.skip_first_batches(loader, state.micro_batches_in_epoch)
+        else:
+            state.epoch_generator_state = generator.get_state()
+            batches = loader
+        for batch in batches:
+            state.micro_batches_in_epoch += 1
+            skipped = batch.pop("skipped")
+            with accelerator.accumulate(module):
+                loss = module(**batch)
+                loss = loss if isinstance(loss, torch.Tensor) else loss.loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            state.skipped += int(accelerator.gather(skipped.reshape(1)).sum())
+            if not accelerator.sync_gradients:
+                continue
+            state.step += 1
+            state.losses.append(accelerator.gather(loss.detach()).mean().item())
+            progress.step(total, scheduler.get_last_lr()[0])
+            if config.save_steps and state.step % config.save_steps == 0 and state.step < total:
+                state.saves += 1
+                accelerator.save_state()
+            if state.step >= total:
+                break
+        else:
+            state.micro_batches_in_epoch = 0
+
+
+def resume(config: TrainConfig, accelerator, state: TrainerState) -> None:
+    where = config.resume_from_checkpoint
+    folder = None if where == "latest" else where
+    if folder is None and not any((Path(config.output_dir) / "checkpoints").glob("checkpoint_*")):
+        raise UsageError(f"--resume-from-checkpoint latest: no checkpoint under {config.output_dir}/checkpoints")
+    if folder is not None and not Path(folder).is_dir():
+        raise UsageError(f"--resume-from-checkpoint: no such folder {folder}")
+    accelerator.load_state(folder)
+    accelerator.project_configuration.iteration = state.saves  # the next save does not overwrite this one
+
+
+def save_checkpoint(config: TrainConfig, accelerator, module, model, processor, template, state: TrainerState) -> None:
+    """The trained model as a Hugging Face folder (full weights gathered from FSDP / ZeRO-3 shards)."""
+    accelerator.wait_for_everyone()
+    state_dict = accelerator.get_state_dict(module) if is_sharded(accelerator) else None
+    if not accelerator.is_main_process:
+        return
+    output_dir = Path(config.output_dir)
+    model.eval()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output_dir, state_dict=state_dict)
+    processor.chat_template = template.text  # saved as chat_template.jinja: evaluation renders what training did
+    processor.save_pretrained(output_dir)
+    summary = {"stage": config.stage, "steps": state.step, "first_loss": state.losses[0],
+               "last_loss": state.losses[-1], "skipped_samples": state.skipped,
+               "processes": accelerator.num_processes, "distributed_type": accelerator.distributed_type.value}  # fmt: skip
+    lines = [*state.log_lines, summary]
+    (output_dir / "training_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train one stage; returns where the checkpoint is and the per-step losses."""
+    import torch
+    from accelerate.utils import set_seed
+    from transformers import get_cosine_schedule_with_warmup
+
+    from ..model.loading import load_processor
+    from ..model.prompting import PromptBuilder, find_template, image_token_of
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    set_seed(config.seed)
+    accelerator = make_accelerator(config)
+    processor = load_processor(config.model)  # remote code refused
+    template = find_template(processor, config.model, config.chat_template)
+    prompts = PromptBuilder(template, processor.tokenizer, image_token_of(processor))
+    state = TrainerState()
+    model = load_for_stage(config)
+    if is_sharded(accelerator) and config.stage == "pretrain-vision":
+        raise UsageError("pretrain-vision trains the tiny demo encoder: run it without FSDP / DeepSpeed")
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if accelerator.mixed_precision in ("bf16", "fp16") and not is_sharded(accelerator):
+        store_frozen_in(model, torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float16)
+    dataset, module, collate = build_dataset(config, model, processor, prompts)
+    loader, generator = make_loader(config, dataset, collate, accelerator)
+    optimizer = make_optimizer(config, module)
+    total = total_steps(config, len(loader), accelerator.num_processes)
+    # accelerate steps a prepared scheduler once per process per optimizer step: count the schedule in those steps
+    ticks = accelerator.num_processes
+    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(config.warmup_ratio * total) * ticks, total * ticks)
+    module, optimizer, loader, scheduler = accelerator.prepare(module, optimizer, loader, scheduler)
+    accelerator.register_for_checkpointing(state)
+    progress = Progress(config, accelerator, state, total)
+    progress.log({"stage": config.stage, "chat_template": template.source, "style": template.style})
+    if config.report_to:
+        accelerator.init_trackers("vistog-bench", config={k: str(v) for k, v in asdict(config).items()})
+    if config.resume_from_checkpoint:
+        resume(config, accelerator, state)
+        progress.bar.reset(total)
+        progress.bar.update(state.step)
+    module.train()
+    run_steps(config, accelerator, (module, optimizer, scheduler, loader, generator), state, progress, total)
+    progress.bar.close()
+    save_checkpoint(config, accelerator, module, model, processor, template, state)
+    accelerator.end_training()
+    return TrainResult(Path(config.output_dir), state.step, list(state.losses), state.skipped)
