@@ -6,7 +6,6 @@ through `vistog_bench.cli.main` with its command table narrowed to the two comma
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from xml.etree import ElementTree
@@ -14,16 +13,17 @@ from xml.etree import ElementTree
 import pytest
 
 from vistog_bench import cli
+from vistog_bench.analysis import FullBudget, full_budget
 from vistog_bench.errors import UsageError
 from vistog_bench.regress import (
     CheckReport,
+    build_baseline,
     check_run,
     derive_values,
-    full_budget_cell,
     load_baseline,
     load_tolerances,
+    write_baseline,
 )
-from vistog_bench.regress_baseline import build_baseline, write_baseline
 from vistog_bench.results import CellKey, CellResult, ProfileRecord, RunDir, RunManifest
 
 TASK = "shapes_count"
@@ -100,12 +100,11 @@ def test_derived_values_cover_every_category():
     assert cell["samples/n_samples"] == 50
 
 
-def test_full_budget_is_none_at_largest_budget_else_own_method_largest():
-    cells = [CellKey("t", "none", 576), CellKey("t", "none", 288), CellKey("t", "vistog", 64), CellKey("u", "pool", 144),
-             CellKey("u", "pool", 36), CellKey("u", "tome", 64)]
-    assert full_budget_cell(CellKey("t", "vistog", 64), cells) == CellKey("t", "none", 576)
-    assert full_budget_cell(CellKey("u", "pool", 36), cells) == CellKey("u", "pool", 144)
-    assert full_budget_cell(CellKey("u", "tome", 64), cells) == CellKey("u", "tome", 64)
+def test_full_budget_is_none_at_largest_budget_else_the_largest_budget_for_every_method():
+    assert full_budget([("none", 576), ("none", 288), ("vistog", 64)]) == FullBudget("none", 576, stand_in=False)
+    # without `none` the run's largest budget stands in for every cell: tome@64 is never its own reference
+    assert full_budget([("pool", 144), ("pool", 36), ("tome", 64)]) == FullBudget("pool", 144, stand_in=True)
+    assert full_budget([]) is None
 
 
 def test_request_records_give_median_speedup_when_no_controlled_records(tmp_path):

@@ -7,8 +7,7 @@ import shutil
 import pytest
 
 from vistog_bench import demo
-from vistog_bench.regress import check_run, parse_baseline
-from vistog_bench.regress_baseline import build_baseline
+from vistog_bench.regress import build_baseline, check_run, parse_baseline
 from vistog_bench.runner import RunConfig, run_sweep
 
 LIMIT = 60

@@ -19,7 +19,7 @@ import pytest
 
 from vistog_bench import cli
 from vistog_bench.errors import UsageError
-from vistog_bench.regress_baseline import write_baseline
+from vistog_bench.regress import write_baseline
 from vistog_bench.results import (
     PROFILE_FILE,
     CellResult,

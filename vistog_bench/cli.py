@@ -29,7 +29,7 @@ COMMANDS = {
     "profile": ("vistog_bench.profiling.cli", "controlled latency / FLOPs / memory / energy measurement per budget"),
     "report": ("vistog_bench.report.cli", "render tables and figures from result folders"),
     "check": ("vistog_bench.regress", "compare a run with a baseline; exit 1 on regression"),
-    "baseline": ("vistog_bench.regress_baseline", "write a baseline from a run: `baseline update RUN_DIR --name NAME`"),
+    "baseline": ("vistog_bench.regress.baseline_cli", "write a baseline from a run: `baseline update RUN_DIR --name NAME`"),
     "train": ("vistog_bench.train.cli", "train LLaVA / VisToG (stage 1 and 2) on LLaVA-format conversation data"),
 }
 
