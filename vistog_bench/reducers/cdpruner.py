@@ -30,6 +30,8 @@ import torch.nn.functional as F
 
 from .llm_pruning import SampleView, Selection
 
+EPSILON = 1e-10  # the smallest gain taken (Chen et al.'s stopping threshold)
+
 
 def conditional_kernel(visual: torch.Tensor, instruction: torch.Tensor) -> torch.Tensor:
     """L = diag(r) S diag(r) for visual [V, D] and instruction [t, D] tokens: [V, V] (float32)."""
@@ -41,19 +43,25 @@ def conditional_kernel(visual: torch.Tensor, instruction: torch.Tensor) -> torch
 
 
 def greedy_dpp_map(kernel: torch.Tensor, keep: int) -> torch.Tensor:
-    """Fast greedy MAP of a DPP with kernel [V, V]: indices [keep] in the order chosen (Chen et al. 2018)."""
+    """Fast greedy MAP of a DPP with kernel [V, V]: indices [keep] in the order chosen (Chen et al. 2018).
+
+    Once the kernel's rank is spent (no gain above EPSILON: more tokens asked for than the features' dimension),
+    the rest follow by the kernel's diagonal (relevance), where the reference would divide by zero."""
     size = kernel.shape[0]
     rows = kernel.new_zeros(keep, size)  # c: incremental Cholesky rows
     gains = kernel.diagonal().clone()  # d^2: log-det gain of adding each item
-    chosen = []
-    for step in range(keep):
-        item = int(gains.argmax())
+    chosen: list[int] = []
+    while len(chosen) < keep and float(gains.max()) > EPSILON:
+        item, step = int(gains.argmax()), len(chosen)
         chosen.append(item)
         # e = (L[j, :] - c[:step, j] . c[:step, :]) / d_j
-        new_row = (kernel[item] - rows[:step, item] @ rows[:step]) / gains[item].clamp(min=1e-12).sqrt()
-        rows[step] = new_row
-        gains = gains - new_row.square()
+        rows[step] = (kernel[item] - rows[:step, item] @ rows[:step]) / gains[item].sqrt()
+        gains = gains - rows[step].square()
         gains[chosen] = -torch.inf
+    if len(chosen) < keep:
+        quality = kernel.diagonal().clone()
+        quality[chosen] = -torch.inf
+        chosen += quality.topk(keep - len(chosen)).indices.tolist()
     return torch.tensor(chosen, device=kernel.device)
 
 

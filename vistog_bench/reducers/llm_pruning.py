@@ -159,7 +159,7 @@ class LLMPruner:
                 self._prompt = _Prompt(image_mask=image_mask, padding_mask=padding)
                 self._prompt.images_per_sample = image_mask.sum(dim=1) // self.tokens_per_image
         else:
-            if input_ids is not None and bool((input_ids == self.image_token_id).any()):
+            if kwargs.get("pixel_values") is not None:  # (a generated token may carry the image id: not an image)
                 raise UsageError("in-LLM pruning handles images of the first forward of a sequence only")
             self._step_mask = attention_mask
 

@@ -59,8 +59,8 @@ OPTIONS: dict[str, dict[str, type]] = {  # method -> the options it accepts and 
     "vispruner": {"important_ratio": float},
     "cdpruner": {},
     "dart": {"layer": int},
-    "pdrop": {},
-    "sparsevlm": {},
+    "pdrop": {"layers": str},  # comma-separated decoder layers, e.g. "2,6,12"
+    "sparsevlm": {"layers": str},
     "vscan": {"layer": int},
     "downsample": {},
     "holitom": {},
@@ -251,9 +251,10 @@ def _llm_parts(model, method: str, budget: int, options: dict) -> _Parts:
     if method == "fastv":
         return _Parts(pruner=fastv(budget, options.get("fastv_layer", FASTV_LAYER), num_patches, image_token))
     if method == "pdrop":
-        return _Parts(pruner=pdrop(budget, num_layers, num_patches, image_token))
+        return _Parts(pruner=pdrop(budget, num_layers, _stage_layers(options, PDROP_LAYERS, num_layers), num_patches, image_token))
     if method == "sparsevlm":
-        return _Parts(pruner=sparsevlm(budget, num_layers, num_patches, image_token))
+        layers = _stage_layers(options, SPARSEVLM_LAYERS, num_layers)
+        return _Parts(pruner=sparsevlm(budget, num_layers, layers, num_patches, image_token))
     if method == "dart":
         layer = _llm_layer(options, DART_LAYER, num_layers)
         (keep,) = mean_schedule(budget, num_layers, num_patches, (layer,), "dart")
@@ -273,6 +274,20 @@ def _llm_parts(model, method: str, budget: int, options: dict) -> _Parts:
 def _llm_layer(options: dict, paper_layer: int, num_layers: int) -> int:
     layer = options.get("layer")
     return layer if layer is not None else scaled_layers((paper_layer,), num_layers)[0]
+
+
+def _stage_layers(options: dict, paper_layers: tuple[int, ...], num_layers: int) -> tuple[int, ...]:
+    """The `layers` option ("2,6,12") or the paper's layers scaled to this depth."""
+    text = options.get("layers")
+    if text is None:
+        return scaled_layers(paper_layers, num_layers)
+    try:
+        layers = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise UsageError(f"layers must be comma-separated integers, e.g. 2,6,12; got {text!r}") from None
+    if list(layers) != sorted(set(layers)) or not all(1 <= layer < num_layers for layer in layers):
+        raise UsageError(f"layers must increase within 1..{num_layers - 1} for a {num_layers}-layer LLM, got {text}")
+    return layers
 
 
 _BUILDERS: dict[str, Callable[..., _Parts]] = {
@@ -348,7 +363,10 @@ def config_problem(config, method: str, *, budget: int | None = None, **options)
     if num_layers < 2:
         return f"{method} prunes between decoder layers; this LLM has {num_layers}"
     paper = {"dart": (DART_LAYER,), "vscan": (VSCAN_LAYER,), "pdrop": PDROP_LAYERS, "sparsevlm": SPARSEVLM_LAYERS}
-    layers = scaled_layers(paper[method], num_layers)
+    try:
+        layers = _stage_layers(options, paper[method], num_layers)
+    except UsageError as error:
+        return str(error)
     if options.get("layer") is not None:
         layers = (options["layer"],)
         if not 1 <= layers[0] < num_layers:
@@ -359,7 +377,8 @@ def config_problem(config, method: str, *, budget: int | None = None, **options)
     lowest = minimum_mean(num_layers, first, layers[0])
     if budget < lowest:
         return (f"{method} keeps {first} visual tokens per image in layers 0..{layers[0] - 1} of {num_layers}: "
-                f"its layer-mean budget must be at least {math.ceil(lowest)}, got {budget}")
+                f"its layer-mean budget must be at least {math.ceil(lowest)}, got {budget}"
+                + (" (an earlier first layer: option layers=...)" if method in ("pdrop", "sparsevlm") else ""))
     return None
 
 

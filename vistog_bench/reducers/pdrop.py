@@ -20,13 +20,14 @@ from __future__ import annotations
 
 from .fastv import LastTokenAttention
 from .llm_pruning import LLMPruner, Stage
-from .schedule import mean_schedule, scaled_layers
+from .schedule import mean_schedule
 
 LAYERS = (8, 16, 24)  # the paper's stage boundaries for LLaVA-1.5-7B (32 layers)
 
 
-def pdrop(budget: int, num_layers: int, num_patches: int, image_token_id: int) -> LLMPruner:
-    layers = scaled_layers(LAYERS, num_layers)
+def pdrop(budget: int, num_layers: int, layers: tuple[int, ...], num_patches: int, image_token_id: int) -> LLMPruner:
+    """Stages at `layers` (the paper's LAYERS scaled to the LLM's depth, or the `layers` option) whose layer mean
+    over the LLM is the budget."""
     counts = mean_schedule(budget, num_layers, num_patches, layers, "pdrop")
     stages = tuple(Stage(layer, count) for layer, count in zip(layers, counts))
     return LLMPruner(stages, LastTokenAttention(), num_patches, image_token_id)

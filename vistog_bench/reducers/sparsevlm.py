@@ -35,7 +35,7 @@ import torch
 
 from .cdpruner import instruction_positions
 from .llm_pruning import LLMPruner, SampleView, Selection, Stage
-from .schedule import mean_schedule, scaled_layers
+from .schedule import mean_schedule
 
 LAYERS = (3, 7, 16)  # inputs of the layers after the reference's 2, 6, 15 (32 layers)
 RECYCLED_FRACTION = 0.3  # of the deleted tokens, the reference's "top 30 %"
@@ -107,8 +107,9 @@ class SparseVLMSelector:
         return Selection(torch.cat(positions), torch.cat(states))
 
 
-def sparsevlm(budget: int, num_layers: int, num_patches: int, image_token_id: int) -> LLMPruner:
-    layers = scaled_layers(LAYERS, num_layers)
+def sparsevlm(budget: int, num_layers: int, layers: tuple[int, ...], num_patches: int, image_token_id: int) -> LLMPruner:
+    """Stages at `layers` (the paper's LAYERS scaled to the LLM's depth, or the `layers` option) whose layer mean
+    over the LLM is the budget."""
     counts = mean_schedule(budget, num_layers, num_patches, layers, "sparsevlm")
     stages = tuple(Stage(layer, count) for layer, count in zip(layers, counts))
     return LLMPruner(stages, SparseVLMSelector(), num_patches, image_token_id)

@@ -1,0 +1,252 @@
+"""The methods added beside the first six: budgets per layer, batch invariance, attention kernels, and each core
+selection against a plain loop written from its paper's pseudo-code. Tiny LLaVA (2 LLM layers, 576 patches)."""
+
+import itertools
+import math
+
+import pytest
+import torch
+from testers import random_images, tiny_llava, tiny_processor
+
+from vistog_bench.errors import UsageError
+from vistog_bench.model import VisToGForConditionalGeneration, build_inputs, llava_prompt
+from vistog_bench.reducers import applied_method, apply_method, config_problem, tokens_per_image
+from vistog_bench.reducers.cdpruner import greedy_dpp_map
+from vistog_bench.reducers.dart import duplication_aware
+from vistog_bench.reducers.divprune import max_min_diversity
+from vistog_bench.reducers.holitom import static_windows
+from vistog_bench.reducers.llm_pruning import attention_rows
+from vistog_bench.reducers.schedule import mean_schedule, scaled_layers
+from vistog_bench.reducers.sparsevlm import recycled_count
+from vistog_bench.reducers.vispruner import remove_duplicates
+
+P = 576
+# budget per method on the 2-layer LLM: a layer-mean method keeps P in layer 0, so its mean is at least (P + 1) / 2
+BUDGETS = {"divprune": 64, "vispruner": 64, "cdpruner": 64, "downsample": 64, "holitom": 64,
+           "dart": 300, "pdrop": 300, "sparsevlm": 300, "vscan": 64}
+LAYER_MEAN = ("dart", "pdrop", "sparsevlm", "vscan")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return VisToGForConditionalGeneration.from_llava(tiny_llava(), num_semantic_tokens=None).eval()
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return tiny_processor()
+
+
+def generate(model, processor, questions, images, new_tokens=3):
+    inputs = build_inputs(processor, questions, images, tokens_per_image(model))
+    with torch.no_grad():
+        out = model.generate(
+            **inputs, max_new_tokens=new_tokens, do_sample=False, output_scores=True, return_dict_in_generate=True
+        )
+    return out.sequences[:, inputs["input_ids"].shape[1] :], torch.stack(out.scores, dim=1), inputs
+
+
+def prefill_lengths(model, processor, frames: int) -> tuple[int, int, list[int]]:
+    """Prompt length, its text tokens, and the sequence length each decoder layer's prefill received."""
+    seen = []
+    handles = [layer.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["hidden_states"].shape[1])
+                                               if "hidden_states" in kwargs else seen.append(args[0].shape[1]),
+                                               with_kwargs=True)
+               for layer in model.model.language_model.layers]
+    try:
+        _, _, inputs = generate(model, processor, [llava_prompt("describe the video", frames)],
+                                [random_images(frames, seed=7)], new_tokens=1)
+    finally:
+        for handle in handles:
+            handle.remove()
+    length = inputs["input_ids"].shape[1]
+    return length, length - frames * tokens_per_image(model), seen[: len(handles)]
+
+
+@pytest.mark.parametrize("method", list(BUDGETS))
+def test_each_layer_sees_the_recorded_schedule(model, processor, method):
+    budget = BUDGETS[method]
+    apply_method(model, method, budget)
+    applied = applied_method(model)
+    assert applied.tokens_per_image == tokens_per_image(model)
+    assert len(applied.layer_tokens) == 2 and applied.llm_input_tokens == applied.layer_tokens[0]
+    if method in LAYER_MEAN:
+        assert applied.budget_convention == "layer_mean" and abs(applied.mean_layer_tokens - budget) <= 0.5
+    else:
+        assert applied.budget_convention == "llm_input" and applied.layer_tokens == (budget, budget)
+    for frames in (1, 2):
+        _, text, seen = prefill_lengths(model, processor, frames)
+        assert seen == [text + frames * n for n in applied.layer_tokens]
+
+
+@pytest.mark.parametrize("method", list(BUDGETS))
+def test_batch_of_two_answers_each_as_alone(model, processor, method):
+    """Greedy generate: a left-padded batch (one sample with two video frames) gives each sample its own answer."""
+    apply_method(model, method, BUDGETS[method])
+    questions = [llava_prompt("what colour is the shape ?"), llava_prompt("which way does the shape move ?", 2)]
+    images = [random_images(1, seed=1), random_images(2, seed=2)]
+    batch_tokens, batch_scores, _ = generate(model, processor, questions, images)
+    for i in range(2):
+        tokens, scores, _ = generate(model, processor, questions[i : i + 1], images[i : i + 1])
+        assert torch.equal(batch_tokens[i : i + 1], tokens)
+        torch.testing.assert_close(batch_scores[i : i + 1], scores, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["divprune", "cdpruner", "holitom"])
+def test_llm_input_selection_at_full_budget_equals_stock(model, processor, method):
+    """Keeping every token at layer 0, the pruning path (gather, masks, merges) changes nothing."""
+    questions = [llava_prompt("how many shapes are there ?"), llava_prompt("is the square left ?", 2)]
+    images = [random_images(1, seed=3), random_images(2, seed=4)]
+    apply_method(model, "none", P)
+    stock_tokens, stock_scores, _ = generate(model, processor, questions, images)
+    apply_method(model, method, P)
+    tokens, scores, _ = generate(model, processor, questions, images)
+    assert torch.equal(tokens, stock_tokens)
+    torch.testing.assert_close(scores, stock_scores, rtol=1e-4, atol=1e-4)
+
+
+def test_attention_kernels_are_recorded_and_never_switched(model):
+    assert model.config.text_config._attn_implementation == "sdpa"
+    apply_method(model, "sparsevlm", 300)
+    applied = applied_method(model)
+    assert applied.llm_attention == ("sdpa", "sdpa") and applied.scored_llm_layers == (0,)
+    assert model.config.text_config._attn_implementation == "sdpa"
+    apply_method(model, "vispruner", 64)
+    assert applied_method(model).vision_scores.startswith("CLS attention") and not applied_method(model).scored_llm_layers
+    apply_method(model, "divprune", 64)
+    assert applied_method(model).scored_llm_layers == () and applied_method(model).vision_scores == ""
+
+
+def test_score_rows_equal_the_eager_attention_weights():
+    """The rows the selectors read (from q / k hooks) are what an eager layer returns as its attention weights."""
+    llava = tiny_llava()
+    llava.config.text_config._attn_implementation = "eager"
+    layer = llava.model.language_model.layers[0]
+    captured = {}
+    layer.self_attn.q_proj.register_forward_hook(lambda m, a, out: captured.setdefault("q", out))
+    layer.self_attn.k_proj.register_forward_hook(lambda m, a, out: captured.setdefault("k", out))
+    ids = torch.randint(5, 100, (1, 12))
+    with torch.no_grad():
+        out = llava.model.language_model(input_ids=ids, output_attentions=True)
+    eager = out.attentions[0][0].mean(dim=0)  # [T, T]
+    rotary = llava.model.language_model.rotary_emb(captured["q"], torch.arange(12)[None])
+    attn = layer.self_attn
+    positions = torch.tensor([3, 11])
+    rows = attention_rows(captured["q"][0, positions], captured["k"][0], rotary, torch.ones(12, dtype=torch.bool),
+                          positions, 0, head_dim=attn.head_dim, kv_groups=attn.num_key_value_groups,
+                          scaling=attn.scaling)
+    torch.testing.assert_close(rows, eager[positions].float(), rtol=1e-4, atol=1e-5)
+
+
+# -- budgets ---------------------------------------------------------------------------------------------------------
+def test_layer_mean_schedules():
+    assert scaled_layers((8, 16, 24), 32) == (8, 16, 24) and scaled_layers((8, 16, 24), 2) == (1,)
+    for budget, layers in [(192, (8, 16, 24)), (128, (2, 6, 12)), (64, (2, 6, 12))]:
+        counts = mean_schedule(budget, 32, P, layers, "pdrop")
+        spans = [b - a for a, b in zip(layers, (*layers[1:], 32))]
+        mean = (layers[0] * P + sum(s * n for s, n in zip(spans, counts))) / 32
+        assert abs(mean - budget) <= spans[-1] / 32 * 0.5 + 1e-9 and list(counts) == sorted(counts, reverse=True)
+    assert mean_schedule(64, 32, P, (2,), "dart") == (round((64 * 32 - 2 * P) / 30),)
+    with pytest.raises(UsageError, match="layer-mean budget must be in 145..576"):
+        mean_schedule(64, 32, P, (8, 16, 24), "pdrop")
+
+
+def test_config_problem_refuses_unreachable_budgets(model):
+    config = model.config
+    assert config_problem(config, "dart", budget=300) is None
+    assert "must be at least 289, got 16" in config_problem(config, "dart", budget=16)
+    assert "layer must be in 1..1" in config_problem(config, "vscan", budget=64, layer=2)
+    assert config_problem(config, "divprune", budget=4) is None
+    assert "increase within 1..1" in config_problem(config, "pdrop", budget=300, layers="0,1")
+    apply_method(model, "pool", 64)
+    with pytest.raises(UsageError, match="at least 289"):
+        apply_method(model, "pdrop", 64)
+    assert applied_method(model).method == "pool"  # a refused call changes nothing
+
+
+@pytest.mark.parametrize("method, budget, options, message", [
+    ("vispruner", 64, {"important_ratio": 2.0}, "important_ratio must be in 0..1"),
+    ("dart", 300, {"layer": "1"}, "must be int"),
+    ("downsample", 29, {}, "nearest poolable"),
+    ("holitom", 0, {}, r"1\.\.576"),
+])
+def test_bad_input(model, method, budget, options, message):
+    with pytest.raises(UsageError, match=message):
+        apply_method(model, method, budget, **options)
+
+
+# -- core selections against plain loops from the papers' pseudo-code ----------------------------------------------------
+def test_divprune_matches_the_mmdp_loop():
+    x = torch.randn(40, 8, generator=torch.Generator().manual_seed(0))
+    distance = 1 - torch.nn.functional.cosine_similarity(x[:, None], x[None], dim=-1)
+    chosen = [max(range(40), key=lambda i: min(distance[i, j] for j in range(40) if j != i))]
+    while len(chosen) < 10:  # argmax over candidates of the minimum distance to the chosen set
+        chosen.append(max((i for i in range(40) if i not in chosen), key=lambda i: min(distance[i, j] for j in chosen)))
+    assert max_min_diversity(x, 10).tolist() == chosen
+
+
+def test_cdpruner_greedy_map_matches_log_det_greedy():
+    x = torch.randn(30, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    kernel = x @ x.T + 0.1 * torch.eye(30, dtype=torch.float64)
+    chosen = []
+    for _ in range(6):  # the greedy MAP: add the item that maximises log det L[S + i]
+        chosen.append(max((i for i in range(30) if i not in chosen),
+                          key=lambda i: torch.logdet(kernel[chosen + [i]][:, chosen + [i]])))
+    assert greedy_dpp_map(kernel, 6).tolist() == chosen
+
+
+def test_vispruner_duplicate_removal_matches_the_loop():
+    normed = torch.nn.functional.normalize(torch.randn(1, 50, 8, generator=torch.Generator().manual_seed(2)), dim=-1)
+    residual = torch.randperm(50, generator=torch.Generator().manual_seed(3))[:37]
+    kept = residual.tolist()
+    while len(kept) > 12:  # each round: A = even slots, B = odd; drop the (up to) 8 A tokens closest to B
+        a, b = kept[::2], kept[1::2]
+        closest = [max(float(normed[0, i] @ normed[0, j]) for j in b) for i in a]
+        order = sorted(range(len(a)), key=lambda k: -closest[k])
+        kept = [a[k] for k in order[min(8, len(kept) - 12):]] + b
+    assert remove_duplicates(normed, residual[None], 12)[0].tolist() == kept
+
+
+def test_dart_matches_the_reference_loop():
+    generator = torch.Generator().manual_seed(4)
+    states = torch.nn.functional.normalize(torch.randn(60, 8, generator=generator), dim=-1)
+    key_norm = torch.rand(60, generator=generator)
+    block, text_pivots = torch.arange(10, 50), torch.tensor([52, 57])
+    kept = duplication_aware(states, key_norm, block, text_pivots, keep=14, pivot_image=4)
+    pivots = sorted(block.tolist(), key=lambda i: -key_norm[i])[:4]
+    candidates = [i for i in block.tolist() if i not in pivots]
+    expected = list(pivots)
+    for n, pivot in enumerate(pivots + text_pivots.tolist()):  # 10 picks over 6 pivots: 2, 2, 2, 2, 1, 1
+        share = 10 // 6 + (n < 10 % 6)
+        picks = sorted(candidates, key=lambda i: float(states[i] @ states[pivot]))[:share]
+        expected += picks
+        candidates = [i for i in candidates if i not in picks]
+    assert sorted(kept.tolist()) == sorted(expected) and len(kept) == 14
+
+
+def test_sparsevlm_recycling_sizes_follow_the_reference():
+    for tokens, keep in [(576, 300), (300, 200), (576, 66), (200, 110)]:
+        recycled = recycled_count(tokens, keep)
+        candidates = int((tokens - (keep - recycled)) * 0.3) + 1  # the reference: top 30 % + 1, then n / 10 + 1
+        assert recycled == int(candidates / 10) + 1
+    assert recycled_count(576, 576) == 0
+
+
+def test_holitom_windows_match_exhaustive_search():
+    similarity = torch.rand(5, 20, generator=torch.Generator().manual_seed(5))
+    tau, max_window = 0.3, 3
+
+    def saved(first, last):
+        return int((similarity[first:last] > tau).all(dim=0).sum()) * (last - first)
+
+    best = -1
+    for cuts in itertools.product([0, 1], repeat=5):  # every split of 6 frames into consecutive windows
+        bounds = [0] + [i + 1 for i, c in enumerate(cuts) if c] + [6]
+        windows = [(a, b - 1) for a, b in zip(bounds, bounds[1:])]
+        if all(b - a + 1 <= max_window for a, b in windows):
+            best = max(best, sum(saved(a, b) for a, b in windows))
+    windows = static_windows(similarity, tau, max_window)
+    assert sum(saved(a, b) for a, b in windows) == best
+    assert [a for a, _ in windows][0] == 0 and windows[-1][1] == 5
+    assert all(b + 1 == c for (_, b), (c, _) in zip(windows, windows[1:]))
+    assert math.isclose(sum(b - a + 1 for a, b in windows), 6)
