@@ -14,17 +14,13 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from testers import tiny_llava  # noqa: E402
 
 from vistog_bench.model import VisToGForConditionalGeneration  # noqa: E402
 from vistog_bench.profiling import RequestProfiler  # noqa: E402
 from vistog_bench.profiling.controlled import prompt_ids  # noqa: E402
+from vistog_bench.testing import tiny_llava  # noqa: E402
 
 
 def main() -> int:

@@ -68,7 +68,8 @@ RECIPES = {
         ("data, rates and N=64 inferred: the paper does not state them",),
     ),
     "vistog-7b-stage2": Recipe(
-        "vistog-stage2", {**INSTRUCTION, "grouping_lr": VISTOG_STAGE2_GROUPING_LR}, "zero3.yaml", "llava-1.5-7b", 8,
+        "vistog-stage2", {**INSTRUCTION, "num_semantic_tokens": VISTOG_BUDGET, "grouping_lr": VISTOG_STAGE2_GROUPING_LR},
+        "zero3.yaml", "llava-1.5-7b", 8,
         "llava_v1_5_mix665k.json", "LLaVA finetune.sh settings; stage split from VisToG",
         ("grouping_lr inferred: the paper does not state it",),
     ),

@@ -71,11 +71,7 @@ def _llava_for_stage(config: TrainConfig, checkpoint, path: Path, has_weights: b
     else:
         torch.manual_seed(config.seed)
         model = LlavaForConditionalGeneration(checkpoint).to(dtype)
-    inner = model.model
-    if config.stage == "pretrain-vision":
-        return model, [inner.vision_tower]
-    trainable = [inner.multi_modal_projector] + ([inner.language_model, model.lm_head] if config.train_llm else [])
-    return model, trainable + ([inner.vision_tower] if config.train_vision else [])
+    return model
 
 
 def _vistog_for_stage(config: TrainConfig, checkpoint, path: Path, has_weights: bool):
@@ -103,11 +99,19 @@ def _vistog_for_stage(config: TrainConfig, checkpoint, path: Path, has_weights: 
             raise UsageError(f"{path} has {have} semantic tokens, --num-semantic-tokens asks {config.num_semantic_tokens}")
     else:
         raise UsageError(f"{path} holds a {checkpoint.model_type!r} model; expected 'llava' or 'vistog'")
+    return model
+
+
+def trainable_parts(model, stage: str, train_llm: bool = True, train_vision: bool = False) -> list:
+    """The modules (and parameters) a stage trains; everything else is frozen."""
     inner = model.model
-    trainable = [inner.grouping, inner.multi_modal_projector, inner.vision_tower.semantic_tokens]
-    if config.stage == "vistog-stage2":
-        trainable += [inner.language_model, model.lm_head]
-    return model, trainable
+    if stage == "pretrain-vision":
+        return [inner.vision_tower]
+    llm = [inner.language_model, model.lm_head]
+    if stage == "llava":
+        return [inner.multi_modal_projector] + (llm if train_llm else []) + ([inner.vision_tower] if train_vision else [])
+    vistog = [inner.grouping, inner.multi_modal_projector, inner.vision_tower.semantic_tokens]
+    return vistog + (llm if stage == "vistog-stage2" else [])
 
 
 def load_for_stage(config: TrainConfig):
@@ -120,9 +124,9 @@ def load_for_stage(config: TrainConfig):
     checkpoint = load_config(path)  # refuses a checkpoint that asks to run its own code
     has_weights = any(path.glob("*.safetensors"))
     build = _llava_for_stage if config.stage in ("pretrain-vision", "llava") else _vistog_for_stage
-    model, trainable = build(config, checkpoint, path, has_weights)
+    model = build(config, checkpoint, path, has_weights)
     model.requires_grad_(False)
-    for part in trainable:
+    for part in trainable_parts(model, config.stage, config.train_llm, config.train_vision):
         part.requires_grad_(True)
     return model
 
