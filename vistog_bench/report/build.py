@@ -10,10 +10,11 @@ Reports are generated from result files only and rewritten whole on every call.
 from __future__ import annotations
 
 import base64
-import html
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import markupsafe
 
 from ..errors import UsageError
 from . import render
@@ -24,21 +25,6 @@ from .tables import Table, main_table, reference_table, stage_table, task_tables
 
 FORMATS = ("md", "tex", "csv", "html")
 _RENDERERS = {"md": render.to_markdown, "tex": render.to_latex, "csv": render.to_csv}
-
-HTML_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; color: #222; }
-table { border-collapse: collapse; font-size: 13px; margin: 0.5em 0; }
-th, td { padding: 3px 8px; border-bottom: 1px solid #ddd; }
-thead th { border-top: 2px solid #222; border-bottom: 1px solid #222; }
-tbody tr:last-child td { border-bottom: 2px solid #222; }
-tr.block td { border-top: 1px solid #222; }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
-td.txt, th.txt { text-align: left; }
-p.prov { font-size: 12px; color: #555; margin: 2px 0; }
-p.note { font-size: 12px; margin: 2px 0; }
-figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
-"""
-
 
 def parse_formats(text: str) -> tuple[str, ...]:
     formats = tuple(dict.fromkeys(f.strip().lower() for f in text.split(",") if f.strip()))
@@ -74,40 +60,30 @@ def build_report(run_dirs: Sequence[str | Path], reference_files: Sequence[str |
     return Report(data, reference, tables, footer)
 
 
-def _figure_html(name: str, png: Path) -> str:
-    encoded = base64.b64encode(png.read_bytes()).decode("ascii")
-    title = name.replace("_", " ")
-    return (f'<figure id="fig-{name}"><img alt="{html.escape(title)}" src="data:image/png;base64,{encoded}">'
-            f"<figcaption>{html.escape(title)}</figcaption></figure>")
+def _leading_tables(report: Report) -> tuple[list[Table], list[Table]]:
+    """(the main table and the reported block, when there is one), (every other table)."""
+    count = 2 if len(report.tables) > 1 and report.tables[1].name == "reported" else 1
+    return report.tables[:count], report.tables[count:]
 
 
 def _html_page(report: Report, figures: dict[str, Path]) -> str:
-    ids = ", ".join(report.data.run_ids)
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             f"<title>vistog-bench report: {html.escape(ids)}</title>", f"<style>{HTML_STYLE}</style></head><body>",
-             f"<h1>vistog-bench report: {html.escape(ids)}</h1>"]
-    parts += [f'<p class="prov">{html.escape(line)}</p>' for line in report.footer]
-    tables = list(report.tables)
-    parts.append(render.to_html(tables.pop(0)))
-    if tables and tables[0].name == "reported":
-        parts.append(render.to_html(tables.pop(0)))
-    parts.append("<h2>Figures</h2>")
-    parts += [_figure_html(name, png) for name, png in figures.items()]
-    parts.append("<h2>Latency and per-task details</h2>")
-    parts += [render.to_html(t) for t in tables]
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+    """One self-contained page (`templates/report.html.j2`): inline CSS, figures as base64 PNG, no scripts."""
+    leading, details = _leading_tables(report)
+    pictures = [{"name": name, "title": name.replace("_", " "),
+                 "png_base64": base64.b64encode(png.read_bytes()).decode("ascii")} for name, png in figures.items()]
+    return render.templates().get_template("report.html.j2").render(
+        run_ids=", ".join(report.data.run_ids), footer=report.footer, figures=pictures,
+        leading=[markupsafe.Markup(render.to_html(t)) for t in leading],
+        details=[markupsafe.Markup(render.to_html(t)) for t in details])
 
 
 def _markdown_document(report: Report, figures: dict[str, Path], out: Path) -> str:
+    leading, details = _leading_tables(report)
     parts = [f"# vistog-bench report: {', '.join(report.data.run_ids)}", ""]
-    tables = list(report.tables)
-    parts.append(render.to_markdown(tables.pop(0), heading_level=2))
-    if tables and tables[0].name == "reported":
-        parts.append(render.to_markdown(tables.pop(0), heading_level=2))
+    parts += [render.to_markdown(t, heading_level=2) for t in leading]
     parts.append("## Figures\n")
     parts += [f"![{name}]({png.relative_to(out).as_posix()})\n" for name, png in figures.items()]
-    parts += [render.to_markdown(t, heading_level=2) for t in tables]
+    parts += [render.to_markdown(t, heading_level=2) for t in details]
     return "\n".join(parts)
 
 

@@ -1,14 +1,21 @@
-"""Render a `Table` as Markdown (tabulate through pandas), LaTeX (booktabs), CSV (pandas) or an HTML fragment.
+"""Render a `Table` as Markdown (tabulate through pandas), LaTeX (booktabs), CSV (pandas) or an HTML fragment
+(a jinja2 template, `templates/table.html.j2`).
 
-Best values: bold in Markdown, LaTeX and HTML; CSV carries raw, unrounded numbers and no marks. Provenance lines and
-footnotes go under every table (as `%` comments too in LaTeX, so they survive a paste).
+Best values: bold in Markdown, LaTeX and HTML; CSV carries raw, unrounded numbers and no marks. One `Markup` per
+format says how it escapes text, emphasises the best value and writes footnote marks. Provenance lines and footnotes
+go under every table (as `%` comments too in LaTeX, so they survive a paste).
 """
 
 from __future__ import annotations
 
 import html
 import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cache
 
+import jinja2
+import markupsafe
 import pandas as pd
 
 from .tables import Cell, Column, Table, format_number
@@ -29,41 +36,25 @@ def cell_text(cell: Cell, column: Column) -> str:
     return text
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Markdown
-# ---------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Markup:
+    """How one format writes a cell: escaping, emphasis of the best value, footnote marks."""
+
+    escape: Callable[[str], str]
+    bold: str  # a format string around the escaped text
+    marks: Callable[[Sequence[str]], str]
+
+    def cell(self, cell: Cell, column: Column) -> str:
+        text = self.escape(cell_text(cell, column))
+        if cell.best:
+            text = self.bold.format(text)
+        return text + (self.marks(cell.marks) if cell.marks else "")
+
+
 def _md_escape(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def to_markdown(table: Table, heading_level: int = 3) -> str:
-    records = []
-    for row in table.rows:
-        record = {}
-        for column in table.columns:
-            cell = row.get(column.key, Cell())
-            text = _md_escape(cell_text(cell, column))
-            if cell.best:
-                text = f"**{text}**"
-            if cell.marks:
-                text += "".join(f"<sup>{m}</sup>" for m in cell.marks)
-            record[column.header] = text
-        records.append(record)
-    frame = pd.DataFrame(records, columns=[c.header for c in table.columns])
-    align = ["left" if c.decimals is None else "right" for c in table.columns]
-    body = frame.to_markdown(index=False, disable_numparse=True, colalign=align) if records else "_(no rows)_"
-    lines = [f"{'#' * heading_level} {table.title}", "", body, ""]
-    lines += [f"<sup>{mark}</sup> {_md_escape(text)}  " if mark else f"Note: {_md_escape(text)}  "
-              for mark, text in table.notes]
-    if table.notes:
-        lines.append("")
-    lines += [f"_{_md_escape(line)}_  " for line in table.provenance]
-    return "\n".join(lines).rstrip() + "\n"
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# LaTeX
-# ---------------------------------------------------------------------------------------------------------------
 _TEX_SPECIALS = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
     "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "×": r"$\times$", "±": r"$\pm$", "–": "--", "—": "---",
@@ -76,6 +67,36 @@ def tex_escape(text: str) -> str:
     return _TEX_RE.sub(lambda m: _TEX_SPECIALS[m.group(0)], str(text))
 
 
+MARKDOWN = Markup(_md_escape, "**{}**", lambda marks: "".join(f"<sup>{m}</sup>" for m in marks))
+LATEX = Markup(tex_escape, r"\textbf{{{}}}", lambda marks: rf"\textsuperscript{{{','.join(marks)}}}")
+HTML = Markup(html.escape, "<strong>{}</strong>", lambda marks: "".join(f"<sup>{html.escape(m)}</sup>" for m in marks))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Markdown
+# ---------------------------------------------------------------------------------------------------------------
+def to_markdown(table: Table, heading_level: int = 3) -> str:
+    records = []
+    for row in table.rows:
+        record = {}
+        for column in table.columns:
+            record[column.header] = MARKDOWN.cell(row.get(column.key, Cell()), column)
+        records.append(record)
+    frame = pd.DataFrame(records, columns=[c.header for c in table.columns])
+    align = ["left" if c.decimals is None else "right" for c in table.columns]
+    body = frame.to_markdown(index=False, disable_numparse=True, colalign=align) if records else "_(no rows)_"
+    lines = [f"{'#' * heading_level} {table.title}", "", body, ""]
+    lines += [f"{MARKDOWN.marks([mark])} {_md_escape(text)}  " if mark else f"Note: {_md_escape(text)}  "
+              for mark, text in table.notes]
+    if table.notes:
+        lines.append("")
+    lines += [f"_{_md_escape(line)}_  " for line in table.provenance]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# LaTeX
+# ---------------------------------------------------------------------------------------------------------------
 def to_latex(table: Table) -> str:
     spec = "".join("l" if c.decimals is None else "r" for c in table.columns)
     lines = ["% Generated by `vistog-bench report`; needs \\usepackage{booktabs}."]
@@ -95,19 +116,10 @@ def to_latex(table: Table) -> str:
     for index, row in enumerate(table.rows):
         if index in table.block_starts:
             lines.append(r"\midrule")
-        parts = []
-        for column in table.columns:
-            cell = row.get(column.key, Cell())
-            text = tex_escape(cell_text(cell, column))
-            if cell.best:
-                text = rf"\textbf{{{text}}}"
-            if cell.marks:
-                text += rf"\textsuperscript{{{','.join(cell.marks)}}}"
-            parts.append(text)
-        lines.append(" & ".join(parts) + r" \\")
+        lines.append(" & ".join(LATEX.cell(row.get(c.key, Cell()), c) for c in table.columns) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\par\smallskip", r"{\footnotesize"]
     for mark, text in table.notes:
-        lines.append((rf"\textsuperscript{{{mark}}} " if mark else "") + tex_escape(text) + r"\par")
+        lines.append((LATEX.marks([mark]) + " " if mark else "") + tex_escape(text) + r"\par")
     for line in table.provenance:
         lines.append(tex_escape(line) + r"\par")
     lines += ["}", r"\end{table}"]
@@ -138,26 +150,24 @@ def to_csv(table: Table) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# HTML fragment
+# HTML
 # ---------------------------------------------------------------------------------------------------------------
+@cache
+def templates() -> jinja2.Environment:
+    """The report's jinja2 templates (package data in `vistog_bench/report/templates/`), HTML-escaping by default."""
+    return jinja2.Environment(loader=jinja2.PackageLoader("vistog_bench.report", "templates"),
+                              autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+
+
+def _align(column: Column) -> str:
+    return "txt" if column.decimals is None else "num"
+
+
 def to_html(table: Table) -> str:
-    out = [f'<section id="{html.escape(table.name)}">', f"<h3>{html.escape(table.title)}</h3>", "<table>", "<thead><tr>"]
-    out += [f'<th class="{"txt" if c.decimals is None else "num"}">{html.escape(c.header)}</th>' for c in table.columns]
-    out.append("</tr></thead><tbody>")
-    for index, row in enumerate(table.rows):
-        out.append('<tr class="block">' if index in table.block_starts else "<tr>")
-        for column in table.columns:
-            cell = row.get(column.key, Cell())
-            text = html.escape(cell_text(cell, column))
-            if cell.best:
-                text = f"<strong>{text}</strong>"
-            if cell.marks:
-                text += "".join(f"<sup>{html.escape(m)}</sup>" for m in cell.marks)
-            out.append(f'<td class="{"txt" if column.decimals is None else "num"}">{text}</td>')
-        out.append("</tr>")
-    out.append("</tbody></table>")
-    for mark, text in table.notes:
-        out.append(f'<p class="note">{"<sup>" + html.escape(mark) + "</sup> " if mark else "Note: "}{html.escape(text)}</p>')
-    out += [f'<p class="prov">{html.escape(line)}</p>' for line in table.provenance]
-    out.append("</section>")
-    return "\n".join(out) + "\n"
+    """The table as an HTML `<section>`: header, rows (a rule before each budget block), notes, provenance."""
+    rows = [(index in table.block_starts,
+             [(_align(c), markupsafe.Markup(HTML.cell(row.get(c.key, Cell()), c))) for c in table.columns])
+            for index, row in enumerate(table.rows)]
+    notes = [(markupsafe.Markup(HTML.marks([mark])) if mark else "", text) for mark, text in table.notes]
+    return templates().get_template("table.html.j2").render(
+        table=table, header=[(_align(c), c.header) for c in table.columns], rows=rows, notes=notes)
