@@ -147,10 +147,6 @@ def expand_local_tasks(names) -> list[str]:
     return out
 
 
-def is_local_task(name: str) -> bool:
-    return name in LOCAL_TASKS or name in LOCAL_GROUPS
-
-
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
     """The mirror root: `data_dir` if given, else $VISTOG_DATA_DIR, else None."""
     value = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV, "").strip()
@@ -370,7 +366,6 @@ __all__ = [
     "data_files",
     "expand_local_tasks",
     "gqa_image",
-    "is_local_task",
     "resolve_data_dir",
     "video_file",
 ]
