@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from transformers import LogitsProcessorList
 
 from testers import tiny_llava
 from vistog_bench.cli import main as cli_main
@@ -93,6 +94,23 @@ def test_stage_times_present_and_positive_on_cpu(models):
     assert record.extra["decode_steps"] == NEW_TOKENS - 1
     assert (record.visual_tokens, record.text_tokens, record.output_tokens) == (2 * 64, 2 * TEXT_TOKENS, 2 * NEW_TOKENS)
     assert record.peak_rss_bytes > 0
+
+
+def test_first_token_clock_agrees_with_the_hook_ttft(models):
+    """The logits processor is called after lm_head's output (the hook TTFT) and before the first decode step ends:
+    its reading lies between the two, whatever the machine's load."""
+    model = models[64]
+    ids = prompt_ids(model.config, 64, TEXT_TOKENS, seed=0)
+    pixels = torch.randn(1, 3, 336, 336, generator=torch.Generator().manual_seed(0))
+    profiler = RequestProfiler(model, device="cpu")
+    with profiler.attached():
+        with profiler.request(method="vistog", budget=64, batch_size=1) as req:
+            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels, do_sample=False,
+                           max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, pad_token_id=0,
+                           logits_processor=LogitsProcessorList([req.first_token_clock]))
+    record = req.record
+    assert record.ttft_ms <= record.extra["ttft_logits_processor_ms"] <= record.ttft_ms + record.decode_ms
+    assert profiler.take_records() == [record] and profiler.take_records() == []  # the profiler keeps its records
 
 
 def test_vistog_off_has_no_grouping_stage(models):

@@ -31,6 +31,7 @@ COMMANDS = {
     "check": ("vistog_bench.regress", "compare a run with a baseline; exit 1 on regression"),
     "baseline": ("vistog_bench.regress.baseline_cli", "write a baseline from a run: `baseline update RUN_DIR --name NAME`"),
     "train": ("vistog_bench.train.cli", "train LLaVA / VisToG (stage 1 and 2) on LLaVA-format conversation data"),
+    "selftest": ("vistog_bench.selftest", "exercise every measuring path on this machine; one JSON + one Markdown table"),
 }
 
 

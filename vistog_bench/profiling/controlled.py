@@ -46,6 +46,9 @@ from .timers import cpu_threads
 
 # Stage fields timed per request (results.STAGES, plus the derived TTFT, decode per token and the total).
 TIMED_FIELDS = (*STAGES[:5], "ttft", "decode", "decode_per_token", "total")
+# Readings of a second clock per request (record.extra): the host's perf_counter over the whole request, and the
+# first token's time by the logits processor; summarized beside the stage fields to cross-check them.
+SECOND_CLOCKS = ("host_total", "ttft_logits_processor")
 # The protocol's defaults (see the module docstring for their sources).
 DEFAULT_WARMUP, DEFAULT_REPEATS, DEFAULT_MIN_DURATION_S = 10, 30, 10.0
 
@@ -321,7 +324,7 @@ def measure_cell(model, source: ModelSource, profiler: RequestProfiler, *, budge
 def aggregate(records: list[ProfileRecord], *, counted: dict[str, float], notes: dict[str, Any],
               settings: ProfileSettings) -> ProfileRecord:
     """One kind="controlled" record: stage fields are medians, `stats` holds stats.summarize per stage (and for
-    the logits-processor TTFT, `ttft_logits_processor`)."""
+    the SECOND_CLOCKS)."""
     first = records[0]
     stats: dict[str, dict[str, float]] = {}
     medians: dict[str, float | None] = {}
@@ -332,9 +335,10 @@ def aggregate(records: list[ProfileRecord], *, counted: dict[str, float], notes:
             medians[f"{name}_ms"] = stats[name]["median"]
         else:
             medians[f"{name}_ms"] = None
-    independent = [r.extra.get("ttft_logits_processor_ms") for r in records]
-    if all(v is not None for v in independent):
-        stats["ttft_logits_processor"] = summarize(independent)
+    for name in SECOND_CLOCKS:
+        values = [r.extra.get(f"{name}_ms") for r in records]
+        if all(v is not None for v in values):
+            stats[name] = summarize(values)
     energies = [r.energy_j for r in records]
     energy_j = None
     if all(v is not None for v in energies):
