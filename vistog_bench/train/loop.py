@@ -262,7 +262,7 @@ def train(config: TrainConfig) -> TrainResult:
     if is_sharded(accelerator) and config.stage == "pretrain-vision":
         raise UsageError("pretrain-vision trains the tiny demo encoder: run it without FSDP / DeepSpeed")
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if accelerator.mixed_precision in ("bf16", "fp16") and not is_sharded(accelerator):
         store_frozen_in(model, torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float16)
     dataset, module, collate = build_dataset(config, model, processor, prompts)
