@@ -1,7 +1,16 @@
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def llava_hf_layouts(tmp_path_factory) -> dict[str, Path]:
+    """Tiny checkpoints laid out as llava-hf/llava-1.5-7b-hf: "hub", "resaved" (transformers 5), "no-template"."""
+    from vistog_bench.hub_checkpoints import write_layouts
+
+    return write_layouts(tmp_path_factory.mktemp("llava-hf"))

@@ -11,7 +11,6 @@ llava-hf checkpoints older than chat templates: lmms-eval's llava_hf then uses L
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -22,7 +21,7 @@ from safetensors import safe_open
 
 from vistog_bench.adapter import VisToGChatLMM, VisToGLMM
 from vistog_bench.errors import UsageError
-from vistog_bench.hub_checkpoints import LLAVA_HF_CHAT_TEMPLATE, write_both
+from vistog_bench.hub_checkpoints import LLAVA_HF_CHAT_TEMPLATE
 from vistog_bench.model import VisToGForConditionalGeneration, load_checkpoint
 from vistog_bench.model.prompting import (
     LLAVA_PLAIN_CHAT_TEMPLATE,
@@ -44,13 +43,8 @@ HUB_FILES = {
 
 
 @pytest.fixture(scope="module")
-def layouts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("llava-hf")
-    hub, resaved = write_both(root)
-    bare = root / "no-template"
-    shutil.copytree(hub, bare)
-    (bare / "chat_template.json").unlink()
-    return {"hub": hub, "resaved": resaved, "none": bare}
+def layouts(llava_hf_layouts):
+    return llava_hf_layouts
 
 
 def images(count=4, seed=0):
@@ -129,7 +123,7 @@ def test_tokenizer_is_the_sentencepiece_model(layouts):
 # -- templates ---------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "layout,source,style",
-    [("hub", "chat_template.json", STRUCTURED), ("resaved", "chat_template.jinja", STRUCTURED), ("none", "vicuna_v1", STRING)],
+    [("hub", "chat_template.json", STRUCTURED), ("resaved", "chat_template.jinja", STRUCTURED), ("no-template", "vicuna_v1", STRING)],
 )
 def test_template_and_its_source_per_layout(layouts, layout, source, style):
     _, processor = load_checkpoint(layouts[layout])
@@ -149,8 +143,8 @@ def test_prompt_equals_the_processors_own_rendering(layouts, layout):
 
 
 def test_no_template_gets_lmms_evals_vicuna_default(layouts):
-    _, processor = load_checkpoint(layouts["none"])
-    builder = PromptBuilder(find_template(processor, layouts["none"]), processor.tokenizer)
+    _, processor = load_checkpoint(layouts["no-template"])
+    builder = PromptBuilder(find_template(processor, layouts["no-template"]), processor.tokenizer)
     expected = processor.tokenizer.apply_chat_template(
         [{"role": "user", "content": f"<image>\n{QUESTIONS[1]}"}], chat_template=VICUNA_CHAT_TEMPLATE,
         tokenize=False, add_generation_prompt=True,
@@ -214,13 +208,13 @@ def test_chat_answers_equal_lmms_eval_chat_llava_hf(layouts, layout):
 def test_force_simple_answers_equal_lmms_eval_simple_llava_hf_without_template(layouts):
     from lmms_eval.models.simple.llava_hf import LlavaHf
 
-    ours = VisToGLMM(pretrained=str(layouts["none"]), method="none", budget=576, device="cpu", dtype="float32")
-    reference = LlavaHf(pretrained=str(layouts["none"]), device="cpu", device_map="cpu", dtype="float32")
+    ours = VisToGLMM(pretrained=str(layouts["no-template"]), method="none", budget=576, device="cpu", dtype="float32")
+    reference = LlavaHf(pretrained=str(layouts["no-template"]), device="cpu", device_map="cpu", dtype="float32")
     got, expected = answers(ours, simple_requests()), answers(reference, simple_requests())
     assert got == expected and any(got)
 
 
-@pytest.mark.parametrize("layout,chat", [("hub", True), ("resaved", True), ("none", False)])
+@pytest.mark.parametrize("layout,chat", [("hub", True), ("resaved", True), ("no-template", False)])
 def test_batched_answers_equal_batch_one(layouts, layout, chat):
     cls, make = (VisToGChatLMM, chat_requests) if chat else (VisToGLMM, simple_requests)
     path = str(layouts[layout])

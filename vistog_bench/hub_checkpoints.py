@@ -1,6 +1,6 @@
 """Tiny random-weight checkpoints laid out exactly as llava-hf/llava-1.5-7b-hf is, in its two real layouts:
 
-    python -m vistog_bench.hub_checkpoints OUT_DIR            # OUT_DIR/hub and OUT_DIR/resaved
+    python -m vistog_bench.hub_checkpoints OUT_DIR      # OUT_DIR/hub, OUT_DIR/resaved, OUT_DIR/no-template
 
 - `hub`: the files of the hub repo llava-hf/llava-1.5-7b-hf as published (transformers 4.x era):
   `config.json` (LlavaConfig, `image_token_index`, `vision_feature_layer` -2, `vision_feature_select_strategy`
@@ -243,19 +243,26 @@ def write_resaved_layout(hub_dir: str | Path, out: str | Path) -> Path:
     return out
 
 
-def write_both(out_dir: str | Path, seed: int = 0) -> tuple[Path, Path]:
+def write_layouts(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
+    """OUT/hub, OUT/resaved and OUT/no-template (the hub layout without chat_template.json, as llava-hf checkpoints
+    were before chat templates: lmms-eval's llava_hf then uses LLaVA-1.5's vicuna_v1 conversation)."""
+    import shutil
+
     root = Path(out_dir)
     hub = write_hub_layout(root / "hub", seed)
-    return hub, write_resaved_layout(hub, root / "resaved")
+    bare = root / "no-template"
+    shutil.copytree(hub, bare)
+    (bare / "chat_template.json").unlink()
+    return {"hub": hub, "resaved": write_resaved_layout(hub, root / "resaved"), "no-template": bare}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vistog_bench.hub_checkpoints", description=__doc__.splitlines()[0])
-    parser.add_argument("out_dir", help="folder that receives hub/ and resaved/")
+    parser.add_argument("out_dir", help="folder that receives hub/, resaved/ and no-template/")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    hub, resaved = write_both(args.out_dir, args.seed)
-    print(f"hub layout: {hub}\nre-saved by transformers 5: {resaved}")
+    for name, path in write_layouts(args.out_dir, args.seed).items():
+        print(f"{name}: {path}")
     return 0
 
 
