@@ -23,7 +23,9 @@ from vistog_bench.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = Path(vistog_bench.__file__).parent
-COMMAND = re.compile(r"^(?:\$ )?((?:vistog-bench|python -m lmms_eval|accelerate launch [^`]*?-m lmms_eval) .*)$")
+COMMAND = re.compile(
+    r"^(?:\$ )?(?:[A-Z_]+=\S+ )*((?:vistog-bench|python -m lmms_eval|accelerate launch [^`]*?-m lmms_eval) .*)$"
+)  # an environment assignment before the command (VISTOG_DATA_DIR=...) is not part of it
 
 
 def _docstrings(path: Path) -> list[str]:
