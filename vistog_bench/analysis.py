@@ -150,13 +150,23 @@ class Measurement:
 
     @property
     def cv(self) -> float | None:
-        """Coefficient of variation of total_ms: over the requests, or the controlled record's own (the largest)."""
-        if self.kind == KIND_REQUEST:
-            timings = self.timings_ms
-            mean = statistics.fmean(timings) if len(timings) > 1 else 0.0
-            return statistics.stdev(timings) / mean if mean else None
-        values = [finite(_total_stats(r).get("cv")) for r in self.records]
+        """Coefficient of variation of total_ms: over the requests of each task (tasks are different workloads, so
+        their mix is no noise) or each controlled record's own over its repeats; the largest of these."""
+        if self.kind != KIND_REQUEST:
+            values = [finite(_total_stats(r).get("cv")) for r in self.records]
+            return max((v for v in values if v is not None), default=None)
+        per_task: dict[str | None, list[float]] = {}
+        for record in self.records:
+            if finite(record.total_ms) is not None:
+                per_task.setdefault(record.task, []).append(float(record.total_ms))
+        values = [_cv(timings) for timings in per_task.values()]
         return max((v for v in values if v is not None), default=None)
+
+
+def _cv(values: Sequence[float]) -> float | None:
+    """Sample standard deviation / mean; None with fewer than two values or a zero mean."""
+    mean = statistics.fmean(values) if len(values) > 1 else 0.0
+    return statistics.stdev(values) / mean if mean else None
 
 
 def _total_stats(record: ProfileRecord) -> dict[str, Any]:

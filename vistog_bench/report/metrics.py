@@ -25,10 +25,11 @@ under the exact-match column and a retention above 100 %).
 from __future__ import annotations
 
 import fnmatch
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from ..analysis import finite
 
 MME_PERCEPTION = ("mme_perception_score", "mme_percetion_score")
 MME_COGNITION = ("mme_cognition_score",)
@@ -75,16 +76,6 @@ def strip_filter(key: str) -> str:
     return str(key).split(",", 1)[0]
 
 
-def as_number(value: Any) -> float | None:
-    """A finite float, or None for lmms-eval's `"N/A"`, None, NaN, bools and other non-numbers."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, (int, float)):
-        number = float(value)
-        return number if math.isfinite(number) else None
-    return None
-
-
 def metric_values(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """Metric name (filter stripped) -> value, stderr entries left out. With several filters the `none` one wins."""
     out: dict[str, Any] = {}
@@ -108,7 +99,7 @@ def stderr_values(stderr: Mapping[str, Any], metrics: Mapping[str, Any] | None =
             if source is metrics and not name.endswith("_stderr"):
                 continue
             name = name.removesuffix("_stderr")
-            number = as_number(value)
+            number = finite(value)
             if number is not None:
                 out.setdefault(name, number)
     return out
@@ -154,10 +145,10 @@ def headline_value(headline: Headline, metrics: Mapping[str, Any]) -> float | No
     """The value of `headline` in these metrics, scaled to its printed unit; None when missing or not finite."""
     values = metric_values(metrics)
     if headline.metric == "perception+cognition":
-        perception = next((as_number(values[k]) for k in MME_PERCEPTION if k in values), None)
-        cognition = next((as_number(values[k]) for k in MME_COGNITION if k in values), None)
+        perception = next((finite(values[k]) for k in MME_PERCEPTION if k in values), None)
+        cognition = next((finite(values[k]) for k in MME_COGNITION if k in values), None)
         return None if perception is None or cognition is None else perception + cognition
-    value = as_number(values.get(headline.metric))
+    value = finite(values.get(headline.metric))
     return None if value is None else value * headline.scale
 
 
