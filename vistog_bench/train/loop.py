@@ -54,14 +54,18 @@ class TrainResult:
 
 
 def make_accelerator(config: TrainConfig):
+    import torch
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, ProjectConfiguration
 
     project = ProjectConfiguration(
         project_dir=config.output_dir, automatic_checkpoint_naming=True, total_limit=config.save_total_limit
     )
+    # accelerate sets up gloo over several CPU processes only when told to use the CPU (`accelerate launch --cpu`);
+    # plain `torchrun` on a machine without an accelerator device says so here
+    cpu_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
     accelerator = Accelerator(
-        gradient_accumulation_steps=config.grad_accum, mixed_precision=config.mixed_precision,
+        cpu=cpu_processes, gradient_accumulation_steps=config.grad_accum, mixed_precision=config.mixed_precision,
         log_with=list(config.report_to) or None, project_config=project,
     )  # fmt: skip
     # accelerate keeps MULTI_CPU when asked for FSDP on CPUs (its state.py switches only accelerator devices to FSDP)
