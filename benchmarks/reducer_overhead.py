@@ -11,9 +11,13 @@ weights, random pixels, `--batch-size` images):
   tome                                the merges alone (matching + weighted averages in every layer), replayed on the
                                       inputs they received in a real forward; ToMe also *shrinks* the encoder's work,
                                       which --tower shows
-  fastv                               scoring (last token's attention from one layer's q / k, RoPE), per-image top-K,
-                                      gathering hidden states / rotary tables and the pruned mask, on the LLM shape of
-                                      the same config with a prompt of P image tokens + 40 text tokens (no weights)
+  vispruner, vscan (encoder stage)    reducer(states), as pool (both read the CLS attention the tower returns)
+  downsample                          its layer-0 pooling alone, replayed on the input it received (as tome)
+  fastv, dart, pdrop, sparsevlm,      every stage's selection (scores from one layer's q / k with RoPE, ranking,
+  vscan (LLM stage), divprune,        merging), then gathering hidden states / rotary tables and the pruned mask, on
+  cdpruner, holitom                   the LLM shape of the same config with a prompt of P image tokens + 40 text
+                                      tokens (random q / k / states, no weights); holitom on one image (its
+                                      temporal part needs frames: --frames)
 Minimum, median and quartiles of `--repeats` timings after `--warmup`; CUDA events on a GPU, perf_counter on the
 CPU. On a shared CPU the minimum is the figure to read (the least-disturbed run); the spread shows the contention.
 """
@@ -28,13 +32,45 @@ from pathlib import Path
 
 import torch
 from transformers.masking_utils import create_causal_mask
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
+from vistog_bench.errors import UsageError
 from vistog_bench.model.shapes import shape_config
-from vistog_bench.profiling.timers import time_repeats
 from vistog_bench.model.vision import VisToGVisionTower
-from vistog_bench.reducers import PoolReducer, PruMergeReducer, RandomReducer, ToMeMerge, VisionZipReducer
-from vistog_bench.reducers.fastv import gather_rows, kept_positions, last_token_attention
+from vistog_bench.profiling.timers import time_repeats
+from vistog_bench.reducers import (
+    PoolReducer,
+    PruMergeReducer,
+    RandomReducer,
+    Stage,
+    ToMeMerge,
+    VisionZipReducer,
+    VisPrunerReducer,
+    VScanReducer,
+)
+from vistog_bench.reducers.cdpruner import CDPrunerSelector
+from vistog_bench.reducers.dart import LAYER as DART_LAYER
+from vistog_bench.reducers.dart import DARTSelector
+from vistog_bench.reducers.divprune import DivPruneSelector
+from vistog_bench.reducers.downsample import GridDownsample
+from vistog_bench.reducers.fastv import LastTokenAttention
+from vistog_bench.reducers.holitom import HoliTomSelector
+from vistog_bench.reducers.llm_pruning import (
+    SampleView,
+    attention_rows,
+    gather_rows,
+    left_pad,
+    rotated,
+)
+from vistog_bench.reducers.pdrop import LAYERS as PDROP_LAYERS
+from vistog_bench.reducers.schedule import mean_schedule, scaled_layers
+from vistog_bench.reducers.sparsevlm import LAYERS as SPARSEVLM_LAYERS
+from vistog_bench.reducers.sparsevlm import SparseVLMSelector
 from vistog_bench.reducers.tome import merge_schedule
+from vistog_bench.reducers.vscan import LAYER as VSCAN_LAYER
+from vistog_bench.reducers.vscan import encoder_tokens
+
+LLM_METHODS = ("fastv", "dart", "pdrop", "sparsevlm", "vscan", "divprune", "cdpruner", "holitom")
 
 TEXT_TOKENS = 40  # a short LLaVA-1.5 question around the image
 
@@ -45,9 +81,9 @@ def summary(times: list[float]) -> dict:
 
 
 class RecordingMerge:
-    """Wraps a ToMeMerge and keeps the inputs of each call, to replay the merges alone."""
+    """Wraps a TokenMerge (ToMe's, downsample's) and keeps the inputs of each call, to replay the merges alone."""
 
-    def __init__(self, merge: ToMeMerge):
+    def __init__(self, merge):
         self.merge, self.calls = merge, []
 
     def __call__(self, layer_index, hidden_states, key, sizes):
@@ -55,36 +91,105 @@ class RecordingMerge:
         return self.merge(layer_index, hidden_states, key, sizes)
 
 
-def fastv_work(config, budget: int, batch: int, device: str, dtype: torch.dtype):
-    """A closure doing FastV's own work once on the LLM shape of `config` (random q / k / hidden states)."""
+def llm_stages(config, method: str, budget: int, pdrop_layers: tuple[int, ...] | None) -> tuple[object, tuple, int]:
+    """(selector, stages, tokens per image entering the LLM) of an in-LLM method, as apply_method builds them."""
+    text = config.text_config
+    layers, patches = text.num_hidden_layers, config.num_patches
+    if method == "fastv":
+        return LastTokenAttention(), (Stage(min(2, layers - 1), budget),), patches
+    if method in ("pdrop", "sparsevlm"):
+        paper = PDROP_LAYERS if method == "pdrop" else SPARSEVLM_LAYERS
+        at = pdrop_layers if method == "pdrop" and pdrop_layers else scaled_layers(paper, layers)
+        counts = mean_schedule(budget, layers, patches, at, method)
+        selector = LastTokenAttention() if method == "pdrop" else SparseVLMSelector()
+        return selector, tuple(Stage(a, n) for a, n in zip(at, counts)), patches
+    if method == "dart":
+        at = scaled_layers((DART_LAYER,), layers)[0]
+        (keep,) = mean_schedule(budget, layers, patches, (at,), "dart")
+        return DARTSelector(LlamaRMSNorm(text.hidden_size)), (Stage(at, keep),), patches
+    if method == "vscan":
+        at = scaled_layers((VSCAN_LAYER,), layers)[0]
+        first = encoder_tokens(budget, layers, at, patches)
+        (keep,) = mean_schedule(budget, layers, first, (at,), "vscan")
+        return LastTokenAttention(), (Stage(at, keep),), first
+    selectors = {"divprune": DivPruneSelector(), "cdpruner": CDPrunerSelector(), "holitom": HoliTomSelector()}
+    return selectors[method], (Stage(0, budget),), patches
+
+
+def llm_work(config, method: str, budget: int, args, frames: int):
+    """A closure doing an in-LLM method's own work once per stage on the LLM shape of `config` (random tensors)."""
     text = config.text_config
     heads, kv_heads = text.num_attention_heads, text.num_key_value_heads
     head_dim = text.hidden_size // heads
-    patches = config.num_patches
-    length = patches + TEXT_TOKENS
+    batch, device, dtype = args.batch_size, args.device, getattr(torch, args.dtype)
+    pdrop_layers = tuple(int(x) for x in args.pdrop_layers.split(",")) if args.pdrop_layers else None
+    selector, stages, per_image = llm_stages(config, method, budget, pdrop_layers)
     generator = torch.Generator(device="cpu").manual_seed(0)
 
     def rand(*shape):
         return torch.randn(*shape, generator=generator).to(device, dtype)
 
-    query, key, hidden = rand(batch, 1, heads * head_dim), rand(batch, length, kv_heads * head_dim), rand(
-        batch, length, text.hidden_size
-    )
-    cos, sin = rand(1, length, head_dim), rand(1, length, head_dim)
-    padding = torch.ones(batch, length, dtype=torch.bool, device=device)
-    image_mask = torch.zeros(batch, length, dtype=torch.bool, device=device)
-    image_mask[:, 5 : 5 + patches] = True  # "<s> USER :" before the image, as the LLaVA-1.5 prompt
+    plans, current = [], per_image
+    for stage in stages:
+        length = 5 + frames * current + TEXT_TOKENS  # "<s> USER :" before the images, as the LLaVA-1.5 prompt
+        hidden, query, key = rand(length, text.hidden_size), rand(length, heads * head_dim), rand(length, kv_heads * head_dim)
+        cos, sin = rand(1, length, head_dim), rand(1, length, head_dim)
+        blocks = torch.arange(5, 5 + frames * current, device=device).view(frames, current)
+        padding = torch.ones(length, dtype=torch.bool, device=device)
+        plans.append((stage, hidden, query, key, (cos, sin), blocks, padding))
+        current = stage.keep
+
+    def attention(query, key, rotary, padding):
+        return lambda positions: attention_rows(query[positions], key, rotary, padding, positions, 0,
+                                                head_dim=head_dim, kv_groups=heads // kv_heads, scaling=head_dim**-0.5)
 
     def work():
-        attention = last_token_attention(
-            query, key, (cos, sin), padding, head_dim=head_dim, kv_groups=heads // kv_heads, scaling=head_dim**-0.5
-        )
-        keep, kept_mask = kept_positions(attention, image_mask, padding, num_patches=patches, budget=budget)
-        pruned = gather_rows(hidden, keep)
-        gather_rows(cos, keep), gather_rows(sin, keep)
-        create_causal_mask(config=text, inputs_embeds=pruned, attention_mask=kept_mask, cache=None)
+        for index, (stage, hidden, query, key, rotary, blocks, padding) in enumerate(plans):
+            for _ in range(batch):
+                text_positions = torch.cat([torch.arange(5, device=device), torch.arange(blocks.max() + 1, hidden.shape[0], device=device)])
+                view = SampleView(hidden, blocks, text_positions, rotated(key, rotary, 0, head_dim),
+                                  attention(query, key, rotary, padding))
+                selection = selector(view, index, stage.keep)
+                keep = torch.ones(hidden.shape[0], dtype=torch.bool, device=device)
+                keep[blocks.flatten()] = False
+                keep[selection.visual] = True
+                positions, valid = left_pad([keep.nonzero().squeeze(1)])
+                pruned = gather_rows(hidden[None], positions)
+                gather_rows(rotary[0], positions), gather_rows(rotary[1], positions)
+                create_causal_mask(config=text, inputs_embeds=pruned, attention_mask=valid, cache=None)
 
     return work
+
+
+def replayed_downsample(tower, pixels, feature_layer: int, budget: int, grid: int):
+    """downsample's layer-0 pooling alone, on the input it received in a real forward."""
+    downsample = GridDownsample(budget, grid)
+    recorder = RecordingMerge(downsample)
+    tower.token_merge = recorder
+    with torch.no_grad():
+        tower(pixels, feature_layer)
+    tower.token_merge = None
+    first_call = recorder.calls[0]
+    return lambda: downsample(*first_call)
+
+
+def vision_reducers(config, tower, budget: int) -> dict:
+    """The vision-side reducers at `budget` (prumerge only where an encoder layer follows the feature layer)."""
+    vision, patches = config.vision_config, config.num_patches
+    grid = vision.image_size // vision.patch_size
+    num_layers = tower.layers_to_run(config.vision_feature_layer)
+    text_layers = config.text_config.num_hidden_layers
+    first = encoder_tokens(budget, text_layers, scaled_layers((VSCAN_LAYER,), text_layers)[0], patches)
+    reducers = {
+        "pool": PoolReducer(budget, grid),
+        "random": RandomReducer(budget, patches, seed=0),
+        "visionzip": VisionZipReducer(budget, patches, vision.num_attention_heads),
+        "vispruner": VisPrunerReducer(budget, patches),
+        "vscan-encoder": VScanReducer(first, patches, grid),
+    }
+    if num_layers < len(tower.encoder.layers):
+        reducers["prumerge"] = PruMergeReducer(budget, patches, tower.encoder.layers[num_layers])
+    return reducers
 
 
 def bench_shape(shape: str, budgets: list[int], args) -> list[dict]:
@@ -120,12 +225,7 @@ def bench_shape(shape: str, budgets: list[int], args) -> list[dict]:
         record("stock", None, run(lambda: tower(pixels, feature_layer), tower_repeats))
         record("stock+cls", None, run(lambda: tower(pixels, feature_layer, with_cls_attention=True), tower_repeats))
     for budget in budgets:
-        reducers = {
-            "pool": PoolReducer(budget, grid),
-            "random": RandomReducer(budget, patches, seed=0),
-            "visionzip": VisionZipReducer(budget, patches, vision.num_attention_heads),
-            "prumerge": PruMergeReducer(budget, patches, tower.encoder.layers[num_layers]),
-        }
+        reducers = vision_reducers(config, tower, budget)
         for method, reducer in reducers.items():
             record(method, budget, run(lambda reducer=reducer: reducer(states)))
 
@@ -139,9 +239,15 @@ def bench_shape(shape: str, budgets: list[int], args) -> list[dict]:
         if args.tower:
             tower.token_merge = merge
             record("tome-tower", budget, run(lambda: tower(pixels, feature_layer), max(3, args.repeats // 4)))
-        tower.token_merge = None
-
-        record("fastv", budget, run(fastv_work(config, budget, args.batch_size, device, dtype)))
+        record("downsample", budget, run(replayed_downsample(tower, pixels, feature_layer, budget, grid)))
+        for method in LLM_METHODS:
+            frames = args.frames if method == "holitom" else 1
+            try:
+                work = llm_work(config, method, budget, args, frames)
+            except UsageError as error:  # a layer-mean budget this LLM cannot reach
+                print(f"| {shape} | {method} | {budget} | refused: {error} |", flush=True)
+                continue
+            record(f"{method}-llm" if method == "vscan" else method, budget, run(work))
     return rows
 
 
@@ -150,6 +256,8 @@ def main() -> None:
     parser.add_argument("--shapes", default="tiny,llava-1.5-7b")
     parser.add_argument("--budgets", default="192,128,64,16")
     parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--frames", type=int, default=1, help="frames per sample for holitom (its temporal merging)")
+    parser.add_argument("--pdrop-layers", default=None, help="pdrop's stage layers, e.g. 2,6,12 (default: the paper's)")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

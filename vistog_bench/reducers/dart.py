@@ -75,4 +75,4 @@ class DARTSelector:
         return Selection(torch.cat(kept))
 
 
-__all__ = ["DARTSelector", "LAYER", "duplication_aware"]
+__all__ = ["LAYER", "DARTSelector", "duplication_aware"]

@@ -23,6 +23,7 @@ differ are left padded again. Not supported: `labels`, beam search, static cache
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -93,7 +94,7 @@ class LLMPruner:
     def __post_init__(self):
         layers = [stage.layer for stage in self.stages]
         keeps = [self.tokens_per_image] + [stage.keep for stage in self.stages]
-        if layers != sorted(set(layers)) or any(b > a or b < 1 for a, b in zip(keeps, keeps[1:])):
+        if layers != sorted(set(layers)) or any(b > a or b < 1 for a, b in itertools.pairwise(keeps)):
             raise UsageError(f"pruning stages must have increasing layers and non-increasing counts: {self.stages}")
         if self.selector.needs_attention and layers[0] == 0:
             raise UsageError("a selector reading attention needs a layer before its first stage, not layer 0")
@@ -339,4 +340,4 @@ def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
-__all__ = ["LLMPruner", "attention_rows", "gather_rows", "left_pad", "SampleView", "Selection", "Selector", "Stage"]
+__all__ = ["LLMPruner", "SampleView", "Selection", "Selector", "Stage", "attention_rows", "gather_rows", "left_pad"]

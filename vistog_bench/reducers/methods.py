@@ -35,8 +35,8 @@ from .schedule import layer_mean, mean_schedule, minimum_mean, scaled_layers
 from .sparsevlm import LAYERS as SPARSEVLM_LAYERS
 from .sparsevlm import sparsevlm
 from .tome import ToMeMerge, ToMeReducer, merge_schedule
-from .vispruner import VisPrunerReducer
 from .visionzip import VisionZipReducer
+from .vispruner import VisPrunerReducer
 from .vscan import LAYER as VSCAN_LAYER
 from .vscan import VScanReducer, encoder_tokens
 
@@ -388,8 +388,8 @@ __all__ = [
     "REDUCERS",
     "AppliedMethod",
     "applied_method",
-    "config_problem",
     "apply_method",
+    "config_problem",
     "remove_method",
     "tokens_per_image",
 ]

@@ -51,7 +51,7 @@ def window_ids(grid: int, windows: int, device) -> torch.Tensor:
 
 def scan(attention: torch.Tensor, grid: int, keep: int) -> torch.Tensor:
     """Selected patch indices [B, keep]: K_g global by attention [B, P], then K_l local window winners."""
-    batch, patches = attention.shape
+    batch = attention.shape[0]
     num_global = keep // 2
     chosen = attention.topk(num_global, dim=1).indices  # [B, K_g]
     rest = attention.scatter(1, chosen, -torch.inf)
