@@ -374,7 +374,7 @@ def aggregate(records: list[ProfileRecord], *, counted: dict[str, float], notes:
 
 
 def measured_records(settings: ProfileSettings, on_record: Callable[[ProfileRecord], None] | None = None,
-                     source: "ModelSource | None" = None) -> list[ProfileRecord]:
+                     source: ModelSource | None = None) -> list[ProfileRecord]:
     """Every cell of the sweep, in budget -> batch size -> new tokens order; `on_record` sees each as it lands.
     `source`: the weights already loaded (`ModelSource(settings)`, which refuses a bad checkpoint), else loaded here."""
     with cpu_threads(settings.threads):
@@ -382,7 +382,7 @@ def measured_records(settings: ProfileSettings, on_record: Callable[[ProfileReco
         return _measure_sweep(source, on_record)
 
 
-def _measure_sweep(source: "ModelSource", on_record: Callable[[ProfileRecord], None] | None) -> list[ProfileRecord]:
+def _measure_sweep(source: ModelSource, on_record: Callable[[ProfileRecord], None] | None) -> list[ProfileRecord]:
     settings = source.settings
     records = []
     for budget in settings.budgets:

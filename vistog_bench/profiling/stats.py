@@ -4,7 +4,7 @@ lower end of the spread the report draws)."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
