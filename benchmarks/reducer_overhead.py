@@ -35,7 +35,7 @@ from transformers.masking_utils import create_causal_mask
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from vistog_bench.errors import UsageError
-from vistog_bench.model.shapes import shape_config
+from vistog_bench.model.presets import preset_config
 from vistog_bench.model.vision import VisToGVisionTower
 from vistog_bench.profiling.timers import time_repeats
 from vistog_bench.reducers import (
@@ -193,7 +193,7 @@ def vision_reducers(config, tower, budget: int) -> dict:
 
 
 def bench_shape(shape: str, budgets: list[int], args) -> list[dict]:
-    config = shape_config(shape)
+    config = preset_config(shape)
     config.text_config._attn_implementation = "sdpa"
     device, dtype = args.device, getattr(torch, args.dtype)
     vision = config.vision_config

@@ -38,9 +38,9 @@ def write_checkpoint(path: Path) -> Path:
     from transformers import LlavaConfig, LlavaForConditionalGeneration
 
     from vistog_bench.demo.processor import SPECIAL_TOKENS, tiny_processor
-    from vistog_bench.model.shapes import CLIP_VIT_L_336, SHAPES
+    from vistog_bench.model.presets import CLIP_VIT_L_336, PRESETS
 
-    tiny = SHAPES["tiny"]
+    tiny = PRESETS["tiny"]
     config = LlavaConfig(vision_config=dict(CLIP_VIT_L_336), text_config=dict(tiny["text_config"]),
                          image_token_index=tiny["image_token_index"])
     torch.manual_seed(0)

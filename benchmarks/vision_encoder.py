@@ -17,7 +17,7 @@ import statistics
 import torch
 from transformers import CLIPVisionModel
 
-from vistog_bench.model.shapes import shape_config
+from vistog_bench.model.presets import preset_config
 from vistog_bench.profiling.timers import time_repeats
 from vistog_bench.model.vision import VisToGVisionTower
 
@@ -34,7 +34,7 @@ def main() -> None:
     args = parser.parse_args()
 
     dtype = getattr(torch, args.dtype)
-    vision_config = shape_config(args.shape).vision_config
+    vision_config = preset_config(args.shape).vision_config
     torch.manual_seed(0)
     stock_hf = CLIPVisionModel(vision_config).to(args.device, dtype).eval()
     stock = VisToGVisionTower(vision_config).to(args.device, dtype).eval()

@@ -158,6 +158,11 @@ def test_impossible_combinations_are_refused_before_anything_runs(checkpoints, t
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "prumerge reads the encoder layer after the feature layer" in err[0]
     assert not any(tmp_path.iterdir())
+    # a layer-mean budget below what the first pruning layer must keep is refused from the config too
+    code = cli_main(["run", "--tasks", "shapes_vqa", "--method", "pdrop", "--budgets", "16", "--output", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "cannot run pdrop at budget 16" in err[0]
+    assert not any(tmp_path.iterdir())
 
 
 def test_a_corrupt_checkpoint_fails_its_cells_and_the_sweep_goes_on(checkpoints, tmp_path, capfd):

@@ -20,7 +20,7 @@
 
 The chat template is copied verbatim from transformers' tests/models/llava/test_processing_llava.py
 (`prepare_processor_dict`, "must match processor_config.json from the Hub repo"), which is the hub repo's
-`chat_template.json`. Widths are tiny (`model.shapes` "tiny": 336 px / 14 px, so 576 patches; 3 LLM layers); the vocabulary is a
+`chat_template.json`. Widths are tiny (`model.presets` "tiny": 336 px / 14 px, so 576 patches; 3 LLM layers); the vocabulary is a
 SentencePiece model trained here on a few hundred sentences, since the real one cannot be downloaded.
 """
 
@@ -199,13 +199,13 @@ def write_hub_layout(out: str | Path, seed: int = 0) -> Path:
     import torch
     from transformers import LlavaConfig, LlavaForConditionalGeneration
 
-    from .model.shapes import SHAPES
+    from .model.presets import PRESETS
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sentencepiece_model = train_sentencepiece()
     tokenizer = llama_tokenizer(sentencepiece_model)
-    tiny = SHAPES["tiny"]
+    tiny = PRESETS["tiny"]
     text = {k: v for k, v in tiny["text_config"].items() if k not in ("pad_token_id", "bos_token_id", "eos_token_id")}
     text["num_hidden_layers"] = TEXT_LAYERS
     config = _hub_config(tokenizer, text, tiny["vision_config"])

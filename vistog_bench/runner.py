@@ -190,7 +190,7 @@ def check_combinations(cells: list[Cell]) -> None:
                 raise
             except Exception as exc:  # noqa: BLE001 - an unreadable config is bad input, named with its checkpoint
                 raise UsageError(f"{cell.checkpoint}: cannot read its config: {type(exc).__name__}: {exc}") from None
-        problem = config_problem(configs[cell.checkpoint], cell.method)
+        problem = config_problem(configs[cell.checkpoint], cell.method, budget=cell.budget)
         if problem:
             problems.append(f"cannot run {cell.method} at budget {cell.budget} on {cell.checkpoint}: {problem}")
     if problems:

@@ -5,7 +5,6 @@ from .loading import load_checkpoint
 from .modeling import TokenReducer, VisToGForConditionalGeneration, VisToGModel
 from .processing import build_inputs, llava_prompt
 from .presets import preset_config
-from .shapes import shape_config  # old name of preset_config
 from .vision import VisionStates
 
 __all__ = [
@@ -18,5 +17,4 @@ __all__ = [
     "build_inputs",
     "llava_prompt",
     "preset_config",
-    "shape_config",
 ]

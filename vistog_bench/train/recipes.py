@@ -42,7 +42,7 @@ class Recipe:
     stage: str
     values: dict  # TrainConfig fields
     accelerate_config: str  # file in vistog_bench/train/configs/
-    shape: str  # model.shapes name, for the planner
+    shape: str  # model.presets name, for the planner
     gpus: int  # the cluster the batch sizes are written for
     data: str  # the file it is meant for
     source: str
