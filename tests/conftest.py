@@ -14,3 +14,20 @@ def llava_hf_layouts(tmp_path_factory) -> dict[str, Path]:
     from vistog_bench.hub_checkpoints import write_layouts
 
     return write_layouts(tmp_path_factory.mktemp("llava-hf"))
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A stock tiny LLaVA behind VisToG's class (VisToG off), one per test module: reducer tests apply methods to it."""
+    from testers import tiny_llava
+
+    from vistog_bench.model import VisToGForConditionalGeneration
+
+    return VisToGForConditionalGeneration.from_llava(tiny_llava(), num_semantic_tokens=None).eval()
+
+
+@pytest.fixture(scope="module")
+def processor():
+    from testers import tiny_processor
+
+    return tiny_processor()

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from testers import random_images, tiny_llava, tiny_processor
+from testers import random_images, tiny_llava
 
 from vistog_bench.errors import UsageError
 from vistog_bench.model import VisToGForConditionalGeneration, build_inputs, llava_prompt
@@ -21,15 +21,6 @@ BUDGETS = [192, 128, 64, 16]
 FASTV_LAYER = 1  # the tiny LLM has 2 layers
 P = 576
 
-
-@pytest.fixture(scope="module")
-def model():
-    return VisToGForConditionalGeneration.from_llava(tiny_llava(), num_semantic_tokens=None).eval()
-
-
-@pytest.fixture(scope="module")
-def processor():
-    return tiny_processor()
 
 
 @pytest.fixture(scope="module")

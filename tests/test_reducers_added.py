@@ -5,14 +5,10 @@ import itertools
 
 import pytest
 import torch
-from testers import random_images, tiny_llava, tiny_processor
+from testers import random_images, tiny_llava
 
 from vistog_bench.errors import UsageError
-from vistog_bench.model import (
-    VisToGForConditionalGeneration,
-    build_inputs,
-    llava_prompt,
-)
+from vistog_bench.model import build_inputs, llava_prompt
 from vistog_bench.reducers import (
     applied_method,
     apply_method,
@@ -34,15 +30,6 @@ BUDGETS = {"divprune": 64, "vispruner": 64, "cdpruner": 64, "downsample": 64, "h
            "dart": 300, "pdrop": 300, "sparsevlm": 300, "vscan": 64}
 LAYER_MEAN = ("dart", "pdrop", "sparsevlm", "vscan")
 
-
-@pytest.fixture(scope="module")
-def model():
-    return VisToGForConditionalGeneration.from_llava(tiny_llava(), num_semantic_tokens=None).eval()
-
-
-@pytest.fixture(scope="module")
-def processor():
-    return tiny_processor()
 
 
 def generate(model, processor, questions, images, new_tokens=3):
