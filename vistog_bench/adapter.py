@@ -15,6 +15,11 @@ vicuna_v1 default, as lmms-eval's `llava_hf` falls back to it; `chat_template=FI
 placeholder to the budget, batch with left padding, generate greedily by default and cut at `until` strings.
 Everything model-specific lives in `vistog_bench.model` and `vistog_bench.reducers`.
 
+Other families (LLaVA-NeXT, LLaVA-OneVision, Qwen2.5-VL; `model.families`) load as transformers' own classes; their
+prompts come from the same PromptBuilder with the checkpoint's template, and their processor expands each
+placeholder to the image's own (size-dependent) count, as transformers documents (`processor(images=, text=)`). The
+sample log then records, per sample, `visual_tokens_unreduced` and the `visual_tokens` the LLM received.
+
 Video: `max_frames` frames are sampled uniformly (as `llava_hf` samples them) and each goes through the vision path
 as an image, giving `budget` tokens; the LLM sees `<frame 1 tokens> <frame 2 tokens> ...` in temporal order, then the
 question, i.e. frames x budget visual tokens in all.
@@ -47,6 +52,8 @@ from tqdm import tqdm
 
 from .errors import UsageError
 from .model import VisToGForConditionalGeneration, build_inputs, load_checkpoint
+from .model.families import family_inputs, image_runs, image_token_id, model_family
+from .model.family_reducers import apply_family_method, family_token_counts
 from .model.prompting import PromptBuilder, Turn, find_template, image_token_of
 from .reducers import METHODS, AppliedMethod, applied_method, apply_method, tokens_per_image
 
@@ -55,7 +62,10 @@ DEFAULT_MAX_NEW_TOKENS = 1024  # llava_hf's default when a task sets none
 SAMPLE_ERRORS = (OSError, UnidentifiedImageError, RuntimeError, TypeError, ValueError, KeyError, UsageError)
 
 def configure_method(model: VisToGForConditionalGeneration, method: str, budget: int | None, seed: int = 0) -> int:
-    """Set `model` up for `method` at `budget` (None: the checkpoint's own count, N or P). Returns the budget."""
+    """Set `model` up for `method` at `budget` (None: the checkpoint's own count, N or P; for another family its
+    full budget, `model.families`). Returns the budget."""
+    if model_family(model) is not None:
+        return apply_family_method(model, method, budget, seed=seed)
     if budget is None:
         budget = model.config.num_semantic_tokens or model.config.num_patches
     apply_method(model, method, budget, seed=seed)
@@ -80,7 +90,7 @@ class ServedModel:
     processor: object
     method: str
     budget: int
-    tokens_per_image: int
+    tokens_per_image: int  # 0 for another family: its processor expands each image to the image's own count
     prompt_template: object  # model.prompting.PromptTemplate: the chat template prompts are rendered with
     applied: AppliedMethod | None
 
@@ -92,8 +102,8 @@ def serve_checkpoint(pretrained: str, *, method: str = "vistog", budget: int | N
     model, processor = load_checkpoint(pretrained, device=device, dtype=dtype, attn_implementation=attn_implementation)
     budget = configure_method(model, method, budget, seed)
     template = find_template(processor, pretrained, chat_template or None)
-    return ServedModel(str(pretrained), model, processor, method, budget, tokens_per_image(model), template,
-                       applied_method(model))
+    per_image = 0 if model_family(model) is not None else tokens_per_image(model)
+    return ServedModel(str(pretrained), model, processor, method, budget, per_image, template, applied_method(model))
 
 
 @dataclass
@@ -221,9 +231,11 @@ class VisToGLMM(lmms):
         return request.stage(name) if request is not None else contextlib.nullcontext()
 
     def _inputs(self, samples: list[_Sample]):
-        inputs = build_inputs(
-            self.processor, [s.prompt for s in samples], [s.images for s in samples], self.tokens_per_image
-        ).to(self.device)
+        prompts, images = [s.prompt for s in samples], [s.images for s in samples]
+        if model_family(self.model) is not None:
+            inputs = family_inputs(self.processor, prompts, images).to(self.device)
+        else:
+            inputs = build_inputs(self.processor, prompts, images, self.tokens_per_image).to(self.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         return inputs
@@ -283,14 +295,28 @@ class VisToGLMM(lmms):
             new_ids = output_ids[:, inputs["input_ids"].shape[1] :]
             output_counts = [self._output_length(ids) for ids in new_ids]
             input_counts = inputs["attention_mask"].sum(dim=1).tolist()
+            visual = self._log_visual_tokens(samples, inputs["input_ids"])
             if request is not None:
-                visual = sum(len(s.images) for s in live) * self.budget
                 request.set_tokens(visual=visual, text=sum(input_counts) - visual, output=sum(output_counts))
         texts = iter(
             (self._cut_at_stop(text, until), TokenCounts(int(n_in), int(n_out)))
             for text, n_in, n_out in zip(self.tokenizer.batch_decode(new_ids, skip_special_tokens=True), input_counts, output_counts)
         )
         return [GenerationResult("", TokenCounts(0, 0)) if s.failure else GenerationResult(*next(texts)) for s in samples]
+
+    def _log_visual_tokens(self, samples: list[_Sample], input_ids: torch.Tensor) -> int:
+        """Visual tokens the LLM receives for the live samples of a batch (all images); for another family also
+        each sample's unreduced and received counts, in its log entry."""
+        live = [s for s in samples if s.failure is None]
+        if model_family(self.model) is None:
+            return sum(len(s.images) for s in live) * self.budget
+        entries = [e for e in self._sample_log[-len(samples) :] if "failure" not in e]
+        total = 0
+        for entry, ids in zip(entries, input_ids, strict=True):
+            unreduced, kept = family_token_counts(self.model, image_runs(ids, image_token_id(self.model)))
+            entry["visual_tokens_unreduced"], entry["visual_tokens"] = unreduced, kept
+            total += sum(kept)
+        return total
 
     def _output_length(self, ids: torch.Tensor) -> int:
         """Generated tokens up to and including the first end-of-sequence token."""
@@ -321,10 +347,11 @@ class VisToGLMM(lmms):
             target_ids = target["input_ids"].to(self.device)  # [1, C]
             input_ids = torch.cat([inputs["input_ids"], target_ids], dim=1)
             attention_mask = torch.ones_like(input_ids)
+            media = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+            if "mm_token_type_ids" in media:  # Qwen2.5-VL: the continuation is text
+                media["mm_token_type_ids"] = torch.cat([media["mm_token_type_ids"], torch.zeros_like(target_ids)], 1)
             with torch.inference_mode():
-                logits = self.model(
-                    input_ids=input_ids, attention_mask=attention_mask, pixel_values=inputs.get("pixel_values")
-                ).logits
+                logits = self.model(input_ids=input_ids, attention_mask=attention_mask, **media).logits
             count = target_ids.shape[1]
             logprobs = torch.log_softmax(logits[0, -count - 1 : -1].float(), dim=-1)  # [C, V]
             chosen = logprobs.gather(1, target_ids[0, :, None])[:, 0]

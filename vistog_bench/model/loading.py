@@ -1,5 +1,7 @@
 """Load a local checkpoint in the Hugging Face layout: stock LLaVA-1.5 (`model_type: llava`, as llava-hf publishes
-it) or a saved VisToG model (`model_type: vistog`). Safetensors only; code shipped with a checkpoint never runs.
+it), a saved VisToG model (`model_type: vistog`), or a model of another family chosen from `config.model_type`
+(`llava_next`, `llava_onevision`, `qwen2_5_vl`: transformers' own class, `model.families`). Safetensors only; code
+shipped with a checkpoint never runs.
 
 Every reader of a checkpoint goes through this module: `refuse_remote_code` (the one check that a folder asks for no
 code of its own), `load_config`, `load_processor`, `load_pretrained` (weights) and `load_checkpoint` (all of them).
@@ -19,9 +21,10 @@ from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneratio
 
 from ..dtypes import torch_dtype
 from ..errors import UsageError
+from .families import FAMILIES, family_of
 from .modeling import VisToGForConditionalGeneration
 
-MODEL_TYPES = ("llava", "vistog")
+MODEL_TYPES = ("llava", "vistog", *FAMILIES)
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 # The files transformers reads class names (and `auto_map`, code to import) from when it loads a folder.
@@ -113,7 +116,7 @@ def _check_folder(path: str | Path) -> Path:
 
 
 def checkpoint_model_type(path: str | Path) -> str:
-    """Check that `path` holds a loadable LLaVA / VisToG checkpoint (asking for no code of its own) and return its
+    """Check that `path` holds a loadable LLaVA / VisToG / family checkpoint (asking for no code of its own) and return its
     model_type."""
     path = _check_folder(path)
     refuse_remote_code(path)
@@ -132,11 +135,15 @@ def checkpoint_model_type(path: str | Path) -> str:
 
 def load_checkpoint(
     path: str | Path, *, device: str = "cpu", dtype: str = "float32", attn_implementation: str = "sdpa"
-) -> tuple[VisToGForConditionalGeneration, object]:
-    """(model in eval mode, processor). A stock LLaVA checkpoint comes back as VisToG-off (stock behaviour)."""
+) -> tuple[Any, object]:
+    """(model in eval mode, processor). A stock LLaVA checkpoint comes back as VisToG-off (stock behaviour); a
+    family's checkpoint as transformers' own class of that family (`model.families.FAMILIES`), unchanged."""
     model_type = checkpoint_model_type(path)
     kwargs = dict(dtype=torch_dtype(dtype), attn_implementation=attn_implementation)
-    if model_type == "llava":
+    family = family_of(model_type)
+    if family is not None:
+        model = load_pretrained(family.model_class(), path, **kwargs)
+    elif model_type == "llava":
         model = VisToGForConditionalGeneration.from_llava(
             load_pretrained(LlavaForConditionalGeneration, path, **kwargs), num_semantic_tokens=None
         )

@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ..errors import UsageError
+from ..model.families import family_of
 from .base import check_budget
 from .cdpruner import CDPrunerSelector
 from .dart import LAYER as DART_LAYER
@@ -345,6 +346,11 @@ def config_problem(config, method: str, *, budget: int | None = None, **options)
     feature layer) and, given `budget`, whether a layer-mean budget is reachable, so a sweep can refuse an impossible
     combination before it loads anything."""
     method = check_method(method)
+    family = family_of(getattr(config, "model_type", None))
+    if family is not None:  # LLaVA-NeXT / OneVision / Qwen2.5-VL: the methods that apply there (one line otherwise)
+        from ..model.family_reducers import refusal
+
+        return refusal(family, method)
     num_layers = config.text_config.num_hidden_layers
     vision = config.vision_config
     num_patches = (vision.image_size // vision.patch_size) ** 2

@@ -1,0 +1,225 @@
+"""LLaVA-NeXT, LLaVA-OneVision and Qwen2.5-VL on tiny random checkpoints in their hub repos' layouts
+(vistog_bench.hub_checkpoints_families: configs, processor configs and chat templates copied from the published
+files, sources in that module): loading by config.model_type, prompts from each family's own template, full-budget
+answers equal to transformers' documented usage and to lmms-eval's own models, reducers at the LLM input under each
+family's budget rule, and one-line refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from lmms_eval.api.instance import Instance
+from PIL import Image
+from safetensors import safe_open
+
+from vistog_bench.adapter import VisToGChatLMM
+from vistog_bench.errors import UsageError
+from vistog_bench.hub_checkpoints_families import (
+    LLAVA_HUB_NAMES,
+    NEXT_MISTRAL_CHAT_TEMPLATE,
+    ONEVISION_CHAT_TEMPLATE,
+    QWEN2_5_VL_CHAT_TEMPLATE,
+    QWEN_HUB_NAMES,
+    _rename,
+    write_family_layouts,
+)
+from vistog_bench.model import load_checkpoint
+from vistog_bench.model.families import FAMILIES, family_inputs, image_runs, image_token_id, kept_tokens
+from vistog_bench.model.family_reducers import apply_family_method, remove_family_method
+from vistog_bench.model.loading import load_config
+from vistog_bench.model.prompting import STRUCTURED, PromptBuilder, Turn, find_template
+from vistog_bench.reducers import config_problem
+
+NAMES = {"llava-next": "llava_next", "llava-onevision": "llava_onevision", "qwen2.5-vl": "qwen2_5_vl"}
+TEMPLATES = {"llava-next": NEXT_MISTRAL_CHAT_TEMPLATE, "llava-onevision": ONEVISION_CHAT_TEMPLATE,
+             "qwen2.5-vl": QWEN2_5_VL_CHAT_TEMPLATE}  # fmt: skip
+QUESTIONS = ["What is shown in this image?", "How many shapes are there?", "What colour is the shape?"]
+SIZES = [(300, 400), (336, 336), (200, 500)]  # (H, W): different sizes give different counts
+GEN = {"max_new_tokens": 5, "temperature": 0}
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory):
+    return write_family_layouts(tmp_path_factory.mktemp("families"))
+
+
+def images():
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in SIZES]
+
+
+def doc_to_messages(doc):
+    return [{"role": "user", "content": [{"type": "image", "url": doc["image"]}, {"type": "text", "text": doc["question"]}]}]
+
+
+def requests():
+    return [Instance("generate_until", ("", doc_to_messages, dict(GEN), i, "toy", "test"), 0,
+                     {"task": "toy", "doc_id": i, "repeats": 1}) for i in range(len(QUESTIONS))]  # fmt: skip
+
+
+def answers(lm):
+    lm.task_dict = {"toy": {"test": [{"image": i, "question": q} for i, q in zip(images(), QUESTIONS)]}}
+    return [r.text if hasattr(r, "text") else r for r in lm.generate_until(requests())]
+
+
+def documented_answers(path, cls):
+    """transformers' documented usage: processor.apply_chat_template, processor(images, text), generate."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(path)
+    model = cls.from_pretrained(path, dtype=torch.float32).eval()
+    out = []
+    for image, question in zip(images(), QUESTIONS):
+        conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+        inputs = processor(images=image, text=prompt, return_tensors="pt")
+        ids = model.generate(**inputs, max_new_tokens=GEN["max_new_tokens"], do_sample=False)
+        out.append(processor.decode(ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
+    return out
+
+
+# -- the layouts and loading ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", NAMES)
+def test_layout_is_the_hub_repos_and_loads_by_model_type(layouts, name):
+    path = layouts[name]
+    assert json.loads((path / "chat_template.json").read_text()) == {"chat_template": TEMPLATES[name]}
+    assert "chat_template" not in json.loads((path / "tokenizer_config.json").read_text())
+    assert load_config(path).model_type == NAMES[name]
+    model, processor = load_checkpoint(path)
+    assert type(model).__name__ == FAMILIES[NAMES[name]].class_name and not model.training
+    # every weight on disk (hub names) is the loaded model's: nothing left at random initialisation
+    names = LLAVA_HUB_NAMES if name != "qwen2.5-vl" else QWEN_HUB_NAMES
+    expected = _rename(model.state_dict(), names)
+    index = json.loads((path / "model.safetensors.index.json").read_text())["weight_map"]
+    assert set(index) == set(expected)
+    for file in set(index.values()):
+        with safe_open(str(path / file), "pt") as shard:
+            for key in shard.keys():
+                assert torch.equal(shard.get_tensor(key).float(), expected[key].float()), key
+    template = find_template(processor, path)
+    assert template.style == STRUCTURED and template.text == TEMPLATES[name]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_prompt_equals_the_processors_own_rendering(layouts, name):
+    _, processor = load_checkpoint(layouts[name])
+    builder = PromptBuilder(find_template(processor, layouts[name]), processor.tokenizer, processor.image_token)
+    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTIONS[0]}]}]
+    assert builder.generation_prompt([Turn("user", QUESTIONS[0], 1)]) == processor.apply_chat_template(
+        conversation, add_generation_prompt=True)
+
+
+def test_visual_token_counts_follow_each_familys_processor(layouts):
+    counts = {}
+    for name in NAMES:
+        model, processor = load_checkpoint(layouts[name])
+        prompt = processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "q"}]}], add_generation_prompt=True)
+        inputs = family_inputs(processor, [prompt] * 3, [[i] for i in images()])
+        counts[name] = [[int(r.numel()) for r in image_runs(ids, image_token_id(model))] for ids in inputs["input_ids"]]
+    # NeXT: 576 base + tiles of 576 with newline tokens, > 576 for every image; depends on the aspect ratio
+    assert all(c[0] > 576 for c in counts["llava-next"]) and len({c[0] for c in counts["llava-next"]}) == 3
+    assert all(c[0] > 729 for c in counts["llava-onevision"])
+    # Qwen2.5-VL: one token per 28 x 28 px after resizing to multiples of 28: 336 x 336 -> 12 x 12 = 144
+    assert counts["qwen2.5-vl"][1] == [144] and len({c[0] for c in counts["qwen2.5-vl"]}) == 3
+
+
+# -- full budget: the stock model's answers --------------------------------------------------------------------------
+@pytest.mark.parametrize("name", NAMES)
+def test_full_budget_answers_equal_transformers_documented_usage(layouts, name):
+    cls = FAMILIES[NAMES[name]].model_class()
+    expected = documented_answers(layouts[name], cls)
+    ours = VisToGChatLMM(pretrained=str(layouts[name]), method="none", device="cpu")
+    got = answers(ours)
+    assert got == expected and any(got)
+    log = ours.take_sample_log()
+    assert all(e["visual_tokens"] == e["visual_tokens_unreduced"] and e["visual_tokens"][0] > 100 for e in log)
+    batched = VisToGChatLMM(pretrained=str(layouts[name]), method="none", device="cpu", batch_size=2)
+    assert answers(batched) == expected
+
+
+@pytest.mark.parametrize("name", ["llava-next", "llava-onevision"])
+def test_full_budget_answers_equal_lmms_eval_chat_llava_hf(layouts, name):
+    from lmms_eval.models.chat.llava_hf import LlavaHf
+
+    reference = LlavaHf(pretrained=str(layouts[name]), device="cpu", device_map="cpu", dtype="float32")
+    ours = VisToGChatLMM(pretrained=str(layouts[name]), method="none", device="cpu")
+    got, expected = answers(ours), answers(reference)
+    assert got == expected and any(got)
+
+
+# -- reducers at the LLM input ---------------------------------------------------------------------------------------
+def _layer0_visual_counts(model, inputs) -> list[int]:
+    """Sequence length entering decoder layer 0 minus the text tokens: the visual tokens the LLM received."""
+    seen = []
+    layer = model.model.language_model.layers[0]
+    handle = layer.register_forward_pre_hook(
+        lambda m, a, k: seen.append((k.get("hidden_states", a[0] if a else None)).shape[1]), with_kwargs=True)
+    try:
+        with torch.inference_mode():
+            model(**inputs)
+    finally:
+        handle.remove()
+    return seen
+
+
+@pytest.mark.parametrize("name,method,budget", [
+    ("llava-next", "random", 300), ("llava-next", "divprune", 300), ("llava-onevision", "divprune", 500),
+    ("qwen2.5-vl", "random", 25), ("qwen2.5-vl", "divprune", 25),
+])  # fmt: skip
+def test_reducer_gives_layer_0_the_budget_rules_count(layouts, name, method, budget):
+    model, processor = load_checkpoint(layouts[name])
+    family = FAMILIES[NAMES[name]]
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "q"}]}], add_generation_prompt=True)
+    image = images()[0]
+    inputs = family_inputs(processor, [prompt], [[image]])
+    total = inputs["input_ids"].shape[1]
+    unreduced = int((inputs["input_ids"] == image_token_id(model)).sum())
+    assert _layer0_visual_counts(model, inputs) == [total]
+    apply_family_method(model, method, budget)
+    keep = kept_tokens(family, budget, unreduced)
+    assert keep < unreduced
+    assert _layer0_visual_counts(model, inputs) == [total - unreduced + keep]
+    remove_family_method(model)
+    assert _layer0_visual_counts(model, inputs) == [total]
+
+
+@pytest.mark.parametrize("name,budget", [("llava-next", 10_000), ("qwen2.5-vl", 100)])
+def test_random_at_full_budget_answers_as_none(layouts, name, budget):
+    none = answers(VisToGChatLMM(pretrained=str(layouts[name]), method="none", device="cpu"))
+    full = VisToGChatLMM(pretrained=str(layouts[name]), method="random", budget=budget, device="cpu", batch_size=2)
+    assert answers(full) == none
+
+
+def test_reduced_answers_are_batch_independent_and_log_both_counts(layouts):
+    path = str(layouts["qwen2.5-vl"])
+    single = VisToGChatLMM(pretrained=path, method="divprune", budget=25, device="cpu")
+    batched = VisToGChatLMM(pretrained=path, method="divprune", budget=25, device="cpu", batch_size=3)
+    assert answers(batched) == answers(single)
+    log = single.take_sample_log()
+    assert [e["visual_tokens"][0] for e in log] == [int(e["visual_tokens_unreduced"][0] / 4 + 0.5) for e in log]  # half up
+
+
+@pytest.mark.parametrize("method", ["visionzip", "vispruner", "prumerge", "tome", "pool", "fastv", "vistog"])
+def test_methods_that_cannot_apply_are_refused_in_one_line(layouts, method):
+    config = load_config(layouts["qwen2.5-vl"])
+    problem = config_problem(config, method, budget=25)
+    assert problem and "\n" not in problem and "qwen2_5_vl" in problem
+    with pytest.raises(UsageError, match=method):
+        VisToGChatLMM(pretrained=str(layouts["qwen2.5-vl"]), method=method, budget=25, device="cpu")
+    assert config_problem(config, "divprune", budget=25) is None
+
+
+@pytest.mark.parametrize("budget", [0, 101])
+def test_qwen_budget_is_a_percentage(layouts, budget):
+    with pytest.raises(UsageError, match="percentage"):
+        VisToGChatLMM(pretrained=str(layouts["qwen2.5-vl"]), method="random", budget=budget, device="cpu")
+
+
+def test_none_with_a_reduced_budget_is_refused(layouts):
+    with pytest.raises(UsageError, match="method none keeps every visual token"):
+        VisToGChatLMM(pretrained=str(layouts["llava-next"]), method="none", budget=64, device="cpu")

@@ -1,0 +1,150 @@
+"""Training-free reducers on LLaVA-NeXT, LLaVA-OneVision and Qwen2.5-VL: selection at the LLM input.
+
+    apply_family_method(model, "divprune", 25)    # Qwen2.5-VL: 25 % of each image's own tokens
+    apply_family_method(model, "random", 576)     # LLaVA-NeXT: 576 tokens per image across its tiles
+
+Glossary: T prompt length (each image expanded by the processor to its own count V_i), K_i the tokens image i keeps
+(`families.kept_tokens`: the family's budget rule), D LLM width.
+
+Where: a stage at decoder layer 0 of the shared in-LLM pruner (`reducers.llm_pruning.LLMPruner`, hooks only): the
+stock model runs its vision encoder, projector / PatchMerger and placeholder merge unchanged, and layer 0 onwards sees
+sum K_i visual tokens; kept tokens keep their original positions (1-D RoPE for NeXT's Mistral and OneVision's Qwen2,
+the 3-D mRoPE rows for Qwen2.5-VL), as VisionZip's and DivPrune's Qwen2.5-VL ports keep them. Each image is one
+contiguous run of image tokens (`families.image_runs`), so per-image counts may differ inside a batch.
+
+Methods that apply (they read only the visual tokens at the LLM input, which every family has):
+- `random`: a seeded uniform choice of K_i of the V_i tokens of each image, in order (the draw depends on the seed
+  and V_i only).
+- `divprune`: DivPrune's max-min diversity on the projected tokens (reducers/divprune.py, unchanged).
+Refused in one line (`refusal`): methods that read CLS attention (visionzip, vispruner, prumerge: none of these
+encoders gives the LLM a CLS token; the published substitutes, mean attention or selection after the PatchMerger, are
+not built here), methods inside the vision encoder (tome, downsample, pool's 24 x 24 grid, vscan), in-LLM methods
+whose schedules assume one fixed count per image (fastv, dart, pdrop, sparsevlm, cdpruner, holitom) and vistog
+(a VisToG checkpoint of these families does not exist yet).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import UsageError
+from ..reducers.divprune import max_min_diversity
+from ..reducers.llm_pruning import LLMPruner, SampleView, Selection, Stage, left_pad
+from .families import Family, check_family_budget, image_runs, image_token_id, kept_tokens, model_family
+
+FAMILY_METHODS = ("none", "random", "divprune")
+_REASONS = {
+    "vistog": "no VisToG checkpoint of this family exists (VisToG is built on LLaVA-1.5)",
+    "visionzip": "reads CLS attention; the encoder gives the LLM no CLS token",
+    "vispruner": "reads CLS attention; the encoder gives the LLM no CLS token",
+    "prumerge": "reads CLS attention; the encoder gives the LLM no CLS token",
+    "tome": "merges inside LLaVA-1.5's CLIP encoder; not wired into this family's encoder",
+    "downsample": "downsamples LLaVA-1.5's 24 x 24 patch grid inside the encoder",
+    "pool": "pools LLaVA-1.5's 24 x 24 patch grid; anyres / dynamic-resolution grids differ per image",
+    "vscan": "its first stage works inside LLaVA-1.5's encoder",
+}
+_FIXED_COUNT = "its schedule assumes one fixed visual-token count per image"
+
+
+def refusal(family: Family, method: str) -> str | None:
+    """Why `method` does not run on `family` (one line), or None."""
+    if method in FAMILY_METHODS:
+        return None
+    return f"{method} on {family.model_type}: {_REASONS.get(method, _FIXED_COUNT)}; runs here: {', '.join(FAMILY_METHODS)}"
+
+
+def random_run_positions(count: int, keep: int, seed: int) -> torch.Tensor:
+    """`keep` distinct indices of 0..count-1, increasing, a function of (count, keep, seed) only."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.randperm(count, generator=generator)[:keep].sort().values
+
+
+@dataclass(frozen=True)
+class RunSelector:
+    """Which tokens of one image's run stay: `random` or `divprune` (a Selector of the shared pruner)."""
+
+    method: str
+    seed: int = 0
+    needs_attention: bool = False
+
+    def choose(self, hidden: torch.Tensor, run: torch.Tensor, keep: int) -> torch.Tensor:
+        """Positions [keep] of `run` [V] (positions in the sample), increasing; hidden [T, D]."""
+        if self.method == "random":
+            return run[random_run_positions(run.numel(), keep, self.seed).to(run.device)]
+        return run[max_min_diversity(hidden[run], keep).sort().values]  # divprune, kept in spatial order
+
+    def __call__(self, view: SampleView, stage: int, keep: int) -> Selection:
+        return Selection(torch.cat([self.choose(view.hidden, block, keep) for block in view.blocks]))
+
+
+class FamilyInputPruner(LLMPruner):
+    """LLMPruner with one stage at layer 0 whose per-image keep follows the family's budget rule: images are the
+    runs of image tokens, each keeps `kept_tokens(family, budget, V_i)`. (Stage.keep and tokens_per_image are 1,
+    unused: the counts come from the runs.)"""
+
+    def __init__(self, family: Family, budget: int | None, method: str, seed: int, token_id: int) -> None:
+        super().__init__(stages=(Stage(0, 1),), selector=RunSelector(method, seed), tokens_per_image=1,
+                         image_token_id=token_id)  # fmt: skip
+        self.family, self.budget = family, budget
+
+    def keep_of(self, count: int) -> int:
+        return kept_tokens(self.family, self.budget, count)
+
+    def _select(self, index: int, hidden_states: torch.Tensor, position_embeddings):
+        """Positions kept per sample [B, T'] (left padded); no merged states."""
+        prompt, rows = self._prompt, []
+        for b in range(hidden_states.shape[0]):
+            keep = ~prompt.image_mask[b]
+            for run in image_runs(prompt.image_mask[b].long(), 1):
+                keep[self.selector.choose(hidden_states[b], run, self.keep_of(run.numel()))] = True
+            rows.append(keep.nonzero().squeeze(1))
+        positions, valid = left_pad(rows)
+        prompt.kept_masks[self.stages[index].layer] = prompt.padding_mask.gather(1, positions) & valid
+        return positions, None
+
+
+_STATE = "_vistog_family_method"
+
+
+def apply_family_method(model, method: str, budget: int | None, *, seed: int = 0) -> int | None:
+    """Configure a family's model for `method` at `budget` (its rule: `families.check_family_budget`); replaces
+    what an earlier call installed. Returns the budget (None: all tokens)."""
+    family = model_family(model)
+    if family is None:
+        raise UsageError("apply_family_method takes a LLaVA-NeXT / OneVision / Qwen2.5-VL model")
+    problem = refusal(family, method)
+    if problem:
+        raise UsageError(problem)
+    budget = check_family_budget(family, budget)
+    remove_family_method(model)
+    if method == "none":
+        if budget not in (None, family.full_budget):
+            raise UsageError(f"method none keeps every visual token: leave the budget out (or {family.full_budget}"
+                             f" for {family.model_type}), got {budget}")  # fmt: skip
+        object.__setattr__(model, _STATE, (method, budget, None))
+        return budget
+    pruner = FamilyInputPruner(family, budget, method, seed, image_token_id(model))
+    pruner.install(model)
+    object.__setattr__(model, _STATE, (method, budget, pruner))
+    return budget
+
+
+def remove_family_method(model) -> None:
+    state = model.__dict__.pop(_STATE, None)
+    if state is not None and state[2] is not None:
+        state[2].remove()
+
+
+def family_token_counts(model, runs: list[torch.Tensor]) -> tuple[list[int], list[int]]:
+    """(unreduced, received) visual tokens of each image of one sample under what is installed on `model`."""
+    state = model.__dict__.get(_STATE)
+    unreduced = [int(run.numel()) for run in runs]
+    if state is None or state[2] is None:
+        return unreduced, unreduced
+    return unreduced, [state[2].keep_of(n) for n in unreduced]
+
+
+__all__ = ["FAMILY_METHODS", "FamilyInputPruner", "apply_family_method", "family_token_counts", "refusal",
+           "remove_family_method", "random_run_positions", "RunSelector"]
