@@ -223,3 +223,15 @@ def test_qwen_budget_is_a_percentage(layouts, budget):
 def test_none_with_a_reduced_budget_is_refused(layouts):
     with pytest.raises(UsageError, match="method none keeps every visual token"):
         VisToGChatLMM(pretrained=str(layouts["llava-next"]), method="none", budget=64, device="cpu")
+
+
+def test_full_budget_answers_equal_lmms_eval_chat_qwen2_5_vl(layouts):
+    """lmms-eval's qwen2_5_vl resizes with qwen_vl_utils at its own min / max pixels (default min 256 x 28 x 28,
+    above the checkpoint's 3136): given the checkpoint's published limits, it answers as the adapter does."""
+    from lmms_eval.models.chat.qwen2_5_vl import Qwen2_5_VL
+
+    path = str(layouts["qwen2.5-vl"])
+    reference = Qwen2_5_VL(pretrained=path, device="cpu", device_map="cpu", min_pixels=3136, max_pixels=12845056)
+    ours = VisToGChatLMM(pretrained=path, method="none", device="cpu")
+    got, expected = answers(ours), answers(reference)
+    assert got == expected and any(got)
