@@ -213,6 +213,120 @@ def generate_flops(
     )
 
 
+# -- other families: LLaVA-NeXT, LLaVA-OneVision, Qwen2.5-VL as transformers runs them ------------------------------
+# Same convention. What transformers' stock classes compute (counted-vs-analytic tests: tests/test_families_flops.py):
+#
+#   encoder view (NeXT: CLIP on each of the base view + tiles, 577 tokens with CLS, all 24 layers run: transformers
+#   keeps hidden_states[-2] but runs the last layer too; OneVision: SigLIP, 729 tokens, no CLS, all 26 layers):
+#       2 P (C p^2) Dv + Lv * ( 2 s Dv (3 Dv) + 2 s Dv Dv + 2 s (2 Dv Fv) + 4 s s Dv ),  s = P (+ 1 with CLS)
+#   Qwen2.5-VL ViT on one image of P patches (grid h x w at 14 px; a 2 x 14 x 14 Conv3d: the image is two frames):
+#       2 P (C 2 p^2) Dv + Lv * ( 2 P Dv (3 Dv) + 2 P Dv Dv + 2 P (3 Dv Fv) ) + 4 Dv * ( Lfull P^2
+#       + Lwin * sum_w n_w^2 ),  windows of 4 x 4 merged units (112 px) = up to 64 patches, n_w the patches of window w
+#   projector: NeXT / OneVision 2 (views x P) (Dv D + D D) (patch tokens of every view, before unpadding, newline
+#       tokens and OneVision's anyres_max_9 interpolation, which are no matrix products);
+#       Qwen2.5-VL's PatchMerger 2 (P / 4) (4 Dv 4 Dv + 4 Dv D)
+#   prefill = llm(q=T, k=T) as above, T = text + the visual tokens the LLM receives (after a reducer: its budget)
+@dataclass(frozen=True)
+class FamilyShape:
+    """The sizes the family formulas need, from a transformers config of LLaVA-NeXT / OneVision / Qwen2.5-VL."""
+
+    family: str  # config.model_type
+    channels: int
+    patch_size: int
+    temporal_patch: int  # 1 (Conv2d), 2 (Qwen2.5-VL's Conv3d over two frames)
+    vision_width: int  # Dv
+    vision_mlp: int  # Fv
+    vision_mlp_matrices: int  # 2 (CLIP / SigLIP), 3 (Qwen2.5-VL's SwiGLU)
+    vision_layers: int  # Lv, all run
+    cls_token: bool  # CLIP's CLS is in every view's sequence
+    patches_per_view: int  # P of one view (NeXT 576, OneVision 729); 0 for Qwen2.5-VL (size-dependent)
+    full_attention_layers: tuple[int, ...]  # Qwen2.5-VL: the rest use window attention
+    window_units: int  # Qwen2.5-VL: window side in merged units (window_size / patch / merge = 4)
+    merge: int  # Qwen2.5-VL spatial merge (2); 1 otherwise
+    llm: ArchShape  # the LLM's sizes (the vision fields of it are unused)
+
+    @classmethod
+    def from_config(cls, config) -> "FamilyShape":
+        text, vision = config.text_config, config.vision_config
+        heads = text.num_attention_heads
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+        kv_heads = getattr(text, "num_key_value_heads", None) or heads
+        llm = ArchShape(channels=3, patch_size=vision.patch_size, num_patches=0, vision_width=0, vision_mlp=0,
+                        vision_layers_run=0, isolated_attention=False, grouping_mlp=0, width=text.hidden_size,
+                        kv_width=kv_heads * head_dim, mlp=text.intermediate_size, layers=text.num_hidden_layers,
+                        vocab=text.vocab_size, num_kv_heads=kv_heads, head_dim=head_dim)  # fmt: skip
+        if config.model_type == "qwen2_5_vl":
+            merge = vision.spatial_merge_size
+            return cls(config.model_type, vision.in_channels, vision.patch_size, vision.temporal_patch_size,
+                       vision.hidden_size, vision.intermediate_size, 3, vision.depth, False, 0,
+                       tuple(vision.fullatt_block_indexes), vision.window_size // merge // vision.patch_size, merge,
+                       llm)  # fmt: skip
+        if config.model_type not in ("llava_next", "llava_onevision"):
+            raise ValueError(f"no family formulas for model_type {config.model_type!r}")
+        patches = (vision.image_size // vision.patch_size) ** 2
+        return cls(config.model_type, vision.num_channels, vision.patch_size, 1, vision.hidden_size,
+                   vision.intermediate_size, 2, vision.num_hidden_layers, config.model_type == "llava_next",
+                   patches, (), 0, 1, llm)  # fmt: skip
+
+
+def _encoder_layer_flops(width: int, mlp: int, matrices: int, tokens: int) -> float:
+    """Projections and MLP of one ViT layer on `tokens` tokens (attention products apart)."""
+    return float(2 * tokens * width * (3 * width) + 2 * tokens * width * width + 2 * tokens * (matrices * width * mlp))
+
+
+def qwen_window_sizes(grid_h: int, grid_w: int, window_units: int, merge: int = 2) -> list[int]:
+    """Patches in each attention window of Qwen2.5-VL's ViT for a grid of grid_h x grid_w patches: windows of
+    `window_units` x `window_units` merged units from the top-left, the last row / column of windows cut short."""
+    units_h, units_w = grid_h // merge, grid_w // merge
+    rows = [min(window_units, units_h - r) for r in range(0, units_h, window_units)]
+    cols = [min(window_units, units_w - c) for c in range(0, units_w, window_units)]
+    return [r * c * merge * merge for r in rows for c in cols]
+
+
+def family_vision_flops(shape: FamilyShape, *, views: int = 1, grid: tuple[int, int] | None = None) -> float:
+    """The encoder on one image: `views` CLIP / SigLIP views (base + tiles; frames for a OneVision video), or for
+    Qwen2.5-VL one image of `grid` = (h, w) patches."""
+    dv, c, p = shape.vision_width, shape.channels, shape.patch_size
+    if shape.family == "qwen2_5_vl":
+        if grid is None:
+            raise ValueError("qwen2_5_vl: the patch grid (h, w) of the image is needed")
+        patches = grid[0] * grid[1]
+        embed = 2 * patches * (c * shape.temporal_patch * p * p) * dv
+        dense = shape.vision_layers * _encoder_layer_flops(dv, shape.vision_mlp, shape.vision_mlp_matrices, patches)
+        full = len(shape.full_attention_layers)
+        windows = sum(n * n for n in qwen_window_sizes(*grid, shape.window_units, shape.merge))
+        attention = 4 * dv * (full * patches * patches + (shape.vision_layers - full) * windows)
+        return float(embed + dense + attention)
+    patches = shape.patches_per_view
+    tokens = patches + (1 if shape.cls_token else 0)
+    embed = 2 * patches * (c * p * p) * dv
+    layer = _encoder_layer_flops(dv, shape.vision_mlp, shape.vision_mlp_matrices, tokens) + 4 * tokens * tokens * dv
+    return float(views * (embed + shape.vision_layers * layer))
+
+
+def family_projector_flops(shape: FamilyShape, *, views: int = 1, grid: tuple[int, int] | None = None) -> float:
+    """The projector on one image (every view's patch tokens; Qwen2.5-VL's PatchMerger on P / 4 merged tokens)."""
+    dv, d = shape.vision_width, shape.llm.width
+    if shape.family == "qwen2_5_vl":
+        merged = grid[0] * grid[1] // (shape.merge * shape.merge)
+        wide = dv * shape.merge * shape.merge
+        return float(2 * merged * (wide * wide + wide * d))
+    return float(2 * views * shape.patches_per_view * (dv * d + d * d))
+
+
+def family_prefill_flops(shape: FamilyShape, *, visual_tokens: int, text_tokens: int, views: int = 1,
+                         grid: tuple[int, int] | None = None) -> dict[str, float]:
+    """vision / projector / prefill / total FLOPs of one image's prompt whose LLM receives `visual_tokens` (the
+    unreduced count, or a reducer's budget: the encoder and projector run on everything either way)."""
+    out = {
+        "vision": family_vision_flops(shape, views=views, grid=grid),
+        "projector": family_projector_flops(shape, views=views, grid=grid),
+        "prefill": prefill_flops(shape.llm, 1, visual_tokens + text_tokens),
+    }
+    out["total"] = sum(out.values())
+    return out
+
+
 __all__ = [
     "ArchShape",
     "StageFlops",
@@ -227,4 +341,9 @@ __all__ = [
     "decode_flops",
     "fastv_llm_flops",
     "generate_flops",
+    "FamilyShape",
+    "family_prefill_flops",
+    "family_projector_flops",
+    "family_vision_flops",
+    "qwen_window_sizes",
 ]

@@ -1,0 +1,98 @@
+"""Per-family analytic FLOPs (profiling.flops, FamilyShape) against FlopCounterMode on the tiny hub-layout
+checkpoints of LLaVA-NeXT, LLaVA-OneVision and Qwen2.5-VL: whole prefill forward and the vision + projector part, at
+the full budget and with a reducer at the LLM input; named 7B shapes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vistog_bench.errors import UsageError
+from vistog_bench.hub_checkpoints_families import write_family_layouts
+from vistog_bench.model import load_checkpoint
+from vistog_bench.model.families import FAMILIES, image_token_id, kept_tokens
+from vistog_bench.model.family_reducers import apply_family_method
+from vistog_bench.model.presets import FAMILY_PRESETS, family_preset_config
+from vistog_bench.profiling.counting import flop_counter
+from vistog_bench.profiling.flops import FamilyShape, family_prefill_flops, qwen_window_sizes
+
+NAMES = {"llava-next": "llava_next", "llava-onevision": "llava_onevision", "qwen2.5-vl": "qwen2_5_vl"}
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory):
+    return write_family_layouts(tmp_path_factory.mktemp("families-flops"))
+
+
+def _inputs(processor, size):
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (*size, 3), dtype=np.uint8))
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}],
+        add_generation_prompt=True)
+    return processor(images=image, text=prompt, return_tensors="pt")
+
+
+def _geometry(name, inputs):
+    if name == "qwen2.5-vl":
+        _, h, w = inputs["image_grid_thw"][0].tolist()
+        return {"grid": (h, w)}
+    return {"views": inputs["pixel_values"].shape[1]}
+
+
+def _counted(fn) -> int:
+    counter = flop_counter()
+    with counter, torch.inference_mode():
+        fn()
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("size", [(300, 400), (336, 700)])
+def test_counted_equals_analytic_at_full_budget(layouts, name, size):
+    model, processor = load_checkpoint(layouts[name])
+    inputs = _inputs(processor, size)
+    visual = int((inputs["input_ids"] == image_token_id(model)).sum())
+    text = inputs["input_ids"].shape[1] - visual
+    analytic = family_prefill_flops(FamilyShape.from_config(model.config), visual_tokens=visual, text_tokens=text,
+                                    **_geometry(name, inputs))  # fmt: skip
+    assert _counted(lambda: model(**inputs, logits_to_keep=1)) == analytic["total"]
+    if name == "qwen2.5-vl":
+        encode = lambda: model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])  # noqa: E731
+    else:
+        encode = lambda: model.model.get_image_features(  # noqa: E731
+            inputs["pixel_values"], inputs["image_sizes"], vision_feature_layer=model.config.vision_feature_layer,
+            vision_feature_select_strategy=model.config.vision_feature_select_strategy)
+    assert _counted(encode) == analytic["vision"] + analytic["projector"]
+
+
+@pytest.mark.parametrize("name,budget", [("llava-next", 300), ("llava-onevision", 400), ("qwen2.5-vl", 25)])
+def test_counted_equals_analytic_with_a_reducer(layouts, name, budget):
+    model, processor = load_checkpoint(layouts[name])
+    inputs = _inputs(processor, (300, 400))
+    visual = int((inputs["input_ids"] == image_token_id(model)).sum())
+    text = inputs["input_ids"].shape[1] - visual
+    apply_family_method(model, "random", budget)
+    kept = kept_tokens(FAMILIES[NAMES[name]], budget, visual)
+    shape = FamilyShape.from_config(model.config)
+    reduced = family_prefill_flops(shape, visual_tokens=kept, text_tokens=text, **_geometry(name, inputs))
+    full = family_prefill_flops(shape, visual_tokens=visual, text_tokens=text, **_geometry(name, inputs))
+    assert _counted(lambda: model(**inputs, logits_to_keep=1)) == reduced["total"] < full["total"]
+
+
+def test_qwen_windows_cover_the_grid():
+    # 112 px windows = 4 x 4 merged units = 8 x 8 patches; a 22 x 28 grid: 11 x 14 units -> 3 x 4 windows
+    sizes = qwen_window_sizes(22, 28, 4)
+    assert len(sizes) == 12 and sum(sizes) == 22 * 28 and max(sizes) == 64 and min(sizes) == 3 * 2 * 4
+
+
+def test_named_7b_shapes():
+    assert set(FAMILY_PRESETS) == {"llava-next-7b", "llava-onevision-7b", "qwen2.5-vl-7b"}
+    shapes = {name: FamilyShape.from_config(family_preset_config(name)) for name in FAMILY_PRESETS}
+    assert shapes["llava-next-7b"].patches_per_view == 576 and shapes["llava-next-7b"].cls_token
+    assert shapes["llava-onevision-7b"].patches_per_view == 729 and shapes["llava-onevision-7b"].vision_layers == 26
+    qwen = shapes["qwen2.5-vl-7b"]
+    assert qwen.full_attention_layers == (7, 15, 23, 31) and qwen.window_units == 4 and qwen.llm.width == 3584
+    with pytest.raises(UsageError, match="did you mean 'qwen2.5-vl-7b'"):
+        family_preset_config("qwen2.5-vl-7")
