@@ -1,0 +1,109 @@
+"""VisToG on LLaVA-NeXT (CLIP) and LLaVA-OneVision (SigLIP), per view, on the tiny hub-layout checkpoints: patch
+features equal the stock encoder's with semantic tokens present (isolated attention), VisToG off is the stock model,
+the LLM receives views x N tokens per image, batches answer as batch 1, the VisToG parts get gradients."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vistog_bench.errors import UsageError
+from vistog_bench.hub_checkpoints_families import write_family_layouts
+from vistog_bench.model import load_checkpoint
+from vistog_bench.model.families import image_token_id
+from vistog_bench.model.families_vistog import VisToGFamily
+
+WRAP = {"llava-next": VisToGFamily.from_llava_next, "llava-onevision": VisToGFamily.from_llava_onevision}
+SIZES = [(300, 400), (336, 700), (500, 200)]
+QUESTIONS = ["What is shown in this image?", "How many shapes are there?", "What colour is the shape?"]
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory):
+    return write_family_layouts(tmp_path_factory.mktemp("families-vistog"))
+
+
+def images():
+    rng = np.random.default_rng(2)
+    return [Image.fromarray(rng.integers(0, 256, (*s, 3), dtype=np.uint8)) for s in SIZES]
+
+
+def prompts(processor, count=3):
+    return [processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}], add_generation_prompt=True)
+        for q in QUESTIONS[:count]]  # fmt: skip
+
+
+def wrapped(layouts, name, n=16):
+    model, processor = load_checkpoint(layouts[name])
+    torch.manual_seed(0)
+    return WRAP[name](model, num_semantic_tokens=n), model, processor
+
+
+@pytest.mark.parametrize("name", WRAP)
+def test_patch_features_equal_the_stock_encoders_with_semantic_tokens(layouts, name):
+    vt, model, processor = wrapped(layouts, name)
+    data = vt.inputs(processor, prompts(processor), [[i] for i in images()])
+    config = model.config
+    first = 1 if config.vision_feature_select_strategy == "default" else 0
+    for views, count in zip(data["pixel_values"], vt.views_per_image(data["image_sizes"])):
+        with torch.no_grad():
+            patches, semantic = vt.vision_states(views[:count])
+            stock = model.model.vision_tower(views[:count], output_hidden_states=True).hidden_states
+        assert torch.equal(patches, stock[config.vision_feature_layer][:, first:])
+        assert semantic.shape == (count, 16, config.vision_config.hidden_size)
+        # isolation: other semantic tokens change the group tokens, never the patch features
+        with torch.no_grad():
+            vt.semantic_tokens.mul_(2.0)
+            moved, moved_semantic = vt.vision_states(views[:count])
+            vt.semantic_tokens.mul_(0.5)
+        assert torch.equal(moved, patches) and not torch.allclose(moved_semantic, semantic)
+
+
+@pytest.mark.parametrize("name", WRAP)
+def test_vistog_off_is_the_stock_model(layouts, name):
+    model, _ = load_checkpoint(layouts[name])
+    assert WRAP[name](model, num_semantic_tokens=None) is model
+
+
+@pytest.mark.parametrize("name", WRAP)
+def test_llm_receives_views_times_n_and_batches_answer_as_batch_one(layouts, name):
+    vt, model, processor = wrapped(layouts, name)
+    data = vt.inputs(processor, prompts(processor), [[i] for i in images()])
+    views = vt.views_per_image(data["image_sizes"])
+    assert (data["input_ids"] == image_token_id(model)).sum(1).tolist() == [v * 16 for v in views]
+    assert views == [int((pv.flatten(1).abs().sum(1) > 0).sum()) for pv in data["pixel_values"]]  # unpadded views
+    batched = vt.generate(**data, max_new_tokens=4, do_sample=False)
+    for b, (prompt, image) in enumerate(zip(prompts(processor), images())):
+        single = vt.generate(**vt.inputs(processor, [prompt], [[image]]), max_new_tokens=4, do_sample=False)
+        assert torch.equal(single[0], batched[b])
+
+
+def test_group_tokens_reach_the_logits_and_get_gradients(layouts):
+    vt, model, processor = wrapped(layouts, "llava-next")
+    data = vt.inputs(processor, prompts(processor, 1), [images()[:1]])
+    vt.train()
+    logits = vt(**data).logits
+    logits[:, -1].logsumexp(-1).sum().backward()
+    assert vt.semantic_tokens.grad is not None and vt.semantic_tokens.grad.abs().sum() > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in vt.grouping.parameters())
+    vt.eval()
+    with torch.no_grad():
+        before = vt(**data).logits
+        vt.semantic_tokens.add_(1.0)
+        after = vt(**data).logits
+    assert not torch.allclose(before, after)
+
+
+def test_other_families_and_bad_prompts_are_refused(layouts):
+    qwen, _ = load_checkpoint(layouts["qwen2.5-vl"])
+    with pytest.raises(UsageError, match="VisToGFamily wraps"):
+        VisToGFamily(qwen, 16)
+    vt, model, processor = wrapped(layouts, "llava-next")
+    from vistog_bench.model.families import family_inputs
+
+    stock_inputs = family_inputs(processor, prompts(processor, 1), [images()[:1]])  # the anyres count, not views x N
+    with pytest.raises(UsageError, match="image tokens: .* group tokens"):
+        vt.inputs_embeds(stock_inputs["input_ids"], stock_inputs["pixel_values"], stock_inputs["image_sizes"])
