@@ -36,9 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import json
-import math
 import os
 import sys
 import time
@@ -46,16 +44,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .arguments import comma_list, int_list
+from .console import third_party_output_to
 from .dtypes import DTYPE_NAMES
 from .errors import UsageError
+from .lmms_results import cell_from_lmms_results, sample_lines
 from .provenance import git_sha, now, package_versions
 from .results import (
-    STATUS_OK,
+    DISK_FULL_ERRNOS,
     STATUS_OOM,
     CellKey,
     CellResult,
-    ProfileRecord,
-    DISK_FULL_ERRNOS,
     RunDir,
     RunManifest,
     check_writable_dir,
@@ -64,6 +62,7 @@ from .results import (
     new_run_id,
     write_jsonl,
 )
+from .task_groups import TaskGroup, expand_tasks, group_cell, task_limits
 
 # Keys of RunConfig that may differ between a run and its resumption.
 RESUME_FREE_KEYS = ("output", "resume")
@@ -75,8 +74,6 @@ RESUME_KEPT_OPTIONS = {
 DEFAULT_BATCH_SIZE, DEFAULT_SEED, DEFAULT_MAX_FRAMES = 1, 0, 8
 LOG_FILE = "run.log"
 REPORT_DIR = "report"  # <run>/report/
-# What the adapter's sample log adds to each sample line (VisToGLMM.take_sample_log).
-SERVED_KEYS = ("prompt", "image_placeholders", "tokens_per_placeholder", "failure")
 
 
 @dataclass(frozen=True)
@@ -106,16 +103,6 @@ class Cell:
     method: str
     budget: int
     checkpoint: str
-
-
-@dataclass(frozen=True)
-class TaskGroup:
-    """A group named on the command line (or nested in one): the leaf tasks under it, and lmms-eval's
-    `aggregate_metric_list` entries (AggMetricConfig) when the group has a score of its own."""
-
-    name: str
-    members: tuple[str, ...]
-    aggregate: tuple = ()
 
 
 # -- planning --------------------------------------------------------------------------------------------------------
@@ -197,65 +184,6 @@ def check_combinations(cells: list[Cell]) -> None:
         raise UsageError("\n".join(problems))
 
 
-def expand_tasks(manager, names) -> tuple[list[str], list[TaskGroup]]:
-    """The leaf tasks to evaluate (groups and tags replaced by their members, in order, each once) and the groups."""
-    leaves: list[str] = []
-    groups: list[TaskGroup] = []
-    for name in names:
-        for leaf in _leaf_tasks(manager, name, groups, ()):
-            if leaf not in leaves:
-                leaves.append(leaf)
-    return leaves, groups
-
-
-def _leaf_tasks(manager, name: str, groups: list[TaskGroup], parents: tuple[str, ...]) -> list[str]:
-    from lmms_eval.api.group import GroupConfig
-
-    entry = manager.task_index.get(name)
-    if entry is None:
-        raise UsageError(f"group {parents[-1]}: member {name!r} is not a known task")
-    if entry["type"] in ("task", "python_task"):
-        return [name]
-    if name in parents:
-        raise UsageError(f"group {name} contains itself ({' > '.join(parents + (name,))})")
-    config = manager._get_config(name) if entry["type"] == "group" and entry["yaml_path"] != -1 else {}
-    listed = config.get("task", entry.get("task"))
-    listed = [listed] if isinstance(listed, str) else list(listed or [])
-    leaves: list[str] = []
-    for member in listed:
-        if not isinstance(member, str):
-            raise UsageError(f"group {name}: an inline task config among its members is not supported; name the task")
-        leaves += [t for t in _leaf_tasks(manager, member, groups, parents + (name,)) if t not in leaves]
-    if entry["type"] == "group" and all(g.name != name for g in groups):
-        fields = {f.name for f in dataclasses.fields(GroupConfig)}
-        group_config = GroupConfig(**{k: v for k, v in config.items() if k in fields})
-        groups.append(TaskGroup(name, tuple(leaves), tuple(group_config.aggregate_metric_list or ())))
-    return leaves
-
-
-def _is_mme(manager, task: str) -> bool:
-    """MME-style scoring (lmms-eval's `mme_process_results`), which asserts that each image's questions are paired."""
-    from lmms_eval import utils as lmms_utils
-
-    path = manager.task_index.get(task, {}).get("yaml_path")
-    if not isinstance(path, str):
-        return False
-    process = lmms_utils.load_yaml_config(path, mode="simple").get("process_results")
-    return "mme_process_results" in str(getattr(process, "value", process))
-
-
-def task_limits(manager, tasks: list[str], limit: int | None) -> dict[str, int | None]:
-    """`--limit` per task; for MME an odd limit becomes the next even one (whole question pairs), said in one line."""
-    limits = {}
-    for task in tasks:
-        limits[task] = limit
-        if limit is not None and limit % 2 and _is_mme(manager, task):
-            limits[task] = limit + 1
-            print(f"vistog-bench run: {task}: --limit {limit} rounded up to {limit + 1} (MME scores each image's "
-                  "two questions as a pair)", file=sys.stderr)
-    return limits
-
-
 # -- the manifest ----------------------------------------------------------------------------------------------------
 def _comparable(config: RunConfig) -> dict:
     data = dataclasses.asdict(config)
@@ -278,147 +206,6 @@ def _note_prompt_template(run: RunDir, served) -> None:
     if manifest.prompt_templates.get(checkpoint) != entry:
         templates = {**manifest.prompt_templates, checkpoint: entry}
         run.write_manifest(dataclasses.replace(manifest, prompt_templates=templates))
-
-
-# -- lmms-eval results -> cells --------------------------------------------------------------------------------------
-def cell_from_lmms_results(
-    task: str, method: str, budget: int, results: dict, elapsed_s: float, failures: list[str] = ()
-) -> CellResult:
-    """lmms-eval's `results["results"][task]`: `"metric,filter"` values with `"metric_stderr,filter"` beside them.
-    `n_samples` counts the samples scored (the logged ones, when samples were logged); a cell with none is failed.
-    `failures`: the reasons of the samples that failed alone (left out of the scoring)."""
-    n_failed = len(failures)
-    values = results.get("results", {}).get(task)
-    if values is None:
-        return CellResult(task, method, budget, failed_status("lmms-eval returned no results for this task"),
-                          n_failed=n_failed)
-    metrics, stderr = {}, {}
-    for key, value in values.items():
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-            continue  # aliases, and NaN for a sub-metric no sample of this split has (e.g. a question type)
-        metric, _, filter_name = key.partition(",")
-        if "_stderr" in metric:  # "exact_match_stderr,none", or with the estimator named: "..._stderr_clt,none"
-            stderr[f"{metric.split('_stderr')[0]},{filter_name}"] = float(value)
-        else:
-            metrics[key] = float(value)
-    stderr = {key: value for key, value in stderr.items() if key in metrics}
-    if task in results.get("samples", {}):
-        n_samples = len(results["samples"][task])
-    else:
-        n_samples = results.get("n-samples", {}).get(task, {}).get("effective", 0) - n_failed
-    status = STATUS_OK if n_samples > 0 else failed_status(
-        "no sample was scored" + (f": all {n_failed} failed, the first: {failures[0]}" if n_failed else "")
-    )
-    return CellResult(task, method, budget, status, metrics, stderr, int(n_samples), round(elapsed_s, 3), n_failed)
-
-
-def group_cell(group: TaskGroup, method: str, budget: int, members: dict[str, CellResult]) -> CellResult:
-    """A group's own cell from its members' cells, as lmms-eval's `consolidate_group_results` aggregates: per metric
-    named in `aggregate_metric_list`, the (size-weighted) mean over the members that have it, and the pooled stderr."""
-    from lmms_eval.api.metrics import aggregate_subtask_metrics, pooled_sample_stderr
-
-    not_ok = [t for t in group.members if t not in members or not members[t].ok]
-    n_failed = sum(members[t].n_failed for t in group.members if t in members)
-    if not_ok:
-        reason = f"member task(s) not ok: {', '.join(not_ok)}"
-        return CellResult(group.name, method, budget, failed_status(reason), n_failed=n_failed)
-    cells = [members[t] for t in group.members]
-    metrics, stderr = {}, {}
-    for metric in sorted({k for c in cells for k in c.metrics}):
-        having = [c for c in cells if metric in c.metrics]
-        values, sizes = [c.metrics[metric] for c in having], [c.n_samples for c in having]
-        for spec in group.aggregate:
-            if spec.metric not in metric or metric.partition(",")[2] not in spec.filter_list:
-                continue
-            aggregate = aggregate_subtask_metrics if spec.aggregation == "mean" else spec.aggregation
-            metrics[metric] = float(aggregate(values, sizes, spec.weight_by_size))
-            if all(metric in c.stderr for c in having) and sum(sizes) > len(sizes):
-                stderr[metric] = float(pooled_sample_stderr([c.stderr[metric] for c in having], sizes))
-    n_samples = sum(c.n_samples for c in cells)
-    elapsed = round(sum(c.elapsed_s or 0.0 for c in cells), 3)
-    status = STATUS_OK if metrics else failed_status("no member metric matches the group's aggregate_metric_list")
-    return CellResult(group.name, method, budget, status, metrics, stderr, n_samples, elapsed, n_failed)
-
-
-def _sample_lines(samples: list[dict], served: list[dict]) -> list[dict]:
-    """lmms-eval's logged samples, without the documents (they can hold images), each with what the adapter served
-    for it (prompt, image placeholders, tokens per placeholder; merged by doc_id), then one line per failed sample."""
-    keep = ("doc_id", "target", "arguments", "resps", "filtered_resps", "input", "token_counts")
-    by_doc: dict = {}
-    for entry in served:
-        by_doc.setdefault(entry.get("doc_id"), {}).update({k: entry[k] for k in SERVED_KEYS if k in entry})
-    lines = []
-    for sample in samples:
-        line = {k: sample[k] for k in keep if k in sample}
-        if "arguments" in line:
-            line["arguments"] = [a for a in line["arguments"] if isinstance(a, (str, int, float, dict, list))]
-        line.update({k: v for k, v in sample.items() if k not in line and k != "doc" and isinstance(v, (int, float, str))})
-        line.update(by_doc.pop(sample.get("doc_id"), {}))
-        lines.append(line)
-    lines += [{"doc_id": doc_id, **entry} for doc_id, entry in by_doc.items() if "failure" in entry]
-    return lines
-
-
-# -- third-party output ----------------------------------------------------------------------------------------------
-class _ProgressSplitter(io.TextIOBase):
-    """`sys.stderr` while third-party code runs: tqdm's redraws (a write that starts with a carriage return, and the
-    newline that closes a bar) go to the terminal, every other write (warnings, prints to stderr) to the run log."""
-
-    def __init__(self, terminal, log) -> None:
-        self.terminal, self.log, self._in_bar = terminal, log, False
-
-    def write(self, text: str) -> int:
-        if text.startswith("\r") or (self._in_bar and text == "\n"):
-            self.terminal.write(text)
-            self.terminal.flush()
-            self._in_bar = text != "\n"
-        elif text:
-            self.log.write(text)
-        return len(text)
-
-    def flush(self) -> None:
-        self.terminal.flush()
-        self.log.flush()
-
-    def isatty(self) -> bool:
-        return self.terminal.isatty()
-
-    def fileno(self) -> int:
-        return self.terminal.fileno()
-
-
-@contextlib.contextmanager
-def third_party_output_to(log_path: Path):
-    """Send what libraries print to `log_path`: file descriptors 1 and 2 (Java under pycocoevalcap, C libraries,
-    handlers bound to the process's stderr) and Python's `sys.stdout`; `sys.stderr` keeps tqdm bars on the terminal.
-    loguru (lmms-eval's logger) writes to the log at INFO while inside."""
-    from loguru import logger
-
-    from .task_catalog import quiet_lmms_eval
-
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    log = open(log_path, "a", encoding="utf-8", buffering=1)
-    saved = os.dup(1), os.dup(2)
-    terminal = os.fdopen(os.dup(2), "w", encoding="utf-8", buffering=1)
-    old_streams = sys.stdout, sys.stderr
-    try:
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-        sys.stdout, sys.stderr = log, _ProgressSplitter(terminal, log)
-        logger.remove()
-        logger.add(log, level="INFO")
-        yield
-    finally:
-        sys.stdout, sys.stderr = old_streams
-        log.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in saved:
-            os.close(fd)
-        terminal.close()
-        log.close()
-        quiet_lmms_eval()  # loguru back to the console, warnings only
 
 
 # -- running ---------------------------------------------------------------------------------------------------------
@@ -465,14 +252,19 @@ def _evaluate_task(lm, task_dict: dict, limit: int | None, config: RunConfig, ma
     )
 
 
+def _check_counts(limit: int | None, batch_size: int | None, max_frames: int | None) -> None:
+    """--limit, --batch-size and --max-frames, each where given (None: not given)."""
+    if limit is not None and limit <= 0:
+        raise UsageError(f"--limit must be positive, got {limit}")
+    if batch_size is not None and batch_size <= 0:
+        raise UsageError(f"--batch-size must be positive, got {batch_size}")
+    if max_frames is not None and max_frames < 1:
+        raise UsageError(f"--max-frames must be at least 1, got {max_frames}")
+
+
 def check_run_config(config: RunConfig) -> None:
     """Settings that no sweep can use, refused in one line before anything is read or written."""
-    if config.limit is not None and config.limit <= 0:
-        raise UsageError(f"--limit must be positive, got {config.limit}")
-    if config.batch_size <= 0:
-        raise UsageError(f"--batch-size must be positive, got {config.batch_size}")
-    if config.max_frames < 1:
-        raise UsageError(f"--max-frames must be at least 1, got {config.max_frames}")
+    _check_counts(config.limit, config.batch_size, config.max_frames)
     if config.chat_template is not None and not Path(config.chat_template).is_file():
         raise UsageError(f"--chat-template {config.chat_template}: no such file")
     if config.threads is not None and config.threads < 1:
@@ -645,7 +437,7 @@ def _record_task(run: RunDir, cell: Cell, task: str, results: dict | None, sampl
                                 n_failed=len(failures)))
         return
     write_jsonl(run.samples_path(CellKey(task, cell.method, cell.budget)),
-                _sample_lines(results.get("samples", {}).get(task, []), samples))
+                sample_lines(results.get("samples", {}).get(task, []), samples))
     _record(run, cell_from_lmms_results(task, cell.method, cell.budget, results, elapsed_s, failures))
 
 
@@ -755,12 +547,7 @@ def config_from_args(args) -> RunConfig:
 
     from .profiling.timers import default_threads
 
-    if args.limit is not None and args.limit <= 0:
-        raise UsageError(f"--limit must be positive, got {args.limit}")
-    if args.batch_size is not None and args.batch_size <= 0:
-        raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
-    if args.max_frames is not None and args.max_frames < 1:
-        raise UsageError(f"--max-frames must be at least 1, got {args.max_frames}")
+    _check_counts(args.limit, args.batch_size, args.max_frames)
     no_sweep_arguments = args.model is None and args.tasks is None and args.budgets is None and args.method is None
     if args.resume and no_sweep_arguments:
         return _resumed_config(args)

@@ -22,6 +22,7 @@ from ..dtypes import DTYPE_NAMES
 from ..errors import UsageError
 from ..provenance import git_sha, now, package_versions
 
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model", metavar="PATH", help="local LLaVA-1.5 or VisToG checkpoint (Hugging Face layout)")
@@ -50,8 +51,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace):
     """Validate the arguments (UsageError on bad input) and return ProfileSettings."""
-    import torch
-
     from vistog_bench.model.presets import preset_config
 
     from .controlled import ProfileSettings
@@ -67,6 +66,22 @@ def settings_from_args(args: argparse.Namespace):
     gpus = comma_list(args.gpu)
     for name in gpus:
         get_gpu(name)
+    _check_protocol(args)
+    device, dtype = _device_and_dtype(args)
+    return ProfileSettings(
+        model_path=args.model, shape=args.shape,
+        budgets=_nonempty(int_list(args.budgets, "--budgets", minimum=1), "--budgets"),
+        batch_sizes=_nonempty(int_list(args.batch_sizes, "--batch-sizes", minimum=1), "--batch-sizes"),
+        new_tokens=_nonempty(int_list(args.new_tokens, "--new-tokens", minimum=1), "--new-tokens"),
+        text_tokens=args.text_tokens, warmup=args.warmup, repeats=args.repeats, min_duration_s=args.min_duration,
+        threads=args.threads if args.threads is not None else default_threads(device),
+        device=device, dtype=dtype, compile=args.compile, count_flops=not args.no_count_flops, gpus=gpus,
+        seed=args.seed,
+    )
+
+
+def _check_protocol(args: argparse.Namespace) -> None:
+    """The prompt length, warm-up, repeats, minimum duration and threads of the measurement protocol."""
     if args.text_tokens < 1:
         raise UsageError(f"--text-tokens must be >= 1 (BOS), got {args.text_tokens}")
     if args.warmup < 0:
@@ -77,6 +92,12 @@ def settings_from_args(args: argparse.Namespace):
         raise UsageError(f"--min-duration must be >= 0 seconds, got {args.min_duration}")
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be at least 1, got {args.threads}")
+
+
+def _device_and_dtype(args: argparse.Namespace) -> tuple[str, str]:
+    """(device, dtype) with their defaults (cuda when available; bfloat16 on cuda and for --analytic, else
+    float32), checked, and `--compile`'s conditions on them."""
+    import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -98,16 +119,7 @@ def settings_from_args(args: argparse.Namespace):
         if args.warmup < 2:
             raise UsageError(f"--compile needs --warmup >= 2 (compiling and capturing CUDA graphs take the first "
                              f"runs), got {args.warmup}")
-    return ProfileSettings(
-        model_path=args.model, shape=args.shape,
-        budgets=_nonempty(int_list(args.budgets, "--budgets", minimum=1), "--budgets"),
-        batch_sizes=_nonempty(int_list(args.batch_sizes, "--batch-sizes", minimum=1), "--batch-sizes"),
-        new_tokens=_nonempty(int_list(args.new_tokens, "--new-tokens", minimum=1), "--new-tokens"),
-        text_tokens=args.text_tokens, warmup=args.warmup, repeats=args.repeats, min_duration_s=args.min_duration,
-        threads=args.threads if args.threads is not None else default_threads(device),
-        device=device, dtype=dtype, compile=args.compile, count_flops=not args.no_count_flops, gpus=gpus,
-        seed=args.seed,
-    )
+    return device, dtype
 
 
 def _nonempty(values: tuple[int, ...], flag: str) -> tuple[int, ...]:
@@ -167,7 +179,12 @@ def analytic_table(records, gpus) -> str:
 def main(args: argparse.Namespace) -> int:
     from vistog_bench.results import RunDir, RunManifest, check_writable_dir, new_run_id
 
-    from .controlled import ModelSource, analytic_records, measured_records, settings_dict
+    from .controlled import (
+        ModelSource,
+        analytic_records,
+        measured_records,
+        settings_dict,
+    )
     from .nvml import device_facts
     from .roofline import get_gpu
 

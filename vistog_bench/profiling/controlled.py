@@ -310,15 +310,23 @@ def measure_cell(model, source: ModelSource, profiler: RequestProfiler, *, budge
         records.append(req.record)
     profiler.take_records()  # kept here as `records`; the warm-ups' are dropped
     record = aggregate(records, counted=counted, notes=notes, settings=settings)
-    gpu = gpu_from_device_name(torch.cuda.get_device_name(source.device)) if source.device.type == "cuda" else None
-    if gpu is not None and settings.dtype in gpu.peak_flops:
-        # the floor this GPU could reach for the same work, beside the measured times
-        shape = F.ArchShape.from_config(model.config)
-        moved = stage_bytes(shape, stage_weight_bytes(model), budget=budget, batch_size=batch_size,
-                            text_tokens=settings.text_tokens, output_tokens=new_tokens,
-                            element_bytes=dtype_bytes(settings.dtype))
-        record.extra["roofline"] = {gpu.key: floors(record.flops, moved, gpu, settings.dtype)}
+    _add_roofline(record, model, source, budget=budget, batch_size=batch_size, new_tokens=new_tokens)
     return record
+
+
+def _add_roofline(record: ProfileRecord, model, source: ModelSource, *, budget: int, batch_size: int,
+                  new_tokens: int) -> None:
+    """On a GPU of the roofline table: the floor it could reach for the same work, beside the measured times
+    (`extra.roofline`)."""
+    settings = source.settings
+    gpu = gpu_from_device_name(torch.cuda.get_device_name(source.device)) if source.device.type == "cuda" else None
+    if gpu is None or settings.dtype not in gpu.peak_flops:
+        return
+    shape = F.ArchShape.from_config(model.config)
+    moved = stage_bytes(shape, stage_weight_bytes(model), budget=budget, batch_size=batch_size,
+                        text_tokens=settings.text_tokens, output_tokens=new_tokens,
+                        element_bytes=dtype_bytes(settings.dtype))
+    record.extra["roofline"] = {gpu.key: floors(record.flops, moved, gpu, settings.dtype)}
 
 
 def aggregate(records: list[ProfileRecord], *, counted: dict[str, float], notes: dict[str, Any],

@@ -1,0 +1,76 @@
+"""Third-party output during a sweep: what lmms-eval, loguru, transformers, pycocoevalcap / pycocotools and their
+Java subprocess print goes to the run's log (redirected at the file-descriptor level, so subprocesses are caught
+too); tqdm's progress bars stay on the terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+from pathlib import Path
+
+
+class ProgressSplitter(io.TextIOBase):
+    """`sys.stderr` while third-party code runs: tqdm's redraws (a write that starts with a carriage return, and the
+    newline that closes a bar) go to the terminal, every other write (warnings, prints to stderr) to the run log."""
+
+    def __init__(self, terminal, log) -> None:
+        self.terminal, self.log, self._in_bar = terminal, log, False
+
+    def write(self, text: str) -> int:
+        if text.startswith("\r") or (self._in_bar and text == "\n"):
+            self.terminal.write(text)
+            self.terminal.flush()
+            self._in_bar = text != "\n"
+        elif text:
+            self.log.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.terminal.flush()
+        self.log.flush()
+
+    def isatty(self) -> bool:
+        return self.terminal.isatty()
+
+    def fileno(self) -> int:
+        return self.terminal.fileno()
+
+
+@contextlib.contextmanager
+def third_party_output_to(log_path: Path):
+    """Send what libraries print to `log_path`: file descriptors 1 and 2 (Java under pycocoevalcap, C libraries,
+    handlers bound to the process's stderr) and Python's `sys.stdout`; `sys.stderr` keeps tqdm bars on the terminal.
+    loguru (lmms-eval's logger) writes to the log at INFO while inside."""
+    from loguru import logger
+
+    from .task_catalog import quiet_lmms_eval
+
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    log = open(log_path, "a", encoding="utf-8", buffering=1)
+    saved = os.dup(1), os.dup(2)
+    terminal = os.fdopen(os.dup(2), "w", encoding="utf-8", buffering=1)
+    old_streams = sys.stdout, sys.stderr
+    try:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        sys.stdout, sys.stderr = log, ProgressSplitter(terminal, log)
+        logger.remove()
+        logger.add(log, level="INFO")
+        yield
+    finally:
+        sys.stdout, sys.stderr = old_streams
+        log.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+        terminal.close()
+        log.close()
+        quiet_lmms_eval()  # loguru back to the console, warnings only
+
+
+__all__ = ["ProgressSplitter", "third_party_output_to"]
