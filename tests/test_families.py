@@ -235,3 +235,23 @@ def test_full_budget_answers_equal_lmms_eval_chat_qwen2_5_vl(layouts):
     ours = VisToGChatLMM(pretrained=path, method="none", device="cpu")
     got, expected = answers(ours), answers(reference)
     assert got == expected and any(got)
+
+
+def test_onevision_multi_image_sample_fails_alone_under_a_reducer(layouts):
+    """OneVision's template renders images side by side: with a per-image reducer such a sample fails alone (its
+    reason logged, its answer empty), single-image samples of the batch are served."""
+    lm = VisToGChatLMM(pretrained=str(layouts["llava-onevision"]), method="random", budget=300, device="cpu",
+                       batch_size=2)  # fmt: skip
+    docs = [{"image": images()[:2], "question": QUESTIONS[0]}, {"image": [images()[1]], "question": QUESTIONS[1]}]
+    lm.task_dict = {"toy": {"test": docs}}
+
+    def two_images(doc):
+        return [{"role": "user", "content": [*({"type": "image", "url": im} for im in doc["image"]),
+                                             {"type": "text", "text": doc["question"]}]}]  # fmt: skip
+
+    reqs = [Instance("generate_until", ("", two_images, dict(GEN), i, "toy", "test"), 0,
+                     {"task": "toy", "doc_id": i, "repeats": 1}) for i in range(2)]  # fmt: skip
+    out = [r.text for r in lm.generate_until(reqs)]
+    log = {e["doc_id"]: e for e in lm.take_sample_log()}
+    assert out[0] == "" and "side by side" in log[0]["failure"]
+    assert "failure" not in log[1] and log[1]["visual_tokens"] == [300] and out[1] != ""

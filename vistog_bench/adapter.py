@@ -53,7 +53,7 @@ from tqdm import tqdm
 from .errors import UsageError
 from .model import VisToGForConditionalGeneration, build_inputs, load_checkpoint
 from .model.families import family_inputs, image_runs, image_token_id, model_family
-from .model.family_reducers import apply_family_method, family_token_counts
+from .model.family_reducers import apply_family_method, family_sample_problem, family_token_counts
 from .model.prompting import PromptBuilder, Turn, find_template, image_token_of
 from .reducers import METHODS, AppliedMethod, applied_method, apply_method, tokens_per_image
 
@@ -209,6 +209,9 @@ class VisToGLMM(lmms):
         """`make()` -> _Sample with its prompt rendered; any media or prompt failure fails this sample only."""
         try:
             sample = make()
+            problem = family_sample_problem(self.model, len(sample.images))
+            if problem:
+                raise UsageError(problem)
             sample.prompt = self.prompts.generation_prompt(sample.turns)
         except torch.OutOfMemoryError:
             raise

@@ -137,6 +137,18 @@ def remove_family_method(model) -> None:
         state[2].remove()
 
 
+def family_sample_problem(model, images: int) -> str | None:
+    """Why a sample of `images` images cannot be reduced per image on `model` (None if it can, or if `model` is not
+    a family model): OneVision's template renders a sample's images side by side, so their tokens form one run and
+    the per-image rule has no boundary to apply."""
+    state = model.__dict__.get(_STATE)
+    family = model_family(model)
+    if state is None or state[2] is None or family is None or family.model_type != "llava_onevision" or images < 2:
+        return None
+    return (f"{state[0]} on llava_onevision reduces per image, but its chat template puts a sample's {images} images "
+            "side by side (one run of image tokens); serve multi-image / video samples with method none")
+
+
 def family_token_counts(model, runs: list[torch.Tensor]) -> tuple[list[int], list[int]]:
     """(unreduced, received) visual tokens of each image of one sample under what is installed on `model`."""
     state = model.__dict__.get(_STATE)
@@ -146,5 +158,5 @@ def family_token_counts(model, runs: list[torch.Tensor]) -> tuple[list[int], lis
     return unreduced, [state[2].keep_of(n) for n in unreduced]
 
 
-__all__ = ["FAMILY_METHODS", "FamilyInputPruner", "apply_family_method", "family_token_counts", "refusal",
+__all__ = ["FAMILY_METHODS", "FamilyInputPruner", "apply_family_method", "family_sample_problem", "family_token_counts", "refusal",
            "remove_family_method", "random_run_positions", "RunSelector"]
