@@ -82,7 +82,7 @@ def test_llm_receives_views_times_n_and_batches_answer_as_batch_one(layouts, nam
 
 
 def test_group_tokens_reach_the_logits_and_get_gradients(layouts):
-    vt, model, processor = wrapped(layouts, "llava-next")
+    vt, _, processor = wrapped(layouts, "llava-next")
     data = vt.inputs(processor, prompts(processor, 1), [images()[:1]])
     vt.train()
     logits = vt(**data).logits
@@ -101,7 +101,7 @@ def test_other_families_and_bad_prompts_are_refused(layouts):
     qwen, _ = load_checkpoint(layouts["qwen2.5-vl"])
     with pytest.raises(UsageError, match="VisToGFamily wraps"):
         VisToGFamily(qwen, 16)
-    vt, model, processor = wrapped(layouts, "llava-next")
+    vt, _, processor = wrapped(layouts, "llava-next")
     from vistog_bench.model.families import family_inputs
 
     stock_inputs = family_inputs(processor, prompts(processor, 1), [images()[:1]])  # the anyres count, not views x N

@@ -25,8 +25,8 @@ count the LLM received (`visual_tokens`).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from PIL import Image
