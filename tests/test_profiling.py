@@ -4,6 +4,7 @@ NVML-absent degradation, the `profile` command."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from vistog_bench.model import VisToGForConditionalGeneration, preset_config
 from vistog_bench.profiling import RequestProfiler, device_facts
 from vistog_bench.profiling import flops as F
 from vistog_bench.profiling.hooks import hook_count
-from vistog_bench.profiling.memory import stage_weight_bytes, meta_model
+from vistog_bench.profiling.memory import meta_model, peak_rss_bytes, reset_peak_rss, stage_weight_bytes
 from vistog_bench.profiling.nvml import EnergyMeter, _nvml
 from vistog_bench.profiling.roofline import floors, get_gpu, stage_bytes
 from vistog_bench.profiling.controlled import prompt_ids
@@ -146,6 +147,42 @@ def test_compiled_path_hooks_stay_out_of_the_graph(models):
 
 
 # -- FLOPs -------------------------------------------------------------------------------------------------------------
+def _vmhwm_bytes() -> int:
+    """VmHWM read afresh from a newly opened /proc/self/status (what the kept-open reader must agree with)."""
+    line = next(l for l in open("/proc/self/status").read().splitlines() if l.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="Linux /proc only")
+def test_peak_rss_reset_and_read_through_the_kept_files():
+    assert reset_peak_rss()
+    before = peak_rss_bytes()
+    held = torch.ones(16 * 2**20, dtype=torch.uint8)  # 16 MiB touched
+    held.add_(1)
+    grown = peak_rss_bytes()
+    assert grown >= before + 15 * 2**20
+    assert abs(grown - _vmhwm_bytes()) < 2**20
+    del held
+    assert reset_peak_rss()
+    assert peak_rss_bytes() < grown - 8 * 2**20
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or not os.path.exists("/proc/self/status"), reason="Linux /proc only")
+def test_peak_rss_in_a_forked_child_is_the_childs():
+    peak_rss_bytes()  # the parent's file is open before the fork
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its own /proc/self, not the parent's kept one (where its growth would not show)
+        before = peak_rss_bytes()
+        held = bytearray(32 * 2**20)  # 32 MiB touched in the child only
+        ok = peak_rss_bytes() >= before + 31 * 2**20 and abs(peak_rss_bytes() - _vmhwm_bytes()) < 2**20
+        del held
+        os.write(write, b"1" if ok else b"0")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 1) == b"1"
+
+
 def test_analytic_7b_prefill_is_8_50_tflops():
     shape = F.ArchShape.from_config(preset_config("llava-1.5-7b"))
     assert F.prefill_flops(shape, batch=1, prompt_tokens=576 + 64) == pytest.approx(8.50e12, rel=0.005)
