@@ -168,7 +168,8 @@ def _layer0_visual_counts(model, inputs) -> list[int]:
 
 @pytest.mark.parametrize("name,method,budget", [
     ("llava-next", "random", 300), ("llava-next", "divprune", 300), ("llava-onevision", "divprune", 500),
-    ("qwen2.5-vl", "random", 25), ("qwen2.5-vl", "divprune", 25),
+    ("qwen2.5-vl", "random", 25), ("qwen2.5-vl", "divprune", 25), ("llava-next", "cdpruner", 300),
+    ("qwen2.5-vl", "cdpruner", 25),
 ])  # fmt: skip
 def test_reducer_gives_layer_0_the_budget_rules_count(layouts, name, method, budget):
     model, processor = load_checkpoint(layouts[name])
@@ -204,14 +205,14 @@ def test_reduced_answers_are_batch_independent_and_log_both_counts(layouts):
     assert [e["visual_tokens"][0] for e in log] == [int(e["visual_tokens_unreduced"][0] / 4 + 0.5) for e in log]  # half up
 
 
-@pytest.mark.parametrize("method", ["visionzip", "vispruner", "prumerge", "tome", "pool", "fastv", "vistog"])
+@pytest.mark.parametrize("method", ["visionzip", "vispruner", "prumerge", "tome", "pool", "fastv", "holitom", "vistog"])
 def test_methods_that_cannot_apply_are_refused_in_one_line(layouts, method):
     config = load_config(layouts["qwen2.5-vl"])
     problem = config_problem(config, method, budget=25)
     assert problem and "\n" not in problem and "qwen2_5_vl" in problem
     with pytest.raises(UsageError, match=method):
         VisToGChatLMM(pretrained=str(layouts["qwen2.5-vl"]), method=method, budget=25, device="cpu")
-    assert config_problem(config, "divprune", budget=25) is None
+    assert all(config_problem(config, m, budget=25) is None for m in ("random", "divprune", "cdpruner"))
 
 
 @pytest.mark.parametrize("budget", [0, 101])

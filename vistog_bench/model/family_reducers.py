@@ -16,10 +16,12 @@ Methods that apply (they read only the visual tokens at the LLM input, which eve
 - `random`: a seeded uniform choice of K_i of the V_i tokens of each image, in order (the draw depends on the seed
   and V_i only).
 - `divprune`: DivPrune's max-min diversity on the projected tokens (reducers/divprune.py, unchanged).
+- `cdpruner`: CDPruner's conditional DPP (reducers/cdpruner.py, unchanged, its departures included: relevance to the
+  instruction's LLM input embeddings, the text after the sample's last image), per image.
 Refused in one line (`refusal`): methods that read CLS attention (visionzip, vispruner, prumerge: none of these
 encoders gives the LLM a CLS token; the published substitutes, mean attention or selection after the PatchMerger, are
 not built here), methods inside the vision encoder (tome, downsample, pool's 24 x 24 grid, vscan), in-LLM methods
-whose schedules assume one fixed count per image (fastv, dart, pdrop, sparsevlm, cdpruner, holitom) and vistog
+whose schedules assume one fixed count per image (fastv, dart, pdrop, sparsevlm) or equal-sized frames (holitom) and vistog
 (a VisToG checkpoint of these families does not exist yet).
 """
 
@@ -30,11 +32,12 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import UsageError
+from ..reducers.cdpruner import CDPrunerSelector
 from ..reducers.divprune import max_min_diversity
 from ..reducers.llm_pruning import LLMPruner, SampleView, Selection, Stage, left_pad
 from .families import Family, check_family_budget, image_runs, image_token_id, kept_tokens, model_family
 
-FAMILY_METHODS = ("none", "random", "divprune")
+FAMILY_METHODS = ("none", "random", "divprune", "cdpruner")
 _REASONS = {
     "vistog": "no VisToG checkpoint of this family exists (VisToG is built on LLaVA-1.5)",
     "visionzip": "reads CLS attention; the encoder gives the LLM no CLS token",
@@ -44,6 +47,7 @@ _REASONS = {
     "downsample": "downsamples LLaVA-1.5's 24 x 24 patch grid inside the encoder",
     "pool": "pools LLaVA-1.5's 24 x 24 patch grid; anyres / dynamic-resolution grids differ per image",
     "vscan": "its first stage works inside LLaVA-1.5's encoder",
+    "holitom": "merges a video's equal-sized frames; the adapter feeds these families images of their own sizes",
 }
 _FIXED_COUNT = "its schedule assumes one fixed visual-token count per image"
 
@@ -63,20 +67,26 @@ def random_run_positions(count: int, keep: int, seed: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class RunSelector:
-    """Which tokens of one image's run stay: `random` or `divprune` (a Selector of the shared pruner)."""
+    """Which tokens of one image's run stay: `random`, `divprune` or `cdpruner` (a Selector of the shared pruner)."""
 
     method: str
     seed: int = 0
     needs_attention: bool = False
 
-    def choose(self, hidden: torch.Tensor, run: torch.Tensor, keep: int) -> torch.Tensor:
-        """Positions [keep] of `run` [V] (positions in the sample), increasing; hidden [T, D]."""
+    def choose(self, hidden: torch.Tensor, run: torch.Tensor, keep: int, instruction: torch.Tensor) -> torch.Tensor:
+        """Positions [keep] of `run` [V] (positions in the sample); hidden [T, D]; instruction [t] the positions of
+        the text after the sample's last image (cdpruner's relevance)."""
         if self.method == "random":
             return run[random_run_positions(run.numel(), keep, self.seed).to(run.device)]
-        return run[max_min_diversity(hidden[run], keep).sort().values]  # divprune, kept in spatial order
+        if self.method == "cdpruner":
+            view = SampleView(hidden=hidden, blocks=run[None], text=instruction, keys=None, attention=None)
+            return CDPrunerSelector()(view, 0, keep).visual
+        return run[max_min_diversity(hidden[run], keep)]  # divprune
 
     def __call__(self, view: SampleView, stage: int, keep: int) -> Selection:
-        return Selection(torch.cat([self.choose(view.hidden, block, keep) for block in view.blocks]))
+        after = view.text[view.text > view.blocks.max()]
+        instruction = after if after.numel() else view.text
+        return Selection(torch.cat([self.choose(view.hidden, block, keep, instruction) for block in view.blocks]))
 
 
 class FamilyInputPruner(LLMPruner):
@@ -97,8 +107,12 @@ class FamilyInputPruner(LLMPruner):
         prompt, rows = self._prompt, []
         for b in range(hidden_states.shape[0]):
             keep = ~prompt.image_mask[b]
-            for run in image_runs(prompt.image_mask[b].long(), 1):
-                keep[self.selector.choose(hidden_states[b], run, self.keep_of(run.numel()))] = True
+            runs = image_runs(prompt.image_mask[b].long(), 1)
+            text = (prompt.padding_mask[b] & keep).nonzero().squeeze(1)
+            after = text[text > int(runs[-1][-1])] if runs else text
+            instruction = after if after.numel() else text
+            for run in runs:
+                keep[self.selector.choose(hidden_states[b], run, self.keep_of(run.numel()), instruction)] = True
             rows.append(keep.nonzero().squeeze(1))
         positions, valid = left_pad(rows)
         prompt.kept_masks[self.stages[index].layer] = prompt.padding_mask.gather(1, positions) & valid
