@@ -256,3 +256,38 @@ def test_onevision_multi_image_sample_fails_alone_under_a_reducer(layouts):
     log = {e["doc_id"]: e for e in lm.take_sample_log()}
     assert out[0] == "" and "side by side" in log[0]["failure"]
     assert "failure" not in log[1] and log[1]["visual_tokens"] == [300] and out[1] != ""
+
+
+@pytest.mark.parametrize("name", ["llava-next", "qwen2.5-vl"])
+def test_divprune_keeps_the_max_min_diverse_tokens_of_the_projected_states(layouts, name):
+    """The states layer 0 receives are the unreduced ones at DivPrune's choice (max-min diversity over the image's
+    projected tokens, reducers/divprune.py), in order, with every text token."""
+    from vistog_bench.reducers.divprune import max_min_diversity
+
+    model, processor = load_checkpoint(layouts[name])
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "q"}]}], add_generation_prompt=True)
+    inputs = family_inputs(processor, [prompt], [images()[:1]])
+    layer = model.model.language_model.layers[0]
+    seen = {}
+
+    def keep_as(key):
+        def hook(module, args, kwargs):
+            seen[key] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        return hook
+
+    layer.register_forward_pre_hook(keep_as("before"), with_kwargs=True)  # runs before the pruner's hook
+    budget = 30 if name == "qwen2.5-vl" else 200
+    apply_family_method(model, "divprune", budget)
+    layer.register_forward_pre_hook(keep_as("after"), with_kwargs=True)  # after it
+    with torch.inference_mode():
+        model(**inputs)
+    before, after = seen["before"][0], seen["after"][0]
+    (run,) = image_runs(inputs["input_ids"][0], image_token_id(model))
+    keep = kept_tokens(FAMILIES[NAMES[name]], budget, run.numel())
+    chosen = run[max_min_diversity(before[run], keep)].sort().values
+    text = torch.ones(before.shape[0], dtype=torch.bool)
+    text[run] = False
+    expected = torch.zeros_like(text)
+    expected[chosen] = True
+    assert torch.equal(after, before[text | expected])
