@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -62,40 +61,21 @@ from .results import (
     new_run_id,
     write_jsonl,
 )
+from .run_config import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_FRAMES,
+    DEFAULT_SEED,
+    RunConfig,
+    chat_template_path,
+    comparable,
+    config_differences,
+    config_from_manifest,
+    resumed_config,
+)
 from .task_groups import TaskGroup, expand_tasks, group_cell, task_limits
 
-# Keys of RunConfig that may differ between a run and its resumption.
-RESUME_FREE_KEYS = ("output", "resume")
-# Settings a resumed run keeps from its manifest: giving another value is refused (RunConfig field -> option).
-RESUME_KEPT_OPTIONS = {
-    "limit": "--limit", "seed": "--seed", "batch_size": "--batch-size", "device": "--device", "dtype": "--dtype",
-    "max_frames": "--max-frames", "chat_template": "--chat-template", "data_dir": "--data-dir", "threads": "--threads",
-}  # fmt: skip
-DEFAULT_BATCH_SIZE, DEFAULT_SEED, DEFAULT_MAX_FRAMES = 1, 0, 8
 LOG_FILE = "run.log"
 REPORT_DIR = "report"  # <run>/report/
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    models: tuple[str, ...]
-    tasks: tuple[str, ...]
-    methods: tuple[str, ...]
-    budgets: tuple[int, ...]
-    limit: int | None = None
-    batch_size: int = DEFAULT_BATCH_SIZE
-    device: str = "cpu"
-    dtype: str = "float32"
-    output: str = "results"
-    data_dir: str | None = None
-    include_paths: tuple[str, ...] = ()
-    max_frames: int = DEFAULT_MAX_FRAMES
-    seed: int = DEFAULT_SEED
-    bootstrap_iters: int = 1000
-    profile: bool = True
-    resume: str | None = None
-    chat_template: str | None = None
-    threads: int | None = None  # torch CPU threads for the sweep (None: torch's own count)
 
 
 @dataclass(frozen=True)
@@ -185,17 +165,6 @@ def check_combinations(cells: list[Cell]) -> None:
 
 
 # -- the manifest ----------------------------------------------------------------------------------------------------
-def _comparable(config: RunConfig) -> dict:
-    data = dataclasses.asdict(config)
-    for key in RESUME_FREE_KEYS:
-        data.pop(key)
-    return json.loads(json.dumps(data))
-
-
-def _config_differences(saved: RunConfig, config: RunConfig) -> str:
-    """`key: saved -> given` for every setting that differs (resume-free keys left out)."""
-    before, after = _comparable(saved), _comparable(config)
-    return ", ".join(f"{k} {before.get(k)!r} -> {after.get(k)!r}" for k in sorted(after) if before.get(k) != after.get(k))
 
 
 def _note_prompt_template(run: RunDir, served) -> None:
@@ -329,10 +298,10 @@ def _open_run(config: RunConfig, command: list[str] | None) -> RunDir:
 
     if config.resume:
         run = load_run(config.resume)
-        saved = _config_from_manifest(run.manifest().config)
-        if _comparable(saved) != _comparable(config):
+        saved = config_from_manifest(run.manifest().config)
+        if comparable(saved) != comparable(config):
             raise UsageError(f"--resume {config.resume}: that run was made with a different configuration "
-                             f"({_config_differences(saved, config)})")
+                             f"({config_differences(saved, config)})")
         return run
     run_id = new_run_id()
     run = RunDir(Path(config.output) / run_id)
@@ -350,12 +319,6 @@ def _open_run(config: RunConfig, command: list[str] | None) -> RunDir:
         )
     )
     return run
-
-
-def _config_from_manifest(data: dict) -> RunConfig:
-    """The RunConfig a run's manifest recorded (JSON lists back to tuples)."""
-    names = {f.name for f in dataclasses.fields(RunConfig)}
-    return RunConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names})
 
 
 def _record(run: RunDir, result: CellResult) -> None:
@@ -513,35 +476,6 @@ def embedded_default(
     return models, tasks, budgets, methods
 
 
-def _chat_template_path(text: str | None) -> str | None:
-    if text is None:
-        return None
-    if not Path(text).is_file():
-        raise UsageError(f"--chat-template {text}: no such file")
-    return str(Path(text).resolve())
-
-
-def _resumed_config(args) -> RunConfig:
-    """`--resume RUN` without sweep arguments: the run's own configuration. A setting given with another value than
-    the run was made with is refused: the cells already recorded would not be comparable with the new ones."""
-    saved = _config_from_manifest(load_run(args.resume).manifest().config)
-    given = {
-        "limit": args.limit, "seed": args.seed, "batch_size": args.batch_size, "device": args.device,
-        "dtype": args.dtype, "max_frames": args.max_frames, "chat_template": _chat_template_path(args.chat_template),
-        "data_dir": args.data_dir, "threads": args.threads,
-    }  # fmt: skip
-    if args.data_dir is not None and saved.data_dir is not None and Path(args.data_dir).resolve() == Path(saved.data_dir).resolve():
-        given["data_dir"] = saved.data_dir  # the same folder, however it is spelt
-    clashes = [
-        f"{RESUME_KEPT_OPTIONS[key]} {value} (the run used {getattr(saved, key)})"
-        for key, value in given.items()
-        if value is not None and value != getattr(saved, key)
-    ]
-    if clashes:
-        raise UsageError(f"--resume {args.resume}: a resumed run keeps its own settings; got {'; '.join(clashes)}")
-    return dataclasses.replace(saved, resume=args.resume)
-
-
 def config_from_args(args) -> RunConfig:
     import torch
 
@@ -550,7 +484,7 @@ def config_from_args(args) -> RunConfig:
     _check_counts(args.limit, args.batch_size, args.max_frames)
     no_sweep_arguments = args.model is None and args.tasks is None and args.budgets is None and args.method is None
     if args.resume and no_sweep_arguments:
-        return _resumed_config(args)
+        return resumed_config(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available here")
@@ -579,7 +513,7 @@ def config_from_args(args) -> RunConfig:
         seed=DEFAULT_SEED if args.seed is None else args.seed,
         profile=not args.no_profile,
         resume=args.resume,
-        chat_template=_chat_template_path(args.chat_template),
+        chat_template=chat_template_path(args.chat_template),
         threads=args.threads if args.threads is not None else default_threads(device),
     )
 
