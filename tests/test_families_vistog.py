@@ -107,3 +107,23 @@ def test_other_families_and_bad_prompts_are_refused(layouts):
     stock_inputs = family_inputs(processor, prompts(processor, 1), [images()[:1]])  # the anyres count, not views x N
     with pytest.raises(UsageError, match="image tokens: .* group tokens"):
         vt.inputs_embeds(stock_inputs["input_ids"], stock_inputs["pixel_values"], stock_inputs["image_sizes"])
+
+
+@pytest.mark.parametrize("name", WRAP)
+def test_saved_vistog_parts_load_back_with_equal_logits(layouts, name, tmp_path):
+    from safetensors import safe_open
+
+    from vistog_bench.model.families_vistog import PARTS_FILE
+
+    vt, model, processor = wrapped(layouts, name)
+    data = vt.inputs(processor, prompts(processor, 1), [images()[:1]])
+    vt.save_pretrained(tmp_path)
+    with safe_open(str(tmp_path / PARTS_FILE), "pt") as parts:
+        names = set(parts.keys())  # noqa: SIM118 - safe_open has no __iter__
+    assert "semantic_tokens" in names and all(n == "semantic_tokens" or n.startswith("grouping.") for n in names)
+    loaded = VisToGFamily.from_pretrained(tmp_path)
+    assert type(loaded.stock) is type(model) and loaded.num_semantic_tokens == 16
+    with torch.no_grad():
+        assert torch.equal(loaded(**data).logits, vt.eval()(**data).logits)
+    with pytest.raises(UsageError, match="holds no VisToG parts"):
+        VisToGFamily.from_pretrained(layouts[name])

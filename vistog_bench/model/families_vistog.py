@@ -18,19 +18,30 @@ With `num_semantic_tokens=None` nothing is installed and the stock model serves 
 construction). An image gives the LLM views x N tokens (its views: `image_size_to_num_patches` on the checkpoint's
 grids): the anyres unpadding and newline tokens do not apply, since group tokens have no place in the image.
 The prompt's placeholders are rebuilt to that count (`inputs`), and generation runs on `inputs_embeds`.
-Not yet: saving / loading the VisToG parts as a checkpoint, the trainer's recipes for these families.
+`save_pretrained(out)` writes the stock model as transformers 5 saves it plus `vistog_parts.safetensors` (semantic
+tokens and grouping layer only) and `vistog_family.json` (N and the settings); `from_pretrained(out)` loads both
+(safetensors, no remote code). Not yet: the trainer's recipes for these families, serving one through the adapter.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
 from ..errors import UsageError
-from .families import family_inputs, image_runs, image_token_id, model_family
+from .families import family_inputs, family_of, image_runs, image_token_id, model_family
 from .grouping import VisToGGroupingLayer
+from .loading import load_config, load_pretrained
 from .vision import encoder_layer_forward, init_semantic_tokens
+
+
+PARTS_FILE = "vistog_parts.safetensors"
+SETTINGS_FILE = "vistog_family.json"
 
 
 class VisToGFamily(nn.Module):
@@ -56,6 +67,8 @@ class VisToGFamily(nn.Module):
                                             eps=vision.layer_norm_eps, logit_scale=grouping_logit_scale,
                                             ).to(device=parameter.device, dtype=parameter.dtype)  # fmt: skip
         self.isolated_attention = isolated_attention
+        self.settings = {"isolated_attention": isolated_attention, "grouping_mlp_ratio": grouping_mlp_ratio,
+                         "gumbel_tau": gumbel_tau, "grouping_logit_scale": grouping_logit_scale}  # fmt: skip
         self.train(model.training)
 
     @classmethod
@@ -67,6 +80,33 @@ class VisToGFamily(nn.Module):
     def from_llava_onevision(cls, model, num_semantic_tokens: int | None = 64, **settings):
         """VisToG parts freshly initialised on a stock LLaVA-OneVision model; None returns the stock model itself."""
         return model if num_semantic_tokens is None else cls(model, num_semantic_tokens, **settings)
+
+    # -- checkpoints ---------------------------------------------------------------------------------------------------
+    def save_pretrained(self, out: str | Path) -> Path:
+        out = Path(out)
+        self.stock.save_pretrained(out)
+        parts = {k: v.detach().contiguous() for k, v in self.state_dict().items() if not k.startswith("stock.")}
+        save_file(parts, str(out / PARTS_FILE), metadata={"format": "pt"})
+        (out / SETTINGS_FILE).write_text(json.dumps(
+            {"num_semantic_tokens": self.num_semantic_tokens, **self.settings}, indent=2) + "\n")
+        return out
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **load_kwargs) -> "VisToGFamily":
+        """A saved VisToGFamily: the stock model through `load_pretrained`, then the VisToG parts."""
+        path = Path(path)
+        if not (path / SETTINGS_FILE).is_file() or not (path / PARTS_FILE).is_file():
+            raise UsageError(f"{path} holds no VisToG parts ({SETTINGS_FILE}, {PARTS_FILE})")
+        family = family_of(load_config(path).model_type)
+        if family is None:
+            raise UsageError(f"{path}: VisToG parts need a llava_next / llava_onevision model")
+        settings = json.loads((path / SETTINGS_FILE).read_text())
+        vt = cls(load_pretrained(family.model_class(), path, **load_kwargs), settings.pop("num_semantic_tokens"),
+                 **settings)  # fmt: skip
+        missing, unexpected = vt.load_state_dict(load_file(str(path / PARTS_FILE)), strict=False)
+        if unexpected or any(not name.startswith("stock.") for name in missing):
+            raise UsageError(f"{path / PARTS_FILE} does not match: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        return vt.eval()
 
     @property
     def num_semantic_tokens(self) -> int:
@@ -153,4 +193,4 @@ class VisToGFamily(nn.Module):
         return self.stock.generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
 
 
-__all__ = ["VisToGFamily"]
+__all__ = ["PARTS_FILE", "SETTINGS_FILE", "VisToGFamily"]
