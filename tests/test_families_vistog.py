@@ -75,15 +75,20 @@ def test_llm_receives_views_times_n_and_batches_answer_as_batch_one(layouts, nam
     views = vt.views_per_image(data["image_sizes"])
     assert (data["input_ids"] == image_token_id(model)).sum(1).tolist() == [v * 16 for v in views]
     assert views == [int((pv.flatten(1).abs().sum(1) > 0).sum()) for pv in data["pixel_values"]]  # unpadded views
+    data.pop("visual_tokens_unreduced")
     batched = vt.generate(**data, max_new_tokens=4, do_sample=False)
     for b, (prompt, image) in enumerate(zip(prompts(processor), images())):
-        single = vt.generate(**vt.inputs(processor, [prompt], [[image]]), max_new_tokens=4, do_sample=False)
-        assert torch.equal(single[0], batched[b])
+        one = vt.inputs(processor, [prompt], [[image]])
+        one.pop("visual_tokens_unreduced")
+        single = vt.generate(**one, max_new_tokens=4, do_sample=False)
+        length = one["input_ids"].shape[1]
+        assert torch.equal(single[0, length:], batched[b, data["input_ids"].shape[1] :])
 
 
 def test_group_tokens_reach_the_logits_and_get_gradients(layouts):
     vt, _, processor = wrapped(layouts, "llava-next")
     data = vt.inputs(processor, prompts(processor, 1), [images()[:1]])
+    data.pop("visual_tokens_unreduced")
     vt.train()
     logits = vt(**data).logits
     logits[:, -1].logsumexp(-1).sum().backward()
@@ -117,6 +122,7 @@ def test_saved_vistog_parts_load_back_with_equal_logits(layouts, name, tmp_path)
 
     vt, model, processor = wrapped(layouts, name)
     data = vt.inputs(processor, prompts(processor, 1), [images()[:1]])
+    data.pop("visual_tokens_unreduced")
     vt.save_pretrained(tmp_path)
     with safe_open(str(tmp_path / PARTS_FILE), "pt") as parts:
         names = set(parts.keys())  # noqa: SIM118 - safe_open has no __iter__
@@ -127,3 +133,49 @@ def test_saved_vistog_parts_load_back_with_equal_logits(layouts, name, tmp_path)
         assert torch.equal(loaded(**data).logits, vt.eval()(**data).logits)
     with pytest.raises(UsageError, match="holds no VisToG parts"):
         VisToGFamily.from_pretrained(layouts[name])
+
+
+@pytest.mark.parametrize("name", WRAP)
+def test_adapter_serves_a_saved_vistog_checkpoint(layouts, name, tmp_path):
+    from lmms_eval.api.instance import Instance
+
+    from vistog_bench.adapter import VisToGChatLMM
+    from vistog_bench.model.families import family_inputs
+
+    vt, _, processor = wrapped(layouts, name)
+    vt.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded, _ = load_checkpoint(tmp_path)
+    assert isinstance(loaded, VisToGFamily)
+    lm = VisToGChatLMM(pretrained=str(tmp_path), method="vistog", device="cpu", batch_size=2)
+    assert lm.budget == 16
+    docs = [{"image": image, "question": q} for image, q in zip(images(), QUESTIONS)]
+    lm.task_dict = {"toy": {"test": docs}}
+
+    def doc_to_messages(doc):
+        return [{"role": "user", "content": [{"type": "image", "url": doc["image"]},
+                                             {"type": "text", "text": doc["question"]}]}]  # fmt: skip
+
+    gen = {"max_new_tokens": 4, "temperature": 0}
+    reqs = [Instance("generate_until", ("", doc_to_messages, dict(gen), i, "toy", "test"), 0,
+                     {"task": "toy", "doc_id": i, "repeats": 1}) for i in range(3)]  # fmt: skip
+    got = [r.text for r in lm.generate_until(reqs)]
+    expected = []
+    for prompt, image in zip(prompts(processor), images()):
+        one = vt.inputs(processor, [prompt], [[image]])
+        one.pop("visual_tokens_unreduced")
+        ids = vt.generate(**one, max_new_tokens=4, do_sample=False)
+        expected.append(processor.decode(ids[0, one["input_ids"].shape[1] :], skip_special_tokens=True))
+    assert got == expected
+    log = sorted(lm.take_sample_log(), key=lambda e: e["doc_id"])
+    stock = family_inputs(processor, prompts(processor), [[i] for i in images()])
+    assert [e["visual_tokens_unreduced"] for e in log] == [
+        [int((ids == image_token_id(vt.stock)).sum())] for ids in stock["input_ids"]]
+    views = vt.views_per_image(stock["image_sizes"])
+    assert [e["visual_tokens"] for e in log] == [[v * 16] for v in views]
+    with pytest.raises(UsageError, match="this VisToG checkpoint gives 16 tokens per view"):
+        VisToGChatLMM(pretrained=str(tmp_path), method="vistog", budget=32, device="cpu")
+    with pytest.raises(UsageError, match="runs on the stock model"):
+        VisToGChatLMM(pretrained=str(tmp_path), method="random", budget=100, device="cpu")
+    with pytest.raises(UsageError, match="needs a VisToG checkpoint"):
+        VisToGChatLMM(pretrained=str(layouts[name]), method="vistog", device="cpu")

@@ -53,6 +53,7 @@ from tqdm import tqdm
 from .errors import UsageError
 from .model import VisToGForConditionalGeneration, build_inputs, load_checkpoint
 from .model.families import family_inputs, image_runs, image_token_id, model_family
+from .model.families_vistog import VisToGFamily
 from .model.family_reducers import apply_family_method, family_sample_problem, family_token_counts
 from .model.prompting import PromptBuilder, Turn, find_template, image_token_of
 from .reducers import METHODS, AppliedMethod, applied_method, apply_method, tokens_per_image
@@ -177,6 +178,7 @@ class VisToGLMM(lmms):
         self.profiler = profiler
         self.unscored_failures_in = tuple(unscored_failures_in)
         self._sample_log: list[dict] = []
+        self._unreduced: list[list[int]] = []  # a VisToGFamily batch's counts before grouping, per sample
 
     # -- lmms-eval properties --------------------------------------------------------------------------------------
     @property
@@ -235,7 +237,10 @@ class VisToGLMM(lmms):
 
     def _inputs(self, samples: list[_Sample]):
         prompts, images = [s.prompt for s in samples], [s.images for s in samples]
-        if model_family(self.model) is not None:
+        if isinstance(self.model, VisToGFamily):  # views x N placeholders per image
+            inputs = self.model.inputs(self.processor, prompts, images).to(self.device)
+            self._unreduced = inputs.pop("visual_tokens_unreduced")
+        elif model_family(self.model) is not None:
             inputs = family_inputs(self.processor, prompts, images).to(self.device)
         else:
             inputs = build_inputs(self.processor, prompts, images, self.tokens_per_image).to(self.device)
@@ -315,8 +320,10 @@ class VisToGLMM(lmms):
             return sum(len(s.images) for s in live) * self.budget
         entries = [e for e in self._sample_log[-len(samples) :] if "failure" not in e]
         total = 0
-        for entry, ids in zip(entries, input_ids, strict=True):
+        for b, (entry, ids) in enumerate(zip(entries, input_ids, strict=True)):
             unreduced, kept = family_token_counts(self.model, image_runs(ids, image_token_id(self.model)))
+            if isinstance(self.model, VisToGFamily):
+                unreduced = self._unreduced[b]  # the processor's count; the LLM got views x N
             entry["visual_tokens_unreduced"], entry["visual_tokens"] = unreduced, kept
             total += sum(kept)
         return total

@@ -13,14 +13,16 @@ of a view (CLS + P for CLIP, P for SigLIP), N semantic tokens, Dv vision width, 
 
 The stock model's modules are reused (no copy): its encoder's embeddings and layers run through the same layer
 forward as LLaVA-1.5's VisToG tower (`vision.encoder_layer_forward`, attention by name), the semantic tokens joining
-after the embeddings and before CLIP's pre-layernorm (as on LLaVA-1.5), layers up to the checkpoint's feature layer; CLIP's CLS is dropped as NeXT's "default" strategy drops it, SigLIP has none ("full").
+after the embeddings and before CLIP's pre-layernorm (as on LLaVA-1.5), layers up to the checkpoint's feature layer;
+CLIP's CLS is dropped as NeXT's "default" strategy drops it, SigLIP has none ("full").
 With `num_semantic_tokens=None` nothing is installed and the stock model serves (its logits are the stock logits by
 construction). An image gives the LLM views x N tokens (its views: `image_size_to_num_patches` on the checkpoint's
 grids): the anyres unpadding and newline tokens do not apply, since group tokens have no place in the image.
 The prompt's placeholders are rebuilt to that count (`inputs`), and generation runs on `inputs_embeds`.
 `save_pretrained(out)` writes the stock model as transformers 5 saves it plus `vistog_parts.safetensors` (semantic
 tokens and grouping layer only) and `vistog_family.json` (N and the settings); `from_pretrained(out)` loads both
-(safetensors, no remote code). Not yet: the trainer's recipes for these families, serving one through the adapter.
+(safetensors, no remote code); `load_checkpoint` returns it for a folder with `vistog_family.json`, and the adapter
+serves it as method `vistog` (its budget: N tokens per view). Not yet: the trainer's recipes for these families.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import BatchFeature
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
 from ..errors import UsageError
@@ -53,7 +56,8 @@ class VisToGFamily(nn.Module):
         super().__init__()
         family = model_family(model)
         if family is None or family.model_type not in ("llava_next", "llava_onevision"):
-            raise UsageError("VisToGFamily wraps LlavaNextForConditionalGeneration / LlavaOnevisionForConditionalGeneration")
+            raise UsageError("VisToGFamily wraps LlavaNextForConditionalGeneration or "
+                             "LlavaOnevisionForConditionalGeneration")
         config = model.config
         if not isinstance(config.vision_feature_layer, int):
             raise UsageError("VisToG groups one feature layer; this checkpoint concatenates several")
@@ -109,6 +113,15 @@ class VisToGFamily(nn.Module):
         return vt.eval()
 
     @property
+    def config(self):
+        """The stock model's config (the family, its token ids and grids)."""
+        return self.stock.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.stock.dtype
+
+    @property
     def num_semantic_tokens(self) -> int:
         return self.semantic_tokens.shape[1]
 
@@ -148,9 +161,12 @@ class VisToGFamily(nn.Module):
                                           patch_size=config.vision_config.image_size) for size in image_sizes]  # fmt: skip
 
     # -- prompts and generation --------------------------------------------------------------------------------------
-    def inputs(self, processor, prompts, images) -> dict[str, torch.Tensor]:
-        """The processor's inputs with each image's placeholder run rebuilt to views x N tokens (left padded)."""
+    def inputs(self, processor, prompts, images) -> BatchFeature:
+        """The processor's inputs with each image's placeholder run rebuilt to views x N tokens (left padded), and
+        `visual_tokens_unreduced`: per sample, each image's count before (the processor's, a list; not a model
+        input)."""
         data = family_inputs(processor, prompts, images)
+        unreduced = [[int(r.numel()) for r in image_runs(ids, image_token_id(self.stock))] for ids in data["input_ids"]]
         views = iter(self.views_per_image(data["image_sizes"]))
         token = image_token_id(self.stock)
         pad = processor.tokenizer.pad_token_id
@@ -167,8 +183,9 @@ class VisToGFamily(nn.Module):
         attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
         for b, row in enumerate(rows):
             input_ids[b, length - len(row) :], attention_mask[b, length - len(row) :] = row, 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": data["pixel_values"],
-                "image_sizes": data["image_sizes"]}  # fmt: skip
+        return BatchFeature({"input_ids": input_ids, "attention_mask": attention_mask,
+                             "pixel_values": data["pixel_values"], "image_sizes": data["image_sizes"],
+                             "visual_tokens_unreduced": unreduced})  # fmt: skip
 
     def inputs_embeds(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, image_sizes: torch.Tensor):
         """Token embeddings [B, T, D] with every image placeholder replaced by its group tokens, in order."""
@@ -188,9 +205,11 @@ class VisToGFamily(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, pixel_values, image_sizes, **kwargs):
-        """New tokens only (generate on inputs_embeds returns no prompt ids)."""
+        """[B, T + new] as transformers' generate returns it (on inputs_embeds it returns the new tokens only: the
+        prompt ids are put back in front)."""
         embeds = self.inputs_embeds(input_ids, pixel_values, image_sizes)
-        return self.stock.generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
+        new = self.stock.generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
+        return torch.cat([input_ids, new.to(input_ids.device)], dim=1)
 
 
 __all__ = ["PARTS_FILE", "SETTINGS_FILE", "VisToGFamily"]

@@ -21,8 +21,8 @@ Methods that apply (they read only the visual tokens at the LLM input, which eve
 Refused in one line (`refusal`): methods that read CLS attention (visionzip, vispruner, prumerge: none of these
 encoders gives the LLM a CLS token; the published substitutes, mean attention or selection after the PatchMerger, are
 not built here), methods inside the vision encoder (tome, downsample, pool's 24 x 24 grid, vscan), in-LLM methods
-whose schedules assume one fixed count per image (fastv, dart, pdrop, sparsevlm) or equal-sized frames (holitom) and vistog
-(a VisToG checkpoint of these families does not exist yet).
+whose schedules assume one fixed count per image (fastv, dart, pdrop, sparsevlm) or equal-sized frames (holitom), and
+vistog on a stock model (it needs a VisToGFamily checkpoint, families_vistog.py, which serves vistog only).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from .families import Family, check_family_budget, image_runs, image_token_id, k
 
 FAMILY_METHODS = ("none", "random", "divprune", "cdpruner")
 _REASONS = {
-    "vistog": "no VisToG checkpoint of this family exists (VisToG is built on LLaVA-1.5)",
+    "vistog": "needs a VisToG checkpoint of this family (VisToGFamily.save_pretrained; NeXT / OneVision only)",
     "visionzip": "reads CLS attention; the encoder gives the LLM no CLS token",
     "vispruner": "reads CLS attention; the encoder gives the LLM no CLS token",
     "prumerge": "reads CLS attention; the encoder gives the LLM no CLS token",
@@ -56,7 +56,8 @@ def refusal(family: Family, method: str) -> str | None:
     """Why `method` does not run on `family` (one line), or None."""
     if method in FAMILY_METHODS:
         return None
-    return f"{method} on {family.model_type}: {_REASONS.get(method, _FIXED_COUNT)}; runs here: {', '.join(FAMILY_METHODS)}"
+    reason = _REASONS.get(method, _FIXED_COUNT)
+    return f"{method} on {family.model_type}: {reason}; runs here: {', '.join(FAMILY_METHODS)}"
 
 
 def random_run_positions(count: int, keep: int, seed: int) -> torch.Tensor:
@@ -128,6 +129,14 @@ def apply_family_method(model, method: str, budget: int | None, *, seed: int = 0
     family = model_family(model)
     if family is None:
         raise UsageError("apply_family_method takes a LLaVA-NeXT / OneVision / Qwen2.5-VL model")
+    semantic = getattr(model, "num_semantic_tokens", None)  # a VisToGFamily
+    if semantic is not None:
+        if method != "vistog":
+            raise UsageError(f"method {method} runs on the stock model; this is a VisToG checkpoint (N={semantic})")
+        if budget not in (None, semantic):
+            raise UsageError(f"this VisToG checkpoint gives {semantic} tokens per view, not budget {budget}")
+        object.__setattr__(model, _STATE, (method, semantic, None))
+        return semantic
     problem = refusal(family, method)
     if problem:
         raise UsageError(problem)

@@ -141,7 +141,11 @@ def load_checkpoint(
     model_type = checkpoint_model_type(path)
     kwargs = dict(dtype=torch_dtype(dtype), attn_implementation=attn_implementation)
     family = family_of(model_type)
-    if family is not None:
+    if family is not None and (Path(path) / "vistog_family.json").is_file():  # VisToG parts on NeXT / OneVision
+        from .families_vistog import VisToGFamily
+
+        model = VisToGFamily.from_pretrained(path, **kwargs)
+    elif family is not None:
         model = load_pretrained(family.model_class(), path, **kwargs)
     elif model_type == "llava":
         model = VisToGForConditionalGeneration.from_llava(
