@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from testers import md_row
+
 from vistog_bench import cli
 from vistog_bench.errors import UsageError
 from vistog_bench.regress import write_baseline
@@ -164,14 +166,6 @@ def test_baseline_update_into_an_unwritable_folder_is_exit_2(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------------------------
 # a NaN headline is n/a
 # ---------------------------------------------------------------------------------------------------------------
-def md_row(markdown: str, label: str) -> list[str]:
-    for line in markdown.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if cells and cells[0].startswith(label):
-            return cells
-    raise AssertionError(f"no row {label!r} in\n{markdown}")
-
-
 @pytest.mark.parametrize("reduced", [
     {"exact_match,none": math.nan, "colour_exact_match,none": 1.0},  # lmms-eval's NaN, written as is
     {"colour_exact_match,none": 1.0},  # the runner drops non-finite values: the headline is simply absent

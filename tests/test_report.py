@@ -15,6 +15,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from testers import md_row
+
 from vistog_bench import cli
 from vistog_bench.report import build_report, headline_score, write_report
 from vistog_bench.report.figures import FIGURE_NAMES, pareto_frontier
@@ -110,14 +112,6 @@ def main_run(tmp_path) -> Path:
 def render(run_dirs, reference=()) -> tuple:
     report = build_report(run_dirs, list(reference))
     return report, to_markdown(report.tables[0])
-
-
-def md_row(markdown: str, label: str) -> list[str]:
-    for line in markdown.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if cells and cells[0].startswith(label):
-            return cells
-    raise AssertionError(f"no row {label!r} in\n{markdown}")
 
 
 def md_header(markdown: str) -> list[str]:

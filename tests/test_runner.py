@@ -6,25 +6,16 @@ import textwrap
 
 import pandas as pd
 import pytest
-import torch
-from testers import save_tiny_llava
+from testers import save_tiny_checkpoints
 
 from vistog_bench.cli import main as cli_main
-from vistog_bench.model import VisToGForConditionalGeneration, load_checkpoint
 from vistog_bench.results import RunDir
 from vistog_bench.runner import RunConfig, run_sweep
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ckpt")
-    llava_dir = save_tiny_llava(root / "llava")
-    model, processor = load_checkpoint(llava_dir)
-    torch.manual_seed(0)
-    vistog = VisToGForConditionalGeneration.from_llava(model, num_semantic_tokens=16)
-    vistog.save_pretrained(root / "vistog16")
-    processor.save_pretrained(root / "vistog16")
-    return str(llava_dir), str(root / "vistog16")
+    return save_tiny_checkpoints(tmp_path_factory.mktemp("ckpt"))
 
 
 @pytest.fixture(scope="module")
