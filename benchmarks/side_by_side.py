@@ -73,15 +73,22 @@ def main() -> int:
             answers = runs[0][2]
             reference = reference or answers
             same = sum(answers.get(k) == v for k, v in reference.items())
-            figures[name] = (statistics.median(r[0] for r in runs), statistics.median(len(r[2]) / r[1] for r in runs),
-                             same, len(reference))
-    print(f"tiny random llava-hf checkpoint, 576 visual tokens, pope_local, {args.samples} samples, CPU, "
-          f"{args.threads} thread(s), median of {args.runs} runs")
-    base_process, base_rate = figures["llava_hf b1"][:2]
-    for name, (process_s, rate, same, total) in figures.items():
-        print(f"{name:12s} process {process_s:6.1f} s ({base_process / process_s:4.2f}x)   inside {rate:6.1f} samples/s "
-              f"({rate / base_rate:4.2f}x)   answers equal to llava_hf: {same}/{total}")
+            figures[name] = ([r[0] for r in runs], [len(r[2]) / r[1] for r in runs], same, len(reference))
+    report(figures, args)
     return 0
+
+
+def report(figures: dict, args) -> None:
+    """Median of the runs per configuration, its ratio to llava_hf's, and every run's figure."""
+    print(f"tiny random llava-hf checkpoint, 576 visual tokens, pope_local, {args.samples} samples, CPU, "
+          f"{args.threads} thread(s), median of {args.runs} runs (the runs in brackets)")
+    base_process, base_rate = (statistics.median(v) for v in figures["llava_hf b1"][:2])
+    for name, (process_runs, rate_runs, same, total) in figures.items():
+        process_s, rate = statistics.median(process_runs), statistics.median(rate_runs)
+        print(f"{name:12s} process {process_s:6.1f} s ({base_process / process_s:4.2f}x) "
+              f"[{' / '.join(f'{v:.1f}' for v in process_runs)}]   inside {rate:6.1f} samples/s "
+              f"({rate / base_rate:4.2f}x) [{' / '.join(f'{v:.1f}' for v in rate_runs)}]   "
+              f"answers equal to llava_hf: {same}/{total}")
 
 
 if __name__ == "__main__":
