@@ -92,6 +92,11 @@ def _checkpoint_facts(path: str) -> tuple[str, int | None, int]:
     from .model.modeling import vistog_config
 
     model_type = checkpoint_model_type(path)
+    if model_type not in ("llava", "vistog"):  # LLaVA-NeXT, LLaVA-OneVision, Qwen2.5-VL: budgets are per image size
+        raise UsageError(
+            f"{path} is a {model_type} checkpoint: `vistog-bench run` sweeps LLaVA-1.5 checkpoints; serve it through "
+            f"lmms-eval (python -m lmms_eval eval --model vistog --model_args pretrained={path},method=none ...)"
+        )
     config = load_config(path)
     semantic = config.num_semantic_tokens if model_type == "vistog" else None
     return model_type, semantic, vistog_config(config, None).num_patches
