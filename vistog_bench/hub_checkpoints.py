@@ -1,6 +1,6 @@
 """Tiny random-weight checkpoints laid out exactly as llava-hf/llava-1.5-7b-hf is, in its two real layouts:
 
-    python -m vistog_bench.hub_checkpoints OUT_DIR      # OUT_DIR/hub, OUT_DIR/resaved, OUT_DIR/no-template
+    python -m vistog_bench.hub_checkpoints OUT_DIR [--families]   # OUT_DIR/hub, resaved, no-template
 
 - `hub`: the files of the hub repo llava-hf/llava-1.5-7b-hf as published (transformers 4.x era):
   `config.json` (LlavaConfig, `image_token_index`, `vision_feature_layer` -2, `vision_feature_select_strategy`
@@ -260,8 +260,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vistog_bench.hub_checkpoints", description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", help="folder that receives hub/, resaved/ and no-template/")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--families", action="store_true",
+                        help="also llava-next/, llava-onevision/ and qwen2.5-vl/ (hub_checkpoints_families)")
     args = parser.parse_args(argv)
-    for name, path in write_layouts(args.out_dir, args.seed).items():
+    written = write_layouts(args.out_dir, args.seed)
+    if args.families:
+        from .hub_checkpoints_families import write_family_layouts
+
+        written.update(write_family_layouts(args.out_dir, args.seed))
+    for name, path in written.items():
         print(f"{name}: {path}")
     return 0
 

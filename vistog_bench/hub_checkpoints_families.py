@@ -1,6 +1,6 @@
 """Tiny random-weight checkpoints of LLaVA-NeXT, LLaVA-OneVision and Qwen2.5-VL in their hub repos' layouts:
 
-    python -m vistog_bench.hub_checkpoints_families OUT_DIR   # OUT_DIR/llava-next, llava-onevision, qwen2.5-vl
+    python -m vistog_bench.hub_checkpoints OUT_DIR --families   # + OUT_DIR/llava-next, llava-onevision, qwen2.5-vl
 
 Each folder holds the files its hub repo publishes, with the published keys and geometry (image sizes, patch sizes,
 tile grids, pixel limits) and tiny widths (hidden 32 / 64, 2-3 layers):
@@ -36,7 +36,6 @@ Sources of the copied text (verbatim):
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -282,18 +281,3 @@ WRITERS = {"llava-next": write_llava_next, "llava-onevision": write_llava_onevis
 def write_family_layouts(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
     root = Path(out_dir)
     return {name: write(root / name, seed) for name, write in WRITERS.items()}
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vistog_bench.hub_checkpoints_families",
-                                     description=__doc__.splitlines()[0])  # fmt: skip
-    parser.add_argument("out_dir", help="folder that receives llava-next/, llava-onevision/ and qwen2.5-vl/")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    for name, path in write_family_layouts(args.out_dir, args.seed).items():
-        print(f"{name}: {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
