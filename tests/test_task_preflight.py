@@ -193,8 +193,10 @@ def local_hub(monkeypatch):
 def test_online_with_the_hub_reachable_datasets_download_and_local_files_are_checked(manager, user_tasks, local_hub,
                                                                                      monkeypatch):  # fmt: skip
     import datasets
+    from huggingface_hub import constants
 
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)  # an online process (CI sets HF_HUB_OFFLINE)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     check_tasks_available(manager, ["gqa", "tiny_hub_vqa"], None)  # datasets would download them: nothing to say
 
     message = _error(manager, ["tiny_file_vqa"])
@@ -209,7 +211,8 @@ def test_online_with_the_hub_unreachable_only_the_cache_counts(manager, local_hu
 
     from vistog_bench.task_catalog import _hub_unreachable
 
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)  # an online process (CI sets HF_HUB_OFFLINE)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     port = local_hub.server_port
     local_hub.shutdown()
     local_hub.server_close()  # nothing listens on the port now: the connection is refused at once
