@@ -20,9 +20,16 @@ prompts come from the same PromptBuilder with the checkpoint's template, and the
 placeholder to the image's own (size-dependent) count, as transformers documents (`processor(images=, text=)`). The
 sample log then records, per sample, `visual_tokens_unreduced` and the `visual_tokens` the LLM received.
 
-Video: `max_frames` frames are sampled uniformly (as `llava_hf` samples them) and each goes through the vision path
-as an image, giving `budget` tokens; the LLM sees `<frame 1 tokens> <frame 2 tokens> ...` in temporal order, then the
-question, i.e. frames x budget visual tokens in all.
+Video (a video path: a simple request's string visual, a chat request's video part). LLaVA-1.5, VisToG and
+LLaVA-NeXT: `max_frames` frames are sampled uniformly (as `llava_hf` samples them) and each goes through the vision
+path as an image, giving `budget` tokens; the LLM sees `<frame 1 tokens> <frame 2 tokens> ...` in temporal order, then
+the question, i.e. frames x budget visual tokens in all. LLaVA-OneVision and Qwen2.5-VL: the video goes through the
+model's own video path: its frames, sampled as lmms-eval samples them for that model (`families.video_frame_indices`:
+`max_frames` uniform for OneVision; an even count up to `max_frames` for Qwen2.5-VL), reach the processor as one video
+with the template's video placeholder, and the sample log records `video_placeholders`, `video_frames` and the
+video's run of video tokens in `visual_tokens_unreduced` / `visual_tokens` (runs in prompt order). Frames a task
+gives as images (a list of PIL frames, e.g. `shapes_video`) stay images. A video that cannot be decoded fails its
+sample alone.
 
 Configured through the constructor only. lmms-eval gives `pretrained=PATH,...` and the adapter loads the checkpoint;
 a harness that serves one loaded model to several evaluations builds it once with `serve_checkpoint` and passes
@@ -39,7 +46,7 @@ tasks at `clean()`, between generation and scoring, so lmms-eval scores only the
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -47,16 +54,38 @@ from lmms_eval import utils as lmms_utils
 from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
 from lmms_eval.api.model import lmms
 from PIL import Image, UnidentifiedImageError
-from transformers import LogitsProcessorList
 from tqdm import tqdm
+from transformers import LogitsProcessorList
 
 from .errors import UsageError
 from .model import VisToGForConditionalGeneration, build_inputs, load_checkpoint
-from .model.families import family_inputs, image_runs, image_token_id, model_family
+from .model.families import (
+    VideoFrames,
+    family_inputs,
+    model_family,
+    video_frame_indices,
+    visual_runs,
+)
 from .model.families_vistog import VisToGFamily
-from .model.family_reducers import apply_family_method, family_sample_problem, family_token_counts
-from .model.prompting import PromptBuilder, Turn, find_template, image_token_of
-from .reducers import METHODS, AppliedMethod, applied_method, apply_method, tokens_per_image
+from .model.family_reducers import (
+    apply_family_method,
+    family_sample_problem,
+    family_token_counts,
+)
+from .model.prompting import (
+    PromptBuilder,
+    Turn,
+    find_template,
+    image_token_of,
+    video_token_of,
+)
+from .reducers import (
+    METHODS,
+    AppliedMethod,
+    applied_method,
+    apply_method,
+    tokens_per_image,
+)
 
 DEFAULT_MAX_NEW_TOKENS = 1024  # llava_hf's default when a task sets none
 # What a sample can fail on while its media and prompt are built: it then fails alone.
@@ -73,13 +102,19 @@ def configure_method(model: VisToGForConditionalGeneration, method: str, budget:
     return budget
 
 
-def load_frames(path: str, max_frames: int) -> list[Image.Image]:
-    """`max_frames` frames sampled uniformly over the video, as lmms-eval's llava_hf samples them."""
+def read_video(path: str, indices_of) -> VideoFrames:
+    """The frames `indices_of(total frames)` of the video at `path` (decord, as lmms-eval's llava_hf reads them)."""
     from decord import VideoReader, cpu
 
     reader = VideoReader(path, ctx=cpu(0))
-    index = np.linspace(0, len(reader) - 1, max_frames, dtype=int).tolist()
-    return [Image.fromarray(frame) for frame in reader.get_batch(index).asnumpy()]
+    index = list(indices_of(len(reader)))
+    return VideoFrames(reader.get_batch(index).asnumpy(), float(reader.get_avg_fps()), len(reader), tuple(index))
+
+
+def load_frames(path: str, max_frames: int) -> list[Image.Image]:
+    """`max_frames` frames sampled uniformly over the video, as lmms-eval's llava_hf samples them."""
+    clip = read_video(path, lambda total: np.linspace(0, total - 1, max_frames, dtype=int).tolist())
+    return [Image.fromarray(frame) for frame in clip.frames]
 
 
 @dataclass(frozen=True)
@@ -113,6 +148,7 @@ class _Sample:
     doc_id: int
     turns: list[Turn]
     images: list[Image.Image]
+    videos: list[VideoFrames] = field(default_factory=list)
     prompt: str = ""
     failure: str | None = None
 
@@ -121,17 +157,21 @@ def _failure_reason(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
-def _as_images(visuals, max_frames: int) -> list[Image.Image]:
-    """PIL images as RGB; a video path becomes `max_frames` frames."""
+def _as_media(visuals, max_frames: int, family) -> tuple[list[Image.Image], list[VideoFrames]]:
+    """(PIL images as RGB, videos): a video path becomes one video for a family with a video path (`family`: its
+    `model.families.Family`, else None), else `max_frames` frames as images."""
     images: list[Image.Image] = []
+    videos: list[VideoFrames] = []
     for visual in visuals or []:
         if isinstance(visual, Image.Image):
             images.append(visual.convert("RGB"))
+        elif isinstance(visual, str) and family is not None:
+            videos.append(read_video(visual, lambda total: video_frame_indices(family, total, max_frames)))
         elif isinstance(visual, str):
             images.extend(load_frames(visual, max_frames))
         else:
             raise TypeError(f"unsupported visual of type {type(visual).__name__}")
-    return images
+    return images, videos
 
 
 class VisToGLMM(lmms):
@@ -172,7 +212,11 @@ class VisToGLMM(lmms):
         self.method, self.budget, self.tokens_per_image = served.method, served.budget, served.tokens_per_image
         self.tokenizer = self.processor.tokenizer
         self.prompt_template = served.prompt_template
-        self.prompts = PromptBuilder(self.prompt_template, self.tokenizer, image_token_of(self.processor))
+        self.prompts = PromptBuilder(self.prompt_template, self.tokenizer, image_token_of(self.processor),
+                                     video_token_of(self.processor))  # fmt: skip
+        family = model_family(self.model)
+        native = family is not None and family.video_frames is not None and not isinstance(self.model, VisToGFamily)
+        self.video_family = family if native else None  # a video goes through this family's video path
         self.batch_size_per_gpu = int(batch_size)
         self.max_frames = int(max_frames)
         self.profiler = profiler
@@ -196,7 +240,8 @@ class VisToGLMM(lmms):
     # -- samples: media, prompt, log ---------------------------------------------------------------------------------
     def take_sample_log(self) -> list[dict]:
         """One entry per sample served since the last call: task, doc_id, the exact rendered prompt (before each
-        placeholder is expanded), image_placeholders, tokens_per_placeholder, and `failure` for a failed sample."""
+        placeholder is expanded), image_placeholders, tokens_per_placeholder, video_placeholders and video_frames
+        (frames fed per video, native video path), and `failure` for a failed sample."""
         log, self._sample_log = self._sample_log, []
         return log
 
@@ -204,14 +249,14 @@ class VisToGLMM(lmms):
         return self.task_dict[task][split][doc_id]
 
     def _simple_sample(self, context: str, doc_to_visual, doc_id: int, task: str, split: str) -> _Sample:
-        images = _as_images(doc_to_visual(self._doc(task, split, doc_id)), self.max_frames)
-        return _Sample(task, doc_id, [Turn("user", context, len(images))], images)
+        images, videos = _as_media(doc_to_visual(self._doc(task, split, doc_id)), self.max_frames, self.video_family)
+        return _Sample(task, doc_id, [Turn("user", context, len(images), len(videos))], images, videos)
 
     def _build(self, make, task: str, doc_id: int) -> _Sample:
         """`make()` -> _Sample with its prompt rendered; any media or prompt failure fails this sample only."""
         try:
             sample = make()
-            problem = family_sample_problem(self.model, len(sample.images))
+            problem = family_sample_problem(self.model, len(sample.images) + len(sample.videos))
             if problem:
                 raise UsageError(problem)
             sample.prompt = self.prompts.generation_prompt(sample.turns)
@@ -220,7 +265,8 @@ class VisToGLMM(lmms):
         except SAMPLE_ERRORS as exc:
             sample = _Sample(task, doc_id, [], [], failure=_failure_reason(exc))
         entry = {"task": task, "doc_id": doc_id, "prompt": sample.prompt,
-                 "image_placeholders": len(sample.images), "tokens_per_placeholder": self.tokens_per_image}  # fmt: skip
+                 "image_placeholders": len(sample.images), "tokens_per_placeholder": self.tokens_per_image,
+                 "video_placeholders": len(sample.videos), "video_frames": [len(v.indices) for v in sample.videos]}  # fmt: skip
         if sample.failure:
             entry["failure"] = sample.failure
         self._sample_log.append(entry)
@@ -241,11 +287,12 @@ class VisToGLMM(lmms):
             inputs = self.model.inputs(self.processor, prompts, images).to(self.device)
             self._unreduced = inputs.pop("visual_tokens_unreduced")
         elif model_family(self.model) is not None:
-            inputs = family_inputs(self.processor, prompts, images).to(self.device)
+            inputs = family_inputs(self.processor, prompts, images, [s.videos for s in samples]).to(self.device)
         else:
             inputs = build_inputs(self.processor, prompts, images, self.tokens_per_image).to(self.device)
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        for key in ("pixel_values", "pixel_values_videos"):
+            if key in inputs:
+                inputs[key] = inputs[key].to(self.model.dtype)
         return inputs
 
     # -- lmms-eval API ---------------------------------------------------------------------------------------------
@@ -313,15 +360,15 @@ class VisToGLMM(lmms):
         return [GenerationResult("", TokenCounts(0, 0)) if s.failure else GenerationResult(*next(texts)) for s in samples]
 
     def _log_visual_tokens(self, samples: list[_Sample], input_ids: torch.Tensor) -> int:
-        """Visual tokens the LLM receives for the live samples of a batch (all images); for another family also
-        each sample's unreduced and received counts, in its log entry."""
+        """Visual tokens the LLM receives for the live samples of a batch (all images and videos); for another family
+        also each sample's unreduced and received counts (per image / video run, in prompt order), in its log entry."""
         live = [s for s in samples if s.failure is None]
         if model_family(self.model) is None:
             return sum(len(s.images) for s in live) * self.budget
         entries = [e for e in self._sample_log[-len(samples) :] if "failure" not in e]
         total = 0
         for b, (entry, ids) in enumerate(zip(entries, input_ids, strict=True)):
-            unreduced, kept = family_token_counts(self.model, image_runs(ids, image_token_id(self.model)))
+            unreduced, kept = family_token_counts(self.model, visual_runs(ids, self.model))
             if isinstance(self.model, VisToGFamily):
                 unreduced = self._unreduced[b]  # the processor's count; the LLM got views x N
             entry["visual_tokens_unreduced"], entry["visual_tokens"] = unreduced, kept
@@ -384,8 +431,9 @@ class VisToGLMM(lmms):
 
 class VisToGChatLMM(VisToGLMM):
     """lmms-eval chat model (the default resolution of `--model vistog`): requests carry `doc_to_messages`, whose
-    user turns hold image / video / text parts (lmms_eval.protocol.ChatMessages). Video parts become frames, one
-    image placeholder each; text parts of a turn are joined with a space."""
+    user turns hold image / video / text parts (lmms_eval.protocol.ChatMessages). Video parts become one video
+    placeholder on a family's video path (OneVision, Qwen2.5-VL), else frames, one image placeholder each; text parts
+    of a turn are joined with a space."""
 
     is_simple = False
 
@@ -410,14 +458,15 @@ class VisToGChatLMM(VisToGLMM):
         from lmms_eval.protocol import ChatMessages
 
         chat = ChatMessages(messages=doc_to_messages(self._doc(task, split, doc_id)))
-        turns, images = [], []
+        turns, images, videos = [], [], []
         for message in chat.messages:
             media = [part.url for part in message.content if part.type in ("image", "video")]
-            turn_images = _as_images(media, self.max_frames)
+            turn_images, turn_videos = _as_media(media, self.max_frames, self.video_family)
             text = " ".join(part.text for part in message.content if part.type == "text")
-            turns.append(Turn(message.role, text, len(turn_images)))
+            turns.append(Turn(message.role, text, len(turn_images), len(turn_videos)))
             images += turn_images
-        return _Sample(task, doc_id, turns, images)
+            videos += turn_videos
+        return _Sample(task, doc_id, turns, images, videos)
 
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
         raise NotImplementedError("vistog chat model: lmms-eval builds only generation requests for chat models; "

@@ -23,6 +23,13 @@ encoders gives the LLM a CLS token; the published substitutes, mean attention or
 not built here), methods inside the vision encoder (tome, downsample, pool's 24 x 24 grid, vscan), in-LLM methods
 whose schedules assume one fixed count per image (fastv, dart, pdrop, sparsevlm) or equal-sized frames (holitom), and
 vistog on a stock model (it needs a VisToGFamily checkpoint, families_vistog.py, which serves vistog only).
+
+Video (OneVision and Qwen2.5-VL take a video natively, `families`): a video's tokens are one run, like an image's, and
+the family's rule applies to the whole run: Qwen2.5-VL keeps `budget` % of the video's own tokens, OneVision `budget`
+tokens for the whole video (frames and newline together). A demanding user compares methods at one visual-token cost
+per visual, whatever its frame count; the selection then chooses across frames (DivPrune's diversity and CDPruner's
+DPP drop the frames' redundancy, random is uniform over the run); `max_frames` sets the video's unreduced
+size, and the sample log records both counts.
 """
 
 from __future__ import annotations
@@ -35,7 +42,15 @@ from ..errors import UsageError
 from ..reducers.cdpruner import CDPrunerSelector
 from ..reducers.divprune import max_min_diversity
 from ..reducers.llm_pruning import LLMPruner, SampleView, Selection, Stage, left_pad
-from .families import Family, check_family_budget, image_runs, image_token_id, kept_tokens, model_family
+from .families import (
+    Family,
+    check_family_budget,
+    image_runs,
+    image_token_id,
+    kept_tokens,
+    model_family,
+    video_token_id,
+)
 
 FAMILY_METHODS = ("none", "random", "divprune", "cdpruner")
 _REASONS = {
@@ -95,13 +110,23 @@ class FamilyInputPruner(LLMPruner):
     runs of image tokens, each keeps `kept_tokens(family, budget, V_i)`. (Stage.keep and tokens_per_image are 1,
     unused: the counts come from the runs.)"""
 
-    def __init__(self, family: Family, budget: int | None, method: str, seed: int, token_id: int) -> None:
+    def __init__(self, family: Family, budget: int | None, method: str, seed: int, token_id: int,
+                 video_token_id: int | None = None) -> None:
         super().__init__(stages=(Stage(0, 1),), selector=RunSelector(method, seed), tokens_per_image=1,
                          image_token_id=token_id)  # fmt: skip
         self.family, self.budget = family, budget
+        self.video_token_id = video_token_id  # a video's run is selected as an image's
 
     def keep_of(self, count: int) -> int:
         return kept_tokens(self.family, self.budget, count)
+
+    def _start_forward(self, module, args, kwargs):
+        """The shared pruner finds visual tokens by the image id: a video's tokens count as visual tokens too."""
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        if self.video_token_id is None or input_ids is None:
+            return super()._start_forward(module, args, kwargs)
+        ids = torch.where(input_ids == self.video_token_id, self.image_token_id, input_ids)  # [B, T]
+        return super()._start_forward(module, (), {**kwargs, "input_ids": ids})
 
     def _select(self, index: int, hidden_states: torch.Tensor, position_embeddings):
         """Positions kept per sample [B, T'] (left padded); no merged states."""
@@ -148,7 +173,7 @@ def apply_family_method(model, method: str, budget: int | None, *, seed: int = 0
                              f" for {family.model_type}), got {budget}")  # fmt: skip
         object.__setattr__(model, _STATE, (method, budget, None))
         return budget
-    pruner = FamilyInputPruner(family, budget, method, seed, image_token_id(model))
+    pruner = FamilyInputPruner(family, budget, method, seed, image_token_id(model), video_token_id(model))
     pruner.install(model)
     object.__setattr__(model, _STATE, (method, budget, pruner))
     return budget
@@ -161,15 +186,15 @@ def remove_family_method(model) -> None:
 
 
 def family_sample_problem(model, images: int) -> str | None:
-    """Why a sample of `images` images cannot be reduced per image on `model` (None if it can, or if `model` is not
-    a family model): OneVision's template renders a sample's images side by side, so their tokens form one run and
-    the per-image rule has no boundary to apply."""
+    """Why a sample of `images` visuals (images and videos) cannot be reduced per visual on `model` (None if it can,
+    or if `model` is not a family model): OneVision's template renders a sample's images (then its videos) side by
+    side, so their tokens form one run and the per-visual rule has no boundary to apply."""
     state = model.__dict__.get(_STATE)
     family = model_family(model)
     if state is None or state[2] is None or family is None or family.model_type != "llava_onevision" or images < 2:
         return None
-    return (f"{state[0]} on llava_onevision reduces per image, but its chat template puts a sample's {images} images "
-            "side by side (one run of image tokens); serve multi-image / video samples with method none")
+    return (f"{state[0]} on llava_onevision reduces per image, but its chat template puts a sample's {images} images / videos "
+            "side by side (one run of visual tokens); serve multi-image (or image + video) samples with method none")
 
 
 def family_token_counts(model, runs: list[torch.Tensor]) -> tuple[list[int], list[int]]:

@@ -11,6 +11,11 @@ A user meets three kinds of checkpoint:
 - **no template**: LLaVA-1.5's vicuna_v1 conversation, exactly as lmms-eval's `llava_hf` falls back to it
   (`VICUNA_CHAT_TEMPLATE` in lmms_eval/models/simple/llava_hf.py, copied below), system prompt included.
 
+A turn may also carry videos (OneVision, Qwen2.5-VL: `model.families`): structured templates get `{"type": "video"}`
+parts after the image parts (OneVision's template renders images, then videos, then text; Qwen2.5-VL's renders parts
+in order), string templates the processor's video token after the image placeholders, as lmms-eval's `llava_hf`
+writes `<video>\n{context}`.
+
 `--chat-template FILE` (or the `chat_template` model arg) overrides the checkpoint's template; FILE is a Jinja
 template or a `chat_template.json` (`{"chat_template": ...}`). Which kind a template is gets decided once, by
 rendering a probe question with one image both ways; a template that renders neither with the question and exactly
@@ -66,6 +71,7 @@ class Turn:
     role: str  # "user" | "assistant"
     text: str
     images: int = 0  # image placeholders this turn needs (user turns)
+    videos: int = 0  # video placeholders (after the images), for a family with a video path
 
 
 def read_template_file(path: str | Path) -> str:
@@ -124,6 +130,11 @@ def image_token_of(processor) -> str:
     return getattr(processor, "image_token", None) or IMAGE_TOKEN
 
 
+def video_token_of(processor) -> str | None:
+    """The processor's video placeholder (`<video>`, `<|video_pad|>`), None for a processor without videos."""
+    return getattr(processor, "video_token", None)
+
+
 def _apply(tokenizer, template: str, messages: list[dict], add_generation_prompt: bool) -> str:
     return tokenizer.apply_chat_template(
         messages, chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt
@@ -165,10 +176,12 @@ class PromptBuilder:
     """Renders conversations with one ChatTemplate; `generation_prompt` is what evaluation feeds the model and
     `training_rounds` what training feeds it, so a checkpoint is evaluated with the prompt it was trained with."""
 
-    def __init__(self, template: ChatTemplate, tokenizer, image_token: str = IMAGE_TOKEN) -> None:
+    def __init__(self, template: ChatTemplate, tokenizer, image_token: str = IMAGE_TOKEN,
+                 video_token: str | None = None) -> None:
         self.template = template
         self.tokenizer = tokenizer
         self.image_token = image_token
+        self.video_token = video_token
 
     def _message(self, turn: Turn) -> dict:
         if turn.role != "user":
@@ -177,11 +190,15 @@ class PromptBuilder:
                 content = [{"type": "text", "text": turn.text}]
             return {"role": turn.role, "content": content}
         written, text = split_placeholders(turn.text, self.image_token)
+        if turn.videos and self.video_token is None:
+            raise UsageError("a video placeholder needs a processor with a video token (OneVision, Qwen2.5-VL)")
         if self.template.style == STRUCTURED:  # images first, as llava-hf's template renders them
             parts = [{"type": "image"} for _ in range(max(turn.images, written))]
+            parts += [{"type": "video"} for _ in range(turn.videos)]
             return {"role": "user", "content": [*parts, {"type": "text", "text": text}]}
-        if turn.images and not written:  # placeholders before the text, as lmms-eval's llava_hf puts them
-            return {"role": "user", "content": " ".join([self.image_token] * turn.images) + "\n" + turn.text}
+        placeholders = [self.image_token] * (turn.images if not written else 0) + [self.video_token] * turn.videos
+        if placeholders:  # before the text, as lmms-eval's llava_hf puts them
+            return {"role": "user", "content": " ".join(placeholders) + "\n" + turn.text}
         return {"role": "user", "content": turn.text}
 
     def render(self, turns: Sequence[Turn], add_generation_prompt: bool) -> str:
@@ -196,6 +213,12 @@ class PromptBuilder:
             raise UsageError(
                 f"the chat template from {self.template.source} rendered {prompt.count(self.image_token)} "
                 f"{self.image_token} placeholders for {images} images: {prompt!r}"
+            )
+        videos = sum(t.videos for t in turns if t.role == "user")
+        if videos and prompt.count(self.video_token) != videos:
+            raise UsageError(
+                f"the chat template from {self.template.source} rendered {prompt.count(self.video_token)} "
+                f"{self.video_token} placeholders for {videos} videos: {prompt!r}"
             )
 
     def generation_prompt(self, turns: Sequence[Turn]) -> str:
@@ -236,4 +259,5 @@ __all__ = [
     "read_template_file",
     "split_placeholders",
     "image_token_of",
+    "video_token_of",
 ]
