@@ -22,12 +22,20 @@ The prompt's placeholders are rebuilt to that count (`inputs`), and generation r
 `save_pretrained(out)` writes the stock model as transformers 5 saves it plus `vistog_parts.safetensors` (semantic
 tokens and grouping layer only) and `vistog_family.json` (N and the settings); `from_pretrained(out)` loads both
 (safetensors, no remote code); `load_checkpoint` returns it for a folder with `vistog_family.json`, and the adapter
-serves it as method `vistog` (its budget: N tokens per view). Not yet: the trainer's recipes for these families.
+serves it as method `vistog` (its budget: N tokens per view).
+
+Training (`vistog-bench train --stage vistog-stage1|2`, `vistog_bench.train.stages`): `forward(..., labels=)` returns
+the stock model's output with its next-token loss (transformers' `loss_function` over the labels not -100), computed
+on the same inputs_embeds path as generation; in training mode the grouping layer assigns patches by straight-through
+hard Gumbel-softmax (`grouping.VisToGGroupingLayer`, as LLaVA-1.5's VisToG trains), argmax in eval mode. The trainer's
+data expand each `<image>` with `view_tokens` (the count `inputs` rebuilds) and pass the views flat,
+pixel_values [sum V, 3, H, W] with image_sizes [K, 2].
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -42,9 +50,30 @@ from .grouping import VisToGGroupingLayer
 from .loading import load_config, load_pretrained
 from .vision import encoder_layer_forward, init_semantic_tokens
 
-
 PARTS_FILE = "vistog_parts.safetensors"
 SETTINGS_FILE = "vistog_family.json"
+
+
+@dataclass(frozen=True)
+class ViewTokens:
+    """Group tokens an image gives the LLM: views x N, its views from the checkpoint's anyres grids
+    (`image_size_to_num_patches`: the base view plus the tiles the stock processor cuts). The one count both
+    `VisToGFamily.inputs` (evaluation) and the trainer's data (`train.data.ViewConversationDataset`) expand each
+    placeholder to; a small record, so data-loader workers carry it instead of the model."""
+
+    grid_pinpoints: tuple[tuple[int, int], ...]  # config.image_grid_pinpoints, (height, width) each
+    view_size: int  # the encoder's input side: one view, px
+    tokens_per_view: int  # N
+
+    def views(self, image_sizes: torch.Tensor) -> list[int]:
+        """Views of each image, from image_sizes [K, 2] (height, width) as the processor returns them."""
+        grids = [list(g) for g in self.grid_pinpoints]
+        return [image_size_to_num_patches(image_size=size, grid_pinpoints=grids, patch_size=self.view_size)
+                for size in image_sizes]  # fmt: skip
+
+    def counts(self, image_sizes: torch.Tensor) -> list[int]:
+        """Image placeholders of each image: views x N."""
+        return [views * self.tokens_per_view for views in self.views(image_sizes)]
 
 
 class VisToGFamily(nn.Module):
@@ -86,17 +115,21 @@ class VisToGFamily(nn.Module):
         return model if num_semantic_tokens is None else cls(model, num_semantic_tokens, **settings)
 
     # -- checkpoints ---------------------------------------------------------------------------------------------------
-    def save_pretrained(self, out: str | Path) -> Path:
+    def save_pretrained(self, out: str | Path, state_dict: dict | None = None) -> Path:
+        """The stock model's files + the VisToG parts; `state_dict` (this module's keys, e.g. gathered from FSDP
+        shards by the trainer) instead of the module's own tensors."""
         out = Path(out)
-        self.stock.save_pretrained(out)
-        parts = {k: v.detach().contiguous() for k, v in self.state_dict().items() if not k.startswith("stock.")}
+        state_dict = self.state_dict() if state_dict is None else state_dict
+        stock = {k.removeprefix("stock."): v for k, v in state_dict.items() if k.startswith("stock.")}
+        self.stock.save_pretrained(out, state_dict=stock)
+        parts = {k: v.detach().contiguous() for k, v in state_dict.items() if not k.startswith("stock.")}
         save_file(parts, str(out / PARTS_FILE), metadata={"format": "pt"})
         (out / SETTINGS_FILE).write_text(json.dumps(
             {"num_semantic_tokens": self.num_semantic_tokens, **self.settings}, indent=2) + "\n")
         return out
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, **load_kwargs) -> "VisToGFamily":
+    def from_pretrained(cls, path: str | Path, **load_kwargs) -> VisToGFamily:
         """A saved VisToGFamily: the stock model through `load_pretrained`, then the VisToG parts."""
         path = Path(path)
         if not (path / SETTINGS_FILE).is_file() or not (path / PARTS_FILE).is_file():
@@ -124,6 +157,17 @@ class VisToGFamily(nn.Module):
     @property
     def num_semantic_tokens(self) -> int:
         return self.semantic_tokens.shape[1]
+
+    @property
+    def view_tokens(self) -> ViewTokens:
+        config = self.stock.config
+        grids = tuple(tuple(int(x) for x in g) for g in config.image_grid_pinpoints)
+        return ViewTokens(grids, config.vision_config.image_size, self.num_semantic_tokens)
+
+    def activation_checkpointing_enable(self, **kwargs) -> None:
+        """transformers' activation checkpointing of the stock model's layers (the LLM's decoder layers; the vision
+        layers VisToG runs itself through `encoder_layer_forward` keep their activations)."""
+        self.stock.activation_checkpointing_enable(**kwargs)
 
     # -- the vision path ---------------------------------------------------------------------------------------------
     def _encoder(self):
@@ -156,9 +200,7 @@ class VisToGFamily(nn.Module):
         return self.stock.model.multi_modal_projector(self.grouping(semantic, patches))  # [V, N, D]
 
     def views_per_image(self, image_sizes: torch.Tensor) -> list[int]:
-        config = self.stock.config
-        return [image_size_to_num_patches(image_size=size, grid_pinpoints=config.image_grid_pinpoints,
-                                          patch_size=config.vision_config.image_size) for size in image_sizes]  # fmt: skip
+        return self.view_tokens.views(image_sizes)
 
     # -- prompts and generation --------------------------------------------------------------------------------------
     def inputs(self, processor, prompts, images) -> BatchFeature:
@@ -167,7 +209,7 @@ class VisToGFamily(nn.Module):
         input)."""
         data = family_inputs(processor, prompts, images)
         unreduced = [[int(r.numel()) for r in image_runs(ids, image_token_id(self.stock))] for ids in data["input_ids"]]
-        views = iter(self.views_per_image(data["image_sizes"]))
+        counts = iter(self.view_tokens.counts(data["image_sizes"]))
         token = image_token_id(self.stock)
         pad = processor.tokenizer.pad_token_id
         rows = []
@@ -175,7 +217,7 @@ class VisToGFamily(nn.Module):
             ids = ids[mask.bool()]
             pieces, start = [], 0
             for run in image_runs(ids, token):
-                pieces += [ids[start : int(run[0])], ids.new_full((next(views) * self.num_semantic_tokens,), token)]
+                pieces += [ids[start : int(run[0])], ids.new_full((next(counts),), token)]
                 start = int(run[-1]) + 1
             rows.append(torch.cat([*pieces, ids[start:]]))
         length = max(len(r) for r in rows)
@@ -187,21 +229,33 @@ class VisToGFamily(nn.Module):
                              "pixel_values": data["pixel_values"], "image_sizes": data["image_sizes"],
                              "visual_tokens_unreduced": unreduced})  # fmt: skip
 
-    def inputs_embeds(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, image_sizes: torch.Tensor):
-        """Token embeddings [B, T, D] with every image placeholder replaced by its group tokens, in order."""
-        counts = self.views_per_image(image_sizes)
-        views = torch.cat([pv[:n] for pv, n in zip(pixel_values, counts)]) if pixel_values.dim() == 5 else pixel_values
+    def inputs_embeds(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None,
+                      image_sizes: torch.Tensor | None) -> torch.Tensor:
+        """Token embeddings [B, T, D] with every image placeholder replaced by its group tokens, in order.
+        pixel_values: the processor's [K, V_max, 3, H, W] (padded views) or the views flat [sum V, 3, H, W];
+        None for a text-only batch."""
         embeds = self.stock.get_input_embeddings()(input_ids)  # [B, T, D]
-        tokens = self.visual_tokens(views.to(embeds.dtype)).reshape(-1, embeds.shape[-1])  # [sum V N, D]
         where = input_ids == image_token_id(self.stock)
+        if pixel_values is None:
+            tokens = embeds.new_zeros((0, embeds.shape[-1]))
+        else:
+            counts = self.views_per_image(image_sizes)
+            if pixel_values.dim() == 5:
+                views = torch.cat([pv[:n] for pv, n in zip(pixel_values, counts)])  # [sum V, 3, H, W]
+            elif pixel_values.shape[0] == sum(counts):
+                views = pixel_values
+            else:
+                raise UsageError(f"views: {pixel_values.shape[0]}, the image sizes give {sum(counts)}")
+            tokens = self.visual_tokens(views.to(embeds.dtype)).reshape(-1, embeds.shape[-1])  # [sum V N, D]
         if int(where.sum()) != tokens.shape[0]:
             raise UsageError(f"image tokens: {int(where.sum())}, group tokens: {tokens.shape[0]} "
                              "(build the prompt with VisToGFamily.inputs)")  # fmt: skip
         return embeds.masked_scatter(where.unsqueeze(-1), tokens.to(embeds.dtype))
 
-    def forward(self, input_ids, attention_mask, pixel_values, image_sizes, **kwargs):
+    def forward(self, input_ids, attention_mask=None, pixel_values=None, image_sizes=None, labels=None, **kwargs):
+        """The stock model's output on the group tokens; with labels [B, T] (-100 where not trained) its `.loss`."""
         embeds = self.inputs_embeds(input_ids, pixel_values, image_sizes)
-        return self.stock(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
+        return self.stock(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, pixel_values, image_sizes, **kwargs):
@@ -212,4 +266,4 @@ class VisToGFamily(nn.Module):
         return torch.cat([input_ids, new.to(input_ids.device)], dim=1)
 
 
-__all__ = ["PARTS_FILE", "SETTINGS_FILE", "VisToGFamily"]
+__all__ = ["PARTS_FILE", "SETTINGS_FILE", "ViewTokens", "VisToGFamily"]

@@ -7,6 +7,10 @@
   with `data_format="plain"` as LLaVA's `--version plain` does.
 - Region JSON (the demo's vision pre-training): `{"id", "image", "region_labels": {attribute: [G*G labels]}}`.
 
+Images: LLaVA-1.5 pads each to a square and gives it a fixed count of placeholders (`ConversationDataset`); VisToG on
+LLaVA-NeXT / OneVision sends each through the checkpoint's own processor (anyres views) and expands its placeholder
+to views x N, the count evaluation gives it (`ViewConversationDataset`).
+
 Records are kept as one buffer of JSON bytes (decoded per sample), so a 665k-sample list costs its file size and data
 loader workers do not copy it page by page (detectron2's `DatasetFromList(serialize=True)` trick). A sample whose image
 is missing or unreadable, or whose image tokens the length limit cuts, is replaced by the next good sample and counted
@@ -90,7 +94,25 @@ class SkipSample(Exception):
     """This sample cannot be trained on (the reason is the message); the dataset moves to the next one."""
 
 
+def open_images(image_folder: Path, files: list[str]) -> list:
+    """The sample's images as RGB PIL images; a missing or unreadable one skips the sample."""
+    from PIL import Image, UnidentifiedImageError
+
+    images = []
+    for name in files:
+        path = image_folder / name
+        if not path.is_file():
+            raise SkipSample("missing image")
+        try:
+            images.append(Image.open(path).convert("RGB"))
+        except (OSError, UnidentifiedImageError, ValueError):
+            raise SkipSample("corrupt image") from None
+    return images
+
+
 class ImageLoader:
+    """LLaVA-1.5's image path: each image padded to a square (`expand2square`), then the image processor."""
+
     def __init__(self, image_folder: Path, image_processor):
         self.image_folder = image_folder
         self.image_processor = image_processor
@@ -98,18 +120,15 @@ class ImageLoader:
         self.background = tuple(int(255 * m) for m in mean)
 
     def __call__(self, files: list[str]):
-        from PIL import Image, UnidentifiedImageError
-
-        images = []
-        for name in files:
-            path = self.image_folder / name
-            if not path.is_file():
-                raise SkipSample("missing image")
-            try:
-                images.append(expand2square(Image.open(path).convert("RGB"), self.background))
-            except (OSError, UnidentifiedImageError, ValueError):
-                raise SkipSample("corrupt image") from None
+        images = [expand2square(image, self.background) for image in open_images(self.image_folder, files)]
         return self.image_processor(images, return_tensors="pt")["pixel_values"]  # [K, 3, H, W]
+
+
+def expand_each(prompt: str, counts, image_token: str) -> str:
+    """Each placeholder of `prompt` repeated to the next of `counts` (an iterator: image i of the sample takes
+    counts[i]); a placeholder beyond the images stays single, so the sample's token check names the mismatch."""
+    pieces = prompt.split(image_token)
+    return pieces[0] + "".join(image_token * next(counts, 1) + piece for piece in pieces[1:])
 
 
 class SkippingDataset:
@@ -132,7 +151,8 @@ class SkippingDataset:
 
 
 class ConversationDataset(SkippingDataset):
-    """LLaVA conversations -> input_ids / labels (answers only) / pixel_values [K, 3, H, W].
+    """LLaVA conversations -> input_ids / labels (answers only) / pixel_values [K, 3, H, W], each image's
+    placeholder expanded to `tokens_per_image` (LLaVA-1.5 and VisToG on it: one view per image).
 
     Prompts come from `prompts` (a `model.prompting.PromptBuilder` over the checkpoint's chat template), the same
     builder evaluation uses: round 0's prompt is exactly what `vistog-bench run` feeds the trained checkpoint. Each
@@ -148,7 +168,9 @@ class ConversationDataset(SkippingDataset):
         self.tokens_per_image = tokens_per_image
         self.max_length = max_length
         self.data_format = data_format
-        self.load_images = ImageLoader(Path(image_folder), processor.image_processor)
+        self.image_folder = Path(image_folder)
+        self.image_processor = processor.image_processor
+        self.load_images = ImageLoader(self.image_folder, processor.image_processor)
         if self.tokenizer.eos_token_id is None:
             raise UsageError("the tokenizer has no eos token; LLaVA training ends each answer with it")
 
@@ -157,11 +179,14 @@ class ConversationDataset(SkippingDataset):
 
     def _answer_ids(self, prompt_ids: list[int], prompt: str, answer: str) -> list[int]:
         """The answer's tokens as they follow the prompt in one text (a SentencePiece tokenizer marks a word start
-        differently at the start of a text), else tokenised alone."""
-        joint = self._ids(prompt + " " + answer)
+        differently at the start of a text), else tokenised alone. A space joins them (`ASSISTANT: {a}`, `[/INST]
+        {a}`) unless the prompt ends in whitespace: OneVision's template puts the answer right after `assistant\n`
+        (`'\n' + content['text']`, llava-hf/llava-onevision-qwen2-7b-ov-hf chat_template.json)."""
+        answer = answer if prompt[-1:].isspace() else " " + answer
+        joint = self._ids(prompt + answer)
         if joint[: len(prompt_ids)] == prompt_ids:
             return joint[len(prompt_ids) :]
-        return self._ids(" " + answer)
+        return self._ids(answer)
 
     def rounds(self, record: dict) -> list[tuple[str, str, bool]]:
         """(prompt, answer, end with eos) per round, prompts' image placeholders not yet expanded."""
@@ -183,14 +208,20 @@ class ConversationDataset(SkippingDataset):
             conversation += [Turn("user", human["value"]), Turn("assistant", gpt["value"])]
         return [(prompt, answer, True) for prompt, answer in self.prompts.training_rounds(conversation)]
 
-    def encode(self, record: dict) -> tuple[list[int], list[int]]:
-        from ..model.processing import expand_image_tokens
+    def images(self, files: list[str]) -> tuple[dict, list[int]]:
+        """The model inputs of a sample's images and the placeholder count of each."""
+        return {"pixel_values": self.load_images(files)}, [self.tokens_per_image] * len(files)
 
+    def encode(self, record: dict, counts: list[int] | None = None) -> tuple[list[int], list[int]]:
+        """input_ids and labels, image i's placeholder expanded to counts[i] (default: tokens_per_image each)."""
+        if counts is None:
+            counts = [self.tokens_per_image] * len(image_files(record))
         tokenizer = self.tokenizer
         input_ids = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
         labels = [IGNORE_INDEX] * len(input_ids)
+        remaining = iter(counts)
         for prompt, answer, eos in self.rounds(record):
-            prompt = expand_image_tokens(prompt, self.tokens_per_image, self.image_token)
+            prompt = expand_each(prompt, remaining, self.image_token)
             prompt_ids = self._ids(prompt)
             answer_ids = self._answer_ids(prompt_ids, prompt, answer) + ([tokenizer.eos_token_id] if eos else [])
             input_ids += prompt_ids + answer_ids
@@ -202,24 +233,45 @@ class ConversationDataset(SkippingDataset):
 
         record = self.records[index]
         files = image_files(record)
-        input_ids, labels = self.encode(record)
+        images, counts = self.images(files) if files else ({}, [])
+        input_ids, labels = self.encode(record, counts)
         image_token_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
         found = sum(t == image_token_id for t in input_ids)
-        if found != len(files) * self.tokens_per_image:
-            if found < len(files) * self.tokens_per_image and len(input_ids) == self.max_length:
+        if found != sum(counts):
+            if found < sum(counts) and len(input_ids) == self.max_length:
                 raise SkipSample("image tokens cut by --max-length")
             raise UsageError(
-                f"sample {record.get('id')}: {len(files)} images need {len(files) * self.tokens_per_image} image "
+                f"sample {record.get('id')}: {len(files)} images need {sum(counts)} image "
                 f"tokens, the text has {found}; check its <image> placeholders"
             )
-        item = {"input_ids": torch.tensor(input_ids), "labels": torch.tensor(labels)}
-        if files:
-            item["pixel_values"] = self.load_images(files)
-        return item
+        return {"input_ids": torch.tensor(input_ids), "labels": torch.tensor(labels), **images}
+
+
+class ViewConversationDataset(ConversationDataset):
+    """VisToG on LLaVA-NeXT / OneVision: each image through the checkpoint's own image processor (anyres: base view +
+    tiles) -> pixel_values [sum V, 3, H, W] (the sample's views flat, padding views dropped) and image_sizes [K, 2];
+    image i's placeholder expands to `view_tokens.counts(image_sizes)[i]` = views x N, what `VisToGFamily.inputs`
+    gives the same image at evaluation."""
+
+    def __init__(self, records, image_folder, processor, prompts, view_tokens, max_length: int,
+                 data_format: str = "conversation"):  # fmt: skip
+        super().__init__(records, image_folder, processor, prompts, view_tokens.tokens_per_view, max_length,
+                         data_format)  # fmt: skip
+        self.view_tokens = view_tokens  # model.families_vistog.ViewTokens
+
+    def images(self, files: list[str]) -> tuple[dict, list[int]]:
+        import torch
+
+        data = self.image_processor(open_images(self.image_folder, files), return_tensors="pt")
+        sizes = data["image_sizes"]  # [K, 2] (height, width)
+        views = self.view_tokens.views(sizes)
+        pixel_values = torch.cat([pv[:v] for pv, v in zip(data["pixel_values"], views)])  # <- [K, V_max, 3, H, W]
+        return {"pixel_values": pixel_values, "image_sizes": sizes}, self.view_tokens.counts(sizes)
 
 
 def collate_conversations(items: list[dict], pad_token_id: int) -> dict:
-    """Right-pad to the longest sample; images of the batch concatenated in sample order, as LLaVA expects."""
+    """Right-pad to the longest sample; images of the batch concatenated in sample order, as LLaVA expects (a view
+    family's views and image sizes alike: the model splits the views per image by the sizes)."""
     import torch
 
     length = max(len(item["input_ids"]) for item in items)
@@ -232,9 +284,10 @@ def collate_conversations(items: list[dict], pad_token_id: int) -> dict:
         labels[row, :n] = item["labels"]
         attention_mask[row, :n] = 1
     batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
-    pixels = [item["pixel_values"] for item in items if "pixel_values" in item]
-    if pixels:
-        batch["pixel_values"] = torch.cat(pixels)  # [sum K, 3, H, W]
+    for key in ("pixel_values", "image_sizes"):  # [sum K (or sum V), 3, H, W]; [sum K, 2]
+        values = [item[key] for item in items if key in item]
+        if values:
+            batch[key] = torch.cat(values)
     batch["skipped"] = torch.tensor(sum(item["skipped"] for item in items))
     return batch
 

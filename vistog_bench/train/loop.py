@@ -20,9 +20,8 @@ from pathlib import Path
 
 from ..errors import UsageError
 from .config import TrainConfig
-from .data import (ConversationDataset, ModalityLengthGroupedSampler, RegionDataset, collate_conversations,
-                   collate_regions, load_records)  # fmt: skip
-from .stages import build_region_pretrainer, load_for_stage, store_frozen_in, tokens_per_image
+from .data import ModalityLengthGroupedSampler, RegionDataset, collate_conversations, collate_regions, load_records
+from .stages import build_region_pretrainer, conversation_dataset, load_for_stage, store_frozen_in
 
 
 @dataclass
@@ -92,8 +91,7 @@ def build_dataset(config: TrainConfig, model, processor, prompts):
             model.model.vision_tower, model.config.vision_feature_layer, dataset.classes, dataset.grid
         )
         return dataset, module, collate_regions
-    dataset = ConversationDataset(records, image_folder, processor, prompts, tokens_per_image(model),
-                                  config.max_length, config.data_format)  # fmt: skip
+    dataset = conversation_dataset(config, model, records, image_folder, processor, prompts)
     pad = processor.tokenizer.pad_token_id
     return dataset, model, functools.partial(collate_conversations, pad_token_id=pad if pad is not None else 0)
 
@@ -129,7 +127,7 @@ def make_optimizer(config: TrainConfig, module):
 
 
 def _is_vistog_part(name: str) -> bool:
-    return ".grouping." in name or "semantic_tokens" in name
+    return "grouping" in name.split(".") or "semantic_tokens" in name  # VisToGFamily's: top-level `grouping.*`
 
 
 def total_steps(config: TrainConfig, batches: int, processes: int) -> int:

@@ -4,7 +4,8 @@
                       reads every patch at LLaVA's feature layer; the heads are discarded)
     llava             projector + LLM (+ the vision tower with train_vision); a stock LLaVA checkpoint out
     vistog-stage1     vision and LLM frozen; semantic tokens, grouping layer and projector train
-                      (a LLaVA checkpoint is wrapped with `from_llava(num_semantic_tokens=N)`)
+                      (a LLaVA checkpoint is wrapped with `from_llava(num_semantic_tokens=N)`, a LLaVA-NeXT /
+                      OneVision one with `VisToGFamily(model, N)`: the family from config.model_type)
     vistog-stage2     as stage 1, plus the LLM (the paper's instruction-aware grouping); vision stays frozen
 """
 
@@ -74,16 +75,45 @@ def _llava_for_stage(config: TrainConfig, checkpoint, path: Path, has_weights: b
     return model
 
 
+def _check_semantic_tokens(config: TrainConfig, path: Path, have: int) -> None:
+    if config.num_semantic_tokens not in (None, have):
+        raise UsageError(f"{path} has {have} semantic tokens, --num-semantic-tokens asks {config.num_semantic_tokens}")
+
+
+def _family_vistog_for_stage(config: TrainConfig, family, path: Path, dtype):
+    """VisToG on LLaVA-NeXT / OneVision: fresh parts on the stock checkpoint, or a saved VisToGFamily folder."""
+    import torch
+
+    from ..model.families_vistog import SETTINGS_FILE, VisToGFamily
+
+    if family.model_type not in ("llava_next", "llava_onevision"):
+        raise UsageError(f"stage {config.stage}: VisToG wraps LLaVA-1.5, LLaVA-NeXT or LLaVA-OneVision; {path} holds "
+                         f"a {family.model_type!r} model")  # fmt: skip
+    if (path / SETTINGS_FILE).is_file():
+        model = VisToGFamily.from_pretrained(path, dtype=dtype)
+        _check_semantic_tokens(config, path, model.num_semantic_tokens)
+        return model
+    if config.num_semantic_tokens is None:
+        raise UsageError(f"{path} is a {family.model_type} checkpoint: give --num-semantic-tokens N for VisToG")
+    stock = _load(family.model_class(), path, dtype)
+    torch.manual_seed(config.seed)
+    return VisToGFamily(stock, config.num_semantic_tokens)
+
+
 def _vistog_for_stage(config: TrainConfig, checkpoint, path: Path, has_weights: bool):
     import torch
     from transformers import LlavaForConditionalGeneration
 
     from ..model import VisToGForConditionalGeneration
+    from ..model.families import family_of
 
     if not has_weights:
         raise UsageError(f"stage {config.stage} starts from trained weights; {path} has no *.safetensors")
     dtype = torch_dtype(config.dtype)
-    if checkpoint.model_type == "llava":
+    family = family_of(checkpoint.model_type)
+    if family is not None:
+        model = _family_vistog_for_stage(config, family, path, dtype)
+    elif checkpoint.model_type == "llava":
         if config.num_semantic_tokens is None:
             raise UsageError(f"{path} is a LLaVA checkpoint: give --num-semantic-tokens N for VisToG")
         torch.manual_seed(config.seed)
@@ -95,23 +125,27 @@ def _vistog_for_stage(config: TrainConfig, checkpoint, path: Path, has_weights: 
         have = model.config.num_semantic_tokens
         if have is None:
             raise UsageError(f"{path} is a VisToG checkpoint with VisToG off; start from a LLaVA checkpoint")
-        if config.num_semantic_tokens not in (None, have):
-            raise UsageError(f"{path} has {have} semantic tokens, --num-semantic-tokens asks {config.num_semantic_tokens}")
+        _check_semantic_tokens(config, path, have)
     else:
-        raise UsageError(f"{path} holds a {checkpoint.model_type!r} model; expected 'llava' or 'vistog'")
+        raise UsageError(f"{path} holds a {checkpoint.model_type!r} model; expected 'llava', 'vistog', "
+                         "'llava_next' or 'llava_onevision'")  # fmt: skip
     return model
 
 
 def trainable_parts(model, stage: str, train_llm: bool = True, train_vision: bool = False) -> list:
     """The modules (and parameters) a stage trains; everything else is frozen."""
-    inner = model.model
+    from ..model.families_vistog import VisToGFamily
+
+    family = isinstance(model, VisToGFamily)
+    top = model.stock if family else model  # transformers' LLaVA / LLaVA-NeXT / OneVision class
+    inner = top.model
     if stage == "pretrain-vision":
         return [inner.vision_tower]
-    llm = [inner.language_model, model.lm_head]
+    llm = [inner.language_model, top.lm_head]
     if stage == "llava":
         return [inner.multi_modal_projector] + (llm if train_llm else []) + ([inner.vision_tower] if train_vision else [])
-    vistog = [inner.grouping, inner.multi_modal_projector, inner.vision_tower.semantic_tokens]
-    return vistog + (llm if stage == "vistog-stage2" else [])
+    new = [model.grouping, model.semantic_tokens] if family else [inner.grouping, inner.vision_tower.semantic_tokens]
+    return new + [inner.multi_modal_projector] + (llm if stage == "vistog-stage2" else [])
 
 
 def load_for_stage(config: TrainConfig):
@@ -145,3 +179,16 @@ def tokens_per_image(model) -> int:
         return model.num_visual_tokens
     vision = model.config.vision_config
     return (vision.image_size // vision.patch_size) ** 2  # LLaVA's "default" strategy: every patch, CLS dropped
+
+
+def conversation_dataset(config: TrainConfig, model, records, image_folder: Path, processor, prompts):
+    """The conversations as `model` reads them: a fixed count per image (LLaVA-1.5, VisToG on it), or views x N per
+    image through the processor's anyres path (VisToG on LLaVA-NeXT / OneVision)."""
+    from ..model.families_vistog import VisToGFamily
+    from .data import ConversationDataset, ViewConversationDataset
+
+    if isinstance(model, VisToGFamily):
+        return ViewConversationDataset(records, image_folder, processor, prompts, model.view_tokens,
+                                       config.max_length, config.data_format)  # fmt: skip
+    return ConversationDataset(records, image_folder, processor, prompts, tokens_per_image(model), config.max_length,
+                               config.data_format)  # fmt: skip
