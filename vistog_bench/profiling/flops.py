@@ -38,6 +38,7 @@ match papers; it is 0.39x ours for the 7B prefill at 640 tokens (half for multip
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 CONVENTION = "2 FLOPs per multiply-add; matrix products only; LLaMA MLP with 3 matrices; full attention"
@@ -327,6 +328,100 @@ def family_prefill_flops(shape: FamilyShape, *, visual_tokens: int, text_tokens:
     return out
 
 
+# -- visual tokens of one image on a family, from its config (no processor, no weights) -------------------------------
+# LLaVA-NeXT / OneVision: what transformers' processors count (processing_llava_next.py `_get_number_of_features` and
+# `_get_unpadded_features`; processing_llava_onevision.py the same without CLS, plus anyres_max_9's pooling): the base
+# view's patches, the best pinpoint's tile grid with the padding rows / columns of the image's aspect ratio taken off,
+# and one newline token per row of that grid. Views: transformers' `image_size_to_num_patches` (modeling_llava_next.py).
+# Qwen2.5-VL: transformers' `smart_resize` (image_processing_qwen2_vl.py) to multiples of patch x merge (28 px) within
+# the processor's pixel limits, one token per merge x merge patches.
+QWEN_MIN_PIXELS, QWEN_MAX_PIXELS = 3136, 12845056  # Qwen/Qwen2.5-VL-7B-Instruct preprocessor_config.json
+
+
+@dataclass(frozen=True)
+class ImageGeometry:
+    """One image on a family: its unreduced visual tokens and what the encoder runs on."""
+
+    tokens: int  # visual tokens the LLM receives with no reducer
+    views: int  # NeXT / OneVision: base view + tiles (1 for Qwen2.5-VL)
+    grid: tuple[int, int] | None  # Qwen2.5-VL: the patch grid (h, w) after resizing; None otherwise
+
+
+def _view_side(config) -> int:
+    """Patches along one side of a CLIP / SigLIP view (24 at 336 / 14 px, 27 at 384 / 14 px)."""
+    return config.vision_config.image_size // config.vision_config.patch_size
+
+
+def _base_tokens(config) -> int:
+    """The base view's tokens: its patches, CLS kept only by NeXT's `full` strategy (SigLIP has none)."""
+    cls = config.model_type == "llava_next" and config.vision_feature_select_strategy == "full"
+    return _view_side(config) ** 2 + int(cls)
+
+
+def anyres_image_geometry(config, height: int, width: int) -> ImageGeometry:
+    """A LLaVA-NeXT / OneVision image of height x width px, as the processor counts its tokens."""
+    from transformers.image_processing_utils import select_best_resolution
+    from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+    side, view_px = _view_side(config), config.vision_config.image_size
+    best_h, best_w = select_best_resolution([height, width], config.image_grid_pinpoints)
+    rows, cols = side * (best_h // view_px), side * (best_w // view_px)  # the tile grid in patches
+    if width / height > cols / rows:  # wider than the grid: padding rows above and below
+        rows -= 2 * ((rows - int(round(height * (cols / width), 7))) // 2)
+    else:
+        cols -= 2 * ((cols - int(round(width * (rows / height), 7))) // 2)
+    views = image_size_to_num_patches((height, width), config.image_grid_pinpoints, view_px)
+    return ImageGeometry(_base_tokens(config) + _grid_tokens(config, rows, cols), int(views), None)
+
+
+def _grid_tokens(config, rows: int, cols: int) -> int:
+    """Tokens of an unpadded tile grid of rows x cols patches: its features and one newline per row, after
+    OneVision's anyres_max_9 pooling (features pooled back to ~9 views' worth when the grid holds over 1.1x that)."""
+    if config.model_type == "llava_onevision":
+        most = int(config.vision_aspect_ratio.removeprefix("anyres_max_"))
+        ratio = math.sqrt(rows * cols / (most * _view_side(config) ** 2))
+        if ratio > 1.1:
+            rows, cols = int(rows // ratio), int(cols // ratio)
+    return rows * cols + rows
+
+
+def qwen_image_geometry(config, height: int, width: int, *, min_pixels: int = QWEN_MIN_PIXELS,
+                        max_pixels: int = QWEN_MAX_PIXELS) -> ImageGeometry:
+    """A Qwen2.5-VL image of height x width px: resized by transformers' smart_resize, one token per merged unit."""
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    vision = config.vision_config
+    patch, merge = vision.patch_size, vision.spatial_merge_size
+    resized_h, resized_w = smart_resize(height, width, factor=patch * merge, min_pixels=min_pixels,
+                                        max_pixels=max_pixels)  # fmt: skip
+    grid = (resized_h // patch, resized_w // patch)
+    return ImageGeometry(grid[0] * grid[1] // (merge * merge), 1, grid)
+
+
+def family_image_geometry(config, height: int, width: int) -> ImageGeometry:
+    """One image of height x width px on a LLaVA-NeXT / OneVision / Qwen2.5-VL config."""
+    if config.model_type == "qwen2_5_vl":
+        return qwen_image_geometry(config, height, width)
+    if config.model_type not in ("llava_next", "llava_onevision"):
+        raise ValueError(f"no family geometry for model_type {config.model_type!r}")
+    return anyres_image_geometry(config, height, width)
+
+
+def most_image_tokens(config) -> int:
+    """The most visual tokens one image can give a LLaVA-NeXT / OneVision config: the base view plus the largest
+    count over every grid the unpadding can leave (a pinpoint's tile grid with some of its rows, or some of its
+    columns, taken off), newline tokens included. NeXT: a pinpoint-sized image's whole grid (2,928 on the 1.6 grids).
+    OneVision: below its largest grid, since anyres_max_9 pools large grids (an upper bound: not every grid is
+    reached by some image)."""
+    side, view_px = _view_side(config), config.vision_config.image_size
+    counts = []
+    for h, w in config.image_grid_pinpoints:
+        rows, cols = side * (h // view_px), side * (w // view_px)
+        counts += [_grid_tokens(config, r, cols) for r in range(1, rows + 1)]
+        counts += [_grid_tokens(config, rows, c) for c in range(1, cols + 1)]
+    return _base_tokens(config) + max(counts)
+
+
 __all__ = [
     "ArchShape",
     "StageFlops",
@@ -346,4 +441,9 @@ __all__ = [
     "family_projector_flops",
     "family_vision_flops",
     "qwen_window_sizes",
+    "ImageGeometry",
+    "anyres_image_geometry",
+    "family_image_geometry",
+    "most_image_tokens",
+    "qwen_image_geometry",
 ]
