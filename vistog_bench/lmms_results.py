@@ -8,8 +8,10 @@ import math
 
 from .results import STATUS_OK, CellResult, failed_status
 
-# What the adapter's sample log adds to each sample line (VisToGLMM.take_sample_log).
-SERVED_KEYS = ("prompt", "image_placeholders", "tokens_per_placeholder", "failure")
+# What the adapter's sample log adds to each sample line (VisToGLMM.take_sample_log); on a family model also each
+# image's tokens as received by the LLM and as the processor expanded them (lists, one entry per image).
+SERVED_KEYS = ("prompt", "image_placeholders", "tokens_per_placeholder", "failure", "visual_tokens",
+               "visual_tokens_unreduced")
 
 
 def cell_from_lmms_results(
@@ -45,7 +47,8 @@ def cell_from_lmms_results(
 
 def sample_lines(samples: list[dict], served: list[dict]) -> list[dict]:
     """lmms-eval's logged samples, without the documents (they can hold images), each with what the adapter served
-    for it (prompt, image placeholders, tokens per placeholder; merged by doc_id), then one line per failed sample."""
+    for it (prompt, image placeholders, tokens per placeholder, a family's received and unreduced counts; merged by
+    doc_id), then one line per failed sample."""
     keep = ("doc_id", "target", "arguments", "resps", "filtered_resps", "input", "token_counts")
     by_doc: dict = {}
     for entry in served:
@@ -62,4 +65,17 @@ def sample_lines(samples: list[dict], served: list[dict]) -> list[dict]:
     return lines
 
 
-__all__ = ["SERVED_KEYS", "cell_from_lmms_results", "sample_lines"]
+def token_means(lines: list[dict]) -> dict[str, float]:
+    """`mean_visual_tokens` and `mean_visual_tokens_unreduced` (CellResult fields) per image over the sample lines
+    that carry both counts and did not fail; empty when none does (LLaVA-1.5 lines carry neither)."""
+    served = [line for line in lines if "failure" not in line and "visual_tokens" in line
+              and "visual_tokens_unreduced" in line]  # fmt: skip
+    received = [n for line in served for n in line["visual_tokens"]]
+    unreduced = [n for line in served for n in line["visual_tokens_unreduced"]]
+    if not received or len(received) != len(unreduced):
+        return {}
+    return {"mean_visual_tokens": sum(received) / len(received),
+            "mean_visual_tokens_unreduced": sum(unreduced) / len(unreduced)}  # fmt: skip
+
+
+__all__ = ["SERVED_KEYS", "cell_from_lmms_results", "sample_lines", "token_means"]

@@ -104,6 +104,13 @@ class CellResult:
     n_samples: StrictInt = 0  # samples scored
     elapsed_s: Number | None = None
     n_failed: StrictInt = 0  # samples that failed alone (an undecodable image) and were left out of the metrics
+    # How `budget` reads on LLaVA-NeXT / OneVision / Qwen2.5-VL (model.families: "per_image_total", "percent_of_own";
+    # VisToG on those families: "per_view", N tokens per view). None: LLaVA-1.5, every image gives exactly `budget`.
+    budget_rule: StrictStr | None = None
+    # Per image, over the scored samples whose log has them (families): tokens the LLM received, and the processor's
+    # unreduced count.
+    mean_visual_tokens: Number | None = None
+    mean_visual_tokens_unreduced: Number | None = None
 
     @property
     def key(self) -> CellKey:

@@ -28,6 +28,17 @@ pycocoevalcap / pycocotools and their Java subprocess print while a model loads 
 `<run>/run.log` (redirected at the file-descriptor level, so subprocesses are caught too). The report is written
 inside the run folder it describes: `<output>/<run_id>/report/`.
 
+Other families (LLaVA-NeXT, LLaVA-OneVision, Qwen2.5-VL; `model.families`): budgets follow the family's rule, recorded
+per cell as `budget_rule` (NeXT / OneVision `per_image_total`: visual tokens per image summed over its tiles;
+Qwen2.5-VL `percent_of_own`: a percentage of each image's own count). Their `none` cell is the full budget, recorded
+as 100 for a percentage and, for per-image totals, as the most tokens one image can give on the checkpoint (from its
+config: base view, the tiles of its `image_grid_pinpoints`, newline tokens; `profiling.flops.most_image_tokens`).
+A VisToG checkpoint of a family (a folder with `vistog_family.json`) gives one `vistog` cell at its N per view
+(`per_view`), whatever --budgets says. Methods a family does not run are refused before anything loads, one line per
+cell; checkpoints of different families in one sweep are refused. Each family cell records the mean visual tokens per
+image the LLM received and the processor's unreduced count (the sample lines carry both per image). The request
+profiler reads LLaVA-1.5 shapes, so family cells have no profile records (no latency or speedup yet).
+
 Without --model: the embedded default (tiny LLaVA + VisToG trained on the synthetic shapes world, no downloads);
 --tasks (shapes, shapes_vqa, shapes_caption, shapes_video), --budgets and --method narrow or change that sweep.
 """
@@ -36,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -46,7 +58,7 @@ from .arguments import comma_list, int_list
 from .console import third_party_output_to
 from .dtypes import DTYPE_NAMES
 from .errors import UsageError
-from .lmms_results import cell_from_lmms_results, sample_lines
+from .lmms_results import cell_from_lmms_results, sample_lines, token_means
 from .provenance import git_sha, now, package_versions
 from .results import (
     DISK_FULL_ERRNOS,
@@ -83,57 +95,117 @@ class Cell:
     method: str
     budget: int
     checkpoint: str
+    budget_rule: str | None = None  # a family's (CellResult.budget_rule); None for LLaVA-1.5
+    serve_all: bool = False  # a family's `none` on per-image totals: set up with no budget (every token stays)
+
+    @property
+    def served_budget(self) -> int | None:
+        """The budget the model is set up with (None: every visual token, the recorded budget being the most one
+        image can give)."""
+        return None if self.serve_all else self.budget
+
+
+@dataclass(frozen=True)
+class CheckpointFacts:
+    """What planning reads from a checkpoint's config (nothing is loaded)."""
+
+    model_type: str
+    family: object  # model.families.Family of LLaVA-NeXT / OneVision / Qwen2.5-VL; None for LLaVA-1.5 / VisToG
+    semantic: int | None  # N of a VisToG checkpoint (per view on a family); None for a stock one
+    full: int  # the full budget: the patch count; a family's 100 % or the most tokens one image can give
+
+    @property
+    def lineage(self) -> str:
+        """The family a sweep may not mix: LLaVA-1.5 (stock and VisToG) or the family's model_type."""
+        return self.family.model_type if self.family is not None else "llava"
+
+
+PER_VIEW = "per_view"  # VisToG on NeXT / OneVision: N tokens per view (CellResult.budget_rule)
 
 
 # -- planning --------------------------------------------------------------------------------------------------------
-def _checkpoint_facts(path: str) -> tuple[str, int | None, int]:
-    """(model_type, N or None, patch count) from a checkpoint's config.json, validated."""
+def _checkpoint_facts(path: str) -> CheckpointFacts:
+    """A checkpoint's facts from its config.json, validated. A family's full budget: 100 for a percentage rule; for
+    per-image totals the most tokens one image can give on this config (profiling.flops.most_image_tokens: base view,
+    tiles of its image_grid_pinpoints and newline tokens)."""
+    from .model.families import family_of
+    from .model.families_vistog import SETTINGS_FILE
     from .model.loading import checkpoint_model_type, load_config
     from .model.modeling import vistog_config
+    from .profiling.flops import most_image_tokens
 
     model_type = checkpoint_model_type(path)
-    if model_type not in ("llava", "vistog"):  # LLaVA-NeXT, LLaVA-OneVision, Qwen2.5-VL: budgets are per image size
-        raise UsageError(
-            f"{path} is a {model_type} checkpoint: `vistog-bench run` sweeps LLaVA-1.5 checkpoints; serve it through "
-            f"lmms-eval (python -m lmms_eval eval --model vistog --model_args pretrained={path},method=none ...)"
-        )
     config = load_config(path)
+    family = family_of(model_type)
+    if family is not None:
+        settings = Path(path) / SETTINGS_FILE
+        semantic = json.loads(settings.read_text())["num_semantic_tokens"] if settings.is_file() else None
+        return CheckpointFacts(model_type, family, semantic, family.full_budget or most_image_tokens(config))
     semantic = config.num_semantic_tokens if model_type == "vistog" else None
-    return model_type, semantic, vistog_config(config, None).num_patches
+    return CheckpointFacts(model_type, None, semantic, vistog_config(config, None).num_patches)
 
 
 def checkpoint_budgets(models) -> tuple[int, ...]:
-    """Each checkpoint's own budget (N for VisToG, the patch count for stock LLaVA), largest first."""
+    """Each checkpoint's own budget, largest first: N for a LLaVA-1.5 VisToG checkpoint, the full budget for a stock
+    one and for a family's (a family's VisToG cells take their N per view whatever the budgets)."""
     facts = [_checkpoint_facts(str(m)) for m in models]
-    return tuple(sorted({semantic or patches for _, semantic, patches in facts}, reverse=True))
+    return tuple(sorted({f.semantic if f.semantic and f.family is None else f.full for f in facts}, reverse=True))
+
+
+def _check_budgets(budgets, full: int, family) -> None:
+    """Each budget under the sweep's rule: LLaVA-1.5 1..patch count; a family's rule (families.check_family_budget)
+    and at most its full budget."""
+    from .model.families import check_family_budget
+
+    for budget in budgets:
+        if family is not None:
+            check_family_budget(family, budget)
+        if not 0 < budget <= full:
+            unit = "visual tokens (the patch count)" if family is None else (
+                f"visual tokens per image on {family.model_type}, summed over its tiles (the most one image gives)")
+            raise UsageError(f"budget {budget} is out of range: 1..{full} {unit}")
 
 
 def plan_cells(config: RunConfig) -> list[Cell]:
-    """The sweep: `none` at the full budget first, then every other method at every budget below it."""
+    """The sweep: `none` at the full budget first, then every other method at every budget below it (VisToG on a
+    family: one cell per VisToG checkpoint, at its N per view)."""
     from .reducers import check_method
 
-    stock, vistog, patch_counts = None, {}, set()
-    for path in config.models:
-        model_type, semantic, patches = _checkpoint_facts(path)
-        patch_counts.add(patches)
-        if semantic is None:
+    facts = {path: _checkpoint_facts(path) for path in config.models}
+    lineages = sorted({f.lineage for f in facts.values()})
+    if len(lineages) > 1:
+        raise UsageError(f"the checkpoints are of different model families ({', '.join(lineages)}); "
+                         "sweep one family at a time")
+    stock, vistog, fulls = None, {}, set()
+    for path, fact in facts.items():
+        fulls.add(fact.full)
+        if fact.semantic is None:
             stock = stock or path
         else:
-            vistog.setdefault(semantic, path)
-    if len(patch_counts) != 1:
-        raise UsageError(f"the checkpoints disagree on the patch count ({sorted(patch_counts)}); sweep one model family")
-    full = patch_counts.pop()
+            vistog.setdefault(fact.semantic, path)
+    if len(fulls) != 1:
+        what = "patch count" if lineages == ["llava"] else "full budget"
+        raise UsageError(f"the checkpoints disagree on the {what} ({sorted(fulls)}); sweep one model family")
+    full = fulls.pop()
+    family = next(iter(facts.values())).family
+    rule = None if family is None else family.budget_rule
     methods = [check_method(m) for m in config.methods]
-    for budget in config.budgets:
-        if not 0 < budget <= full:
-            raise UsageError(f"budget {budget} is out of range: 1..{full} visual tokens (the patch count)")
+    _check_budgets(config.budgets, full, family)
     cells = []
     if stock is not None:
-        cells.append(Cell("none", full, stock))
+        cells.append(Cell("none", full, stock, rule, serve_all=family is not None and family.full_budget is None))
     elif any(m != "vistog" for m in methods):
-        raise UsageError("methods other than vistog, and the full-budget reference, need a stock LLaVA checkpoint among --model")
+        kind = "LLaVA-1.5" if family is None else family.model_type
+        raise UsageError(f"methods other than vistog, and the full-budget reference, need a stock {kind} checkpoint "
+                         "among --model")
     for method in methods:
         if method == "none":
+            continue
+        if method == "vistog" and family is not None:
+            if not vistog:
+                raise UsageError(f"no VisToG checkpoint of {family.model_type} among --model (a folder with "
+                                 "vistog_family.json: VisToGFamily.save_pretrained)")
+            cells += [Cell(method, n, path, PER_VIEW) for n, path in sorted(vistog.items(), reverse=True)]
             continue
         for budget in sorted(set(config.budgets), reverse=True):
             if budget == full:
@@ -144,7 +216,7 @@ def plan_cells(config: RunConfig) -> list[Cell]:
                     raise UsageError(f"no VisToG checkpoint for budget {budget} among --model (VisToG budgets: {have})")
                 cells.append(Cell(method, budget, vistog[budget]))
             else:
-                cells.append(Cell(method, budget, stock))
+                cells.append(Cell(method, budget, stock, rule))
     return cells
 
 
@@ -155,6 +227,8 @@ def check_combinations(cells: list[Cell]) -> None:
 
     configs, problems = {}, []
     for cell in cells:
+        if cell.budget_rule == PER_VIEW:  # a VisToG checkpoint of a family serves vistog (its config is the stock's)
+            continue
         if cell.checkpoint not in configs:
             try:
                 configs[cell.checkpoint] = load_config(cell.checkpoint)
@@ -269,6 +343,9 @@ def run_sweep(config: RunConfig, command: list[str] | None = None) -> tuple[RunD
             limits = task_limits(manager, tasks, config.limit)
             done = {c.key for c in run.cells() if c.ok}
             print(f"vistog-bench run: {run.path} (library output: {run.path / LOG_FILE})", file=sys.stderr)
+            if config.profile and any(cell.budget_rule for cell in cells):
+                print("vistog-bench run: family cells are served without the request profiler (it reads LLaVA-1.5 "
+                      "shapes): no latency or speedup for them", file=sys.stderr)
             for cell in cells:
                 todo = [t for t in tasks if CellKey(t, cell.method, cell.budget) not in done]
                 if todo:
@@ -331,6 +408,8 @@ def _record(run: RunDir, result: CellResult) -> None:
     run.record_cell(result)
     shown = ", ".join(f"{k.split(',')[0]}={v:.4g}" for k, v in list(result.metrics.items())[:2])
     failed = f", {result.n_failed} failed" if result.n_failed else ""
+    if result.mean_visual_tokens is not None:
+        failed += f", tokens {result.mean_visual_tokens:.6g} of {result.mean_visual_tokens_unreduced:.6g} per image"
     took = f" [{result.elapsed_s:.1f} s]" if result.elapsed_s is not None else ""
     print(f"  {result.task} {result.method}@{result.budget}: {result.status} (n={result.n_samples}{failed})"
           + (f" {shown}" if shown else "") + took, file=sys.stderr)
@@ -341,7 +420,8 @@ def _record_groups(run: RunDir, cell: Cell, groups: list[TaskGroup], done: set) 
     members = {c.task: c for c in run.cells() if (c.method, c.budget) == (cell.method, cell.budget)}
     for group in groups:
         if group.aggregate and CellKey(group.name, cell.method, cell.budget) not in done:
-            _record(run, group_cell(group, cell.method, cell.budget, members))
+            _record(run, dataclasses.replace(group_cell(group, cell.method, cell.budget, members),
+                                             budget_rule=cell.budget_rule))
 
 
 def _run_cell(run: RunDir, cell: Cell, tasks: list[str], config: RunConfig, manager, limits: dict) -> None:
@@ -353,18 +433,20 @@ def _run_cell(run: RunDir, cell: Cell, tasks: list[str], config: RunConfig, mana
     started = time.perf_counter()
     try:
         with third_party_output_to(log_path):
-            served = serve_checkpoint(cell.checkpoint, method=cell.method, budget=cell.budget, device=config.device,
+            served = serve_checkpoint(cell.checkpoint, method=cell.method, budget=cell.served_budget, device=config.device,
                                       dtype=config.dtype, seed=config.seed, chat_template=config.chat_template)
     except Exception as exc:  # noqa: BLE001 - a model that does not load fails its own cells; the sweep goes on
         reason = f"loading {cell.checkpoint}: {type(exc).__name__}: {exc}"
         status = STATUS_OOM if _is_oom(exc) else failed_status(reason)
         for task in tasks:
-            _record(run, CellResult(task, cell.method, cell.budget, status, elapsed_s=time.perf_counter() - started))
+            _record(run, CellResult(task, cell.method, cell.budget, status, elapsed_s=time.perf_counter() - started,
+                                    budget_rule=cell.budget_rule))
         _release_memory()
         return
     _note_prompt_template(run, served)
+    # The request profiler reads LLaVA-1.5 shapes (stage modules, analytic FLOPs): a family's cells are not profiled.
     profiler = (RequestProfiler(served.model, device=config.device, applied=served.applied)
-                if config.profile else None)
+                if config.profile and cell.budget_rule is None else None)
     for task in tasks:
         started = time.perf_counter()
         lm = None
@@ -393,20 +475,22 @@ def _failed_cell(cell: Cell, task: str, exc: Exception, samples: list[dict], sta
         reason += f" ({len(failures)} sample(s) had failed, first: {failures[0]['failure']})"
     status = STATUS_OOM if _is_oom(exc) else failed_status(reason)
     return CellResult(task, cell.method, cell.budget, status, elapsed_s=time.perf_counter() - started,
-                      n_failed=len(failures))
+                      n_failed=len(failures), budget_rule=cell.budget_rule)
 
 
 def _record_task(run: RunDir, cell: Cell, task: str, results: dict | None, samples: list[dict], elapsed_s: float
                  ) -> None:
-    """A task's cell and its sample lines, from lmms-eval's results and the adapter's sample log."""
+    """A task's cell and its sample lines, from lmms-eval's results and the adapter's sample log (a family's cell
+    also records the mean visual tokens per image, received and unreduced)."""
     failures = list({e["doc_id"]: e["failure"] for e in samples if e.get("failure")}.values())
     if results is None:
         _record(run, CellResult(task, cell.method, cell.budget, failed_status("lmms-eval returned nothing"),
-                                n_failed=len(failures)))
+                                n_failed=len(failures), budget_rule=cell.budget_rule))
         return
-    write_jsonl(run.samples_path(CellKey(task, cell.method, cell.budget)),
-                sample_lines(results.get("samples", {}).get(task, []), samples))
-    _record(run, cell_from_lmms_results(task, cell.method, cell.budget, results, elapsed_s, failures))
+    lines = sample_lines(results.get("samples", {}).get(task, []), samples)
+    write_jsonl(run.samples_path(CellKey(task, cell.method, cell.budget)), lines)
+    result = cell_from_lmms_results(task, cell.method, cell.budget, results, elapsed_s, failures)
+    _record(run, dataclasses.replace(result, budget_rule=cell.budget_rule, **token_means(lines)))
 
 
 def _release_memory() -> None:
@@ -442,9 +526,11 @@ def summary_table(cells: list[CellResult]) -> str:
 # -- CLI -------------------------------------------------------------------------------------------------------------
 def add_arguments(parser) -> None:
     parser.add_argument("--model", nargs="+",
-                        help="checkpoint folder(s): stock LLaVA-1.5 and/or VisToG checkpoints (default: the embedded ones)")
+                        help="checkpoint folder(s) of one family: stock LLaVA-1.5 and/or VisToG checkpoints, or stock "
+                             "LLaVA-NeXT / OneVision / Qwen2.5-VL and their VisToG ones (default: the embedded ones)")
     parser.add_argument("--tasks", help="comma-separated lmms-eval task or group names")
-    parser.add_argument("--budgets", help="visual tokens per image, e.g. 576,192,128,64")
+    parser.add_argument("--budgets", help="visual tokens per image, e.g. 576,192,128,64 (LLaVA-NeXT / OneVision: "
+                                           "summed over tiles; Qwen2.5-VL: percent of each image's own, 1..100)")
     parser.add_argument("--methods", "--method", dest="method", default=None,
                         help="comma-separated: none, vistog, pool, random, tome, visionzip, prumerge, fastv")
     parser.add_argument("--limit", type=int, default=None, help="samples per task (for quick runs; even for MME)")
