@@ -110,7 +110,7 @@ def retention_vs_speedup(data: ReportData, reference: ReferenceSet | None, foote
                 label="Pareto frontier (measured)", zorder=0)
     for ref in ref_points:
         ax.scatter([ref.speedup], [ref.retention], marker="D", facecolors="none", edgecolors="gray")
-        ax.annotate(f"{ref.method}@{ref.visual_tokens} (reported)", (ref.speedup, ref.retention),
+        ax.annotate(f"{ref.method}@{ref.budget_label} (reported)", (ref.speedup, ref.retention),
                     textcoords="offset points", xytext=(4, -8), fontsize=6, color="gray")
     if not ref_points:
         ax.text(0.99, 0.01, "no reference gives both retention and speedup", transform=ax.transAxes, ha="right",
@@ -172,7 +172,7 @@ def accuracy_vs_tokens(data: ReportData, reference: ReferenceSet | None, footer:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name, color=colors[name])
         family = benchmark_family(task, reference.benchmarks) if reference else None
         if family:
-            refs = [r for r in reference.rows if family in r.scores]
+            refs = [r for r in reference.rows if family in r.scores and r.visual_tokens is not None]
             if refs:
                 ax.scatter([r.visual_tokens for r in refs], [r.scores[family] for r in refs], marker="D",
                            facecolors="none", edgecolors="gray", s=14, label="reported (papers)")

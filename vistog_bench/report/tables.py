@@ -150,6 +150,13 @@ EFFICIENCY_COLUMNS = (
     Column("peak_mib", "Peak mem (MiB)", "min", 1),
     Column("joules", "J / sample", "min", 2),
 )
+# CellResult.budget_rule -> what a budget (the number after `@`) means (model.families' rules, VisToG's on them).
+BUDGET_RULES = {
+    "per_image_total": "visual tokens per image, summed over its tiles (base view, tiles, newline tokens); `none` at "
+                       "the most one image can give on the checkpoint",
+    "percent_of_own": "percent of each image's own visual-token count; `none` at 100",
+    "per_view": "VisToG's N tokens per view (an image gives views x N)",
+}
 NO_INTERVAL = ("no interval: controlled records keep the median, p10, p90, CV and n of their repeats, not the repeats "
                "a bootstrap resamples")
 
@@ -258,7 +265,19 @@ def _main_columns(data: ReportData) -> tuple[list[Column], dict[str, Any]]:
         columns.append(Column(f"task:{task}", f"{task} ({head.unit})" if head else task, "max",
                               head.decimals if head else 1))
     columns.append(Column("retention", "Avg. retention (%)", "max", 1))
+    if any(r.tokens for r in data.rows):
+        columns.insert(2, Column("unreduced", "Unreduced", None, 0))
     return columns + list(EFFICIENCY_COLUMNS), units
+
+
+def budget_lines(rows: list[Row]) -> list[str]:
+    """What the budgets mean, where a row's cells recorded a budget rule, and what the token columns hold."""
+    rules = sorted({r.budget_rule for r in rows if r.budget_rule})
+    if not rules:
+        return []
+    told = "; ".join(f"{rule} = {BUDGET_RULES.get(rule, rule)}" for rule in rules)
+    return [f"Budgets (after @): {told}. Tokens = mean visual tokens per image the LLM received, Unreduced = the "
+            "processor's count before reduction (means over the scored samples)."]
 
 
 def _drop_empty_efficiency(columns: list[Column], rows: list[dict[str, Cell]]) -> tuple[list[Column], list[Column]]:
@@ -275,7 +294,7 @@ def _main_provenance(data: ReportData, units: dict[str, Any], measured_ttft: boo
     effs = [r.efficiency for r in data.rows if r.efficiency]
     kinds = {e.kind for e in effs}
     flops_sources = {e.flops_source for e in effs if e.flops_source}
-    lines = [runs_line(data.runs), setup_lines([r.setup for r in data.rows])]
+    lines = [runs_line(data.runs), setup_lines([r.setup for r in data.rows]), *budget_lines(data.rows)]
     if kinds:
         described = {"controlled": "controlled measurements (`kind=controlled`: batch size 1 and the compiled path "
                                    "preferred where several exist, forced output length)",
@@ -313,6 +332,8 @@ def main_table(data: ReportData) -> Table:
     block_starts = {i for i in range(1, len(data.rows)) if data.rows[i].budget != data.rows[i - 1].budget}
     for row in data.rows:
         cells = {"method": Cell(row.label + (" (full)" if row.full_budget else "")), "tokens": Cell(row.visual_tokens)}
+        if row.tokens:
+            cells["unreduced"] = Cell(row.tokens[1])
         cells.update({f"task:{task}": _score_cell(row, task, notes) for task in data.tasks})
         cells["retention"] = _retention_cell(row, data.tasks, notes)
         cells.update(_efficiency_cells(row, measured_ttft, notes))
@@ -335,18 +356,21 @@ def main_table(data: ReportData) -> Table:
 # ---------------------------------------------------------------------------------------------------------------
 def reference_table(reference: ReferenceSet) -> Table:
     notes = Footnotes(style="numeric")
-    columns = [Column("method", "Method (reported)", None, None), Column("tokens", "Tokens", None, 0)]
+    columns = [Column("method", "Method (reported)", None, None), Column("tokens", "Tokens", None, 0),
+               Column("convention", "Counted as", None, None)]
     columns += [Column(f"bench:{b}", b, None, 0 if b == "mme" else 1) for b in reference.benchmarks]
     columns.append(Column("retention", "Avg. retention (%)", None, 1))
     rows, meta, blocks = [], [], set()
-    ordered = sorted(reference.rows, key=lambda r: -r.visual_tokens)
+    ordered = sorted(reference.rows, key=lambda r: (r.budget[0] != "tokens", -r.budget[1]))  # token counts first
     for index, ref in enumerate(ordered):
-        if index > 0 and ref.visual_tokens != ordered[index - 1].visual_tokens:
+        if index > 0 and ref.budget != ordered[index - 1].budget:
             blocks.add(index)
         marks = [notes.mark(ref.source)]
         if ref.note:
             marks.append(notes.mark(ref.note))
-        cells = {"method": Cell(ref.method, marks=tuple(marks)), "tokens": Cell(ref.visual_tokens)}
+        tokens = Cell(ref.visual_tokens) if ref.visual_tokens is not None else Cell(text=ref.budget_label)
+        cells = {"method": Cell(ref.method, marks=tuple(marks)), "tokens": tokens,
+                 "convention": Cell(text=ref.convention or "not stated")}
         for b in reference.benchmarks:
             cells[f"bench:{b}"] = Cell(ref.scores.get(b))
         cells["retention"] = Cell(ref.retention) if ref.retention is not None else Cell(text="n/a")
@@ -355,7 +379,10 @@ def reference_table(reference: ReferenceSet) -> Table:
     provenance = [
         "Reported in papers, not measured here; never averaged with measured rows. "
         "Files: " + ", ".join(str(f) for f in reference.files) + ".",
-        ("MME = perception + cognition; other benchmarks in %. Retention = mean of value / the same source's "
+        ("mme = perception + cognition, mme_perception alone; other benchmarks in %. Tokens: per image, or the "
+         "percent of visual tokens kept (video tables). Counted as: llm_input = every LLM layer sees the budget, "
+         "layer_mean = its mean over LLM layers, after_layer = kept after an early LLM layer (the method's own "
+         "convention; a re-quoting table may not say how it ran it). Retention = mean of value / the same source's "
          "full-budget value (n/a where that source gives no full-budget row)."),
     ]
     return Table("reported", "Reported numbers (published, for context)", columns, rows, provenance, notes.items,
