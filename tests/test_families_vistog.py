@@ -179,3 +179,16 @@ def test_adapter_serves_a_saved_vistog_checkpoint(layouts, name, tmp_path):
         VisToGChatLMM(pretrained=str(tmp_path), method="random", budget=100, device="cpu")
     with pytest.raises(UsageError, match="needs a VisToG checkpoint"):
         VisToGChatLMM(pretrained=str(layouts[name]), method="vistog", device="cpu")
+
+
+def test_save_pretrained_writes_a_given_state_dict(layouts, tmp_path):
+    """The trainer saves weights gathered from FSDP shards: `state_dict=` (this module's keys) is what is written."""
+    vt, _, _ = wrapped(layouts, "llava-onevision")
+    state = {k: v.clone() for k, v in vt.state_dict().items()}
+    state["semantic_tokens"] += 1.0
+    projector = next(k for k in state if k.startswith("stock.model.multi_modal_projector."))
+    state[projector] += 1.0
+    vt.save_pretrained(tmp_path, state_dict=state)
+    loaded = VisToGFamily.from_pretrained(tmp_path).state_dict()
+    assert all(torch.equal(loaded[k], state[k]) for k in state)
+    assert not torch.equal(loaded["semantic_tokens"], vt.semantic_tokens)

@@ -215,3 +215,10 @@ def test_cli_trains_a_next_checkpoint_and_refuses_what_it_cannot(checkpoints, da
                     "--output-dir", str(tmp_path / "x"), *common])  # fmt: skip
     error = capsys.readouterr().err.strip()
     assert code == 2 and error.count("\n") == 0 and "give --num-semantic-tokens N" in error
+
+
+def test_gradient_checkpointing_changes_no_loss(checkpoints, data, stage1, tmp_path):
+    _, plain, _ = stage1["llava-next"]
+    result, model = trained(config(checkpoints["llava-next"], data, tmp_path, gradient_checkpointing=True))
+    assert model.stock.is_gradient_checkpointing
+    assert np.allclose(result.losses, plain.losses, rtol=1e-5)

@@ -115,13 +115,14 @@ class VisToGFamily(nn.Module):
         return model if num_semantic_tokens is None else cls(model, num_semantic_tokens, **settings)
 
     # -- checkpoints ---------------------------------------------------------------------------------------------------
-    def save_pretrained(self, out: str | Path, state_dict: dict | None = None) -> Path:
+    def save_pretrained(self, out: str | Path, state_dict: dict | None = None, **stock_kwargs) -> Path:
         """The stock model's files + the VisToG parts; `state_dict` (this module's keys, e.g. gathered from FSDP
-        shards by the trainer) instead of the module's own tensors."""
+        shards by the trainer) instead of the module's own tensors; `stock_kwargs` go to the stock model's
+        `save_pretrained` (transformers' options, e.g. `save_original_format`)."""
         out = Path(out)
         state_dict = self.state_dict() if state_dict is None else state_dict
         stock = {k.removeprefix("stock."): v for k, v in state_dict.items() if k.startswith("stock.")}
-        self.stock.save_pretrained(out, state_dict=stock)
+        self.stock.save_pretrained(out, state_dict=stock, **stock_kwargs)
         parts = {k: v.detach().contiguous() for k, v in state_dict.items() if not k.startswith("stock.")}
         save_file(parts, str(out / PARTS_FILE), metadata={"format": "pt"})
         (out / SETTINGS_FILE).write_text(json.dumps(
