@@ -323,6 +323,8 @@ class Row:
     speedup: Speedup | None = None
     setup: Setup = field(default_factory=Setup)
     full_budget: bool = False
+    budget_rule: str | None = None  # CellResult.budget_rule of the row's cells (None: LLaVA-1.5 tokens per image)
+    tokens: tuple[float, float] | None = None  # mean visual tokens per image: (received, unreduced), where recorded
     accuracy_run: str | None = None  # the run the scores come from
     efficiency_run: str | None = None  # the run the latency numbers come from
 
@@ -332,9 +334,10 @@ class Row:
         return f"{base} [{self.run_ids[0]}]" if self.label_run else base
 
     @property
-    def visual_tokens(self) -> int:
-        """Visual tokens one image gives the LLM: the budget (a video prompt has one budget per frame)."""
-        return self.budget
+    def visual_tokens(self) -> float:
+        """Visual tokens one image gives the LLM: the mean received where the cells recorded it (families: it
+        depends on the image), else the budget (a video prompt has one budget per frame)."""
+        return self.tokens[0] if self.tokens else self.budget
 
 
 def _cell_status(cell: CellResult) -> tuple[str, str | None]:
@@ -354,6 +357,19 @@ class Accuracy:
     run_id: str
     scores: dict[str, Score]
     full_budget: bool
+    budget_rule: str | None = None
+    tokens: tuple[float, float] | None = None
+
+
+def _mean_tokens(cells: Sequence[CellResult]) -> tuple[float, float] | None:
+    """(received, unreduced) visual tokens per image over the cells that recorded them, weighted by samples scored."""
+    having = [c for c in cells if c.ok and c.n_samples and c.mean_visual_tokens is not None
+              and c.mean_visual_tokens_unreduced is not None]  # fmt: skip
+    if not having:
+        return None
+    weight = sum(c.n_samples for c in having)
+    return (sum(c.mean_visual_tokens * c.n_samples for c in having) / weight,
+            sum(c.mean_visual_tokens_unreduced * c.n_samples for c in having) / weight)
 
 
 @dataclass
@@ -417,6 +433,10 @@ def _accuracy_parts(run: RunData, notes: list[str]) -> dict[tuple[str, int], Acc
             continue
         kept = retention(value, reference.get(task))
         part.scores[task] = Score("ok", value, headline, None if kept is None else 100.0 * kept)
+    for (method, budget), part in parts.items():
+        mine = [c for (_, m, b), c in cells.items() if (m, b) == (method, budget)]
+        part.budget_rule = next((c.budget_rule for c in mine if c.budget_rule), None)
+        part.tokens = _mean_tokens(mine)
     return parts
 
 
@@ -478,6 +498,7 @@ def build_report_data(runs: list[RunData]) -> ReportData:
                 part = accuracy[acc_ids[0]][key]
                 row.scores = part.scores
                 row.full_budget = part.full_budget
+                row.budget_rule, row.tokens = part.budget_rule, part.tokens
                 retentions = [s.retention for s in part.scores.values() if s.retention is not None]
                 row.n_scored = len(part.scores)
                 row.n_retention = len(retentions)
