@@ -1,17 +1,20 @@
-"""Two processes on CPU through `torchrun --nproc_per_node 2` (accelerate's MULTI_CPU over gloo): DDP trains, saves a
-checkpoint that evaluates, and 2 x batch B gives one process's batch-2B losses; an FSDP config accelerate cannot
-apply on CPUs is refused in one line."""
+"""Two processes on CPU through `torchrun --nproc_per_node 2` over gloo: DDP (accelerate's MULTI_CPU) and FSDP2
+(accelerate's FSDP path, the shipped fsdp2.yaml's settings) train, save a checkpoint that is served, and 2 x batch B
+gives one process's batch-2B losses; FSDP2 really shards (rank 0 holds about half of the parameters); an FSDP
+version accelerate cannot apply on CPUs is refused in one line."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import torch
 
 from vistog_bench.demo.build import write_fresh_model
 
@@ -41,6 +44,41 @@ def log_of(out) -> list[dict]:
     return [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
 
 
+def fsdp2_env() -> dict:
+    """The variables `accelerate launch --config_file fsdp2.yaml` exports (accelerate/utils/launch.py
+    `prepare_multi_gpu_env`: FSDP_<key>, the layer classes as FSDP_TRANSFORMER_CLS_TO_WRAP, booleans lower-case)."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from vistog_bench.train.recipes import accelerate_config_path
+
+    fsdp = load_config_from_file(str(accelerate_config_path("fsdp2.yaml"))).fsdp_config
+    names = {"fsdp_transformer_layer_cls_to_wrap": "FSDP_TRANSFORMER_CLS_TO_WRAP"}
+    return {"ACCELERATE_USE_FSDP": "true",
+            **{names.get(k, k.upper()): str(v).lower() if isinstance(v, bool) else str(v) for k, v in fsdp.items()}}
+
+
+def losses_and_rates(out) -> list[tuple]:
+    return [(r["step"], r["loss"], r["lr"]) for r in log_of(out) if "of" in r]
+
+
+def serve_one_sample(folder) -> str:
+    """The folder loaded by the lmms-eval adapter (`vistog-bench run`'s model) and one image question answered."""
+    from lmms_eval.api.instance import GenerationResult, Instance
+
+    from vistog_bench.adapter import VisToGLMM
+    from vistog_bench.testing import random_images
+
+    lm = VisToGLMM(pretrained=str(folder), method="none", device="cpu", dtype="float32")
+    lm.task_dict = {"toy": {"test": [{"image": random_images(1, seed=3)[0]}]}}
+    request = Instance(request_type="generate_until", idx=0, metadata={"task": "toy", "doc_id": 0, "repeats": 1},
+                       arguments=("What colour is the shape?", {"max_new_tokens": 3, "temperature": 0},
+                                  lambda doc: [doc["image"]], 0, "toy", "test"))  # fmt: skip
+    [answer] = lm.generate_until([request])
+    assert isinstance(answer, GenerationResult) and answer.token_counts.output_tokens > 0
+    assert "failure" not in lm.take_sample_log()[0]
+    return answer.text
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_equal_one_with_twice_the_batch(tmp_path):
     fresh, data = write_fresh_model(tmp_path / "fresh"), write_single_word_data(tmp_path / "data", 12)
@@ -53,20 +91,53 @@ def test_ddp_two_processes_equal_one_with_twice_the_batch(tmp_path):
     assert summary["processes"] == 2 and summary["distributed_type"] == "MULTI_CPU"
     # the same 4 samples per step, split 2 + 2; every sample trains the same number of tokens, so the mean of the
     # two processes' mean losses is the one-process mean and DDP's averaged gradient the one-process gradient
-    both = [[(r["step"], r["loss"], r["lr"]) for r in log_of(out) if "of" in r] for out in (ddp, single)]
+    both = [losses_and_rates(out) for out in (ddp, single)]
     assert [s for s, _, _ in both[0]] == [1, 2, 3] and [lr for *_, lr in both[0]] == [lr for *_, lr in both[1]]
     assert np.allclose([loss for _, loss, _ in both[0]], [loss for _, loss, _ in both[1]], atol=2e-4)
 
-    from vistog_bench.adapter import VisToGLMM
-
-    lm = VisToGLMM(pretrained=str(ddp), method="none", budget=64, device="cpu", dtype="float32")
-    assert lm.model.num_visual_tokens == 64
+    serve_one_sample(ddp)
 
 
 @pytest.mark.slow
-def test_fsdp_on_cpu_is_refused_in_one_line(tmp_path):
+def test_fsdp2_two_processes_shard_train_save_and_serve(tmp_path):
+    fresh, data = write_fresh_model(tmp_path / "fresh"), write_single_word_data(tmp_path / "data", 12)
+    fsdp, resumed, single = tmp_path / "fsdp", tmp_path / "resumed", tmp_path / "single"
+    launch = [*TORCHRUN, "--master_port", str(free_port())]
+    result = run([*launch, *train_args(fresh, data, fsdp, 2), "--save-steps", "2"], {**ENV, **fsdp2_env()})
+    assert result.returncode == 0, result.stderr[-3000:]
+    # the resumable state at step 2 is accelerate's sharded one (every rank writes its shards); resumed, the run
+    # ends as the uninterrupted one did
+    assert (fsdp / "checkpoints" / "checkpoint_0" / "pytorch_model_fsdp_0").is_dir()
+    shutil.copytree(fsdp / "checkpoints", resumed / "checkpoints")
+    resume = [*train_args(fresh, data, resumed, 2), "--save-steps", "2", "--resume-from-checkpoint", "latest"]
+    result = run([*launch, *resume], {**ENV, **fsdp2_env()})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert losses_and_rates(resumed) == losses_and_rates(fsdp)
+    result = run([sys.executable, *train_args(fresh, data, single, 4)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    start, summary = log_of(fsdp)[0], log_of(fsdp)[-1]
+    assert summary["processes"] == 2 and summary["distributed_type"] == "FSDP"
+    # fully_shard splits every parameter on dim 0 over the 2 ranks (rank 0 takes the larger half of an odd size)
+    assert start["parameters_held"] < start["parameters"] and 2 * start["parameters_held"] >= start["parameters"]
+    assert log_of(single)[0]["parameters_held"] == log_of(single)[0]["parameters"]
+    # FSDP's gradients are reduce-scattered means over the ranks: the same step as one process at twice the batch
+    both = [losses_and_rates(out) for out in (fsdp, single)]
+    assert [s for s, _, _ in both[0]] == [1, 2, 3] and [lr for *_, lr in both[0]] == [lr for *_, lr in both[1]]
+    assert np.allclose([loss for _, loss, _ in both[0]], [loss for _, loss, _ in both[1]], atol=2e-4)
+    # the saved folder holds the full (gathered) weights: what one process trained, up to float noise
+    from vistog_bench.model import load_checkpoint
+
+    gathered, again, alone = (load_checkpoint(out)[0].state_dict() for out in (fsdp, resumed, single))
+    assert gathered.keys() == alone.keys() == again.keys()
+    assert max((gathered[k] - alone[k]).abs().max().item() for k in alone) < 1e-5  # 3 Adam steps move ~1e-2
+    assert all(torch.equal(gathered[k], again[k]) for k in gathered)
+    serve_one_sample(fsdp)
+
+
+@pytest.mark.slow
+def test_fsdp1_on_cpu_is_refused_in_one_line(tmp_path):
     fresh, data = write_fresh_model(tmp_path / "fresh"), write_single_word_data(tmp_path / "data", 4)
-    env = {**ENV, "ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}  # what `accelerate launch` sets from fsdp2.yaml
+    env = {**ENV, **fsdp2_env(), "FSDP_VERSION": "1"}  # accelerate applies FSDP version 1 on accelerators only
     result = run([*TORCHRUN, "--master_port", str(free_port()), *train_args(fresh, data, tmp_path / "o", 2)], env)
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.startswith("vistog-bench train: error:")]

@@ -54,8 +54,8 @@ class TrainResult:
 
 def make_accelerator(config: TrainConfig):
     import torch
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedType, ProjectConfiguration
+    from accelerate import Accelerator, PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, ProjectConfiguration
 
     project = ProjectConfiguration(
         project_dir=config.output_dir, automatic_checkpoint_naming=True, total_limit=config.save_total_limit
@@ -63,22 +63,44 @@ def make_accelerator(config: TrainConfig):
     # accelerate sets up gloo over several CPU processes only when told to use the CPU (`accelerate launch --cpu`);
     # plain `torchrun` on a machine without an accelerator device says so here
     cpu_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
+    # the plugin accelerate itself builds from `accelerate launch`'s FSDP_* variables (fsdp2.yaml)
+    fsdp = FullyShardedDataParallelPlugin() if _asked_for("FSDP") else None
     accelerator = Accelerator(
         cpu=cpu_processes, gradient_accumulation_steps=config.grad_accum, mixed_precision=config.mixed_precision,
-        log_with=list(config.report_to) or None, project_config=project,
+        log_with=list(config.report_to) or None, project_config=project, fsdp_plugin=fsdp,
     )  # fmt: skip
-    # accelerate keeps MULTI_CPU when asked for FSDP on CPUs (its state.py switches only accelerator devices to FSDP)
+    if fsdp is not None and accelerator.distributed_type == DistributedType.MULTI_CPU and fsdp.fsdp_version == 2:
+        # accelerate 1.15's AcceleratorState switches only accelerator devices to FSDP (state.py keeps MULTI_CPU for
+        # gloo processes); torch's fully_shard runs over gloo, so the one missing step is done here: from now on
+        # accelerate's own FSDP2 path (prepare -> fsdp2_prepare_model, get_state_dict, save_state) runs, as on GPUs.
+        # PartialState too: every later AcceleratorState() copies PartialState's distributed_type over its own
+        PartialState().distributed_type = accelerator.state.distributed_type = DistributedType.FSDP
+        accelerator.state.fsdp_plugin = fsdp
     for engine, kind in (("FSDP", DistributedType.FSDP), ("DEEPSPEED", DistributedType.DEEPSPEED)):
-        if os.environ.get(f"ACCELERATE_USE_{engine}", "false").lower() == "true" and accelerator.distributed_type != kind:
+        if _asked_for(engine) and accelerator.distributed_type != kind:
+            needs = "GPUs, or fsdp_version 2 on several CPU processes" if engine == "FSDP" else "GPUs"
             raise UsageError(f"the accelerate config asks for {engine} but accelerate set up "
-                             f"{accelerator.distributed_type.value} on {accelerator.device.type}; {engine} needs GPUs")  # fmt: skip
+                             f"{accelerator.distributed_type.value} on {accelerator.device.type}; "
+                             f"{engine} needs {needs}")  # fmt: skip
     return accelerator
+
+
+def _asked_for(engine: str) -> bool:
+    """`accelerate launch` with an FSDP / DeepSpeed config file sets ACCELERATE_USE_<engine>."""
+    return os.environ.get(f"ACCELERATE_USE_{engine}", "false").lower() == "true"
 
 
 def is_sharded(accelerator) -> bool:
     from accelerate.utils import DistributedType
 
     return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
+def parameters_held(module) -> int:
+    """Parameter elements this process stores: its shards of FSDP2's DTensors, every element of a plain tensor."""
+    from torch.distributed.tensor import DTensor
+
+    return sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in module.parameters())
 
 
 def build_dataset(config: TrainConfig, model, processor, prompts):
@@ -233,7 +255,9 @@ def save_checkpoint(config: TrainConfig, accelerator, module, model, processor, 
     output_dir = Path(config.output_dir)
     model.eval()
     output_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(output_dir, state_dict=state_dict)
+    # transformers finds the mapping back to a checkpoint's original weight names by class name, and fully_shard
+    # renames the classes (FSDPLlavaForConditionalGeneration): FSDP2's gathered weights keep the modules' own names
+    model.save_pretrained(output_dir, state_dict=state_dict, save_original_format=not accelerator.is_fsdp2)
     processor.chat_template = template.text  # saved as chat_template.jinja: evaluation renders what training did
     processor.save_pretrained(output_dir)
     summary = {"stage": config.stage, "steps": state.step, "first_loss": state.losses[0],
@@ -277,7 +301,9 @@ def train(config: TrainConfig) -> TrainResult:
     module, optimizer, loader, scheduler = accelerator.prepare(module, optimizer, loader, scheduler)
     accelerator.register_for_checkpointing(state)
     progress = Progress(config, accelerator, state, total)
-    progress.log({"stage": config.stage, "chat_template": template.source, "style": template.style})
+    progress.log({"stage": config.stage, "chat_template": template.source, "style": template.style,
+                  "parameters": sum(p.numel() for p in module.parameters()),
+                  "parameters_held": parameters_held(module)})  # fmt: skip
     if config.report_to:
         accelerator.init_trackers("vistog-bench", config={k: str(v) for k, v in asdict(config).items()})
     if config.resume_from_checkpoint:
