@@ -18,18 +18,39 @@ Methods that apply (they read only the visual tokens at the LLM input, which eve
 - `divprune`: DivPrune's max-min diversity on the projected tokens (reducers/divprune.py, unchanged).
 - `cdpruner`: CDPruner's conditional DPP (reducers/cdpruner.py, unchanged, its departures included: relevance to the
   instruction's LLM input embeddings, the text after the sample's last image), per image.
-Refused in one line (`refusal`): methods that read CLS attention (visionzip, vispruner, prumerge: none of these
-encoders gives the LLM a CLS token; the published substitutes, mean attention or selection after the PatchMerger, are
-not built here), methods inside the vision encoder (tome, downsample, pool's 24 x 24 grid, vscan), in-LLM methods
-whose schedules assume one fixed count per image (fastv, dart, pdrop, sparsevlm) or equal-sized frames (holitom), and
-vistog on a stock model (it needs a VisToGFamily checkpoint, families_vistog.py, which serves vistog only).
+Methods that read CLS attention, on the encoder scores of model/family_attention.py (one encoder layer hooked, q / k
+recomputed for it in float32, the encoder's kernel unchanged): LLaVA-NeXT's CLS attention of each view at the
+feature layer; OneVision (SigLIP) and Qwen2.5-VL have no CLS and take the published substitute, the mean attention
+each token receives (VisPruner's SigLIP port), on Qwen2.5-VL per 2 x 2 PatchMerger group (selection after the
+PatchMerger). Each selects among one image's run at the LLM input, view by view:
+- views: NeXT / OneVision images are a base view then tiles (unpadded by the model; a OneVision tile grid that the
+  model pools, anyres_max_9, is one view); Qwen2.5-VL images are one view. Newline tokens (NeXT / OneVision, one per
+  row of the tile grid) are not candidates and are dropped, as VisionZip's LLaVA-NeXT run drops them, unless K_i
+  exceeds the image's other tokens (then the first newline tokens fill the rest: K_i = V_i keeps all).
+- budget split (`view_shares`): K_i splits over the views in proportion to their candidate tokens, largest
+  remainder first (ties to the earlier view): the published LLaVA-NeXT runs give every view the same count (VisPruner
+  and CDPruner's "32 x 5 = 160 tokens"), which this is for equal views.
+- `visionzip` (reducers/visionzip.py's split and merge): per view, Kd dominant tokens by score, Kc = round(10 K / 64)
+  contextual tokens, each a uniformly chosen remaining target plus the mean of the remaining tokens whose keys are
+  closest to it. Departures: the merge averages the LLM-input (projected) states, since the projector runs per token
+  before layer 0 (the reference merges before the projector); a contextual token takes its target's position (the
+  reference appends contextual tokens after the dominant ones).
+- `vispruner` (reducers/vispruner.py's duplicate removal): per view, floor(K r) important tokens by score (r = 0.5)
+  and the rest thinned by iterative matching. Departure: cosine similarity of the LLM-input (projected) states (the
+  reference: the encoder's output features); newline tokens dropped (the reference keeps them all beyond K).
+Refused in one line (`refusal`): `prumerge` (it reads the encoder layer after the feature layer; on NeXT it is not
+built per view, OneVision's and Qwen2.5-VL's feature layer is the last), methods inside the vision encoder (tome,
+downsample, pool's 24 x 24 grid, vscan), in-LLM methods whose schedules assume one fixed count per image (fastv,
+dart, pdrop, sparsevlm) or equal-sized frames (holitom), and vistog on a stock model (it needs a VisToGFamily
+checkpoint, families_vistog.py, which serves vistog only).
 
 Video (OneVision and Qwen2.5-VL take a video natively, `families`): a video's tokens are one run, like an image's, and
 the family's rule applies to the whole run: Qwen2.5-VL keeps `budget` % of the video's own tokens, OneVision `budget`
 tokens for the whole video (frames and newline together). A demanding user compares methods at one visual-token cost
 per visual, whatever its frame count; the selection then chooses across frames (DivPrune's diversity and CDPruner's
 DPP drop the frames' redundancy, random is uniform over the run); `max_frames` sets the video's unreduced
-size, and the sample log records both counts.
+size, and the sample log records both counts. visionzip and vispruner score images only: a batch with a video fails
+under them in one line (UsageError).
 """
 
 from __future__ import annotations
@@ -37,11 +58,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import UsageError
 from ..reducers.cdpruner import CDPrunerSelector
 from ..reducers.divprune import max_min_diversity
-from ..reducers.llm_pruning import LLMPruner, SampleView, Selection, Stage, left_pad
+from ..reducers.llm_pruning import (
+    LLMPruner,
+    SampleView,
+    Selection,
+    Stage,
+    left_pad,
+    merged_states,
+)
+from ..reducers.visionzip import contextual_targets, contextual_tokens, visionzip_split
+from ..reducers.vispruner import IMPORTANT_RATIO, remove_duplicates
 from .families import (
     Family,
     check_family_budget,
@@ -51,13 +82,12 @@ from .families import (
     model_family,
     video_token_id,
 )
+from .family_attention import EncoderScores, ImageScores, describe_scores
 
-FAMILY_METHODS = ("none", "random", "divprune", "cdpruner")
+FAMILY_METHODS = ("none", "random", "divprune", "cdpruner", "visionzip", "vispruner")
+SCORED_METHODS = ("visionzip", "vispruner")  # select on the encoder's attention scores (family_attention.py)
 _REASONS = {
     "vistog": "needs a VisToG checkpoint of this family (VisToGFamily.save_pretrained; NeXT / OneVision only)",
-    "visionzip": "reads CLS attention; the encoder gives the LLM no CLS token",
-    "vispruner": "reads CLS attention; the encoder gives the LLM no CLS token",
-    "prumerge": "reads CLS attention; the encoder gives the LLM no CLS token",
     "tome": "merges inside LLaVA-1.5's CLIP encoder; not wired into this family's encoder",
     "downsample": "downsamples LLaVA-1.5's 24 x 24 patch grid inside the encoder",
     "pool": "pools LLaVA-1.5's 24 x 24 patch grid; anyres / dynamic-resolution grids differ per image",
@@ -65,13 +95,21 @@ _REASONS = {
     "holitom": "merges a video's equal-sized frames; the adapter feeds these families images of their own sizes",
 }
 _FIXED_COUNT = "its schedule assumes one fixed visual-token count per image"
+_PRUMERGE = {
+    "llava_next": "reads the CLS attention of the encoder layer after the feature layer and merges over one 24 x 24 "
+                  "view; not built for anyres views (visionzip and vispruner read each view's CLS attention here)",
+    "llava_onevision": "reads the CLS attention of the encoder layer after the feature layer; SigLIP has no CLS and "
+                       "the feature layer (-1) is the last",
+    "qwen2_5_vl": "reads the CLS attention of the encoder layer after the feature layer; the ViT has no CLS and its "
+                  "last block feeds the PatchMerger",
+}  # fmt: skip
 
 
 def refusal(family: Family, method: str) -> str | None:
     """Why `method` does not run on `family` (one line), or None."""
     if method in FAMILY_METHODS:
         return None
-    reason = _REASONS.get(method, _FIXED_COUNT)
+    reason = _PRUMERGE[family.model_type] if method == "prumerge" else _REASONS.get(method, _FIXED_COUNT)
     return f"{method} on {family.model_type}: {reason}; runs here: {', '.join(FAMILY_METHODS)}"
 
 
@@ -83,26 +121,93 @@ def random_run_positions(count: int, keep: int, seed: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class RunSelector:
-    """Which tokens of one image's run stay: `random`, `divprune` or `cdpruner` (a Selector of the shared pruner)."""
+    """Which tokens of one image's run stay: `random`, `divprune` or `cdpruner`."""
 
     method: str
     seed: int = 0
     needs_attention: bool = False
 
-    def choose(self, hidden: torch.Tensor, run: torch.Tensor, keep: int, instruction: torch.Tensor) -> torch.Tensor:
+    def choose(self, hidden: torch.Tensor, run: torch.Tensor, keep: int, instruction: torch.Tensor,
+               image: int) -> Selection:  # fmt: skip
         """Positions [keep] of `run` [V] (positions in the sample); hidden [T, D]; instruction [t] the positions of
-        the text after the sample's last image (cdpruner's relevance)."""
+        the text after the sample's last image (cdpruner's relevance); image: the run's index in the batch."""
         if self.method == "random":
-            return run[random_run_positions(run.numel(), keep, self.seed).to(run.device)]
+            return Selection(run[random_run_positions(run.numel(), keep, self.seed).to(run.device)])
         if self.method == "cdpruner":
             view = SampleView(hidden=hidden, blocks=run[None], text=instruction, keys=None, attention=None)
-            return CDPrunerSelector()(view, 0, keep).visual
-        return run[max_min_diversity(hidden[run], keep)]  # divprune
+            return Selection(CDPrunerSelector()(view, 0, keep).visual)
+        return Selection(run[max_min_diversity(hidden[run], keep)])  # divprune
 
-    def __call__(self, view: SampleView, stage: int, keep: int) -> Selection:
-        after = view.text[view.text > view.blocks.max()]
-        instruction = after if after.numel() else view.text
-        return Selection(torch.cat([self.choose(view.hidden, block, keep, instruction) for block in view.blocks]))
+
+def view_shares(counts: torch.Tensor, keep: int) -> torch.Tensor:
+    """`keep` split over views with `counts` [n] candidates each, in proportion, largest remainder first (ties to the
+    earlier view): [n] long, summing to `keep`, each <= its count (keep <= counts.sum())."""
+    exact = counts.double() * keep / counts.sum()
+    shares = exact.floor().long()
+    rest = keep - int(shares.sum())
+    shares[torch.sort(exact - shares, descending=True, stable=True).indices[:rest]] += 1
+    return shares
+
+
+def visionzip_view(score: torch.Tensor, keys: torch.Tensor, states: torch.Tensor,
+                   keep: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """VisionZip on one view's n tokens: score [n], keys [n, dh], states [n, D] -> kept indices [keep] (dominant,
+    then contextual targets) and their states [keep, D] (contextual ones merged, reducers/visionzip.py)."""
+    num_dominant, num_contextual = visionzip_split(keep, score.numel())
+    dominant = score.topk(num_dominant).indices.sort().values  # [Kd]
+    is_dominant = torch.zeros_like(score, dtype=torch.bool)
+    is_dominant[dominant] = True
+    rest = (~is_dominant).nonzero().squeeze(1)  # [R], in order
+    if not num_contextual:
+        return dominant, states[dominant]
+    targets = rest[contextual_targets(rest.numel(), num_contextual).to(rest.device)]  # [Kc]
+    merged = contextual_tokens(states[rest][None], keys[rest][None], num_contextual)[0]  # [Kc, D]
+    return torch.cat([dominant, targets]), torch.cat([states[dominant], merged])
+
+
+def vispruner_view(score: torch.Tensor, states: torch.Tensor, keep: int, important_ratio: float) -> torch.Tensor:
+    """VisPruner on one view's n tokens: score [n], states [n, D] -> kept indices [keep] (important by score, then
+    the duplicates removed from the rest, reducers/vispruner.py)."""
+    important = int(keep * important_ratio)
+    order = score.argsort(descending=True)  # [n]
+    normed = F.normalize(states.float(), dim=-1)[None]  # [1, n, D]
+    diverse = remove_duplicates(normed, order[None, important:], keep - important)[0]
+    return torch.cat([order[:important], diverse])
+
+
+@dataclass(frozen=True)
+class ScoredRunSelector:
+    """`visionzip` / `vispruner` on one image's run, view by view, from the encoder's scores (family_attention.py)."""
+
+    method: str
+    scores: EncoderScores
+    important_ratio: float = IMPORTANT_RATIO
+    needs_attention: bool = False  # reads the encoder's attention, not the LLM's
+
+    def choose(self, hidden: torch.Tensor, run: torch.Tensor, keep: int, instruction: torch.Tensor,
+               image: int) -> Selection:  # fmt: skip
+        scores: ImageScores = self.scores.image(image)
+        if scores.score.numel() != run.numel():
+            raise RuntimeError(f"{self.method}: image {image} has {run.numel()} tokens at the LLM input, "
+                               f"{scores.score.numel()} scored")  # fmt: skip
+        states = hidden[run]  # [V, D]
+        candidates = (scores.view >= 0).nonzero().squeeze(1)
+        if keep >= candidates.numel():  # every candidate, then the first newline tokens
+            newlines = (scores.view < 0).nonzero().squeeze(1)[: keep - candidates.numel()]
+            return Selection(run[torch.cat([candidates, newlines])])
+        members = [(scores.view == v).nonzero().squeeze(1) for v in scores.view[candidates].unique().tolist()]
+        shares = view_shares(torch.tensor([m.numel() for m in members]), keep)
+        kept, merged = [], []
+        for local, share in zip(members, shares.tolist()):
+            if share == 0:
+                continue
+            if self.method == "visionzip":
+                chosen, new = visionzip_view(scores.score[local], scores.keys[local], states[local], share)
+                merged.append(new)
+            else:
+                chosen = vispruner_view(scores.score[local], states[local], share, self.important_ratio)
+            kept.append(local[chosen])
+        return Selection(run[torch.cat(kept)], torch.cat(merged) if merged else None)
 
 
 class FamilyInputPruner(LLMPruner):
@@ -110,12 +215,18 @@ class FamilyInputPruner(LLMPruner):
     runs of image tokens, each keeps `kept_tokens(family, budget, V_i)`. (Stage.keep and tokens_per_image are 1,
     unused: the counts come from the runs.)"""
 
-    def __init__(self, family: Family, budget: int | None, method: str, seed: int, token_id: int,
-                 video_token_id: int | None = None) -> None:
-        super().__init__(stages=(Stage(0, 1),), selector=RunSelector(method, seed), tokens_per_image=1,
-                         image_token_id=token_id)  # fmt: skip
+    def __init__(self, family: Family, budget: int | None, selector: RunSelector | ScoredRunSelector,
+                 token_id: int, video_token_id: int | None = None, vision_scores: str = "") -> None:  # fmt: skip
+        super().__init__(stages=(Stage(0, 1),), selector=selector, tokens_per_image=1, image_token_id=token_id)
         self.family, self.budget = family, budget
         self.video_token_id = video_token_id  # a video's run is selected as an image's
+        self.vision_scores = vision_scores  # what the encoder scores are, "" when the method reads none
+
+    def install(self, model) -> None:
+        super().install(model)
+        scores = getattr(self.selector, "scores", None)
+        if scores is not None:
+            self._handles += scores.install(model)
 
     def keep_of(self, count: int) -> int:
         return kept_tokens(self.family, self.budget, count)
@@ -129,20 +240,27 @@ class FamilyInputPruner(LLMPruner):
         return super()._start_forward(module, (), {**kwargs, "input_ids": ids})
 
     def _select(self, index: int, hidden_states: torch.Tensor, position_embeddings):
-        """Positions kept per sample [B, T'] (left padded); no merged states."""
-        prompt, rows = self._prompt, []
+        """Positions kept per sample [B, T'] (left padded), and merged states (`merged_states`) or None."""
+        prompt, rows, selections, image = self._prompt, [], [], 0
         for b in range(hidden_states.shape[0]):
             keep = ~prompt.image_mask[b]
             runs = image_runs(prompt.image_mask[b].long(), 1)
             text = (prompt.padding_mask[b] & keep).nonzero().squeeze(1)
             after = text[text > int(runs[-1][-1])] if runs else text
             instruction = after if after.numel() else text
+            chosen = []
             for run in runs:
-                keep[self.selector.choose(hidden_states[b], run, self.keep_of(run.numel()), instruction)] = True
+                chosen.append(self.selector.choose(hidden_states[b], run, self.keep_of(run.numel()), instruction,
+                                                   image))  # fmt: skip
+                keep[chosen[-1].visual] = True
+                image += 1
             rows.append(keep.nonzero().squeeze(1))
+            merges = chosen and all(c.states is not None for c in chosen)
+            selections.append(Selection(torch.cat([c.visual for c in chosen]), torch.cat([c.states for c in chosen]))
+                              if merges else None)  # fmt: skip
         positions, valid = left_pad(rows)
         prompt.kept_masks[self.stages[index].layer] = prompt.padding_mask.gather(1, positions) & valid
-        return positions, None
+        return positions, merged_states(rows, positions, selections, hidden_states)
 
 
 _STATE = "_vistog_family_method"
@@ -173,7 +291,12 @@ def apply_family_method(model, method: str, budget: int | None, *, seed: int = 0
                              f" for {family.model_type}), got {budget}")  # fmt: skip
         object.__setattr__(model, _STATE, (method, budget, None))
         return budget
-    pruner = FamilyInputPruner(family, budget, method, seed, image_token_id(model), video_token_id(model))
+    if method in SCORED_METHODS:
+        pruner = FamilyInputPruner(family, budget, ScoredRunSelector(method, EncoderScores(model)),
+                                   image_token_id(model), video_token_id(model), describe_scores(model))
+    else:
+        pruner = FamilyInputPruner(family, budget, RunSelector(method, seed), image_token_id(model),
+                                   video_token_id(model))
     pruner.install(model)
     object.__setattr__(model, _STATE, (method, budget, pruner))
     return budget
@@ -183,6 +306,12 @@ def remove_family_method(model) -> None:
     state = model.__dict__.pop(_STATE, None)
     if state is not None and state[2] is not None:
         state[2].remove()
+
+
+def family_vision_scores(model) -> str:
+    """What the installed method reads from the vision encoder (and with which kernel), "" if nothing."""
+    state = model.__dict__.get(_STATE)
+    return state[2].vision_scores if state is not None and state[2] is not None else ""
 
 
 def family_sample_problem(model, images: int) -> str | None:
@@ -206,5 +335,20 @@ def family_token_counts(model, runs: list[torch.Tensor]) -> tuple[list[int], lis
     return unreduced, [state[2].keep_of(n) for n in unreduced]
 
 
-__all__ = ["FAMILY_METHODS", "FamilyInputPruner", "apply_family_method", "family_sample_problem", "family_token_counts", "refusal",
-           "remove_family_method", "random_run_positions", "RunSelector"]
+__all__ = [
+    "FAMILY_METHODS",
+    "SCORED_METHODS",
+    "FamilyInputPruner",
+    "RunSelector",
+    "ScoredRunSelector",
+    "apply_family_method",
+    "family_sample_problem",
+    "family_token_counts",
+    "family_vision_scores",
+    "random_run_positions",
+    "refusal",
+    "remove_family_method",
+    "view_shares",
+    "visionzip_view",
+    "vispruner_view",
+]

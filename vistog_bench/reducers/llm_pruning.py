@@ -50,8 +50,9 @@ class SampleView:
     hidden: torch.Tensor  # [T, D] states entering the stage layer
     blocks: torch.Tensor  # [n, V] positions of each image's visual tokens, in order
     text: torch.Tensor  # [t] positions of real (non-padding) text tokens
-    keys: torch.Tensor | None  # [T, hkv dh] previous layer's keys after RoPE (None when the selector reads none)
+    keys: torch.Tensor | None  # [T, hkv dh] previous layer's keys after RoPE (None: the selector reads none, or layer 0)
     attention: Callable[[torch.Tensor], torch.Tensor] | None  # query positions [q] -> head-mean attention [q, T]
+    # (None likewise)
 
 
 @dataclass
@@ -61,7 +62,7 @@ class Selection:
 
 
 class Selector(Protocol):
-    needs_attention: bool  # reads the previous layer's q / k (stages at layer 0 cannot)
+    needs_attention: bool  # reads the previous layer's q / k at its stages after layer 0 (a layer-0 stage gets None)
 
     def __call__(self, view: SampleView, stage: int, keep: int) -> Selection: ...
 
@@ -96,8 +97,13 @@ class LLMPruner:
         keeps = [self.tokens_per_image] + [stage.keep for stage in self.stages]
         if layers != sorted(set(layers)) or any(b > a or b < 1 for a, b in itertools.pairwise(keeps)):
             raise UsageError(f"pruning stages must have increasing layers and non-increasing counts: {self.stages}")
-        if self.selector.needs_attention and layers[0] == 0:
-            raise UsageError("a selector reading attention needs a layer before its first stage, not layer 0")
+        if self.selector.needs_attention and layers[-1] == 0:
+            raise UsageError("a selector reading attention needs a stage after layer 0")
+
+    @property
+    def scored_layers(self) -> tuple[int, ...]:
+        """Decoder layers whose q / k projections also feed the selector's float32 score rows."""
+        return tuple(s.layer - 1 for s in self.stages if s.layer > 0) if self.selector.needs_attention else ()
 
     def layer_tokens(self, num_layers: int) -> tuple[int, ...]:
         """Visual tokens per image each decoder layer works on (prefill queries and cached keys alike)."""
@@ -126,13 +132,12 @@ class LLMPruner:
             else:
                 hook = self._pass_pruned
             self._handles.append(layers[layer_index].register_forward_pre_hook(hook, with_kwargs=True))
-        if self.selector.needs_attention:
-            for stage in self.stages:
-                scored = layers[stage.layer - 1].self_attn
-                self._handles += [
-                    scored.q_proj.register_forward_hook(self._capture(stage.layer - 1, "query")),
-                    scored.k_proj.register_forward_hook(self._capture(stage.layer - 1, "key")),
-                ]
+        for index in self.scored_layers:
+            scored = layers[index].self_attn
+            self._handles += [
+                scored.q_proj.register_forward_hook(self._capture(index, "query")),
+                scored.k_proj.register_forward_hook(self._capture(index, "key")),
+            ]
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -220,7 +225,7 @@ class LLMPruner:
         prompt, stage = self._prompt, self.stages[index]
         layer = stage.layer
         query, key = prompt.query.get(layer - 1), prompt.key.get(layer - 1)
-        if self.selector.needs_attention and (query is None or key is None):
+        if layer - 1 in self.scored_layers and (query is None or key is None):
             raise RuntimeError(f"in-LLM pruning: layer {layer - 1}'s q / k projections were not seen in this forward")
         rows, replaced = [], []
         for b in range(hidden_states.shape[0]):
@@ -249,17 +254,7 @@ class LLMPruner:
             replaced.append(selection)
         positions, valid = left_pad(rows)
         prompt.kept_masks[layer] = prompt.padding_mask.gather(1, positions) & valid
-        if all(s is None or s.states is None for s in replaced):
-            return positions, None
-        states = hidden_states.new_zeros(*positions.shape, hidden_states.shape[-1])
-        where = torch.zeros_like(valid)
-        for b, selection in enumerate(replaced):
-            if selection is None or selection.states is None:
-                continue
-            slot = torch.searchsorted(rows[b], selection.visual) + positions.shape[1] - rows[b].numel()
-            states[b, slot] = selection.states.to(states.dtype)
-            where[b, slot] = True
-        return positions, (states, where)
+        return positions, merged_states(rows, positions, replaced, hidden_states)
 
     def _attention_rows(self, query, key, position_embeddings, b: int) -> Callable[[torch.Tensor], torch.Tensor]:
         padding = self._prompt.padding_mask[b]
@@ -321,6 +316,23 @@ def attention_rows(
     return torch.softmax(logits, dim=-1).mean(dim=0)
 
 
+def merged_states(rows: list[torch.Tensor], positions: torch.Tensor, selections: list[Selection | None],
+                  hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The new states of merged tokens in the pruned layout: ([B, T', D], where [B, T']), None if nothing merges.
+    rows: each sample's kept positions (increasing), positions [B, T'] their left-padded form (`left_pad`)."""
+    if all(s is None or s.states is None for s in selections):
+        return None
+    states = hidden_states.new_zeros(*positions.shape, hidden_states.shape[-1])
+    where = torch.zeros(positions.shape, dtype=torch.bool, device=positions.device)
+    for b, selection in enumerate(selections):
+        if selection is None or selection.states is None:
+            continue
+        slot = torch.searchsorted(rows[b], selection.visual) + positions.shape[1] - rows[b].numel()
+        states[b, slot] = selection.states.to(states.dtype)
+        where[b, slot] = True
+    return states, where
+
+
 def left_pad(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample increasing positions -> [B, T'] left padded to the longest (padding slots point at 0), and where
     each slot is real [B, T']."""
@@ -340,4 +352,5 @@ def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
-__all__ = ["LLMPruner", "SampleView", "Selection", "Selector", "Stage", "attention_rows", "gather_rows", "left_pad"]
+__all__ = ["LLMPruner", "SampleView", "Selection", "Selector", "Stage", "attention_rows", "gather_rows", "left_pad",
+           "merged_states"]

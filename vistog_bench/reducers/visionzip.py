@@ -48,15 +48,21 @@ def visionzip_split(budget: int, num_patches: int, contextual: int | None = None
     return budget - contextual, contextual
 
 
+def contextual_targets(num_remaining: int, count: int) -> torch.Tensor:
+    """Which of R remaining tokens are the `count` targets: every floor(R / count)-th in sequence order. [R] bool,
+    on the host (the split depends on sizes only)."""
+    is_target = torch.zeros(num_remaining, dtype=torch.bool)
+    is_target[torch.arange(0, num_remaining, max(1, num_remaining // count))[:count]] = True
+    return is_target
+
+
 def contextual_tokens(remaining: torch.Tensor, metric: torch.Tensor, count: int) -> torch.Tensor:
     """Merge R remaining tokens into `count` contextual ones.
 
     remaining [B, R, Dv], metric [B, R, dh] (their keys, head mean). Returns [B, count, Dv].
     """
-    num_remaining = remaining.shape[1]
     metric = metric / metric.norm(dim=-1, keepdim=True)
-    is_target = torch.zeros(num_remaining, dtype=torch.bool)  # on the host: the split depends on sizes only
-    is_target[torch.arange(0, num_remaining, max(1, num_remaining // count))[:count]] = True
+    is_target = contextual_targets(remaining.shape[1], count)
     targets = is_target.nonzero().squeeze(1).to(remaining.device)  # [Kc]
     others = (~is_target).nonzero().squeeze(1).to(remaining.device)  # [R - Kc]
     # [B, R - Kc, Kc] <- [B, R - Kc, dh] @ [B, dh, Kc]
@@ -100,4 +106,4 @@ class VisionZipReducer:
         return check_output(tokens, batch, self.budget, "visionzip")
 
 
-__all__ = ["VisionZipReducer", "contextual_tokens", "visionzip_split"]
+__all__ = ["VisionZipReducer", "contextual_targets", "contextual_tokens", "visionzip_split"]
