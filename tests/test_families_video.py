@@ -1,0 +1,293 @@
+"""Video through LLaVA-OneVision's and Qwen2.5-VL's own video path, on tiny checkpoints in their hub repos' layouts
+(vistog_bench.hub_checkpoints_families) and tiny mp4 files (vistog_bench.fixtures.write_video): at method none the
+answers equal transformers' documented usage (frames decoded with PyAV, `processor.apply_chat_template` with a video
+part, `processor(videos=, text=)`, `generate`) and lmms-eval's own chat qwen2_5_vl; batched answers equal batch 1; the
+sample log counts each video's run of video tokens; reducers give layer 0 the family's rule applied to the whole run;
+a corrupt video fails its sample alone; LLaVA-NeXT keeps its frames as images."""
+
+from __future__ import annotations
+
+import contextlib
+
+import av
+import numpy as np
+import pytest
+import torch
+from lmms_eval.api.instance import Instance
+from test_families import _layer0_visual_counts, images
+from transformers.video_utils import VideoMetadata
+
+from vistog_bench.adapter import VisToGChatLMM, VisToGLMM
+from vistog_bench.fixtures import write_video
+from vistog_bench.hub_checkpoints_families import write_family_layouts
+from vistog_bench.model import load_checkpoint
+from vistog_bench.model.families import FAMILIES, family_inputs, kept_tokens, video_token_id, visual_runs
+from vistog_bench.model.family_reducers import apply_family_method
+
+NAMES = {"llava-onevision": "llava_onevision", "qwen2.5-vl": "qwen2_5_vl"}
+QUESTIONS = ["Which way does the square move?", "What colour is the square?", "What is shown?"]
+GEN = {"max_new_tokens": 5, "temperature": 0}
+MAX_FRAMES = 4
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory):
+    return write_family_layouts(tmp_path_factory.mktemp("families"))
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    """Two clips of different lengths and sizes (multiples of 28 px: Qwen2.5-VL's resizers leave them as they are)."""
+    root = tmp_path_factory.mktemp("videos")
+    write_video(root / "a.mp4", 1, frames=8, size=56, fps=4)
+    write_video(root / "b.mp4", 2, frames=6, size=84, fps=3)
+    return [str(root / "a.mp4"), str(root / "b.mp4")]
+
+
+def video_messages(doc):
+    return [{"role": "user", "content": [{"type": "video", "url": doc["video"]}, {"type": "text", "text": doc["question"]}]}]
+
+
+def image_messages(doc):
+    return [{"role": "user", "content": [{"type": "image", "url": doc["image"]}, {"type": "text", "text": doc["question"]}]}]
+
+
+def requests(kinds):
+    return [Instance("generate_until", ("", kind, dict(GEN), i, "toy", "test"), 0,
+                     {"task": "toy", "doc_id": i, "repeats": 1}) for i, kind in enumerate(kinds)]  # fmt: skip
+
+
+def answers(lm, docs, kinds):
+    lm.task_dict = {"toy": {"test": docs}}
+    return [r.text if hasattr(r, "text") else r for r in lm.generate_until(requests(kinds))]
+
+
+def video_docs(videos):
+    return [{"video": v, "question": q} for v, q in zip(videos, QUESTIONS)]
+
+
+def lmms_eval_indices(name: str, total: int, fps: float) -> list[int]:
+    """The frames lmms-eval 0.7.3 takes: llava_hf's `load_video` (np.linspace(0, n - 1, max_frames_num, dtype=int));
+    chat qwen2_5_vl's nframes = min(max_num_frames, n) floored to even, read by qwen_vl_utils (rounded linspace)."""
+    if name == "llava-onevision":
+        return np.linspace(0, total - 1, MAX_FRAMES, dtype=int).tolist()
+    from qwen_vl_utils.vision_process import smart_nframes
+
+    count = smart_nframes({"nframes": max(2, min(MAX_FRAMES, total) // 2 * 2)}, total, fps)
+    return torch.linspace(0, total - 1, count).round().long().tolist()
+
+
+def documented(path, name, video_files):
+    """transformers' documented usage: frames read with PyAV (the llava_onevision docs' `read_video_pyav`), the
+    processor's chat template with a video part, `processor(videos=, text=)` (with the frames' VideoMetadata, as
+    lmms-eval's qwen2_5_vl passes it), greedy `generate`. Returns (answers, prompts, the prefill's video inputs)."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(path)
+    model = FAMILIES[NAMES[name]].model_class().from_pretrained(path, dtype=torch.float32).eval()
+    out, prompts, media = [], [], []
+    for video, question in zip(video_files, QUESTIONS):
+        with av.open(video) as container:
+            fps = float(container.streams.video[0].average_rate)
+            frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])  # [n, H, W, 3]
+        indices = lmms_eval_indices(name, len(frames), fps)
+        conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+        prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+        metadata = VideoMetadata(total_num_frames=len(frames), fps=fps, frames_indices=indices)
+        inputs = processor(text=prompt, videos=[frames[indices]], video_metadata=[metadata], return_tensors="pt")
+        with prefill_video_inputs(model) as seen:
+            ids = model.generate(**inputs, max_new_tokens=GEN["max_new_tokens"], do_sample=False)
+        out.append(processor.decode(ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
+        prompts.append(prompt)
+        media += seen
+    return out, prompts, media
+
+
+@contextlib.contextmanager
+def prefill_video_inputs(model):
+    """What the LLM receives in each prefill `model` runs: input embeddings [1, T, D] (the frames' tokens in place)
+    and position ids (Qwen2.5-VL's mRoPE rows, where the frames' times enter). The tiny random models' greedy answers
+    barely depend on the frames; these do."""
+    seen = []
+
+    def hook(module, args, kwargs):
+        embeds = kwargs.get("inputs_embeds")
+        if embeds is not None and embeds.shape[1] > 1:
+            seen.append({"inputs_embeds": embeds.detach().clone(), "position_ids": kwargs.get("position_ids")})
+
+    handle = model.model.language_model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def assert_same_llm_inputs(got: list[dict], expected: list[dict]) -> None:
+    assert len(got) == len(expected) > 0
+    for ours, theirs in zip(got, expected):
+        assert ours["inputs_embeds"].shape == theirs["inputs_embeds"].shape
+        torch.testing.assert_close(ours["inputs_embeds"], theirs["inputs_embeds"].float(), rtol=1e-5, atol=1e-5)
+        if theirs["position_ids"] is not None:
+            assert torch.equal(ours["position_ids"], theirs["position_ids"])
+
+
+# -- method none: the stock model's video path -------------------------------------------------------------------------
+@pytest.mark.parametrize("name", NAMES)
+def test_video_answers_equal_transformers_documented_usage_batched_too(layouts, videos, name):
+    expected, prompts, media = documented(layouts[name], name, videos)
+    ours = VisToGChatLMM(pretrained=str(layouts[name]), method="none", device="cpu", max_frames=MAX_FRAMES)
+    with prefill_video_inputs(ours.model) as seen:
+        got = answers(ours, video_docs(videos), [video_messages] * 2)
+    assert got == expected and any(got)
+    by_length = lambda m: -m["inputs_embeds"].shape[1]  # noqa: E731 - the adapter serves the longest prompt first
+    assert_same_llm_inputs(sorted(seen, key=by_length), sorted(media, key=by_length))
+    log = ours.take_sample_log()
+    assert [e["prompt"] for e in log] == prompts
+    assert all(e["video_placeholders"] == 1 and e["image_placeholders"] == 0 for e in log)
+    assert [e["video_frames"] for e in log] == [[len(lmms_eval_indices(name, n, 1.0))] for n in (8, 6)]
+    batched = VisToGChatLMM(pretrained=str(layouts[name]), method="none", device="cpu", max_frames=MAX_FRAMES,
+                            batch_size=2)  # fmt: skip
+    assert answers(batched, video_docs(videos), [video_messages] * 2) == expected
+
+
+def test_video_answers_equal_lmms_eval_chat_qwen2_5_vl(layouts, videos):
+    """lmms-eval's chat qwen2_5_vl reads the mp4 itself (qwen_vl_utils) at max_num_frames, given the checkpoint's
+    own min / max pixels (as in test_families): it answers as the adapter does."""
+    from lmms_eval.models.chat.qwen2_5_vl import Qwen2_5_VL
+
+    path = str(layouts["qwen2.5-vl"])
+    reference = Qwen2_5_VL(pretrained=path, device="cpu", device_map="cpu", min_pixels=3136, max_pixels=12845056,
+                           max_num_frames=MAX_FRAMES)  # fmt: skip
+    reference.model.float()  # lmms-eval loads bfloat16; the adapter's default is float32
+    ours = VisToGChatLMM(pretrained=path, method="none", device="cpu", max_frames=MAX_FRAMES)
+    docs = video_docs(videos)
+    with prefill_video_inputs(ours.model) as seen, prefill_video_inputs(reference.model) as media:
+        got, expected = answers(ours, docs, [video_messages] * 2), answers(reference, docs, [video_messages] * 2)
+    assert got == expected and any(got)
+    by_length = lambda m: -m["inputs_embeds"].shape[1]  # noqa: E731 - the two serve requests in their own orders
+    assert_same_llm_inputs(sorted(seen, key=by_length), sorted(media, key=by_length))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_images_and_videos_in_one_batch_answer_as_batch_one(layouts, videos, name):
+    docs = [*video_docs(videos), {"image": images()[0], "question": QUESTIONS[2]}]
+    kinds = [video_messages, video_messages, image_messages]
+    single = VisToGChatLMM(pretrained=str(layouts[name]), method="none", device="cpu", max_frames=MAX_FRAMES)
+    batched = VisToGChatLMM(pretrained=str(layouts[name]), method="none", device="cpu", max_frames=MAX_FRAMES,
+                            batch_size=3)  # fmt: skip
+    assert answers(batched, docs, kinds) == answers(single, docs, kinds)
+
+
+def test_simple_model_takes_a_video_path_as_a_video(layouts, videos):
+    lm = VisToGLMM(pretrained=str(layouts["qwen2.5-vl"]), method="none", device="cpu", max_frames=MAX_FRAMES)
+    lm.task_dict = {"toy": {"test": video_docs(videos)}}
+    reqs = [Instance("generate_until", (QUESTIONS[0], dict(GEN), lambda doc: [doc["video"]], 0, "toy", "test"), 0,
+                     {"task": "toy", "doc_id": 0, "repeats": 1})]  # fmt: skip
+    assert lm.generate_until(reqs)[0].text != ""
+    (entry,) = lm.take_sample_log()
+    assert entry["video_placeholders"] == 1 and "<|video_pad|>" in entry["prompt"] and "<|image_pad|>" not in entry["prompt"]
+
+
+# -- visual-token accounting -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", NAMES)
+def test_log_counts_the_videos_run_of_video_tokens(layouts, videos, name):
+    lm = VisToGChatLMM(pretrained=str(layouts[name]), method="none", device="cpu", max_frames=MAX_FRAMES)
+    answers(lm, video_docs(videos), [video_messages] * 2)
+    log = lm.take_sample_log()
+    config = lm.model.config
+    for entry, side in zip(log, (56, 84)):
+        (frames,) = entry["video_frames"]
+        if name == "llava-onevision":  # each frame's grid pooled 2 x 2 (ceil), then one newline token per video
+            grid = -(-(config.vision_config.image_size // config.vision_config.patch_size) // 2)
+            expected = frames * grid * grid + 1
+        else:  # temporal patch 2, one token per 2 x 2 merged 14 px patches
+            expected = (frames // 2) * (side // 28) ** 2
+            assert video_token_id(lm.model) != config.image_token_id
+        assert entry["visual_tokens_unreduced"] == entry["visual_tokens"] == [expected]
+
+
+# -- reducers on a video's run -----------------------------------------------------------------------------------------
+def _video_inputs(model, processor, path, max_frames=MAX_FRAMES):
+    from vistog_bench.adapter import read_video
+    from vistog_bench.model.families import model_family, video_frame_indices
+
+    family = model_family(model)
+    clip = read_video(path, lambda total: video_frame_indices(family, total, max_frames))
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "q"}]}], add_generation_prompt=True)
+    return family_inputs(processor, [prompt], [[]], [[clip]])
+
+
+@pytest.mark.parametrize("name,method,budget", [
+    ("llava-onevision", "random", 300), ("llava-onevision", "divprune", 300), ("qwen2.5-vl", "divprune", 25),
+    ("qwen2.5-vl", "cdpruner", 25), ("qwen2.5-vl", "random", 40),
+])  # fmt: skip
+def test_reducer_gives_layer_0_the_rule_applied_to_the_whole_video(layouts, videos, name, method, budget):
+    model, processor = load_checkpoint(layouts[name])
+    inputs = _video_inputs(model, processor, videos[1], max_frames=6)
+    total = inputs["input_ids"].shape[1]
+    (run,) = visual_runs(inputs["input_ids"][0], model)
+    unreduced = int(run.numel())
+    keep = kept_tokens(FAMILIES[NAMES[name]], budget, unreduced)
+    assert keep < unreduced
+    apply_family_method(model, method, budget)
+    assert _layer0_visual_counts(model, inputs) == [total - unreduced + keep]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_reduced_video_answers_are_batch_independent_and_logged(layouts, videos, name):
+    budget = 300 if name == "llava-onevision" else 25
+    family = FAMILIES[NAMES[name]]
+    single = VisToGChatLMM(pretrained=str(layouts[name]), method="divprune", budget=budget, device="cpu",
+                           max_frames=MAX_FRAMES)  # fmt: skip
+    batched = VisToGChatLMM(pretrained=str(layouts[name]), method="divprune", budget=budget, device="cpu",
+                            max_frames=MAX_FRAMES, batch_size=2)  # fmt: skip
+    docs = video_docs(videos)
+    assert answers(batched, docs, [video_messages] * 2) == answers(single, docs, [video_messages] * 2)
+    for entry in single.take_sample_log():
+        (unreduced,) = entry["visual_tokens_unreduced"]
+        assert entry["visual_tokens"] == [kept_tokens(family, budget, unreduced)] and entry["visual_tokens"][0] < unreduced
+
+
+def test_random_at_full_budget_on_video_answers_as_none(layouts, videos):
+    path = str(layouts["qwen2.5-vl"])
+    docs = video_docs(videos)
+    none = answers(VisToGChatLMM(pretrained=path, method="none", device="cpu", max_frames=MAX_FRAMES), docs,
+                   [video_messages] * 2)  # fmt: skip
+    full = VisToGChatLMM(pretrained=path, method="random", budget=100, device="cpu", max_frames=MAX_FRAMES)
+    assert answers(full, docs, [video_messages] * 2) == none
+
+
+def test_onevision_image_and_video_in_one_sample_fails_alone_under_a_reducer(layouts, videos):
+    """OneVision's template puts a sample's images and then its videos side by side (one run of visual tokens):
+    under a reducer such a sample fails in one line; a video-only sample of the same batch is reduced and served."""
+    lm = VisToGChatLMM(pretrained=str(layouts["llava-onevision"]), method="random", budget=300, device="cpu",
+                       max_frames=MAX_FRAMES, batch_size=2)  # fmt: skip
+
+    def both(doc):
+        return [{"role": "user", "content": [{"type": "image", "url": doc["image"]}, {"type": "video", "url": doc["video"]},
+                                             {"type": "text", "text": doc["question"]}]}]  # fmt: skip
+
+    docs = [{"image": images()[0], "video": videos[0], "question": QUESTIONS[0]}, video_docs(videos)[1]]
+    out = answers(lm, docs, [both, video_messages])
+    log = {e["doc_id"]: e for e in lm.take_sample_log()}
+    assert out[0] == "" and "side by side" in log[0]["failure"] and "\n" not in log[0]["failure"]
+    assert "failure" not in log[1] and log[1]["visual_tokens"] == [300] and out[1] != ""
+
+
+# -- failures and the per-frame families ---------------------------------------------------------------------------------
+def test_corrupt_video_fails_only_its_sample(layouts, videos, tmp_path):
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00garbage, not an mp4" * 50)
+    lm = VisToGChatLMM(pretrained=str(layouts["qwen2.5-vl"]), method="none", device="cpu", max_frames=MAX_FRAMES,
+                       batch_size=2)  # fmt: skip
+    out = answers(lm, video_docs([videos[0], str(broken)]), [video_messages] * 2)
+    log = {e["doc_id"]: e for e in lm.take_sample_log()}
+    assert out[1] == "" and "broken.mp4" in log[1]["failure"] and out[0] != "" and "failure" not in log[0]
+
+
+def test_llava_next_keeps_frames_as_images(layouts, videos):
+    lm = VisToGChatLMM(pretrained=str(layouts["llava-next"]), method="none", device="cpu", max_frames=3)
+    assert answers(lm, video_docs(videos[:1]), [video_messages]) != [""]
+    (entry,) = lm.take_sample_log()
+    assert entry["image_placeholders"] == 3 and entry["video_placeholders"] == 0 and len(entry["visual_tokens"]) == 3
