@@ -210,6 +210,11 @@ def test_cli_trains_a_next_checkpoint_and_refuses_what_it_cannot(checkpoints, da
     assert summary["steps"] == 2 and np.isfinite(summary["last_loss"])
     assert json.loads((out / "vistog_family.json").read_text())["num_semantic_tokens"] == N
     assert isinstance(load_checkpoint(out)[0], VisToGFamily)
+    # stage 2's recipe from the stage-1 folder (its N; one process, no bf16 autocast on this CPU test)
+    code = run_cli(["--recipe", "vistog-next-7b-stage2", "--model", str(out), "--num-semantic-tokens", str(N),
+                    "--output-dir", str(tmp_path / "recipe"), "--mixed-precision", "no", "--num-workers", "0", *common])
+    assert code == 0 and json.loads((tmp_path / "recipe" / "training_log.jsonl").read_text().splitlines()[-1])[
+        "stage"] == "vistog-stage2"
     capsys.readouterr()
     code = run_cli(["--stage", "vistog-stage1", "--model", str(checkpoints["llava-onevision"]),
                     "--output-dir", str(tmp_path / "x"), *common])  # fmt: skip

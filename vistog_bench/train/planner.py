@@ -113,13 +113,15 @@ def count_parameters(config, stage: str, train_llm: bool = True, train_vision: b
 
 
 def plan_recipe(name: str, gpus: int | None = None, gpu_memory_gb: float = 80.0) -> MemoryPlan:
-    from ..model.presets import preset_config
+    from ..model.presets import PRESETS, preset_config
     from .recipes import get_recipe
 
     recipe = get_recipe(name)
     gpus = gpus or recipe.gpus
     if gpus < 1 or gpu_memory_gb <= 0:
         raise UsageError(f"--gpus must be >= 1 and --gpu-memory-gb > 0, got {gpus} and {gpu_memory_gb}")
+    if recipe.shape not in PRESETS:  # the activation formulas here are LLaVA-1.5's (one 576-token view per image)
+        raise UsageError(f"--plan covers LLaVA-1.5 shapes ({', '.join(PRESETS)}); {name} trains {recipe.shape}")
     values = recipe.values
     config = preset_config(recipe.shape, values.get("num_semantic_tokens"))
     counts = count_parameters(config, recipe.stage, values.get("train_llm", True), values.get("train_vision", False))

@@ -15,6 +15,23 @@ vision and LLM frozen; stage 2: + LLM) but not the data, budget or rates. Our in
   (`grouping_lr` 2e-4, ten times the LLM's) because stage 1's rate 1e-3 trained them from scratch and 2e-5 would
   barely move them;
 - N = 64 semantic tokens (a ninth of 576, the budget most token-reduction papers report on LLaVA-1.5).
+
+VisToG on LLaVA-NeXT / OneVision (`--model` the released llava-hf checkpoint; VisToG per view, `families_vistog.py`):
+the same stage split and the same inference (stage 1 at the alignment stage's settings, stage 2 at the instruction
+stage's), with the settings of LLaVA-VL/LLaVA-NeXT's own scripts (`scripts/train/`, whose README calls
+`finetune_clip.sh` "the first image version LLaVA-NeXT (2024-01) training script"):
+- `pretrain_clip.sh` / `pretrain_siglip.sh`: `--version plain`, blip_558k_plain.json (LLaVA-1.5's 558k), projector only
+  (`--mm_tunable_parts mm_mlp_adapter`), per-device batch 16, accumulation 1, lr 1e-3, weight decay 0, warm-up 0.03,
+  cosine, 1 epoch, `--model_max_length 8192`, bf16, gradient checkpointing, 16 loader workers, `scripts/zero3.json`.
+- `finetune_clip.sh` (NeXT, anyres on the 1.6 grids): llava_1_6.json, per-device batch 4, accumulation 1, lr 1e-5,
+  `--group_by_modality_length True`, `--model_max_length 32768`, 16 workers, zero3; vision at
+  `--mm_vision_tower_lr 2e-6`, which VisToG's stage 2 does not train.
+- `finetune_ov.sh` (OneVision, anyres_max_9): per-device batch 1, accumulation 2, lr 1e-5, 32768 tokens, 4 workers,
+  zero3, "for 7b model we recommend bs=1, accum=2, 16 nodes, 128 gpus"; its data is a YAML of JSON files (and videos,
+  which this trainer does not read): give the trainer their concatenation as one LLaVA JSON.
+The scripts launch on `${NUM_GPUS}` per node: the NeXT recipes assume 8 GPUs (keep the global batch with
+`--grad-accum` on another count). Inferred, as for LLaVA-1.5: N = 64 per view (a ninth of a 336-px view's 576
+patches; OneVision's 384-px view has 729) and stage 2's `grouping_lr` 1e-4, ten times the LLM's rate.
 """
 
 from __future__ import annotations
@@ -35,6 +52,17 @@ INSTRUCTION = dict(  # finetune.sh
 )  # fmt: skip
 VISTOG_BUDGET = 64  # inferred (see the module docstring)
 VISTOG_STAGE2_GROUPING_LR = 2e-4  # inferred
+NEXT_ALIGNMENT = dict(  # LLaVA-NeXT pretrain_clip.sh = pretrain_siglip.sh
+    data_format="plain", batch_size=16, grad_accum=1, lr=1e-3, weight_decay=0.0, warmup_ratio=0.03, epochs=1.0,
+    max_length=8192, mixed_precision="bf16", gradient_checkpointing=True, num_workers=16,
+)  # fmt: skip
+NEXT_INSTRUCTION = dict(  # LLaVA-NeXT finetune_clip.sh
+    data_format="conversation", batch_size=4, grad_accum=1, lr=1e-5, weight_decay=0.0, warmup_ratio=0.03, epochs=1.0,
+    max_length=32768, mixed_precision="bf16", gradient_checkpointing=True, num_workers=16,
+    group_by_modality_length=True,
+)  # fmt: skip
+ONEVISION_INSTRUCTION = {**NEXT_INSTRUCTION, "batch_size": 1, "grad_accum": 2, "num_workers": 4}  # finetune_ov.sh
+FAMILY_STAGE2_GROUPING_LR = 1e-4  # inferred: ten times the LLM's 1e-5
 
 
 @dataclass(frozen=True)
@@ -72,6 +100,30 @@ RECIPES = {
         "zero3.yaml", "llava-1.5-7b", 8,
         "llava_v1_5_mix665k.json", "LLaVA finetune.sh settings; stage split from VisToG",
         ("grouping_lr inferred: the paper does not state it",),
+    ),
+    "vistog-next-7b-stage1": Recipe(
+        "vistog-stage1", {**NEXT_ALIGNMENT, "num_semantic_tokens": VISTOG_BUDGET}, "zero3.yaml", "llava-next-7b", 8,
+        "blip_558k_plain.json (LLaVA-Pretrain 558k)", "LLaVA-NeXT scripts/train/pretrain_clip.sh settings",
+        ("N=64 per view inferred; 8 GPUs assumed (the script uses ${NUM_GPUS})", "--plan does not cover NeXT yet"),
+    ),
+    "vistog-next-7b-stage2": Recipe(
+        "vistog-stage2", {**NEXT_INSTRUCTION, "num_semantic_tokens": VISTOG_BUDGET,
+                          "grouping_lr": FAMILY_STAGE2_GROUPING_LR}, "zero3.yaml", "llava-next-7b", 8,
+        "llava_1_6.json", "LLaVA-NeXT scripts/train/finetune_clip.sh settings, vision frozen (VisToG's stage 2)",
+        ("grouping_lr inferred; 8 GPUs assumed (the script uses ${NUM_GPUS})", "--plan does not cover NeXT yet"),
+    ),
+    "vistog-onevision-7b-stage1": Recipe(
+        "vistog-stage1", {**NEXT_ALIGNMENT, "num_semantic_tokens": VISTOG_BUDGET}, "zero3.yaml",
+        "llava-onevision-7b", 8, "blip_558k_plain.json (LLaVA-Pretrain 558k)",
+        "LLaVA-NeXT scripts/train/pretrain_siglip.sh settings",
+        ("N=64 per view inferred; 8 GPUs assumed (the script uses ${NUM_GPUS})", "--plan does not cover OneVision yet"),
+    ),
+    "vistog-onevision-7b-stage2": Recipe(
+        "vistog-stage2", {**ONEVISION_INSTRUCTION, "num_semantic_tokens": VISTOG_BUDGET,
+                          "grouping_lr": FAMILY_STAGE2_GROUPING_LR}, "zero3.yaml", "llava-onevision-7b", 128,
+        "the OneVision stage's JSON files concatenated (images; videos not read)",
+        "LLaVA-NeXT scripts/train/finetune_ov.sh settings (128 GPUs, its 7B advice), vision frozen",
+        ("grouping_lr inferred", "--plan does not cover OneVision yet"),
     ),
 }  # fmt: skip
 
