@@ -21,7 +21,13 @@ from vistog_bench.adapter import VisToGChatLMM, VisToGLMM
 from vistog_bench.fixtures import write_video
 from vistog_bench.hub_checkpoints_families import write_family_layouts
 from vistog_bench.model import load_checkpoint
-from vistog_bench.model.families import FAMILIES, family_inputs, kept_tokens, video_token_id, visual_runs
+from vistog_bench.model.families import (
+    FAMILIES,
+    family_inputs,
+    kept_tokens,
+    video_token_id,
+    visual_runs,
+)
 from vistog_bench.model.family_reducers import apply_family_method
 
 NAMES = {"llava-onevision": "llava_onevision", "qwen2.5-vl": "qwen2_5_vl"}
@@ -123,8 +129,10 @@ def prefill_video_inputs(model):
 
 
 def assert_same_llm_inputs(got: list[dict], expected: list[dict]) -> None:
+    """Prefills compared longest first (the adapter serves the longest prompt first, the references in doc order)."""
     assert len(got) == len(expected) > 0
-    for ours, theirs in zip(got, expected):
+    by_length = lambda m: -m["inputs_embeds"].shape[1]
+    for ours, theirs in zip(sorted(got, key=by_length), sorted(expected, key=by_length)):
         assert ours["inputs_embeds"].shape == theirs["inputs_embeds"].shape
         torch.testing.assert_close(ours["inputs_embeds"], theirs["inputs_embeds"].float(), rtol=1e-5, atol=1e-5)
         if theirs["position_ids"] is not None:
@@ -139,8 +147,7 @@ def test_video_answers_equal_transformers_documented_usage_batched_too(layouts, 
     with prefill_video_inputs(ours.model) as seen:
         got = answers(ours, video_docs(videos), [video_messages] * 2)
     assert got == expected and any(got)
-    by_length = lambda m: -m["inputs_embeds"].shape[1]  # noqa: E731 - the adapter serves the longest prompt first
-    assert_same_llm_inputs(sorted(seen, key=by_length), sorted(media, key=by_length))
+    assert_same_llm_inputs(seen, media)
     log = ours.take_sample_log()
     assert [e["prompt"] for e in log] == prompts
     assert all(e["video_placeholders"] == 1 and e["image_placeholders"] == 0 for e in log)
@@ -164,8 +171,7 @@ def test_video_answers_equal_lmms_eval_chat_qwen2_5_vl(layouts, videos):
     with prefill_video_inputs(ours.model) as seen, prefill_video_inputs(reference.model) as media:
         got, expected = answers(ours, docs, [video_messages] * 2), answers(reference, docs, [video_messages] * 2)
     assert got == expected and any(got)
-    by_length = lambda m: -m["inputs_embeds"].shape[1]  # noqa: E731 - the two serve requests in their own orders
-    assert_same_llm_inputs(sorted(seen, key=by_length), sorted(media, key=by_length))
+    assert_same_llm_inputs(seen, media)
 
 
 @pytest.mark.parametrize("name", NAMES)
