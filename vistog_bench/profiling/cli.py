@@ -3,9 +3,14 @@
     vistog-bench profile --shape tiny --budgets 576,64 --batch-sizes 1 --new-tokens 1,8 --repeats 20
     vistog-bench profile --shape llava-1.5-7b --analytic --gpu h100-sxm,a100-80gb,h200
     vistog-bench profile --model PATH --device cuda --dtype bfloat16 --compile
+    vistog-bench profile --shape llava-next-7b --analytic --budgets 2928,640,320,160 --image-size 672x672
 
 Writes a run folder (manifest.json + profile.jsonl of kind="controlled" or kind="analytic" records) under --output
-and prints a table (or the records as JSON lines with --json). On CPU the 7B shape works but is slow (a 7B prefill
+and prints a table (or the records as JSON lines with --json). Shapes of other families (`llava-next-7b`,
+`llava-onevision-7b`, `qwen2.5-vl-7b`; `model.presets.family_preset_config`) are analytic only: the prefill FLOPs of
+one image's prompt (`flops.family_budget_prefills`) at each budget under the family's rule (NeXT / OneVision: visual
+tokens per image summed over its tiles; Qwen2.5-VL: percent of the image's own count), for an image of --image-size
+(H x W px, default 672 x 672), with no weights built. On CPU the 7B shape works but is slow (a 7B prefill
 is ~50 s fp32 on 2 cores, and random-initialising 7B fp32 weights needs ~28 GB RAM): use `tiny` or `--analytic`.
 """
 
@@ -22,12 +27,25 @@ from ..dtypes import DTYPE_NAMES
 from ..errors import UsageError
 from ..provenance import git_sha, now, package_versions
 
+LLAVA_BUDGETS = "576,192,128,64"
+DEFAULT_IMAGE_SIZE = "672x672"  # LLaVA-NeXT's largest square grid (2 x 2 tiles of 336 px)
+# Family shapes' budgets after the full one (model.families' rule names): per-image totals as VisionZip reports
+# LLaVA-NeXT (Yang et al., arXiv 2412.04467, Table 2: 640, 320, 160 of up to 2,880 tokens); percentages halving.
+FAMILY_BUDGETS = {"per_image_total": (640, 320, 160), "percent_of_own": (50, 25, 12)}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model", metavar="PATH", help="local LLaVA-1.5 or VisToG checkpoint (Hugging Face layout)")
-    source.add_argument("--shape", metavar="NAME", help="named shape with random weights: llava-1.5-7b, -13b, tiny")
-    parser.add_argument("--budgets", default="576,192,128,64", help="visual tokens per image (576 = VisToG off)")
+    source.add_argument("--shape", metavar="NAME", help="named shape with random weights: llava-1.5-7b, -13b, tiny; "
+                                                        "analytic only: llava-next-7b, llava-onevision-7b, qwen2.5-vl-7b")
+    parser.add_argument("--budgets", default=None,
+                        help=f"visual tokens per image (default {LLAVA_BUDGETS}; 576 = VisToG off); family shapes: "
+                             "their rule's (default: the full budget, then "
+                             f"{','.join(map(str, FAMILY_BUDGETS['per_image_total']))} per image or "
+                             f"{','.join(map(str, FAMILY_BUDGETS['percent_of_own']))} percent)")
+    parser.add_argument("--image-size", default=None, metavar="HxW",
+                        help=f"family shapes: the image's height x width in px (default {DEFAULT_IMAGE_SIZE})")
     parser.add_argument("--batch-sizes", default="1,8")
     parser.add_argument("--new-tokens", default="1,32", help="forced output lengths (min_new_tokens = max_new_tokens)")
     parser.add_argument("--text-tokens", type=int, default=64, help="prompt text tokens, BOS included")
@@ -51,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace):
     """Validate the arguments (UsageError on bad input) and return ProfileSettings."""
-    from vistog_bench.model.presets import preset_config
+    from vistog_bench.model.presets import PRESETS, family_preset_config, preset_config
 
     from .controlled import ProfileSettings
     from .roofline import get_gpu
@@ -59,8 +77,13 @@ def settings_from_args(args: argparse.Namespace):
 
     if args.model is None and args.shape is None:
         raise UsageError("give --model PATH or --shape NAME")
+    if args.image_size is not None:
+        raise UsageError("--image-size applies to the family shapes (llava-next-7b, llava-onevision-7b, "
+                         "qwen2.5-vl-7b); LLaVA-1.5 reads 336 x 336 px")
+    if args.shape is not None and args.shape not in PRESETS:
+        family_preset_config(args.shape)  # an unknown name: UsageError naming every known shape
     if args.shape is not None:
-        preset_config(args.shape)  # unknown names raise UsageError with the known ones
+        preset_config(args.shape)
     elif not Path(args.model).is_dir():
         raise UsageError(f"checkpoint folder not found: {args.model}")
     gpus = comma_list(args.gpu)
@@ -70,7 +93,7 @@ def settings_from_args(args: argparse.Namespace):
     device, dtype = _device_and_dtype(args)
     return ProfileSettings(
         model_path=args.model, shape=args.shape,
-        budgets=_nonempty(int_list(args.budgets, "--budgets", minimum=1), "--budgets"),
+        budgets=_nonempty(int_list(args.budgets or LLAVA_BUDGETS, "--budgets", minimum=1), "--budgets"),
         batch_sizes=_nonempty(int_list(args.batch_sizes, "--batch-sizes", minimum=1), "--batch-sizes"),
         new_tokens=_nonempty(int_list(args.new_tokens, "--new-tokens", minimum=1), "--new-tokens"),
         text_tokens=args.text_tokens, warmup=args.warmup, repeats=args.repeats, min_duration_s=args.min_duration,
@@ -176,6 +199,79 @@ def analytic_table(records, gpus) -> str:
     return tabulate(rows, headers=headers, tablefmt="github")
 
 
+# -- family shapes (analytic only) -----------------------------------------------------------------------------------
+def image_size(text: str | None) -> tuple[int, int]:
+    """`HxW` (or one number for a square) in px -> (H, W)."""
+    text = text or DEFAULT_IMAGE_SIZE
+    parts = text.lower().split("x")
+    if len(parts) > 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise UsageError(f"--image-size {text}: give height x width in px, e.g. 672x672 (or 672)")
+    height, width = int(parts[0]), int(parts[-1])
+    return height, width
+
+
+def family_analytic_records(args: argparse.Namespace) -> tuple[list, dict]:
+    """The analytic records of a family shape (UsageError on anything the shape or its rule refuses), and the
+    settings they were made with."""
+    from vistog_bench.model.families import family_of
+    from vistog_bench.model.presets import family_preset_config
+    from vistog_bench.results import ProfileRecord
+
+    from . import flops as F
+
+    config = family_preset_config(args.shape)
+    if not args.analytic:
+        raise UsageError(f"--shape {args.shape}: family shapes give analytic figures only; add --analytic")
+    _check_protocol(args)
+    rule = family_of(config.model_type).budget_rule
+    height, width = image_size(args.image_size)
+    full = 100 if rule == "percent_of_own" else F.most_image_tokens(config)
+    budgets = int_list(args.budgets, "--budgets") or tuple(dict.fromkeys((full, *FAMILY_BUDGETS[rule])))
+    try:
+        prefills = F.family_budget_prefills(config, _nonempty(budgets, "--budgets"), height=height, width=width,
+                                            text_tokens=args.text_tokens)  # fmt: skip
+    except UsageError:
+        raise
+    except ValueError as exc:  # smart_resize: an aspect ratio above 200
+        raise UsageError(f"--image-size {args.image_size}: {exc}") from None
+    dtype = args.dtype or "bfloat16"
+    settings = {"shape": args.shape, "budgets": list(budgets), "budget_rule": rule, "image_size": [height, width],
+                "text_tokens": args.text_tokens, "dtype": dtype}  # fmt: skip
+    records = [ProfileRecord(
+        kind="analytic", method="none" if p.visual_tokens == p.geometry.tokens else "llm_input", budget=p.budget,
+        batch_size=1, device="analytic", dtype=dtype, execution_path="analytic", visual_tokens=p.visual_tokens,
+        text_tokens=args.text_tokens, flops=p.flops,
+        null_reasons={"*_ms": "analytic record: nothing is measured"},
+        extra={"flops_convention": F.CONVENTION, "budget_rule": rule, "image_size": [height, width],
+               "visual_tokens_unreduced": p.geometry.tokens, "views": p.geometry.views,
+               "grid": list(p.geometry.grid) if p.geometry.grid else None,
+               "method_note": "llm_input: any reducer at the LLM input (random, divprune, cdpruner); the encoder and "
+                              "projector run in full"},
+    ) for p in prefills]  # fmt: skip
+    return records, settings
+
+
+def family_table(records, shape: str) -> str:
+    """The analytic prefill per budget of a family shape, with the image and rule it assumes."""
+    from tabulate import tabulate
+
+    from .flops import CONVENTION
+
+    first = records[0].extra
+    height, width = first["image_size"]
+    encoder = f"{first['views']} views" if first["grid"] is None else f"{first['grid'][0]} x {first['grid'][1]} patches"
+    unit = {"per_image_total": "visual tokens per image, summed over its tiles",
+            "percent_of_own": "percent of the image's own visual tokens"}[first["budget_rule"]]
+    rows = [[r.budget, f"{r.visual_tokens} of {r.extra['visual_tokens_unreduced']}", _fmt(r.flops["vision"], 1e12, 3),
+             _fmt(r.flops["projector"], 1e12, 3), _fmt(r.flops["prefill"], 1e12, 3), _fmt(r.flops["total"], 1e12, 3)]
+            for r in records]  # fmt: skip
+    head = (f"{shape}: one {height} x {width} px (H x W) image ({encoder}) + {records[0].text_tokens} text tokens; "
+            f"budget = {unit}")
+    table = tabulate(rows, headers=["budget", "visual tokens", "vision TF", "projector TF", "prefill TF", "total TF"],
+                     tablefmt="github")  # fmt: skip
+    return f"{head}\n{table}\nTF = 1e12 FLOPs ({CONVENTION}); the encoder and projector run in full at every budget"
+
+
 def main(args: argparse.Namespace) -> int:
     from vistog_bench.results import RunDir, RunManifest, check_writable_dir, new_run_id
 
@@ -188,18 +284,27 @@ def main(args: argparse.Namespace) -> int:
     from .nvml import device_facts
     from .roofline import get_gpu
 
-    settings = settings_from_args(args)
+    from vistog_bench.model.presets import FAMILY_PRESETS
+
+    family = args.shape in FAMILY_PRESETS
+    if family:
+        records, config = family_analytic_records(args)
+        settings = None
+    else:
+        settings = settings_from_args(args)
+        config = settings_dict(settings)
     check_writable_dir(args.output, "--output")
     started = now()
     # Everything that can refuse the input (remote code, corrupt weights, budgets) runs before the run folder exists.
-    records = analytic_records(settings) if args.analytic else None
+    if not family:
+        records = analytic_records(settings) if args.analytic else None
     source = None if args.analytic else ModelSource(settings)
     run_id = new_run_id("profile-") + ("-analytic" if args.analytic else "")
     run = RunDir(Path(args.output) / run_id)
     run.path.mkdir(parents=True, exist_ok=False)  # a unique id: never another run's folder
     facts = device_facts("cpu" if args.analytic else settings.device)
-    manifest = RunManifest(run_id=run_id, command=["vistog-bench", *sys.argv[1:]], config=settings_dict(settings),
-                           git_sha=git_sha(), versions=package_versions(), device=facts, seed=settings.seed,
+    manifest = RunManifest(run_id=run_id, command=["vistog-bench", *sys.argv[1:]], config=config,
+                           git_sha=git_sha(), versions=package_versions(), device=facts, seed=args.seed,
                            started_at=started)
     run.write_manifest(manifest)
 
@@ -218,6 +323,8 @@ def main(args: argparse.Namespace) -> int:
         if args.analytic:
             for record in records:
                 print(json.dumps(dataclasses.asdict(record), default=str))
+    elif family:
+        print(family_table(records, args.shape))
     elif args.analytic:
         print(analytic_table(records, [get_gpu(name).key for name in settings.gpus]))
     else:
@@ -226,4 +333,4 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["add_arguments", "main", "settings_from_args"]
+__all__ = ["add_arguments", "family_analytic_records", "family_table", "image_size", "main", "settings_from_args"]

@@ -422,6 +422,33 @@ def most_image_tokens(config) -> int:
     return _base_tokens(config) + max(counts)
 
 
+@dataclass(frozen=True)
+class FamilyPrefill:
+    """One image's prompt on a family at one budget: what the LLM receives and the prefill's FLOPs by stage."""
+
+    budget: int
+    geometry: ImageGeometry  # the image unreduced
+    visual_tokens: int  # what the LLM receives at `budget` (families.kept_tokens)
+    flops: dict[str, float]  # family_prefill_flops: vision, projector, prefill, total
+
+
+def family_budget_prefills(config, budgets, *, height: int, width: int, text_tokens: int) -> list[FamilyPrefill]:
+    """`family_prefill_flops` for one height x width image + `text_tokens` at each budget, read by the family's
+    rule (families.check_family_budget: UsageError on a budget the rule refuses)."""
+    from ..model.families import check_family_budget, family_of, kept_tokens
+
+    family = family_of(config.model_type)
+    shape = FamilyShape.from_config(config)
+    geometry = family_image_geometry(config, height, width)
+    out = []
+    for budget in budgets:
+        kept = kept_tokens(family, check_family_budget(family, budget), geometry.tokens)
+        flops = family_prefill_flops(shape, visual_tokens=kept, text_tokens=text_tokens, views=geometry.views,
+                                     grid=geometry.grid)  # fmt: skip
+        out.append(FamilyPrefill(budget, geometry, kept, flops))
+    return out
+
+
 __all__ = [
     "ArchShape",
     "StageFlops",
@@ -441,7 +468,9 @@ __all__ = [
     "family_projector_flops",
     "family_vision_flops",
     "qwen_window_sizes",
+    "FamilyPrefill",
     "ImageGeometry",
+    "family_budget_prefills",
     "anyres_image_geometry",
     "family_image_geometry",
     "most_image_tokens",
