@@ -5,6 +5,7 @@ the adapter serves the in-memory model's answers, the CLI path works and refuses
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 from PIL import Image
 
 from vistog_bench.errors import UsageError
-from vistog_bench.hub_checkpoints_families import write_llava_next, write_llava_onevision
+from vistog_bench.hub_checkpoints_families import write_llava_next, write_llava_onevision, write_qwen2_5_vl
 from vistog_bench.model import load_checkpoint
 from vistog_bench.model.families import image_token_id
 from vistog_bench.model.families_vistog import VisToGFamily
@@ -130,6 +131,11 @@ def test_training_prompt_is_the_evaluation_prompt(checkpoints, data, name):
     assert (batch["input_ids"] == image_token_id(model)).sum(1).tolist() == [first, 0, second]
     model.train()
     assert torch.isfinite(model(**batch).loss)
+    # LLaVA's alignment format (the stage-1 recipes): `<image>{caption}\n`, the same views x N, loss on the caption
+    plain = conversation_dataset(dataclasses.replace(cfg, data_format="plain"), model,
+                                 load_records(data, cfg.stage), data.parent, processor, prompts)[0]  # fmt: skip
+    assert int((plain["input_ids"] == image_token_id(model)).sum()) == views[0] * N
+    assert processor.tokenizer.decode(plain["input_ids"][plain["labels"] != IGNORE_INDEX]).strip() == WORDS[0]
 
 
 @pytest.mark.parametrize("name", WRITERS)
@@ -220,6 +226,11 @@ def test_cli_trains_a_next_checkpoint_and_refuses_what_it_cannot(checkpoints, da
                     "--output-dir", str(tmp_path / "x"), *common])  # fmt: skip
     error = capsys.readouterr().err.strip()
     assert code == 2 and error.count("\n") == 0 and "give --num-semantic-tokens N" in error
+    qwen = write_qwen2_5_vl(tmp_path / "qwen")
+    code = run_cli(["--stage", "vistog-stage1", "--model", str(qwen), "--num-semantic-tokens", str(N),
+                    "--output-dir", str(tmp_path / "y"), *common])  # fmt: skip
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and error.count("\n") == 0 and "holds a 'qwen2_5_vl' model" in error
 
 
 def test_gradient_checkpointing_changes_no_loss(checkpoints, data, stage1, tmp_path):
