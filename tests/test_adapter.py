@@ -132,3 +132,36 @@ def test_multi_round_is_refused(vistog_dir):
     lm = VisToGLMM(pretrained=str(vistog_dir), budget=16, device="cpu")
     with pytest.raises(NotImplementedError, match="not supported"):
         lm.generate_until_multi_round([])
+
+
+def test_a_video_on_llava_1_5_becomes_max_frames_images(llava_dir, tmp_path):
+    """LLaVA-1.5 has no video path: a video visual is `max_frames` frames, one image placeholder (576 tokens) each."""
+    from vistog_bench.fixtures import write_video
+
+    write_video(tmp_path / "clip.mp4", 0, frames=6)
+    lm = VisToGLMM(pretrained=str(llava_dir), method="none", device="cpu", max_frames=3)
+    lm.task_dict = {"toy": {"test": [{"video": str(tmp_path / "clip.mp4")}]}}
+    reqs = [Instance("generate_until", (QUESTIONS[3], {"max_new_tokens": 3, "temperature": 0},
+                                        lambda doc: [doc["video"]], 0, "toy", "test"), 0,
+                     {"task": "toy", "doc_id": 0, "repeats": 1})]  # fmt: skip
+    (result,) = lm.generate_until(reqs)
+    (entry,) = lm.take_sample_log()
+    assert entry["image_placeholders"] == 3 and entry["video_placeholders"] == 0 and entry["video_frames"] == []
+    assert entry["prompt"].count("<image>") == 3 and result.token_counts.input_tokens > 3 * 576
+
+
+def test_prompt_builder_places_video_placeholders_after_the_images(processor):
+    from vistog_bench.model.prompting import (
+        LLAVA_PLAIN_CHAT_TEMPLATE,
+        STRING,
+        ChatTemplate,
+        PromptBuilder,
+        Turn,
+    )
+
+    template = ChatTemplate(LLAVA_PLAIN_CHAT_TEMPLATE, "test", STRING)
+    builder = PromptBuilder(template, processor.tokenizer, "<image>", "<video>")
+    prompt = builder.generation_prompt([Turn("user", "what moves ?", images=1, videos=2)])
+    assert prompt == "USER: <image> <video> <video>\nwhat moves ? ASSISTANT:"
+    with pytest.raises(UsageError, match="video token"):
+        PromptBuilder(template, processor.tokenizer).generation_prompt([Turn("user", "q", videos=1)])

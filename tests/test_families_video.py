@@ -194,6 +194,19 @@ def test_simple_model_takes_a_video_path_as_a_video(layouts, videos):
     assert entry["video_placeholders"] == 1 and "<|video_pad|>" in entry["prompt"] and "<|image_pad|>" not in entry["prompt"]
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_loglikelihood_reads_the_video(layouts, videos, name):
+    """Log-likelihood requests take the video path too: the continuation's log-probability is finite and depends on
+    which video the sample carries."""
+    lm = VisToGLMM(pretrained=str(layouts[name]), method="none", device="cpu", max_frames=MAX_FRAMES)
+    lm.task_dict = {"toy": {"test": video_docs(videos)}}
+    ll = [Instance("loglikelihood", (QUESTIONS[0], "left", lambda doc: [doc["video"]], i, "toy", "test"), 0,
+                   {"task": "toy", "doc_id": i, "repeats": 1}) for i in range(2)]  # fmt: skip
+    (first, _), (second, _) = lm.loglikelihood(ll)
+    assert -1e4 < first < 0 and -1e4 < second < 0 and first != second
+    assert all(e["video_placeholders"] == 1 and "failure" not in e for e in lm.take_sample_log())
+
+
 # -- visual-token accounting -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", NAMES)
 def test_log_counts_the_videos_run_of_video_tokens(layouts, videos, name):
