@@ -54,7 +54,8 @@ from vistog_bench.reducers.dart import DARTSelector
 from vistog_bench.reducers.divprune import DivPruneSelector
 from vistog_bench.reducers.downsample import GridDownsample
 from vistog_bench.reducers.fastv import LastTokenAttention
-from vistog_bench.reducers.holitom import HoliTomSelector
+from vistog_bench.reducers.holitom import LAYER as HOLITOM_LAYER
+from vistog_bench.reducers.holitom import holitom
 from vistog_bench.reducers.llm_pruning import (
     SampleView,
     attention_rows,
@@ -63,12 +64,17 @@ from vistog_bench.reducers.llm_pruning import (
     rotated,
 )
 from vistog_bench.reducers.pdrop import LAYERS as PDROP_LAYERS
-from vistog_bench.reducers.schedule import mean_schedule, scaled_layers
+from vistog_bench.reducers.schedule import (
+    first_stage_tokens,
+    mean_schedule,
+    scaled_layers,
+)
 from vistog_bench.reducers.sparsevlm import LAYERS as SPARSEVLM_LAYERS
 from vistog_bench.reducers.sparsevlm import SparseVLMSelector
 from vistog_bench.reducers.tome import merge_schedule
 from vistog_bench.reducers.vscan import LAYER as VSCAN_LAYER
-from vistog_bench.reducers.vscan import encoder_tokens
+from vistog_bench.reducers.vscan import LLM_KEEP as VSCAN_KEEP
+from vistog_bench.reducers.vscan import ShallowCLSAttention, shallow_layer
 
 LLM_METHODS = ("fastv", "dart", "pdrop", "sparsevlm", "vscan", "divprune", "cdpruner", "holitom")
 
@@ -109,10 +115,13 @@ def llm_stages(config, method: str, budget: int, pdrop_layers: tuple[int, ...] |
         return DARTSelector(LlamaRMSNorm(text.hidden_size)), (Stage(at, keep),), patches
     if method == "vscan":
         at = scaled_layers((VSCAN_LAYER,), layers)[0]
-        first = encoder_tokens(budget, layers, at, patches)
+        first = first_stage_tokens(budget, layers, at, patches, VSCAN_KEEP)
         (keep,) = mean_schedule(budget, layers, first, (at,), "vscan")
         return LastTokenAttention(), (Stage(at, keep),), first
-    selectors = {"divprune": DivPruneSelector(), "cdpruner": CDPrunerSelector(), "holitom": HoliTomSelector()}
+    if method == "holitom":
+        pruner = holitom(budget, layers, scaled_layers((HOLITOM_LAYER,), layers)[0], patches, 0)
+        return pruner.selector, pruner.stages, patches
+    selectors = {"divprune": DivPruneSelector(), "cdpruner": CDPrunerSelector()}
     return selectors[method], (Stage(0, budget),), patches
 
 
@@ -173,19 +182,19 @@ def replayed_downsample(tower, pixels, feature_layer: int, budget: int, grid: in
     return lambda: downsample(*first_call)
 
 
-def vision_reducers(config, tower, budget: int) -> dict:
+def vision_reducers(config, tower, budget: int, shallow: ShallowCLSAttention) -> dict:
     """The vision-side reducers at `budget` (prumerge only where an encoder layer follows the feature layer)."""
     vision, patches = config.vision_config, config.num_patches
     grid = vision.image_size // vision.patch_size
     num_layers = tower.layers_to_run(config.vision_feature_layer)
     text_layers = config.text_config.num_hidden_layers
-    first = encoder_tokens(budget, text_layers, scaled_layers((VSCAN_LAYER,), text_layers)[0], patches)
+    first = first_stage_tokens(budget, text_layers, scaled_layers((VSCAN_LAYER,), text_layers)[0], patches, VSCAN_KEEP)
     reducers = {
         "pool": PoolReducer(budget, grid),
         "random": RandomReducer(budget, patches, seed=0),
         "visionzip": VisionZipReducer(budget, patches, vision.num_attention_heads),
         "vispruner": VisPrunerReducer(budget, patches),
-        "vscan-encoder": VScanReducer(first, patches, grid),
+        "vscan-encoder": VScanReducer(first, patches, grid, shallow),
     }
     if num_layers < len(tower.encoder.layers):
         reducers["prumerge"] = PruMergeReducer(budget, patches, tower.encoder.layers[num_layers])
@@ -203,8 +212,11 @@ def bench_shape(shape: str, budgets: list[int], args) -> list[dict]:
     feature_layer = config.vision_feature_layer
     num_layers = tower.layers_to_run(feature_layer)
     patches, grid = config.num_patches, vision.image_size // vision.patch_size
+    shallow = ShallowCLSAttention(shallow_layer(len(tower.encoder.layers), num_layers))  # vscan's local scan
+    shallow.install(tower)
     with torch.no_grad():
         states = tower(pixels, feature_layer, with_cls_attention=True)
+    shallow.remove()  # keeps this forward's q / k
     rows = []
 
     def record(method: str, budget: int | None, times: list[float]):
@@ -225,7 +237,7 @@ def bench_shape(shape: str, budgets: list[int], args) -> list[dict]:
         record("stock", None, run(lambda: tower(pixels, feature_layer), tower_repeats))
         record("stock+cls", None, run(lambda: tower(pixels, feature_layer, with_cls_attention=True), tower_repeats))
     for budget in budgets:
-        reducers = vision_reducers(config, tower, budget)
+        reducers = vision_reducers(config, tower, budget, shallow)
         for method, reducer in reducers.items():
             record(method, budget, run(lambda reducer=reducer: reducer(states)))
 

@@ -1,11 +1,13 @@
 """The methods added beside the first six: budgets per layer, batch invariance, attention kernels, and each core
 selection against a plain loop written from its paper's pseudo-code. Tiny LLaVA (2 LLM layers, 576 patches)."""
 
+import copy
 import itertools
 
 import pytest
 import torch
 from testers import random_images, tiny_llava
+from transformers import CLIPVisionModel
 
 from vistog_bench.errors import UsageError
 from vistog_bench.model import build_inputs, llava_prompt
@@ -18,17 +20,22 @@ from vistog_bench.reducers import (
 from vistog_bench.reducers.cdpruner import greedy_dpp_map
 from vistog_bench.reducers.dart import duplication_aware
 from vistog_bench.reducers.divprune import max_min_diversity
-from vistog_bench.reducers.holitom import static_windows
+from vistog_bench.reducers.holitom import inner_merge, static_windows
 from vistog_bench.reducers.llm_pruning import attention_rows
-from vistog_bench.reducers.schedule import mean_schedule, scaled_layers
+from vistog_bench.reducers.schedule import (
+    first_stage_tokens,
+    mean_schedule,
+    scaled_layers,
+)
 from vistog_bench.reducers.sparsevlm import recycled_count
 from vistog_bench.reducers.vispruner import remove_duplicates
+from vistog_bench.reducers.vscan import scan, shallow_layer, windows
 
 P = 576
 # budget per method on the 2-layer LLM: a layer-mean method keeps P in layer 0, so its mean is at least (P + 1) / 2
 BUDGETS = {"divprune": 64, "vispruner": 64, "cdpruner": 64, "downsample": 64, "holitom": 64,
            "dart": 300, "pdrop": 300, "sparsevlm": 300, "vscan": 64}
-LAYER_MEAN = ("dart", "pdrop", "sparsevlm", "vscan")
+LAYER_MEAN = ("dart", "pdrop", "sparsevlm", "vscan", "holitom")
 
 
 
@@ -142,6 +149,8 @@ def test_layer_mean_schedules():
         mean = (layers[0] * P + sum(s * n for s, n in zip(spans, counts))) / 32
         assert abs(mean - budget) <= spans[-1] / 32 * 0.5 + 1e-9 and list(counts) == sorted(counts, reverse=True)
     assert mean_schedule(64, 32, P, (2,), "dart") == (round((64 * 32 - 2 * P) / 30),)
+    # VScan's README: 96 tokens from the encoder, 32 from layer 16, "an average of 64 tokens throughout the 32 layers"
+    assert first_stage_tokens(64, 32, 16, P, 1 / 3) == 96 and mean_schedule(64, 32, 96, (16,), "vscan") == (32,)
     with pytest.raises(UsageError, match="layer-mean budget must be in 145..576"):
         mean_schedule(64, 32, P, (8, 16, 24), "pdrop")
 
@@ -244,3 +253,80 @@ def test_holitom_windows_match_exhaustive_search():
     assert sum(saved(a, b) for a, b in windows) == best
     assert windows[0][0] == 0 and windows[-1][1] == 5  # consecutive windows covering every frame once
     assert all(b + 1 == c for (_, b), (c, _) in itertools.pairwise(windows))
+
+
+def test_vscan_scans_match_the_reference_loops():
+    """The local scan as `window_cls_selection` (6 x 6 windows of the 24 x 24 grid, top k = floor(K0 / 2 / 16) of
+    each, windows row-major), then the global scan: the top of the deep attention with the local picks zeroed."""
+    generator = torch.Generator().manual_seed(6)
+    shallow, deep = torch.rand(2, P, generator=generator), torch.rand(2, P, generator=generator)
+    for keep in (96, 64, 20):
+        chosen = scan(shallow, deep, 24, keep)
+        for b in range(2):
+            per_window, local = (keep // 2) // 16, []
+            for i in range(4):
+                for j in range(4):
+                    window = shallow[b].view(24, 24)[i * 6 : (i + 1) * 6, j * 6 : (j + 1) * 6].reshape(-1)
+                    for index in window.topk(per_window).indices.tolist():
+                        dy, dx = divmod(index, 6)
+                        local.append((i * 6 + dy) * 24 + j * 6 + dx)
+            masked = deep[b].clone()
+            masked[local] = 0
+            expected = local + masked.topk(keep - len(local)).indices.tolist()
+            assert chosen[b].tolist() == expected and len(set(expected)) == keep
+
+
+def test_vscan_local_scan_reads_the_shallow_layers_attention(model, processor):
+    """The hooked q / k give the CLS row of that layer's eager attention weights; removing the method drops the hooks."""
+    tower = model.model.vision_tower
+    layer = shallow_layer(len(tower.encoder.layers), tower.layers_to_run(model.config.vision_feature_layer))
+    assert layer == 0 and shallow_layer(24, 23) == 5  # 5 of CLIP ViT-L's 24; below the tiny tower's feature layer
+    apply_method(model, "vscan", 64)
+    reducer = model.model.token_reducer
+    assert applied_method(model).vision_scores.endswith("and at encoder layer 0")
+    pixels = build_inputs(processor, [llava_prompt("what is it ?", 2)], [random_images(2, seed=8)], 1)["pixel_values"]
+    with torch.no_grad():
+        tower(pixels, feature_layer=model.config.vision_feature_layer, with_cls_attention=True)
+        taken = reducer.shallow.take()
+        stock = CLIPVisionModel._from_config(copy.deepcopy(tower.config), attn_implementation="eager").eval()
+        stock.load_state_dict(tower.state_dict())
+        eager = stock(pixel_values=pixels, output_attentions=True).attentions[layer]  # [B, h, I, I]
+    torch.testing.assert_close(taken, eager[:, :, 0, 1:].mean(dim=1).float(), rtol=1e-4, atol=1e-6)
+    assert tower.config._attn_implementation == "sdpa"
+    apply_method(model, "pool", 64)
+    attn = tower.encoder.layers[layer].self_attn
+    assert not attn.q_proj._forward_hooks and not attn.k_proj._forward_hooks
+
+
+def test_holitom_inner_merge_matches_the_reference_loop():
+    """cokeshao/HoliTom's inner-LLM merge: top (1 - r) by attention stay; each other token, in order, halves into its
+    most similar kept token (similarities from the states before merging)."""
+    generator = torch.Generator().manual_seed(9)
+    states, scores = torch.randn(30, 8, generator=generator, dtype=torch.float64), torch.rand(30, generator=generator)
+    kept_order = scores.topk(12).indices
+    normed = torch.nn.functional.normalize(states, dim=-1)
+    others = [i for i in range(30) if i not in kept_order.tolist()]
+    similarity = normed[others] @ normed[kept_order].T
+    expected = states.clone()
+    for row, index in enumerate(others):
+        target = int(kept_order[similarity[row].argmax()])
+        expected[target] = (expected[target] + expected[index]) / 2
+    kept, merged = inner_merge(states, scores, 12)
+    assert kept.tolist() == sorted(kept_order.tolist())
+    torch.testing.assert_close(merged, expected[kept].to(merged.dtype), rtol=1e-5, atol=1e-6)
+
+
+def test_holitom_records_both_stages(model):
+    apply_method(model, "holitom", 64)
+    applied = applied_method(model)
+    assert applied.budget_convention == "layer_mean" and applied.layer_tokens == (85, 43)  # (85 + 43) / 2 = 64
+    assert applied.tokens_per_image == P and applied.scored_llm_layers == (0,)  # the inner stage reads layer 0's q / k
+    apply_method(model, "holitom", P)  # full budget: nothing merges, no layer is scored
+    assert applied_method(model).layer_tokens == (P, P) and applied_method(model).scored_llm_layers == ()
+
+
+def test_vscan_windows_tile_the_grid():
+    for grid, side in ((24, 6), (8, 2)):
+        cells = windows(grid, 4, "cpu")
+        assert cells.shape == (16, side * side) and sorted(cells.flatten().tolist()) == list(range(grid * grid))
+        assert cells[1].tolist()[:2] == [side, side + 1] and cells[4, 0] == side * grid  # row-major windows

@@ -25,21 +25,30 @@ from .dart import DARTSelector
 from .divprune import DivPruneSelector
 from .downsample import GridDownsample
 from .fastv import LastTokenAttention, fastv
-from .holitom import HoliTomSelector
+from .holitom import INNER_RATIO as HOLITOM_RATIO
+from .holitom import LAYER as HOLITOM_LAYER
+from .holitom import holitom
 from .llm_pruning import LLMPruner, Stage
 from .pdrop import LAYERS as PDROP_LAYERS
 from .pdrop import pdrop
 from .pool import PoolReducer
 from .prumerge import NEIGHBOURS, PruMergeReducer
 from .random_choice import RandomReducer
-from .schedule import layer_mean, mean_schedule, minimum_mean, scaled_layers
+from .schedule import (
+    first_stage_tokens,
+    layer_mean,
+    mean_schedule,
+    minimum_mean,
+    scaled_layers,
+)
 from .sparsevlm import LAYERS as SPARSEVLM_LAYERS
 from .sparsevlm import sparsevlm
 from .tome import ToMeMerge, ToMeReducer, merge_schedule
 from .visionzip import VisionZipReducer
 from .vispruner import VisPrunerReducer
 from .vscan import LAYER as VSCAN_LAYER
-from .vscan import VScanReducer, encoder_tokens
+from .vscan import LLM_KEEP as VSCAN_KEEP
+from .vscan import ShallowCLSAttention, VScanReducer, shallow_layer
 
 METHODS = (
     "none", "vistog", "pool", "random", "tome", "visionzip", "prumerge", "fastv",
@@ -64,7 +73,7 @@ OPTIONS: dict[str, dict[str, type]] = {  # method -> the options it accepts and 
     "sparsevlm": {"layers": str},
     "vscan": {"layer": int},
     "downsample": {},
-    "holitom": {},
+    "holitom": {"layer": int},
 }
 FASTV_LAYER = 2  # the paper's K
 
@@ -73,8 +82,9 @@ LLM_INPUT = "llm_input"  # every decoder layer works on `budget` tokens per imag
 AFTER_LAYER = "after_layer"  # FastV's own: `budget` from layer `fastv_layer` on, all P before it
 LAYER_MEAN = "layer_mean"  # the mean over decoder layers ("equivalent tokens", PyramidDrop / SparseVLM)
 CONVENTIONS = {"fastv": AFTER_LAYER, "dart": LAYER_MEAN, "pdrop": LAYER_MEAN, "sparsevlm": LAYER_MEAN,
-               "vscan": LAYER_MEAN}
-LLM_INPUT_STAGE = ("divprune", "cdpruner", "holitom")  # select at LLM layer 0: P placeholders, K from layer 0 on
+               "vscan": LAYER_MEAN, "holitom": LAYER_MEAN}
+LLM_INPUT_STAGE = ("divprune", "cdpruner")  # select at LLM layer 0: P placeholders, K from layer 0 on
+STAGED = {"vscan": (VSCAN_LAYER, VSCAN_KEEP), "holitom": (HOLITOM_LAYER, 1 - HOLITOM_RATIO)}  # method -> (paper layer, K1 / K0)
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,7 @@ class _Parts:
     reducer: Any = None  # a TokenReducer, after the vision tower
     merge: Any = None  # a TokenMerge, inside the encoder
     pruner: LLMPruner | None = None  # inside the LLM
+    tower_hooks: tuple = ()  # vision-tower hooks it reads (install(tower) / remove()): VScan's shallow attention
 
 
 @dataclass
@@ -147,6 +158,9 @@ def apply_method(model, method: str, budget: int, *, seed: int = 0, **options) -
     if parts.pruner is not None:
         parts.pruner.install(model)
         undo.append(lambda m, pruner=parts.pruner: pruner.remove())
+    for hook in parts.tower_hooks:
+        hook.install(model.model.vision_tower)
+        undo.append(lambda m, hook=hook: hook.remove())
     applied = _describe(model, method, budget, seed, options, parts)
     object.__setattr__(model, _STATE, _Installed(applied, undo))
     assert model.num_visual_tokens == applied.tokens_per_image, (model.num_visual_tokens, applied.tokens_per_image)
@@ -189,9 +203,9 @@ def _describe(model, method: str, budget: int, seed: int, options: dict, parts: 
         mean_layer_tokens=layer_mean(layers),
         encoder_tokens=_encoder_tokens(model, parts.merge),
         llm_attention=(model.config.text_config._attn_implementation or "eager",) * num_layers,
-        scored_llm_layers=tuple(s.layer - 1 for s in parts.pruner.stages) if parts.pruner is not None
-        and parts.pruner.selector.needs_attention else (),
-        vision_scores="CLS attention at the feature layer (float32, from its q / k)" if needs_cls else "",
+        scored_llm_layers=parts.pruner.scored_layers if parts.pruner is not None else (),
+        vision_scores=("CLS attention at the feature layer (float32, from its q / k)" if needs_cls else "")
+        + "".join(f" and at encoder layer {hook.layer_index}" for hook in parts.tower_hooks),
     )
 
 
@@ -263,12 +277,18 @@ def _llm_parts(model, method: str, budget: int, options: dict) -> _Parts:
         return _Parts(pruner=LLMPruner((Stage(layer, keep),), selector, num_patches, image_token))
     if method == "vscan":
         layer = _llm_layer(options, VSCAN_LAYER, num_layers)
-        first = encoder_tokens(budget, num_layers, layer, num_patches)
+        first = first_stage_tokens(budget, num_layers, layer, num_patches, VSCAN_KEEP)
         (keep,) = mean_schedule(budget, num_layers, first, (layer,), "vscan")
-        vision = model.config.vision_config
-        reducer = VScanReducer(first, num_patches, vision.image_size // vision.patch_size)
-        return _Parts(reducer, pruner=LLMPruner((Stage(layer, keep),), LastTokenAttention(), first, image_token))
-    selectors = {"divprune": DivPruneSelector(), "cdpruner": CDPrunerSelector(), "holitom": HoliTomSelector()}
+        vision, tower = model.config.vision_config, model.model.vision_tower
+        shallow = ShallowCLSAttention(
+            shallow_layer(len(tower.encoder.layers), tower.layers_to_run(model.config.vision_feature_layer)))
+        reducer = VScanReducer(first, num_patches, vision.image_size // vision.patch_size, shallow)
+        return _Parts(reducer, pruner=LLMPruner((Stage(layer, keep),), LastTokenAttention(), first, image_token),
+                      tower_hooks=(shallow,))
+    if method == "holitom":
+        layer = _llm_layer(options, HOLITOM_LAYER, num_layers)
+        return _Parts(pruner=holitom(budget, num_layers, layer, num_patches, image_token))
+    selectors = {"divprune": DivPruneSelector(), "cdpruner": CDPrunerSelector()}
     return _Parts(pruner=LLMPruner((Stage(0, budget),), selectors[method], num_patches, image_token))
 
 
@@ -295,7 +315,7 @@ _BUILDERS: dict[str, Callable[..., _Parts]] = {
     **{name: _vision_method(name) for name in ("pool", "random", "tome", "visionzip", "prumerge", "vispruner",
                                                  "downsample")},
     **{name: (lambda model, budget, seed, options, name=name: _llm_parts(model, name, budget, options))
-       for name in ("fastv", "pdrop", "sparsevlm", "dart", "vscan", *LLM_INPUT_STAGE)},
+       for name in ("fastv", "pdrop", "sparsevlm", "dart", *STAGED, *LLM_INPUT_STAGE)},
 }
 
 
@@ -368,7 +388,8 @@ def config_problem(config, method: str, *, budget: int | None = None, **options)
         return None
     if num_layers < 2:
         return f"{method} prunes between decoder layers; this LLM has {num_layers}"
-    paper = {"dart": (DART_LAYER,), "vscan": (VSCAN_LAYER,), "pdrop": PDROP_LAYERS, "sparsevlm": SPARSEVLM_LAYERS}
+    paper = {"dart": (DART_LAYER,), "pdrop": PDROP_LAYERS, "sparsevlm": SPARSEVLM_LAYERS,
+             **{name: (layer,) for name, (layer, _) in STAGED.items()}}
     try:
         layers = _stage_layers(options, paper[method], num_layers)
     except UsageError as error:
@@ -379,7 +400,8 @@ def config_problem(config, method: str, *, budget: int | None = None, **options)
             return f"{method} layer must be in 1..{num_layers - 1} for a {num_layers}-layer LLM, got {layers[0]}"
     if budget is None:
         return None
-    first = encoder_tokens(budget, num_layers, layers[0], num_patches) if method == "vscan" else num_patches
+    first = (first_stage_tokens(budget, num_layers, layers[0], num_patches, STAGED[method][1]) if method in STAGED
+             else num_patches)
     lowest = minimum_mean(num_layers, first, layers[0])
     if budget < lowest:
         return (f"{method} keeps {first} visual tokens per image in layers 0..{layers[0] - 1} of {num_layers}: "

@@ -52,8 +52,15 @@ def mean_schedule(budget: int, num_layers: int, input_tokens: int, layers: tuple
     return tuple(counts)
 
 
+def first_stage_tokens(budget: int, num_layers: int, layer: int, num_patches: int, keep_ratio: float) -> int:
+    """n0 for a method that keeps n0 tokens per image until layer l and about keep_ratio n0 after it (VScan, HoliTom),
+    so that the layer mean is the budget: n0 = K L / (l + (L - l) keep_ratio), at most P (the second count is then
+    solved exactly by `mean_schedule`)."""
+    return min(num_patches, round(budget * num_layers / (layer + (num_layers - layer) * keep_ratio)))
+
+
 def layer_mean(tokens_per_layer: tuple[int, ...]) -> float:
     return sum(tokens_per_layer) / len(tokens_per_layer)
 
 
-__all__ = ["layer_mean", "mean_schedule", "minimum_mean", "scaled_layers"]
+__all__ = ["first_stage_tokens", "layer_mean", "mean_schedule", "minimum_mean", "scaled_layers"]

@@ -1,69 +1,84 @@
 """`vscan`: global + local scans with merging at the vision encoder's output, then pruning in the middle of the LLM.
 
 Zhang, Ma, Fang, Yu, Zhang, Zhang, Xie, Sycara, Mi, Yu. "VScan: Rethinking Visual Token Reduction for Efficient
-Large Vision-Language Models." arXiv 2505.22654 (TMLR 2026). Its code (Tencent/SelfEvolvingAgent, `VScan/`) was not
-readable from here: this follows the paper's description, and every constant below is ours.
+Large Vision-Language Models." arXiv 2505.22654 (TMLR 2026). Reference: Tencent/SelfEvolvingAgent `VScan/`,
+`llava/model/llava_arch.py` (`encode_images`, `window_cls_selection`, `token_merging`) and
+`llava/model/modeling_llama_x.py` (`layer_prune`); constants below are the reference's unless marked ours.
 
-Glossary: P patches on a G x G grid, K0 tokens leaving the encoder (K_g global + K_l local), K1 kept from LLM layer
-l on, L decoder layers, K the budget.
+Glossary: P patches on a G x G grid, K0 tokens leaving the encoder (K_l local + K_g global), W windows of w x w
+patches, K1 kept from LLM layer l on, L decoder layers, K the budget.
 
 Stage 1, at LLaVA's feature layer (a vision-side reducer):
-  1. global scan: the K_g = floor(K0 / 2) patches with the highest CLS attention;
-  2. local scan: the grid cut into a x b windows (a = ceil(sqrt(K_l)), b = ceil(K_l / a)); the highest-attention
-     patch of each window not taken globally, the K_l best of those window winners (then the next by attention,
-     should windows run out of patches);
+  1. local scan: the CLS attention of a shallow encoder layer (the reference's `image_attentions[5]`, layer 5 of
+     CLIP ViT-L's 24, scaled with depth) is cut into 4 x 4 windows (the reference's w = 6 on its 24 x 24 grid; w =
+     G / 4 on other grids); each window gives its k = floor(K0 / 2 / W) highest patches (`window_cls_selection`);
+  2. global scan: the K_g = K0 - K_l patches with the highest CLS attention at the feature layer (the reference's
+     `image_attentions[-2]`), the local ones excluded;
   3. merging: every other patch joins its most cosine-similar selected patch; a selected token becomes the mean of
-     itself and its joiners; output in spatial order.
+     itself and its joiners (`token_merging`, scaling 1); output in spatial order.
 Stage 2, in the LLM at layer l (16 of 32, scaled with depth): the last instruction token's attention ranks each
 image's K0 tokens; K1 stay (FastV's machinery, llm_pruning.py).
-Budget: the layer mean. K1 = K0 / 2 is our choice; K0 = round(K L / (l + (L - l) / 2)) and K1 solved exactly
-(schedule.py), so that the mean over layers is the budget. Departures: the paper's local scan reads a shallow
-layer's attention; here both scans read the feature layer's CLS attention (the tower's one hook).
+Budget: the layer mean, as the reference's README counts it: K0 = 96 from the encoder and K1 = 32 from layer 16 keep
+"an average of 64 tokens throughout the 32 layers". So K1 = K0 / 3: K0 = round(K L / (l + (L - l) / 3)) and K1
+solved exactly (schedule.py: `first_stage_tokens`, `mean_schedule`).
+Departures:
+  1. Merging happens on the encoder's states, before the projector; the reference merges the projector's outputs.
+  2. When floor(K0 / 2) is not a multiple of W (small budgets), the global scan takes the K0 - k W left, so that an
+     image always gives K0 tokens (the reference then returns fewer); below K0 = 32 the local scan picks nothing,
+     as the reference's k = 0. A grid that is not a multiple of 4 leaves its last rows / columns to the global scan.
+  3. The LLM stage scores with layer l - 1's attention (FastV's), the reference with layer l's own q / k; RoPE
+     positions are kept, the reference renumbers the pruned sequence.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch.utils.hooks import RemovableHandle
 
-from ..model.vision import VisionStates
+from ..model.vision import VisionStates, _cls_attention, _split_heads
 from .base import check_budget, check_output, gather_tokens
 
 LAYER = 16  # the LLM stage, of 32 layers
-LLM_KEEP = 0.5  # K1 / K0
+LLM_KEEP = 1 / 3  # K1 / K0: the README's 96 -> 32
+SHALLOW_LAYER = 5  # the local scan's encoder layer, of 24 (`image_attentions[5]`)
+ENCODER_DEPTH = 24  # CLIP ViT-L/14's layers, the depth SHALLOW_LAYER is given for
+WINDOWS = 4  # windows per grid side: 24 / `window_size=6` (the reference's grid is 24 x 24)
+LOCAL_SHARE = 0.5  # `local_ratio = 1 - global_ratio`, global_ratio = 0.5
 
 
-def encoder_tokens(budget: int, num_layers: int, layer: int, num_patches: int) -> int:
-    """K0: tokens per image leaving the encoder so that K0 until layer l and K0 / 2 after average to the budget."""
-    return min(num_patches, round(budget * num_layers / (layer + (num_layers - layer) * LLM_KEEP)))
+def shallow_layer(depth: int, runs: int) -> int:
+    """The local scan's encoder layer in a `depth`-layer tower that runs `runs` layers up to its feature layer:
+    5 of 24 at the same depth fraction, below the feature layer (runs - 1) where there is room."""
+    return min(SHALLOW_LAYER * depth // ENCODER_DEPTH, max(runs - 2, 0))
 
 
-def window_ids(grid: int, windows: int, device) -> torch.Tensor:
-    """The window of each patch [P] when a G x G grid is cut into a x b >= `windows` windows."""
-    rows = math.ceil(math.sqrt(windows))
-    columns = math.ceil(windows / rows)
-    y, x = torch.arange(grid, device=device).repeat_interleave(grid), torch.arange(grid, device=device).repeat(grid)
-    return (y * rows // grid) * columns + (x * columns // grid)
+def windows(grid: int, per_side: int, device) -> torch.Tensor:
+    """Patch indices of each w x w window, w = G // per_side, of a G x G grid, windows in row-major order: [W, w w]."""
+    per_side = min(per_side, grid)
+    side = grid // per_side
+    starts = torch.arange(per_side, device=device) * side  # [G / w]
+    offsets = torch.arange(side, device=device)  # [w]
+    rows = starts[:, None] + offsets[None, :]  # [G / w, w]
+    # [G/w, G/w, w, w] patch index of (window row, window column, row in window, column in window)
+    index = rows[:, None, :, None] * grid + rows[None, :, None, :]
+    return index.reshape(per_side * per_side, side * side)
 
 
-def scan(attention: torch.Tensor, grid: int, keep: int) -> torch.Tensor:
-    """Selected patch indices [B, keep]: K_g global by attention [B, P], then K_l local window winners."""
-    batch = attention.shape[0]
-    num_global = keep // 2
-    chosen = attention.topk(num_global, dim=1).indices  # [B, K_g]
-    rest = attention.scatter(1, chosen, -torch.inf)
-    windows = window_ids(grid, keep - num_global, attention.device)  # [P]
-    count = int(windows.max()) + 1
-    best = torch.full((batch, count), -torch.inf, device=attention.device).scatter_reduce(
-        1, windows.expand(batch, -1), rest, reduce="amax"
-    )  # [B, windows]
-    is_winner = (rest == best.gather(1, windows.expand(batch, -1))) & torch.isfinite(rest)  # [B, P]
-    # window winners first (attention is at most 1), then, should windows run out, the next by attention
-    local = (rest + 2.0 * is_winner).topk(keep - num_global, dim=1).indices  # [B, K_l]
-    return torch.cat([chosen, local], dim=1)
+def scan(shallow: torch.Tensor, deep: torch.Tensor, grid: int, keep: int) -> torch.Tensor:
+    """Selected patch indices [B, keep]: the local scan's window winners (shallow CLS attention [B, P]), then the
+    global scan's best of the rest (deep CLS attention [B, P])."""
+    cells = windows(grid, WINDOWS, shallow.device)  # [W, w w]
+    per_window = math.floor(keep * LOCAL_SHARE) // cells.shape[0]
+    # [B, W, k] <- top-k of each window's [B, W, w w] attention, as patch indices
+    top = shallow[:, cells].topk(per_window, dim=2).indices
+    local = cells.expand(shallow.shape[0], -1, -1).gather(2, top).flatten(1)  # [B, W k]
+    rest = deep.float().scatter(1, local, -torch.inf)
+    chosen = rest.topk(keep - local.shape[1], dim=1).indices  # [B, K_g]
+    return torch.cat([local, chosen], dim=1)
 
 
 def merge_into_selected(patches: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
@@ -79,11 +94,46 @@ def merge_into_selected(patches: torch.Tensor, selected: torch.Tensor) -> torch.
     return ((weights @ patches.float()) / weights.sum(dim=2, keepdim=True)).to(patches.dtype)
 
 
+@dataclass(eq=False)
+class ShallowCLSAttention:
+    """Forward hooks on one encoder layer's q / k projections (the tower computes them anyway): that layer's CLS
+    attention over the patches, recomputed in float32 (SDPA returns no weights)."""
+
+    layer_index: int
+    _outputs: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # the latest forward's, [B, I, Dv]
+    _handles: list[RemovableHandle] = field(default_factory=list, repr=False)
+
+    def install(self, tower) -> None:
+        """tower: a VisToGVisionTower."""
+        attn = tower.encoder.layers[self.layer_index].self_attn
+        self._head_dim, self._scale = attn.head_dim, attn.scale
+        for name in ("q_proj", "k_proj"):
+            self._handles.append(getattr(attn, name).register_forward_hook(self._keep(name)))
+
+    def _keep(self, name: str):
+        def hook(module, args, output):
+            self._outputs[name] = output
+        return hook
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def take(self) -> torch.Tensor:
+        """The latest forward's CLS attention, head mean, CLS column dropped: [B, P]."""
+        if set(self._outputs) != {"q_proj", "k_proj"}:
+            raise RuntimeError(f"vscan: encoder layer {self.layer_index}'s q / k projections were not seen")
+        query, key = (_split_heads(self._outputs[name], self._head_dim) for name in ("q_proj", "k_proj"))
+        return _cls_attention(query, key, self._scale)  # [B, h, I, dh] each -> [B, P]
+
+
 @dataclass(frozen=True)
 class VScanReducer:
     budget: int  # K0, tokens per image leaving the encoder
     num_patches: int
     grid: int
+    shallow: ShallowCLSAttention  # the local scan's attention (installed on the tower by apply_method)
     needs_cls_attention: bool = True
 
     def __post_init__(self):
@@ -91,8 +141,9 @@ class VScanReducer:
 
     def __call__(self, states: VisionStates) -> torch.Tensor:
         patches = states.patch_states  # [B, P, Dv]
-        selected = scan(states.cls_attention, self.grid, self.budget).sort(dim=1).values  # spatial order
+        selected = scan(self.shallow.take(), states.cls_attention, self.grid, self.budget).sort(dim=1).values
         return check_output(merge_into_selected(patches, selected), patches.shape[0], self.budget, "vscan")
 
 
-__all__ = ["LAYER", "LLM_KEEP", "VScanReducer", "encoder_tokens", "merge_into_selected", "scan"]
+__all__ = ["LAYER", "LLM_KEEP", "ShallowCLSAttention", "VScanReducer", "merge_into_selected", "scan",
+           "shallow_layer", "windows"]
