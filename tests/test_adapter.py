@@ -151,13 +151,7 @@ def test_a_video_on_llava_1_5_becomes_max_frames_images(llava_dir, tmp_path):
 
 
 def test_prompt_builder_places_video_placeholders_after_the_images(processor):
-    from vistog_bench.model.prompting import (
-        LLAVA_PLAIN_CHAT_TEMPLATE,
-        STRING,
-        ChatTemplate,
-        PromptBuilder,
-        Turn,
-    )
+    from vistog_bench.model.prompting import LLAVA_PLAIN_CHAT_TEMPLATE, STRING, ChatTemplate, PromptBuilder, Turn
 
     template = ChatTemplate(LLAVA_PLAIN_CHAT_TEMPLATE, "test", STRING)
     builder = PromptBuilder(template, processor.tokenizer, "<image>", "<video>")

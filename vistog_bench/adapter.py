@@ -59,33 +59,11 @@ from transformers import LogitsProcessorList
 
 from .errors import UsageError
 from .model import VisToGForConditionalGeneration, build_inputs, load_checkpoint
-from .model.families import (
-    VideoFrames,
-    family_inputs,
-    model_family,
-    video_frame_indices,
-    visual_runs,
-)
+from .model.families import VideoFrames, family_inputs, model_family, video_frame_indices, visual_runs
 from .model.families_vistog import VisToGFamily
-from .model.family_reducers import (
-    apply_family_method,
-    family_sample_problem,
-    family_token_counts,
-)
-from .model.prompting import (
-    PromptBuilder,
-    Turn,
-    find_template,
-    image_token_of,
-    video_token_of,
-)
-from .reducers import (
-    METHODS,
-    AppliedMethod,
-    applied_method,
-    apply_method,
-    tokens_per_image,
-)
+from .model.family_reducers import apply_family_method, family_sample_problem, family_token_counts
+from .model.prompting import PromptBuilder, Turn, find_template, image_token_of, video_token_of
+from .reducers import METHODS, AppliedMethod, applied_method, apply_method, tokens_per_image
 
 DEFAULT_MAX_NEW_TOKENS = 1024  # llava_hf's default when a task sets none
 # What a sample can fail on while its media and prompt are built: it then fails alone.
