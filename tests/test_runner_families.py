@@ -1,0 +1,142 @@
+"""`vistog-bench run` on LLaVA-NeXT, LLaVA-OneVision and Qwen2.5-VL checkpoints in their hub repos' layouts
+(vistog_bench.hub_checkpoints_families), through the real CLI: `none` and one reducer per family at one budget of
+the family's rule, a VisToG-NeXT checkpoint at its N per view, the samples' received and unreduced counts, the
+report and `check` on such a run; refusals in one line before anything loads."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vistog_bench.cli import main as cli_main
+from vistog_bench.demo.world import IMAGE_SIZE
+from vistog_bench.hub_checkpoints_families import write_family_layouts
+from vistog_bench.model import load_checkpoint
+from vistog_bench.model.families import FAMILIES, kept_tokens
+from vistog_bench.model.families_vistog import VisToGFamily
+from vistog_bench.model.loading import load_config
+from vistog_bench.profiling.flops import family_image_geometry, most_image_tokens
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+NAMES = {"llava-next": "llava_next", "llava-onevision": "llava_onevision", "qwen2.5-vl": "qwen2_5_vl"}
+SEMANTIC = 16  # N of the VisToG-NeXT checkpoint
+LIMIT = 2
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory):
+    found = write_family_layouts(tmp_path_factory.mktemp("families"))
+    model, processor = load_checkpoint(found["llava-next"])
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("vistog-next") / f"vistog{SEMANTIC}"
+    VisToGFamily.from_llava_next(model, num_semantic_tokens=SEMANTIC).save_pretrained(out)
+    processor.save_pretrained(out)
+    found["vistog-next"] = out
+    return found
+
+
+def run_cli(*argv) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vistog_bench.cli", *argv], capture_output=True, text=True, env=ENV,
+                          timeout=600)  # fmt: skip
+
+
+def only_run_dir(output: Path) -> Path:
+    (run_dir,) = [p for p in output.iterdir() if p.is_dir()]
+    return run_dir
+
+
+def lines_of(run_dir: Path, method: str, budget: int) -> list[dict]:
+    path = run_dir / "samples" / f"shapes_vqa__{method}__{budget}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# (family, reducer, budget, the none cell's budget: 100 % or the most one image gives on the checkpoint's config)
+SWEEPS = [("llava-next", "divprune", 576, "per_image_total"), ("llava-onevision", "random", 640, "per_image_total"),
+          ("qwen2.5-vl", "cdpruner", 25, "percent_of_own")]  # fmt: skip
+
+
+@pytest.mark.parametrize("name,method,budget,rule", SWEEPS, ids=[s[0] for s in SWEEPS])
+def test_sweep_on_a_family_checkpoint(layouts, tmp_path, name, method, budget, rule):
+    family = FAMILIES[NAMES[name]]
+    config = load_config(layouts[name])
+    full = 100 if rule == "percent_of_own" else most_image_tokens(config)
+    models = [str(layouts[name])] + ([str(layouts["vistog-next"])] if name == "llava-next" else [])
+    methods = f"none,{method}" + (",vistog" if name == "llava-next" else "")
+    report = name == "qwen2.5-vl"  # one run renders its report (figures cost seconds), another is checked
+    out = tmp_path / "results"
+    result = run_cli("run", "--model", *models, "--method", methods, "--budgets", str(budget), "--tasks",
+                     "shapes_vqa", "--limit", str(LIMIT), "--output", str(out),
+                     *([] if report else ["--no-report"]))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "family cells are served without the request profiler" in result.stderr
+    run_dir = only_run_dir(out)
+    cells = {(c["method"], c["budget"]): c for c in json.loads((run_dir / "metrics.json").read_text())}
+    expected = {("none", full), (method, budget)} | ({("vistog", SEMANTIC)} if name == "llava-next" else set())
+    assert set(cells) == expected
+    assert all(c["status"] == "ok" and c["n_samples"] == LIMIT for c in cells.values())
+    assert cells[("none", full)]["budget_rule"] == cells[(method, budget)]["budget_rule"] == family.budget_rule == rule
+
+    unreduced = family_image_geometry(config, IMAGE_SIZE, IMAGE_SIZE).tokens  # the processor's count, from the config
+    kept = kept_tokens(family, budget, unreduced)
+    for (cell_method, cell_budget), cell in cells.items():
+        lines = lines_of(run_dir, cell_method, cell_budget)
+        assert len(lines) == LIMIT
+        for line in lines:
+            assert line["visual_tokens_unreduced"] == [unreduced]
+            assert all(r <= u for r, u in zip(line["visual_tokens"], line["visual_tokens_unreduced"], strict=True))
+        received = [n for line in lines for n in line["visual_tokens"]]
+        assert cell["mean_visual_tokens"] == sum(received) / len(received)
+        assert cell["mean_visual_tokens_unreduced"] == unreduced
+        if cell_method == "none":
+            assert received == [unreduced] * LIMIT
+        elif cell_method == "vistog":  # N per view: base view and tiles
+            assert cell["budget_rule"] == "per_view"
+            assert received == [family_image_geometry(config, IMAGE_SIZE, IMAGE_SIZE).views * SEMANTIC] * LIMIT
+        else:
+            assert received == [kept] * LIMIT and kept < unreduced
+    if report:
+        check_report_and_check(run_dir, tmp_path, f"none@{full}", f"{method}@{budget}", rule, kept, unreduced)
+
+
+def check_report_and_check(run_dir: Path, tmp_path: Path, full: str, reduced: str, rule: str, kept: int,
+                           unreduced: int) -> None:
+    """The run's report: the budget rule said, the tokens received and unreduced per row; `check` against a
+    baseline of the same run passes."""
+    table = (run_dir / "report" / "report.md").read_text().split("## Reported")[0]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
+            for line in table.splitlines() if line.startswith("| ")}  # fmt: skip
+    assert rows["Method"][:3] == ["Method", "Tokens", "Unreduced"]
+    assert rows[f"{full} (full)"][1:3] == [str(unreduced), str(unreduced)]
+    assert rows[reduced][1:3] == [str(kept), str(unreduced)]
+    assert f"_Budgets (after @): {rule} = " in table
+    baselines = tmp_path / "baselines"
+    assert cli_main(["baseline", "update", str(run_dir), "--name", "family", "--out-dir", str(baselines)]) == 0
+    assert cli_main(["check", str(run_dir), "--baseline", str(baselines / "family.json"), "--quiet"]) == 0
+
+
+@pytest.mark.parametrize(
+    "name,arguments,messages",
+    [
+        ("llava-next", ["--method", "none,tome,fastv", "--budgets", "576"],
+         ["cannot run tome at budget 576", "cannot run fastv at budget 576"]),
+        ("qwen2.5-vl", ["--method", "random", "--budgets", "150"], ["percentage of each image's own visual tokens"]),
+        ("llava-next", ["--method", "random", "--budgets", "5000"], ["budget 5000 is out of range: 1..2928"]),
+        ("llava-next", ["--method", "vistog", "--budgets", "576"], ["no VisToG checkpoint of llava_next"]),
+        ("mixed", ["--method", "none"], ["different model families (llava_next, qwen2_5_vl)"]),
+    ],
+    ids=["refused-methods", "percent", "per-image", "no-vistog", "mixed"],
+)
+def test_refusals_are_one_line_each_and_exit_2(layouts, tmp_path, capsys, name, arguments, messages):
+    models = [layouts["llava-next"], layouts["qwen2.5-vl"]] if name == "mixed" else [layouts[name]]
+    out = tmp_path / "out"
+    code = cli_main(["run", "--model", *map(str, models), "--tasks", "shapes_vqa", *arguments, "--output", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == len(messages)
+    assert all(message in line for message, line in zip(messages, err))
+    assert not out.exists() or not any(out.iterdir())
