@@ -169,7 +169,7 @@ def vispruner_view(score: torch.Tensor, states: torch.Tensor, keep: int, importa
     """VisPruner on one view's n tokens: score [n], states [n, D] -> kept indices [keep] (important by score, then
     the duplicates removed from the rest, reducers/vispruner.py)."""
     important = int(keep * important_ratio)
-    order = score.argsort(descending=True)  # [n]
+    order = score.argsort(descending=True, stable=True)  # [n]
     normed = F.normalize(states.float(), dim=-1)[None]  # [1, n, D]
     diverse = remove_duplicates(normed, order[None, important:], keep - important)[0]
     return torch.cat([order[:important], diverse])

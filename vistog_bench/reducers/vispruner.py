@@ -38,7 +38,8 @@ def remove_duplicates(normed: torch.Tensor, residual: torch.Tensor, keep: int) -
         a, b = tokens[:, ::2], tokens[:, 1::2]
         # [B, R/2, R/2] <- [B, R/2, C] @ [B, C, R/2]
         closest = (a @ b.transpose(1, 2)).max(dim=-1).values  # [B, |A|]
-        distinct = closest.argsort(dim=-1, descending=True)[:, drop:]  # A tokens that stay
+        # stable: exact ties in similarity keep A's order (the reference's unstable argsort leaves them to the kernel)
+        distinct = closest.argsort(dim=-1, descending=True, stable=True)[:, drop:]  # A tokens that stay
         residual = torch.cat([residual[:, ::2].gather(1, distinct), residual[:, 1::2]], dim=1)
     return residual
 
