@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -131,6 +135,13 @@ def test_training_prompt_is_the_evaluation_prompt(checkpoints, data, name):
     assert (batch["input_ids"] == image_token_id(model)).sum(1).tolist() == [first, 0, second]
     model.train()
     assert torch.isfinite(model(**batch).loss)
+    # a text-only batch in stage 1 (LLM frozen): the VisToG parts are in the graph with zero gradients
+    text_only = collate_conversations([dataset[5], dataset[5]], pad_token_id=0)
+    text_only.pop("skipped")
+    model.zero_grad()
+    model(**text_only).loss.backward()
+    assert model.semantic_tokens.grad is not None and not model.semantic_tokens.grad.any()
+    assert all(p.grad is not None and not p.grad.any() for p in model.grouping.parameters())
     # LLaVA's alignment format (the stage-1 recipes): `<image>{caption}\n`, the same views x N, loss on the caption
     plain = conversation_dataset(dataclasses.replace(cfg, data_format="plain"), model,
                                  load_records(data, cfg.stage), data.parent, processor, prompts)[0]  # fmt: skip
@@ -238,3 +249,21 @@ def test_gradient_checkpointing_changes_no_loss(checkpoints, data, stage1, tmp_p
     result, model = trained(config(checkpoints["llava-next"], data, tmp_path, gradient_checkpointing=True))
     assert model.stock.is_gradient_checkpointing
     assert np.allclose(result.losses, plain.losses, rtol=1e-5)
+
+
+def test_two_processes_train_when_a_rank_gets_a_text_only_batch(checkpoints, data, tmp_path):
+    """DDP over gloo (plain torchrun, accelerate's MULTI_CPU), batch 1: in one epoch of the six samples some rank's
+    batch is the text-only one, and DDP still reduces every trainable part."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+               "-m", "vistog_bench.train", "--stage", "vistog-stage1", "--model", str(checkpoints["llava-next"]),
+               "--num-semantic-tokens", str(N), "--data", str(data), "--output-dir", str(out), "--batch-size", "1",
+               "--max-steps", "3", "--warmup-ratio", "0", "--threads", "1", "--quiet", "--no-progress"]  # fmt: skip
+    result = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                            timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((out / "training_log.jsonl").read_text().splitlines()[-1])
+    assert summary["processes"] == 2 and summary["steps"] == 3 and np.isfinite(summary["last_loss"])

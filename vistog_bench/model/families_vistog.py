@@ -237,9 +237,7 @@ class VisToGFamily(nn.Module):
         None for a text-only batch."""
         embeds = self.stock.get_input_embeddings()(input_ids)  # [B, T, D]
         where = input_ids == image_token_id(self.stock)
-        if pixel_values is None:
-            tokens = embeds.new_zeros((0, embeds.shape[-1]))
-        else:
+        if pixel_values is not None:
             counts = self.views_per_image(image_sizes)
             if pixel_values.dim() == 5:
                 views = torch.cat([pv[:n] for pv, n in zip(pixel_values, counts)])  # [sum V, 3, H, W]
@@ -248,6 +246,15 @@ class VisToGFamily(nn.Module):
             else:
                 raise UsageError(f"views: {pixel_values.shape[0]}, the image sizes give {sum(counts)}")
             tokens = self.visual_tokens(views.to(embeds.dtype)).reshape(-1, embeds.shape[-1])  # [sum V N, D]
+        elif self.training:
+            # A text-only batch in training: one blank view's group tokens join at length 0, as LLaVA's text-only
+            # samples join `image_features[0:0]` of a zero image (llava/model/llava_arch.py, llava/train/train.py):
+            # every VisToG part is in the graph (DDP reduces all of them; stage 1's loss has a grad_fn).
+            side = self.stock.config.vision_config.image_size
+            blank = embeds.new_zeros((1, 3, side, side))
+            tokens = self.visual_tokens(blank).reshape(-1, embeds.shape[-1])[:0]  # [0, D]
+        else:
+            tokens = embeds.new_zeros((0, embeds.shape[-1]))
         if int(where.sum()) != tokens.shape[0]:
             raise UsageError(f"image tokens: {int(where.sum())}, group tokens: {tokens.shape[0]} "
                              "(build the prompt with VisToGFamily.inputs)")  # fmt: skip
