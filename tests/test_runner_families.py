@@ -1,14 +1,11 @@
 """`vistog-bench run` on LLaVA-NeXT, LLaVA-OneVision and Qwen2.5-VL checkpoints in their hub repos' layouts
 (vistog_bench.hub_checkpoints_families), through the real CLI: `none` and one reducer per family at one budget of
 the family's rule, a VisToG-NeXT checkpoint at its N per view, the samples' received and unreduced counts, the
-report and `check` on such a run; refusals in one line before anything loads."""
+report and `check` on such a run; refusals in one line before anything loads. (The CLI's `main`, in this process.)"""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,7 +20,7 @@ from vistog_bench.model.families_vistog import VisToGFamily
 from vistog_bench.model.loading import load_config
 from vistog_bench.profiling.flops import family_image_geometry, most_image_tokens
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+pytestmark = pytest.mark.slow
 NAMES = {"llava-next": "llava_next", "llava-onevision": "llava_onevision", "qwen2.5-vl": "qwen2_5_vl"}
 SEMANTIC = 16  # N of the VisToG-NeXT checkpoint
 LIMIT = 2
@@ -41,9 +38,12 @@ def layouts(tmp_path_factory):
     return found
 
 
-def run_cli(*argv) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vistog_bench.cli", *argv], capture_output=True, text=True, env=ENV,
-                          timeout=600)  # fmt: skip
+def run_cli(capsys, *argv) -> tuple[int, str]:
+    """`vistog-bench ARGV` through the CLI's own entry point (in this process: torch, transformers and lmms-eval are
+    imported once for the module): exit code and what it printed to stderr."""
+    capsys.readouterr()
+    code = cli_main(list(argv))
+    return code, capsys.readouterr().err
 
 
 def only_run_dir(output: Path) -> Path:
@@ -62,7 +62,7 @@ SWEEPS = [("llava-next", "divprune", 576, "per_image_total"), ("llava-onevision"
 
 
 @pytest.mark.parametrize("name,method,budget,rule", SWEEPS, ids=[s[0] for s in SWEEPS])
-def test_sweep_on_a_family_checkpoint(layouts, tmp_path, name, method, budget, rule):
+def test_sweep_on_a_family_checkpoint(layouts, tmp_path, capsys, name, method, budget, rule):
     family = FAMILIES[NAMES[name]]
     config = load_config(layouts[name])
     full = 100 if rule == "percent_of_own" else most_image_tokens(config)
@@ -70,11 +70,11 @@ def test_sweep_on_a_family_checkpoint(layouts, tmp_path, name, method, budget, r
     methods = f"none,{method}" + (",vistog" if name == "llava-next" else "")
     report = name == "qwen2.5-vl"  # one run renders its report (figures cost seconds), another is checked
     out = tmp_path / "results"
-    result = run_cli("run", "--model", *models, "--method", methods, "--budgets", str(budget), "--tasks",
-                     "shapes_vqa", "--limit", str(LIMIT), "--output", str(out),
-                     *([] if report else ["--no-report"]))  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "family cells are served without the request profiler" in result.stderr
+    code, err = run_cli(capsys, "run", "--model", *models, "--method", methods, "--budgets", str(budget), "--tasks",
+                        "shapes_vqa", "--limit", str(LIMIT), "--output", str(out),
+                        *([] if report else ["--no-report"]))  # fmt: skip
+    assert code == 0, err[-3000:]
+    assert "family cells are served without the request profiler" in err
     run_dir = only_run_dir(out)
     cells = {(c["method"], c["budget"]): c for c in json.loads((run_dir / "metrics.json").read_text())}
     expected = {("none", full), (method, budget)} | ({("vistog", SEMANTIC)} if name == "llava-next" else set())

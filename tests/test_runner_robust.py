@@ -258,14 +258,3 @@ def test_resume_with_the_same_settings_redoes_nothing(small_run, capsys):
     metrics_before = (small_run.path / "metrics.json").read_text()
     assert cli_main(["run", "--resume", str(small_run.path), "--limit", "2", "--seed", "0", "--no-report"]) == 0
     assert (small_run.path / "metrics.json").read_text() == metrics_before
-
-
-def test_a_family_checkpoint_is_refused_by_the_sweep_in_one_line(tmp_path, capsys):
-    from vistog_bench.hub_checkpoints_families import write_qwen2_5_vl
-
-    path = write_qwen2_5_vl(tmp_path / "qwen2.5-vl")
-    code = cli_main(["run", "--model", str(path), "--tasks", "shapes_vqa", "--method", "none",
-                     "--output", str(tmp_path / "out")])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "is a qwen2_5_vl checkpoint" in err[0] and "--model vistog" in err[0]
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
