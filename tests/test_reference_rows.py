@@ -25,6 +25,8 @@ RELATIVE = {
     "VisPruner": {("ToMe", 128): 83.9, ("FastV", 128): 85.4, ("SparseVLM", 128): 94.4, ("VisionZip", 128): 98.4,
                   ("VisPruner", 128): 99.6, ("ToMe", 64): 73.9, ("FastV", 64): 75.9, ("SparseVLM", 64): 86.4,
                   ("VisionZip", 64): 95.6, ("VisPruner", 64): 96.6},
+    # VScan's table (nine benchmarks; its ToMe rows give seven), as a survey README re-quotes it with its "Average"
+    "VScan": {("VScan", 192): 99.0, ("VScan", 128): 98.8, ("VScan", 64): 96.7, ("ToMe", 128): 80.4, ("ToMe", 64): 70.1},
 }
 # HoliTom's "Avg. Score" column (mean of MVBench, EgoSchema, LongVideoBench, VideoMME) for LLaVA-OneVision-7B.
 AVERAGE = {("LLaVA-OneVision-7B", 100): 58.4, ("FastV", 25): 56.5, ("PDrop", 25): 56.2, ("VisionZip", 25): 58.2,
@@ -46,8 +48,9 @@ def rows_of(reference, source_start: str):
 def test_transcribed_rows_give_their_tables_relative_column(reference, paper):
     rows = rows_of(reference, paper)
     assert set(RELATIVE[paper]) | {("LLaVA-1.5-7B", 576)} == set(rows)
+    full = rows[("LLaVA-1.5-7B", 576)].scores
     for key, relative in RELATIVE[paper].items():
-        assert len(rows[key].scores) == 10, key
+        assert len(rows[key].scores) >= 7 and set(rows[key].scores) <= set(full), key
         # the tables round a mean of ten ratios; one VisPruner cell (99.66 -> 99.6) is printed truncated
         assert rows[key].retention == pytest.approx(relative, abs=0.07), key
 
@@ -68,10 +71,11 @@ def test_methods_added_have_rows_and_conventions(reference):
         assert {(method, "128"), (method, "64")} <= have, method
     assert {("VisPruner", "128"), ("VisPruner", "64")} <= have
     assert {("HoliTom", f"{p} %") for p in (25, 20, 15, 10)} <= have
-    assert not any(r.method.lower().startswith("vscan") for r in reference.rows)  # not found: README says so
+    assert {("VScan", "192"), ("VScan", "128"), ("VScan", "64")} <= have
     for row in reference.rows:
         assert "arXiv" in row.source and row.convention in (*CONVENTIONS, ""), row
-        expected = {"DART": "after_layer", "FastV": "after_layer", "PDrop": "layer_mean", "SparseVLM": "layer_mean"}
+        expected = {"DART": "after_layer", "FastV": "after_layer", "PDrop": "layer_mean", "SparseVLM": "layer_mean",
+                    "VScan": "layer_mean"}
         if row.file == LLAVA and row.method in expected:
             assert row.convention == expected[row.method], row
         if row.method in ("DivPrune", "CDPruner", "VisPruner", "VisionZip", "ToMe", "HoliTom"):
