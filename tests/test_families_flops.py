@@ -1,14 +1,18 @@
 """Per-family analytic FLOPs (profiling.flops, FamilyShape) against FlopCounterMode on the tiny hub-layout
 checkpoints of LLaVA-NeXT, LLaVA-OneVision and Qwen2.5-VL: whole prefill forward and the vision + projector part, at
-the full budget and with a reducer at the LLM input; named 7B shapes."""
+the full budget and with a reducer at the LLM input; named 7B shapes; an image's visual tokens from the config equal the
+processor's; `profile --shape FAMILY --analytic` prints family_prefill_flops."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from vistog_bench.cli import main as cli_main
 from vistog_bench.errors import UsageError
 from vistog_bench.hub_checkpoints_families import write_family_layouts
 from vistog_bench.model import load_checkpoint
@@ -16,7 +20,13 @@ from vistog_bench.model.families import FAMILIES, image_token_id, kept_tokens
 from vistog_bench.model.family_reducers import apply_family_method
 from vistog_bench.model.presets import FAMILY_PRESETS, family_preset_config
 from vistog_bench.profiling.counting import flop_counter
-from vistog_bench.profiling.flops import FamilyShape, family_prefill_flops, qwen_window_sizes
+from vistog_bench.profiling.flops import (
+    FamilyShape,
+    family_image_geometry,
+    family_prefill_flops,
+    most_image_tokens,
+    qwen_window_sizes,
+)
 
 NAMES = {"llava-next": "llava_next", "llava-onevision": "llava_onevision", "qwen2.5-vl": "qwen2_5_vl"}
 
@@ -96,3 +106,78 @@ def test_named_7b_shapes():
     assert qwen.full_attention_layers == (7, 15, 23, 31) and qwen.window_units == 4 and qwen.llm.width == 3584
     with pytest.raises(UsageError, match="did you mean 'qwen2.5-vl-7b'"):
         family_preset_config("qwen2.5-vl-7")
+
+
+# -- an image's geometry from the config; `profile --shape FAMILY --analytic` -----------------------------------------
+GEOMETRY_SIZES = [(300, 400), (336, 336), (200, 500), (1038, 1536), (1000, 90), (50, 60), (2304, 2304)]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_image_geometry_equals_the_processors_count(layouts, name):
+    model, processor = load_checkpoint(layouts[name])
+    for size in GEOMETRY_SIZES:
+        inputs = _inputs(processor, size)
+        tokens = int((inputs["input_ids"] == image_token_id(model)).sum())
+        geometry = family_image_geometry(model.config, *size)
+        assert geometry.tokens == tokens, size
+        if name == "qwen2.5-vl":
+            assert geometry.views == 1 and {"grid": geometry.grid} == _geometry(name, inputs), size
+        else:
+            assert geometry.grid is None and {"views": geometry.views} == _geometry(name, inputs), size
+
+
+def test_most_image_tokens_bounds_every_image():
+    next_config, onevision = family_preset_config("llava-next-7b"), family_preset_config("llava-onevision-7b")
+    # NeXT: 576 base + a 672 x 672 image's 48 x 48 grid + 48 newlines, reached by that image
+    assert most_image_tokens(next_config) == 576 + 48 * 48 + 48 == family_image_geometry(next_config, 672, 672).tokens
+    sizes = [(h, w) for h in range(64, 2600, 97) for w in range(64, 2600, 89)]
+    for config in (next_config, onevision):
+        assert max(family_image_geometry(config, h, w).tokens for h, w in sizes) <= most_image_tokens(config)
+
+
+def _profile(capsys, *argv):
+    code = cli_main(["profile", *argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize("shape,size,budgets", [("llava-next-7b", "672x672", "2928,576"),
+                                                ("llava-onevision-7b", "1008x672", "640"),
+                                                ("qwen2.5-vl-7b", "448", "100,25")])  # fmt: skip
+def test_profile_analytic_family_shape_prints_family_prefill_flops(tmp_path, capsys, shape, size, budgets):
+    code, out, err = _profile(capsys, "--shape", shape, "--analytic", "--budgets", budgets, "--image-size", size,
+                              "--text-tokens", "32", "--output", str(tmp_path))  # fmt: skip
+    assert code == 0, err
+    config = family_preset_config(shape)
+    family = FAMILIES[config.model_type]
+    height, width = (int(v) for v in (size.split("x") * 2)[:2])
+    geometry = family_image_geometry(config, height, width)
+    assert f"one {height} x {width} px (H x W) image" in out
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines() if line.startswith("| ")][1:]
+    assert [int(r[0]) for r in rows] == [int(b) for b in budgets.split(",")]
+    for row in rows:
+        kept = kept_tokens(family, int(row[0]), geometry.tokens)
+        expected = family_prefill_flops(FamilyShape.from_config(config), visual_tokens=kept, text_tokens=32,
+                                        views=geometry.views, grid=geometry.grid)  # fmt: skip
+        assert row[1] == f"{kept} of {geometry.tokens}"
+        assert [float(v) for v in row[2:6]] == [round(expected[k] / 1e12, 3)
+                                                for k in ("vision", "projector", "prefill", "total")]  # fmt: skip
+    (run,) = list(tmp_path.iterdir())
+    records = [json.loads(line) for line in (run / "profile.jsonl").read_text().splitlines()]
+    assert [r["flops"]["prefill"] for r in records] == [
+        family_prefill_flops(FamilyShape.from_config(config), visual_tokens=kept_tokens(family, r["budget"],
+                             geometry.tokens), text_tokens=32, views=geometry.views, grid=geometry.grid)["prefill"]
+        for r in records]  # fmt: skip
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--shape", "llava-next-8b", "--analytic"], "unknown shape 'llava-next-8b' (did you mean 'llava-next-7b'?)"),
+    (["--shape", "qwen2.5-vl-7b", "--analytic", "--budgets", "150"], "percentage of each image's own visual tokens"),
+    (["--shape", "llava-next-7b"], "family shapes give analytic figures only; add --analytic"),
+    (["--shape", "llava-next-7b", "--analytic", "--image-size", "672x"], "--image-size 672x: give height x width"),
+    (["--shape", "tiny", "--analytic", "--image-size", "672"], "--image-size applies to the family shapes"),
+])  # fmt: skip
+def test_profile_family_shape_bad_input_is_one_line(tmp_path, capsys, argv, message):
+    code, out, err = _profile(capsys, *argv, "--output", str(tmp_path))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err and not out
+    assert not any(tmp_path.iterdir())
