@@ -154,7 +154,7 @@ class EncoderScores:
             return
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         with torch.no_grad():
-            self._layer = (self._qwen_scores(module, hidden, args, kwargs) if self.model_type == "qwen2_5_vl"
+            self._layer = (self._qwen_scores(module, hidden, kwargs) if self.model_type == "qwen2_5_vl"
                            else self._view_scores(module, hidden))  # fmt: skip
 
     def _view_scores(self, attn, hidden: torch.Tensor) -> LayerScores:
@@ -166,7 +166,7 @@ class EncoderScores:
             return LayerScores(_cls_attention(query, key, attn.scale), key[:, :, 1:].mean(dim=1).float())
         return LayerScores(mean_received_attention(query, key, attn.scale), key.mean(dim=1).float())
 
-    def _qwen_scores(self, attn, hidden: torch.Tensor, args, kwargs) -> LayerScores:
+    def _qwen_scores(self, attn, hidden: torch.Tensor, kwargs: dict) -> LayerScores:
         """Qwen2.5-VL block input [S_all, Dv] (window order) -> per-patch scores [S_all] and keys [S_all, dh]."""
         from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
             apply_rotary_pos_emb_vision,
