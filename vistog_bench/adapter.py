@@ -244,7 +244,8 @@ class VisToGLMM(lmms):
             sample = _Sample(task, doc_id, [], [], failure=_failure_reason(exc))
         entry = {"task": task, "doc_id": doc_id, "prompt": sample.prompt,
                  "image_placeholders": len(sample.images), "tokens_per_placeholder": self.tokens_per_image,
-                 "video_placeholders": len(sample.videos), "video_frames": [len(v.indices) for v in sample.videos]}  # fmt: skip
+                 "video_placeholders": len(sample.videos),
+                 "video_frames": [len(v.indices) for v in sample.videos]}  # fmt: skip
         if sample.failure:
             entry["failure"] = sample.failure
         self._sample_log.append(entry)
@@ -265,7 +266,8 @@ class VisToGLMM(lmms):
             inputs = self.model.inputs(self.processor, prompts, images).to(self.device)
             self._unreduced = inputs.pop("visual_tokens_unreduced")
         elif model_family(self.model) is not None:
-            inputs = family_inputs(self.processor, prompts, images, [s.videos for s in samples]).to(self.device)
+            pixels = self.video_family.video_pixels if self.video_family is not None else None
+            inputs = family_inputs(self.processor, prompts, images, [s.videos for s in samples], pixels).to(self.device)
         else:
             inputs = build_inputs(self.processor, prompts, images, self.tokens_per_image).to(self.device)
         for key in ("pixel_values", "pixel_values_videos"):

@@ -27,9 +27,10 @@ the processor's `videos=` with the template's video placeholder (OneVision `<vid
 `<|vision_start|><|video_pad|><|vision_end|>`), and the processor expands the placeholder to one contiguous run of
 video tokens (`visual_runs`): OneVision F x 196 (each frame's 27 x 27 SigLIP grid pooled 2 x 2 to 14 x 14) + 1 newline;
 Qwen2.5-VL (F / 2) x (H / 28) x (W / 28) (temporal patch 2, `video_grid_thw`; `second_per_grid_ts` = 2 / sampled fps,
-from the frames' VideoMetadata, places the frames in time in mRoPE). Frames are sampled as lmms-eval samples them for
-the same model (`video_frame_indices`). LLaVA-NeXT has no video path in transformers' image model: its frames stay
-images (`Family.video_frames` None), as for LLaVA-1.5. The budget rule applies to a video's run as to one image's.
+from the frames' VideoMetadata, places the frames in time in mRoPE), each frame resized into QWEN_VIDEO_PIXELS.
+Frames are sampled and sized as lmms-eval samples and sizes them for the same model (`video_frame_indices`,
+`Family.video_pixels`). LLaVA-NeXT has no video path in transformers' image model: its frames stay images
+(`Family.video_frames` None), as for LLaVA-1.5. The budget rule applies to a video's run as to one image's.
 """
 
 from __future__ import annotations
@@ -50,6 +51,12 @@ PERCENT_OF_OWN = "percent_of_own"  # budget = percentage of the image's own (siz
 # How a native-video family samples a video's frames: as lmms-eval samples them for that model (`video_frame_indices`).
 UNIFORM_FRAMES = "uniform"  # llava_hf (OneVision): max_frames, np.linspace(0, n - 1, max_frames, dtype=int)
 EVEN_FRAMES = "even"  # qwen2_5_vl: min(max_frames, n) floored to even (>= 2), qwen_vl_utils' rounded linspace
+# Pixels per Qwen2.5-VL video frame, as lmms-eval 0.7.3's qwen2_5_vl sizes frames: its defaults min_pixels = 256 x 28 x
+# 28 and max_pixels = 1605632 go to qwen_vl_utils 0.0.14 `fetch_video`, which also caps a frame at VIDEO_MAX_TOKEN_NUM
+# x 28 x 28 = 768 x 28 x 28 (its total-pixel cap, 128000 x 28 x 28 x 0.9 over the frame pairs, binds beyond ~300
+# frames). The hub checkpoint publishes no video limits, and transformers' video processor then takes the image
+# limits (up to 12,845,056 px: 16,384 tokens per frame pair).
+QWEN_VIDEO_PIXELS = (256 * 28 * 28, min(1605632, 768 * 28 * 28))
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,7 @@ class Family:
     has_cls: bool  # whether the encoder output the LLM reads carries a CLS token (none of these does)
     full_budget: int | None  # the budget `none` takes when none is given (percent: 100; per image: None = all)
     video_frames: str | None = None  # UNIFORM_FRAMES | EVEN_FRAMES: a native video path; None: frames as images
+    video_pixels: tuple[int, int] | None = None  # (min, max) pixels a video frame is resized into; None: processor's
 
     def model_class(self):
         import transformers
@@ -74,7 +82,8 @@ FAMILIES: dict[str, Family] = {
     "llava_onevision": Family("llava_onevision", "LlavaOnevisionForConditionalGeneration", PER_IMAGE_TOTAL,
                               "SigLIP-so400m/14-384, anyres_max_9 tiles (no CLS)", False, None, UNIFORM_FRAMES),
     "qwen2_5_vl": Family("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", PERCENT_OF_OWN,
-                         "Qwen2.5-VL ViT (window attention, 2D RoPE) + PatchMerger (no CLS)", False, 100, EVEN_FRAMES),
+                         "Qwen2.5-VL ViT (window attention, 2D RoPE) + PatchMerger (no CLS)", False, 100, EVEN_FRAMES,
+                         QWEN_VIDEO_PIXELS),
 }  # fmt: skip
 
 
@@ -168,11 +177,13 @@ def video_frame_indices(family: Family, total: int, max_frames: int) -> list[int
 
 
 def family_inputs(processor, prompts: Sequence[str], images: Sequence[Sequence[Image.Image]],
-                  videos: Sequence[Sequence[VideoFrames]] = (), padding_side: str = "left") -> BatchFeature:
+                  videos: Sequence[Sequence[VideoFrames]] = (), video_pixels: tuple[int, int] | None = None,
+                  padding_side: str = "left") -> BatchFeature:
     """The processor's own inputs for `prompts` (each with one placeholder per image and per video, as the template
     renders them) and their images and videos, left padded: what transformers documents
     (`processor(images=..., videos=..., text=...)`). Videos come sampled (`do_sample_frames=False`); their
-    VideoMetadata gives Qwen2.5-VL its sampled fps (`second_per_grid_ts`)."""
+    VideoMetadata gives Qwen2.5-VL its sampled fps (`second_per_grid_ts`); `video_pixels` (min, max) resizes video
+    frames only (`Family.video_pixels`)."""
     from transformers.video_utils import VideoMetadata
 
     flat = [image.convert("RGB") for sample in images for image in sample]
@@ -182,6 +193,8 @@ def family_inputs(processor, prompts: Sequence[str], images: Sequence[Sequence[I
         media = {"videos": [clip.frames for clip in clips], "do_sample_frames": False,
                  "video_metadata": [VideoMetadata(total_num_frames=c.total_frames, fps=c.fps,
                                                   frames_indices=list(c.indices)) for c in clips]}  # fmt: skip
+        if video_pixels is not None:
+            media["videos_kwargs"] = {"size": {"shortest_edge": video_pixels[0], "longest_edge": video_pixels[1]}}
     tokenizer = processor.tokenizer
     previous = tokenizer.padding_side
     tokenizer.padding_side = padding_side
@@ -192,7 +205,8 @@ def family_inputs(processor, prompts: Sequence[str], images: Sequence[Sequence[I
 
 
 __all__ = [
-    "EVEN_FRAMES", "FAMILIES", "Family", "PER_IMAGE_TOTAL", "PERCENT_OF_OWN", "UNIFORM_FRAMES", "VideoFrames",
+    "EVEN_FRAMES", "FAMILIES", "Family", "PER_IMAGE_TOTAL", "PERCENT_OF_OWN", "QWEN_VIDEO_PIXELS", "UNIFORM_FRAMES",
+    "VideoFrames",
     "check_family_budget", "family_inputs", "family_of", "image_runs", "image_token_id", "kept_tokens", "model_family",
     "video_frame_indices", "video_token_id", "visual_runs",
 ]
