@@ -93,9 +93,10 @@ def train_sentencepiece() -> bytes:
     return model.getvalue()
 
 
-def llama_tokenizer(sentencepiece_model: bytes):
+def llama_tokenizer(sentencepiece_model: bytes, llava_tokens: bool = True):
     """transformers' LlamaTokenizer over the SentencePiece model's pieces, merges derived from the vocabulary as
-    transformers' own SentencePiece conversion derives them; `<image>` and `<pad>` appended as llava-hf does."""
+    transformers' own SentencePiece conversion derives them; `<image>` and `<pad>` appended as llava-hf does
+    (`llava_tokens`; without them: the LLM's own tokenizer, as lmsys/vicuna-7b-v1.5's)."""
     import sentencepiece as spm
     from transformers import AddedToken, LlamaTokenizer
 
@@ -109,8 +110,9 @@ def llama_tokenizer(sentencepiece_model: bytes):
         vocab=vocab, merges=merges, unk_token=SPECIAL["unk"], bos_token=SPECIAL["bos"], eos_token=SPECIAL["eos"],
         add_bos_token=True, add_eos_token=False, legacy=False, padding_side="left",
     )  # fmt: skip
-    tokenizer.add_tokens([AddedToken(ADDED[0], special=True, normalized=False)], special_tokens=True)
-    tokenizer.add_special_tokens({"pad_token": ADDED[1]})
+    if llava_tokens:
+        tokenizer.add_tokens([AddedToken(ADDED[0], special=True, normalized=False)], special_tokens=True)
+        tokenizer.add_special_tokens({"pad_token": ADDED[1]})
     return tokenizer
 
 

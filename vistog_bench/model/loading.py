@@ -61,7 +61,11 @@ def refuse_remote_code(path: str | Path) -> None:
                         continue
                     known = isinstance(class_name, str) and class_name.isidentifier() and (
                         class_name in OWN_CLASSES or hasattr(transformers, class_name)
-                        or (class_name.endswith("Fast") and hasattr(transformers, class_name.removesuffix("Fast"))))
+                        or (class_name.endswith("Fast") and hasattr(transformers, class_name.removesuffix("Fast")))
+                        # transformers 4's name of an image processor (openai/clip-vit-large-patch14-336's
+                        # preprocessor_config.json names CLIPFeatureExtractor; transformers 5 loads CLIPImageProcessor)
+                        or (class_name.endswith("FeatureExtractor")
+                            and hasattr(transformers, class_name.removesuffix("FeatureExtractor") + "ImageProcessor")))
                     if not known:
                         raise UsageError(f"{file} names {key} {class_name!r}, which is not a transformers class "
                                          "(code shipped with the checkpoint); vistog-bench never runs it")

@@ -2,6 +2,8 @@
 
     vistog-bench train --stage vistog-stage1 --model ckpt/llava-1.5-7b-hf --num-semantic-tokens 64 \\
         --data blip_laion_cc_sbu_558k.json --image-folder LLaVA-Pretrain/images --output-dir out/s1
+    vistog-bench train --recipe llava-1.5-7b-stage1 --llm ckpt/vicuna-7b-v1.5 \\
+        --vision-tower ckpt/clip-vit-large-patch14-336 --data blip_laion_cc_sbu_558k.json --output-dir out/llava-s1
     accelerate launch --config_file "$(vistog-bench train --config-path zero3.yaml)" -m vistog_bench.train \\
         --recipe vistog-7b-stage2 --model out/s1 --data llava_v1_5_mix665k.json --image-folder data --output-dir out/s2
     vistog-bench train --recipe vistog-7b-stage2 --plan --gpus 8 --gpu-memory-gb 40
@@ -23,6 +25,8 @@ from .config import DATA_FORMATS, MIXED_PRECISION, STAGES, TrainConfig
 FLAGS = {
     "--stage": dict(choices=STAGES, help="what to train (see vistog_bench.train.stages)"),
     "--model": dict(help="checkpoint folder to start from (LLaVA or VisToG, Hugging Face layout)"),
+    "--llm": dict(help="llava stage from its parts: the LLM folder (e.g. lmsys/vicuna-7b-v1.5), with --vision-tower"),
+    "--vision-tower": dict(help="llava stage from its parts: the CLIP folder (e.g. openai/clip-vit-large-patch14-336)"),
     "--data": dict(help="training data: LLaVA JSON (region JSON for pretrain-vision)"),
     "--image-folder": dict(help="folder image paths are relative to (default: the data file's folder)"),
     "--output-dir": dict(help="where the trained checkpoint (and checkpoints/ of resumable states) are written"),
@@ -86,7 +90,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values.update(given)
     if "report_to" in values:
         values["report_to"] = tuple(values["report_to"])
-    missing = [name for name in ("stage", "model", "data", "output_dir") if name not in values]
+    missing = [name for name in ("stage", "data", "output_dir") if name not in values]
+    missing += [] if {"model", "llm", "vision_tower"} & set(values) else ["model"]
     if missing:
         raise UsageError("missing " + ", ".join("--" + m.replace("_", "-") for m in missing) + " (or use --demo)")
     return TrainConfig(**values)

@@ -19,9 +19,13 @@ class TrainConfig:
     """One stage: a checkpoint folder in, a checkpoint folder out (`vistog_bench.train.train(config)`)."""
 
     stage: str
-    model: str  # checkpoint folder (HF layout); pretrain-vision / llava may start from config.json + processor only
     data: str  # LLaVA JSON (region JSON for pretrain-vision)
     output_dir: str
+    model: str | None = None  # checkpoint folder (HF layout); pretrain-vision / llava may start from config + processor
+    # llava stage from its parts (compose.py): an LLM folder (lmsys/vicuna-7b-v1.5) and a CLIP folder
+    # (openai/clip-vit-large-patch14-336), a fresh projector between them; instead of `model`
+    llm: str | None = None
+    vision_tower: str | None = None
     image_folder: str | None = None  # image paths are relative to it (default: the data file's folder)
     data_format: str = "conversation"
     num_semantic_tokens: int | None = None  # N, the VisToG budget, when `model` is a LLaVA checkpoint
@@ -54,8 +58,12 @@ class TrainConfig:
     quiet: bool = False  # no loss lines on stdout
 
     def __post_init__(self) -> None:
+        parts = (self.llm, self.vision_tower)
+        one_start = parts == (None, None) if self.model is not None else None not in parts
         checks = [
             (self.stage in STAGES, f"--stage must be one of {', '.join(STAGES)}, got {self.stage!r}"),
+            (one_start, "give --model, or --llm and --vision-tower (LLaVA composed from its parts), not both"),
+            (self.llm is None or self.stage == "llava", "--llm / --vision-tower compose LLaVA for the llava stage"),
             (self.data_format in DATA_FORMATS, f"--data-format must be one of {', '.join(DATA_FORMATS)}"),
             (self.dtype in DTYPE_NAMES, f"--dtype must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}"),
             (self.mixed_precision in (None, *MIXED_PRECISION),

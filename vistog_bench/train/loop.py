@@ -21,7 +21,7 @@ from pathlib import Path
 from ..errors import UsageError
 from .config import TrainConfig
 from .data import ModalityLengthGroupedSampler, RegionDataset, collate_conversations, collate_regions, load_records
-from .stages import build_region_pretrainer, conversation_dataset, load_for_stage, store_frozen_in
+from .stages import build_region_pretrainer, conversation_dataset, load_for_stage, set_trainable, store_frozen_in
 
 
 @dataclass
@@ -267,24 +267,35 @@ def save_checkpoint(config: TrainConfig, accelerator, module, model, processor, 
     (output_dir / "training_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
 
 
+def starting_model(config: TrainConfig):
+    """(model with the stage's parameters trainable, processor): the `model` folder's, or LLaVA composed from the
+    `llm` and `vision_tower` folders (compose.py)."""
+    from ..model.loading import load_processor
+
+    if config.llm is None:
+        return load_for_stage(config), load_processor(config.model)  # remote code refused
+    from .compose import compose_llava
+
+    model, processor = compose_llava(config.llm, config.vision_tower, dtype=config.dtype, seed=config.seed)
+    return set_trainable(model, config), processor
+
+
 def train(config: TrainConfig) -> TrainResult:
     """Train one stage; returns where the checkpoint is and the per-step losses."""
     import torch
     from accelerate.utils import set_seed
     from transformers import get_cosine_schedule_with_warmup
 
-    from ..model.loading import load_processor
     from ..model.prompting import PromptBuilder, find_template, image_token_of
 
     if config.threads:
         torch.set_num_threads(config.threads)
     set_seed(config.seed)
     accelerator = make_accelerator(config)
-    processor = load_processor(config.model)  # remote code refused
-    template = find_template(processor, config.model, config.chat_template)
+    model, processor = starting_model(config)
+    template = find_template(processor, config.model or config.llm, config.chat_template)
     prompts = PromptBuilder(template, processor.tokenizer, image_token_of(processor))
     state = TrainerState()
-    model = load_for_stage(config)
     if is_sharded(accelerator) and config.stage == "pretrain-vision":
         raise UsageError("pretrain-vision trains the tiny demo encoder: run it without FSDP / DeepSpeed")
     if config.gradient_checkpointing:

@@ -158,7 +158,11 @@ def load_for_stage(config: TrainConfig):
     checkpoint = load_config(path)  # refuses a checkpoint that asks to run its own code
     has_weights = any(path.glob("*.safetensors"))
     build = _llava_for_stage if config.stage in ("pretrain-vision", "llava") else _vistog_for_stage
-    model = build(config, checkpoint, path, has_weights)
+    return set_trainable(build(config, checkpoint, path, has_weights), config)
+
+
+def set_trainable(model, config: TrainConfig):
+    """`requires_grad` on exactly the stage's parameters (trainable_parts), off everywhere else; returns `model`."""
     model.requires_grad_(False)
     for part in trainable_parts(model, config.stage, config.train_llm, config.train_vision):
         part.requires_grad_(True)
