@@ -140,3 +140,31 @@ def test_refusals_are_one_line_each_and_exit_2(layouts, tmp_path, capsys, name, 
     assert code == 2 and len(err) == len(messages)
     assert all(message in line for message, line in zip(messages, err))
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_report_divides_by_the_familys_none_cell(tmp_path):
+    """Retention and speedup of a family run's rows against its `none` cell (at the most tokens an image gives),
+    from the files: cells with the rule and token means, request records as the profiler writes them."""
+    from vistog_bench.report.data import build_report_data, read_runs
+    from vistog_bench.report.tables import main_table
+    from vistog_bench.results import CellResult, ProfileRecord, RunDir, RunManifest
+
+    run = RunDir(tmp_path / "family-run")
+    run.write_manifest(RunManifest("family-run", ["vistog-bench", "run"], {"device": "cpu", "dtype": "float32"},
+                                   None, {}, {"device": "cpu"}, 0, "2026-12-01T00:00:00"))  # fmt: skip
+    rows = {("none", 2928): (0.8, 2400.0, [100.0, 104.0, 98.0]), ("random", 576): (0.6, 576.0, [50.0, 52.0, 49.0])}
+    for (method, budget), (score, tokens, times) in rows.items():
+        run.record_cell(CellResult("shapes_vqa", method, budget, "ok", {"exact_match,none": score}, n_samples=4,
+                                   budget_rule="per_image_total", mean_visual_tokens=tokens,
+                                   mean_visual_tokens_unreduced=2400.0))  # fmt: skip
+        run.append_profile([ProfileRecord(kind="request", method=method, budget=budget, batch_size=1, device="cpu",
+                                          dtype="float32", task="shapes_vqa", visual_tokens=int(tokens),
+                                          total_ms=ms) for ms in times])  # fmt: skip
+    table = main_table(build_report_data(read_runs([run.path])))
+    by_label = {row["method"].value: row for row in table.rows}
+    full, reduced = by_label["none@2928 (full)"], by_label["random@576"]
+    assert [full["tokens"].value, full["unreduced"].value] == [2400.0, 2400.0]
+    assert [reduced["tokens"].value, reduced["unreduced"].value] == [576.0, 2400.0]
+    assert reduced["retention"].value == pytest.approx(100 * 0.6 / 0.8)
+    assert reduced["speedup"].value == pytest.approx(100.0 / 50.0) and full["speedup"].value == 1.0
+    assert any(line.startswith("Budgets (after @): per_image_total = ") for line in table.provenance)
