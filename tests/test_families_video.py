@@ -327,3 +327,18 @@ def test_llava_next_keeps_frames_as_images(layouts, videos):
     assert answers(lm, video_docs(videos[:1]), [video_messages]) != [""]
     (entry,) = lm.take_sample_log()
     assert entry["image_placeholders"] == 3 and entry["video_placeholders"] == 0 and len(entry["visual_tokens"]) == 3
+
+
+@pytest.mark.parametrize("method", ["visionzip", "vispruner"])
+def test_scored_methods_refuse_a_video_sample_alone(layouts, videos, method):
+    """visionzip / vispruner read the encoder's attention of images: a video sample fails in one line before the
+    batch runs; the batch's image sample is reduced and served."""
+    lm = VisToGChatLMM(pretrained=str(layouts["qwen2.5-vl"]), method=method, budget=25, device="cpu",
+                       max_frames=MAX_FRAMES, batch_size=2)  # fmt: skip
+    docs = [video_docs(videos)[0], {"image": images()[1], "question": QUESTIONS[1]}]
+    out = answers(lm, docs, [video_messages, image_messages])
+    log = {e["doc_id"]: e for e in lm.take_sample_log()}
+    assert out[0] == "" and "encoder attention of images only" in log[0]["failure"] and "\n" not in log[0]["failure"]
+    assert "failure" not in log[1] and out[1] != ""
+    (unreduced,) = log[1]["visual_tokens_unreduced"]
+    assert log[1]["visual_tokens"] == [kept_tokens(FAMILIES["qwen2_5_vl"], 25, unreduced)]

@@ -234,7 +234,7 @@ class VisToGLMM(lmms):
         """`make()` -> _Sample with its prompt rendered; any media or prompt failure fails this sample only."""
         try:
             sample = make()
-            problem = family_sample_problem(self.model, len(sample.images) + len(sample.videos))
+            problem = family_sample_problem(self.model, len(sample.images), len(sample.videos))
             if problem:
                 raise UsageError(problem)
             sample.prompt = self.prompts.generation_prompt(sample.turns)

@@ -48,9 +48,10 @@ Video (OneVision and Qwen2.5-VL take a video natively, `families`): a video's to
 the family's rule applies to the whole run: Qwen2.5-VL keeps `budget` % of the video's own tokens, OneVision `budget`
 tokens for the whole video (frames and newline together). A demanding user compares methods at one visual-token cost
 per visual, whatever its frame count; the selection then chooses across frames (DivPrune's diversity and CDPruner's
-DPP drop the frames' redundancy, random is uniform over the run); `max_frames` sets the video's unreduced
-size, and the sample log records both counts. visionzip and vispruner score images only: a batch with a video fails
-under them in one line (UsageError).
+DPP drop the frames' redundancy, random is uniform over the run); `max_frames` sets the video's unreduced size, and
+the sample log records both counts. visionzip and vispruner score images only: under them a video sample fails alone
+in one line (`family_sample_problem`, before its batch runs; a batch with a video that reaches the encoder hooks is
+refused there with a UsageError).
 """
 
 from __future__ import annotations
@@ -314,13 +315,20 @@ def family_vision_scores(model) -> str:
     return state[2].vision_scores if state is not None and state[2] is not None else ""
 
 
-def family_sample_problem(model, images: int) -> str | None:
-    """Why a sample of `images` visuals (images and videos) cannot be reduced per visual on `model` (None if it can,
+def family_sample_problem(model, images: int, videos: int = 0) -> str | None:
+    """Why a sample of `images` images and `videos` videos cannot be reduced per visual on `model` (None if it can,
     or if `model` is not a family model): OneVision's template renders a sample's images (then its videos) side by
-    side, so their tokens form one run and the per-visual rule has no boundary to apply."""
+    side, so their tokens form one run and the per-visual rule has no boundary to apply; the scored methods read
+    encoder attention of images only, so a video sample fails alone (not its whole batch inside generate)."""
     state = model.__dict__.get(_STATE)
     family = model_family(model)
-    if state is None or state[2] is None or family is None or family.model_type != "llava_onevision" or images < 2:
+    if state is None or state[2] is None or family is None:
+        return None
+    if videos and state[0] in SCORED_METHODS:
+        return (f"{state[0]} on {family.model_type} reads encoder attention of images only; a video sample is served "
+                f"with {', '.join(m for m in FAMILY_METHODS if m not in SCORED_METHODS)}")  # fmt: skip
+    images += videos
+    if family.model_type != "llava_onevision" or images < 2:
         return None
     return (f"{state[0]} on llava_onevision reduces per image, but its chat template puts a sample's {images} images / videos "
             "side by side (one run of visual tokens); serve multi-image (or image + video) samples with method none")
