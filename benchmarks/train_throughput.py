@@ -1,10 +1,13 @@
-"""Trainer throughput on CPU: samples/s and peak RSS of the demo's tiny LLaVA (`llava` stage), 1 vs 2 processes.
+"""Trainer throughput on CPU: samples/s and peak RSS of the demo's tiny LLaVA (`llava` stage): one process, and two
+processes with DDP and with FSDP2.
 
     OMP_NUM_THREADS=1 python benchmarks/train_throughput.py --steps 30 --repeats 3
 
-One process at batch 2B against `torchrun --nproc_per_node 2` at batch B per process (the same global batch, DDP over
-gloo), one torch thread per process. Samples/s counts the steps after the first 5 (warm-up) from the trainer's own
-per-step elapsed times; peak RSS is the largest resident set of any one training process (GNU time's %M, per run).
+One process at batch 2B against `torchrun --nproc_per_node 2` at batch B per process (the same global batch, over
+gloo): DDP (accelerate's MULTI_CPU), and FSDP2 with the shipped fsdp2.yaml's settings (`fsdp_launch_env`: what
+`accelerate launch --config_file fsdp2.yaml` exports); one torch thread per process. Samples/s counts the steps after
+the first 5 (warm-up) from the trainer's own per-step elapsed times; peak RSS is the largest resident set of any one
+training process (GNU time's %M, per run).
 Prints one JSON line per setting with the median over the repeats.
 """
 
@@ -22,11 +25,16 @@ from pathlib import Path
 
 from vistog_bench.demo import world
 from vistog_bench.demo.build import write_fresh_model
+from vistog_bench.train.configs import fsdp_launch_env
 
 WARMUP_STEPS = 5
 
 
-def run_once(processes: int, global_batch: int, steps: int, fresh: Path, data: Path, out: Path) -> tuple[float, float]:
+ENGINES = {"none": (1, {}), "ddp": (2, {}), "fsdp2": (2, fsdp_launch_env())}  # engine: (processes, environment)
+
+
+def run_once(engine: str, global_batch: int, steps: int, fresh: Path, data: Path, out: Path) -> tuple[float, float]:
+    processes, engine_env = ENGINES[engine]
     launcher = [sys.executable] if processes == 1 else [sys.executable, "-m", "torch.distributed.run",
                                                          "--nproc_per_node", str(processes)]  # fmt: skip
     command = [*launcher, "-m", "vistog_bench.train", "--stage", "llava", "--model", str(fresh), "--data", str(data),
@@ -34,7 +42,7 @@ def run_once(processes: int, global_batch: int, steps: int, fresh: Path, data: P
                "--log-every", "1", "--threads", "1", "--quiet", "--no-progress"]  # fmt: skip
     # GNU time's %M: the largest resident set of the command and its waited-for descendants, this run only
     timed = subprocess.run(["/usr/bin/time", "-f", "%M", *command], check=True, capture_output=True, text=True,
-                           env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+                           env={**os.environ, "OMP_NUM_THREADS": "1", **engine_env})  # fmt: skip
     peak_kib = int(timed.stderr.strip().splitlines()[-1])
     lines = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
     elapsed = {r["step"]: r["elapsed_s"] for r in lines if "of" in r}
@@ -52,11 +60,11 @@ def main() -> int:
         root = Path(tmp)
         fresh = write_fresh_model(root / "fresh")
         data = world.write_llava_training_data(root / "data", "val", num_images=200, num_clips=20) / "conversations.json"
-        for processes in (1, 2):
-            runs = [run_once(processes, args.global_batch, args.steps, fresh, data, root / f"out-{processes}-{i}")
+        for engine, (processes, _) in ENGINES.items():
+            runs = [run_once(engine, args.global_batch, args.steps, fresh, data, root / f"out-{engine}-{i}")
                     for i in range(args.repeats)]  # fmt: skip
             print(json.dumps({
-                "processes": processes, "global_batch": args.global_batch, "steps": args.steps,
+                "engine": engine, "processes": processes, "global_batch": args.global_batch, "steps": args.steps,
                 "samples_per_s_median": round(statistics.median(r for r, _ in runs), 2),
                 "samples_per_s_runs": [round(r, 2) for r, _ in runs],
                 "peak_rss_gib_per_process": round(max(m for _, m in runs), 2),

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from vistog_bench.demo.build import write_fresh_model
+from vistog_bench.train.configs import fsdp_launch_env
 
 from test_train_loop import write_single_word_data
 
@@ -42,19 +43,6 @@ def run(command: list[str], env=None) -> subprocess.CompletedProcess:
 
 def log_of(out) -> list[dict]:
     return [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
-
-
-def fsdp2_env() -> dict:
-    """The variables `accelerate launch --config_file fsdp2.yaml` exports (accelerate/utils/launch.py
-    `prepare_multi_gpu_env`: FSDP_<key>, the layer classes as FSDP_TRANSFORMER_CLS_TO_WRAP, booleans lower-case)."""
-    from accelerate.commands.config.config_args import load_config_from_file
-
-    from vistog_bench.train.recipes import accelerate_config_path
-
-    fsdp = load_config_from_file(str(accelerate_config_path("fsdp2.yaml"))).fsdp_config
-    names = {"fsdp_transformer_layer_cls_to_wrap": "FSDP_TRANSFORMER_CLS_TO_WRAP"}
-    return {"ACCELERATE_USE_FSDP": "true",
-            **{names.get(k, k.upper()): str(v).lower() if isinstance(v, bool) else str(v) for k, v in fsdp.items()}}
 
 
 def losses_and_rates(out) -> list[tuple]:
@@ -103,14 +91,14 @@ def test_fsdp2_two_processes_shard_train_save_and_serve(tmp_path):
     fresh, data = write_fresh_model(tmp_path / "fresh"), write_single_word_data(tmp_path / "data", 12)
     fsdp, resumed, single = tmp_path / "fsdp", tmp_path / "resumed", tmp_path / "single"
     launch = [*TORCHRUN, "--master_port", str(free_port())]
-    result = run([*launch, *train_args(fresh, data, fsdp, 2), "--save-steps", "2"], {**ENV, **fsdp2_env()})
+    result = run([*launch, *train_args(fresh, data, fsdp, 2), "--save-steps", "2"], {**ENV, **fsdp_launch_env()})
     assert result.returncode == 0, result.stderr[-3000:]
     # the resumable state at step 2 is accelerate's sharded one (every rank writes its shards); resumed, the run
     # ends as the uninterrupted one did
     assert (fsdp / "checkpoints" / "checkpoint_0" / "pytorch_model_fsdp_0").is_dir()
     shutil.copytree(fsdp / "checkpoints", resumed / "checkpoints")
     resume = [*train_args(fresh, data, resumed, 2), "--save-steps", "2", "--resume-from-checkpoint", "latest"]
-    result = run([*launch, *resume], {**ENV, **fsdp2_env()})
+    result = run([*launch, *resume], {**ENV, **fsdp_launch_env()})
     assert result.returncode == 0, result.stderr[-3000:]
     assert losses_and_rates(resumed) == losses_and_rates(fsdp)
     result = run([sys.executable, *train_args(fresh, data, single, 4)])
@@ -137,7 +125,7 @@ def test_fsdp2_two_processes_shard_train_save_and_serve(tmp_path):
 @pytest.mark.slow
 def test_fsdp1_on_cpu_is_refused_in_one_line(tmp_path):
     fresh, data = write_fresh_model(tmp_path / "fresh"), write_single_word_data(tmp_path / "data", 4)
-    env = {**ENV, **fsdp2_env(), "FSDP_VERSION": "1"}  # accelerate applies FSDP version 1 on accelerators only
+    env = {**ENV, **fsdp_launch_env(), "FSDP_VERSION": "1"}  # accelerate applies FSDP version 1 on accelerators only
     result = run([*TORCHRUN, "--master_port", str(free_port()), *train_args(fresh, data, tmp_path / "o", 2)], env)
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.startswith("vistog-bench train: error:")]
@@ -157,3 +145,16 @@ def test_shipped_accelerate_configs_parse():
     assert load_config_from_file(str(accelerate_config_path("fsdp2.yaml"))).fsdp_config["fsdp_version"] == 2
     assert load_config_from_file(str(accelerate_config_path("zero3.yaml"))).deepspeed_config["zero_stage"] == 3
     assert {r.accelerate_config for r in RECIPES.values()} <= set(expected)
+
+
+def test_fsdp_launch_env_is_what_accelerate_launch_exports():
+    """fsdp_launch_env agrees with accelerate's own launcher on every variable it sets (the rest are its defaults)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    from vistog_bench.train.recipes import accelerate_config_path
+
+    args = launch_command_parser().parse_args(["--config_file", str(accelerate_config_path("fsdp2.yaml")), "x.py"])
+    exported = prepare_multi_gpu_env(_validate_launch_command(args)[0])
+    ours = fsdp_launch_env()
+    assert {k: exported.get(k) for k in ours} == ours and ours["FSDP_VERSION"] == "2"
