@@ -109,7 +109,8 @@ def documented(path, name, video_files):
         sizes = {}
         if name == "qwen2.5-vl":
             low, high = lmms_eval_video_pixels()
-            sizes = {"videos_kwargs": {"size": {"shortest_edge": low, "longest_edge": high}}}
+            size = {"shortest_edge": low, "longest_edge": high}
+            sizes = {"videos_kwargs": {"size": size, "cap_pixels_per_frame": True}}  # qwen_vl_utils' total bound
         inputs = processor(text=prompt, videos=[frames[indices]], video_metadata=[metadata], return_tensors="pt",
                            **sizes)  # fmt: skip
         with prefill_video_inputs(model) as seen:

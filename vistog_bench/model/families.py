@@ -53,9 +53,10 @@ UNIFORM_FRAMES = "uniform"  # llava_hf (OneVision): max_frames, np.linspace(0, n
 EVEN_FRAMES = "even"  # qwen2_5_vl: min(max_frames, n) floored to even (>= 2), qwen_vl_utils' rounded linspace
 # Pixels per Qwen2.5-VL video frame, as lmms-eval 0.7.3's qwen2_5_vl sizes frames: its defaults min_pixels = 256 x 28 x
 # 28 and max_pixels = 1605632 go to qwen_vl_utils 0.0.14 `fetch_video`, which also caps a frame at VIDEO_MAX_TOKEN_NUM
-# x 28 x 28 = 768 x 28 x 28 (its total-pixel cap, 128000 x 28 x 28 x 0.9 over the frame pairs, binds beyond ~300
-# frames). The hub checkpoint publishes no video limits, and transformers' video processor then takes the image
-# limits (up to 12,845,056 px: 16,384 tokens per frame pair).
+# x 28 x 28 = 768 x 28 x 28, and bounds the whole video at 128000 x 28 x 28 x 0.9 px over its frame pairs (binding
+# beyond ~300 frames; transformers' Qwen2VLVideoProcessor applies the same bound with `cap_pixels_per_frame=True`).
+# The hub checkpoint publishes no video limits, and transformers' video processor then takes the image limits (up to
+# 12,845,056 px: 16,384 tokens per frame pair).
 QWEN_VIDEO_PIXELS = (256 * 28 * 28, min(1605632, 768 * 28 * 28))
 
 
@@ -183,7 +184,7 @@ def family_inputs(processor, prompts: Sequence[str], images: Sequence[Sequence[I
     renders them) and their images and videos, left padded: what transformers documents
     (`processor(images=..., videos=..., text=...)`). Videos come sampled (`do_sample_frames=False`); their
     VideoMetadata gives Qwen2.5-VL its sampled fps (`second_per_grid_ts`); `video_pixels` (min, max) resizes video
-    frames only (`Family.video_pixels`)."""
+    frames only (`Family.video_pixels`, Qwen2.5-VL's video processor, with qwen_vl_utils' total-pixel bound)."""
     from transformers.video_utils import VideoMetadata
 
     flat = [image.convert("RGB") for sample in images for image in sample]
@@ -194,7 +195,8 @@ def family_inputs(processor, prompts: Sequence[str], images: Sequence[Sequence[I
                  "video_metadata": [VideoMetadata(total_num_frames=c.total_frames, fps=c.fps,
                                                   frames_indices=list(c.indices)) for c in clips]}  # fmt: skip
         if video_pixels is not None:
-            media["videos_kwargs"] = {"size": {"shortest_edge": video_pixels[0], "longest_edge": video_pixels[1]}}
+            size = {"shortest_edge": video_pixels[0], "longest_edge": video_pixels[1]}
+            media["videos_kwargs"] = {"size": size, "cap_pixels_per_frame": True}
     tokenizer = processor.tokenizer
     previous = tokenizer.padding_side
     tokenizer.padding_side = padding_side
