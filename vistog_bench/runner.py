@@ -36,8 +36,8 @@ config: base view, the tiles of its `image_grid_pinpoints`, newline tokens; `pro
 A VisToG checkpoint of a family (a folder with `vistog_family.json`) gives one `vistog` cell at its N per view
 (`per_view`), whatever --budgets says. Methods a family does not run are refused before anything loads, one line per
 cell; checkpoints of different families in one sweep are refused. Each family cell records the mean visual tokens per
-image the LLM received and the processor's unreduced count (the sample lines carry both per image). The request
-profiler reads LLaVA-1.5 shapes, so family cells have no profile records (no latency or speedup yet).
+image the LLM received and the processor's unreduced count (the sample lines carry both per image). Their request
+records carry times and token counts under the cell's budget, no analytic FLOPs (`profile --shape NAME --analytic`).
 
 Without --model: the embedded default (tiny LLaVA + VisToG trained on the synthetic shapes world, no downloads);
 --tasks (shapes, shapes_vqa, shapes_caption, shapes_video), --budgets and --method narrow or change that sweep.
@@ -343,9 +343,6 @@ def run_sweep(config: RunConfig, command: list[str] | None = None) -> tuple[RunD
             limits = task_limits(manager, tasks, config.limit)
             done = {c.key for c in run.cells() if c.ok}
             print(f"vistog-bench run: {run.path} (library output: {run.path / LOG_FILE})", file=sys.stderr)
-            if config.profile and any(cell.budget_rule for cell in cells):
-                print("vistog-bench run: family cells are served without the request profiler (it reads LLaVA-1.5 "
-                      "shapes): no latency or speedup for them", file=sys.stderr)
             for cell in cells:
                 todo = [t for t in tasks if CellKey(t, cell.method, cell.budget) not in done]
                 if todo:
@@ -444,9 +441,8 @@ def _run_cell(run: RunDir, cell: Cell, tasks: list[str], config: RunConfig, mana
         _release_memory()
         return
     _note_prompt_template(run, served)
-    # The request profiler reads LLaVA-1.5 shapes (stage modules, analytic FLOPs): a family's cells are not profiled.
     profiler = (RequestProfiler(served.model, device=config.device, applied=served.applied)
-                if config.profile and cell.budget_rule is None else None)
+                if config.profile else None)
     for task in tasks:
         started = time.perf_counter()
         lm = None
@@ -462,7 +458,9 @@ def _run_cell(run: RunDir, cell: Cell, tasks: list[str], config: RunConfig, mana
             continue
         finally:
             if profiler is not None:
-                run.append_profile([r if r.task else dataclasses.replace(r, task=task) for r in profiler.take_records()])
+                # the cell's budget: a family's `none` is served with none (every token)
+                run.append_profile([dataclasses.replace(r, task=r.task or task, budget=cell.budget)
+                                    for r in profiler.take_records()])
         _record_task(run, cell, task, results, lm.take_sample_log(), time.perf_counter() - started)
     del served, profiler, lm  # every reference to this cell's model: the next cell loads only after it is gone
     _release_memory()

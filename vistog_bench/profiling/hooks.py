@@ -39,18 +39,35 @@ class StageObserver(Protocol):
     def exit(self, stage: str, module: nn.Module, output: Any) -> None: ...
 
 
+# LLaVA-NeXT / OneVision / Qwen2.5-VL (model.families) have the same paths but Qwen2.5-VL's encoder, `model.visual`,
+# which holds its PatchMerger (no projector stage of its own); a VisToGFamily is hooked on its stock model (its grouped
+# encoder pass calls the stock layers directly, so it gives no vision span). Their LLM stages are what must be there.
+FAMILY_VISION = ("model", "visual")
+
+
+def _module_at(root: nn.Module, path: tuple[str, ...]) -> nn.Module | None:
+    module = root
+    for name in path:
+        module = getattr(module, name, None)
+        if module is None:
+            return None
+    return module
+
+
 def stage_modules(model: nn.Module) -> dict[str, nn.Module]:
     """The stage modules the model has (grouping is None with VisToG off and is then left out)."""
+    from ..model.families import model_family
+
+    family = model_family(model) is not None
+    root = getattr(model, "stock", model) if family else model
     found = {}
     for stage, path in STAGE_MODULES.items():
-        module = model
-        for name in path:
-            module = getattr(module, name, None)
-            if module is None:
-                break
+        module = _module_at(root, path)
+        if module is None and family and stage == "vision":
+            module = _module_at(root, FAMILY_VISION)
         if module is not None:
             found[stage] = module
-    missing = {"vision", "projector", "llm", "lm_head"} - found.keys()
+    missing = ({"llm", "lm_head"} if family else {"vision", "projector", "llm", "lm_head"}) - found.keys()
     if missing:
         raise TypeError(f"not a LLaVA / VisToG model: no {', '.join(sorted(missing))} module")
     return found

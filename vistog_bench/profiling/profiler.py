@@ -51,6 +51,7 @@ import torch
 from torch import nn
 
 from ..dtypes import dtype_name
+from ..model.families import model_family
 from ..reducers import REDUCERS
 from ..results import STAGES, ProfileRecord
 from . import flops as F
@@ -366,6 +367,9 @@ class Request:
         """Analytic FLOPs from the shapes the hooks saw; counted ones (FlopCounterMode) when asked for."""
         shape, applied = self._profiler.shape, self._profiler.applied
         extra: dict[str, Any] = {"flops_convention": F.CONVENTION}
+        if self._profiler.family:  # a reducer at the LLM input changes what layer 0 on sees: the hooks do not show it
+            reason = "family model: analytic FLOPs per budget by `vistog-bench profile --shape NAME --analytic`"
+            return _Part({"flops": {}, "counted_flops": {}}, {}, {"flops": reason})
         pruning = {}
         if applied is not None and applied.fastv_layer is not None and seen.batch:
             # FastV: projected tokens are all P patches per image; from layer K on only `budget` per image stay.
@@ -429,8 +433,9 @@ class Request:
 
 
 class RequestProfiler:
-    """Stage profiler for a LLaVA / VisToG model. `attached()` installs the hooks, `request(...)` profiles one
-    request. Hooks outside a request cost one attribute check."""
+    """Stage profiler for a LLaVA / VisToG model, or a LLaVA-NeXT / OneVision / Qwen2.5-VL one (its LLM stages and
+    encoder; no analytic FLOPs: see `hooks.stage_modules`). `attached()` installs the hooks, `request(...)` profiles
+    one request. Hooks outside a request cost one attribute check."""
 
     def __init__(self, model: nn.Module, *, device: torch.device | str | None = None, path: str = "eager",
                  applied=None):
@@ -446,7 +451,9 @@ class RequestProfiler:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.path = path
         self.clock = make_clock(self.device)
-        self.shape = F.ArchShape.from_config(model.config)
+        # Another family (model.families): the LLM's sizes only; its analytic FLOPs come from `profile --analytic`
+        self.family = model_family(model) is not None
+        self.shape = F.FamilyShape.from_config(model.config).llm if self.family else F.ArchShape.from_config(model.config)
         self.dtype_name = dtype_name(parameter.dtype)
         self.element_bytes = parameter.element_size()
         self.weight_bytes = module_bytes(model)
