@@ -343,3 +343,12 @@ def test_scored_methods_refuse_a_video_sample_alone(layouts, videos, method):
     assert "failure" not in log[1] and out[1] != ""
     (unreduced,) = log[1]["visual_tokens_unreduced"]
     assert log[1]["visual_tokens"] == [kept_tokens(FAMILIES["qwen2_5_vl"], 25, unreduced)]
+
+
+def test_an_image_path_part_stays_an_image(layouts, videos, tmp_path):
+    """lmms-eval's default messages make a path with an image extension an image part: it is served as an image."""
+    images()[0].save(tmp_path / "frame.png")
+    lm = VisToGChatLMM(pretrained=str(layouts["qwen2.5-vl"]), method="none", device="cpu", max_frames=MAX_FRAMES)
+    out = answers(lm, [{"image": str(tmp_path / "frame.png"), "question": QUESTIONS[1]}], [image_messages])
+    (entry,) = lm.take_sample_log()
+    assert out != [""] and entry["image_placeholders"] == 1 and entry["video_placeholders"] == 0

@@ -412,7 +412,8 @@ class VisToGLMM(lmms):
 class VisToGChatLMM(VisToGLMM):
     """lmms-eval chat model (the default resolution of `--model vistog`): requests carry `doc_to_messages`, whose
     user turns hold image / video / text parts (lmms_eval.protocol.ChatMessages). Video parts become one video
-    placeholder on a family's video path (OneVision, Qwen2.5-VL), else frames, one image placeholder each; text parts
+    placeholder on a family's video path (OneVision, Qwen2.5-VL), else frames, one image placeholder each; an image
+    part may carry a file path (lmms-eval's default messages make one of a path with an image extension); text parts
     of a turn are joined with a space."""
 
     is_simple = False
@@ -440,7 +441,8 @@ class VisToGChatLMM(VisToGLMM):
         chat = ChatMessages(messages=doc_to_messages(self._doc(task, split, doc_id)))
         turns, images, videos = [], [], []
         for message in chat.messages:
-            media = [part.url for part in message.content if part.type in ("image", "video")]
+            media = [Image.open(part.url) if part.type == "image" and isinstance(part.url, str) else part.url
+                     for part in message.content if part.type in ("image", "video")]  # an image path: an image
             turn_images, turn_videos = _as_media(media, self.max_frames, self.video_family)
             text = " ".join(part.text for part in message.content if part.type == "text")
             turns.append(Turn(message.role, text, len(turn_images), len(turn_videos)))
