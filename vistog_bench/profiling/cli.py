@@ -273,6 +273,7 @@ def family_table(records, shape: str) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    from vistog_bench.model.presets import FAMILY_PRESETS
     from vistog_bench.results import RunDir, RunManifest, check_writable_dir, new_run_id
 
     from .controlled import (
@@ -283,8 +284,6 @@ def main(args: argparse.Namespace) -> int:
     )
     from .nvml import device_facts
     from .roofline import get_gpu
-
-    from vistog_bench.model.presets import FAMILY_PRESETS
 
     family = args.shape in FAMILY_PRESETS
     if family:

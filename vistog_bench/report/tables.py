@@ -276,8 +276,8 @@ def budget_lines(rows: list[Row]) -> list[str]:
     if not rules:
         return []
     told = "; ".join(f"{rule} = {BUDGET_RULES.get(rule, rule)}" for rule in rules)
-    return [f"Budgets (after @): {told}. Tokens = mean visual tokens per image the LLM received, Unreduced = the "
-            "processor's count before reduction (means over the scored samples)."]
+    return [(f"Budgets (after @): {told}. Tokens = mean visual tokens per image the LLM received, Unreduced = the "
+             "processor's count before reduction (means over the scored samples).")]
 
 
 def _drop_empty_efficiency(columns: list[Column], rows: list[dict[str, Cell]]) -> tuple[list[Column], list[Column]]:
