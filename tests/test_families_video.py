@@ -352,3 +352,26 @@ def test_an_image_path_part_stays_an_image(layouts, videos, tmp_path):
     out = answers(lm, [{"image": str(tmp_path / "frame.png"), "question": QUESTIONS[1]}], [image_messages])
     (entry,) = lm.take_sample_log()
     assert out != [""] and entry["image_placeholders"] == 1 and entry["video_placeholders"] == 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_local_video_task_runs_through_the_video_path_in_lmms_eval(layouts, tmp_path, monkeypatch, name):
+    """lmms-eval's simple_evaluate on the offline Video-MME fixture (vistog_bench.fixtures): every sample reaches the
+    model as one video and is scored."""
+    from lmms_eval import evaluator
+    from lmms_eval.tasks import TaskManager
+
+    from vistog_bench import offline_data
+    from vistog_bench.fixtures import write_fixture
+    from vistog_bench.task_catalog import PROJECT_TASKS
+
+    root = write_fixture(tmp_path / "mirror", rows=2, only=["videomme"])
+    monkeypatch.setenv(offline_data.DATA_DIR_ENV, str(root))
+    monkeypatch.setenv("LMMS_EVAL_DATASETS_CACHE", str(tmp_path / "datasets_cache"))
+    manager = TaskManager(include_path=str(PROJECT_TASKS), include_defaults=False, verbosity="WARNING")
+    lm = VisToGChatLMM(pretrained=str(layouts[name]), method="none", device="cpu", max_frames=MAX_FRAMES)
+    out = evaluator.simple_evaluate(model=lm, tasks=["videomme_local"], task_manager=manager, verbosity="WARNING")
+    assert "videomme_perception_score,none" in out["results"]["videomme_local"]
+    log = lm.take_sample_log()
+    assert len(log) == 2 and all("failure" not in e and e["video_placeholders"] == 1 for e in log)
+    assert all(e["visual_tokens"] == e["visual_tokens_unreduced"] and e["visual_tokens"][0] > 0 for e in log)
