@@ -20,6 +20,7 @@ from transformers.video_utils import VideoMetadata
 from vistog_bench.adapter import VisToGChatLMM, VisToGLMM
 from vistog_bench.fixtures import write_video
 from vistog_bench.hub_checkpoints_families import write_family_layouts
+from vistog_bench.lmms_results import sample_lines
 from vistog_bench.model import load_checkpoint
 from vistog_bench.model.families import FAMILIES, family_inputs, kept_tokens, video_token_id, visual_runs
 from vistog_bench.model.family_reducers import apply_family_method
@@ -164,6 +165,10 @@ def test_video_answers_equal_transformers_documented_usage_batched_too(layouts, 
     assert [e["prompt"] for e in log] == prompts
     assert all(e["video_placeholders"] == 1 and e["image_placeholders"] == 0 for e in log)
     assert [e["video_frames"] for e in log] == [[len(lmms_eval_indices(name, n, 1.0))] for n in (8, 6)]
+    # the run's samples file keeps what was served for each video (lmms_results.SERVED_KEYS)
+    lines = sample_lines([{"doc_id": e["doc_id"], "resps": [[a]]} for e, a in zip(log, got, strict=True)], log)
+    served = ("video_placeholders", "video_frames", "visual_tokens", "visual_tokens_unreduced")
+    assert [[line[k] for k in served] for line in lines] == [[entry[k] for k in served] for entry in log]
     batched = VisToGChatLMM(pretrained=str(layouts[name]), method="none", device="cpu", max_frames=MAX_FRAMES,
                             batch_size=2)  # fmt: skip
     assert answers(batched, video_docs(videos), [video_messages] * 2) == expected

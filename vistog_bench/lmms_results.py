@@ -10,8 +10,8 @@ from .results import STATUS_OK, CellResult, failed_status
 
 # What the adapter's sample log adds to each sample line (VisToGLMM.take_sample_log); on a family model also each
 # image's tokens as received by the LLM and as the processor expanded them (lists, one entry per image).
-SERVED_KEYS = ("prompt", "image_placeholders", "tokens_per_placeholder", "failure", "visual_tokens",
-               "visual_tokens_unreduced")
+SERVED_KEYS = ("prompt", "image_placeholders", "tokens_per_placeholder", "video_placeholders", "video_frames",
+               "failure", "visual_tokens", "visual_tokens_unreduced")
 
 
 def cell_from_lmms_results(

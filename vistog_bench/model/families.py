@@ -6,9 +6,9 @@
     inputs = family_inputs(processor, prompts, images, videos)  # + videos (VideoFrames) on their own video path
 
 Nothing of their modeling files is copied: the stock model runs as loaded, and a reducer hooks it from outside
-(`reducers.family_pruning`). The processor decides how many visual tokens an image gives the LLM, and that count
+(`model.family_reducers`). The processor decides how many visual tokens an image gives the LLM, and that count
 depends on the image: LLaVA-NeXT tiles an image on its `image_grid_pinpoints` (anyres: a 336 px base view plus up to
-4 tiles, 576 patches each, plus one newline token per row of the unpadded grid: up to 2,880 tokens for 672 x 672);
+4 tiles, 576 patches each, plus one newline token per row of the unpadded grid: up to 2,928 tokens for 672 x 672);
 OneVision tiles on 36 grids up to 2304 px (`anyres_max_9`: the tile features are pooled back to at most 9 tiles'
 worth), 729 SigLIP patches a view; Qwen2.5-VL resizes an image to multiples of 28 px within its min / max pixels and
 gives one token per 2 x 2 merged patch (PatchMerger), so a 448 x 448 image gives 256 tokens and a 1344 x 1344 one
