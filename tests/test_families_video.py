@@ -22,7 +22,13 @@ from vistog_bench.fixtures import write_video
 from vistog_bench.hub_checkpoints_families import write_family_layouts
 from vistog_bench.lmms_results import sample_lines
 from vistog_bench.model import load_checkpoint
-from vistog_bench.model.families import FAMILIES, family_inputs, kept_tokens, video_token_id, visual_runs
+from vistog_bench.model.families import (
+    FAMILIES,
+    family_inputs,
+    kept_tokens,
+    video_token_id,
+    visual_runs,
+)
 from vistog_bench.model.family_reducers import apply_family_method
 
 NAMES = {"llava-onevision": "llava_onevision", "qwen2.5-vl": "qwen2_5_vl"}
