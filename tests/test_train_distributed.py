@@ -123,6 +123,24 @@ def test_fsdp2_two_processes_shard_train_save_and_serve(tmp_path):
 
 
 @pytest.mark.slow
+def test_fsdp2_mixed_precision_reaches_its_policy(tmp_path):
+    """--mixed-precision bf16 under FSDP2 on CPU: FSDP2's MixedPrecisionPolicy computes in bf16 (the losses are bf16
+    numbers, unlike fp32's), the saved weights are the fp32 masters."""
+    fresh, data = write_fresh_model(tmp_path / "fresh"), write_single_word_data(tmp_path / "data", 4)
+    out = tmp_path / "bf16"
+    command = [*TORCHRUN, "--master_port", str(free_port()), *train_args(fresh, data, out, 2)]
+    result = run([*command, "--mixed-precision", "bf16"], {**ENV, **fsdp_launch_env()})
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = log_of(out)[-1]
+    losses = [summary["first_loss"], summary["last_loss"]]
+    assert summary["distributed_type"] == "FSDP"
+    assert all(float(torch.tensor(loss).bfloat16()) == loss for loss in losses)
+    from safetensors.torch import load_file
+
+    assert {w.dtype for w in load_file(out / "model.safetensors").values()} == {torch.float32}
+
+
+@pytest.mark.slow
 def test_fsdp1_on_cpu_is_refused_in_one_line(tmp_path):
     fresh, data = write_fresh_model(tmp_path / "fresh"), write_single_word_data(tmp_path / "data", 4)
     env = {**ENV, **fsdp_launch_env(), "FSDP_VERSION": "1"}  # accelerate applies FSDP version 1 on accelerators only

@@ -76,6 +76,8 @@ def make_accelerator(config: TrainConfig):
         # PartialState too: every later AcceleratorState() copies PartialState's distributed_type over its own
         PartialState().distributed_type = accelerator.state.distributed_type = DistributedType.FSDP
         accelerator.state.fsdp_plugin = fsdp
+        if accelerator.mixed_precision != "no":  # what state.py's FSDP branch does next: FSDP2's MixedPrecisionPolicy
+            fsdp.set_mixed_precision(accelerator.mixed_precision)
     for engine, kind in (("FSDP", DistributedType.FSDP), ("DEEPSPEED", DistributedType.DEEPSPEED)):
         if _asked_for(engine) and accelerator.distributed_type != kind:
             needs = "GPUs, or fsdp_version 2 on several CPU processes" if engine == "FSDP" else "GPUs"
