@@ -90,8 +90,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values.update(given)
     if "report_to" in values:
         values["report_to"] = tuple(values["report_to"])
-    missing = [name for name in ("stage", "data", "output_dir") if name not in values]
-    missing += [] if {"model", "llm", "vision_tower"} & set(values) else ["model"]
+    starts = {"model", "llm", "vision_tower"}  # a checkpoint, or LLaVA's parts (checked by TrainConfig)
+    missing = [name for name in ("stage", "model", "data", "output_dir")
+               if name not in values and not (name == "model" and starts & set(values))]  # fmt: skip
     if missing:
         raise UsageError("missing " + ", ".join("--" + m.replace("_", "-") for m in missing) + " (or use --demo)")
     return TrainConfig(**values)
