@@ -124,6 +124,36 @@ def test_save_and_load_round_trip(llava, tmp_path):
         torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits, rtol=0, atol=0)
 
 
+
+def test_a_checkpoint_with_the_earlier_scalar_grouping_scale_loads_unchanged(llava, tmp_path):
+    """The grouping scale is [1] (FSDP2 shards no 0-d parameter); a checkpoint written while it was 0-d loads with its
+    value, through transformers (load_checkpoint) and through nn.Module.load_state_dict, with no mismatch report."""
+    from safetensors.torch import load_file, save_file
+    from transformers.testing_utils import CaptureLogger
+    from transformers.utils import logging as hf_logging
+
+    model = vistog(llava, 16)
+    with torch.no_grad():
+        model.model.grouping.log_logit_scale.fill_(0.75)
+    model.save_pretrained(tmp_path)
+    tiny_processor().save_pretrained(tmp_path)
+    (weights,) = tmp_path.glob("*.safetensors")
+    tensors = load_file(weights)
+    assert tensors["model.grouping.log_logit_scale"].shape == (1,)
+    tensors["model.grouping.log_logit_scale"] = tensors["model.grouping.log_logit_scale"].reshape(())
+    save_file(tensors, weights, metadata={"format": "pt"})
+    with CaptureLogger(hf_logging.get_logger("transformers.modeling_utils")) as report:
+        loaded, _ = load_checkpoint(tmp_path)
+    assert "MISMATCH" not in report.out
+    assert loaded.model.grouping.log_logit_scale.shape == (1,)
+    for name, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+    grouping = vistog(llava, 16).model.grouping
+    grouping.load_state_dict({k.removeprefix("model.grouping."): v for k, v in tensors.items()
+                              if k.startswith("model.grouping.")})  # fmt: skip
+    assert grouping.log_logit_scale.tolist() == [0.75]
+
+
 def test_stock_llava_checkpoint_loads_as_vistog_off(tmp_path):
     save_tiny_llava(tmp_path)
     model, processor = load_checkpoint(tmp_path)

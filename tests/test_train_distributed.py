@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from vistog_bench.train.configs import fsdp_launch_env
 
 from test_train_loop import write_single_word_data
 
+TINY_LLAVA = Path(__file__).resolve().parents[1] / "vistog_bench" / "demo" / "checkpoints" / "tiny-llava"
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -49,14 +51,14 @@ def losses_and_rates(out) -> list[tuple]:
     return [(r["step"], r["loss"], r["lr"]) for r in log_of(out) if "of" in r]
 
 
-def serve_one_sample(folder) -> str:
+def serve_one_sample(folder, method: str = "none") -> str:
     """The folder loaded by the lmms-eval adapter (`vistog-bench run`'s model) and one image question answered."""
     from lmms_eval.api.instance import GenerationResult, Instance
 
     from vistog_bench.adapter import VisToGLMM
     from vistog_bench.testing import random_images
 
-    lm = VisToGLMM(pretrained=str(folder), method="none", device="cpu", dtype="float32")
+    lm = VisToGLMM(pretrained=str(folder), method=method, device="cpu", dtype="float32")
     lm.task_dict = {"toy": {"test": [{"image": random_images(1, seed=3)[0]}]}}
     request = Instance(request_type="generate_until", idx=0, metadata={"task": "toy", "doc_id": 0, "repeats": 1},
                        arguments=("What colour is the shape?", {"max_new_tokens": 3, "temperature": 0},
@@ -121,6 +123,27 @@ def test_fsdp2_two_processes_shard_train_save_and_serve(tmp_path):
     assert all(torch.equal(gathered[k], again[k]) for k in gathered)
     serve_one_sample(fsdp)
 
+
+@pytest.mark.slow
+def test_fsdp2_two_processes_train_vistog_stage1_and_serve(tmp_path):
+    """VisToG's stage 1 under FSDP2: the LLM's decoder layers are the shard units and the vision tower (whose layers
+    VisToG runs through its own layer forward) is in the root unit; the [1] grouping scale shards like any weight;
+    the run learns and its saved VisToG folder serves method vistog. (Its losses are not one process's at twice the
+    batch: the training assignment draws Gumbel noise, and two processes draw other noise than one.)"""
+    data = write_single_word_data(tmp_path / "data", 12)
+    fsdp = tmp_path / "fsdp"
+
+    def vistog_args(out, batch_size):
+        args = train_args(TINY_LLAVA, data, out, batch_size)
+        args[args.index("llava")] = "vistog-stage1"
+        return [*args, "--num-semantic-tokens", "4"]
+
+    result = run([*TORCHRUN, "--master_port", str(free_port()), *vistog_args(fsdp, 2)], {**ENV, **fsdp_launch_env()})
+    assert result.returncode == 0, result.stderr[-3000:]
+    start, summary = log_of(fsdp)[0], log_of(fsdp)[-1]
+    assert summary["distributed_type"] == "FSDP" and start["parameters_held"] < start["parameters"]
+    assert summary["last_loss"] < summary["first_loss"]  # stage 1 learns
+    serve_one_sample(fsdp, method="vistog")
 
 @pytest.mark.slow
 def test_fsdp2_mixed_precision_reaches_its_policy(tmp_path):

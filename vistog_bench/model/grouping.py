@@ -49,6 +49,16 @@ def argmax_one_hot(logits: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.zeros_like(logits).scatter_(dim, index, 1.0)
 
 
+SCALE_NAME = "log_logit_scale"
+
+
+def _upgrade_hook(state_dict, prefix, *args) -> None:
+    """nn.Module.load_state_dict pre-hook: a scalar scale (an earlier checkpoint) loads as [1]."""
+    key = prefix + SCALE_NAME
+    if key in state_dict and state_dict[key].dim() == 0:
+        state_dict[key] = state_dict[key].reshape(1)
+
+
 class VisToGGroupingLayer(nn.Module):
     def __init__(
         self, width: int, *, mlp_ratio: float = 4.0, tau: float = 1.0, hard: bool = True, eps: float = 1e-5,
@@ -59,7 +69,9 @@ class VisToGGroupingLayer(nn.Module):
         self.hard = hard
         self.scale = width**-0.5
         self.logit_scale_init = logit_scale
-        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(logit_scale)))  # t, learnt
+        # [1] t, learnt; one element, not a scalar: FSDP2's fully_shard refuses 0-d parameters
+        self.log_logit_scale = nn.Parameter(torch.tensor([math.log(logit_scale)]))
+        self._register_load_state_dict_pre_hook(_upgrade_hook)
         self.norm_semantic = nn.LayerNorm(width, eps=eps)
         self.norm_patches = nn.LayerNorm(width, eps=eps)
         self.q_proj = nn.Linear(width, width)

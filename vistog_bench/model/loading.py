@@ -16,12 +16,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorError
+import torch
+from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
+from transformers.utils import logging as hf_logging
 
 from ..dtypes import torch_dtype
 from ..errors import UsageError
 from .families import FAMILIES, family_of
+from .grouping import SCALE_NAME
 from .modeling import VisToGForConditionalGeneration
 
 MODEL_TYPES = ("llava", "vistog", *FAMILIES)
@@ -105,9 +108,34 @@ def load_pretrained(cls, path: str | Path, **kwargs):
     """`cls.from_pretrained(path, safetensors only, no remote code)`; corrupt or mismatched weights are one line."""
     refuse_remote_code(path)
     try:
-        return cls.from_pretrained(path, use_safetensors=True, trust_remote_code=False, **kwargs)
+        scales = _scalar_scales(path)
+        if scales:  # those shapes differ by design: loaded below, without transformers' mismatch report
+            kwargs["ignore_mismatched_sizes"] = True
+        previous = hf_logging.get_verbosity()
+        if scales:
+            hf_logging.set_verbosity_error()
+        try:
+            model = cls.from_pretrained(path, use_safetensors=True, trust_remote_code=False, **kwargs)
+        finally:
+            hf_logging.set_verbosity(previous)
+        with torch.no_grad():
+            for name, value in scales.items():
+                model.get_parameter(name).copy_(value)
+        return model
     except (OSError, RuntimeError, ValueError, SafetensorError) as exc:  # truncated / corrupt files, bad shapes
         raise UsageError(f"cannot load weights from {path}: {str(exc).splitlines()[0]}") from None
+
+
+def _scalar_scales(path: str | Path) -> dict:
+    """{name: value [1]} of the 0-d grouping scales in a checkpoint written while the scale was a scalar (it is [1]
+    now); empty for any other checkpoint, for which only the files' headers are read."""
+    scales = {}
+    for file in sorted(Path(path).glob("*.safetensors")):
+        with safe_open(file, "pt") as handle:
+            for key in handle.keys():
+                if key.endswith(SCALE_NAME) and handle.get_slice(key).get_shape() == []:
+                    scales[key] = handle.get_tensor(key).reshape(1)
+    return scales
 
 
 def _check_folder(path: str | Path) -> Path:

@@ -92,6 +92,20 @@ def _asked_for(engine: str) -> bool:
     return os.environ.get(f"ACCELERATE_USE_{engine}", "false").lower() == "true"
 
 
+def fsdp_units_on_llm_layers(accelerator, module) -> None:
+    """FSDP shard units, unless the accelerate config names its own classes: each LLM decoder layer (the LLM holds
+    almost every weight), everything else, the vision tower included, in the root unit. VisToG's vision path runs the
+    encoder's layers through its own layer forward (model/vision.py), not through their module call, so an encoder
+    layer of its own would never be gathered by its hooks."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type != DistributedType.FSDP or accelerator.state.fsdp_plugin.transformer_cls_names_to_wrap:
+        return
+    layers = [sub for name, sub in module.named_modules() if name.endswith("language_model.layers")]
+    if layers:
+        accelerator.state.fsdp_plugin.transformer_cls_names_to_wrap = [type(layers[0][0]).__name__]
+
+
 def is_sharded(accelerator) -> bool:
     from accelerate.utils import DistributedType
 
@@ -311,6 +325,7 @@ def train(config: TrainConfig) -> TrainResult:
     # accelerate steps a prepared scheduler once per process per optimizer step: count the schedule in those steps
     ticks = accelerator.num_processes
     scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(config.warmup_ratio * total) * ticks, total * ticks)
+    fsdp_units_on_llm_layers(accelerator, module)
     module, optimizer, loader, scheduler = accelerator.prepare(module, optimizer, loader, scheduler)
     accelerator.register_for_checkpointing(state)
     progress = Progress(config, accelerator, state, total)
