@@ -26,6 +26,7 @@ from vistog_bench.model.loading import load_processor
 from vistog_bench.model.prompting import PromptBuilder, Turn, find_template, image_token_of
 from vistog_bench.train import TrainConfig, loop, train
 from vistog_bench.train.cli import run_cli
+from vistog_bench.train.configs import fsdp_launch_env
 from vistog_bench.train.data import IGNORE_INDEX, collate_conversations, load_records
 from vistog_bench.train.loop import make_optimizer
 from vistog_bench.train.stages import conversation_dataset, load_for_stage
@@ -251,9 +252,11 @@ def test_gradient_checkpointing_changes_no_loss(checkpoints, data, stage1, tmp_p
     assert np.allclose(result.losses, plain.losses, rtol=1e-5)
 
 
-def test_two_processes_train_when_a_rank_gets_a_text_only_batch(checkpoints, data, tmp_path):
-    """DDP over gloo (plain torchrun, accelerate's MULTI_CPU), batch 1: in one epoch of the six samples some rank's
-    batch is the text-only one, and DDP still reduces every trainable part."""
+@pytest.mark.parametrize("engine", ["MULTI_CPU", "FSDP"])
+def test_two_processes_train_when_a_rank_gets_a_text_only_batch(checkpoints, data, tmp_path, engine):
+    """DDP (plain torchrun, accelerate's MULTI_CPU) and FSDP2 (fsdp2.yaml's settings) over gloo, batch 1: in one epoch
+    of the six samples some rank's batch is the text-only one, and every trainable part is still reduced; FSDP2
+    shards VisToGFamily (units: the LLM's decoder layers)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -262,8 +265,12 @@ def test_two_processes_train_when_a_rank_gets_a_text_only_batch(checkpoints, dat
                "-m", "vistog_bench.train", "--stage", "vistog-stage1", "--model", str(checkpoints["llava-next"]),
                "--num-semantic-tokens", str(N), "--data", str(data), "--output-dir", str(out), "--batch-size", "1",
                "--max-steps", "3", "--warmup-ratio", "0", "--threads", "1", "--quiet", "--no-progress"]  # fmt: skip
-    result = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                            timeout=600)  # fmt: skip
+    launch = fsdp_launch_env() if engine == "FSDP" else {}
+    result = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1", **launch}, capture_output=True,
+                            text=True, timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    summary = json.loads((out / "training_log.jsonl").read_text().splitlines()[-1])
+    log = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
+    summary = log[-1]
     assert summary["processes"] == 2 and summary["steps"] == 3 and np.isfinite(summary["last_loss"])
+    assert summary["distributed_type"] == engine
+    assert (log[0]["parameters_held"] < log[0]["parameters"]) == (engine == "FSDP")
