@@ -95,11 +95,12 @@ def load_config(path: str | Path):
         raise UsageError(f"cannot read the config of {path}: {str(exc).splitlines()[0]}") from None
 
 
-def load_processor(path: str | Path):
-    """The checkpoint's processor (AutoProcessor: tokenizer + image processor), remote code refused."""
+def load_processor(path: str | Path, auto_class=AutoProcessor):
+    """The checkpoint's processor (AutoProcessor: tokenizer + image processor; or another Auto class, e.g.
+    AutoImageProcessor for a vision tower's folder), remote code refused."""
     refuse_remote_code(path)
     try:
-        return AutoProcessor.from_pretrained(path, trust_remote_code=False)
+        return auto_class.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"cannot load a processor from {path}: {str(exc).splitlines()[0]}") from None
 

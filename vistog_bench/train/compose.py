@@ -39,12 +39,12 @@ def compose_llava(llm: str | Path, vision_tower: str | Path, *, dtype: str = "fl
     """(LlavaForConditionalGeneration, LlavaProcessor): the LLM and CLIP folders' weights, a projector initialised
     from `seed`; every parameter trainable (the stage chooses what trains)."""
     import torch
-    from transformers import AutoModelForCausalLM, CLIPVisionModel, GenerationConfig, LlavaConfig
+    from transformers import AutoImageProcessor, AutoModelForCausalLM, CLIPVisionModel, GenerationConfig, LlavaConfig
     from transformers import LlavaForConditionalGeneration, LlavaProcessor
     from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
     from ..dtypes import torch_dtype
-    from ..model.loading import load_config, load_pretrained
+    from ..model.loading import load_config, load_pretrained, load_processor
 
     _check_weights(llm, "--llm")
     _check_weights(vision_tower, "--vision-tower")
@@ -53,7 +53,7 @@ def compose_llava(llm: str | Path, vision_tower: str | Path, *, dtype: str = "fl
         raise UsageError(f"--vision-tower {vision_tower} holds a {clip.model_type!r} model; expected CLIP "
                          f"({', '.join(CLIP_MODEL_TYPES)})")  # fmt: skip
     tokenizer = _tokenizer_with_image_token(llm)
-    image_processor = _image_processor(vision_tower)
+    image_processor = load_processor(vision_tower, AutoImageProcessor)
     weights_dtype = torch_dtype(dtype)
     language = load_pretrained(AutoModelForCausalLM, llm, dtype=weights_dtype)
     vision = load_pretrained(CLIPVisionModel, vision_tower, dtype=weights_dtype)  # CLIPModel folder: its vision half
@@ -112,15 +112,3 @@ def _tokenizer_with_image_token(llm: str | Path):
         tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
     tokenizer.padding_side = "left"
     return tokenizer
-
-
-def _image_processor(vision_tower: str | Path):
-    from transformers import AutoImageProcessor
-
-    from ..model.loading import refuse_remote_code
-
-    refuse_remote_code(vision_tower)
-    try:
-        return AutoImageProcessor.from_pretrained(vision_tower, trust_remote_code=False)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UsageError(f"cannot load an image processor from {vision_tower}: {str(exc).splitlines()[0]}") from None
