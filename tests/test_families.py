@@ -259,6 +259,28 @@ def test_onevision_multi_image_sample_fails_alone_under_a_reducer(layouts):
     assert "failure" not in log[1] and log[1]["visual_tokens"] == [300] and out[1] != ""
 
 
+def layer0_states(model, method: str, budget: int, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Layer 0's input states before and after the method's stage: [B, T, D], [B, T', D]."""
+    layer = model.model.language_model.layers[0]
+    seen = {}
+
+    def keep_as(key):
+        def hook(module, args, kwargs):
+            seen[key] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        return hook
+
+    handles = [layer.register_forward_pre_hook(keep_as("before"), with_kwargs=True)]  # before the pruner's hook
+    apply_family_method(model, method, budget)
+    handles.append(layer.register_forward_pre_hook(keep_as("after"), with_kwargs=True))
+    try:
+        with torch.inference_mode():
+            model(**inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen["before"], seen["after"]
+
+
 @pytest.mark.parametrize("name", ["llava-next", "qwen2.5-vl"])
 def test_divprune_keeps_the_max_min_diverse_tokens_of_the_projected_states(layouts, name):
     """The states layer 0 receives are the unreduced ones at DivPrune's choice (max-min diversity over the image's
@@ -269,21 +291,8 @@ def test_divprune_keeps_the_max_min_diverse_tokens_of_the_projected_states(layou
     prompt = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "q"}]}], add_generation_prompt=True)
     inputs = family_inputs(processor, [prompt], [images()[:1]])
-    layer = model.model.language_model.layers[0]
-    seen = {}
-
-    def keep_as(key):
-        def hook(module, args, kwargs):
-            seen[key] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        return hook
-
-    layer.register_forward_pre_hook(keep_as("before"), with_kwargs=True)  # runs before the pruner's hook
     budget = 30 if name == "qwen2.5-vl" else 200
-    apply_family_method(model, "divprune", budget)
-    layer.register_forward_pre_hook(keep_as("after"), with_kwargs=True)  # after it
-    with torch.inference_mode():
-        model(**inputs)
-    before, after = seen["before"][0], seen["after"][0]
+    before, after = (states[0] for states in layer0_states(model, "divprune", budget, inputs))
     (run,) = image_runs(inputs["input_ids"][0], image_token_id(model))
     keep = kept_tokens(FAMILIES[NAMES[name]], budget, run.numel())
     chosen = run[max_min_diversity(before[run], keep)].sort().values

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from test_families import answers, images
+from test_families import answers, images, layer0_states
 
 from vistog_bench.adapter import VisToGChatLMM
 from vistog_bench.errors import UsageError
@@ -48,28 +48,6 @@ def inputs_for(processor, count: int = 1):
 def encoder_scores(model):
     """The EncoderScores the installed method reads (the family pruner's selector holds it)."""
     return model.__dict__["_vistog_family_method"][2].selector.scores
-
-
-def layer0_states(model, method: str, budget: int, inputs) -> tuple[torch.Tensor, torch.Tensor]:
-    """Layer 0's input states before and after the method's stage: [B, T, D], [B, T', D]."""
-    layer = model.model.language_model.layers[0]
-    seen = {}
-
-    def keep_as(key):
-        def hook(module, args, kwargs):
-            seen[key] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        return hook
-
-    handles = [layer.register_forward_pre_hook(keep_as("before"), with_kwargs=True)]  # before the pruner's hook
-    apply_family_method(model, method, budget)
-    handles.append(layer.register_forward_pre_hook(keep_as("after"), with_kwargs=True))
-    try:
-        with torch.inference_mode():
-            model(**inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return seen["before"], seen["after"]
 
 
 # -- scores ----------------------------------------------------------------------------------------------------------
