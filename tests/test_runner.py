@@ -170,3 +170,27 @@ def test_embedded_default_narrowed_by_tasks_budgets_and_methods():
     models, *_ = embedded_default(("shapes",), (8,), ("pool",))
     assert models == [demo.checkpoint_for_budget(None)]
     assert embedded_default()[1:] == (demo.DEMO_TASKS, (demo.FULL_BUDGET, *demo.available_budgets()), ("vistog",))
+
+
+def test_cells_record_the_budget_convention_and_attention_kernels_and_the_report_says_them(tmp_path):
+    """An in-LLM method counts its budget as the layer mean and computes float32 scores from q / k beside SDPA: its
+    cell says so (CellResult.budget_convention, mean_layer_tokens, attention), a pool cell says the LLM input and
+    plain SDPA, and the report names the convention and that the kernels' records differ."""
+    from vistog_bench import demo
+    from vistog_bench.report import build_report, to_markdown
+
+    config = RunConfig(models=(str(demo.checkpoint_for_budget(None)),), tasks=("shapes_vqa",), methods=("dart", "pool"), budgets=(48,), limit=2,
+                       output=str(tmp_path / "results"))  # fmt: skip
+    run, cells = run_sweep(config, command=["test"])
+    by_method = {c.method: c for c in cells}
+    dart, pool = by_method["dart"], by_method["pool"]
+    assert dart.ok and pool.ok
+    assert (dart.budget_convention, pool.budget_convention) == ("layer_mean", "llm_input")
+    assert dart.llm_input_tokens > 48 and dart.mean_layer_tokens == pytest.approx(48, abs=0.5)
+    assert pool.llm_input_tokens == 48 and pool.mean_layer_tokens == 48
+    assert pool.attention == "llm sdpa; vision sdpa"
+    assert dart.attention.startswith("llm sdpa; vision sdpa; float32 scores from q / k of LLM layers ")
+    assert by_method["none"].attention == pool.attention
+    text = to_markdown(build_report([run.path], []).tables[0])
+    assert "dart@48: the budget is the mean visual tokens per image over the LLM's layers" in text
+    assert "Attention kernels differ between rows" in text and "pool@48" in text

@@ -61,7 +61,12 @@ from .errors import UsageError
 from .model import VisToGForConditionalGeneration, build_inputs, load_checkpoint
 from .model.families import VideoFrames, family_inputs, model_family, video_frame_indices, visual_runs
 from .model.families_vistog import VisToGFamily
-from .model.family_reducers import apply_family_method, family_sample_problem, family_token_counts
+from .model.family_reducers import (
+    apply_family_method,
+    family_sample_problem,
+    family_token_counts,
+    family_vision_scores,
+)
 from .model.prompting import PromptBuilder, Turn, find_template, image_token_of, video_token_of
 from .reducers import METHODS, AppliedMethod, applied_method, apply_method, tokens_per_image
 
@@ -107,6 +112,30 @@ class ServedModel:
     tokens_per_image: int  # 0 for another family: its processor expands each image to the image's own count
     prompt_template: object  # model.prompting.PromptTemplate: the chat template prompts are rendered with
     applied: AppliedMethod | None
+
+    def cell_facts(self) -> dict:
+        """What a cell of this model records beside its scores (results.CellResult): the attention kernels it ran,
+        and for a LLaVA-1.5 reducer how its budget counts and the visual tokens per image in the LLM."""
+        facts = {"attention": attention_record(self.model, self.applied)}
+        if self.applied is not None:
+            facts.update(budget_convention=self.applied.budget_convention,
+                         llm_input_tokens=self.applied.llm_input_tokens,
+                         mean_layer_tokens=round(self.applied.mean_layer_tokens, 3))  # fmt: skip
+        return facts
+
+
+def attention_record(model, applied: AppliedMethod | None) -> str:
+    """One line naming the attention implementation of the LLM's and the vision encoder's layers (no method switches
+    one) and what a method computes beside them (float32 scores from one layer's q / k)."""
+    config = getattr(model, "stock", model).config  # VisToGFamily wraps the stock model
+    llm = sorted(set(applied.llm_attention)) if applied is not None and applied.llm_attention else \
+        [config.text_config._attn_implementation or "eager"]  # fmt: skip
+    vision = applied.vision_attention if applied is not None else (config.vision_config._attn_implementation or "eager")
+    parts = [f"llm {'/'.join(llm)}", f"vision {vision}"]
+    if applied is not None and applied.scored_llm_layers:
+        parts.append("float32 scores from q / k of LLM layers " + ",".join(map(str, applied.scored_llm_layers)))
+    scores = applied.vision_scores if applied is not None else family_vision_scores(model)
+    return "; ".join(parts + ([scores] if scores else []))
 
 
 def serve_checkpoint(pretrained: str, *, method: str = "vistog", budget: int | None = None, device: str = "cpu",

@@ -111,6 +111,14 @@ class CellResult:
     # unreduced count.
     mean_visual_tokens: Number | None = None
     mean_visual_tokens_unreduced: Number | None = None
+    # What the cell's method ran (reducers.AppliedMethod, LLaVA-1.5): how `budget` counts ("llm_input",
+    # "after_layer", "layer_mean"), visual tokens per image entering decoder layer 0 and their mean over the layers;
+    # and every attention kernel it ran with what it computed beside them (adapter.attention_record): timings are
+    # comparable only between cells whose `attention` is the same.
+    budget_convention: StrictStr | None = None
+    llm_input_tokens: StrictInt | None = None
+    mean_layer_tokens: Number | None = None
+    attention: StrictStr | None = None
 
     @property
     def key(self) -> CellKey:

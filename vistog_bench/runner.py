@@ -461,7 +461,8 @@ def _run_cell(run: RunDir, cell: Cell, tasks: list[str], config: RunConfig, mana
                 # the cell's budget: a family's `none` is served with none (every token)
                 run.append_profile([dataclasses.replace(r, task=r.task or task, budget=cell.budget)
                                     for r in profiler.take_records()])
-        _record_task(run, cell, task, results, lm.take_sample_log(), time.perf_counter() - started)
+        _record_task(run, cell, task, results, lm.take_sample_log(), time.perf_counter() - started,
+                     served.cell_facts())
     del served, profiler, lm  # every reference to this cell's model: the next cell loads only after it is gone
     _release_memory()
 
@@ -476,10 +477,11 @@ def _failed_cell(cell: Cell, task: str, exc: Exception, samples: list[dict], sta
                       n_failed=len(failures), budget_rule=cell.budget_rule)
 
 
-def _record_task(run: RunDir, cell: Cell, task: str, results: dict | None, samples: list[dict], elapsed_s: float
-                 ) -> None:
+def _record_task(run: RunDir, cell: Cell, task: str, results: dict | None, samples: list[dict], elapsed_s: float,
+                 facts: dict) -> None:
     """A task's cell and its sample lines, from lmms-eval's results and the adapter's sample log (a family's cell
-    also records the mean visual tokens per image, received and unreduced)."""
+    also records the mean visual tokens per image, received and unreduced), with the served model's `facts`
+    (ServedModel.cell_facts: attention kernels, budget convention)."""
     failures = list({e["doc_id"]: e["failure"] for e in samples if e.get("failure")}.values())
     if results is None:
         _record(run, CellResult(task, cell.method, cell.budget, failed_status("lmms-eval returned nothing"),
@@ -488,7 +490,7 @@ def _record_task(run: RunDir, cell: Cell, task: str, results: dict | None, sampl
     lines = sample_lines(results.get("samples", {}).get(task, []), samples)
     write_jsonl(run.samples_path(CellKey(task, cell.method, cell.budget)), lines)
     result = cell_from_lmms_results(task, cell.method, cell.budget, results, elapsed_s, failures)
-    _record(run, dataclasses.replace(result, budget_rule=cell.budget_rule, **token_means(lines)))
+    _record(run, dataclasses.replace(result, budget_rule=cell.budget_rule, **token_means(lines), **facts))
 
 
 def _release_memory() -> None:

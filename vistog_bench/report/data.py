@@ -325,6 +325,8 @@ class Row:
     full_budget: bool = False
     budget_rule: str | None = None  # CellResult.budget_rule of the row's cells (None: LLaVA-1.5 tokens per image)
     tokens: tuple[float, float] | None = None  # mean visual tokens per image: (received, unreduced), where recorded
+    budget_convention: str | None = None  # CellResult.budget_convention (llm_input | after_layer | layer_mean)
+    attention: str | None = None  # CellResult.attention: the kernels the row's cells ran
     accuracy_run: str | None = None  # the run the scores come from
     efficiency_run: str | None = None  # the run the latency numbers come from
 
@@ -359,6 +361,8 @@ class Accuracy:
     full_budget: bool
     budget_rule: str | None = None
     tokens: tuple[float, float] | None = None
+    budget_convention: str | None = None
+    attention: str | None = None
 
 
 def _mean_tokens(cells: Sequence[CellResult]) -> tuple[float, float] | None:
@@ -437,6 +441,8 @@ def _accuracy_parts(run: RunData, notes: list[str]) -> dict[tuple[str, int], Acc
         mine = [c for (_, m, b), c in cells.items() if (m, b) == (method, budget)]
         part.budget_rule = next((c.budget_rule for c in mine if c.budget_rule), None)
         part.tokens = _mean_tokens(mine)
+        part.budget_convention = next((c.budget_convention for c in mine if c.budget_convention), None)
+        part.attention = next((c.attention for c in mine if c.attention), None)
     return parts
 
 
@@ -499,6 +505,7 @@ def build_report_data(runs: list[RunData]) -> ReportData:
                 row.scores = part.scores
                 row.full_budget = part.full_budget
                 row.budget_rule, row.tokens = part.budget_rule, part.tokens
+                row.budget_convention, row.attention = part.budget_convention, part.attention
                 retentions = [s.retention for s in part.scores.values() if s.retention is not None]
                 row.n_scored = len(part.scores)
                 row.n_retention = len(retentions)

@@ -157,6 +157,12 @@ BUDGET_RULES = {
     "percent_of_own": "percent of each image's own visual-token count; `none` at 100",
     "per_view": "VisToG's N tokens per view (an image gives views x N)",
 }
+# AppliedMethod.budget_convention -> how a budget counts, for the conventions other than the LLM input's.
+BUDGET_CONVENTIONS = {
+    "layer_mean": "the mean visual tokens per image over the LLM's layers (staged pruning inside the LLM, as "
+                  "PyramidDrop / SparseVLM / DART count it)",
+    "after_layer": "the visual tokens per image after FastV's layer K (all of them before it)",
+}
 NO_INTERVAL = ("no interval: controlled records keep the median, p10, p90, CV and n of their repeats, not the repeats "
                "a bootstrap resamples")
 
@@ -271,13 +277,31 @@ def _main_columns(data: ReportData) -> tuple[list[Column], dict[str, Any]]:
 
 
 def budget_lines(rows: list[Row]) -> list[str]:
-    """What the budgets mean, where a row's cells recorded a budget rule, and what the token columns hold."""
+    """What the budgets mean: a family's budget rule and what the token columns hold, and which rows count their
+    budget otherwise than as the tokens entering the LLM (AppliedMethod.budget_convention)."""
+    lines = []
     rules = sorted({r.budget_rule for r in rows if r.budget_rule})
-    if not rules:
-        return []
-    told = "; ".join(f"{rule} = {BUDGET_RULES.get(rule, rule)}" for rule in rules)
-    return [(f"Budgets (after @): {told}. Tokens = mean visual tokens per image the LLM received, Unreduced = the "
-             "processor's count before reduction (means over the scored samples).")]
+    if rules:
+        told = "; ".join(f"{rule} = {BUDGET_RULES.get(rule, rule)}" for rule in rules)
+        lines.append(f"Budgets (after @): {told}. Tokens = mean visual tokens per image the LLM received, Unreduced = "
+                     "the processor's count before reduction (means over the scored samples).")
+    for convention in ("layer_mean", "after_layer"):
+        labels = [r.label for r in rows if r.budget_convention == convention]
+        if labels:
+            lines.append(f"{', '.join(labels)}: the budget is {BUDGET_CONVENTIONS[convention]}.")
+    return lines
+
+
+def attention_lines(rows: list[Row]) -> list[str]:
+    """The attention kernels behind the rows' timings, when they differ (timings compare only under one record)."""
+    records = {}
+    for row in rows:
+        if row.attention and row.efficiency:
+            records.setdefault(row.attention, []).append(row.label)
+    if len(records) < 2:
+        return [f"Attention: {next(iter(records))}."] if records else []
+    told = "; ".join(f"{', '.join(labels)}: {record}" for record, labels in records.items())
+    return [f"Attention kernels differ between rows (compare timings only under one record): {told}."]
 
 
 def _drop_empty_efficiency(columns: list[Column], rows: list[dict[str, Cell]]) -> tuple[list[Column], list[Column]]:
@@ -294,7 +318,8 @@ def _main_provenance(data: ReportData, units: dict[str, Any], measured_ttft: boo
     effs = [r.efficiency for r in data.rows if r.efficiency]
     kinds = {e.kind for e in effs}
     flops_sources = {e.flops_source for e in effs if e.flops_source}
-    lines = [runs_line(data.runs), setup_lines([r.setup for r in data.rows]), *budget_lines(data.rows)]
+    lines = [runs_line(data.runs), setup_lines([r.setup for r in data.rows]), *budget_lines(data.rows),
+             *attention_lines(data.rows)]
     if kinds:
         described = {"controlled": "controlled measurements (`kind=controlled`: batch size 1 and the compiled path "
                                    "preferred where several exist, forced output length)",
