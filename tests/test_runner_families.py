@@ -147,6 +147,12 @@ def test_refusals_are_one_line_each_and_exit_2(layouts, tmp_path, capsys, name, 
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_controlled_profiling_of_a_family_checkpoint_names_where_it_is_measured(layouts, tmp_path, capsys):
+    code = cli_main(["profile", "--model", str(layouts["qwen2.5-vl"]), "--budgets", "100", "--batch-sizes", "1",
+                     "--repeats", "2", "--output", str(tmp_path / "out")])  # fmt: skip
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "'qwen2_5_vl' model" in line and "vistog-bench run --model" in line and "--analytic" in line
+
 def test_report_divides_by_the_familys_none_cell(tmp_path):
     """Retention and speedup of a family run's rows against its `none` cell (at the most tokens an image gives),
     from the files: cells with the rule and token means, request records as the profiler writes them."""

@@ -49,6 +49,9 @@ TIMED_FIELDS = (*STAGES[:5], "ttft", "decode", "decode_per_token", "total")
 # Readings of a second clock per request (record.extra): the host's perf_counter over the whole request, and the
 # first token's time by the logits processor; summarized beside the stage fields to cross-check them.
 SECOND_CLOCKS = ("host_total", "ttft_logits_processor")
+# Where a LLaVA-NeXT / OneVision / Qwen2.5-VL checkpoint is measured instead (their counts depend on the image)
+FAMILY_ROUTE = ("its request timings come from `vistog-bench run --model ...` (profile.jsonl), its FLOPs from "
+                "`vistog-bench profile --shape llava-next-7b|llava-onevision-7b|qwen2.5-vl-7b --analytic`")
 # The protocol's defaults (see the module docstring for their sources).
 DEFAULT_WARMUP, DEFAULT_REPEATS, DEFAULT_MIN_DURATION_S = 10, 30, 10.0
 
@@ -83,6 +86,7 @@ class ProfileSettings:
 def base_config(settings: ProfileSettings):
     """The VisToGConfig of the model or shape as it is (a stock checkpoint: VisToG off)."""
     from vistog_bench.model import VisToGConfig
+    from vistog_bench.model.families import family_of
     from vistog_bench.model.loading import load_config
     from vistog_bench.model.presets import preset_config
 
@@ -91,7 +95,9 @@ def base_config(settings: ProfileSettings):
     config = load_config(settings.model_path)  # refuses a checkpoint that asks to run its own code
     if not isinstance(config, VisToGConfig):
         if config.model_type != "llava":
-            raise UsageError(f"{settings.model_path} holds a {config.model_type!r} model; expected llava or vistog")
+            family = f"{config.model_type!r} model ({FAMILY_ROUTE})" if family_of(config.model_type) else \
+                f"{config.model_type!r} model"  # fmt: skip
+            raise UsageError(f"{settings.model_path} holds a {family}; controlled profiling takes llava or vistog")
         config = config_for_budget(config, None)
     return config
 
