@@ -48,7 +48,6 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from lmms_eval import utils as lmms_utils
 from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
@@ -59,7 +58,14 @@ from transformers import LogitsProcessorList
 
 from .errors import UsageError
 from .model import VisToGForConditionalGeneration, build_inputs, load_checkpoint
-from .model.families import VideoFrames, family_inputs, model_family, video_frame_indices, visual_runs
+from .model.families import (
+    VideoFrames,
+    family_inputs,
+    model_family,
+    uniform_frame_indices,
+    video_frame_indices,
+    visual_runs,
+)
 from .model.families_vistog import VisToGFamily
 from .model.family_reducers import (
     apply_family_method,
@@ -96,7 +102,7 @@ def read_video(path: str, indices_of) -> VideoFrames:
 
 def load_frames(path: str, max_frames: int) -> list[Image.Image]:
     """`max_frames` frames sampled uniformly over the video, as lmms-eval's llava_hf samples them."""
-    clip = read_video(path, lambda total: np.linspace(0, total - 1, max_frames, dtype=int).tolist())
+    clip = read_video(path, lambda total: uniform_frame_indices(total, max_frames))
     return [Image.fromarray(frame) for frame in clip.frames]
 
 

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -129,18 +128,18 @@ def _checkpoint_facts(path: str) -> CheckpointFacts:
     per-image totals the most tokens one image can give on this config (profiling.flops.most_image_tokens: base view,
     tiles of its image_grid_pinpoints and newline tokens)."""
     from .model.families import family_of
-    from .model.families_vistog import SETTINGS_FILE
+    from .model.families_vistog import saved_settings
     from .model.loading import checkpoint_model_type, load_config
     from .model.modeling import vistog_config
-    from .profiling.flops import most_image_tokens
+    from .profiling.flops import family_full_budget
 
     model_type = checkpoint_model_type(path)
     config = load_config(path)
     family = family_of(model_type)
     if family is not None:
-        settings = Path(path) / SETTINGS_FILE
-        semantic = json.loads(settings.read_text())["num_semantic_tokens"] if settings.is_file() else None
-        return CheckpointFacts(model_type, family, semantic, family.full_budget or most_image_tokens(config))
+        settings = saved_settings(path)
+        semantic = settings["num_semantic_tokens"] if settings is not None else None
+        return CheckpointFacts(model_type, family, semantic, family_full_budget(config))
     semantic = config.num_semantic_tokens if model_type == "vistog" else None
     return CheckpointFacts(model_type, None, semantic, vistog_config(config, None).num_patches)
 
@@ -400,8 +399,10 @@ def _open_run(config: RunConfig, command: list[str] | None) -> RunDir:
     return run
 
 
-def _record(run: RunDir, result: CellResult) -> None:
-    """Write the cell's record, then its one console line."""
+def _record(run: RunDir, cell: Cell, result: CellResult) -> None:
+    """Write the record of a task's `result` under `cell` (which stamps its family's budget rule), then its one
+    console line."""
+    result = dataclasses.replace(result, budget_rule=cell.budget_rule)
     run.record_cell(result)
     shown = ", ".join(f"{k.split(',')[0]}={v:.4g}" for k, v in list(result.metrics.items())[:2])
     failed = f", {result.n_failed} failed" if result.n_failed else ""
@@ -417,8 +418,7 @@ def _record_groups(run: RunDir, cell: Cell, groups: list[TaskGroup], done: set) 
     members = {c.task: c for c in run.cells() if (c.method, c.budget) == (cell.method, cell.budget)}
     for group in groups:
         if group.aggregate and CellKey(group.name, cell.method, cell.budget) not in done:
-            _record(run, dataclasses.replace(group_cell(group, cell.method, cell.budget, members),
-                                             budget_rule=cell.budget_rule))
+            _record(run, cell, group_cell(group, cell.method, cell.budget, members))
 
 
 def _run_cell(run: RunDir, cell: Cell, tasks: list[str], config: RunConfig, manager, limits: dict) -> None:
@@ -436,8 +436,8 @@ def _run_cell(run: RunDir, cell: Cell, tasks: list[str], config: RunConfig, mana
         reason = f"loading {cell.checkpoint}: {type(exc).__name__}: {exc}"
         status = STATUS_OOM if _is_oom(exc) else failed_status(reason)
         for task in tasks:
-            _record(run, CellResult(task, cell.method, cell.budget, status, elapsed_s=time.perf_counter() - started,
-                                    budget_rule=cell.budget_rule))
+            _record(run, cell, CellResult(task, cell.method, cell.budget, status,
+                                          elapsed_s=time.perf_counter() - started))
         _release_memory()
         return
     _note_prompt_template(run, served)
@@ -453,7 +453,7 @@ def _run_cell(run: RunDir, cell: Cell, tasks: list[str], config: RunConfig, mana
         except Exception as exc:  # noqa: BLE001 - a failed task is a failed cell; the sweep goes on
             if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
                 raise  # a full disk ends the run (exit 3), it is not this cell's failure
-            _record(run, _failed_cell(cell, task, exc, lm.take_sample_log() if lm else [], started))
+            _record(run, cell, _failed_cell(cell, task, exc, lm.take_sample_log() if lm else [], started))
             _release_memory()
             continue
         finally:
@@ -474,7 +474,7 @@ def _failed_cell(cell: Cell, task: str, exc: Exception, samples: list[dict], sta
         reason += f" ({len(failures)} sample(s) had failed, first: {failures[0]['failure']})"
     status = STATUS_OOM if _is_oom(exc) else failed_status(reason)
     return CellResult(task, cell.method, cell.budget, status, elapsed_s=time.perf_counter() - started,
-                      n_failed=len(failures), budget_rule=cell.budget_rule)
+                      n_failed=len(failures))
 
 
 def _record_task(run: RunDir, cell: Cell, task: str, results: dict | None, samples: list[dict], elapsed_s: float,
@@ -484,13 +484,13 @@ def _record_task(run: RunDir, cell: Cell, task: str, results: dict | None, sampl
     (ServedModel.cell_facts: attention kernels, budget convention)."""
     failures = list({e["doc_id"]: e["failure"] for e in samples if e.get("failure")}.values())
     if results is None:
-        _record(run, CellResult(task, cell.method, cell.budget, failed_status("lmms-eval returned nothing"),
-                                n_failed=len(failures), budget_rule=cell.budget_rule))
+        _record(run, cell, CellResult(task, cell.method, cell.budget, failed_status("lmms-eval returned nothing"),
+                                      n_failed=len(failures)))
         return
     lines = sample_lines(results.get("samples", {}).get(task, []), samples)
     write_jsonl(run.samples_path(CellKey(task, cell.method, cell.budget)), lines)
     result = cell_from_lmms_results(task, cell.method, cell.budget, results, elapsed_s, failures)
-    _record(run, dataclasses.replace(result, budget_rule=cell.budget_rule, **token_means(lines), **facts))
+    _record(run, cell, dataclasses.replace(result, **token_means(lines), **facts))
 
 
 def _release_memory() -> None:

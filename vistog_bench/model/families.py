@@ -163,6 +163,12 @@ class VideoFrames:
     indices: tuple[int, ...]  # [F] the frames taken
 
 
+def uniform_frame_indices(total: int, max_frames: int) -> list[int]:
+    """`max_frames` indices spread over a `total`-frame video, np.linspace(0, total - 1, max_frames, dtype=int)
+    (lmms-eval's llava_hf `load_video`; a shorter video repeats frames)."""
+    return np.linspace(0, total - 1, max_frames, dtype=int).tolist()
+
+
 def video_frame_indices(family: Family, total: int, max_frames: int) -> list[int]:
     """Frame indices of a `total`-frame video under the family's sampling (lmms-eval 0.7.3's for the same model):
     UNIFORM_FRAMES: `max_frames` indices, np.linspace(0, total - 1, max_frames, dtype=int) (models/simple/llava_hf.py
@@ -170,7 +176,7 @@ def video_frame_indices(family: Family, total: int, max_frames: int) -> list[int
     at least 2 (models/chat/qwen2_5_vl.py), at torch.linspace(0, total - 1, nframes).round() (qwen_vl_utils 0.0.14
     `_read_video_decord`, which that model calls)."""
     if family.video_frames == UNIFORM_FRAMES:
-        return np.linspace(0, total - 1, max_frames, dtype=int).tolist()
+        return uniform_frame_indices(total, max_frames)
     if family.video_frames == EVEN_FRAMES:
         count = max(2, min(max_frames, total) // 2 * 2)
         return torch.linspace(0, total - 1, count).round().long().tolist()
@@ -210,5 +216,5 @@ __all__ = [
     "EVEN_FRAMES", "FAMILIES", "Family", "PER_IMAGE_TOTAL", "PERCENT_OF_OWN", "QWEN_VIDEO_PIXELS", "UNIFORM_FRAMES",
     "VideoFrames",
     "check_family_budget", "family_inputs", "family_of", "image_runs", "image_token_id", "kept_tokens", "model_family",
-    "video_frame_indices", "video_token_id", "visual_runs",
+    "uniform_frame_indices", "video_frame_indices", "video_token_id", "visual_runs",
 ]

@@ -48,10 +48,25 @@ from ..errors import UsageError
 from .families import family_inputs, family_of, image_runs, image_token_id, model_family
 from .grouping import VisToGGroupingLayer
 from .loading import load_config, load_pretrained
-from .vision import encoder_layer_forward, init_semantic_tokens
+from .vision import encoder_layer_forward, feature_layers_run, init_semantic_tokens
 
 PARTS_FILE = "vistog_parts.safetensors"
 SETTINGS_FILE = "vistog_family.json"
+
+
+def saved_settings(path: str | Path) -> dict | None:
+    """The settings `VisToGFamily.save_pretrained` wrote in `path` (`num_semantic_tokens` and the grouping settings),
+    None for a folder without them; an unreadable file is one line."""
+    file = Path(path) / SETTINGS_FILE
+    if not file.is_file():
+        return None
+    try:
+        settings = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read {file}: {exc}") from None
+    if not isinstance(settings, dict) or not isinstance(settings.get("num_semantic_tokens"), int):
+        raise UsageError(f"{file}: expected a JSON object with an integer num_semantic_tokens")
+    return settings
 
 
 @dataclass(frozen=True)
@@ -133,12 +148,12 @@ class VisToGFamily(nn.Module):
     def from_pretrained(cls, path: str | Path, **load_kwargs) -> VisToGFamily:
         """A saved VisToGFamily: the stock model through `load_pretrained`, then the VisToG parts."""
         path = Path(path)
-        if not (path / SETTINGS_FILE).is_file() or not (path / PARTS_FILE).is_file():
+        settings = saved_settings(path)
+        if settings is None or not (path / PARTS_FILE).is_file():
             raise UsageError(f"{path} holds no VisToG parts ({SETTINGS_FILE}, {PARTS_FILE})")
         family = family_of(load_config(path).model_type)
         if family is None:
             raise UsageError(f"{path}: VisToG parts need a llava_next / llava_onevision model")
-        settings = json.loads((path / SETTINGS_FILE).read_text())
         vt = cls(load_pretrained(family.model_class(), path, **load_kwargs), settings.pop("num_semantic_tokens"),
                  **settings)  # fmt: skip
         missing, unexpected = vt.load_state_dict(load_file(str(path / PARTS_FILE)), strict=False)
@@ -187,7 +202,7 @@ class VisToGFamily(nn.Module):
             hidden = encoder.pre_layrnorm(hidden)
         layers = encoder.encoder.layers
         feature_layer = self.stock.config.vision_feature_layer
-        count = feature_layer if feature_layer >= 0 else len(layers) + 1 + feature_layer
+        count = feature_layers_run(feature_layer, len(layers))
         attention = "isolated" if self.isolated_attention else "sdpa"
         for index, layer in enumerate(layers[:count]):
             hidden = encoder_layer_forward(layer, hidden, attention, num_image_tokens=num_image_tokens,
@@ -274,4 +289,4 @@ class VisToGFamily(nn.Module):
         return torch.cat([input_ids, new.to(input_ids.device)], dim=1)
 
 
-__all__ = ["PARTS_FILE", "SETTINGS_FILE", "ViewTokens", "VisToGFamily"]
+__all__ = ["PARTS_FILE", "SETTINGS_FILE", "ViewTokens", "VisToGFamily", "saved_settings"]

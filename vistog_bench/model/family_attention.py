@@ -46,7 +46,7 @@ import torch
 
 from ..errors import UsageError
 from .families import model_family
-from .vision import _cls_attention
+from .vision import _cls_attention, feature_layers_run
 
 QUERY_CHUNK = 1024  # queries per softmax block of the mean received attention: [h, 1024, S] at a time
 
@@ -91,10 +91,7 @@ def scored_layer_index(model) -> int:
     if not isinstance(feature_layer, int):
         raise UsageError(f"{family.model_type}: attention scores read one feature layer; this checkpoint concatenates"
                          f" layers {feature_layer}")  # fmt: skip
-    runs = feature_layer if feature_layer >= 0 else num_layers + 1 + feature_layer  # hidden_states[k]: k layers run
-    if not 0 < runs <= num_layers:
-        raise UsageError(f"{family.model_type}: vision_feature_layer {feature_layer} has no attention layer")
-    return runs - 1
+    return feature_layers_run(feature_layer, num_layers) - 1
 
 
 def describe_scores(model) -> str:

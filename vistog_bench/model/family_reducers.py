@@ -292,12 +292,10 @@ def apply_family_method(model, method: str, budget: int | None, *, seed: int = 0
                              f" for {family.model_type}), got {budget}")  # fmt: skip
         object.__setattr__(model, _STATE, (method, budget, None))
         return budget
-    if method in SCORED_METHODS:
-        pruner = FamilyInputPruner(family, budget, ScoredRunSelector(method, EncoderScores(model)),
-                                   image_token_id(model), video_token_id(model), describe_scores(model))
-    else:
-        pruner = FamilyInputPruner(family, budget, RunSelector(method, seed), image_token_id(model),
-                                   video_token_id(model))
+    scored = method in SCORED_METHODS
+    selector = ScoredRunSelector(method, EncoderScores(model)) if scored else RunSelector(method, seed)
+    pruner = FamilyInputPruner(family, budget, selector, image_token_id(model), video_token_id(model),
+                               describe_scores(model) if scored else "")  # fmt: skip
     pruner.install(model)
     object.__setattr__(model, _STATE, (method, budget, pruner))
     return budget

@@ -171,12 +171,12 @@ def load_checkpoint(
 ) -> tuple[Any, object]:
     """(model in eval mode, processor). A stock LLaVA checkpoint comes back as VisToG-off (stock behaviour); a
     family's checkpoint as transformers' own class of that family (`model.families.FAMILIES`), unchanged."""
+    from .families_vistog import SETTINGS_FILE, VisToGFamily  # it reads checkpoints through this module
+
     model_type = checkpoint_model_type(path)
     kwargs = dict(dtype=torch_dtype(dtype), attn_implementation=attn_implementation)
     family = family_of(model_type)
-    if family is not None and (Path(path) / "vistog_family.json").is_file():  # VisToG parts on NeXT / OneVision
-        from .families_vistog import VisToGFamily
-
+    if family is not None and (Path(path) / SETTINGS_FILE).is_file():  # VisToG parts on NeXT / OneVision
         model = VisToGFamily.from_pretrained(path, **kwargs)
     elif family is not None:
         model = load_pretrained(family.model_class(), path, **kwargs)

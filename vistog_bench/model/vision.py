@@ -154,6 +154,14 @@ def init_semantic_tokens(num_tokens: int, width: int, *, device=None, dtype=None
     return torch.randn(1, num_tokens, width, device=device, dtype=dtype) * width**-0.5
 
 
+def feature_layers_run(feature_layer: int, num_layers: int) -> int:
+    """Encoder layers that run up to `vision_feature_layer`: hidden_states[k] is the output of k layers (0: the
+    embeddings), so feature layer -2 of 24 layers runs 23; one that runs no layer, or more than there are, is refused."""
+    count = feature_layer if feature_layer >= 0 else num_layers + 1 + feature_layer
+    if not 0 < count <= num_layers:
+        raise UsageError(f"vision_feature_layer {feature_layer} is outside a {num_layers}-layer encoder")
+    return count
+
 class VisToGVisionTower(CLIPVisionModel):
     """Stock CLIPVisionModel weights plus `semantic_tokens` [1, N, Dv]; forward returns feature-layer `VisionStates`.
 
@@ -176,12 +184,7 @@ class VisToGVisionTower(CLIPVisionModel):
         return self.embeddings.num_patches
 
     def layers_to_run(self, feature_layer: int) -> int:
-        """hidden_states[k] is the output of k layers (0: embeddings), so feature layer -2 of 24 layers runs 23."""
-        num_layers = len(self.encoder.layers)
-        count = feature_layer if feature_layer >= 0 else num_layers + 1 + feature_layer
-        if not 0 < count <= num_layers:
-            raise UsageError(f"vision_feature_layer {feature_layer} is outside a {num_layers}-layer encoder")
-        return count
+        return feature_layers_run(feature_layer, len(self.encoder.layers))
 
     def check_pixel_values(self, pixel_values: torch.Tensor) -> None:
         size = self.config.image_size
@@ -229,4 +232,4 @@ class VisToGVisionTower(CLIPVisionModel):
 
 
 __all__ = ["VisionStates", "VisToGVisionTower", "TokenMerge", "ATTENTION_FUNCTIONS", "encoder_layer_forward",
-           "isolated_attention", "sdpa_attention", "init_semantic_tokens"]
+           "feature_layers_run", "isolated_attention", "sdpa_attention", "init_semantic_tokens"]

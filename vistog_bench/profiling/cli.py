@@ -225,7 +225,7 @@ def family_analytic_records(args: argparse.Namespace) -> tuple[list, dict]:
     _check_protocol(args)
     rule = family_of(config.model_type).budget_rule
     height, width = image_size(args.image_size)
-    full = 100 if rule == "percent_of_own" else F.most_image_tokens(config)
+    full = F.family_full_budget(config)
     budgets = int_list(args.budgets, "--budgets") or tuple(dict.fromkeys((full, *FAMILY_BUDGETS[rule])))
     try:
         prefills = F.family_budget_prefills(config, _nonempty(budgets, "--budgets"), height=height, width=width,

@@ -68,9 +68,10 @@ class ArchShape:
 
     @classmethod
     def from_config(cls, config) -> "ArchShape":
+        from ..model.vision import feature_layers_run
+
         vision, text = config.vision_config, config.text_config
-        feature_layer = config.vision_feature_layer
-        layers_run = feature_layer if feature_layer >= 0 else vision.num_hidden_layers + 1 + feature_layer
+        layers_run = feature_layers_run(config.vision_feature_layer, vision.num_hidden_layers)
         heads = text.num_attention_heads
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
         kv_heads = getattr(text, "num_key_value_heads", None) or heads
@@ -422,6 +423,14 @@ def most_image_tokens(config) -> int:
     return _base_tokens(config) + max(counts)
 
 
+def family_full_budget(config) -> int:
+    """The budget of a family config's `none` (nothing reduced): its rule's own (Qwen2.5-VL: 100 %), else the most
+    visual tokens one image can give (`most_image_tokens`)."""
+    from ..model.families import family_of
+
+    return family_of(config.model_type).full_budget or most_image_tokens(config)
+
+
 @dataclass(frozen=True)
 class FamilyPrefill:
     """One image's prompt on a family at one budget: what the LLM receives and the prefill's FLOPs by stage."""
@@ -473,6 +482,7 @@ __all__ = [
     "family_budget_prefills",
     "anyres_image_geometry",
     "family_image_geometry",
+    "family_full_budget",
     "most_image_tokens",
     "qwen_image_geometry",
 ]

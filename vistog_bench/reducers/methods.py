@@ -18,6 +18,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..model.families import family_of
+from ..model.vision import feature_layers_run
 from .base import check_budget
 from .cdpruner import CDPrunerSelector
 from .dart import LAYER as DART_LAYER
@@ -376,7 +377,7 @@ def config_problem(config, method: str, *, budget: int | None = None, **options)
     num_patches = (vision.image_size // vision.patch_size) ** 2
     if method == "prumerge":
         feature_layer = config.vision_feature_layer
-        runs = feature_layer if feature_layer >= 0 else vision.num_hidden_layers + 1 + feature_layer
+        runs = feature_layers_run(feature_layer, vision.num_hidden_layers)
         if runs >= vision.num_hidden_layers:
             return (f"prumerge reads the encoder layer after the feature layer; the feature layer "
                     f"({feature_layer}) is the last of {vision.num_hidden_layers}")
