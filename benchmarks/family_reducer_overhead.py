@@ -42,8 +42,17 @@ def measure(shape: str, height: int, width: int, percent: int, device: str, warm
     for method in METHODS:
         selector = RunSelector(method)
         times = time_repeats(lambda: selector.choose(hidden, run, keep, instruction, 0), device, warmup, repeats)
-        rows.append({"shape": shape, "method": method, "visual_tokens": tokens, "kept": keep, "width": width_llm,
-                     "min_ms": round(min(times), 2), "median_ms": round(statistics.median(times), 2)})  # fmt: skip
+        rows.append(
+            {
+                "shape": shape,
+                "method": method,
+                "visual_tokens": tokens,
+                "kept": keep,
+                "width": width_llm,
+                "min_ms": round(min(times), 2),
+                "median_ms": round(statistics.median(times), 2),
+            }
+        )
     return rows
 
 
@@ -61,9 +70,12 @@ def main() -> None:
     height, width = (int(v) for v in args.image_size.lower().split("x"))
     for shape in SHAPES:
         for row in measure(shape, height, width, args.percent, args.device, args.warmup, args.repeats):
-            print(json.dumps(row) if args.json else
-                  f"{row['shape']:>20} {row['method']:>9}: {row['visual_tokens']} -> {row['kept']} tokens "
-                  f"(D={row['width']}): min {row['min_ms']} ms, median {row['median_ms']} ms")  # fmt: skip
+            print(
+                json.dumps(row)
+                if args.json
+                else f"{row['shape']:>20} {row['method']:>9}: {row['visual_tokens']} -> {row['kept']} tokens "
+                f"(D={row['width']}): min {row['min_ms']} ms, median {row['median_ms']} ms"
+            )
 
 
 if __name__ == "__main__":

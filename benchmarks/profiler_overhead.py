@@ -45,8 +45,15 @@ def tiny_model_and_inputs(args: argparse.Namespace) -> tuple[VisToGForConditiona
     model = VisToGForConditionalGeneration.from_llava(tiny_llava(), num_semantic_tokens=semantic).eval()
     ids = prompt_ids(model.config, args.budget, args.text_tokens, seed=0).expand(args.batch_size, -1)
     pixels = torch.randn(args.batch_size, 3, 336, 336, generator=torch.Generator().manual_seed(0))
-    kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels, do_sample=False,
-                  max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, pad_token_id=0)
+    kwargs = dict(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        pixel_values=pixels,
+        do_sample=False,
+        max_new_tokens=args.new_tokens,
+        min_new_tokens=args.new_tokens,
+        pad_token_id=0,
+    )
     return model, kwargs
 
 
@@ -78,6 +85,7 @@ def own_work_ms(model, kwargs: dict, request_args: dict, requests: int = 20) -> 
             start = time.perf_counter()
             callback(*a)
             in_hooks[0] += time.perf_counter() - start
+
         return call
 
     instrumented.enter, instrumented.exit = clocked(instrumented.enter), clocked(instrumented.exit)
@@ -117,17 +125,27 @@ def report(args, readings: dict, hook_ms: float, open_close_ms: float, attach: f
     median_off, median_on = statistics.median(offs) * 1e3, statistics.median(ons) * 1e3
     cpu_off, cpu_on = statistics.median(off_cpu) * 1e3, statistics.median(on_cpu) * 1e3
     own = 100 * (hook_ms + open_close_ms) / cpu_off
-    print(f"tiny model, CPU, {torch.get_num_threads()} thread(s), budget {args.budget}, batch {args.batch_size}, "
-          f"{args.new_tokens} new tokens, {args.pairs} interleaved pairs")
-    print(f"off: median {median_off:.2f} ms   on: median {median_on:.2f} ms   "
-          f"overhead (medians) {percent(median_on / median_off)}")
-    print(f"paired ratio on/off: median {percent(statistics.median(ratios))}  "
-          f"(p10 {percent(ratios[len(ratios) // 10])}, p90 {percent(ratios[9 * len(ratios) // 10])})")
-    print(f"process CPU time (less sensitive to other jobs): off {cpu_off:.2f} ms  on {cpu_on:.2f} ms  "
-          f"overhead {percent(cpu_on / cpu_off)}")
-    print(f"profiler's own work in a request: callbacks {hook_ms:.3f} ms + open/close {open_close_ms:.3f} ms = "
-          f"{own:.2f} % of a request; the rest of the CPU-time overhead (hooked module calls): "
-          f"{100 * (cpu_on / cpu_off - 1) - own:+.2f} %; attach + detach (once per task): {attach:.3f} ms")
+    print(
+        f"tiny model, CPU, {torch.get_num_threads()} thread(s), budget {args.budget}, batch {args.batch_size}, "
+        f"{args.new_tokens} new tokens, {args.pairs} interleaved pairs"
+    )
+    print(
+        f"off: median {median_off:.2f} ms   on: median {median_on:.2f} ms   "
+        f"overhead (medians) {percent(median_on / median_off)}"
+    )
+    print(
+        f"paired ratio on/off: median {percent(statistics.median(ratios))}  "
+        f"(p10 {percent(ratios[len(ratios) // 10])}, p90 {percent(ratios[9 * len(ratios) // 10])})"
+    )
+    print(
+        f"process CPU time (less sensitive to other jobs): off {cpu_off:.2f} ms  on {cpu_on:.2f} ms  "
+        f"overhead {percent(cpu_on / cpu_off)}"
+    )
+    print(
+        f"profiler's own work in a request: callbacks {hook_ms:.3f} ms + open/close {open_close_ms:.3f} ms = "
+        f"{own:.2f} % of a request; the rest of the CPU-time overhead (hooked module calls): "
+        f"{100 * (cpu_on / cpu_off - 1) - own:+.2f} %; attach + detach (once per task): {attach:.3f} ms"
+    )
 
 
 def main() -> int:

@@ -141,7 +141,11 @@ def llm_work(config, method: str, budget: int, args, frames: int):
     plans, current = [], per_image
     for stage in stages:
         length = 5 + frames * current + TEXT_TOKENS  # "<s> USER :" before the images, as the LLaVA-1.5 prompt
-        hidden, query, key = rand(length, text.hidden_size), rand(length, heads * head_dim), rand(length, kv_heads * head_dim)
+        hidden, query, key = (
+            rand(length, text.hidden_size),
+            rand(length, heads * head_dim),
+            rand(length, kv_heads * head_dim),
+        )
         cos, sin = rand(1, length, head_dim), rand(1, length, head_dim)
         blocks = torch.arange(5, 5 + frames * current, device=device).view(frames, current)
         padding = torch.ones(length, dtype=torch.bool, device=device)
@@ -149,15 +153,31 @@ def llm_work(config, method: str, budget: int, args, frames: int):
         current = stage.keep
 
     def attention(query, key, rotary, padding):
-        return lambda positions: attention_rows(query[positions], key, rotary, padding, positions, 0,
-                                                head_dim=head_dim, kv_groups=heads // kv_heads, scaling=head_dim**-0.5)
+        return lambda positions: attention_rows(
+            query[positions],
+            key,
+            rotary,
+            padding,
+            positions,
+            0,
+            head_dim=head_dim,
+            kv_groups=heads // kv_heads,
+            scaling=head_dim**-0.5,
+        )
 
     def work():
         for index, (stage, hidden, query, key, rotary, blocks, padding) in enumerate(plans):
             for _ in range(batch):
-                text_positions = torch.cat([torch.arange(5, device=device), torch.arange(blocks.max() + 1, hidden.shape[0], device=device)])
-                view = SampleView(hidden, blocks, text_positions, rotated(key, rotary, 0, head_dim),
-                                  attention(query, key, rotary, padding))
+                text_positions = torch.cat(
+                    [torch.arange(5, device=device), torch.arange(blocks.max() + 1, hidden.shape[0], device=device)]
+                )
+                view = SampleView(
+                    hidden,
+                    blocks,
+                    text_positions,
+                    rotated(key, rotary, 0, head_dim),
+                    attention(query, key, rotary, padding),
+                )
                 selection = selector(view, index, stage.keep)
                 keep = torch.ones(hidden.shape[0], dtype=torch.bool, device=device)
                 keep[blocks.flatten()] = False

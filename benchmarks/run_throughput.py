@@ -29,14 +29,23 @@ def main() -> None:
         for batch_size in (1, args.batch_size):
             for repeat in range(args.repeats):
                 config = RunConfig(
-                    models=tuple(models), tasks=(args.task,), methods=("vistog",), budgets=checkpoint_budgets(models),
-                    limit=args.limit, batch_size=batch_size, device=args.device, output=out, profile=False,
+                    models=tuple(models),
+                    tasks=(args.task,),
+                    methods=("vistog",),
+                    budgets=checkpoint_budgets(models),
+                    limit=args.limit,
+                    batch_size=batch_size,
+                    device=args.device,
+                    output=out,
+                    profile=False,
                 )
                 _, cells = run_sweep(config, command=["benchmark"])
                 for cell in sorted(cells, key=lambda c: -c.budget):
                     rate = cell.n_samples / cell.elapsed_s if cell.elapsed_s else float("nan")
-                    print(f"batch {batch_size:2d} {cell.method:7s}@{cell.budget:<4d} {cell.task}: "
-                          f"{cell.n_samples} samples in {cell.elapsed_s:.1f} s = {rate:.2f} samples/s [{cell.status}]")
+                    print(
+                        f"batch {batch_size:2d} {cell.method:7s}@{cell.budget:<4d} {cell.task}: "
+                        f"{cell.n_samples} samples in {cell.elapsed_s:.1f} s = {rate:.2f} samples/s [{cell.status}]"
+                    )
 
 
 if __name__ == "__main__":

@@ -33,11 +33,33 @@ def evaluate(out: Path, model: str, model_args: str, extra, samples: int, mirror
     """(process seconds, lmms-eval's evaluation seconds, answers by doc_id) of one CLI run."""
     started = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", "lmms_eval", "eval", "--model", model, "--model_args", model_args, "--tasks",
-         "pope_local", "--include_path", tasks, "--limit", str(samples), "--device", "cpu", "--log_samples",
-         "--output_path", str(out), *extra],
-        capture_output=True, text=True, env={**env, "VISTOG_DATA_DIR": str(mirror)}, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "lmms_eval",
+            "eval",
+            "--model",
+            model,
+            "--model_args",
+            model_args,
+            "--tasks",
+            "pope_local",
+            "--include_path",
+            tasks,
+            "--limit",
+            str(samples),
+            "--device",
+            "cpu",
+            "--log_samples",
+            "--output_path",
+            str(out),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        env={**env, "VISTOG_DATA_DIR": str(mirror)},
+        check=False,
+    )
     seconds = time.perf_counter() - started
     samples_files = sorted(out.rglob("*samples_pope_local*.jsonl"))
     results_files = sorted(out.rglob("*_results.json"))
@@ -68,8 +90,19 @@ def main() -> int:
         figures = {}
         reference = None
         for name, model, model_args, extra in CONFIGS:
-            runs = [evaluate(root / f"{name.replace(' ', '-')}-{i}", model, model_args.format(path=path), extra,
-                             args.samples, mirror, str(PROJECT_TASKS), env) for i in range(args.runs)]
+            runs = [
+                evaluate(
+                    root / f"{name.replace(' ', '-')}-{i}",
+                    model,
+                    model_args.format(path=path),
+                    extra,
+                    args.samples,
+                    mirror,
+                    str(PROJECT_TASKS),
+                    env,
+                )
+                for i in range(args.runs)
+            ]
             answers = runs[0][2]
             reference = reference or answers
             same = sum(answers.get(k) == v for k, v in reference.items())
@@ -80,15 +113,19 @@ def main() -> int:
 
 def report(figures: dict, args) -> None:
     """Median of the runs per configuration, its ratio to llava_hf's, and every run's figure."""
-    print(f"tiny random llava-hf checkpoint, 576 visual tokens, pope_local, {args.samples} samples, CPU, "
-          f"{args.threads} thread(s), median of {args.runs} runs (the runs in brackets)")
+    print(
+        f"tiny random llava-hf checkpoint, 576 visual tokens, pope_local, {args.samples} samples, CPU, "
+        f"{args.threads} thread(s), median of {args.runs} runs (the runs in brackets)"
+    )
     base_process, base_rate = (statistics.median(v) for v in figures["llava_hf b1"][:2])
     for name, (process_runs, rate_runs, same, total) in figures.items():
         process_s, rate = statistics.median(process_runs), statistics.median(rate_runs)
-        print(f"{name:12s} process {process_s:6.1f} s ({base_process / process_s:4.2f}x) "
-              f"[{' / '.join(f'{v:.1f}' for v in process_runs)}]   inside {rate:6.1f} samples/s "
-              f"({rate / base_rate:4.2f}x) [{' / '.join(f'{v:.1f}' for v in rate_runs)}]   "
-              f"answers equal to llava_hf: {same}/{total}")
+        print(
+            f"{name:12s} process {process_s:6.1f} s ({base_process / process_s:4.2f}x) "
+            f"[{' / '.join(f'{v:.1f}' for v in process_runs)}]   inside {rate:6.1f} samples/s "
+            f"({rate / base_rate:4.2f}x) [{' / '.join(f'{v:.1f}' for v in rate_runs)}]   "
+            f"answers equal to llava_hf: {same}/{total}"
+        )
 
 
 if __name__ == "__main__":

@@ -41,8 +41,11 @@ def write_checkpoint(path: Path) -> Path:
     from vistog_bench.model.presets import CLIP_VIT_L_336, PRESETS
 
     tiny = PRESETS["tiny"]
-    config = LlavaConfig(vision_config=dict(CLIP_VIT_L_336), text_config=dict(tiny["text_config"]),
-                         image_token_index=tiny["image_token_index"])
+    config = LlavaConfig(
+        vision_config=dict(CLIP_VIT_L_336),
+        text_config=dict(tiny["text_config"]),
+        image_token_index=tiny["image_token_index"],
+    )
     torch.manual_seed(0)
     LlavaForConditionalGeneration(config).eval().save_pretrained(path)
     vocab = tiny["text_config"]["vocab_size"]
@@ -59,8 +62,17 @@ def sweep_once(checkpoint: str, methods: tuple[str, ...], limit: int, output: st
 
     torch.set_num_threads(1)
     budgets = (576, BUDGET) if any(m != "none" for m in methods) else (576,)
-    config = RunConfig(models=(checkpoint,), tasks=("shapes_vqa",), methods=methods, budgets=budgets, limit=limit,
-                       output=output, device="cpu", dtype="float32", bootstrap_iters=0)
+    config = RunConfig(
+        models=(checkpoint,),
+        tasks=("shapes_vqa",),
+        methods=methods,
+        budgets=budgets,
+        limit=limit,
+        output=output,
+        device="cpu",
+        dtype="float32",
+        bootstrap_iters=0,
+    )
     _, cells = run_sweep(config, command=["benchmarks/sweep_memory.py"])
     # Linux reports ru_maxrss in KiB (macOS in bytes).
     scale = 1 if sys.platform == "darwin" else 1024
@@ -72,8 +84,18 @@ def sweep_once(checkpoint: str, methods: tuple[str, ...], limit: int, output: st
 
 def measure(checkpoint: Path, methods: tuple[str, ...], limit: int, output: Path) -> dict:
     """`sweep_once` in a fresh interpreter (its own peak RSS)."""
-    command = [sys.executable, __file__, "--child", str(checkpoint), "--methods", ",".join(methods),
-               "--limit", str(limit), "--output", str(output)]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        str(checkpoint),
+        "--methods",
+        ",".join(methods),
+        "--limit",
+        str(limit),
+        "--output",
+        str(output),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:

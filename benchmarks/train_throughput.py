@@ -35,14 +35,42 @@ ENGINES = {"none": (1, {}), "ddp": (2, {}), "fsdp2": (2, fsdp_launch_env())}  # 
 
 def run_once(engine: str, global_batch: int, steps: int, fresh: Path, data: Path, out: Path) -> tuple[float, float]:
     processes, engine_env = ENGINES[engine]
-    launcher = [sys.executable] if processes == 1 else [sys.executable, "-m", "torch.distributed.run",
-                                                         "--nproc_per_node", str(processes)]  # fmt: skip
-    command = [*launcher, "-m", "vistog_bench.train", "--stage", "llava", "--model", str(fresh), "--data", str(data),
-               "--output-dir", str(out), "--batch-size", str(global_batch // processes), "--max-steps", str(steps),
-               "--log-every", "1", "--threads", "1", "--quiet", "--no-progress"]  # fmt: skip
+    launcher = (
+        [sys.executable]
+        if processes == 1
+        else [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
+    )
+    command = [
+        *launcher,
+        "-m",
+        "vistog_bench.train",
+        "--stage",
+        "llava",
+        "--model",
+        str(fresh),
+        "--data",
+        str(data),
+        "--output-dir",
+        str(out),
+        "--batch-size",
+        str(global_batch // processes),
+        "--max-steps",
+        str(steps),
+        "--log-every",
+        "1",
+        "--threads",
+        "1",
+        "--quiet",
+        "--no-progress",
+    ]
     # GNU time's %M: the largest resident set of the command and its waited-for descendants, this run only
-    timed = subprocess.run(["/usr/bin/time", "-f", "%M", *command], check=True, capture_output=True, text=True,
-                           env={**os.environ, "OMP_NUM_THREADS": "1", **engine_env})  # fmt: skip
+    timed = subprocess.run(
+        ["/usr/bin/time", "-f", "%M", *command],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **engine_env},
+    )
     peak_kib = int(timed.stderr.strip().splitlines()[-1])
     lines = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
     elapsed = {r["step"]: r["elapsed_s"] for r in lines if "of" in r}
@@ -59,17 +87,29 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         fresh = write_fresh_model(root / "fresh")
-        data = world.write_llava_training_data(root / "data", "val", num_images=200, num_clips=20) / "conversations.json"
+        data = (
+            world.write_llava_training_data(root / "data", "val", num_images=200, num_clips=20) / "conversations.json"
+        )
         for engine, (processes, _) in ENGINES.items():
-            runs = [run_once(engine, args.global_batch, args.steps, fresh, data, root / f"out-{engine}-{i}")
-                    for i in range(args.repeats)]  # fmt: skip
-            print(json.dumps({
-                "engine": engine, "processes": processes, "global_batch": args.global_batch, "steps": args.steps,
-                "samples_per_s_median": round(statistics.median(r for r, _ in runs), 2),
-                "samples_per_s_runs": [round(r, 2) for r, _ in runs],
-                "peak_rss_gib_per_process": round(max(m for _, m in runs), 2),
-                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-            }), flush=True)  # fmt: skip
+            runs = [
+                run_once(engine, args.global_batch, args.steps, fresh, data, root / f"out-{engine}-{i}")
+                for i in range(args.repeats)
+            ]
+            print(
+                json.dumps(
+                    {
+                        "engine": engine,
+                        "processes": processes,
+                        "global_batch": args.global_batch,
+                        "steps": args.steps,
+                        "samples_per_s_median": round(statistics.median(r for r, _ in runs), 2),
+                        "samples_per_s_runs": [round(r, 2) for r, _ in runs],
+                        "peak_rss_gib_per_process": round(max(m for _, m in runs), 2),
+                        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+                    }
+                ),
+                flush=True,
+            )
     return 0
 
 

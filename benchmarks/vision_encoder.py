@@ -18,8 +18,8 @@ import torch
 from transformers import CLIPVisionModel
 
 from vistog_bench.model.presets import preset_config
-from vistog_bench.profiling.timers import time_repeats
 from vistog_bench.model.vision import VisToGVisionTower
+from vistog_bench.profiling.timers import time_repeats
 
 
 def main() -> None:
@@ -55,7 +55,9 @@ def main() -> None:
         for name, fn in runs.items():
             times = time_repeats(fn, args.device, args.warmup, args.repeats)
             medians[name] = statistics.median(times)
-            print(f"{name:9s} median {medians[name]:9.2f} ms  min {min(times):9.2f}  max {max(times):9.2f}  (n={len(times)})")
+            print(
+                f"{name:9s} median {medians[name]:9.2f} ms  min {min(times):9.2f}  max {max(times):9.2f}  (n={len(times)})"
+            )
     patches = vision_config.image_size // vision_config.patch_size
     flop_ratio = (patches**2 + 1 + args.num_semantic_tokens) / (patches**2 + 1)
     print(

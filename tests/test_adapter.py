@@ -94,8 +94,12 @@ def test_loglikelihood_prefers_the_greedy_continuation(vistog_dir):
     greedy = texts(lm.generate_until(requests(1, {"max_new_tokens": 1, "temperature": 0})))[0].strip()
     other = "yes" if greedy != "yes" else "no"
     ll = [
-        Instance("loglikelihood", (QUESTIONS[0], answer, lambda doc: [doc["image"]], 0, "toy", "test"), 0,
-                 {"task": "toy", "doc_id": 0, "repeats": 1})
+        Instance(
+            "loglikelihood",
+            (QUESTIONS[0], answer, lambda doc: [doc["image"]], 0, "toy", "test"),
+            0,
+            {"task": "toy", "doc_id": 0, "repeats": 1},
+        )
         for answer in (greedy, other)
     ]
     (ll_greedy, is_greedy), (ll_other, other_greedy) = lm.loglikelihood(ll)
@@ -141,9 +145,14 @@ def test_a_video_on_llava_1_5_becomes_max_frames_images(llava_dir, tmp_path):
     write_video(tmp_path / "clip.mp4", 0, frames=6)
     lm = VisToGLMM(pretrained=str(llava_dir), method="none", device="cpu", max_frames=3)
     lm.task_dict = {"toy": {"test": [{"video": str(tmp_path / "clip.mp4")}]}}
-    reqs = [Instance("generate_until", (QUESTIONS[3], {"max_new_tokens": 3, "temperature": 0},
-                                        lambda doc: [doc["video"]], 0, "toy", "test"), 0,
-                     {"task": "toy", "doc_id": 0, "repeats": 1})]  # fmt: skip
+    reqs = [
+        Instance(
+            "generate_until",
+            (QUESTIONS[3], {"max_new_tokens": 3, "temperature": 0}, lambda doc: [doc["video"]], 0, "toy", "test"),
+            0,
+            {"task": "toy", "doc_id": 0, "repeats": 1},
+        )
+    ]
     (result,) = lm.generate_until(reqs)
     (entry,) = lm.take_sample_log()
     assert entry["image_placeholders"] == 3 and entry["video_placeholders"] == 0 and entry["video_frames"] == []

@@ -32,21 +32,45 @@ TASK = "gqa"
 METRIC = "exact_match,none"
 
 
-def make_run(root: Path, run_id: str, sweep: dict[tuple[str, int], tuple[float, list[float]]], *,
-             controlled: bool = False) -> Path:
+def make_run(
+    root: Path, run_id: str, sweep: dict[tuple[str, int], tuple[float, list[float]]], *, controlled: bool = False
+) -> Path:
     """One task; per (method, budget) a score and the total_ms of its requests (or one controlled record whose
     median is the first time)."""
     run = RunDir(root / run_id)
-    run.write_manifest(RunManifest(run_id=run_id, command=["vistog-bench", "run"], config={}, git_sha="0" * 40,
-                                   versions={}, device={"name": "cpu"}, seed=0, started_at="2026-12-01T10:00:00"))
+    run.write_manifest(
+        RunManifest(
+            run_id=run_id,
+            command=["vistog-bench", "run"],
+            config={},
+            git_sha="0" * 40,
+            versions={},
+            device={"name": "cpu"},
+            seed=0,
+            started_at="2026-12-01T10:00:00",
+        )
+    )
     records = []
     for (method, budget), (score, times) in sweep.items():
         run.record_cell(CellResult(TASK, method, budget, "ok", {METRIC: score}, {}, n_samples=len(times)))
-        common = {"method": method, "budget": budget, "batch_size": 1, "device": "cpu", "dtype": "float32",
-                  "flops": {"prefill": 1e6 * budget}}
+        common = {
+            "method": method,
+            "budget": budget,
+            "batch_size": 1,
+            "device": "cpu",
+            "dtype": "float32",
+            "flops": {"prefill": 1e6 * budget},
+        }
         if controlled:
-            records.append(ProfileRecord(kind="controlled", total_ms=times[0], execution_path="eager",
-                                         stats={"total": {"median": times[0], "cv": 0.01, "n": 20}}, **common))
+            records.append(
+                ProfileRecord(
+                    kind="controlled",
+                    total_ms=times[0],
+                    execution_path="eager",
+                    stats={"total": {"median": times[0], "cv": 0.01, "n": 20}},
+                    **common,
+                )
+            )
         else:
             records += [ProfileRecord(kind="request", task=TASK, total_ms=t, **common) for t in times]
     run.append_profile(records)
@@ -63,9 +87,15 @@ def report_and_check(run: Path) -> list[tuple[CellKey, float | None, float | Non
         key = CellKey(TASK, row.method, row.budget)
         group = row.efficiency.measurement.label
         report_retention = row.scores[TASK].retention
-        out.append((key, None if report_retention is None else report_retention / 100,
-                    values[key].get(f"retention/{METRIC}"), row.speedup.value if row.speedup else None,
-                    values[key].get(f"speedup/total_ms[{group}]")))
+        out.append(
+            (
+                key,
+                None if report_retention is None else report_retention / 100,
+                values[key].get(f"retention/{METRIC}"),
+                row.speedup.value if row.speedup else None,
+                values[key].get(f"speedup/total_ms[{group}]"),
+            )
+        )
     return out
 
 
@@ -90,8 +120,7 @@ def test_report_and_check_agree_without_a_none_method(tmp_path, controlled):
 
 
 def test_report_and_check_agree_with_none_and_the_baseline_holds_the_same_numbers(tmp_path):
-    sweep = {("none", 576): (0.60, [200.0, 210.0, 190.0]), ("vistog", 64): (0.57, [50.0, 55.0, 45.0]),
-             **STAND_IN_SWEEP}
+    sweep = {("none", 576): (0.60, [200.0, 210.0, 190.0]), ("vistog", 64): (0.57, [50.0, 55.0, 45.0]), **STAND_IN_SWEEP}
     run = make_run(tmp_path, "run-none", sweep)
     rows = report_and_check(run)
     for key, report_retention, check_retention, report_speedup, check_speedup in rows:
@@ -111,10 +140,18 @@ def test_full_budget_prefers_none_and_names_a_stand_in():
 
 
 def test_controlled_records_of_two_output_lengths_are_two_measurements():
-    common = {"kind": "controlled", "method": "none", "budget": 64, "batch_size": 1, "device": "cpu",
-              "dtype": "float32"}
-    records = [ProfileRecord(output_tokens=1, total_ms=10.0, **common),
-               ProfileRecord(output_tokens=32, total_ms=90.0, **common)]
+    common = {
+        "kind": "controlled",
+        "method": "none",
+        "budget": 64,
+        "batch_size": 1,
+        "device": "cpu",
+        "dtype": "float32",
+    }
+    records = [
+        ProfileRecord(output_tokens=1, total_ms=10.0, **common),
+        ProfileRecord(output_tokens=32, total_ms=90.0, **common),
+    ]
     found = measurements(records, "none", 64)
     assert sorted(m.label for m in found) == ["controlled,eager,bs1,out1", "controlled,eager,bs1,out32"]
     assert sorted(m.total_ms for m in found) == [10.0, 90.0]  # never the median of the two
@@ -124,9 +161,18 @@ def test_controlled_records_of_two_output_lengths_are_two_measurements():
 # intervals and flags
 # ---------------------------------------------------------------------------------------------------------------
 def requests(times: list[float], budget: int = 64) -> Measurement:
-    return Measurement("request", None, None, None, tuple(
-        ProfileRecord(kind="request", method="m", budget=budget, batch_size=1, device="cpu", dtype="float32",
-                      total_ms=t) for t in times))
+    return Measurement(
+        "request",
+        None,
+        None,
+        None,
+        tuple(
+            ProfileRecord(
+                kind="request", method="m", budget=budget, batch_size=1, device="cpu", dtype="float32", total_ms=t
+            )
+            for t in times
+        ),
+    )
 
 
 def test_bootstrap_interval_is_seeded_and_brackets_the_ratio():
@@ -146,9 +192,11 @@ def test_quiet_timings_are_not_flagged_and_noisy_ones_are():
 
 
 def test_report_marks_a_noisy_speedup_and_draws_it_hollow(tmp_path):
-    sweep = {("none", 576): (0.60, [100.0, 101.0, 99.0, 100.0, 100.5]),
-             ("vistog", 64): (0.57, [50.0, 50.5, 49.5, 50.0, 50.2]),  # steady: a tight interval, no mark
-             ("pool", 64): (0.50, [40.0, 160.0, 60.0, 140.0])}  # 4 noisy requests: CV ~ 60 %, interval spans 1
+    sweep = {
+        ("none", 576): (0.60, [100.0, 101.0, 99.0, 100.0, 100.5]),
+        ("vistog", 64): (0.57, [50.0, 50.5, 49.5, 50.0, 50.2]),  # steady: a tight interval, no mark
+        ("pool", 64): (0.50, [40.0, 160.0, 60.0, 140.0]),
+    }  # 4 noisy requests: CV ~ 60 %, interval spans 1
     run = make_run(tmp_path, "run-noisy", sweep)
     report = build_report([run], [])
     md = to_markdown(report.tables[0])

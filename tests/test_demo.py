@@ -39,8 +39,10 @@ def test_generator_is_deterministic():
 
 
 def test_splits_never_share_a_seed():
-    seeds = {split: {world.sample_seed(split, i, kind) for i in range(2000) for kind in ("image", "video")}
-             for split in world.SPLITS}  # fmt: skip
+    seeds = {
+        split: {world.sample_seed(split, i, kind) for i in range(2000) for kind in ("image", "video")}
+        for split in world.SPLITS
+    }
     assert not seeds["train"] & seeds["val"] and not seeds["train"] & seeds["test"] and not seeds["val"] & seeds["test"]
     assert world.image_sample("train", 0).scene != world.image_sample("test", 0).scene
 
@@ -201,8 +203,15 @@ def _losses(output: Path) -> tuple[float, float]:
 def test_two_training_steps_decrease_the_loss(tiny_data, tmp_path):
     fresh = build.write_fresh_model(tmp_path / "fresh")
     out = tmp_path / "llava"
-    config = _config(stage="llava", model=str(fresh), data=str(tiny_data / "conversations.json"),
-                       output_dir=str(out), max_steps=2, batch_size=10, lr=3e-3)  # fmt: skip
+    config = _config(
+        stage="llava",
+        model=str(fresh),
+        data=str(tiny_data / "conversations.json"),
+        output_dir=str(out),
+        max_steps=2,
+        batch_size=10,
+        lr=3e-3,
+    )
     assert train(config).steps == 2
     first, last = _losses(out)
     assert last < first
@@ -217,8 +226,15 @@ def test_parallel_data_and_loader_workers_change_nothing(tiny_data, tmp_path):
     weights = []
     for workers in (0, 1):
         out = tmp_path / f"llava-{workers}"
-        config = _config(stage="llava", model=str(fresh), data=str(tiny_data / "conversations.json"),
-                           output_dir=str(out), max_steps=2, batch_size=4, num_workers=workers)  # fmt: skip
+        config = _config(
+            stage="llava",
+            model=str(fresh),
+            data=str(tiny_data / "conversations.json"),
+            output_dir=str(out),
+            max_steps=2,
+            batch_size=4,
+            num_workers=workers,
+        )
         assert train(config).steps == 2
         weights.append((out / "model.safetensors").read_bytes())
     assert weights[0] == weights[1]
@@ -228,9 +244,16 @@ def test_vistog_stage1_smoke_from_committed_llava(tiny_data, tmp_path):
     from vistog_bench.model.loading import load_checkpoint
 
     out = tmp_path / "vistog"
-    config = _config(stage="vistog-stage1", model=str(demo.checkpoint_dir("tiny-llava")), num_semantic_tokens=8,
-                       data=str(tiny_data / "conversations.json"), output_dir=str(out), max_steps=2, batch_size=10,
-                       lr=3e-3)  # fmt: skip
+    config = _config(
+        stage="vistog-stage1",
+        model=str(demo.checkpoint_dir("tiny-llava")),
+        num_semantic_tokens=8,
+        data=str(tiny_data / "conversations.json"),
+        output_dir=str(out),
+        max_steps=2,
+        batch_size=10,
+        lr=3e-3,
+    )
     assert train(config).steps == 2
     first, last = _losses(out)
     assert last < first
@@ -281,11 +304,23 @@ def test_trainer_bad_input(tiny_data, tmp_path, capsys):
     assert run_cli([]) == 2
     assert "missing --stage, --model, --data, --output-dir" in capsys.readouterr().err
     with pytest.raises(UsageError, match="--num-semantic-tokens N"):
-        train(_config(stage="vistog-stage1", model=str(demo.checkpoint_dir("tiny-llava")),
-                      data=str(tiny_data / "conversations.json"), output_dir=str(tmp_path)))  # fmt: skip
+        train(
+            _config(
+                stage="vistog-stage1",
+                model=str(demo.checkpoint_dir("tiny-llava")),
+                data=str(tiny_data / "conversations.json"),
+                output_dir=str(tmp_path),
+            )
+        )
     with pytest.raises(UsageError, match="training data not found"):
-        train(_config(stage="llava", model=str(demo.checkpoint_dir("tiny-llava")),
-                      data=str(tmp_path / "none.json"), output_dir=str(tmp_path)))  # fmt: skip
+        train(
+            _config(
+                stage="llava",
+                model=str(demo.checkpoint_dir("tiny-llava")),
+                data=str(tmp_path / "none.json"),
+                output_dir=str(tmp_path),
+            )
+        )
     with pytest.raises(UsageError, match="--batch-size must be >= 1, got 0"):
         _config(stage="llava", model="m", data="d", output_dir="o", batch_size=0)
 
@@ -321,7 +356,9 @@ def test_tasks_load_and_score(shapes_tasks):
     wrong = vqa.process_results(doc, ["nothing"])
     assert right["exact_match"] == 1.0 and wrong["exact_match"] == 0.0
     aggregate = vqa.aggregation()[f"{doc['question_type']}_exact_match"]
-    assert aggregate([right[f"{doc['question_type']}_exact_match"], wrong[f"{doc['question_type']}_exact_match"]]) == 0.5
+    assert (
+        aggregate([right[f"{doc['question_type']}_exact_match"], wrong[f"{doc['question_type']}_exact_match"]]) == 0.5
+    )
 
     video = shapes_tasks["shapes_video"]
     clip = video.test_docs()[0]

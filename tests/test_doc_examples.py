@@ -110,14 +110,25 @@ def test_lmms_eval_examples_build_the_model_as_lmms_eval_does(where, command, ti
     model_args = model_args.replace("device=cuda", "device=cpu").replace("dtype=float16", "dtype=float32")
     # the tiny checkpoint is stock LLaVA: the example's method is checked, then built at the stock budget
     assert re.search(r"method=(\w+)", model_args) is None or re.search(r"method=(\w+)", model_args).group(1) in (
-        "vistog", "none", "pool", "random", "tome", "visionzip", "prumerge", "fastv"
-    )  # fmt: skip
+        "vistog",
+        "none",
+        "pool",
+        "random",
+        "tome",
+        "visionzip",
+        "prumerge",
+        "fastv",
+    )
     model_args = re.sub(r"method=\w+", "method=none", model_args)
     model_args = re.sub(r"budget=\d+", "budget=576", model_args)
     if "method=" not in model_args:
         model_args += ",method=none,budget=576"
     lm = models.get_model(args.model, args.force_simple).create_from_arg_string(
         model_args,
-        {"batch_size": args.batch_size, "max_batch_size": args.max_batch_size, "device": "cpu" if args.device else None},
+        {
+            "batch_size": args.batch_size,
+            "max_batch_size": args.max_batch_size,
+            "device": "cpu" if args.device else None,
+        },
     )
     assert lm.batch_size == int(args.batch_size) and lm.method == "none"

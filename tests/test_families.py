@@ -34,8 +34,11 @@ from vistog_bench.model.prompting import STRUCTURED, PromptBuilder, Turn, find_t
 from vistog_bench.reducers import config_problem
 
 NAMES = {"llava-next": "llava_next", "llava-onevision": "llava_onevision", "qwen2.5-vl": "qwen2_5_vl"}
-TEMPLATES = {"llava-next": NEXT_MISTRAL_CHAT_TEMPLATE, "llava-onevision": ONEVISION_CHAT_TEMPLATE,
-             "qwen2.5-vl": QWEN2_5_VL_CHAT_TEMPLATE}  # fmt: skip
+TEMPLATES = {
+    "llava-next": NEXT_MISTRAL_CHAT_TEMPLATE,
+    "llava-onevision": ONEVISION_CHAT_TEMPLATE,
+    "qwen2.5-vl": QWEN2_5_VL_CHAT_TEMPLATE,
+}
 QUESTIONS = ["What is shown in this image?", "How many shapes are there?", "What colour is the shape?"]
 SIZES = [(300, 400), (336, 336), (200, 500)]  # (H, W): different sizes give different counts
 GEN = {"max_new_tokens": 5, "temperature": 0}
@@ -52,12 +55,21 @@ def images():
 
 
 def doc_to_messages(doc):
-    return [{"role": "user", "content": [{"type": "image", "url": doc["image"]}, {"type": "text", "text": doc["question"]}]}]
+    return [
+        {"role": "user", "content": [{"type": "image", "url": doc["image"]}, {"type": "text", "text": doc["question"]}]}
+    ]
 
 
 def requests():
-    return [Instance("generate_until", ("", doc_to_messages, dict(GEN), i, "toy", "test"), 0,
-                     {"task": "toy", "doc_id": i, "repeats": 1}) for i in range(len(QUESTIONS))]  # fmt: skip
+    return [
+        Instance(
+            "generate_until",
+            ("", doc_to_messages, dict(GEN), i, "toy", "test"),
+            0,
+            {"task": "toy", "doc_id": i, "repeats": 1},
+        )
+        for i in range(len(QUESTIONS))
+    ]
 
 
 def answers(lm):
@@ -109,7 +121,8 @@ def test_prompt_equals_the_processors_own_rendering(layouts, name):
     builder = PromptBuilder(find_template(processor, layouts[name]), processor.tokenizer, processor.image_token)
     conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTIONS[0]}]}]
     assert builder.generation_prompt([Turn("user", QUESTIONS[0], 1)]) == processor.apply_chat_template(
-        conversation, add_generation_prompt=True)
+        conversation, add_generation_prompt=True
+    )
 
 
 def test_visual_token_counts_follow_each_familys_processor(layouts):
@@ -117,7 +130,9 @@ def test_visual_token_counts_follow_each_familys_processor(layouts):
     for name in NAMES:
         model, processor = load_checkpoint(layouts[name])
         prompt = processor.apply_chat_template(
-            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "q"}]}], add_generation_prompt=True)
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "q"}]}],
+            add_generation_prompt=True,
+        )
         inputs = family_inputs(processor, [prompt] * 3, [[i] for i in images()])
         counts[name] = [[int(r.numel()) for r in image_runs(ids, image_token_id(model))] for ids in inputs["input_ids"]]
     # NeXT: 576 base + tiles of 576 with newline tokens, > 576 for every image; depends on the aspect ratio
@@ -157,7 +172,8 @@ def _layer0_visual_counts(model, inputs) -> list[int]:
     seen = []
     layer = model.model.language_model.layers[0]
     handle = layer.register_forward_pre_hook(
-        lambda m, a, k: seen.append((k.get("hidden_states", a[0] if a else None)).shape[1]), with_kwargs=True)
+        lambda m, a, k: seen.append((k.get("hidden_states", a[0] if a else None)).shape[1]), with_kwargs=True
+    )
     try:
         with torch.inference_mode():
             model(**inputs)
@@ -166,16 +182,24 @@ def _layer0_visual_counts(model, inputs) -> list[int]:
     return seen
 
 
-@pytest.mark.parametrize("name,method,budget", [
-    ("llava-next", "random", 300), ("llava-next", "divprune", 300), ("llava-onevision", "divprune", 500),
-    ("qwen2.5-vl", "random", 25), ("qwen2.5-vl", "divprune", 25), ("llava-next", "cdpruner", 300),
-    ("qwen2.5-vl", "cdpruner", 25),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "name,method,budget",
+    [
+        ("llava-next", "random", 300),
+        ("llava-next", "divprune", 300),
+        ("llava-onevision", "divprune", 500),
+        ("qwen2.5-vl", "random", 25),
+        ("qwen2.5-vl", "divprune", 25),
+        ("llava-next", "cdpruner", 300),
+        ("qwen2.5-vl", "cdpruner", 25),
+    ],
+)
 def test_reducer_gives_layer_0_the_budget_rules_count(layouts, name, method, budget):
     model, processor = load_checkpoint(layouts[name])
     family = FAMILIES[NAMES[name]]
     prompt = processor.apply_chat_template(
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "q"}]}], add_generation_prompt=True)
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "q"}]}], add_generation_prompt=True
+    )
     image = images()[0]
     inputs = family_inputs(processor, [prompt], [[image]])
     total = inputs["input_ids"].shape[1]
@@ -202,7 +226,9 @@ def test_reduced_answers_are_batch_independent_and_log_both_counts(layouts):
     batched = VisToGChatLMM(pretrained=path, method="divprune", budget=25, device="cpu", batch_size=3)
     assert answers(batched) == answers(single)
     log = single.take_sample_log()
-    assert [e["visual_tokens"][0] for e in log] == [int(e["visual_tokens_unreduced"][0] / 4 + 0.5) for e in log]  # half up
+    assert [e["visual_tokens"][0] for e in log] == [
+        int(e["visual_tokens_unreduced"][0] / 4 + 0.5) for e in log
+    ]  # half up
 
 
 @pytest.mark.parametrize("method", ["prumerge", "tome", "pool", "fastv", "holitom", "vistog"])
@@ -212,8 +238,10 @@ def test_methods_that_cannot_apply_are_refused_in_one_line(layouts, method):
     assert problem and "\n" not in problem and "qwen2_5_vl" in problem
     with pytest.raises(UsageError, match=method):
         VisToGChatLMM(pretrained=str(layouts["qwen2.5-vl"]), method=method, budget=25, device="cpu")
-    assert all(config_problem(config, m, budget=25) is None
-               for m in ("random", "divprune", "cdpruner", "visionzip", "vispruner"))
+    assert all(
+        config_problem(config, m, budget=25) is None
+        for m in ("random", "divprune", "cdpruner", "visionzip", "vispruner")
+    )
 
 
 @pytest.mark.parametrize("budget", [0, 101])
@@ -242,17 +270,32 @@ def test_full_budget_answers_equal_lmms_eval_chat_qwen2_5_vl(layouts):
 def test_onevision_multi_image_sample_fails_alone_under_a_reducer(layouts):
     """OneVision's template renders images side by side: with a per-image reducer such a sample fails alone (its
     reason logged, its answer empty), single-image samples of the batch are served."""
-    lm = VisToGChatLMM(pretrained=str(layouts["llava-onevision"]), method="random", budget=300, device="cpu",
-                       batch_size=2)  # fmt: skip
+    lm = VisToGChatLMM(
+        pretrained=str(layouts["llava-onevision"]), method="random", budget=300, device="cpu", batch_size=2
+    )
     docs = [{"image": images()[:2], "question": QUESTIONS[0]}, {"image": [images()[1]], "question": QUESTIONS[1]}]
     lm.task_dict = {"toy": {"test": docs}}
 
     def two_images(doc):
-        return [{"role": "user", "content": [*({"type": "image", "url": im} for im in doc["image"]),
-                                             {"type": "text", "text": doc["question"]}]}]  # fmt: skip
+        return [
+            {
+                "role": "user",
+                "content": [
+                    *({"type": "image", "url": im} for im in doc["image"]),
+                    {"type": "text", "text": doc["question"]},
+                ],
+            }
+        ]
 
-    reqs = [Instance("generate_until", ("", two_images, dict(GEN), i, "toy", "test"), 0,
-                     {"task": "toy", "doc_id": i, "repeats": 1}) for i in range(2)]  # fmt: skip
+    reqs = [
+        Instance(
+            "generate_until",
+            ("", two_images, dict(GEN), i, "toy", "test"),
+            0,
+            {"task": "toy", "doc_id": i, "repeats": 1},
+        )
+        for i in range(2)
+    ]
     out = [r.text for r in lm.generate_until(reqs)]
     log = {e["doc_id"]: e for e in lm.take_sample_log()}
     assert out[0] == "" and "side by side" in log[0]["failure"]
@@ -267,6 +310,7 @@ def layer0_states(model, method: str, budget: int, inputs) -> tuple[torch.Tensor
     def keep_as(key):
         def hook(module, args, kwargs):
             seen[key] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+
         return hook
 
     handles = [layer.register_forward_pre_hook(keep_as("before"), with_kwargs=True)]  # before the pruner's hook
@@ -289,7 +333,8 @@ def test_divprune_keeps_the_max_min_diverse_tokens_of_the_projected_states(layou
 
     model, processor = load_checkpoint(layouts[name])
     prompt = processor.apply_chat_template(
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "q"}]}], add_generation_prompt=True)
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "q"}]}], add_generation_prompt=True
+    )
     inputs = family_inputs(processor, [prompt], [images()[:1]])
     budget = 30 if name == "qwen2.5-vl" else 200
     before, after = (states[0] for states in layer0_states(model, "divprune", budget, inputs))

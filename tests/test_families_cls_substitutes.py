@@ -41,7 +41,8 @@ def layouts(tmp_path_factory):
 
 def inputs_for(processor, count: int = 1):
     prompt = processor.apply_chat_template(
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "q"}]}], add_generation_prompt=True)
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "q"}]}], add_generation_prompt=True
+    )
     return family_inputs(processor, [prompt] * count, [[image] for image in images()[:count]])
 
 
@@ -57,7 +58,8 @@ def test_hooked_scores_equal_an_eager_forward_of_the_scored_layer(layouts, name)
     eager, _ = load_checkpoint(layouts[name], attn_implementation="eager")
     views = []
     model.model.vision_tower.register_forward_pre_hook(
-        lambda m, a, k: views.append(k["pixel_values"] if "pixel_values" in k else a[0]), with_kwargs=True)
+        lambda m, a, k: views.append(k["pixel_values"] if "pixel_values" in k else a[0]), with_kwargs=True
+    )
     layer0_states(model, "visionzip", BUDGETS[name], inputs_for(processor, 3))
     scores = encoder_scores(model)
     assert model.config.vision_config._attn_implementation == "sdpa"  # the scored encoder is not switched
@@ -110,8 +112,9 @@ def eager_received_attention(attn, hidden, kwargs, output) -> torch.Tensor:
     assert len(bounds) == 4  # a full-attention block: one segment per image
     outputs, received = [], []
     for a, b in itertools.pairwise(bounds):
-        out, weights = eager_attention_forward(attn, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None,
-                                               scaling=attn.scaling)  # fmt: skip
+        out, weights = eager_attention_forward(
+            attn, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None, scaling=attn.scaling
+        )
         outputs.append(out)
         received.append(weights[0].mean(dim=(0, 1)))  # [s]
     torch.testing.assert_close(attn.proj(torch.cat(outputs, dim=1).reshape(length, -1)), output)
@@ -126,8 +129,9 @@ def test_qwen_group_scores_follow_the_llm_token_order(layouts):
     inputs = inputs_for(processor, 3)
     layer0_states(model, "visionzip", 25, inputs)
     scores, vision = encoder_scores(model), model.config.vision_config
-    window_index, _ = get_vision_window_index(inputs["image_grid_thw"], spatial_merge_size=2,
-                                              window_size=vision.window_size, patch_size=vision.patch_size)
+    window_index, _ = get_vision_window_index(
+        inputs["image_grid_thw"], spatial_merge_size=2, window_size=vision.window_size, patch_size=vision.patch_size
+    )
     patch_scores = scores._layer.score.tolist()
     offset = 0
     for image, (t, h, w) in enumerate(inputs["image_grid_thw"].tolist()):
@@ -166,7 +170,8 @@ def test_onevision_pooled_tile_grid_is_one_view(layouts):
     model, processor = load_checkpoint(layouts["llava-onevision"])
     big = Image.fromarray(np.random.default_rng(1).integers(0, 256, (1536, 1152, 3), dtype=np.uint8))
     prompt = processor.apply_chat_template(
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "q"}]}], add_generation_prompt=True)
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "q"}]}], add_generation_prompt=True
+    )
     inputs = family_inputs(processor, [prompt], [[big]])
     before, after = layer0_states(model, "visionzip", 500, inputs)
     image = encoder_scores(model).image(0)
@@ -254,8 +259,11 @@ def test_selection_equals_a_plain_loop_of_the_papers_pseudo_code(layouts, name, 
     kept: dict[int, torch.Tensor] = {}
     for group, share in zip(members, reference_shares([len(m) for m in members], keep)):
         if share:
-            kept.update(reference_visionzip(group, image.score, image.keys, states, share) if method == "visionzip"
-                        else reference_vispruner(group, image.score, states, share))  # fmt: skip
+            kept.update(
+                reference_visionzip(group, image.score, image.keys, states, share)
+                if method == "visionzip"
+                else reference_vispruner(group, image.score, states, share)
+            )
     assert len(kept) == keep
     text = torch.ones(before.shape[1], dtype=torch.bool)
     text[run] = False
@@ -268,8 +276,9 @@ def test_selection_equals_a_plain_loop_of_the_papers_pseudo_code(layouts, name, 
 
 
 # -- served through the adapter ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name,method", [("llava-next", "visionzip"), ("llava-onevision", "vispruner"),
-                                         ("qwen2.5-vl", "visionzip")])  # fmt: skip
+@pytest.mark.parametrize(
+    "name,method", [("llava-next", "visionzip"), ("llava-onevision", "vispruner"), ("qwen2.5-vl", "visionzip")]
+)
 def test_batched_answers_equal_batch_1_and_log_the_rules_count(layouts, name, method):
     path = str(layouts[name])
     single = VisToGChatLMM(pretrained=path, method=method, budget=BUDGETS[name], device="cpu")

@@ -40,7 +40,8 @@ def _inputs(processor, size):
     image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (*size, 3), dtype=np.uint8))
     prompt = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}],
-        add_generation_prompt=True)
+        add_generation_prompt=True,
+    )
     return processor(images=image, text=prompt, return_tensors="pt")
 
 
@@ -65,15 +66,19 @@ def test_counted_equals_analytic_at_full_budget(layouts, name, size):
     inputs = _inputs(processor, size)
     visual = int((inputs["input_ids"] == image_token_id(model)).sum())
     text = inputs["input_ids"].shape[1] - visual
-    analytic = family_prefill_flops(FamilyShape.from_config(model.config), visual_tokens=visual, text_tokens=text,
-                                    **_geometry(name, inputs))  # fmt: skip
+    analytic = family_prefill_flops(
+        FamilyShape.from_config(model.config), visual_tokens=visual, text_tokens=text, **_geometry(name, inputs)
+    )
     assert _counted(lambda: model(**inputs, logits_to_keep=1)) == analytic["total"]
     if name == "qwen2.5-vl":
         encode = lambda: model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
     else:
         encode = lambda: model.model.get_image_features(
-            inputs["pixel_values"], inputs["image_sizes"], vision_feature_layer=model.config.vision_feature_layer,
-            vision_feature_select_strategy=model.config.vision_feature_select_strategy)
+            inputs["pixel_values"],
+            inputs["image_sizes"],
+            vision_feature_layer=model.config.vision_feature_layer,
+            vision_feature_select_strategy=model.config.vision_feature_select_strategy,
+        )
     assert _counted(encode) == analytic["vision"] + analytic["projector"]
 
 
@@ -141,12 +146,29 @@ def _profile(capsys, *argv):
     return code, out.out, out.err
 
 
-@pytest.mark.parametrize("shape,size,budgets", [("llava-next-7b", "672x672", "2928,576"),
-                                                ("llava-onevision-7b", "1008x672", "640"),
-                                                ("qwen2.5-vl-7b", "448", "100,25")])  # fmt: skip
+@pytest.mark.parametrize(
+    "shape,size,budgets",
+    [
+        ("llava-next-7b", "672x672", "2928,576"),
+        ("llava-onevision-7b", "1008x672", "640"),
+        ("qwen2.5-vl-7b", "448", "100,25"),
+    ],
+)
 def test_profile_analytic_family_shape_prints_family_prefill_flops(tmp_path, capsys, shape, size, budgets):
-    code, out, err = _profile(capsys, "--shape", shape, "--analytic", "--budgets", budgets, "--image-size", size,
-                              "--text-tokens", "32", "--output", str(tmp_path))  # fmt: skip
+    code, out, err = _profile(
+        capsys,
+        "--shape",
+        shape,
+        "--analytic",
+        "--budgets",
+        budgets,
+        "--image-size",
+        size,
+        "--text-tokens",
+        "32",
+        "--output",
+        str(tmp_path),
+    )
     assert code == 0, err
     config = family_preset_config(shape)
     family = FAMILIES[config.model_type]
@@ -157,26 +179,44 @@ def test_profile_analytic_family_shape_prints_family_prefill_flops(tmp_path, cap
     assert [int(r[0]) for r in rows] == [int(b) for b in budgets.split(",")]
     for row in rows:
         kept = kept_tokens(family, int(row[0]), geometry.tokens)
-        expected = family_prefill_flops(FamilyShape.from_config(config), visual_tokens=kept, text_tokens=32,
-                                        views=geometry.views, grid=geometry.grid)  # fmt: skip
+        expected = family_prefill_flops(
+            FamilyShape.from_config(config),
+            visual_tokens=kept,
+            text_tokens=32,
+            views=geometry.views,
+            grid=geometry.grid,
+        )
         assert row[1] == f"{kept} of {geometry.tokens}"
-        assert [float(v) for v in row[2:6]] == [round(expected[k] / 1e12, 3)
-                                                for k in ("vision", "projector", "prefill", "total")]  # fmt: skip
+        assert [float(v) for v in row[2:6]] == [
+            round(expected[k] / 1e12, 3) for k in ("vision", "projector", "prefill", "total")
+        ]
     (run,) = list(tmp_path.iterdir())
     records = [json.loads(line) for line in (run / "profile.jsonl").read_text().splitlines()]
     assert [r["flops"]["prefill"] for r in records] == [
-        family_prefill_flops(FamilyShape.from_config(config), visual_tokens=kept_tokens(family, r["budget"],
-                             geometry.tokens), text_tokens=32, views=geometry.views, grid=geometry.grid)["prefill"]
-        for r in records]  # fmt: skip
+        family_prefill_flops(
+            FamilyShape.from_config(config),
+            visual_tokens=kept_tokens(family, r["budget"], geometry.tokens),
+            text_tokens=32,
+            views=geometry.views,
+            grid=geometry.grid,
+        )["prefill"]
+        for r in records
+    ]
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--shape", "llava-next-8b", "--analytic"], "unknown shape 'llava-next-8b' (did you mean 'llava-next-7b'?)"),
-    (["--shape", "qwen2.5-vl-7b", "--analytic", "--budgets", "150"], "percentage of each image's own visual tokens"),
-    (["--shape", "llava-next-7b"], "family shapes give analytic figures only; add --analytic"),
-    (["--shape", "llava-next-7b", "--analytic", "--image-size", "672x"], "--image-size 672x: give height x width"),
-    (["--shape", "tiny", "--analytic", "--image-size", "672"], "--image-size applies to the family shapes"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--shape", "llava-next-8b", "--analytic"], "unknown shape 'llava-next-8b' (did you mean 'llava-next-7b'?)"),
+        (
+            ["--shape", "qwen2.5-vl-7b", "--analytic", "--budgets", "150"],
+            "percentage of each image's own visual tokens",
+        ),
+        (["--shape", "llava-next-7b"], "family shapes give analytic figures only; add --analytic"),
+        (["--shape", "llava-next-7b", "--analytic", "--image-size", "672x"], "--image-size 672x: give height x width"),
+        (["--shape", "tiny", "--analytic", "--image-size", "672"], "--image-size applies to the family shapes"),
+    ],
+)
 def test_profile_family_shape_bad_input_is_one_line(tmp_path, capsys, argv, message):
     code, out, err = _profile(capsys, *argv, "--output", str(tmp_path))
     assert code == 2 and len(err.strip().splitlines()) == 1 and message in err and not out

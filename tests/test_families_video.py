@@ -52,16 +52,24 @@ def videos(tmp_path_factory):
 
 
 def video_messages(doc):
-    return [{"role": "user", "content": [{"type": "video", "url": doc["video"]}, {"type": "text", "text": doc["question"]}]}]
+    return [
+        {"role": "user", "content": [{"type": "video", "url": doc["video"]}, {"type": "text", "text": doc["question"]}]}
+    ]
 
 
 def image_messages(doc):
-    return [{"role": "user", "content": [{"type": "image", "url": doc["image"]}, {"type": "text", "text": doc["question"]}]}]
+    return [
+        {"role": "user", "content": [{"type": "image", "url": doc["image"]}, {"type": "text", "text": doc["question"]}]}
+    ]
 
 
 def requests(kinds):
-    return [Instance("generate_until", ("", kind, dict(GEN), i, "toy", "test"), 0,
-                     {"task": "toy", "doc_id": i, "repeats": 1}) for i, kind in enumerate(kinds)]  # fmt: skip
+    return [
+        Instance(
+            "generate_until", ("", kind, dict(GEN), i, "toy", "test"), 0, {"task": "toy", "doc_id": i, "repeats": 1}
+        )
+        for i, kind in enumerate(kinds)
+    ]
 
 
 def answers(lm, docs, kinds):
@@ -118,8 +126,9 @@ def documented(path, name, video_files):
             low, high = lmms_eval_video_pixels()
             size = {"shortest_edge": low, "longest_edge": high}
             sizes = {"videos_kwargs": {"size": size, "cap_pixels_per_frame": True}}  # qwen_vl_utils' total bound
-        inputs = processor(text=prompt, videos=[frames[indices]], video_metadata=[metadata], return_tensors="pt",
-                           **sizes)  # fmt: skip
+        inputs = processor(
+            text=prompt, videos=[frames[indices]], video_metadata=[metadata], return_tensors="pt", **sizes
+        )
         with prefill_video_inputs(model) as seen:
             ids = model.generate(**inputs, max_new_tokens=GEN["max_new_tokens"], do_sample=False)
         out.append(processor.decode(ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
@@ -175,8 +184,9 @@ def test_video_answers_equal_transformers_documented_usage_batched_too(layouts, 
     lines = sample_lines([{"doc_id": e["doc_id"], "resps": [[a]]} for e, a in zip(log, got, strict=True)], log)
     served = ("video_placeholders", "video_frames", "visual_tokens", "visual_tokens_unreduced")
     assert [[line[k] for k in served] for line in lines] == [[entry[k] for k in served] for entry in log]
-    batched = VisToGChatLMM(pretrained=str(layouts[name]), method="none", device="cpu", max_frames=MAX_FRAMES,
-                            batch_size=2)  # fmt: skip
+    batched = VisToGChatLMM(
+        pretrained=str(layouts[name]), method="none", device="cpu", max_frames=MAX_FRAMES, batch_size=2
+    )
     assert answers(batched, video_docs(videos), [video_messages] * 2) == expected
 
 
@@ -203,19 +213,30 @@ def test_images_and_videos_in_one_batch_answer_as_batch_one(layouts, videos, nam
     docs = [*video_docs(videos), {"image": images()[0], "question": QUESTIONS[2]}]
     kinds = [video_messages, video_messages, image_messages]
     single = VisToGChatLMM(pretrained=str(layouts[name]), method="none", device="cpu", max_frames=MAX_FRAMES)
-    batched = VisToGChatLMM(pretrained=str(layouts[name]), method="none", device="cpu", max_frames=MAX_FRAMES,
-                            batch_size=3)  # fmt: skip
+    batched = VisToGChatLMM(
+        pretrained=str(layouts[name]), method="none", device="cpu", max_frames=MAX_FRAMES, batch_size=3
+    )
     assert answers(batched, docs, kinds) == answers(single, docs, kinds)
 
 
 def test_simple_model_takes_a_video_path_as_a_video(layouts, videos):
     lm = VisToGLMM(pretrained=str(layouts["qwen2.5-vl"]), method="none", device="cpu", max_frames=MAX_FRAMES)
     lm.task_dict = {"toy": {"test": video_docs(videos)}}
-    reqs = [Instance("generate_until", (QUESTIONS[0], dict(GEN), lambda doc: [doc["video"]], 0, "toy", "test"), 0,
-                     {"task": "toy", "doc_id": 0, "repeats": 1})]  # fmt: skip
+    reqs = [
+        Instance(
+            "generate_until",
+            (QUESTIONS[0], dict(GEN), lambda doc: [doc["video"]], 0, "toy", "test"),
+            0,
+            {"task": "toy", "doc_id": 0, "repeats": 1},
+        )
+    ]
     assert lm.generate_until(reqs)[0].text != ""
     (entry,) = lm.take_sample_log()
-    assert entry["video_placeholders"] == 1 and "<|video_pad|>" in entry["prompt"] and "<|image_pad|>" not in entry["prompt"]
+    assert (
+        entry["video_placeholders"] == 1
+        and "<|video_pad|>" in entry["prompt"]
+        and "<|image_pad|>" not in entry["prompt"]
+    )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -224,8 +245,15 @@ def test_loglikelihood_reads_the_video(layouts, videos, name):
     which video the sample carries."""
     lm = VisToGLMM(pretrained=str(layouts[name]), method="none", device="cpu", max_frames=MAX_FRAMES)
     lm.task_dict = {"toy": {"test": video_docs(videos)}}
-    ll = [Instance("loglikelihood", (QUESTIONS[0], "left", lambda doc: [doc["video"]], i, "toy", "test"), 0,
-                   {"task": "toy", "doc_id": i, "repeats": 1}) for i in range(2)]  # fmt: skip
+    ll = [
+        Instance(
+            "loglikelihood",
+            (QUESTIONS[0], "left", lambda doc: [doc["video"]], i, "toy", "test"),
+            0,
+            {"task": "toy", "doc_id": i, "repeats": 1},
+        )
+        for i in range(2)
+    ]
     (first, _), (second, _) = lm.loglikelihood(ll)
     assert -1e4 < first < 0 and -1e4 < second < 0 and first != second
     assert all(e["video_placeholders"] == 1 and "failure" not in e for e in lm.take_sample_log())
@@ -262,14 +290,21 @@ def _video_inputs(model, processor, path, max_frames=MAX_FRAMES):
     family = model_family(model)
     clip = read_video(path, lambda total: video_frame_indices(family, total, max_frames))
     prompt = processor.apply_chat_template(
-        [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "q"}]}], add_generation_prompt=True)
+        [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "q"}]}], add_generation_prompt=True
+    )
     return family_inputs(processor, [prompt], [[]], [[clip]])
 
 
-@pytest.mark.parametrize("name,method,budget", [
-    ("llava-onevision", "random", 300), ("llava-onevision", "divprune", 300), ("qwen2.5-vl", "divprune", 25),
-    ("qwen2.5-vl", "cdpruner", 25), ("qwen2.5-vl", "random", 40),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "name,method,budget",
+    [
+        ("llava-onevision", "random", 300),
+        ("llava-onevision", "divprune", 300),
+        ("qwen2.5-vl", "divprune", 25),
+        ("qwen2.5-vl", "cdpruner", 25),
+        ("qwen2.5-vl", "random", 40),
+    ],
+)
 def test_reducer_gives_layer_0_the_rule_applied_to_the_whole_video(layouts, videos, name, method, budget):
     model, processor = load_checkpoint(layouts[name])
     inputs = _video_inputs(model, processor, videos[1], max_frames=6)
@@ -286,22 +321,32 @@ def test_reducer_gives_layer_0_the_rule_applied_to_the_whole_video(layouts, vide
 def test_reduced_video_answers_are_batch_independent_and_logged(layouts, videos, name):
     budget = 300 if name == "llava-onevision" else 25
     family = FAMILIES[NAMES[name]]
-    single = VisToGChatLMM(pretrained=str(layouts[name]), method="divprune", budget=budget, device="cpu",
-                           max_frames=MAX_FRAMES)  # fmt: skip
-    batched = VisToGChatLMM(pretrained=str(layouts[name]), method="divprune", budget=budget, device="cpu",
-                            max_frames=MAX_FRAMES, batch_size=2)  # fmt: skip
+    single = VisToGChatLMM(
+        pretrained=str(layouts[name]), method="divprune", budget=budget, device="cpu", max_frames=MAX_FRAMES
+    )
+    batched = VisToGChatLMM(
+        pretrained=str(layouts[name]),
+        method="divprune",
+        budget=budget,
+        device="cpu",
+        max_frames=MAX_FRAMES,
+        batch_size=2,
+    )
     docs = video_docs(videos)
     assert answers(batched, docs, [video_messages] * 2) == answers(single, docs, [video_messages] * 2)
     for entry in single.take_sample_log():
         (unreduced,) = entry["visual_tokens_unreduced"]
-        assert entry["visual_tokens"] == [kept_tokens(family, budget, unreduced)] and entry["visual_tokens"][0] < unreduced
+        assert (
+            entry["visual_tokens"] == [kept_tokens(family, budget, unreduced)] and entry["visual_tokens"][0] < unreduced
+        )
 
 
 def test_random_at_full_budget_on_video_answers_as_none(layouts, videos):
     path = str(layouts["qwen2.5-vl"])
     docs = video_docs(videos)
-    none = answers(VisToGChatLMM(pretrained=path, method="none", device="cpu", max_frames=MAX_FRAMES), docs,
-                   [video_messages] * 2)  # fmt: skip
+    none = answers(
+        VisToGChatLMM(pretrained=path, method="none", device="cpu", max_frames=MAX_FRAMES), docs, [video_messages] * 2
+    )
     full = VisToGChatLMM(pretrained=path, method="random", budget=100, device="cpu", max_frames=MAX_FRAMES)
     assert answers(full, docs, [video_messages] * 2) == none
 
@@ -309,12 +354,26 @@ def test_random_at_full_budget_on_video_answers_as_none(layouts, videos):
 def test_onevision_image_and_video_in_one_sample_fails_alone_under_a_reducer(layouts, videos):
     """OneVision's template puts a sample's images and then its videos side by side (one run of visual tokens):
     under a reducer such a sample fails in one line; a video-only sample of the same batch is reduced and served."""
-    lm = VisToGChatLMM(pretrained=str(layouts["llava-onevision"]), method="random", budget=300, device="cpu",
-                       max_frames=MAX_FRAMES, batch_size=2)  # fmt: skip
+    lm = VisToGChatLMM(
+        pretrained=str(layouts["llava-onevision"]),
+        method="random",
+        budget=300,
+        device="cpu",
+        max_frames=MAX_FRAMES,
+        batch_size=2,
+    )
 
     def both(doc):
-        return [{"role": "user", "content": [{"type": "image", "url": doc["image"]}, {"type": "video", "url": doc["video"]},
-                                             {"type": "text", "text": doc["question"]}]}]  # fmt: skip
+        return [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "url": doc["image"]},
+                    {"type": "video", "url": doc["video"]},
+                    {"type": "text", "text": doc["question"]},
+                ],
+            }
+        ]
 
     docs = [{"image": images()[0], "video": videos[0], "question": QUESTIONS[0]}, video_docs(videos)[1]]
     out = answers(lm, docs, [both, video_messages])
@@ -327,8 +386,9 @@ def test_onevision_image_and_video_in_one_sample_fails_alone_under_a_reducer(lay
 def test_corrupt_video_fails_only_its_sample(layouts, videos, tmp_path):
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"\x00garbage, not an mp4" * 50)
-    lm = VisToGChatLMM(pretrained=str(layouts["qwen2.5-vl"]), method="none", device="cpu", max_frames=MAX_FRAMES,
-                       batch_size=2)  # fmt: skip
+    lm = VisToGChatLMM(
+        pretrained=str(layouts["qwen2.5-vl"]), method="none", device="cpu", max_frames=MAX_FRAMES, batch_size=2
+    )
     out = answers(lm, video_docs([videos[0], str(broken)]), [video_messages] * 2)
     log = {e["doc_id"]: e for e in lm.take_sample_log()}
     assert out[1] == "" and "broken.mp4" in log[1]["failure"] and out[0] != "" and "failure" not in log[0]
@@ -345,8 +405,14 @@ def test_llava_next_keeps_frames_as_images(layouts, videos):
 def test_scored_methods_refuse_a_video_sample_alone(layouts, videos, method):
     """visionzip / vispruner read the encoder's attention of images: a video sample fails in one line before the
     batch runs; the batch's image sample is reduced and served."""
-    lm = VisToGChatLMM(pretrained=str(layouts["qwen2.5-vl"]), method=method, budget=25, device="cpu",
-                       max_frames=MAX_FRAMES, batch_size=2)  # fmt: skip
+    lm = VisToGChatLMM(
+        pretrained=str(layouts["qwen2.5-vl"]),
+        method=method,
+        budget=25,
+        device="cpu",
+        max_frames=MAX_FRAMES,
+        batch_size=2,
+    )
     docs = [video_docs(videos)[0], {"image": images()[1], "question": QUESTIONS[1]}]
     out = answers(lm, docs, [video_messages, image_messages])
     log = {e["doc_id"]: e for e in lm.take_sample_log()}

@@ -31,9 +31,12 @@ def images():
 
 
 def prompts(processor, count=3):
-    return [processor.apply_chat_template(
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}], add_generation_prompt=True)
-        for q in QUESTIONS[:count]]  # fmt: skip
+    return [
+        processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}], add_generation_prompt=True
+        )
+        for q in QUESTIONS[:count]
+    ]
 
 
 def wrapped(layouts, name, n=16):
@@ -153,12 +156,23 @@ def test_adapter_serves_a_saved_vistog_checkpoint(layouts, name, tmp_path):
     lm.task_dict = {"toy": {"test": docs}}
 
     def doc_to_messages(doc):
-        return [{"role": "user", "content": [{"type": "image", "url": doc["image"]},
-                                             {"type": "text", "text": doc["question"]}]}]  # fmt: skip
+        return [
+            {
+                "role": "user",
+                "content": [{"type": "image", "url": doc["image"]}, {"type": "text", "text": doc["question"]}],
+            }
+        ]
 
     gen = {"max_new_tokens": 4, "temperature": 0}
-    reqs = [Instance("generate_until", ("", doc_to_messages, dict(gen), i, "toy", "test"), 0,
-                     {"task": "toy", "doc_id": i, "repeats": 1}) for i in range(3)]  # fmt: skip
+    reqs = [
+        Instance(
+            "generate_until",
+            ("", doc_to_messages, dict(gen), i, "toy", "test"),
+            0,
+            {"task": "toy", "doc_id": i, "repeats": 1},
+        )
+        for i in range(3)
+    ]
     got = [r.text for r in lm.generate_until(reqs)]
     expected = []
     for prompt, image in zip(prompts(processor), images()):
@@ -170,7 +184,8 @@ def test_adapter_serves_a_saved_vistog_checkpoint(layouts, name, tmp_path):
     log = sorted(lm.take_sample_log(), key=lambda e: e["doc_id"])
     stock = family_inputs(processor, prompts(processor), [[i] for i in images()])
     assert [e["visual_tokens_unreduced"] for e in log] == [
-        [int((ids == image_token_id(vt.stock)).sum())] for ids in stock["input_ids"]]
+        [int((ids == image_token_id(vt.stock)).sum())] for ids in stock["input_ids"]
+    ]
     views = vt.views_per_image(stock["image_sizes"])
     assert [e["visual_tokens"] for e in log] == [[v * 16] for v in views]
     with pytest.raises(UsageError, match="this VisToG checkpoint gives 16 tokens per view"):

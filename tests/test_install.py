@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-IGNORED = shutil.ignore_patterns(".venv", ".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
-                                 "results", "reports")  # fmt: skip
+IGNORED = shutil.ignore_patterns(
+    ".venv", ".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "results", "reports"
+)
 
 pytestmark = pytest.mark.slow  # ~25 s on 2 cores: wheel build, install, two CLI processes
 
@@ -29,15 +30,33 @@ def installed(tmp_path_factory):
     root = tmp_path_factory.mktemp("install")
     src = root / "src"
     shutil.copytree(REPO, src, ignore=IGNORED)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
-                    "-w", str(root / "dist"), str(src)], check=True, cwd=root)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--quiet",
+            "-w",
+            str(root / "dist"),
+            str(src),
+        ],
+        check=True,
+        cwd=root,
+    )
     (wheel,) = (root / "dist").glob("vistog_bench-*.whl")
 
     env_dir = root / "env"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True)
     python = env_dir / "bin" / "python"
-    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     # the dependencies only: a path line in a .pth adds the folder without running the .pth files inside it
     Path(purelib, "_test_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--quiet", str(wheel)], check=True)
@@ -45,21 +64,38 @@ def installed(tmp_path_factory):
     empty = root / "empty_cwd"
     empty.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(root / "hf_home"),
-               VISTOG_BENCH_CACHE=str(root / "cache"), LMMS_EVAL_DATASETS_CACHE=str(root / "datasets_cache"))  # fmt: skip
-    return {"wheel": wheel, "python": python, "bin": env_dir / "bin", "purelib": Path(purelib), "cwd": empty,
-            "env": env, "root": root}  # fmt: skip
+    env.update(
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        HF_HOME=str(root / "hf_home"),
+        VISTOG_BENCH_CACHE=str(root / "cache"),
+        LMMS_EVAL_DATASETS_CACHE=str(root / "datasets_cache"),
+    )
+    return {
+        "wheel": wheel,
+        "python": python,
+        "bin": env_dir / "bin",
+        "purelib": Path(purelib),
+        "cwd": empty,
+        "env": env,
+        "root": root,
+    }
 
 
 def _run(installed, *args, timeout=300):
-    return subprocess.run(list(args), cwd=installed["cwd"], env=installed["env"], capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        list(args), cwd=installed["cwd"], env=installed["env"], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_installed_wheel_holds_the_task_folder(installed):
     names = set(zipfile.ZipFile(installed["wheel"]).namelist())
-    ours = {p.relative_to(REPO).as_posix() for p in (REPO / "vistog_bench" / "tasks").rglob("*")
-            if p.is_file() and "__pycache__" not in p.parts}  # fmt: skip
+    ours = {
+        p.relative_to(REPO).as_posix()
+        for p in (REPO / "vistog_bench" / "tasks").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
     assert "vistog_bench/tasks/offline/_mmbench_en_local_template_yaml" in ours  # an extension-less `include:`
     assert "vistog_bench/tasks/shapes/utils.py" in ours  # a `!function` module
     assert ours <= names, sorted(ours - names)
@@ -84,8 +120,20 @@ def test_tasks_command_knows_shapes_vqa_from_an_empty_folder(installed):
 
 def test_embedded_run_from_an_empty_folder(installed):
     results = installed["root"] / "results"
-    out = _run(installed, str(installed["bin"] / "vistog-bench"), "run", "--tasks", "shapes_vqa", "--limit", "2",
-               "--method", "none", "--no-report", "--output", str(results))  # fmt: skip
+    out = _run(
+        installed,
+        str(installed["bin"] / "vistog-bench"),
+        "run",
+        "--tasks",
+        "shapes_vqa",
+        "--limit",
+        "2",
+        "--method",
+        "none",
+        "--no-report",
+        "--output",
+        str(results),
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     (run_dir,) = results.iterdir()
     (cell,) = json.loads((run_dir / "metrics.json").read_text())

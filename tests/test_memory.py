@@ -68,10 +68,20 @@ def test_sweep_releases_each_cells_model_before_the_next(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runner, "_release_memory", release_and_count)
     before = _live_models()
-    config = RunConfig(models=(checkpoint,), tasks=("shapes_vqa",), methods=("pool", "tome", "prumerge"), budgets=(64,),
-                       limit=2, output=str(tmp_path / "results"), bootstrap_iters=0)
+    config = RunConfig(
+        models=(checkpoint,),
+        tasks=("shapes_vqa",),
+        methods=("pool", "tome", "prumerge"),
+        budgets=(64,),
+        limit=2,
+        output=str(tmp_path / "results"),
+        bootstrap_iters=0,
+    )
     _, cells = run_sweep(config, command=["test"])
     assert sorted((c.method, c.status) for c in cells) == [
-        ("none", "ok"), ("pool", "ok"), ("prumerge", "ok"), ("tome", "ok")
+        ("none", "ok"),
+        ("pool", "ok"),
+        ("prumerge", "ok"),
+        ("tome", "ok"),
     ]
     assert live_after_release == [before] * 4  # after every cell, no model of the sweep is left

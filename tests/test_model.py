@@ -124,7 +124,6 @@ def test_save_and_load_round_trip(llava, tmp_path):
         torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits, rtol=0, atol=0)
 
 
-
 def test_a_checkpoint_with_the_earlier_scalar_grouping_scale_loads_unchanged(llava, tmp_path):
     """The grouping scale is [1] (FSDP2 shards no 0-d parameter); a checkpoint written while it was 0-d loads with its
     value, through transformers (load_checkpoint) and through nn.Module.load_state_dict, with no mismatch report."""
@@ -149,8 +148,9 @@ def test_a_checkpoint_with_the_earlier_scalar_grouping_scale_loads_unchanged(lla
     for name, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], value), name
     grouping = vistog(llava, 16).model.grouping
-    grouping.load_state_dict({k.removeprefix("model.grouping."): v for k, v in tensors.items()
-                              if k.startswith("model.grouping.")})  # fmt: skip
+    grouping.load_state_dict(
+        {k.removeprefix("model.grouping."): v for k, v in tensors.items() if k.startswith("model.grouping.")}
+    )
     assert grouping.log_logit_scale.tolist() == [0.75]
 
 

@@ -18,7 +18,6 @@ from vistog_bench.offline_data import (
     MissingLocalData,
     check_local_data,
 )
-
 from vistog_bench.task_catalog import PROJECT_TASKS as TASKS_DIR  # vistog_bench/tasks/, shipped in the package
 
 # The built-in YAML each local task mirrors, relative to lmms_eval/tasks/.
@@ -77,8 +76,13 @@ def score(task: str, result: dict) -> float:
     """The 0..1 correctness of one process_results output, read the way each built-in aggregation reads it."""
     if "exact_match" in result:
         return float(result["exact_match"])
-    for key in ("pope_accuracy", "mme_perception_score", "mme_cognition_score", "videomme_perception_score",
-                "mvbench_accuracy"):  # fmt: skip
+    for key in (
+        "pope_accuracy",
+        "mme_perception_score",
+        "mme_cognition_score",
+        "videomme_perception_score",
+        "mvbench_accuracy",
+    ):
         if key in result:
             return float(result[key]["score"])
     raise AssertionError(f"{task}: no score in {sorted(result)}")
@@ -135,8 +139,13 @@ def test_every_local_task_is_indexed_and_mirrors_a_builtin(manager):
     for task in LOCAL_TASKS:
         ours = load_yaml_config(manager.task_index[task]["yaml_path"], mode="full")
         builtin = _builtin_config(task)
-        for key in ("output_type", "test_split", "generation_kwargs", "lmms_eval_specific_kwargs",
-                    "model_specific_generation_kwargs"):  # fmt: skip
+        for key in (
+            "output_type",
+            "test_split",
+            "generation_kwargs",
+            "lmms_eval_specific_kwargs",
+            "model_specific_generation_kwargs",
+        ):
             assert ours.get(key) == builtin.get(key), f"{task}: {key} differs from {BUILTIN_YAML[task]}"
         assert _metrics(ours) == _metrics(builtin), task
         for key in ("doc_to_text", "process_results"):
@@ -207,8 +216,15 @@ def test_groups_list_the_builtin_and_local_tasks(manager):
     def members(group):
         return load_yaml_config(str(TASKS_DIR / "groups" / f"{group}.yaml"), mode="simple")["task"]
 
-    assert members("vistog_image") == ["gqa", "mmbench_en_dev", "mme", "pope", "scienceqa_img", "vqav2_val",
-                                       "textvqa_val"]  # fmt: skip
+    assert members("vistog_image") == [
+        "gqa",
+        "mmbench_en_dev",
+        "mme",
+        "pope",
+        "scienceqa_img",
+        "vqav2_val",
+        "textvqa_val",
+    ]
     assert members("vistog_caption") == ["coco2017_cap_val", "nocaps_val", "flickr30k_test"]
     assert members("vistog_video") == ["videomme", "mvbench", "nextqa_mc_test"]
     for group in ("vistog_image_local", "vistog_caption_local", "vistog_video_local"):
@@ -293,8 +309,9 @@ def test_lmms_eval_evaluates_local_tasks_end_to_end(manager, mirror):
         def generate_until_multi_round(self, requests):
             raise NotImplementedError
 
-    out = evaluator.simple_evaluate(model=Oracle(), tasks=["gqa_local", "pope_local", "videomme_local"],
-                                    task_manager=manager, verbosity="WARNING")  # fmt: skip
+    out = evaluator.simple_evaluate(
+        model=Oracle(), tasks=["gqa_local", "pope_local", "videomme_local"], task_manager=manager, verbosity="WARNING"
+    )
     results = out["results"]
     assert results["gqa_local"]["exact_match,none"] == 1.0
     assert results["pope_local"]["pope_accuracy,none"] == 1.0
@@ -352,6 +369,9 @@ def test_the_mirror_tables_have_every_column_the_tasks_read(mirror):
     for name, task in LOCAL_TASKS.items():
         assert task.columns, name
         files = offline_data.data_files(name, mirror)[task.split]
-        names = set(json.loads(Path(files[0]).read_text())[0]) if files[0].endswith(".json") else set(
-            pq.read_schema(files[0]).names)  # fmt: skip
+        names = (
+            set(json.loads(Path(files[0]).read_text())[0])
+            if files[0].endswith(".json")
+            else set(pq.read_schema(files[0]).names)
+        )
         assert set(task.columns) <= names, (name, set(task.columns) - names)

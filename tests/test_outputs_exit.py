@@ -13,7 +13,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from testers import md_row
 
 from vistog_bench import cli
@@ -36,17 +35,43 @@ TASK = "shapes_vqa"
 
 def make_run(root: Path, run_id: str = "run-a", cells=None) -> Path:
     run = RunDir(root / run_id)
-    run.write_manifest(RunManifest(run_id=run_id, command=["vistog-bench", "run"], config={}, git_sha="0" * 40,
-                                   versions={}, device={"name": "cpu"}, seed=0, started_at="2026-12-01T10:00:00+00:00"))
-    cells = cells if cells is not None else [
-        CellResult(TASK, "none", 64, "ok", {"exact_match,none": 0.85, "colour_exact_match,none": 0.8}, {}, 20),
-        CellResult(TASK, "vistog", 16, "ok", {"exact_match,none": 0.80, "colour_exact_match,none": 0.9}, {}, 20),
-    ]
+    run.write_manifest(
+        RunManifest(
+            run_id=run_id,
+            command=["vistog-bench", "run"],
+            config={},
+            git_sha="0" * 40,
+            versions={},
+            device={"name": "cpu"},
+            seed=0,
+            started_at="2026-12-01T10:00:00+00:00",
+        )
+    )
+    cells = (
+        cells
+        if cells is not None
+        else [
+            CellResult(TASK, "none", 64, "ok", {"exact_match,none": 0.85, "colour_exact_match,none": 0.8}, {}, 20),
+            CellResult(TASK, "vistog", 16, "ok", {"exact_match,none": 0.80, "colour_exact_match,none": 0.9}, {}, 20),
+        ]
+    )
     for cell in cells:
         run.record_cell(cell)
-        run.append_profile([ProfileRecord(kind="request", method=cell.method, budget=cell.budget, batch_size=1,
-                                          device="cpu", dtype="float32", task=cell.task, total_ms=10.0 + cell.budget,
-                                          flops={"prefill": 1e6 * cell.budget})])
+        run.append_profile(
+            [
+                ProfileRecord(
+                    kind="request",
+                    method=cell.method,
+                    budget=cell.budget,
+                    batch_size=1,
+                    device="cpu",
+                    dtype="float32",
+                    task=cell.task,
+                    total_ms=10.0 + cell.budget,
+                    flops={"prefill": 1e6 * cell.budget},
+                )
+            ]
+        )
     return run.path
 
 
@@ -87,11 +112,14 @@ def test_writable_checks_accept_what_can_be_created_and_create_nothing(tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("make", [
-    lambda tmp: a_file(tmp) / "sub",                 # a file where a folder must be
-    lambda tmp: a_file(tmp),                         # the output folder itself is a file
-    lambda tmp: _unwritable_system_dir() / "out",    # a filesystem that takes no new files, even from root
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda tmp: a_file(tmp) / "sub",  # a file where a folder must be
+        lambda tmp: a_file(tmp),  # the output folder itself is a file
+        lambda tmp: _unwritable_system_dir() / "out",  # a filesystem that takes no new files, even from root
+    ],
+)
 def test_writable_dir_refuses_in_one_line(tmp_path, make):
     target = make(tmp_path)
     with pytest.raises(UsageError) as error:
@@ -132,8 +160,10 @@ def test_check_writes_its_files_and_then_prints_the_verdict(tmp_path, capsys):
     run = make_run(tmp_path)
     baseline = write_baseline(run, "base", tmp_path / "baselines")
     junit, summary = tmp_path / "ci" / "junit.xml", tmp_path / "ci" / "summary.md"
-    assert cli.main(["check", str(run), "--baseline", str(baseline), "--junit", str(junit),
-                     "--summary", str(summary)]) == 0
+    assert (
+        cli.main(["check", str(run), "--baseline", str(baseline), "--junit", str(junit), "--summary", str(summary)])
+        == 0
+    )
     assert "OK:" in capsys.readouterr().out
     assert "<testsuites" in junit.read_text() and "pass" in summary.read_text()
 
@@ -150,8 +180,20 @@ def test_report_with_an_unwritable_out_is_exit_2_and_writes_nothing(tmp_path, ca
 
 def test_profile_with_an_unwritable_output_is_exit_2_before_measuring(tmp_path, capsys):
     target = a_file(tmp_path) / "results"
-    argv = ["profile", "--shape", "tiny", "--analytic", "--budgets", "16", "--batch-sizes", "1", "--new-tokens", "2",
-            "--output", str(target)]
+    argv = [
+        "profile",
+        "--shape",
+        "tiny",
+        "--analytic",
+        "--budgets",
+        "16",
+        "--batch-sizes",
+        "1",
+        "--new-tokens",
+        "2",
+        "--output",
+        str(target),
+    ]
     assert cli.main(argv) == 2
     assert one_error_line(capsys, "--output", str(target)) == ""
 
@@ -166,16 +208,22 @@ def test_baseline_update_into_an_unwritable_folder_is_exit_2(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------------------------
 # a NaN headline is n/a
 # ---------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("reduced", [
-    {"exact_match,none": math.nan, "colour_exact_match,none": 1.0},  # lmms-eval's NaN, written as is
-    {"colour_exact_match,none": 1.0},  # the runner drops non-finite values: the headline is simply absent
-])
+@pytest.mark.parametrize(
+    "reduced",
+    [
+        {"exact_match,none": math.nan, "colour_exact_match,none": 1.0},  # lmms-eval's NaN, written as is
+        {"colour_exact_match,none": 1.0},  # the runner drops non-finite values: the headline is simply absent
+    ],
+)
 def test_a_nan_headline_is_na_not_another_metric(tmp_path, reduced):
-    run = make_run(tmp_path, cells=[
-        CellResult(TASK, "none", 64, "ok", {"exact_match,none": 0.85, "colour_exact_match,none": 0.8}, {}, 20),
-        CellResult(TASK, "vistog", 16, "ok", reduced, {}, 20),
-        CellResult(TASK, "vistog", 4, "ok", {"exact_match,none": 0.80, "colour_exact_match,none": 0.7}, {}, 20),
-    ])
+    run = make_run(
+        tmp_path,
+        cells=[
+            CellResult(TASK, "none", 64, "ok", {"exact_match,none": 0.85, "colour_exact_match,none": 0.8}, {}, 20),
+            CellResult(TASK, "vistog", 16, "ok", reduced, {}, 20),
+            CellResult(TASK, "vistog", 4, "ok", {"exact_match,none": 0.80, "colour_exact_match,none": 0.7}, {}, 20),
+        ],
+    )
     if "exact_match,none" in reduced:
         assert "NaN" in (run / "metrics.json").read_text()
     report = build_report([run], [])
@@ -190,10 +238,13 @@ def test_a_nan_headline_is_na_not_another_metric(tmp_path, reduced):
 
 
 def test_a_nan_full_budget_headline_gives_no_retention(tmp_path):
-    run = make_run(tmp_path, cells=[
-        CellResult(TASK, "none", 64, "ok", {"exact_match,none": math.nan, "colour_exact_match,none": 0.85}, {}, 20),
-        CellResult(TASK, "vistog", 16, "ok", {"exact_match,none": 0.80, "colour_exact_match,none": 1.0}, {}, 20),
-    ])
+    run = make_run(
+        tmp_path,
+        cells=[
+            CellResult(TASK, "none", 64, "ok", {"exact_match,none": math.nan, "colour_exact_match,none": 0.85}, {}, 20),
+            CellResult(TASK, "vistog", 16, "ok", {"exact_match,none": 0.80, "colour_exact_match,none": 1.0}, {}, 20),
+        ],
+    )
     markdown = to_markdown(build_report([run], []).tables[0])
     assert md_row(markdown, "none@64")[2].startswith("n/a")
     row = md_row(markdown, "vistog@16")
@@ -213,15 +264,23 @@ def test_check_against_an_empty_baseline_is_exit_2(tmp_path, capsys):
 
 
 def test_a_baseline_cell_that_failed_and_now_runs_is_fixed_not_a_failure(tmp_path, capsys):
-    broken = make_run(tmp_path, "run-broken", cells=[
-        CellResult(TASK, "none", 64, "ok", {"exact_match,none": 0.85}, {}, 20),
-        CellResult(TASK, "vistog", 16, failed_status("RuntimeError: shape mismatch"), {}, {}, 0),
-    ])
+    broken = make_run(
+        tmp_path,
+        "run-broken",
+        cells=[
+            CellResult(TASK, "none", 64, "ok", {"exact_match,none": 0.85}, {}, 20),
+            CellResult(TASK, "vistog", 16, failed_status("RuntimeError: shape mismatch"), {}, {}, 0),
+        ],
+    )
     baseline = write_baseline(broken, "base", tmp_path / "baselines")
-    fixed = make_run(tmp_path, "run-fixed", cells=[
-        CellResult(TASK, "none", 64, "ok", {"exact_match,none": 0.85}, {}, 20),
-        CellResult(TASK, "vistog", 16, "ok", {"exact_match,none": 0.80}, {}, 20),
-    ])
+    fixed = make_run(
+        tmp_path,
+        "run-fixed",
+        cells=[
+            CellResult(TASK, "none", 64, "ok", {"exact_match,none": 0.85}, {}, 20),
+            CellResult(TASK, "vistog", 16, "ok", {"exact_match,none": 0.80}, {}, 20),
+        ],
+    )
     capsys.readouterr()
     assert cli.main(["check", str(fixed), "--baseline", str(baseline)]) == 0
     out = capsys.readouterr().out
@@ -231,10 +290,13 @@ def test_a_baseline_cell_that_failed_and_now_runs_is_fixed_not_a_failure(tmp_pat
 
 
 def test_baseline_update_refuses_a_run_without_a_finite_headline(tmp_path, capsys):
-    run = make_run(tmp_path, cells=[
-        CellResult(TASK, "none", 64, "ok", {"exact_match,none": math.nan}, {}, 20),
-        CellResult(TASK, "vistog", 16, failed_status("boom"), {}, {}, 0),
-    ])
+    run = make_run(
+        tmp_path,
+        cells=[
+            CellResult(TASK, "none", 64, "ok", {"exact_match,none": math.nan}, {}, 20),
+            CellResult(TASK, "vistog", 16, failed_status("boom"), {}, {}, 0),
+        ],
+    )
     out_dir = tmp_path / "baselines"
     assert cli.main(["baseline", "update", str(run), "--name", "base", "--out-dir", str(out_dir)]) == 2
     one_error_line(capsys, str(run), "no cell with a finite headline metric")

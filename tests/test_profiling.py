@@ -9,18 +9,18 @@ import os
 
 import pytest
 import torch
+from testers import tiny_llava
 from transformers import LogitsProcessorList
 
-from testers import tiny_llava
 from vistog_bench.cli import main as cli_main
 from vistog_bench.model import VisToGForConditionalGeneration, preset_config
 from vistog_bench.profiling import RequestProfiler, device_facts
 from vistog_bench.profiling import flops as F
+from vistog_bench.profiling.controlled import prompt_ids
 from vistog_bench.profiling.hooks import hook_count
 from vistog_bench.profiling.memory import meta_model, peak_rss_bytes, reset_peak_rss, stage_weight_bytes
 from vistog_bench.profiling.nvml import EnergyMeter, _nvml
 from vistog_bench.profiling.roofline import floors, get_gpu, stage_bytes
-from vistog_bench.profiling.controlled import prompt_ids
 from vistog_bench.results import RunDir
 
 TEXT_TOKENS = 16
@@ -40,8 +40,15 @@ def models():
 def generate(model, budget: int, batch: int = 2, new_tokens: int = NEW_TOKENS):
     ids = prompt_ids(model.config, budget, TEXT_TOKENS, seed=0).expand(batch, -1)
     pixels = torch.randn(batch, 3, 336, 336, generator=torch.Generator().manual_seed(0))
-    return model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels,
-                          max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+    return model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        pixel_values=pixels,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        pad_token_id=0,
+    )
 
 
 def profiled(model, budget: int, *, count_flops: bool = False, batch: int = 2):
@@ -107,9 +114,16 @@ def test_first_token_clock_agrees_with_the_hook_ttft(models):
     profiler = RequestProfiler(model, device="cpu")
     with profiler.attached():
         with profiler.request(method="vistog", budget=64, batch_size=1) as req:
-            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels, do_sample=False,
-                           max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, pad_token_id=0,
-                           logits_processor=LogitsProcessorList([req.first_token_clock]))
+            model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                pixel_values=pixels,
+                do_sample=False,
+                max_new_tokens=NEW_TOKENS,
+                min_new_tokens=NEW_TOKENS,
+                pad_token_id=0,
+                logits_processor=LogitsProcessorList([req.first_token_clock]),
+            )
     record = req.record
     assert record.ttft_ms <= record.extra["ttft_logits_processor_ms"] <= record.ttft_ms + record.decode_ms
     assert profiler.take_records() == [record] and profiler.take_records() == []  # the profiler keeps its records
@@ -135,9 +149,17 @@ def test_compiled_path_hooks_stay_out_of_the_graph(models):
     with profiler.attached():
         for _ in range(2):  # the first run compiles
             with profiler.request(method="vistog", budget=64, batch_size=2) as req:
-                model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels,
-                               max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
-                               pad_token_id=0, cache_implementation="static", compile_config=config)
+                model.generate(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    pixel_values=pixels,
+                    max_new_tokens=NEW_TOKENS,
+                    min_new_tokens=NEW_TOKENS,
+                    do_sample=False,
+                    pad_token_id=0,
+                    cache_implementation="static",
+                    compile_config=config,
+                )
                 req.set_tokens(output=2 * NEW_TOKENS)
     torch._dynamo.reset()
     record = req.record
@@ -225,7 +247,8 @@ def test_weight_bytes_from_meta_model_match_real_model(models):
     meta = stage_weight_bytes(meta_model(model.config))
     assert real == meta
     assert real["total"] == sum(p.numel() * 4 for p in model.parameters()) + sum(
-        b.numel() * b.element_size() for b in model.buffers())
+        b.numel() * b.element_size() for b in model.buffers()
+    )
 
 
 def test_roofline_decode_is_memory_bound_on_h100():
@@ -258,14 +281,41 @@ def test_nvml_absent_gives_nulls_with_reasons(models):
 
 # -- the profile command -----------------------------------------------------------------------------------------------
 def test_profile_command_writes_controlled_records(tmp_path, capsys):
-    code = cli_main(["profile", "--shape", "tiny", "--budgets", "576,64", "--batch-sizes", "1", "--new-tokens", "2",
-                     "--text-tokens", "8", "--warmup", "1", "--repeats", "3", "--min-duration", "0", "--device", "cpu",
-                     "--threads", "1", "--output", str(tmp_path)])
+    code = cli_main(
+        [
+            "profile",
+            "--shape",
+            "tiny",
+            "--budgets",
+            "576,64",
+            "--batch-sizes",
+            "1",
+            "--new-tokens",
+            "2",
+            "--text-tokens",
+            "8",
+            "--warmup",
+            "1",
+            "--repeats",
+            "3",
+            "--min-duration",
+            "0",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--output",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     (run_path,) = tmp_path.iterdir()
     run = RunDir(run_path)
     records = run.profile()
-    assert [(r.kind, r.budget, r.method) for r in records] == [("controlled", 576, "none"), ("controlled", 64, "vistog")]
+    assert [(r.kind, r.budget, r.method) for r in records] == [
+        ("controlled", 576, "none"),
+        ("controlled", 64, "vistog"),
+    ]
     for record in records:
         assert record.path == "eager" and record.output_tokens == 2  # batch 1
         assert record.stats["ttft"]["n"] == 3 and record.stats["prefill"]["p10"] <= record.stats["prefill"]["p90"]
@@ -284,8 +334,27 @@ def test_profile_command_on_a_stock_checkpoint(tmp_path):
     from testers import save_tiny_llava
 
     checkpoint = save_tiny_llava(tmp_path / "llava")
-    code = cli_main(["profile", "--model", str(checkpoint), "--budgets", "64", "--batch-sizes", "2", "--new-tokens",
-                     "1", "--text-tokens", "8", "--warmup", "0", "--repeats", "2", "--output", str(tmp_path / "out")])
+    code = cli_main(
+        [
+            "profile",
+            "--model",
+            str(checkpoint),
+            "--budgets",
+            "64",
+            "--batch-sizes",
+            "2",
+            "--new-tokens",
+            "1",
+            "--text-tokens",
+            "8",
+            "--warmup",
+            "0",
+            "--repeats",
+            "2",
+            "--output",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 0
     (record,) = RunDir(next((tmp_path / "out").iterdir())).profile()
     assert record.method == "vistog" and record.visual_tokens == 2 * 64 and record.output_tokens == 2
@@ -303,8 +372,25 @@ def test_profile_refuses_other_budgets_on_a_vistog_checkpoint(tmp_path, capsys):
 
 
 def test_profile_analytic_json(tmp_path, capsys):
-    code = cli_main(["profile", "--shape", "llava-1.5-7b", "--analytic", "--budgets", "576", "--batch-sizes", "1",
-                     "--new-tokens", "1", "--gpu", "h100-sxm,a100-80gb,h200", "--json", "--output", str(tmp_path)])
+    code = cli_main(
+        [
+            "profile",
+            "--shape",
+            "llava-1.5-7b",
+            "--analytic",
+            "--budgets",
+            "576",
+            "--batch-sizes",
+            "1",
+            "--new-tokens",
+            "1",
+            "--gpu",
+            "h100-sxm,a100-80gb,h200",
+            "--json",
+            "--output",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     (line,) = capsys.readouterr().out.strip().splitlines()
     record = json.loads(line)
@@ -313,16 +399,19 @@ def test_profile_analytic_json(tmp_path, capsys):
     assert set(record["extra"]["roofline"]) == {"h100-sxm", "a100-80gb", "h200"}
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--shape", "llava-7b"], "unknown shape"),
-    (["--shape", "tiny", "--budgets", "700"], "outside 1..576"),
-    (["--shape", "tiny", "--budgets", "0"], ">= 1"),
-    (["--shape", "tiny", "--budgets", "64,x"], "comma-separated integers"),
-    (["--shape", "tiny", "--device", "cpu", "--compile"], "--compile needs a CUDA device"),
-    (["--shape", "tiny", "--analytic", "--gpu", "v100"], "unknown GPU"),
-    (["--budgets", "64"], "--model PATH or --shape NAME"),
-    (["--model", "/nonexistent/checkpoint"], "checkpoint folder not found"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--shape", "llava-7b"], "unknown shape"),
+        (["--shape", "tiny", "--budgets", "700"], "outside 1..576"),
+        (["--shape", "tiny", "--budgets", "0"], ">= 1"),
+        (["--shape", "tiny", "--budgets", "64,x"], "comma-separated integers"),
+        (["--shape", "tiny", "--device", "cpu", "--compile"], "--compile needs a CUDA device"),
+        (["--shape", "tiny", "--analytic", "--gpu", "v100"], "unknown GPU"),
+        (["--budgets", "64"], "--model PATH or --shape NAME"),
+        (["--model", "/nonexistent/checkpoint"], "checkpoint folder not found"),
+    ],
+)
 def test_profile_bad_input_exits_2(tmp_path, capsys, argv, message):
     assert cli_main(["profile", *argv, "--output", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
@@ -338,7 +427,9 @@ def _profiled_generate(model, method, budget, tell_profiler=True, **options):
     from vistog_bench.reducers import applied_method, apply_method, tokens_per_image
 
     apply_method(model, method, budget, **options)
-    inputs = build_inputs(tiny_processor(), [llava_prompt("what colour ?")], [random_images(1)], tokens_per_image(model))
+    inputs = build_inputs(
+        tiny_processor(), [llava_prompt("what colour ?")], [random_images(1)], tokens_per_image(model)
+    )
     profiler = RequestProfiler(model, applied=applied_method(model) if tell_profiler else None)
     with profiler.attached():
         with profiler.request(method=method, budget=budget, batch_size=1, count_flops=True) as request:

@@ -35,11 +35,20 @@ from vistog_bench.model.prompting import (
 
 QUESTIONS = ["What is shown in this image?", "How many shapes are there?", "What colour is the shape?", "Is it red?"]
 HUB_FILES = {
-    "added_tokens.json", "chat_template.json", "config.json", "generation_config.json",
-    "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json",
-    "preprocessor_config.json", "processor_config.json", "special_tokens_map.json", "tokenizer.json",
-    "tokenizer.model", "tokenizer_config.json",
-}  # fmt: skip
+    "added_tokens.json",
+    "chat_template.json",
+    "config.json",
+    "generation_config.json",
+    "model-00001-of-00002.safetensors",
+    "model-00002-of-00002.safetensors",
+    "model.safetensors.index.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "special_tokens_map.json",
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+}
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +66,9 @@ def task_dict(count=4):
 
 
 def doc_to_messages(doc):  # what lmms-eval's ConfigurableMessagesTask builds from doc_to_visual + doc_to_text
-    return [{"role": "user", "content": [{"type": "image", "url": doc["image"]}, {"type": "text", "text": doc["question"]}]}]
+    return [
+        {"role": "user", "content": [{"type": "image", "url": doc["image"]}, {"type": "text", "text": doc["question"]}]}
+    ]
 
 
 GEN = {"max_new_tokens": 6, "temperature": 0}
@@ -65,17 +76,26 @@ GEN = {"max_new_tokens": 6, "temperature": 0}
 
 def chat_requests(count=4):
     return [
-        Instance("generate_until", ("", doc_to_messages, dict(GEN), i, "toy", "test"), 0, {"task": "toy", "doc_id": i, "repeats": 1})
+        Instance(
+            "generate_until",
+            ("", doc_to_messages, dict(GEN), i, "toy", "test"),
+            0,
+            {"task": "toy", "doc_id": i, "repeats": 1},
+        )
         for i in range(count)
-    ]  # fmt: skip
+    ]
 
 
 def simple_requests(count=4):
     return [
-        Instance("generate_until", (QUESTIONS[i], dict(GEN), lambda doc: [doc["image"]], i, "toy", "test"), 0,
-                 {"task": "toy", "doc_id": i, "repeats": 1})
+        Instance(
+            "generate_until",
+            (QUESTIONS[i], dict(GEN), lambda doc: [doc["image"]], i, "toy", "test"),
+            0,
+            {"task": "toy", "doc_id": i, "repeats": 1},
+        )
         for i in range(count)
-    ]  # fmt: skip
+    ]
 
 
 def answers(lm, requests):
@@ -88,7 +108,11 @@ def test_hub_layout_has_the_published_files_and_names(layouts):
     hub = layouts["hub"]
     assert {p.name for p in hub.iterdir()} == HUB_FILES
     config = json.loads((hub / "config.json").read_text())
-    assert (config["model_type"], config["vision_feature_layer"], config["vision_feature_select_strategy"]) == ("llava", -2, "default")
+    assert (config["model_type"], config["vision_feature_layer"], config["vision_feature_select_strategy"]) == (
+        "llava",
+        -2,
+        "default",
+    )
     assert json.loads((hub / "chat_template.json").read_text()) == {"chat_template": LLAVA_HF_CHAT_TEMPLATE}
     assert "chat_template" not in json.loads((hub / "tokenizer_config.json").read_text())
     index = json.loads((hub / "model.safetensors.index.json").read_text())["weight_map"]
@@ -102,7 +126,9 @@ def test_resaved_layout_is_transformers_5s(layouts):
     assert (resaved / "chat_template.jinja").read_text() == LLAVA_HF_CHAT_TEMPLATE
     assert not (resaved / "chat_template.json").exists()
     with safe_open(str(resaved / "model.safetensors"), "pt") as f:  # one file now; names as transformers 5 saves them
-        assert len(list(f.keys())) == len(json.loads((layouts["hub"] / "model.safetensors.index.json").read_text())["weight_map"])
+        assert len(list(f.keys())) == len(
+            json.loads((layouts["hub"] / "model.safetensors.index.json").read_text())["weight_map"]
+        )
     a, _ = load_checkpoint(layouts["hub"])
     b, processor = load_checkpoint(resaved)
     assert processor.tokenizer.chat_template == LLAVA_HF_CHAT_TEMPLATE  # the tokenizer loads the .jinja too
@@ -123,7 +149,11 @@ def test_tokenizer_is_the_sentencepiece_model(layouts):
 # -- templates ---------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "layout,source,style",
-    [("hub", "chat_template.json", STRUCTURED), ("resaved", "chat_template.jinja", STRUCTURED), ("no-template", "vicuna_v1", STRING)],
+    [
+        ("hub", "chat_template.json", STRUCTURED),
+        ("resaved", "chat_template.jinja", STRUCTURED),
+        ("no-template", "vicuna_v1", STRING),
+    ],
 )
 def test_template_and_its_source_per_layout(layouts, layout, source, style):
     _, processor = load_checkpoint(layouts[layout])
@@ -137,7 +167,11 @@ def test_prompt_equals_the_processors_own_rendering(layouts, layout):
     builder = PromptBuilder(find_template(processor, layouts[layout]), processor.tokenizer)
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTIONS[0]}]}]
     expected = processor.apply_chat_template(messages, add_generation_prompt=True)
-    assert builder.generation_prompt([Turn("user", QUESTIONS[0], 1)]) == expected == f"USER: <image>\n{QUESTIONS[0]} ASSISTANT:"
+    assert (
+        builder.generation_prompt([Turn("user", QUESTIONS[0], 1)])
+        == expected
+        == f"USER: <image>\n{QUESTIONS[0]} ASSISTANT:"
+    )
     two = builder.generation_prompt([Turn("user", "Compare them.", 2)])
     assert two.count("<image>") == 2 and "Compare them." in two
 
@@ -146,11 +180,15 @@ def test_no_template_gets_lmms_evals_vicuna_default(layouts):
     _, processor = load_checkpoint(layouts["no-template"])
     builder = PromptBuilder(find_template(processor, layouts["no-template"]), processor.tokenizer)
     expected = processor.tokenizer.apply_chat_template(
-        [{"role": "user", "content": f"<image>\n{QUESTIONS[1]}"}], chat_template=VICUNA_CHAT_TEMPLATE,
-        tokenize=False, add_generation_prompt=True,
-    )  # fmt: skip
+        [{"role": "user", "content": f"<image>\n{QUESTIONS[1]}"}],
+        chat_template=VICUNA_CHAT_TEMPLATE,
+        tokenize=False,
+        add_generation_prompt=True,
+    )
     assert builder.generation_prompt([Turn("user", QUESTIONS[1], 1)]) == expected
-    assert expected.startswith("A chat between a curious user") and expected.endswith(f"USER: <image>\n{QUESTIONS[1]} ASSISTANT:")
+    assert expected.startswith("A chat between a curious user") and expected.endswith(
+        f"USER: <image>\n{QUESTIONS[1]} ASSISTANT:"
+    )
 
 
 def test_embedded_checkpoint_keeps_its_plain_template():
@@ -162,7 +200,9 @@ def test_embedded_checkpoint_keeps_its_plain_template():
     template = find_template(processor, path)
     assert template.text == LLAVA_PLAIN_CHAT_TEMPLATE and template.style == STRING
     builder = PromptBuilder(template, processor.tokenizer)
-    assert builder.generation_prompt([Turn("user", "what colour is the shape ?", 1)]) == llava_prompt("what colour is the shape ?")
+    assert builder.generation_prompt([Turn("user", "what colour is the shape ?", 1)]) == llava_prompt(
+        "what colour is the shape ?"
+    )
 
 
 def test_override_template_file_and_a_template_that_loses_the_question(layouts, tmp_path):
@@ -188,7 +228,9 @@ def test_adapter_takes_a_template_file(layouts, tmp_path):
     lm = VisToGLMM(pretrained=str(layouts["hub"]), method="none", budget=576, device="cpu", chat_template=str(plain))
     answers(lm, simple_requests(1))
     (entry,) = lm.take_sample_log()
-    assert entry["prompt"] == f"USER: <image>\n{QUESTIONS[0]} ASSISTANT:" and lm.prompt_template.source.endswith("plain.jinja")
+    assert entry["prompt"] == f"USER: <image>\n{QUESTIONS[0]} ASSISTANT:" and lm.prompt_template.source.endswith(
+        "plain.jinja"
+    )
 
 
 # -- parity with lmms-eval's llava_hf and transformers' documented usage ------------------------------------------------

@@ -50,17 +50,35 @@ def only_run_dir(output: Path) -> Path:
 @pytest.mark.parametrize("layout", ["hub", "resaved"])
 def test_main_job_every_method_every_cell_ok(layouts, layout, tmp_path):
     result = run(
-        "-m", "vistog_bench.cli", "run", "--model", str(layouts[layout]), str(layouts[f"vistog64-{layout}"]),
-        "--method", "none,vistog,pool,visionzip,fastv", "--budgets", "576,64", "--tasks", "shapes_vqa",
-        "--limit", "3", "--output", str(tmp_path / "results"), "--no-report",
-    )  # fmt: skip
+        "-m",
+        "vistog_bench.cli",
+        "run",
+        "--model",
+        str(layouts[layout]),
+        str(layouts[f"vistog64-{layout}"]),
+        "--method",
+        "none,vistog,pool,visionzip,fastv",
+        "--budgets",
+        "576,64",
+        "--tasks",
+        "shapes_vqa",
+        "--limit",
+        "3",
+        "--output",
+        str(tmp_path / "results"),
+        "--no-report",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     run_dir = only_run_dir(tmp_path / "results")
     cells = json.loads((run_dir / "metrics.json").read_text())
     cells = cells["cells"] if isinstance(cells, dict) else cells
     assert {(c["method"], c["budget"]) for c in cells} == {
-        ("none", 576), ("vistog", 64), ("pool", 64), ("visionzip", 64), ("fastv", 64)
-    }  # fmt: skip
+        ("none", 576),
+        ("vistog", 64),
+        ("pool", 64),
+        ("visionzip", 64),
+        ("fastv", 64),
+    }
     assert all(c["status"] == "ok" and c["n_samples"] == 3 for c in cells)
     for path in (run_dir / "samples").glob("*.jsonl"):
         lines = [json.loads(line) for line in path.read_text().splitlines()]
@@ -86,11 +104,33 @@ def lmms_eval_answers(tmp_path: Path, mirror: Path, model: str, model_args: str,
     out = tmp_path / f"{model}-{abs(hash((model_args, extra)))}"
     tasks = run("-m", "vistog_bench.cli", "tasks", "--path").stdout.strip()
     result = subprocess.run(
-        [sys.executable, "-m", "lmms_eval", "eval", "--model", model, "--model_args", model_args, "--tasks",
-         "pope_local", "--include_path", tasks, "--limit", "4", "--device", "cpu", "--log_samples",
-         "--output_path", str(out), *extra],
-        capture_output=True, text=True, env={**ENV, "VISTOG_DATA_DIR": str(mirror)}, timeout=900,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "lmms_eval",
+            "eval",
+            "--model",
+            model,
+            "--model_args",
+            model_args,
+            "--tasks",
+            "pope_local",
+            "--include_path",
+            tasks,
+            "--limit",
+            "4",
+            "--device",
+            "cpu",
+            "--log_samples",
+            "--output_path",
+            str(out),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        env={**ENV, "VISTOG_DATA_DIR": str(mirror)},
+        timeout=900,
+    )
     files = sorted(out.rglob("*samples_pope_local*.jsonl"))
     assert files, f"lmms-eval wrote no samples (exit {result.returncode}): {result.stderr[-3000:]}"
     lines = [json.loads(line) for line in files[0].read_text().splitlines()]
@@ -99,12 +139,18 @@ def lmms_eval_answers(tmp_path: Path, mirror: Path, model: str, model_args: str,
 
 
 @pytest.mark.parametrize(
-    "layout,extra", [("hub", ()), ("resaved", ()), ("no-template", ("--force_simple",))], ids=["chat-hub", "chat-resaved", "simple"]
+    "layout,extra",
+    [("hub", ()), ("resaved", ()), ("no-template", ("--force_simple",))],
+    ids=["chat-hub", "chat-resaved", "simple"],
 )
 def test_lmms_eval_cli_vistog_equals_its_llava_hf(layouts, pope_mirror, layout, extra, tmp_path):
     path = layouts[layout]
-    ours = lmms_eval_answers(tmp_path, pope_mirror, "vistog", f"pretrained={path},method=none,budget=576,dtype=float32", *extra)
-    reference = lmms_eval_answers(tmp_path, pope_mirror, "llava_hf", f"pretrained={path},device_map=cpu,dtype=float32", *extra)
+    ours = lmms_eval_answers(
+        tmp_path, pope_mirror, "vistog", f"pretrained={path},method=none,budget=576,dtype=float32", *extra
+    )
+    reference = lmms_eval_answers(
+        tmp_path, pope_mirror, "llava_hf", f"pretrained={path},device_map=cpu,dtype=float32", *extra
+    )
     assert len(ours) == 4 and ours == reference
     batched = lmms_eval_answers(
         tmp_path, pope_mirror, "vistog", f"pretrained={path},method=none,budget=576", "--batch_size", "3", *extra
@@ -119,10 +165,18 @@ def write_llava_data(folder: Path, count: int = 4) -> Path:
     records = []
     for i in range(count):
         Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(folder / "images" / f"{i:06d}.jpg")
-        records.append({"id": f"{i:06d}", "image": f"images/{i:06d}.jpg", "conversations": [
-            {"from": "human", "value": "<image>\nWhat colour is the shape?"}, {"from": "gpt", "value": "red"},
-            {"from": "human", "value": "How many shapes are there?"}, {"from": "gpt", "value": "two"},
-        ]})  # fmt: skip
+        records.append(
+            {
+                "id": f"{i:06d}",
+                "image": f"images/{i:06d}.jpg",
+                "conversations": [
+                    {"from": "human", "value": "<image>\nWhat colour is the shape?"},
+                    {"from": "gpt", "value": "red"},
+                    {"from": "human", "value": "How many shapes are there?"},
+                    {"from": "gpt", "value": "two"},
+                ],
+            }
+        )
     path = folder / "llava_mix.json"
     path.write_text(json.dumps(records))
     return path
@@ -135,10 +189,25 @@ def test_trained_checkpoint_is_evaluated_with_its_training_prompt(layouts, layou
     data = write_llava_data(tmp_path / "data")
     out = tmp_path / "trained"
     result = run(
-        "-m", "vistog_bench.cli", "train", "--stage", "vistog-stage1", "--model", str(layouts[layout]),
-        "--num-semantic-tokens", "16", "--data", str(data), "--output-dir", str(out), "--max-steps", "1",
-        "--batch-size", "2", "--quiet",
-    )  # fmt: skip
+        "-m",
+        "vistog_bench.cli",
+        "train",
+        "--stage",
+        "vistog-stage1",
+        "--model",
+        str(layouts[layout]),
+        "--num-semantic-tokens",
+        "16",
+        "--data",
+        str(data),
+        "--output-dir",
+        str(out),
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--quiet",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert (out / "chat_template.jinja").read_text() == template
 
@@ -154,8 +223,22 @@ def test_trained_checkpoint_is_evaluated_with_its_training_prompt(layouts, layou
     assert input_ids[:first_answer] == eval_ids
 
     runs = tmp_path / "results"
-    result = run("-m", "vistog_bench.cli", "run", "--model", str(out), "--method", "vistog", "--tasks", "shapes_vqa",
-                 "--limit", "2", "--output", str(runs), "--no-report")  # fmt: skip
+    result = run(
+        "-m",
+        "vistog_bench.cli",
+        "run",
+        "--model",
+        str(out),
+        "--method",
+        "vistog",
+        "--tasks",
+        "shapes_vqa",
+        "--limit",
+        "2",
+        "--output",
+        str(runs),
+        "--no-report",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     run_dir = only_run_dir(runs)
     (samples,) = (run_dir / "samples").glob("*.jsonl")

@@ -22,7 +22,6 @@ FASTV_LAYER = 1  # the tiny LLM has 2 layers
 P = 576
 
 
-
 @pytest.fixture(scope="module")
 def pixels(processor):
     return processor.image_processor(random_images(3, seed=5), return_tensors="pt")["pixel_values"]
@@ -132,7 +131,9 @@ def fastv_prompt_and_cache_lengths(model, processor, budget, images_per_sample):
     layer = model.model.language_model.layers[FASTV_LAYER]
     handle = layer.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[1]))
     inputs = build_inputs(
-        processor, [llava_prompt("describe the video", images_per_sample)], [random_images(images_per_sample)],
+        processor,
+        [llava_prompt("describe the video", images_per_sample)],
+        [random_images(images_per_sample)],
         tokens_per_image(model),
     )
     try:
@@ -180,7 +181,17 @@ def test_fastv_removed_leaves_stock(model, processor):
 
 def test_methods_listed():
     assert METHODS[:8] == ("none", "vistog", "pool", "random", "tome", "visionzip", "prumerge", "fastv")
-    assert set(METHODS[8:]) == {"divprune", "vispruner", "cdpruner", "dart", "pdrop", "sparsevlm", "vscan", "downsample", "holitom"}
+    assert set(METHODS[8:]) == {
+        "divprune",
+        "vispruner",
+        "cdpruner",
+        "dart",
+        "pdrop",
+        "sparsevlm",
+        "vscan",
+        "downsample",
+        "holitom",
+    }
 
 
 @pytest.mark.parametrize(

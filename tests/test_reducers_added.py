@@ -33,10 +33,18 @@ from vistog_bench.reducers.vscan import scan, shallow_layer, windows
 
 P = 576
 # budget per method on the 2-layer LLM: a layer-mean method keeps P in layer 0, so its mean is at least (P + 1) / 2
-BUDGETS = {"divprune": 64, "vispruner": 64, "cdpruner": 64, "downsample": 64, "holitom": 64,
-           "dart": 300, "pdrop": 300, "sparsevlm": 300, "vscan": 64}
+BUDGETS = {
+    "divprune": 64,
+    "vispruner": 64,
+    "cdpruner": 64,
+    "downsample": 64,
+    "holitom": 64,
+    "dart": 300,
+    "pdrop": 300,
+    "sparsevlm": 300,
+    "vscan": 64,
+}
 LAYER_MEAN = ("dart", "pdrop", "sparsevlm", "vscan", "holitom")
-
 
 
 def generate(model, processor, questions, images, new_tokens=3):
@@ -51,13 +59,25 @@ def generate(model, processor, questions, images, new_tokens=3):
 def prefill_lengths(model, processor, frames: int) -> tuple[int, int, list[int]]:
     """Prompt length, its text tokens, and the sequence length each decoder layer's prefill received."""
     seen = []
-    handles = [layer.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["hidden_states"].shape[1])
-                                               if "hidden_states" in kwargs else seen.append(args[0].shape[1]),
-                                               with_kwargs=True)
-               for layer in model.model.language_model.layers]
+    handles = [
+        layer.register_forward_pre_hook(
+            lambda m, args, kwargs: (
+                seen.append(kwargs["hidden_states"].shape[1])
+                if "hidden_states" in kwargs
+                else seen.append(args[0].shape[1])
+            ),
+            with_kwargs=True,
+        )
+        for layer in model.model.language_model.layers
+    ]
     try:
-        _, _, inputs = generate(model, processor, [llava_prompt("describe the video", frames)],
-                                [random_images(frames, seed=7)], new_tokens=1)
+        _, _, inputs = generate(
+            model,
+            processor,
+            [llava_prompt("describe the video", frames)],
+            [random_images(frames, seed=7)],
+            new_tokens=1,
+        )
     finally:
         for handle in handles:
             handle.remove()
@@ -114,7 +134,9 @@ def test_attention_kernels_are_recorded_and_never_switched(model):
     assert applied.llm_attention == ("sdpa", "sdpa") and applied.scored_llm_layers == (0,)
     assert model.config.text_config._attn_implementation == "sdpa"
     apply_method(model, "vispruner", 64)
-    assert applied_method(model).vision_scores.startswith("CLS attention") and not applied_method(model).scored_llm_layers
+    assert (
+        applied_method(model).vision_scores.startswith("CLS attention") and not applied_method(model).scored_llm_layers
+    )
     apply_method(model, "divprune", 64)
     assert applied_method(model).scored_llm_layers == () and applied_method(model).vision_scores == ""
 
@@ -134,9 +156,17 @@ def test_score_rows_equal_the_eager_attention_weights():
     rotary = llava.model.language_model.rotary_emb(captured["q"], torch.arange(12)[None])
     attn = layer.self_attn
     positions = torch.tensor([3, 11])
-    rows = attention_rows(captured["q"][0, positions], captured["k"][0], rotary, torch.ones(12, dtype=torch.bool),
-                          positions, 0, head_dim=attn.head_dim, kv_groups=attn.num_key_value_groups,
-                          scaling=attn.scaling)
+    rows = attention_rows(
+        captured["q"][0, positions],
+        captured["k"][0],
+        rotary,
+        torch.ones(12, dtype=torch.bool),
+        positions,
+        0,
+        head_dim=attn.head_dim,
+        kv_groups=attn.num_key_value_groups,
+        scaling=attn.scaling,
+    )
     torch.testing.assert_close(rows, eager[positions].float(), rtol=1e-4, atol=1e-5)
 
 
@@ -168,12 +198,15 @@ def test_config_problem_refuses_unreachable_budgets(model):
     assert applied_method(model).method == "pool"  # a refused call changes nothing
 
 
-@pytest.mark.parametrize("method, budget, options, message", [
-    ("vispruner", 64, {"important_ratio": 2.0}, "important_ratio must be in 0..1"),
-    ("dart", 300, {"layer": "1"}, "must be int"),
-    ("downsample", 29, {}, "nearest poolable"),
-    ("holitom", 0, {}, r"1\.\.576"),
-])
+@pytest.mark.parametrize(
+    "method, budget, options, message",
+    [
+        ("vispruner", 64, {"important_ratio": 2.0}, "important_ratio must be in 0..1"),
+        ("dart", 300, {"layer": "1"}, "must be int"),
+        ("downsample", 29, {}, "nearest poolable"),
+        ("holitom", 0, {}, r"1\.\.576"),
+    ],
+)
 def test_bad_input(model, method, budget, options, message):
     with pytest.raises(UsageError, match=message):
         apply_method(model, method, budget, **options)
@@ -194,8 +227,12 @@ def test_cdpruner_greedy_map_matches_log_det_greedy():
     kernel = x @ x.T + 0.1 * torch.eye(30, dtype=torch.float64)
     chosen = []
     for _ in range(6):  # the greedy MAP: add the item that maximises log det L[S + i]
-        chosen.append(max((i for i in range(30) if i not in chosen),
-                          key=lambda i: torch.logdet(kernel[chosen + [i]][:, chosen + [i]])))
+        chosen.append(
+            max(
+                (i for i in range(30) if i not in chosen),
+                key=lambda i: torch.logdet(kernel[chosen + [i]][:, chosen + [i]]),
+            )
+        )
     assert greedy_dpp_map(kernel, 6).tolist() == chosen
 
 
@@ -207,7 +244,7 @@ def test_vispruner_duplicate_removal_matches_the_loop():
         a, b = kept[::2], kept[1::2]
         closest = [max(float(normed[0, i] @ normed[0, j]) for j in b) for i in a]
         order = sorted(range(len(a)), key=lambda k: -closest[k])
-        kept = [a[k] for k in order[min(8, len(kept) - 12):]] + b
+        kept = [a[k] for k in order[min(8, len(kept) - 12) :]] + b
     assert remove_duplicates(normed, residual[None], 12)[0].tolist() == kept
 
 

@@ -18,21 +18,55 @@ VIDEO = FOLDER / "llava_ov_7b_video_published.csv"
 # The "Rel." column of each LLaVA-1.5-7B table (mean over its ten benchmarks of value / the 576-token value, in %),
 # read from the same images as the rows: a typo in any transcribed number moves the computed retention off it.
 RELATIVE = {
-    "CDPruner": {("FastV", 128): 92.8, ("PDrop", 128): 95.0, ("SparseVLM", 128): 96.3, ("VisionZip", 128): 97.6,
-                 ("DART", 128): 96.9, ("DivPrune", 128): 97.5, ("CDPruner", 128): 99.0,
-                 ("FastV", 64): 74.9, ("PDrop", 64): 72.9, ("SparseVLM", 64): 87.1, ("VisionZip", 64): 94.4,
-                 ("DART", 64): 92.6, ("DivPrune", 64): 94.7, ("CDPruner", 64): 97.0},
-    "VisPruner": {("ToMe", 128): 83.9, ("FastV", 128): 85.4, ("SparseVLM", 128): 94.4, ("VisionZip", 128): 98.4,
-                  ("VisPruner", 128): 99.6, ("ToMe", 64): 73.9, ("FastV", 64): 75.9, ("SparseVLM", 64): 86.4,
-                  ("VisionZip", 64): 95.6, ("VisPruner", 64): 96.6},
+    "CDPruner": {
+        ("FastV", 128): 92.8,
+        ("PDrop", 128): 95.0,
+        ("SparseVLM", 128): 96.3,
+        ("VisionZip", 128): 97.6,
+        ("DART", 128): 96.9,
+        ("DivPrune", 128): 97.5,
+        ("CDPruner", 128): 99.0,
+        ("FastV", 64): 74.9,
+        ("PDrop", 64): 72.9,
+        ("SparseVLM", 64): 87.1,
+        ("VisionZip", 64): 94.4,
+        ("DART", 64): 92.6,
+        ("DivPrune", 64): 94.7,
+        ("CDPruner", 64): 97.0,
+    },
+    "VisPruner": {
+        ("ToMe", 128): 83.9,
+        ("FastV", 128): 85.4,
+        ("SparseVLM", 128): 94.4,
+        ("VisionZip", 128): 98.4,
+        ("VisPruner", 128): 99.6,
+        ("ToMe", 64): 73.9,
+        ("FastV", 64): 75.9,
+        ("SparseVLM", 64): 86.4,
+        ("VisionZip", 64): 95.6,
+        ("VisPruner", 64): 96.6,
+    },
     # VScan's table (nine benchmarks; its ToMe rows give seven), as a survey README re-quotes it with its "Average"
     "VScan": {("VScan", 192): 99.0, ("VScan", 128): 98.8, ("VScan", 64): 96.7, ("ToMe", 128): 80.4, ("ToMe", 64): 70.1},
 }
 # HoliTom's "Avg. Score" column (mean of MVBench, EgoSchema, LongVideoBench, VideoMME) for LLaVA-OneVision-7B.
-AVERAGE = {("LLaVA-OneVision-7B", 100): 58.4, ("FastV", 25): 56.5, ("PDrop", 25): 56.2, ("VisionZip", 25): 58.2,
-           ("HoliTom (w/o M)", 25): 58.7, ("HoliTom", 25): 58.8, ("VisionZip", 20): 57.7, ("HoliTom (w/o M)", 20): 58.5,
-           ("HoliTom", 20): 58.8, ("VisionZip", 15): 56.7, ("HoliTom (w/o M)", 15): 58.5, ("HoliTom", 15): 58.2,
-           ("VisionZip", 10): 53.5, ("HoliTom (w/o M)", 10): 57.8, ("HoliTom", 10): 57.9}
+AVERAGE = {
+    ("LLaVA-OneVision-7B", 100): 58.4,
+    ("FastV", 25): 56.5,
+    ("PDrop", 25): 56.2,
+    ("VisionZip", 25): 58.2,
+    ("HoliTom (w/o M)", 25): 58.7,
+    ("HoliTom", 25): 58.8,
+    ("VisionZip", 20): 57.7,
+    ("HoliTom (w/o M)", 20): 58.5,
+    ("HoliTom", 20): 58.8,
+    ("VisionZip", 15): 56.7,
+    ("HoliTom (w/o M)", 15): 58.5,
+    ("HoliTom", 15): 58.2,
+    ("VisionZip", 10): 53.5,
+    ("HoliTom (w/o M)", 10): 57.8,
+    ("HoliTom", 10): 57.9,
+}
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +108,13 @@ def test_methods_added_have_rows_and_conventions(reference):
     assert {("VScan", "192"), ("VScan", "128"), ("VScan", "64")} <= have
     for row in reference.rows:
         assert "arXiv" in row.source and row.convention in (*CONVENTIONS, ""), row
-        expected = {"DART": "after_layer", "FastV": "after_layer", "PDrop": "layer_mean", "SparseVLM": "layer_mean",
-                    "VScan": "layer_mean"}
+        expected = {
+            "DART": "after_layer",
+            "FastV": "after_layer",
+            "PDrop": "layer_mean",
+            "SparseVLM": "layer_mean",
+            "VScan": "layer_mean",
+        }
         if row.file == LLAVA and row.method in expected:
             assert row.convention == expected[row.method], row
         if row.method in ("DivPrune", "CDPruner", "VisPruner", "VisionZip", "ToMe", "HoliTom"):
@@ -94,12 +133,15 @@ def test_reported_table_shows_percent_budgets_and_conventions(reference):
     assert budgets.index("25 %") > len(budgets) - 1 - budgets[::-1].index("64")  # token counts first, then percents
 
 
-@pytest.mark.parametrize("text, message", [
-    ("method,visual_tokens,convention,source,gqa\nX,64,layer-mean,p,1\n", "convention='layer-mean' is not one of"),
-    ("method,visual_tokens,retained_percent,source,gqa\nX,64,10,p,1\n", "exactly one budget column"),
-    ("method,source,gqa\nX,p,1\n", "got none"),
-    ("method,retained_percent,source,gqa\nX,0,p,1\n", "line 2: needs a method and a retained_percent > 0"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("method,visual_tokens,convention,source,gqa\nX,64,layer-mean,p,1\n", "convention='layer-mean' is not one of"),
+        ("method,visual_tokens,retained_percent,source,gqa\nX,64,10,p,1\n", "exactly one budget column"),
+        ("method,source,gqa\nX,p,1\n", "got none"),
+        ("method,retained_percent,source,gqa\nX,0,p,1\n", "line 2: needs a method and a retained_percent > 0"),
+    ],
+)
 def test_reader_refuses_malformed_files_in_one_line(tmp_path, text, message):
     path = tmp_path / "bad.csv"
     path.write_text(text)

@@ -36,28 +36,63 @@ SWEEP = {
 }
 
 
-def make_run(root: Path, run_id: str = "run-a", *, sweep=None, drop_cells=(), statuses=None,
-             extra_profile=(), controlled: bool = True, n_samples: int = 50) -> Path:
+def make_run(
+    root: Path,
+    run_id: str = "run-a",
+    *,
+    sweep=None,
+    drop_cells=(),
+    statuses=None,
+    extra_profile=(),
+    controlled: bool = True,
+    n_samples: int = 50,
+) -> Path:
     """Write a run folder: one task, the cells of `sweep`, a controlled profile record per cell (or request
     records when `controlled` is False)."""
     sweep = dict(SWEEP if sweep is None else sweep)
     statuses = statuses or {}
     run = RunDir(root / run_id)
-    run.write_manifest(RunManifest(
-        run_id=run_id, command=["vistog-bench", "run"], config={"limit": n_samples}, git_sha="0" * 40,
-        versions={"torch": "2.14.1"}, device={"name": "cpu"}, seed=0, started_at="2026-11-25T10:00:00+00:00",
-    ))
+    run.write_manifest(
+        RunManifest(
+            run_id=run_id,
+            command=["vistog-bench", "run"],
+            config={"limit": n_samples},
+            git_sha="0" * 40,
+            versions={"torch": "2.14.1"},
+            device={"name": "cpu"},
+            seed=0,
+            started_at="2026-11-25T10:00:00+00:00",
+        )
+    )
     records = []
     for (method, budget), (score, total_ms, prefill_flops) in sweep.items():
         if (method, budget) in drop_cells:
             continue
         status = statuses.get((method, budget), "ok")
         metrics = {METRIC: score, "pope_yes_ratio,none": 0.5} if status == "ok" else {}
-        run.record_cell(CellResult(task=TASK, method=method, budget=budget, status=status, metrics=metrics,
-                                   stderr={METRIC: 0.05}, n_samples=n_samples, elapsed_s=1.0))
-        common = dict(method=method, budget=budget, batch_size=1, device="cpu", dtype="float32",
-                      visual_tokens=budget, flops={"vision": 1.0e9, "prefill": prefill_flops},
-                      peak_memory_bytes={"cpu": 1_000_000 + 1000 * budget}, kv_cache_bytes=512 * (budget + 20))
+        run.record_cell(
+            CellResult(
+                task=TASK,
+                method=method,
+                budget=budget,
+                status=status,
+                metrics=metrics,
+                stderr={METRIC: 0.05},
+                n_samples=n_samples,
+                elapsed_s=1.0,
+            )
+        )
+        common = dict(
+            method=method,
+            budget=budget,
+            batch_size=1,
+            device="cpu",
+            dtype="float32",
+            visual_tokens=budget,
+            flops={"vision": 1.0e9, "prefill": prefill_flops},
+            peak_memory_bytes={"cpu": 1_000_000 + 1000 * budget},
+            kv_cache_bytes=512 * (budget + 20),
+        )
         if controlled:
             records.append(ProfileRecord(kind="controlled", total_ms=total_ms, prefill_ms=total_ms / 2, **common))
         else:
@@ -85,9 +120,21 @@ def failing_keys(report: CheckReport) -> set[tuple[str, int, str]]:
 def test_derived_values_cover_every_category():
     values = derive_values(
         [CellResult(TASK, m, b, "ok", {METRIC: s}, n_samples=50) for (m, b), (s, _, _) in SWEEP.items()],
-        [ProfileRecord(kind="controlled", method=m, budget=b, batch_size=1, device="cpu", dtype="float32",
-                       total_ms=t, flops={"prefill": f}, peak_memory_bytes={"cpu": 10}, kv_cache_bytes=20)
-         for (m, b), (_, t, f) in SWEEP.items()],
+        [
+            ProfileRecord(
+                kind="controlled",
+                method=m,
+                budget=b,
+                batch_size=1,
+                device="cpu",
+                dtype="float32",
+                total_ms=t,
+                flops={"prefill": f},
+                peak_memory_bytes={"cpu": 10},
+                kv_cache_bytes=20,
+            )
+            for (m, b), (_, t, f) in SWEEP.items()
+        ],
     )
     cell = values[CellKey(TASK, "vistog", 64)]
     group = "[controlled,eager,bs1]"
@@ -115,8 +162,16 @@ def test_request_records_give_median_speedup_when_no_controlled_records(tmp_path
 
 
 def test_controlled_records_are_preferred_over_requests(tmp_path):
-    stray = ProfileRecord(kind="request", task=TASK, method="vistog", budget=64, batch_size=1, device="cpu",
-                          dtype="float32", total_ms=999.0)
+    stray = ProfileRecord(
+        kind="request",
+        task=TASK,
+        method="vistog",
+        budget=64,
+        batch_size=1,
+        device="cpu",
+        dtype="float32",
+        total_ms=999.0,
+    )
     run = RunDir(make_run(tmp_path, extra_profile=[stray]))
     cell = derive_values(run.cells(), run.profile())[CellKey(TASK, "vistog", 64)]
     assert "speedup/total_ms[request]" not in cell
@@ -128,7 +183,14 @@ def test_unchanged_rerun_passes(tmp_path, baseline):
     report = check_run(make_run(tmp_path, "run-again"), baseline)
     assert report.exit_code == 0, report.to_table()
     assert report.failures == ()
-    assert {f.key.split("/")[0] for f in report.findings} >= {"accuracy", "retention", "speedup", "flops", "memory", "samples"}
+    assert {f.key.split("/")[0] for f in report.findings} >= {
+        "accuracy",
+        "retention",
+        "speedup",
+        "flops",
+        "memory",
+        "samples",
+    }
     assert not any(f.key.startswith("latency/") for f in report.findings), "absolute latency is off by default"
 
 
@@ -208,14 +270,17 @@ def test_per_metric_override_loosens_one_metric(tmp_path, baseline):
 def test_baseline_update_writes_a_file_that_check_accepts(tmp_path, monkeypatch, capsys):
     run = make_run(tmp_path, "run-cli")
     out_dir = tmp_path / "baselines"
-    assert run_cli(monkeypatch, ["baseline", "update", str(run), "--name", "cpu-default", "--out-dir", str(out_dir)]) == 0
+    assert (
+        run_cli(monkeypatch, ["baseline", "update", str(run), "--name", "cpu-default", "--out-dir", str(out_dir)]) == 0
+    )
     written = out_dir / "cpu-default.json"
     data = json.loads(written.read_text())
     assert data["manifest"]["run_id"] == "run-cli" and len(data["cells"]) == 3
     assert data["cells"][0]["metrics"][METRIC] == 0.80
     summary, junit = tmp_path / "summary.md", tmp_path / "junit.xml"
-    code = run_cli(monkeypatch, ["check", str(run), "--baseline", str(written), "--summary", str(summary),
-                                 "--junit", str(junit)])
+    code = run_cli(
+        monkeypatch, ["check", str(run), "--baseline", str(written), "--summary", str(summary), "--junit", str(junit)]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "OK:" in out and f"accuracy/{METRIC}" in out
@@ -226,14 +291,31 @@ def test_baseline_update_writes_a_file_that_check_accepts(tmp_path, monkeypatch,
 def test_junit_xml_parses_and_lists_failures(tmp_path, monkeypatch, baseline):
     worse = {**SWEEP, ("vistog", 64): (0.70, 80.0, 0.6e9)}
     junit, summary = tmp_path / "out" / "junit.xml", tmp_path / "out" / "summary.md"
-    code = run_cli(monkeypatch, ["check", str(make_run(tmp_path, "run-worse", sweep=worse)), "--baseline",
-                                 str(baseline), "--junit", str(junit), "--summary", str(summary), "--quiet"])
+    code = run_cli(
+        monkeypatch,
+        [
+            "check",
+            str(make_run(tmp_path, "run-worse", sweep=worse)),
+            "--baseline",
+            str(baseline),
+            "--junit",
+            str(junit),
+            "--summary",
+            str(summary),
+            "--quiet",
+        ],
+    )
     assert code == 1
     root = ElementTree.parse(junit).getroot()
-    failed = {(case.get("classname"), case.get("name")) for case in root.iter("testcase") if case.find("failure") is not None}
+    failed = {
+        (case.get("classname"), case.get("name")) for case in root.iter("testcase") if case.find("failure") is not None
+    }
     slug = f"vistog_bench.check.{TASK}__vistog__64"
-    assert failed == {(slug, f"accuracy/{METRIC}"), (slug, f"retention/{METRIC}"),
-                      (slug, "speedup/total_ms[controlled,eager,bs1]")}
+    assert failed == {
+        (slug, f"accuracy/{METRIC}"),
+        (slug, f"retention/{METRIC}"),
+        (slug, "speedup/total_ms[controlled,eager,bs1]"),
+    }
     assert root.get("failures") == "3" and int(root.get("tests")) == len(list(root.iter("testcase")))
     failure = next(root.iter("failure"))
     assert "baseline" in failure.get("message") and "now" in failure.get("message")
@@ -241,16 +323,29 @@ def test_junit_xml_parses_and_lists_failures(tmp_path, monkeypatch, baseline):
     assert "### Failures" in text and "speedup/total_ms" in text
 
 
-@pytest.mark.parametrize("content", [
-    "{not json",
-    json.dumps([1, 2]),
-    json.dumps({"format": "something-else/9", "cells": []}),
-    json.dumps({"format": "vistog-bench-baseline/1", "cells": [{"task": "t", "method": "none", "budget": 576}]}),
-    json.dumps({"format": "vistog-bench-baseline/1", "cells": [
-        {"task": "t", "method": "none", "budget": 576, "status": "ok", "values": {"accuracy/x": "high"}}]}),
-    json.dumps({"format": "vistog-bench-baseline/1", "cells": [
-        {"task": "t", "method": "none", "budget": 576, "status": "ok", "values": {"vibes/x": 1.0}}]}),
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "{not json",
+        json.dumps([1, 2]),
+        json.dumps({"format": "something-else/9", "cells": []}),
+        json.dumps({"format": "vistog-bench-baseline/1", "cells": [{"task": "t", "method": "none", "budget": 576}]}),
+        json.dumps(
+            {
+                "format": "vistog-bench-baseline/1",
+                "cells": [
+                    {"task": "t", "method": "none", "budget": 576, "status": "ok", "values": {"accuracy/x": "high"}}
+                ],
+            }
+        ),
+        json.dumps(
+            {
+                "format": "vistog-bench-baseline/1",
+                "cells": [{"task": "t", "method": "none", "budget": 576, "status": "ok", "values": {"vibes/x": 1.0}}],
+            }
+        ),
+    ],
+)
 def test_malformed_baseline_exits_2(tmp_path, monkeypatch, capsys, content):
     bad = tmp_path / "bad.json"
     bad.write_text(content)
@@ -259,13 +354,16 @@ def test_malformed_baseline_exits_2(tmp_path, monkeypatch, capsys, content):
     assert len(err.splitlines()) == 1 and "baseline" in err
 
 
-@pytest.mark.parametrize("content", [
-    "[]",
-    json.dumps({"defaults": {"accuracy": {"mode": "percent"}}}),
-    json.dumps({"defaults": {"accuracy": {"allowed": -1}}}),
-    json.dumps({"defaults": {"vibes": {"mode": "abs", "allowed": 1, "better": "higher"}}}),
-    json.dumps({"overrides": [{"allowed": 1}]}),
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "[]",
+        json.dumps({"defaults": {"accuracy": {"mode": "percent"}}}),
+        json.dumps({"defaults": {"accuracy": {"allowed": -1}}}),
+        json.dumps({"defaults": {"vibes": {"mode": "abs", "allowed": 1, "better": "higher"}}}),
+        json.dumps({"overrides": [{"allowed": 1}]}),
+    ],
+)
 def test_malformed_tolerances_exit_2(tmp_path, monkeypatch, baseline, content):
     bad = tmp_path / "tol.json"
     bad.write_text(content)
@@ -283,7 +381,10 @@ def test_shipped_tolerance_files_load():
     defaults = load_tolerances()
     assert defaults.defaults["latency"].enabled is False
     gpu = load_tolerances(Path(__file__).parents[1] / "vistog_bench" / "regress_tolerances_gpu.json")
-    assert gpu.defaults["latency"].enabled is True and gpu.defaults["speedup"].allowed < defaults.defaults["speedup"].allowed
+    assert (
+        gpu.defaults["latency"].enabled is True
+        and gpu.defaults["speedup"].allowed < defaults.defaults["speedup"].allowed
+    )
 
 
 def test_baseline_round_trip_keeps_every_value(tmp_path):

@@ -15,8 +15,13 @@ LIMIT = 60
 
 def sweep(models, output):
     config = RunConfig(
-        models=tuple(str(m) for m in models), tasks=("shapes_vqa",), methods=("vistog",),
-        budgets=(demo.available_budgets()[0],), limit=LIMIT, output=str(output), profile=False,
+        models=tuple(str(m) for m in models),
+        tasks=("shapes_vqa",),
+        methods=("vistog",),
+        budgets=(demo.available_budgets()[0],),
+        limit=LIMIT,
+        output=str(output),
+        profile=False,
     )
     run, cells = run_sweep(config, command=["test"])
     assert all(c.ok for c in cells), [c.status for c in cells]

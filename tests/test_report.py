@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from testers import md_row
 
 from vistog_bench import cli
@@ -36,9 +35,17 @@ REFERENCE_CSV = Path(__file__).resolve().parents[1] / "results" / "reference" / 
 # building result folders
 # ---------------------------------------------------------------------------------------------------------------
 def manifest(run_id: str, device: str = "NVIDIA H100 80GB HBM3") -> RunManifest:
-    return RunManifest(run_id=run_id, command=["vistog-bench", "run"], config={"dtype": "bfloat16", "batch_size": 1},
-                       git_sha="0123456789abcdef", versions={"lmms_eval": "0.7.3"}, device={"name": device}, seed=0,
-                       started_at="2026-11-25T10:00:00", finished_at="2026-11-25T11:00:00")
+    return RunManifest(
+        run_id=run_id,
+        command=["vistog-bench", "run"],
+        config={"dtype": "bfloat16", "batch_size": 1},
+        git_sha="0123456789abcdef",
+        versions={"lmms_eval": "0.7.3"},
+        device={"name": device},
+        seed=0,
+        started_at="2026-11-25T10:00:00",
+        finished_at="2026-11-25T11:00:00",
+    )
 
 
 def gqa(em: float) -> dict:
@@ -57,17 +64,40 @@ def cell(task, method, budget, metrics=None, status="ok", stderr=None) -> CellRe
     return CellResult(task, method, budget, status, metrics or {}, stderr or {}, n_samples=100 if metrics else 0)
 
 
-def controlled(method, budget, total_ms, *, path="compiled", device="NVIDIA H100 80GB HBM3", prefill_flops=None,
-               batch_size=1, prefill_ms=None) -> ProfileRecord:
+def controlled(
+    method,
+    budget,
+    total_ms,
+    *,
+    path="compiled",
+    device="NVIDIA H100 80GB HBM3",
+    prefill_flops=None,
+    batch_size=1,
+    prefill_ms=None,
+) -> ProfileRecord:
     prefill = prefill_ms if prefill_ms is not None else total_ms * 0.3
     return ProfileRecord(
-        kind="controlled", method=method, budget=budget, batch_size=batch_size, device=device, dtype="bfloat16",
-        path=path, visual_tokens=budget, text_tokens=40, output_tokens=16, preprocess_ms=1.0, vision_ms=5.0,
-        grouping_ms=1.0 if method == "vistog" else None, projector_ms=0.5, prefill_ms=prefill,
-        decode_ms=total_ms - prefill - 7.5, total_ms=total_ms,
+        kind="controlled",
+        method=method,
+        budget=budget,
+        batch_size=batch_size,
+        device=device,
+        dtype="bfloat16",
+        path=path,
+        visual_tokens=budget,
+        text_tokens=40,
+        output_tokens=16,
+        preprocess_ms=1.0,
+        vision_ms=5.0,
+        grouping_ms=1.0 if method == "vistog" else None,
+        projector_ms=0.5,
+        prefill_ms=prefill,
+        decode_ms=total_ms - prefill - 7.5,
+        total_ms=total_ms,
         stats={"total": {"median": total_ms, "p10": total_ms * 0.95, "p90": total_ms * 1.05, "cv": 0.02, "n": 20}},
         flops={"prefill": prefill_flops if prefill_flops is not None else 2e12 * (budget + 40) / 616},
-        peak_memory_bytes={"cuda:0": 14 * 2**30 + budget * 2**20}, kv_cache_bytes=(budget + 56) * 2**19,
+        peak_memory_bytes={"cuda:0": 14 * 2**30 + budget * 2**20},
+        kv_cache_bytes=(budget + 56) * 2**19,
         energy_j=budget / 100.0,
     )
 
@@ -138,7 +168,9 @@ def test_mme_headline_sums_perception_and_cognition(spelling):
 def test_headlines_by_task_and_fallback():
     assert headline_score("pope_pop", pope(0.8))[1] == pytest.approx(80.0)
     assert headline_score("textvqa_val", {"exact_match,none": 0.5, "submission,none": None})[1] == pytest.approx(50.0)
-    assert headline_score("coco2017_cap_val", {"coco_Bleu_4,none": 0.3, "coco_CIDEr,none": 1.1})[1] == pytest.approx(110.0)
+    assert headline_score("coco2017_cap_val", {"coco_Bleu_4,none": 0.3, "coco_CIDEr,none": 1.1})[1] == pytest.approx(
+        110.0
+    )
     head, value = headline_score("shapes_colour", {"submission,none": None, "acc_norm": 0.25, "acc": 0.5})
     assert (head.metric, value) == ("acc_norm", 0.25)  # unknown task: first numeric metric, as is
     assert headline_score("anything", {"submission,none": "N/A"}) is None
@@ -210,10 +242,15 @@ def test_accuracy_only_row_is_not_a_mixed_setup(main_run):
 
 
 def test_mixed_devices_flagged_per_row(main_run, tmp_path):
-    other = make_run(tmp_path / "results", "run-b", records=[
-        controlled("none", 576, 300.0, device="NVIDIA A100-SXM4-80GB", path="eager"),
-        controlled("vistog", 64, 290.0, device="NVIDIA A100-SXM4-80GB", path="eager"),
-    ], device="NVIDIA A100-SXM4-80GB")
+    other = make_run(
+        tmp_path / "results",
+        "run-b",
+        records=[
+            controlled("none", 576, 300.0, device="NVIDIA A100-SXM4-80GB", path="eager"),
+            controlled("vistog", 64, 290.0, device="NVIDIA A100-SXM4-80GB", path="eager"),
+        ],
+        device="NVIDIA A100-SXM4-80GB",
+    )
     _, md = render([main_run, other])
     header = md_header(md)
     assert header[-1] == "Setup"
@@ -227,17 +264,31 @@ def test_mixed_devices_flagged_per_row(main_run, tmp_path):
 
 def request(method, budget, total_ms, *, batch_size=2) -> ProfileRecord:
     """A served request as the adapter's profiler records it: device `cuda:0`, the manifest names the GPU."""
-    return ProfileRecord(kind="request", method=method, budget=budget, batch_size=batch_size, device="cuda:0",
-                         dtype="float16", path="eager", task="gqa", visual_tokens=budget, output_tokens=3,
-                         vision_ms=2.0, prefill_ms=10.0, decode_ms=total_ms - 12.0, total_ms=total_ms,
-                         flops={"prefill": 1e12}, energy_j=4.0, ttft_ms=total_ms / 10)
+    return ProfileRecord(
+        kind="request",
+        method=method,
+        budget=budget,
+        batch_size=batch_size,
+        device="cuda:0",
+        dtype="float16",
+        path="eager",
+        task="gqa",
+        visual_tokens=budget,
+        output_tokens=3,
+        vision_ms=2.0,
+        prefill_ms=10.0,
+        decode_ms=total_ms - 12.0,
+        total_ms=total_ms,
+        flops={"prefill": 1e12},
+        energy_j=4.0,
+        ttft_ms=total_ms / 10,
+    )
 
 
 def test_request_medians_when_no_controlled_record(tmp_path):
     records = [request("none", 576, t) for t in (100.0, 120.0, 110.0)]
     records += [request("pool", 64, t) for t in (50.0, 60.0, 55.0, 1000.0)]
-    run = make_run(tmp_path, "run-r", [cell("gqa", "none", 576, gqa(0.6)), cell("gqa", "pool", 64, gqa(0.5))],
-                   records)
+    run = make_run(tmp_path, "run-r", [cell("gqa", "none", 576, gqa(0.6)), cell("gqa", "pool", 64, gqa(0.5))], records)
     _, md = render([run])
     assert column(md, "none@576", "E2E") == "110.0"  # median of 100, 110, 120
     assert column(md, "pool@64", "E2E") == "**57.5**"  # median of 50, 55, 60, 1000
@@ -253,8 +304,15 @@ def test_request_medians_when_no_controlled_record(tmp_path):
 
 
 def test_analytic_records_left_out_with_a_note(main_run):
-    analytic = ProfileRecord(kind="analytic", method="none", budget=576, batch_size=1, device="cpu", dtype="bfloat16",
-                             flops={"prefill": 8e12})
+    analytic = ProfileRecord(
+        kind="analytic",
+        method="none",
+        budget=576,
+        batch_size=1,
+        device="cpu",
+        dtype="bfloat16",
+        flops={"prefill": 8e12},
+    )
     RunDir(main_run).append_profile([analytic])
     report, md = render([main_run])
     assert column(md, "none@576", "Prefill TFLOPs") == "2.00"  # from the controlled record, not the analytic one
@@ -327,11 +385,19 @@ def test_latex_compiles(main_run, tmp_path):
     report = build_report([main_run], [REFERENCE_CSV])
     body = "\n".join(to_latex(t) for t in report.tables)
     doc = tmp_path / "doc.tex"
-    doc.write_text("\\documentclass{article}\n\\usepackage[T1]{fontenc}\n\\usepackage[utf8]{inputenc}\n"
-                   "\\usepackage{booktabs}\n\\usepackage[margin=1cm,landscape]{geometry}\n"
-                   f"\\begin{{document}}\n{body}\n\\end{{document}}\n")
-    result = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120, check=False)
+    doc.write_text(
+        "\\documentclass{article}\n\\usepackage[T1]{fontenc}\n\\usepackage[utf8]{inputenc}\n"
+        "\\usepackage{booktabs}\n\\usepackage[margin=1cm,landscape]{geometry}\n"
+        f"\\begin{{document}}\n{body}\n\\end{{document}}\n"
+    )
+    result = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout[-2000:]
 
 
@@ -407,7 +473,7 @@ def test_cli_missing_manifest_exit_2(tmp_path, report_cli, capsys):
 
 
 def test_cli_malformed_metrics_exit_2(main_run, report_cli, tmp_path, capsys):
-    (main_run / "metrics.json").write_text("[{\"task\": \"gqa\",")
+    (main_run / "metrics.json").write_text('[{"task": "gqa",')
     assert report_cli(["report", str(main_run), "--out", str(tmp_path / "o")]) == 2
     assert "metrics.json" in _one_error_line(capsys)
 

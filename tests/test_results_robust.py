@@ -41,23 +41,53 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def request(method: str, budget: int, index: int, task: str = TASK) -> ProfileRecord:
-    return ProfileRecord(kind="request", method=method, budget=budget, batch_size=1, device="cpu", dtype="float32",
-                         task=task, visual_tokens=budget, total_ms=10.0 + budget + index, prefill_ms=5.0,
-                         flops={"prefill": 1e9 * budget}, peak_memory_bytes={"cpu": 1000 + budget},
-                         kv_cache_bytes=64 * budget)
+    return ProfileRecord(
+        kind="request",
+        method=method,
+        budget=budget,
+        batch_size=1,
+        device="cpu",
+        dtype="float32",
+        task=task,
+        visual_tokens=budget,
+        total_ms=10.0 + budget + index,
+        prefill_ms=5.0,
+        flops={"prefill": 1e9 * budget},
+        peak_memory_bytes={"cpu": 1000 + budget},
+        kv_cache_bytes=64 * budget,
+    )
 
 
 def make_run(root: Path, run_id: str = "run-a", cells=None) -> RunDir:
     """A run as `vistog-bench run` writes it: manifest, one cell record per (method, budget), request records
     appended after each cell."""
     run = RunDir(root / run_id)
-    run.write_manifest(RunManifest(run_id=run_id, command=["vistog-bench", "run"], config={"limit": 20},
-                                   git_sha="0" * 40, versions={}, device={"name": "cpu"}, seed=0,
-                                   started_at="2026-12-01T10:00:00+00:00"))
+    run.write_manifest(
+        RunManifest(
+            run_id=run_id,
+            command=["vistog-bench", "run"],
+            config={"limit": 20},
+            git_sha="0" * 40,
+            versions={},
+            device={"name": "cpu"},
+            seed=0,
+            started_at="2026-12-01T10:00:00+00:00",
+        )
+    )
     for (method, budget), status in (CELLS if cells is None else cells).items():
         ok = status == "ok"
-        run.record_cell(CellResult(TASK, method, budget, status, {METRIC: 0.9 - 0.001 * (64 - budget)} if ok else {},
-                                   {}, n_samples=20 if ok else 0, elapsed_s=1.0))
+        run.record_cell(
+            CellResult(
+                TASK,
+                method,
+                budget,
+                status,
+                {METRIC: 0.9 - 0.001 * (64 - budget)} if ok else {},
+                {},
+                n_samples=20 if ok else 0,
+                elapsed_s=1.0,
+            )
+        )
         run.append_profile([request(method, budget, i) for i in range(REQUESTS_PER_CELL)])
     return run
 
@@ -204,8 +234,13 @@ with RunDir(sys.argv[1]).lock():
 
 def test_a_second_writer_of_a_run_is_refused_and_a_killed_holder_frees_it(tmp_path):
     run = make_run(tmp_path)
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run.path)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True, cwd=REPO)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(run.path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(UsageError) as refused, run.lock():
@@ -245,8 +280,13 @@ def test_an_append_that_fails_half_way_leaves_the_earlier_lines_byte_for_byte(tm
     path = run.path / PROFILE_FILE
     before = path.read_bytes()
     # the file may grow by 100 bytes only: the write stops part-way through the first record
-    result = subprocess.run([sys.executable, "-c", FILL_UP, str(path), str(len(before) + 100)], capture_output=True,
-                            text=True, cwd=REPO, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", FILL_UP, str(path), str(len(before) + 100)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
     assert result.stdout.strip() == "EFBIG"
     assert path.read_bytes() == before
     assert len(read_jsonl(path)) == 3 * REQUESTS_PER_CELL
@@ -297,8 +337,20 @@ def test_run_ids_carry_a_unique_suffix():
 
 
 def test_two_profile_runs_get_two_folders(tmp_path, capsys):
-    argv = ["profile", "--shape", "tiny", "--analytic", "--budgets", "64,16", "--batch-sizes", "1",
-            "--new-tokens", "2", "--output", str(tmp_path)]
+    argv = [
+        "profile",
+        "--shape",
+        "tiny",
+        "--analytic",
+        "--budgets",
+        "64,16",
+        "--batch-sizes",
+        "1",
+        "--new-tokens",
+        "2",
+        "--output",
+        str(tmp_path),
+    ]
     assert run_cli(argv) == 0
     assert run_cli(argv) == 0
     folders = sorted(p for p in tmp_path.iterdir() if p.is_dir())

@@ -21,7 +21,11 @@ def checkpoints(tmp_path_factory):
 @pytest.fixture(scope="module")
 def sweep(checkpoints, tmp_path_factory):
     config = RunConfig(
-        models=checkpoints, tasks=("shapes_vqa",), methods=("vistog",), budgets=(16,), limit=3,
+        models=checkpoints,
+        tasks=("shapes_vqa",),
+        methods=("vistog",),
+        budgets=(16,),
+        limit=3,
         output=str(tmp_path_factory.mktemp("results")),
     )
     run, cells = run_sweep(config, command=["test"])
@@ -57,14 +61,16 @@ def test_resume_redoes_only_unfinished_cells(sweep):
 
 def test_resume_with_another_configuration_is_refused(sweep, capsys):
     config, run, _ = sweep
-    code = cli_main(["run", "--model", *config.models, "--tasks", "shapes_caption", "--budgets", "16",
-                     "--resume", str(run.path)])
+    code = cli_main(
+        ["run", "--model", *config.models, "--tasks", "shapes_caption", "--budgets", "16", "--resume", str(run.path)]
+    )
     assert code == 2
     assert "different configuration" in capsys.readouterr().err
 
 
 def _user_tasks(folder, data_file):
-    (folder / "utils.py").write_text(textwrap.dedent("""
+    (folder / "utils.py").write_text(
+        textwrap.dedent("""
         import torch
 
         def broken_visual(doc):
@@ -75,9 +81,11 @@ def _user_tasks(folder, data_file):
 
         def doc_to_text(doc):
             return doc["question"]
-    """))
+    """)
+    )
     for name, visual in (("user_broken", "broken_visual"), ("user_oom", "oom_visual")):
-        (folder / f"{name}.yaml").write_text(textwrap.dedent(f"""
+        (folder / f"{name}.yaml").write_text(
+            textwrap.dedent(f"""
             task: {name}
             dataset_path: parquet
             dataset_kwargs:
@@ -94,7 +102,8 @@ def _user_tasks(folder, data_file):
               - metric: exact_match
                 aggregation: mean
                 higher_is_better: true
-        """))
+        """)
+        )
 
 
 def test_failed_and_oom_tasks_are_recorded_and_the_sweep_goes_on(checkpoints, tmp_path):
@@ -104,8 +113,14 @@ def test_failed_and_oom_tasks_are_recorded_and_the_sweep_goes_on(checkpoints, tm
     tasks_dir.mkdir()
     _user_tasks(tasks_dir, data_file)
     config = RunConfig(
-        models=checkpoints[:1], tasks=("user_broken", "user_oom", "shapes_vqa"), methods=("none",), budgets=(576,),
-        limit=2, output=str(tmp_path / "results"), include_paths=(str(tasks_dir),), profile=False,
+        models=checkpoints[:1],
+        tasks=("user_broken", "user_oom", "shapes_vqa"),
+        methods=("none",),
+        budgets=(576,),
+        limit=2,
+        output=str(tmp_path / "results"),
+        include_paths=(str(tasks_dir),),
+        profile=False,
     )
     run, cells = run_sweep(config)
     status = {c.task: c.status for c in cells}
@@ -179,8 +194,14 @@ def test_cells_record_the_budget_convention_and_attention_kernels_and_the_report
     from vistog_bench import demo
     from vistog_bench.report import build_report, to_markdown
 
-    config = RunConfig(models=(str(demo.checkpoint_for_budget(None)),), tasks=("shapes_vqa",), methods=("dart", "pool"), budgets=(48,), limit=2,
-                       output=str(tmp_path / "results"))  # fmt: skip
+    config = RunConfig(
+        models=(str(demo.checkpoint_for_budget(None)),),
+        tasks=("shapes_vqa",),
+        methods=("dart", "pool"),
+        budgets=(48,),
+        limit=2,
+        output=str(tmp_path / "results"),
+    )
     run, cells = run_sweep(config, command=["test"])
     by_method = {c.method: c for c in cells}
     dart, pool = by_method["dart"], by_method["pool"]

@@ -57,8 +57,11 @@ def lines_of(run_dir: Path, method: str, budget: int) -> list[dict]:
 
 
 # (family, reducer, budget, the none cell's budget: 100 % or the most one image gives on the checkpoint's config)
-SWEEPS = [("llava-next", "divprune", 576, "per_image_total"), ("llava-onevision", "random", 640, "per_image_total"),
-          ("qwen2.5-vl", "cdpruner", 25, "percent_of_own")]  # fmt: skip
+SWEEPS = [
+    ("llava-next", "divprune", 576, "per_image_total"),
+    ("llava-onevision", "random", 640, "per_image_total"),
+    ("qwen2.5-vl", "cdpruner", 25, "percent_of_own"),
+]
 
 
 @pytest.mark.parametrize("name,method,budget,rule", SWEEPS, ids=[s[0] for s in SWEEPS])
@@ -70,9 +73,23 @@ def test_sweep_on_a_family_checkpoint(layouts, tmp_path, capsys, name, method, b
     methods = f"none,{method}" + (",vistog" if name == "llava-next" else "")
     report = name == "qwen2.5-vl"  # one run renders its report (figures cost seconds), another is checked
     out = tmp_path / "results"
-    code, err = run_cli(capsys, "run", "--model", *models, "--method", methods, "--budgets", str(budget), "--tasks",
-                        "shapes_vqa", "--limit", str(LIMIT), "--output", str(out),
-                        *([] if report else ["--no-report"]))  # fmt: skip
+    code, err = run_cli(
+        capsys,
+        "run",
+        "--model",
+        *models,
+        "--method",
+        methods,
+        "--budgets",
+        str(budget),
+        "--tasks",
+        "shapes_vqa",
+        "--limit",
+        str(LIMIT),
+        "--output",
+        str(out),
+        *([] if report else ["--no-report"]),
+    )
     assert code == 0, err[-3000:]
     run_dir = only_run_dir(out)
     cells = {(c["method"], c["budget"]): c for c in json.loads((run_dir / "metrics.json").read_text())}
@@ -106,13 +123,17 @@ def test_sweep_on_a_family_checkpoint(layouts, tmp_path, capsys, name, method, b
         check_report_and_check(run_dir, tmp_path, f"none@{full}", f"{method}@{budget}", rule, kept, unreduced)
 
 
-def check_report_and_check(run_dir: Path, tmp_path: Path, full: str, reduced: str, rule: str, kept: int,
-                           unreduced: int) -> None:
+def check_report_and_check(
+    run_dir: Path, tmp_path: Path, full: str, reduced: str, rule: str, kept: int, unreduced: int
+) -> None:
     """The run's report: the budget rule said, the tokens received and unreduced per row; `check` against a
     baseline of the same run passes."""
     table = (run_dir / "report" / "report.md").read_text().split("## Reported")[0]
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
-            for line in table.splitlines() if line.startswith("| ")}  # fmt: skip
+    rows = {
+        line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
+        for line in table.splitlines()
+        if line.startswith("| ")
+    }
     assert rows["Method"][:3] == ["Method", "Tokens", "Unreduced"]
     assert rows[f"{full} (full)"][1:3] == [str(unreduced), str(unreduced)]
     assert rows[reduced][1:3] == [str(kept), str(unreduced)]
@@ -128,8 +149,11 @@ def check_report_and_check(run_dir: Path, tmp_path: Path, full: str, reduced: st
 @pytest.mark.parametrize(
     "name,arguments,messages",
     [
-        ("llava-next", ["--method", "none,tome,fastv", "--budgets", "576"],
-         ["cannot run tome at budget 576", "cannot run fastv at budget 576"]),
+        (
+            "llava-next",
+            ["--method", "none,tome,fastv", "--budgets", "576"],
+            ["cannot run tome at budget 576", "cannot run fastv at budget 576"],
+        ),
         ("qwen2.5-vl", ["--method", "random", "--budgets", "150"], ["percentage of each image's own visual tokens"]),
         ("llava-next", ["--method", "random", "--budgets", "5000"], ["budget 5000 is out of range: 1..2928"]),
         ("llava-next", ["--method", "vistog", "--budgets", "576"], ["no VisToG checkpoint of llava_next"]),
@@ -148,10 +172,24 @@ def test_refusals_are_one_line_each_and_exit_2(layouts, tmp_path, capsys, name, 
 
 
 def test_controlled_profiling_of_a_family_checkpoint_names_where_it_is_measured(layouts, tmp_path, capsys):
-    code = cli_main(["profile", "--model", str(layouts["qwen2.5-vl"]), "--budgets", "100", "--batch-sizes", "1",
-                     "--repeats", "2", "--output", str(tmp_path / "out")])  # fmt: skip
+    code = cli_main(
+        [
+            "profile",
+            "--model",
+            str(layouts["qwen2.5-vl"]),
+            "--budgets",
+            "100",
+            "--batch-sizes",
+            "1",
+            "--repeats",
+            "2",
+            "--output",
+            str(tmp_path / "out"),
+        ]
+    )
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "'qwen2_5_vl' model" in line and "vistog-bench run --model" in line and "--analytic" in line
+
 
 def test_report_divides_by_the_familys_none_cell(tmp_path):
     """Retention and speedup of a family run's rows against its `none` cell (at the most tokens an image gives),
@@ -161,16 +199,49 @@ def test_report_divides_by_the_familys_none_cell(tmp_path):
     from vistog_bench.results import CellResult, ProfileRecord, RunDir, RunManifest
 
     run = RunDir(tmp_path / "family-run")
-    run.write_manifest(RunManifest("family-run", ["vistog-bench", "run"], {"device": "cpu", "dtype": "float32"},
-                                   None, {}, {"device": "cpu"}, 0, "2026-12-01T00:00:00"))  # fmt: skip
+    run.write_manifest(
+        RunManifest(
+            "family-run",
+            ["vistog-bench", "run"],
+            {"device": "cpu", "dtype": "float32"},
+            None,
+            {},
+            {"device": "cpu"},
+            0,
+            "2026-12-01T00:00:00",
+        )
+    )
     rows = {("none", 2928): (0.8, 2400.0, [100.0, 104.0, 98.0]), ("random", 576): (0.6, 576.0, [50.0, 52.0, 49.0])}
     for (method, budget), (score, tokens, times) in rows.items():
-        run.record_cell(CellResult("shapes_vqa", method, budget, "ok", {"exact_match,none": score}, n_samples=4,
-                                   budget_rule="per_image_total", mean_visual_tokens=tokens,
-                                   mean_visual_tokens_unreduced=2400.0))  # fmt: skip
-        run.append_profile([ProfileRecord(kind="request", method=method, budget=budget, batch_size=1, device="cpu",
-                                          dtype="float32", task="shapes_vqa", visual_tokens=int(tokens),
-                                          total_ms=ms) for ms in times])  # fmt: skip
+        run.record_cell(
+            CellResult(
+                "shapes_vqa",
+                method,
+                budget,
+                "ok",
+                {"exact_match,none": score},
+                n_samples=4,
+                budget_rule="per_image_total",
+                mean_visual_tokens=tokens,
+                mean_visual_tokens_unreduced=2400.0,
+            )
+        )
+        run.append_profile(
+            [
+                ProfileRecord(
+                    kind="request",
+                    method=method,
+                    budget=budget,
+                    batch_size=1,
+                    device="cpu",
+                    dtype="float32",
+                    task="shapes_vqa",
+                    visual_tokens=int(tokens),
+                    total_ms=ms,
+                )
+                for ms in times
+            ]
+        )
     table = main_table(build_report_data(read_runs([run.path])))
     by_label = {row["method"].value: row for row in table.rows}
     full, reduced = by_label["none@2928 (full)"], by_label["random@576"]

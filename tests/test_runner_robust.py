@@ -31,7 +31,8 @@ def _png(colour) -> bytes:
 
 def _image_task(folder, data_file) -> None:
     """A task over a parquet file with a `datasets` Image column; `scored` counts the samples lmms-eval scored."""
-    (folder / "utils.py").write_text(textwrap.dedent("""
+    (folder / "utils.py").write_text(
+        textwrap.dedent("""
         def doc_to_visual(doc):
             return [doc["image"]]
 
@@ -43,8 +44,10 @@ def _image_task(folder, data_file) -> None:
 
         def count(items):
             return len(items)
-    """))
-    (folder / "user_images.yaml").write_text(textwrap.dedent(f"""
+    """)
+    )
+    (folder / "user_images.yaml").write_text(
+        textwrap.dedent(f"""
         task: user_images
         dataset_path: parquet
         dataset_kwargs:
@@ -65,28 +68,40 @@ def _image_task(folder, data_file) -> None:
           - metric: exact_match
             aggregation: mean
             higher_is_better: true
-    """))
+    """)
+    )
 
 
 def test_an_undecodable_image_row_costs_only_its_sample(checkpoints, tmp_path):
     data_file = tmp_path / "images.parquet"
     rows = {
-        "image": [{"bytes": _png("red"), "path": None}, {"bytes": b"not an image at all", "path": None},
-                  {"bytes": _png("blue"), "path": None}],
+        "image": [
+            {"bytes": _png("red"), "path": None},
+            {"bytes": b"not an image at all", "path": None},
+            {"bytes": _png("blue"), "path": None},
+        ],
         "question": ["what colour ?"] * 3,
         "answer": ["red", "green", "blue"],
-    }  # fmt: skip
-    features = datasets.Features({"image": datasets.Image(), "question": datasets.Value("string"),
-                                  "answer": datasets.Value("string")})  # fmt: skip
+    }
+    features = datasets.Features(
+        {"image": datasets.Image(), "question": datasets.Value("string"), "answer": datasets.Value("string")}
+    )
     datasets.Dataset.from_dict(rows, features=features).to_parquet(str(data_file))
     tasks_dir = tmp_path / "tasks"
     tasks_dir.mkdir()
     _image_task(tasks_dir, data_file)
     template = tmp_path / "plain.jinja"
-    template.write_text("{% for m in messages %}QQ {{ m['content'] }}{% endfor %}{% if add_generation_prompt %} AA:{% endif %}")
+    template.write_text(
+        "{% for m in messages %}QQ {{ m['content'] }}{% endfor %}{% if add_generation_prompt %} AA:{% endif %}"
+    )
     config = RunConfig(
-        models=checkpoints[:1], tasks=("user_images",), methods=("none",), budgets=(576,), output=str(tmp_path / "out"),
-        include_paths=(str(tasks_dir),), chat_template=str(template),
+        models=checkpoints[:1],
+        tasks=("user_images",),
+        methods=("none",),
+        budgets=(576,),
+        output=str(tmp_path / "out"),
+        include_paths=(str(tasks_dir),),
+        chat_template=str(template),
     )
     run, cells = run_sweep(config)
     (cell,) = cells
@@ -109,8 +124,14 @@ def test_a_corrupt_video_file_costs_only_its_sample(checkpoints, tmp_path):
     root = write_fixture(tmp_path / "mirror", rows=3, only=["videomme"])
     (root / "lmms-lab/Video-MME/data/fixture0001.mp4").write_bytes(b"\x00garbage, not an mp4" * 50)
     config = RunConfig(
-        models=checkpoints[:1], tasks=("videomme_local",), methods=("none",), budgets=(576,), max_frames=2,
-        output=str(tmp_path / "out"), data_dir=str(root), profile=False,
+        models=checkpoints[:1],
+        tasks=("videomme_local",),
+        methods=("none",),
+        budgets=(576,),
+        max_frames=2,
+        output=str(tmp_path / "out"),
+        data_dir=str(root),
+        profile=False,
     )
     run, (cell,) = run_sweep(config)
     assert cell.status == "ok" and (cell.n_samples, cell.n_failed) == (2, 1)
@@ -136,16 +157,31 @@ def test_bad_options_are_one_line_and_exit_2(checkpoints, tmp_path, capsys, argu
 
 def test_impossible_combinations_are_refused_before_anything_runs(checkpoints, tmp_path, capsys):
     # the tiny LLM has 2 layers: FastV's default layer 2 is not inside it; tiny vision: feature layer -2 of 3 is fine
-    code = cli_main(["run", "--model", checkpoints[0], "--tasks", "shapes_vqa", "--method", "fastv,prumerge,pool",
-                     "--budgets", "64,16", "--output", str(tmp_path)])
+    code = cli_main(
+        [
+            "run",
+            "--model",
+            checkpoints[0],
+            "--tasks",
+            "shapes_vqa",
+            "--method",
+            "fastv,prumerge,pool",
+            "--budgets",
+            "64,16",
+            "--output",
+            str(tmp_path),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 2
-    assert all("cannot run fastv at budget" in line and "fastv_layer must be in 1..1 for a 2-layer LLM" in line
-               for line in err)
+    assert all(
+        "cannot run fastv at budget" in line and "fastv_layer must be in 1..1 for a 2-layer LLM" in line for line in err
+    )
     assert not any(tmp_path.iterdir())  # nothing run, no run folder
     # the embedded models: their feature layer is the encoder's last, so prumerge is impossible at every budget
-    code = cli_main(["run", "--tasks", "shapes_vqa", "--method", "prumerge", "--budgets", "64,16",
-                     "--output", str(tmp_path)])
+    code = cli_main(
+        ["run", "--tasks", "shapes_vqa", "--method", "prumerge", "--budgets", "64,16", "--output", str(tmp_path)]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "prumerge reads the encoder layer after the feature layer" in err[0]
     assert not any(tmp_path.iterdir())
@@ -160,9 +196,25 @@ def test_a_corrupt_checkpoint_fails_its_cells_and_the_sweep_goes_on(checkpoints,
     broken = tmp_path / "vistog16-broken"
     shutil.copytree(checkpoints[1], broken)
     (broken / "model.safetensors").write_bytes(b"\x00" * 64)
-    code = cli_main(["run", "--model", checkpoints[0], str(broken), "--tasks", "shapes_vqa,shapes_caption",
-                     "--method", "vistog,pool", "--budgets", "16", "--limit", "2", "--output", str(tmp_path / "out"),
-                     "--no-profile"])
+    code = cli_main(
+        [
+            "run",
+            "--model",
+            checkpoints[0],
+            str(broken),
+            "--tasks",
+            "shapes_vqa,shapes_caption",
+            "--method",
+            "vistog,pool",
+            "--budgets",
+            "16",
+            "--limit",
+            "2",
+            "--output",
+            str(tmp_path / "out"),
+            "--no-profile",
+        ]
+    )
     out, err = capfd.readouterr()
     assert code == 1
     (run_path,) = (tmp_path / "out").iterdir()
@@ -182,7 +234,8 @@ def test_a_corrupt_checkpoint_fails_its_cells_and_the_sweep_goes_on(checkpoints,
 def test_a_group_expands_into_member_cells_and_its_aggregate(checkpoints, tmp_path):
     tasks_dir = tmp_path / "groups"
     tasks_dir.mkdir()
-    (tasks_dir / "user_shapes.yaml").write_text(textwrap.dedent("""
+    (tasks_dir / "user_shapes.yaml").write_text(
+        textwrap.dedent("""
         group: user_shapes
         task:
           - shapes_vqa
@@ -191,10 +244,16 @@ def test_a_group_expands_into_member_cells_and_its_aggregate(checkpoints, tmp_pa
           - metric: exact_match
             aggregation: mean
             weight_by_size: true
-    """))
+    """)
+    )
     config = RunConfig(
-        models=checkpoints[:1], tasks=("user_shapes",), methods=("none",), budgets=(576,), limit=3,
-        output=str(tmp_path / "out"), include_paths=(str(tasks_dir),),
+        models=checkpoints[:1],
+        tasks=("user_shapes",),
+        methods=("none",),
+        budgets=(576,),
+        limit=3,
+        output=str(tmp_path / "out"),
+        include_paths=(str(tasks_dir),),
     )
     run, cells = run_sweep(config)
     by_task = {c.task: c for c in cells}
@@ -215,14 +274,29 @@ def test_local_image_group_with_an_odd_mme_limit(checkpoints, tmp_path, capsys):
 
     root = write_fixture(tmp_path / "mirror", rows=2)
     config = RunConfig(
-        models=checkpoints[:1], tasks=("vistog_image_local",), methods=("none",), budgets=(576,), limit=1,
-        output=str(tmp_path / "out"), data_dir=str(root), profile=False,
+        models=checkpoints[:1],
+        tasks=("vistog_image_local",),
+        methods=("none",),
+        budgets=(576,),
+        limit=1,
+        output=str(tmp_path / "out"),
+        data_dir=str(root),
+        profile=False,
     )
     _, cells = run_sweep(config)
     err = capsys.readouterr().err
     by_task = {c.task: c for c in cells}
-    assert sorted(by_task) == sorted(["gqa_local", "mmbench_en_dev_static_local", "mme_local", "pope_local",
-                                      "scienceqa_img_local", "vqav2_val_local", "textvqa_val_local"])  # fmt: skip
+    assert sorted(by_task) == sorted(
+        [
+            "gqa_local",
+            "mmbench_en_dev_static_local",
+            "mme_local",
+            "pope_local",
+            "scienceqa_img_local",
+            "vqav2_val_local",
+            "textvqa_val_local",
+        ]
+    )
     assert "vistog_image_local" not in by_task  # the group defines no aggregate of its own
     assert all(c.ok and c.metrics for c in cells), {c.task: c.status for c in cells}
     assert by_task["mme_local"].n_samples == 2 and by_task["gqa_local"].n_samples == 1
@@ -231,8 +305,15 @@ def test_local_image_group_with_an_odd_mme_limit(checkpoints, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def small_run(checkpoints, tmp_path_factory):
-    config = RunConfig(models=checkpoints[:1], tasks=("shapes_vqa",), methods=("none",), budgets=(576,), limit=2,
-                       output=str(tmp_path_factory.mktemp("resume")), profile=False)
+    config = RunConfig(
+        models=checkpoints[:1],
+        tasks=("shapes_vqa",),
+        methods=("none",),
+        budgets=(576,),
+        limit=2,
+        output=str(tmp_path_factory.mktemp("resume")),
+        profile=False,
+    )
     run, _ = run_sweep(config)
     return run
 

@@ -17,13 +17,19 @@ from vistog_bench.model.loading import CONFIG_FILES, load_checkpoint, load_confi
 # `evil.py` in the folder (transformers prompts "run the custom code? [y/N]" only when it has no class of its own)
 AUTO_MAPS = {
     "config.json": {"model_type": "evil_llava", "auto_map": {"AutoConfig": "evil.EvilConfig"}},
-    "tokenizer_config.json": {"tokenizer_class": "EvilTokenizer",
-                              "auto_map": {"AutoTokenizer": ["evil.EvilTokenizer", "evil.EvilTokenizer"]}},
-    "preprocessor_config.json": {"image_processor_type": "EvilImageProcessor",
-                                 "auto_map": {"AutoImageProcessor": "evil.EvilImageProcessor"}},
+    "tokenizer_config.json": {
+        "tokenizer_class": "EvilTokenizer",
+        "auto_map": {"AutoTokenizer": ["evil.EvilTokenizer", "evil.EvilTokenizer"]},
+    },
+    "preprocessor_config.json": {
+        "image_processor_type": "EvilImageProcessor",
+        "auto_map": {"AutoImageProcessor": "evil.EvilImageProcessor"},
+    },
     "processor_config.json": {"processor_class": "EvilProcessor", "auto_map": {"AutoProcessor": "evil.EvilProcessor"}},
-    "video_preprocessor_config.json": {"video_processor_type": "EvilVideoProcessor",
-                                       "auto_map": {"AutoVideoProcessor": "evil.EvilVideoProcessor"}},
+    "video_preprocessor_config.json": {
+        "video_processor_type": "EvilVideoProcessor",
+        "auto_map": {"AutoVideoProcessor": "evil.EvilVideoProcessor"},
+    },
 }
 
 
@@ -59,10 +65,23 @@ def remote_code_checkpoint(stock, folder, file: str, marker):
 
 
 def cli(args, cwd):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HOME": str(cwd / "hf"), "HF_MODULES_CACHE": str(cwd / "modules"),
-           "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "vistog_bench.cli", *args], input="y\n", capture_output=True,
-                          text=True, cwd=cwd, env=env, timeout=300)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HOME": str(cwd / "hf"),
+        "HF_MODULES_CACHE": str(cwd / "modules"),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONWARNINGS": "ignore",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "vistog_bench.cli", *args],
+        input="y\n",
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=300,
+    )
 
 
 def assert_refused(result, command: str, file: str):
@@ -75,12 +94,18 @@ def assert_refused(result, command: str, file: str):
 
 # Each of these ran evil.py when `y` was piped in (run through AutoProcessor, profile and --analytic through
 # AutoConfig before the model-type check); `run` even finished with exit 0.
-@pytest.mark.parametrize("file,args", [
-    ("processor_config.json", ["run", "--tasks", "shapes_vqa", "--limit", "1", "--output", "results", "--model"]),
-    ("config.json", ["profile", "--budgets", "576", "--batch-sizes", "1", "--new-tokens", "1", "--repeats", "1",
-                     "--model"]),
-    ("config.json", ["profile", "--analytic", "--budgets", "576", "--model"]),
-], ids=["run", "profile", "profile-analytic"])
+@pytest.mark.parametrize(
+    "file,args",
+    [
+        ("processor_config.json", ["run", "--tasks", "shapes_vqa", "--limit", "1", "--output", "results", "--model"]),
+        (
+            "config.json",
+            ["profile", "--budgets", "576", "--batch-sizes", "1", "--new-tokens", "1", "--repeats", "1", "--model"],
+        ),
+        ("config.json", ["profile", "--analytic", "--budgets", "576", "--model"]),
+    ],
+    ids=["run", "profile", "profile-analytic"],
+)
 def test_cli_refuses_a_checkpoint_with_auto_map_and_never_runs_its_code(stock, tmp_path, file, args):
     marker = tmp_path / "MARKER"
     ckpt = remote_code_checkpoint(stock, tmp_path / "ckpt", file, marker)
@@ -93,8 +118,9 @@ def test_cli_refuses_a_checkpoint_with_auto_map_and_never_runs_its_code(stock, t
 def test_run_refuses_remote_code_in_other_files(stock, tmp_path, file):
     marker = tmp_path / "MARKER"
     ckpt = remote_code_checkpoint(stock, tmp_path / "ckpt", file, marker)
-    result = cli(["run", "--model", str(ckpt), "--tasks", "shapes_vqa", "--limit", "1", "--output", "results"],
-                 tmp_path)
+    result = cli(
+        ["run", "--model", str(ckpt), "--tasks", "shapes_vqa", "--limit", "1", "--output", "results"], tmp_path
+    )
     assert_refused(result, "run", str(ckpt / file))
     assert not marker.exists()
 
@@ -109,13 +135,16 @@ def test_every_reader_refuses_auto_map_in_any_config_file(stock, tmp_path, file)
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("file,key,value", [
-    ("config.json", "architectures", ["EvilForConditionalGeneration"]),
-    ("tokenizer_config.json", "tokenizer_class", "EvilTokenizer"),
-    ("tokenizer_config.json", "processor_class", "EvilProcessor"),
-    ("preprocessor_config.json", "image_processor_type", "EvilImageProcessor"),
-    ("video_preprocessor_config.json", "video_processor_type", "EvilVideoProcessor"),
-])
+@pytest.mark.parametrize(
+    "file,key,value",
+    [
+        ("config.json", "architectures", ["EvilForConditionalGeneration"]),
+        ("tokenizer_config.json", "tokenizer_class", "EvilTokenizer"),
+        ("tokenizer_config.json", "processor_class", "EvilProcessor"),
+        ("preprocessor_config.json", "image_processor_type", "EvilImageProcessor"),
+        ("video_preprocessor_config.json", "video_processor_type", "EvilVideoProcessor"),
+    ],
+)
 def test_a_class_transformers_does_not_have_is_refused(stock, tmp_path, file, key, value):
     ckpt = _copy(stock, tmp_path / "ckpt")
     path = ckpt / file
@@ -145,8 +174,24 @@ def test_profile_on_corrupt_safetensors_is_one_line(stock, tmp_path):
     ckpt = _copy(stock, tmp_path / "ckpt")
     weights = ckpt / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # truncated: header promises more than the file holds
-    result = cli(["profile", "--model", str(ckpt), "--budgets", "576", "--batch-sizes", "1", "--new-tokens", "1",
-                  "--repeats", "1", "--warmup", "0"], tmp_path)
+    result = cli(
+        [
+            "profile",
+            "--model",
+            str(ckpt),
+            "--budgets",
+            "576",
+            "--batch-sizes",
+            "1",
+            "--new-tokens",
+            "1",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+        ],
+        tmp_path,
+    )
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr

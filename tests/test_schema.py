@@ -14,15 +14,32 @@ from vistog_bench.results import PROFILE_FILE, ProfileRecord, RunDir, RunManifes
 
 
 def record(**changes) -> ProfileRecord:
-    fields = {"kind": "controlled", "method": "none", "budget": 64, "batch_size": 1, "device": "cpu",
-              "dtype": "float32", "total_ms": 10.0}
+    fields = {
+        "kind": "controlled",
+        "method": "none",
+        "budget": 64,
+        "batch_size": 1,
+        "device": "cpu",
+        "dtype": "float32",
+        "total_ms": 10.0,
+    }
     return ProfileRecord(**{**fields, **changes})
 
 
 def run_with_lines(tmp_path, lines: list[dict]) -> RunDir:
     run = RunDir(tmp_path / "run")
-    run.write_manifest(RunManifest(run_id="run", command=[], config={}, git_sha=None, versions={}, device={},
-                                   seed=0, started_at="2026-12-01T10:00:00"))
+    run.write_manifest(
+        RunManifest(
+            run_id="run",
+            command=[],
+            config={},
+            git_sha=None,
+            versions={},
+            device={},
+            seed=0,
+            started_at="2026-12-01T10:00:00",
+        )
+    )
     (run.path / PROFILE_FILE).write_text("".join(json.dumps(line) + "\n" for line in lines))
     return run
 
@@ -37,8 +54,9 @@ def test_execution_path_keeps_its_old_name_for_writers_and_files(tmp_path):
     assert read.execution_path == "compiled"
 
 
-@pytest.mark.parametrize(("field", "value"), [("budget", "64"), ("batch_size", 0), ("total_ms", "fast"),
-                                              ("flops", {"prefill": "lots"})])
+@pytest.mark.parametrize(
+    ("field", "value"), [("budget", "64"), ("batch_size", 0), ("total_ms", "fast"), ("flops", {"prefill": "lots"})]
+)
 def test_a_wrongly_typed_profile_field_is_one_line_naming_it(tmp_path, capsys, field, value):
     line = {**dataclasses.asdict(record()), field: value}
     run = run_with_lines(tmp_path, [dataclasses.asdict(record()), line])

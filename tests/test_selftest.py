@@ -36,18 +36,37 @@ def test_a_broken_path_is_a_failed_row_named_and_the_others_still_run():
 
 def test_gpu_plan_is_the_7b_shape_with_the_papers_budgets_both_paths():
     plan = plan_for("cuda")
-    assert (plan.shape, plan.dtype, plan.budgets, plan.batch_sizes) == ("llava-1.5-7b", "bfloat16", (576, 192, 128, 64),
-                                                                         (1, 8))
+    assert (plan.shape, plan.dtype, plan.budgets, plan.batch_sizes) == (
+        "llava-1.5-7b",
+        "bfloat16",
+        (576, 192, 128, 64),
+        (1, 8),
+    )
     assert plan.paths == ("eager", "compiled") and plan.warmup >= 2  # compiling takes the first runs
 
 
 def _record(**changes) -> ProfileRecord:
     stats = {"host_total": {"p50": 20.0}, "ttft_logits_processor": {"p50": 10.2}}
-    base = ProfileRecord(kind="controlled", method="vistog", budget=64, batch_size=1, device="cuda:0", dtype="bfloat16",
-                         vision_ms=2.0, grouping_ms=0.5, projector_ms=0.2, prefill_ms=6.0, ttft_ms=10.0, total_ms=20.0,
-                         stats=stats, kv_cache_bytes=100, energy_j=1.5, peak_rss_bytes=1,
-                         peak_memory_bytes={"vision": 1, "prefill": 2, "total": 2},
-                         extra={"kv_cache_bytes_measured": 100, "kv_cache_bytes_computed": 100, "flops_mismatch": {}})
+    base = ProfileRecord(
+        kind="controlled",
+        method="vistog",
+        budget=64,
+        batch_size=1,
+        device="cuda:0",
+        dtype="bfloat16",
+        vision_ms=2.0,
+        grouping_ms=0.5,
+        projector_ms=0.2,
+        prefill_ms=6.0,
+        ttft_ms=10.0,
+        total_ms=20.0,
+        stats=stats,
+        kv_cache_bytes=100,
+        energy_j=1.5,
+        peak_rss_bytes=1,
+        peak_memory_bytes={"vision": 1, "prefill": 2, "total": 2},
+        extra={"kv_cache_bytes_measured": 100, "kv_cache_bytes_computed": 100, "flops_mismatch": {}},
+    )
     return dataclasses.replace(base, **changes)
 
 

@@ -35,8 +35,12 @@ USER_TASKS = """\
 
 
 def _user_task(folder: Path, name: str, path: str, dataset_name: str = "", data_file: str = "") -> None:
-    text = USER_TASKS.format(name=name, path=path, name_line=f"dataset_name: {dataset_name}" if dataset_name else "",
-                             files_line=f"data_files: {{test: {data_file}}}" if data_file else "")  # fmt: skip
+    text = USER_TASKS.format(
+        name=name,
+        path=path,
+        name_line=f"dataset_name: {dataset_name}" if dataset_name else "",
+        files_line=f"data_files: {{test: {data_file}}}" if data_file else "",
+    )
     (folder / f"{name}.yaml").write_text(textwrap.dedent(text))
 
 
@@ -95,7 +99,11 @@ def offline(tmp_path, monkeypatch):
 
 def _offline(tmp_path, monkeypatch, datasets, hub_constants):
 
-    caches = {"lmms": tmp_path / "lmms_cache", "hf_home": tmp_path / "hf_home", "default": tmp_path / "hf_home/datasets"}
+    caches = {
+        "lmms": tmp_path / "lmms_cache",
+        "hf_home": tmp_path / "hf_home",
+        "default": tmp_path / "hf_home/datasets",
+    }
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", caches["default"])
@@ -125,8 +133,9 @@ def test_gqa_needs_both_of_its_tables_in_the_cache_and_then_passes(manager, offl
 
     questions = pd.DataFrame({"imageId": ["n1"], "question": ["what colour is it?"], "answer": ["red"]})
     cache_hub_dataset("lmms-lab-encoder/GQA", "testdev_balanced_instructions", "testdev", questions, offline["lmms"])
-    loaded = datasets.load_dataset("lmms-lab-encoder/GQA", "testdev_balanced_instructions",
-                                   cache_dir=str(offline["lmms"]))  # fmt: skip
+    loaded = datasets.load_dataset(
+        "lmms-lab-encoder/GQA", "testdev_balanced_instructions", cache_dir=str(offline["lmms"])
+    )
     assert loaded["testdev"][0]["imageId"] == "n1"  # the cache is real: datasets itself loads it, offline
 
     # gqa's process_docs loads the image table on its own, from datasets' default cache
@@ -157,8 +166,9 @@ def test_user_hub_task_and_group_pass_once_cached(manager, offline, user_tasks):
     assert "with the hub reachable" in message  # no local twin to offer
     cache_hub_dataset("vistog-test/TinyVQA", "other", "test", pd.DataFrame({"question": ["q"]}), offline["lmms"])
     assert "(config main)" in _error(manager, ["tiny_hub_vqa"])  # another config of it does not count
-    cache_hub_dataset("vistog-test/TinyVQA", "main", "test", pd.DataFrame({"question": ["q"], "answer": ["a"]}),
-                      offline["lmms"])  # fmt: skip
+    cache_hub_dataset(
+        "vistog-test/TinyVQA", "main", "test", pd.DataFrame({"question": ["q"], "answer": ["a"]}), offline["lmms"]
+    )
     check_tasks_available(manager, ["tiny_group", "shapes"], None)
 
 
@@ -190,8 +200,9 @@ def local_hub(monkeypatch):
     _hub_unreachable.cache_clear()
 
 
-def test_online_with_the_hub_reachable_datasets_download_and_local_files_are_checked(manager, user_tasks, local_hub,
-                                                                                     monkeypatch):  # fmt: skip
+def test_online_with_the_hub_reachable_datasets_download_and_local_files_are_checked(
+    manager, user_tasks, local_hub, monkeypatch
+):
     import datasets
     from huggingface_hub import constants
 
@@ -247,17 +258,41 @@ def corrupt_checkpoint(tmp_path_factory):
 def _cli_env(tmp_path) -> dict:
     import os
 
-    env = {k: v for k, v in os.environ.items() if k not in ("LMMS_EVAL_DATASETS_CACHE", "HF_DATASETS_CACHE",
-                                                              "VISTOG_DATA_DIR", "HF_HUB_CACHE")}  # fmt: skip
-    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp_path / "empty_hf_home"),
-               OMP_NUM_THREADS="1", VISTOG_BENCH_CACHE=str(tmp_path / "cache"))  # fmt: skip
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("LMMS_EVAL_DATASETS_CACHE", "HF_DATASETS_CACHE", "VISTOG_DATA_DIR", "HF_HUB_CACHE")
+    }
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        HF_HOME=str(tmp_path / "empty_hf_home"),
+        OMP_NUM_THREADS="1",
+        VISTOG_BENCH_CACHE=str(tmp_path / "cache"),
+    )
     return env
 
 
 def _cli_run(tmp_path, *args):
-    out = subprocess.run([sys.executable, "-m", "vistog_bench.cli", "run", *args, "--output", str(tmp_path / "results"),
-                          "--no-report", "--device", "cpu"], cwd=tmp_path, env=_cli_env(tmp_path),
-                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vistog_bench.cli",
+            "run",
+            *args,
+            "--output",
+            str(tmp_path / "results"),
+            "--no-report",
+            "--device",
+            "cpu",
+        ],
+        cwd=tmp_path,
+        env=_cli_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     errors = [line for line in out.stderr.splitlines() if line.startswith("vistog-bench run: error:")]
     return out, errors
 
@@ -277,10 +312,12 @@ def test_cli_names_the_file_and_column_of_a_bad_mirror(corrupt_checkpoint, tmp_p
     mirror = tmp_path / "mirror"
     table = mirror / "lmms-lab/POPE/data/test-00000-of-00001.parquet"
     table.parent.mkdir(parents=True)
-    pd.DataFrame({"image": [b"png"], "question": ["Is there a cat?"], "question_id": ["1"], "answer": ["yes"]}
-                 ).to_parquet(table)  # fmt: skip  (no `category`)
-    out, errors = _cli_run(tmp_path, "--model", str(corrupt_checkpoint), "--tasks", "pope_local",
-                              "--data-dir", str(mirror))  # fmt: skip
+    pd.DataFrame(
+        {"image": [b"png"], "question": ["Is there a cat?"], "question_id": ["1"], "answer": ["yes"]}
+    ).to_parquet(table)  # fmt: skip  (no `category`)
+    out, errors = _cli_run(
+        tmp_path, "--model", str(corrupt_checkpoint), "--tasks", "pope_local", "--data-dir", str(mirror)
+    )
     assert out.returncode == 2, out.stderr[-2000:]
     assert len(errors) == 1 and "Traceback" not in out.stderr
     assert f"pope_local: {table} has no column 'category'" in errors[0]

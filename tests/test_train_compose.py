@@ -16,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-
 from test_train_distributed import serve_one_sample
+
 from vistog_bench.hub_checkpoints import VOCAB_SIZE, llama_tokenizer, train_sentencepiece
 from vistog_bench.train.cli import run_cli
 from vistog_bench.train.compose import compose_llava
@@ -27,11 +27,19 @@ from vistog_bench.train.compose import compose_llava
 # SentencePiece model through transformers' converter (gencode 7.36.1 vs runtime 6.33.6), a tokenizer.json beside it
 _TOKEN = {"__type": "AddedToken", "lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
 VICUNA_TOKENIZER_CONFIG = {
-    "add_bos_token": True, "add_eos_token": False, "bos_token": {**_TOKEN, "content": "<s>"},
-    "clean_up_tokenization_spaces": False, "eos_token": {**_TOKEN, "content": "</s>"}, "legacy": False,
-    "model_max_length": 4096, "pad_token": None, "padding_side": "right", "sp_model_kwargs": {},
-    "tokenizer_class": "LlamaTokenizer", "unk_token": {**_TOKEN, "content": "<unk>"},
-}  # fmt: skip
+    "add_bos_token": True,
+    "add_eos_token": False,
+    "bos_token": {**_TOKEN, "content": "<s>"},
+    "clean_up_tokenization_spaces": False,
+    "eos_token": {**_TOKEN, "content": "</s>"},
+    "legacy": False,
+    "model_max_length": 4096,
+    "pad_token": None,
+    "padding_side": "right",
+    "sp_model_kwargs": {},
+    "tokenizer_class": "LlamaTokenizer",
+    "unk_token": {**_TOKEN, "content": "<unk>"},
+}
 VICUNA_SPECIAL_TOKENS_MAP = {
     "bos_token": {k: v for k, v in {**_TOKEN, "content": "<s>"}.items() if k != "__type"},
     "eos_token": {k: v for k, v in {**_TOKEN, "content": "</s>"}.items() if k != "__type"},
@@ -39,10 +47,16 @@ VICUNA_SPECIAL_TOKENS_MAP = {
 }
 # openai/clip-vit-large-patch14-336 preprocessor_config.json as published (transformers 4.x's CLIPFeatureExtractor)
 CLIP_336_PREPROCESSOR_CONFIG = {
-    "crop_size": 336, "do_center_crop": True, "do_normalize": True, "do_resize": True,
-    "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": [0.48145466, 0.4578275, 0.40821073],
-    "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3, "size": 336,
-}  # fmt: skip
+    "crop_size": 336,
+    "do_center_crop": True,
+    "do_normalize": True,
+    "do_resize": True,
+    "feature_extractor_type": "CLIPFeatureExtractor",
+    "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_std": [0.26862954, 0.26130258, 0.27577711],
+    "resample": 3,
+    "size": 336,
+}
 CAPTIONS = ("a red circle", "a blue square", "a green triangle", "a yellow circle")
 
 
@@ -52,10 +66,20 @@ def write_vicuna(folder):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=4, max_position_embeddings=4096, rms_norm_eps=1e-5, hidden_act="silu", bos_token_id=1,
-        eos_token_id=2, pad_token_id=0, tie_word_embeddings=False,
-    )  # fmt: skip
+        vocab_size=VOCAB_SIZE,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        hidden_act="silu",
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(1)
     LlamaForCausalLM(config).save_pretrained(folder)
     sentencepiece_model = train_sentencepiece()
@@ -71,8 +95,16 @@ def write_clip(folder):
     openai's preprocessor_config.json."""
     from transformers import CLIPConfig, CLIPModel
 
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, image_size=336,
-                  patch_size=14, hidden_act="quick_gelu", layer_norm_eps=1e-5)  # fmt: skip
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        image_size=336,
+        patch_size=14,
+        hidden_act="quick_gelu",
+        layer_norm_eps=1e-5,
+    )
     text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=99)
     torch.manual_seed(2)
     CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=32)).save_pretrained(folder)
@@ -87,9 +119,16 @@ def write_captions(folder):
     records = []
     for i, caption in enumerate(CAPTIONS):
         Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)).save(folder / "images" / f"{i}.png")
-        records.append({"id": str(i), "image": f"images/{i}.png", "conversations": [
-            {"from": "human", "value": "<image>\nRender a clear and concise summary of the photo."},
-            {"from": "gpt", "value": caption}]})  # fmt: skip
+        records.append(
+            {
+                "id": str(i),
+                "image": f"images/{i}.png",
+                "conversations": [
+                    {"from": "human", "value": "<image>\nRender a clear and concise summary of the photo."},
+                    {"from": "gpt", "value": caption},
+                ],
+            }
+        )
     (folder / "blip_laion_cc_sbu_558k.json").write_text(json.dumps(records))
     return folder / "blip_laion_cc_sbu_558k.json"
 
@@ -138,11 +177,39 @@ def test_stage1_from_parts_trains_the_projector_only_saves_and_serves(parts, tmp
     data, out = write_captions(tmp_path / "data"), tmp_path / "llava-s1"
     # its own process: accelerate's state is per process, and the recipe's bf16 differs from other tests' precision
     result = subprocess.run(
-        [sys.executable, "-m", "vistog_bench.train", "--recipe", "llava-1.5-7b-stage1", "--llm", str(llm),
-         "--vision-tower", str(clip), "--data", str(data), "--output-dir", str(out), "--batch-size", "2",
-         "--max-steps", "2", "--num-workers", "0", "--threads", "1", "--log-every", "1", "--quiet", "--no-progress"],
-        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "vistog_bench.train",
+            "--recipe",
+            "llava-1.5-7b-stage1",
+            "--llm",
+            str(llm),
+            "--vision-tower",
+            str(clip),
+            "--data",
+            str(data),
+            "--output-dir",
+            str(out),
+            "--batch-size",
+            "2",
+            "--max-steps",
+            "2",
+            "--num-workers",
+            "0",
+            "--threads",
+            "1",
+            "--log-every",
+            "1",
+            "--quiet",
+            "--no-progress",
+        ],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     log = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
     assert log[-1]["steps"] == 2 and np.isfinite(log[-1]["last_loss"])

@@ -14,8 +14,14 @@ from vistog_bench.demo.build import write_fresh_model
 from vistog_bench.errors import UsageError
 from vistog_bench.model.loading import load_processor
 from vistog_bench.model.prompting import PromptBuilder, find_template
-from vistog_bench.train.data import (IGNORE_INDEX, ConversationDataset, Records, collate_conversations, load_records,
-                                     modality_grouped_indices)  # fmt: skip
+from vistog_bench.train.data import (
+    IGNORE_INDEX,
+    ConversationDataset,
+    Records,
+    collate_conversations,
+    load_records,
+    modality_grouped_indices,
+)
 
 TOKENS = 64  # the demo model's patches per image
 
@@ -35,16 +41,31 @@ def write_images(folder, names):
 
 
 MIX665K = [  # the shapes of llava_v1_5_mix665k.json records: several image folders, multi-turn, text-only
-    {"id": "000000033471", "image": "coco/train2017/000000033471.jpg", "conversations": [
-        {"from": "human", "value": "<image>\nWhat colour is the circle?"}, {"from": "gpt", "value": "red"},
-        {"from": "human", "value": "How many shapes are there?"}, {"from": "gpt", "value": "two"}]},
-    {"id": "2354786", "image": "gqa/images/2354786.jpg", "conversations": [
-        {"from": "human", "value": "Is there a square?\n<image>"}, {"from": "gpt", "value": "yes"}]},
-    {"id": "text-0", "conversations": [
-        {"from": "human", "value": "Describe a circle."}, {"from": "gpt", "value": "a round shape"}]},
-    {"id": "missing", "image": "vg/VG_100K/1.jpg", "conversations": [
-        {"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "a square"}]},
-]  # fmt: skip
+    {
+        "id": "000000033471",
+        "image": "coco/train2017/000000033471.jpg",
+        "conversations": [
+            {"from": "human", "value": "<image>\nWhat colour is the circle?"},
+            {"from": "gpt", "value": "red"},
+            {"from": "human", "value": "How many shapes are there?"},
+            {"from": "gpt", "value": "two"},
+        ],
+    },
+    {
+        "id": "2354786",
+        "image": "gqa/images/2354786.jpg",
+        "conversations": [{"from": "human", "value": "Is there a square?\n<image>"}, {"from": "gpt", "value": "yes"}],
+    },
+    {
+        "id": "text-0",
+        "conversations": [{"from": "human", "value": "Describe a circle."}, {"from": "gpt", "value": "a round shape"}],
+    },
+    {
+        "id": "missing",
+        "image": "vg/VG_100K/1.jpg",
+        "conversations": [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "a square"}],
+    },
+]
 
 
 def dataset_of(tmp_path, records, processor_and_prompts, **kw):
@@ -84,9 +105,14 @@ def test_corrupt_image_is_skipped(tmp_path, processor_and_prompts):
 def test_plain_alignment_format(tmp_path, processor_and_prompts):
     """blip_laion_cc_sbu_558k.json through LLaVA's `--version plain`: `<image>{caption}\\n`, loss on the caption."""
     write_images(tmp_path, ["00453/004539375.jpg"])
-    record = {"id": "004539375", "image": "00453/004539375.jpg", "conversations": [
-        {"from": "human", "value": "Render a clear and concise summary of the photo.\n<image>"},
-        {"from": "gpt", "value": "a red circle"}]}  # fmt: skip
+    record = {
+        "id": "004539375",
+        "image": "00453/004539375.jpg",
+        "conversations": [
+            {"from": "human", "value": "Render a clear and concise summary of the photo.\n<image>"},
+            {"from": "gpt", "value": "a red circle"},
+        ],
+    }
     dataset = dataset_of(tmp_path, [record], processor_and_prompts, data_format="plain")
     tokenizer = processor_and_prompts[0].tokenizer
     item = dataset[0]

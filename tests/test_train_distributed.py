@@ -16,11 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_train_loop import write_single_word_data
 
 from vistog_bench.demo.build import write_fresh_model
 from vistog_bench.train.configs import fsdp_launch_env
-
-from test_train_loop import write_single_word_data
 
 TINY_LLAVA = Path(__file__).resolve().parents[1] / "vistog_bench" / "demo" / "checkpoints" / "tiny-llava"
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
@@ -34,9 +33,32 @@ def free_port() -> int:
 
 
 def train_args(fresh, data, out, batch_size: int) -> list[str]:
-    return ["-m", "vistog_bench.train", "--stage", "llava", "--model", str(fresh), "--data", str(data),
-            "--output-dir", str(out), "--batch-size", str(batch_size), "--max-steps", "3", "--lr", "3e-3",
-            "--warmup-ratio", "0", "--log-every", "1", "--threads", "1", "--quiet", "--no-progress"]  # fmt: skip
+    return [
+        "-m",
+        "vistog_bench.train",
+        "--stage",
+        "llava",
+        "--model",
+        str(fresh),
+        "--data",
+        str(data),
+        "--output-dir",
+        str(out),
+        "--batch-size",
+        str(batch_size),
+        "--max-steps",
+        "3",
+        "--lr",
+        "3e-3",
+        "--warmup-ratio",
+        "0",
+        "--log-every",
+        "1",
+        "--threads",
+        "1",
+        "--quiet",
+        "--no-progress",
+    ]
 
 
 def run(command: list[str], env=None) -> subprocess.CompletedProcess:
@@ -60,9 +82,19 @@ def serve_one_sample(folder, method: str = "none") -> str:
 
     lm = VisToGLMM(pretrained=str(folder), method=method, device="cpu", dtype="float32")
     lm.task_dict = {"toy": {"test": [{"image": random_images(1, seed=3)[0]}]}}
-    request = Instance(request_type="generate_until", idx=0, metadata={"task": "toy", "doc_id": 0, "repeats": 1},
-                       arguments=("What colour is the shape?", {"max_new_tokens": 3, "temperature": 0},
-                                  lambda doc: [doc["image"]], 0, "toy", "test"))  # fmt: skip
+    request = Instance(
+        request_type="generate_until",
+        idx=0,
+        metadata={"task": "toy", "doc_id": 0, "repeats": 1},
+        arguments=(
+            "What colour is the shape?",
+            {"max_new_tokens": 3, "temperature": 0},
+            lambda doc: [doc["image"]],
+            0,
+            "toy",
+            "test",
+        ),
+    )
     [answer] = lm.generate_until([request])
     assert isinstance(answer, GenerationResult) and answer.token_counts.output_tokens > 0
     assert "failure" not in lm.take_sample_log()[0]
@@ -144,6 +176,7 @@ def test_fsdp2_two_processes_train_vistog_stage1_and_serve(tmp_path):
     assert summary["distributed_type"] == "FSDP" and start["parameters_held"] < start["parameters"]
     assert summary["last_loss"] < summary["first_loss"]  # stage 1 learns
     serve_one_sample(fsdp, method="vistog")
+
 
 @pytest.mark.slow
 def test_fsdp2_mixed_precision_reaches_its_policy(tmp_path):

@@ -54,18 +54,37 @@ def data(tmp_path_factory):
     for i, size in enumerate(SIZES):
         Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
         question = f"<image>\n{QUESTION}" if i % 2 == 0 else f"{QUESTION}\n<image>"  # LLaVA data writes both
-        records.append({"id": str(i), "image": f"{i}.png", "conversations": [
-            {"from": "human", "value": question}, {"from": "gpt", "value": WORDS[i]}]})
-    records.append({"id": "text", "conversations": [
-        {"from": "human", "value": "Name a colour."}, {"from": "gpt", "value": "red"}]})
+        records.append(
+            {
+                "id": str(i),
+                "image": f"{i}.png",
+                "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": WORDS[i]}],
+            }
+        )
+    records.append(
+        {"id": "text", "conversations": [{"from": "human", "value": "Name a colour."}, {"from": "gpt", "value": "red"}]}
+    )
     (folder / "data.json").write_text(json.dumps(records))
     return folder / "data.json"
 
 
 def config(checkpoint, data, output, **values) -> TrainConfig:
-    base = dict(stage="vistog-stage1", model=str(checkpoint), data=str(data), output_dir=str(output),
-                num_semantic_tokens=N, batch_size=2, lr=1e-2, max_steps=3, warmup_ratio=0.0, log_every=1, seed=0,
-                threads=1, quiet=True, progress=False)  # fmt: skip
+    base = dict(
+        stage="vistog-stage1",
+        model=str(checkpoint),
+        data=str(data),
+        output_dir=str(output),
+        num_semantic_tokens=N,
+        batch_size=2,
+        lr=1e-2,
+        max_steps=3,
+        warmup_ratio=0.0,
+        log_every=1,
+        seed=0,
+        threads=1,
+        quiet=True,
+        progress=False,
+    )
     return TrainConfig(**{**base, **values})
 
 
@@ -144,8 +163,14 @@ def test_training_prompt_is_the_evaluation_prompt(checkpoints, data, name):
     assert model.semantic_tokens.grad is not None and not model.semantic_tokens.grad.any()
     assert all(p.grad is not None and not p.grad.any() for p in model.grouping.parameters())
     # LLaVA's alignment format (the stage-1 recipes): `<image>{caption}\n`, the same views x N, loss on the caption
-    plain = conversation_dataset(dataclasses.replace(cfg, data_format="plain"), model,
-                                 load_records(data, cfg.stage), data.parent, processor, prompts)[0]  # fmt: skip
+    plain = conversation_dataset(
+        dataclasses.replace(cfg, data_format="plain"),
+        model,
+        load_records(data, cfg.stage),
+        data.parent,
+        processor,
+        prompts,
+    )[0]
     assert int((plain["input_ids"] == image_token_id(model)).sum()) == views[0] * N
     assert processor.tokenizer.decode(plain["input_ids"][plain["labels"] != IGNORE_INDEX]).strip() == WORDS[0]
 
@@ -161,12 +186,14 @@ def test_stage1_trains_the_vistog_parts_and_projector_only(checkpoints, data, st
         changed = not torch.equal(after["stock." + key], value)
         assert changed == key.startswith("model.multi_modal_projector."), key
     assert {k for k, p in model.named_parameters() if p.requires_grad} == {
-        k for k, _ in model.named_parameters() if k.startswith(prefixes)}
+        k for k, _ in model.named_parameters() if k.startswith(prefixes)
+    }
     fresh = load_for_stage(config(checkpoints[name], data, output))
     assert not torch.equal(fresh.semantic_tokens, model.semantic_tokens)  # trained away from the seeded start
     optimizer = make_optimizer(config(checkpoints[name], "unused", "unused"), fresh)
     assert {id(p) for g in optimizer.param_groups for p in g["params"]} == {
-        id(p) for k, p in fresh.named_parameters() if k.startswith(prefixes)}
+        id(p) for k, p in fresh.named_parameters() if k.startswith(prefixes)
+    }
 
 
 @pytest.mark.parametrize("name", WRITERS)
@@ -185,17 +212,28 @@ def test_saved_checkpoint_serves_the_in_memory_answers(checkpoints, stage1, name
     lm.task_dict = {"toy": {"test": [{"image": image}]}}
 
     def doc_to_messages(doc):
-        return [{"role": "user", "content": [{"type": "image", "url": doc["image"]}, {"type": "text", "text": QUESTION}]}]
+        return [
+            {"role": "user", "content": [{"type": "image", "url": doc["image"]}, {"type": "text", "text": QUESTION}]}
+        ]
 
-    request = Instance("generate_until", ("", doc_to_messages, {"max_new_tokens": 5, "temperature": 0}, 0, "toy",
-                                          "test"), 0, {"task": "toy", "doc_id": 0, "repeats": 1})  # fmt: skip
+    request = Instance(
+        "generate_until",
+        ("", doc_to_messages, {"max_new_tokens": 5, "temperature": 0}, 0, "toy", "test"),
+        0,
+        {"task": "toy", "doc_id": 0, "repeats": 1},
+    )
     served = lm.generate_until([request])[0].text
     processor = load_processor(checkpoints[name])  # the template training rendered with
     prompts = PromptBuilder(find_template(processor, checkpoints[name]), processor.tokenizer, image_token_of(processor))
     inputs = model.eval().inputs(processor, [prompts.generation_prompt([Turn("user", QUESTION, 1)])], [[image]])
     inputs.pop("visual_tokens_unreduced")
-    ids = model.generate(**inputs, max_new_tokens=5, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id,
-                         eos_token_id=processor.tokenizer.eos_token_id)  # fmt: skip
+    ids = model.generate(
+        **inputs,
+        max_new_tokens=5,
+        do_sample=False,
+        pad_token_id=processor.tokenizer.pad_token_id,
+        eos_token_id=processor.tokenizer.eos_token_id,
+    )
     assert served == processor.decode(ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert lm.take_sample_log()[0]["visual_tokens"] == [model.view_tokens.counts(inputs["image_sizes"])[0]]
 
@@ -203,8 +241,9 @@ def test_saved_checkpoint_serves_the_in_memory_answers(checkpoints, stage1, name
 @pytest.mark.parametrize("name", WRITERS)
 def test_stage2_trains_the_llm_too(checkpoints, data, stage1, tmp_path, name):
     output, _, stage1_model = stage1[name]
-    result, model = trained(config(output, data, tmp_path, stage="vistog-stage2", num_semantic_tokens=None,
-                                   grouping_lr=1e-2, lr=1e-3))  # fmt: skip
+    result, model = trained(
+        config(output, data, tmp_path, stage="vistog-stage2", num_semantic_tokens=None, grouping_lr=1e-2, lr=1e-3)
+    )
     assert np.isfinite(result.losses).all()
     before, after = stage1_model.state_dict(), model.state_dict()
     prefixes = expected_trained("vistog-stage2")
@@ -220,27 +259,87 @@ def test_stage2_trains_the_llm_too(checkpoints, data, stage1, tmp_path, name):
 def test_cli_trains_a_next_checkpoint_and_refuses_what_it_cannot(checkpoints, data, tmp_path, capsys):
     """`vistog-bench train --stage vistog-stage1 --model <next> --num-semantic-tokens 8 ...` (the CLI in-process)."""
     out = tmp_path / "cli"
-    common = ["--data", str(data), "--max-steps", "2", "--batch-size", "2", "--threads", "1", "--quiet", "--no-progress"]
-    code = run_cli(["--stage", "vistog-stage1", "--model", str(checkpoints["llava-next"]), "--num-semantic-tokens",
-                    str(N), "--output-dir", str(out), *common])  # fmt: skip
+    common = [
+        "--data",
+        str(data),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--threads",
+        "1",
+        "--quiet",
+        "--no-progress",
+    ]
+    code = run_cli(
+        [
+            "--stage",
+            "vistog-stage1",
+            "--model",
+            str(checkpoints["llava-next"]),
+            "--num-semantic-tokens",
+            str(N),
+            "--output-dir",
+            str(out),
+            *common,
+        ]
+    )
     assert code == 0
     summary = json.loads((out / "training_log.jsonl").read_text().splitlines()[-1])
     assert summary["steps"] == 2 and np.isfinite(summary["last_loss"])
     assert json.loads((out / "vistog_family.json").read_text())["num_semantic_tokens"] == N
     assert isinstance(load_checkpoint(out)[0], VisToGFamily)
     # stage 2's recipe from the stage-1 folder (its N; one process, no bf16 autocast on this CPU test)
-    code = run_cli(["--recipe", "vistog-next-7b-stage2", "--model", str(out), "--num-semantic-tokens", str(N),
-                    "--output-dir", str(tmp_path / "recipe"), "--mixed-precision", "no", "--num-workers", "0", *common])
-    assert code == 0 and json.loads((tmp_path / "recipe" / "training_log.jsonl").read_text().splitlines()[-1])[
-        "stage"] == "vistog-stage2"
+    code = run_cli(
+        [
+            "--recipe",
+            "vistog-next-7b-stage2",
+            "--model",
+            str(out),
+            "--num-semantic-tokens",
+            str(N),
+            "--output-dir",
+            str(tmp_path / "recipe"),
+            "--mixed-precision",
+            "no",
+            "--num-workers",
+            "0",
+            *common,
+        ]
+    )
+    assert (
+        code == 0
+        and json.loads((tmp_path / "recipe" / "training_log.jsonl").read_text().splitlines()[-1])["stage"]
+        == "vistog-stage2"
+    )
     capsys.readouterr()
-    code = run_cli(["--stage", "vistog-stage1", "--model", str(checkpoints["llava-onevision"]),
-                    "--output-dir", str(tmp_path / "x"), *common])  # fmt: skip
+    code = run_cli(
+        [
+            "--stage",
+            "vistog-stage1",
+            "--model",
+            str(checkpoints["llava-onevision"]),
+            "--output-dir",
+            str(tmp_path / "x"),
+            *common,
+        ]
+    )
     error = capsys.readouterr().err.strip()
     assert code == 2 and error.count("\n") == 0 and "give --num-semantic-tokens N" in error
     qwen = write_qwen2_5_vl(tmp_path / "qwen")
-    code = run_cli(["--stage", "vistog-stage1", "--model", str(qwen), "--num-semantic-tokens", str(N),
-                    "--output-dir", str(tmp_path / "y"), *common])  # fmt: skip
+    code = run_cli(
+        [
+            "--stage",
+            "vistog-stage1",
+            "--model",
+            str(qwen),
+            "--num-semantic-tokens",
+            str(N),
+            "--output-dir",
+            str(tmp_path / "y"),
+            *common,
+        ]
+    )
     error = capsys.readouterr().err.strip()
     assert code == 2 and error.count("\n") == 0 and "holds a 'qwen2_5_vl' model" in error
 
@@ -261,13 +360,41 @@ def test_two_processes_train_when_a_rank_gets_a_text_only_batch(checkpoints, dat
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-               "-m", "vistog_bench.train", "--stage", "vistog-stage1", "--model", str(checkpoints["llava-next"]),
-               "--num-semantic-tokens", str(N), "--data", str(data), "--output-dir", str(out), "--batch-size", "1",
-               "--max-steps", "3", "--warmup-ratio", "0", "--threads", "1", "--quiet", "--no-progress"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(port),
+        "-m",
+        "vistog_bench.train",
+        "--stage",
+        "vistog-stage1",
+        "--model",
+        str(checkpoints["llava-next"]),
+        "--num-semantic-tokens",
+        str(N),
+        "--data",
+        str(data),
+        "--output-dir",
+        str(out),
+        "--batch-size",
+        "1",
+        "--max-steps",
+        "3",
+        "--warmup-ratio",
+        "0",
+        "--threads",
+        "1",
+        "--quiet",
+        "--no-progress",
+    ]
     launch = fsdp_launch_env() if engine == "FSDP" else {}
-    result = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1", **launch}, capture_output=True,
-                            text=True, timeout=600)  # fmt: skip
+    result = subprocess.run(
+        command, env={**os.environ, "OMP_NUM_THREADS": "1", **launch}, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     log = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
     summary = log[-1]

@@ -18,9 +18,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from vistog_bench.demo.build import write_fresh_model
-from vistog_bench.train import TrainConfig, train
 from vistog_bench.model.loading import load_processor
 from vistog_bench.model.prompting import PromptBuilder, find_template
+from vistog_bench.train import TrainConfig, train
 from vistog_bench.train.loop import build_dataset, make_optimizer
 from vistog_bench.train.planner import ParameterCounts, count_parameters, model_states_bytes, plan_recipe
 from vistog_bench.train.stages import load_for_stage
@@ -36,8 +36,16 @@ def write_single_word_data(folder, count: int = 6):
     records = []
     for i in range(count):
         Image.fromarray(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)).save(folder / "images" / f"{i}.png")
-        records.append({"id": str(i), "image": f"images/{i}.png", "conversations": [
-            {"from": "human", "value": "<image>\nWhat colour is the shape?"}, {"from": "gpt", "value": WORDS[i % 8]}]})
+        records.append(
+            {
+                "id": str(i),
+                "image": f"images/{i}.png",
+                "conversations": [
+                    {"from": "human", "value": "<image>\nWhat colour is the shape?"},
+                    {"from": "gpt", "value": WORDS[i % 8]},
+                ],
+            }
+        )
     (folder / "data.json").write_text(json.dumps(records))
     return folder / "data.json"
 
@@ -50,8 +58,21 @@ def setup(tmp_path_factory):
 
 def config(setup, output, **values) -> TrainConfig:
     fresh, data = setup
-    base = dict(stage="llava", model=str(fresh), data=str(data), output_dir=str(output), batch_size=2, lr=3e-3,
-                max_steps=4, warmup_ratio=0.25, log_every=1, seed=0, threads=1, quiet=True, progress=False)  # fmt: skip
+    base = dict(
+        stage="llava",
+        model=str(fresh),
+        data=str(data),
+        output_dir=str(output),
+        batch_size=2,
+        lr=3e-3,
+        max_steps=4,
+        warmup_ratio=0.25,
+        log_every=1,
+        seed=0,
+        threads=1,
+        quiet=True,
+        progress=False,
+    )
     return TrainConfig(**{**base, **values})
 
 
@@ -100,9 +121,33 @@ def test_gradient_checkpointing_keeps_fewer_activations_and_changes_no_loss(setu
     plain, plain_bytes = train_measuring_saved_activations(config(setup, tmp_path / "plain", max_steps=2))
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    flags = ["--stage", "llava", "--model", str(setup[0]), "--data", str(setup[1]), "--output-dir", str(tmp_path / "ck"),
-             "--batch-size", "2", "--lr", "3e-3", "--max-steps", "2", "--warmup-ratio", "0.25", "--log-every", "1",
-             "--seed", "0", "--threads", "1", "--quiet", "--no-progress", "--gradient-checkpointing"]  # fmt: skip
+    flags = [
+        "--stage",
+        "llava",
+        "--model",
+        str(setup[0]),
+        "--data",
+        str(setup[1]),
+        "--output-dir",
+        str(tmp_path / "ck"),
+        "--batch-size",
+        "2",
+        "--lr",
+        "3e-3",
+        "--max-steps",
+        "2",
+        "--warmup-ratio",
+        "0.25",
+        "--log-every",
+        "1",
+        "--seed",
+        "0",
+        "--threads",
+        "1",
+        "--quiet",
+        "--no-progress",
+        "--gradient-checkpointing",
+    ]
     recomputed, recomputed_bytes = train_measuring_saved_activations(config_from_args(parser.parse_args(flags)))
     assert recomputed_bytes < plain_bytes / 4  # measured: 1.9 MB vs 15.8 MB on the demo model
     assert np.allclose(plain, recomputed, rtol=1e-5)
@@ -120,17 +165,42 @@ def test_mixed_precision_stores_frozen_parts_in_bf16(setup, tmp_path):
     out = tmp_path / "bf16"
     fresh, data = setup
     result = subprocess.run(
-        [sys.executable, "-m", "vistog_bench.train", "--stage", "llava", "--model", str(fresh), "--data", str(data),
-         "--output-dir", str(out), "--max-steps", "2", "--batch-size", "2", "--mixed-precision", "bf16",
-         "--threads", "1", "--quiet", "--no-progress"], env=ENV, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "vistog_bench.train",
+            "--stage",
+            "llava",
+            "--model",
+            str(fresh),
+            "--data",
+            str(data),
+            "--output-dir",
+            str(out),
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--mixed-precision",
+            "bf16",
+            "--threads",
+            "1",
+            "--quiet",
+            "--no-progress",
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     weights = load_file(out / "model.safetensors")
     vision = {w.dtype for k, w in weights.items() if "vision_tower" in k}
     trained = {w.dtype for k, w in weights.items() if "language_model" in k or "multi_modal_projector" in k}
     assert vision == {torch.bfloat16} and trained == {torch.float32}
-    assert np.isfinite([r["loss"] for r in map(json.loads, (out / "training_log.jsonl").read_text().splitlines())
-                        if "of" in r]).all()  # fmt: skip
+    assert np.isfinite(
+        [r["loss"] for r in map(json.loads, (out / "training_log.jsonl").read_text().splitlines()) if "of" in r]
+    ).all()
 
 
 def test_planner_counts_what_torch_holds(setup, tmp_path):
@@ -149,8 +219,9 @@ def test_planner_counts_what_torch_holds(setup, tmp_path):
     params, grads, states = model_states_bytes(counts, gpus=1, zero_stage=0, mixed=False)
     assert params == sum(p.numel() * p.element_size() for p in model.parameters())
     assert grads == sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
-    assert states == sum(v.numel() * v.element_size() for s in optimizer.state.values() for k, v in s.items()
-                         if k != "step")  # fmt: skip
+    assert states == sum(
+        v.numel() * v.element_size() for s in optimizer.state.values() for k, v in s.items() if k != "step"
+    )
     sharded = model_states_bytes(ParameterCounts(counts.total, counts.trained, False), 4, 3, mixed=True)
     assert sharded == (2 * counts.total / 4, 2 * counts.trained / 4, 12 * counts.trained / 4)  # ZeRO-3, 4 GPUs
 

@@ -33,5 +33,12 @@ def md_row(markdown: str, label: str) -> list[str]:
     raise AssertionError(f"no row {label!r} in\n{markdown}")
 
 
-__all__ = ["random_images", "save_tiny_llava", "tiny_llava", "tiny_llava_config", "tiny_processor",
-           "save_tiny_checkpoints", "md_row"]
+__all__ = [
+    "random_images",
+    "save_tiny_llava",
+    "tiny_llava",
+    "tiny_llava_config",
+    "tiny_processor",
+    "save_tiny_checkpoints",
+    "md_row",
+]

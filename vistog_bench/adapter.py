@@ -80,6 +80,7 @@ DEFAULT_MAX_NEW_TOKENS = 1024  # llava_hf's default when a task sets none
 # What a sample can fail on while its media and prompt are built: it then fails alone.
 SAMPLE_ERRORS = (OSError, UnidentifiedImageError, RuntimeError, TypeError, ValueError, KeyError, UsageError)
 
+
 def configure_method(model: VisToGForConditionalGeneration, method: str, budget: int | None, seed: int = 0) -> int:
     """Set `model` up for `method` at `budget` (None: the checkpoint's own count, N or P; for another family its
     full budget, `model.families`). Returns the budget."""
@@ -124,9 +125,11 @@ class ServedModel:
         and for a LLaVA-1.5 reducer how its budget counts and the visual tokens per image in the LLM."""
         facts = {"attention": attention_record(self.model, self.applied)}
         if self.applied is not None:
-            facts.update(budget_convention=self.applied.budget_convention,
-                         llm_input_tokens=self.applied.llm_input_tokens,
-                         mean_layer_tokens=round(self.applied.mean_layer_tokens, 3))  # fmt: skip
+            facts.update(
+                budget_convention=self.applied.budget_convention,
+                llm_input_tokens=self.applied.llm_input_tokens,
+                mean_layer_tokens=round(self.applied.mean_layer_tokens, 3),
+            )
         return facts
 
 
@@ -134,8 +137,11 @@ def attention_record(model, applied: AppliedMethod | None) -> str:
     """One line naming the attention implementation of the LLM's and the vision encoder's layers (no method switches
     one) and what a method computes beside them (float32 scores from one layer's q / k)."""
     config = getattr(model, "stock", model).config  # VisToGFamily wraps the stock model
-    llm = sorted(set(applied.llm_attention)) if applied is not None and applied.llm_attention else \
-        [config.text_config._attn_implementation or "eager"]  # fmt: skip
+    llm = (
+        sorted(set(applied.llm_attention))
+        if applied is not None and applied.llm_attention
+        else [config.text_config._attn_implementation or "eager"]
+    )
     vision = applied.vision_attention if applied is not None else (config.vision_config._attn_implementation or "eager")
     parts = [f"llm {'/'.join(llm)}", f"vision {vision}"]
     if applied is not None and applied.scored_llm_layers:
@@ -144,9 +150,17 @@ def attention_record(model, applied: AppliedMethod | None) -> str:
     return "; ".join(parts + ([scores] if scores else []))
 
 
-def serve_checkpoint(pretrained: str, *, method: str = "vistog", budget: int | None = None, device: str = "cpu",
-                     dtype: str = "float32", attn_implementation: str = "sdpa", seed: int = 0,
-                     chat_template: str | None = None) -> ServedModel:
+def serve_checkpoint(
+    pretrained: str,
+    *,
+    method: str = "vistog",
+    budget: int | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    attn_implementation: str = "sdpa",
+    seed: int = 0,
+    chat_template: str | None = None,
+) -> ServedModel:
     """Load `pretrained` and set it up for `method` at `budget` (None: the checkpoint's own count)."""
     model, processor = load_checkpoint(pretrained, device=device, dtype=dtype, attn_implementation=attn_implementation)
     budget = configure_method(model, method, budget, seed)
@@ -216,17 +230,23 @@ class VisToGLMM(lmms):
                 raise UsageError("vistog needs model_args pretrained=PATH")
             device = device or ("cuda" if torch.cuda.is_available() else "cpu")
             served = serve_checkpoint(
-                pretrained, method=method, budget=None if budget in (None, "") else int(budget),
-                device=device, dtype=dtype or ("float16" if device.startswith("cuda") else "float32"),
-                attn_implementation=attn_implementation, seed=int(seed), chat_template=chat_template,
+                pretrained,
+                method=method,
+                budget=None if budget in (None, "") else int(budget),
+                device=device,
+                dtype=dtype or ("float16" if device.startswith("cuda") else "float32"),
+                attn_implementation=attn_implementation,
+                seed=int(seed),
+                chat_template=chat_template,
             )
         self._device = next(served.model.parameters()).device
         self.model, self.processor = served.model, served.processor
         self.method, self.budget, self.tokens_per_image = served.method, served.budget, served.tokens_per_image
         self.tokenizer = self.processor.tokenizer
         self.prompt_template = served.prompt_template
-        self.prompts = PromptBuilder(self.prompt_template, self.tokenizer, image_token_of(self.processor),
-                                     video_token_of(self.processor))  # fmt: skip
+        self.prompts = PromptBuilder(
+            self.prompt_template, self.tokenizer, image_token_of(self.processor), video_token_of(self.processor)
+        )
         family = model_family(self.model)
         native = family is not None and family.video_frames is not None and not isinstance(self.model, VisToGFamily)
         self.video_family = family if native else None  # a video goes through this family's video path
@@ -277,10 +297,15 @@ class VisToGLMM(lmms):
             raise
         except SAMPLE_ERRORS as exc:
             sample = _Sample(task, doc_id, [], [], failure=_failure_reason(exc))
-        entry = {"task": task, "doc_id": doc_id, "prompt": sample.prompt,
-                 "image_placeholders": len(sample.images), "tokens_per_placeholder": self.tokens_per_image,
-                 "video_placeholders": len(sample.videos),
-                 "video_frames": [len(v.indices) for v in sample.videos]}  # fmt: skip
+        entry = {
+            "task": task,
+            "doc_id": doc_id,
+            "prompt": sample.prompt,
+            "image_placeholders": len(sample.images),
+            "tokens_per_placeholder": self.tokens_per_image,
+            "video_placeholders": len(sample.videos),
+            "video_frames": [len(v.indices) for v in sample.videos],
+        }
         if sample.failure:
             entry["failure"] = sample.failure
         self._sample_log.append(entry)
@@ -325,7 +350,9 @@ class VisToGLMM(lmms):
             return -len(args[0]), args[0]  # longest first: padding waste and OOMs show up early
 
         args = [request.args for request in requests]
-        collator = lmms_utils.Collator(args, sort_key, group_fn=self._gen_kwargs, grouping=True)  # one batch: one gen_kwargs
+        collator = lmms_utils.Collator(
+            args, sort_key, group_fn=self._gen_kwargs, grouping=True
+        )  # one batch: one gen_kwargs
         results: list[GenerationResult] = []
         progress = tqdm(total=len(requests), disable=self.rank != 0, desc=f"{self.method}@{self.budget}")
         for chunk in collator.get_batched(n=self.batch_size, batch_fn=None):
@@ -359,7 +386,9 @@ class VisToGLMM(lmms):
                     top_p=gen_kwargs.get("top_p") if do_sample else None,
                     num_beams=int(gen_kwargs.get("num_beams") or 1),
                     max_new_tokens=max_new_tokens,
-                    pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eot_token_id,
+                    pad_token_id=self.tokenizer.pad_token_id
+                    if self.tokenizer.pad_token_id is not None
+                    else self.eot_token_id,
                     eos_token_id=self.eot_token_id,
                 )
             new_ids = output_ids[:, inputs["input_ids"].shape[1] :]
@@ -370,9 +399,13 @@ class VisToGLMM(lmms):
                 request.set_tokens(visual=visual, text=sum(input_counts) - visual, output=sum(output_counts))
         texts = iter(
             (self._cut_at_stop(text, until), TokenCounts(int(n_in), int(n_out)))
-            for text, n_in, n_out in zip(self.tokenizer.batch_decode(new_ids, skip_special_tokens=True), input_counts, output_counts)
+            for text, n_in, n_out in zip(
+                self.tokenizer.batch_decode(new_ids, skip_special_tokens=True), input_counts, output_counts
+            )
         )
-        return [GenerationResult("", TokenCounts(0, 0)) if s.failure else GenerationResult(*next(texts)) for s in samples]
+        return [
+            GenerationResult("", TokenCounts(0, 0)) if s.failure else GenerationResult(*next(texts)) for s in samples
+        ]
 
     def _log_visual_tokens(self, samples: list[_Sample], input_ids: torch.Tensor) -> int:
         """Visual tokens the LLM receives for the live samples of a batch (all images and videos); for another family
@@ -413,7 +446,9 @@ class VisToGLMM(lmms):
             if sample.failure:
                 results.append((float("-inf"), False))
                 continue
-            continuation = doc_to_target if isinstance(doc_to_target, str) else doc_to_target(self._doc(task, split, doc_id))
+            continuation = (
+                doc_to_target if isinstance(doc_to_target, str) else doc_to_target(self._doc(task, split, doc_id))
+            )
             inputs = self._inputs([sample])
             target = self.tokenizer(" " + continuation.strip(), add_special_tokens=False, return_tensors="pt")
             target_ids = target["input_ids"].to(self.device)  # [1, C]
@@ -476,8 +511,11 @@ class VisToGChatLMM(VisToGLMM):
         chat = ChatMessages(messages=doc_to_messages(self._doc(task, split, doc_id)))
         turns, images, videos = [], [], []
         for message in chat.messages:
-            media = [Image.open(part.url) if part.type == "image" and isinstance(part.url, str) else part.url
-                     for part in message.content if part.type in ("image", "video")]  # an image path: an image
+            media = [
+                Image.open(part.url) if part.type == "image" and isinstance(part.url, str) else part.url
+                for part in message.content
+                if part.type in ("image", "video")
+            ]  # an image path: an image
             turn_images, turn_videos = _as_media(media, self.max_frames, self.video_family)
             text = " ".join(part.text for part in message.content if part.type == "text")
             turns.append(Turn(message.role, text, len(turn_images), len(turn_videos)))
@@ -486,8 +524,10 @@ class VisToGChatLMM(VisToGLMM):
         return _Sample(task, doc_id, turns, images, videos)
 
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
-        raise NotImplementedError("vistog chat model: lmms-eval builds only generation requests for chat models; "
-                                  "use --force_simple for log-likelihood tasks")  # fmt: skip
+        raise NotImplementedError(
+            "vistog chat model: lmms-eval builds only generation requests for chat models; "
+            "use --force_simple for log-likelihood tasks"
+        )
 
 
 __all__ = ["VisToGLMM", "VisToGChatLMM", "ServedModel", "serve_checkpoint", "configure_method", "METHODS"]

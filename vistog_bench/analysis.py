@@ -83,8 +83,10 @@ class FullBudget:
         """What a reader should be told about the choice (None when it is `none`)."""
         if not self.stand_in:
             return None
-        return (f"run {run_id} has no `{FULL_BUDGET_METHOD}` {what}; its full budget is taken as "
-                f"{self.method}@{self.budget}")
+        return (
+            f"run {run_id} has no `{FULL_BUDGET_METHOD}` {what}; its full budget is taken as "
+            f"{self.method}@{self.budget}"
+        )
 
 
 def full_budget(keys: Iterable[tuple[str, int]]) -> FullBudget | None:
@@ -180,8 +182,9 @@ def _output_per_sample(record: ProfileRecord) -> float | None:
     return None if tokens is None else tokens / record.batch_size
 
 
-def measurements(profile: Iterable[ProfileRecord], method: str, budget: int,
-                 task: str | None = None) -> list[Measurement]:
+def measurements(
+    profile: Iterable[ProfileRecord], method: str, budget: int, task: str | None = None
+) -> list[Measurement]:
     """The measurements of method@budget (and of `task`, when given) that count, as the module docstring says."""
     mine = [r for r in profile if r.method == method and r.budget == budget]
     controlled = [r for r in mine if r.kind == KIND_CONTROLLED and (task is None or r.task in (None, task))]
@@ -190,8 +193,10 @@ def measurements(profile: Iterable[ProfileRecord], method: str, budget: int,
         for record in controlled:
             key = (record.execution_path, record.batch_size, _output_per_sample(record))
             groups.setdefault(key, []).append(record)
-        return [Measurement(KIND_CONTROLLED, path, batch, out, tuple(records))
-                for (path, batch, out), records in groups.items()]
+        return [
+            Measurement(KIND_CONTROLLED, path, batch, out, tuple(records))
+            for (path, batch, out), records in groups.items()
+        ]
     requests = [r for r in mine if r.kind == KIND_REQUEST]
     if task is not None:
         requests = [r for r in requests if r.task == task] or [r for r in requests if r.task is None]
@@ -205,8 +210,9 @@ def _path_rank(path: str | None) -> int:
 def headline_measurement(options: Sequence[Measurement]) -> Measurement | None:
     """The one measurement a method@budget is summarised by: the smallest batch size (1 where measured), a compiled
     path before an eager one, the longest forced output."""
-    return min(options, key=lambda m: (m.batch_size or 0, _path_rank(m.execution_path), -(m.output_tokens or 0)),
-               default=None)
+    return min(
+        options, key=lambda m: (m.batch_size or 0, _path_rank(m.execution_path), -(m.output_tokens or 0)), default=None
+    )
 
 
 def reference_measurement(full: Sequence[Measurement], this: Measurement) -> tuple[Measurement | None, bool]:
@@ -263,9 +269,14 @@ def speedup(full: Measurement, this: Measurement) -> Speedup | None:
     return Speedup(full_ms / this_ms, low, high, full.n_timings, this.n_timings, max(cvs, default=None))
 
 
-def bootstrap_ratio_interval(numerator: Sequence[float], denominator: Sequence[float], *,
-                             confidence: float = CONFIDENCE, resamples: int = BOOTSTRAP_RESAMPLES,
-                             seed: int = BOOTSTRAP_SEED) -> tuple[float | None, float | None]:
+def bootstrap_ratio_interval(
+    numerator: Sequence[float],
+    denominator: Sequence[float],
+    *,
+    confidence: float = CONFIDENCE,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[float | None, float | None]:
     """Percentile-bootstrap interval of median(numerator) / median(denominator), the two samples resampled
     independently with replacement (Efron & Tibshirani 1993, ch. 13); (None, None) with fewer than two values on a
     side."""
@@ -280,7 +291,24 @@ def bootstrap_ratio_interval(numerator: Sequence[float], denominator: Sequence[f
 
 
 __all__ = [
-    "BOOTSTRAP_RESAMPLES", "BOOTSTRAP_SEED", "CONFIDENCE", "CV_THRESHOLD", "FULL_BUDGET_METHOD", "KIND_CONTROLLED",
-    "KIND_REQUEST", "MEASURED_KINDS", "FullBudget", "Measurement", "Speedup", "bootstrap_ratio_interval", "finite",
-    "full_budget", "headline_measurement", "measurements", "median", "reference_measurement", "retention", "speedup",
+    "BOOTSTRAP_RESAMPLES",
+    "BOOTSTRAP_SEED",
+    "CONFIDENCE",
+    "CV_THRESHOLD",
+    "FULL_BUDGET_METHOD",
+    "KIND_CONTROLLED",
+    "KIND_REQUEST",
+    "MEASURED_KINDS",
+    "FullBudget",
+    "Measurement",
+    "Speedup",
+    "bootstrap_ratio_interval",
+    "finite",
+    "full_budget",
+    "headline_measurement",
+    "measurements",
+    "median",
+    "reference_measurement",
+    "retention",
+    "speedup",
 ]

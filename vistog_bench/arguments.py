@@ -6,7 +6,7 @@ from .errors import UsageError
 
 
 def comma_list(text: str | None) -> tuple[str, ...]:
-    """"a, b,,c" -> ("a", "b", "c"); None or "" -> ()."""
+    """ "a, b,,c" -> ("a", "b", "c"); None or "" -> ()."""
     return tuple(part.strip() for part in (text or "").split(",") if part.strip())
 
 

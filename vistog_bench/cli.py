@@ -24,14 +24,23 @@ from .results import DISK_FULL_ERRNOS, DISK_FULL_EXIT, disk_full_message
 
 # subcommand -> (module, one-line help)
 COMMANDS = {
-    "run": ("vistog_bench.runner", "evaluate methods x budgets x tasks through lmms-eval (no arguments: embedded default)"),
+    "run": (
+        "vistog_bench.runner",
+        "evaluate methods x budgets x tasks through lmms-eval (no arguments: embedded default)",
+    ),
     "tasks": ("vistog_bench.task_catalog", "list the lmms-eval tasks and groups available, ours included"),
     "profile": ("vistog_bench.profiling.cli", "controlled latency / FLOPs / memory / energy measurement per budget"),
     "report": ("vistog_bench.report.cli", "render tables and figures from result folders"),
     "check": ("vistog_bench.regress", "compare a run with a baseline; exit 1 on regression"),
-    "baseline": ("vistog_bench.regress.baseline_cli", "write a baseline from a run: `baseline update RUN_DIR --name NAME`"),
+    "baseline": (
+        "vistog_bench.regress.baseline_cli",
+        "write a baseline from a run: `baseline update RUN_DIR --name NAME`",
+    ),
     "train": ("vistog_bench.train.cli", "train LLaVA / VisToG (stage 1 and 2) on LLaVA-format conversation data"),
-    "selftest": ("vistog_bench.selftest", "exercise every measuring path on this machine; one JSON + one Markdown table"),
+    "selftest": (
+        "vistog_bench.selftest",
+        "exercise every measuring path on this machine; one JSON + one Markdown table",
+    ),
 }
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 # transformers tests/models/llava/test_processing_llava.py, LlavaProcessorTest.prepare_processor_dict (verbatim):
 # llava-hf/llava-1.5-7b-hf's chat_template.json.
-LLAVA_HF_CHAT_TEMPLATE = "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}{# Render all images first #}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}{# Render all text next #}{% if message['role'] != 'assistant' %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"  # fmt: skip
+LLAVA_HF_CHAT_TEMPLATE = "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}{# Render all images first #}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}{# Render all text next #}{% if message['role'] != 'assistant' %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
 
 # llava-hf/llava-1.5-7b-hf preprocessor_config.json (CLIP ViT-L/14-336's image processor).
 PREPROCESSOR_CONFIG = {
@@ -85,11 +85,23 @@ def train_sentencepiece() -> bytes:
     sentences += [" ".join(words[i : i + 6]) for i in range(len(words))]
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences * 8), model_writer=model, vocab_size=VOCAB_SIZE, model_type="bpe",
-        byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0, split_digits=True,
-        add_dummy_prefix=True, remove_extra_whitespaces=False, normalization_rule_name="identity",
-        hard_vocab_limit=False, minloglevel=2,
-    )  # fmt: skip
+        sentence_iterator=iter(sentences * 8),
+        model_writer=model,
+        vocab_size=VOCAB_SIZE,
+        model_type="bpe",
+        byte_fallback=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        character_coverage=1.0,
+        split_digits=True,
+        add_dummy_prefix=True,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        hard_vocab_limit=False,
+        minloglevel=2,
+    )
     return model.getvalue()
 
 
@@ -103,13 +115,25 @@ def llama_tokenizer(sentencepiece_model: bytes, llava_tokens: bool = True):
     sp = spm.SentencePieceProcessor(model_proto=sentencepiece_model)
     vocab = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}
     merges = sorted(
-        ((piece[:k], piece[k:]) for piece in vocab for k in range(1, len(piece)) if piece[:k] in vocab and piece[k:] in vocab),
+        (
+            (piece[:k], piece[k:])
+            for piece in vocab
+            for k in range(1, len(piece))
+            if piece[:k] in vocab and piece[k:] in vocab
+        ),
         key=lambda pair: (vocab[pair[0] + pair[1]], vocab[pair[0]], vocab[pair[1]]),
-    )  # fmt: skip
+    )
     tokenizer = LlamaTokenizer(
-        vocab=vocab, merges=merges, unk_token=SPECIAL["unk"], bos_token=SPECIAL["bos"], eos_token=SPECIAL["eos"],
-        add_bos_token=True, add_eos_token=False, legacy=False, padding_side="left",
-    )  # fmt: skip
+        vocab=vocab,
+        merges=merges,
+        unk_token=SPECIAL["unk"],
+        bos_token=SPECIAL["bos"],
+        eos_token=SPECIAL["eos"],
+        add_bos_token=True,
+        add_eos_token=False,
+        legacy=False,
+        padding_side="left",
+    )
     if llava_tokens:
         tokenizer.add_tokens([AddedToken(ADDED[0], special=True, normalized=False)], special_tokens=True)
         tokenizer.add_special_tokens({"pad_token": ADDED[1]})
@@ -119,19 +143,35 @@ def llama_tokenizer(sentencepiece_model: bytes, llava_tokens: bool = True):
 def _hub_tokenizer_config(tokenizer) -> dict:
     """llava-hf/llava-1.5-7b-hf tokenizer_config.json, ids of this vocabulary."""
     decoder = {
-        str(i): {"content": t, "lstrip": False, "normalized": t not in ADDED, "rstrip": False,
-                 "single_word": False, "special": True}
+        str(i): {
+            "content": t,
+            "lstrip": False,
+            "normalized": t not in ADDED,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
         for t, i in [(SPECIAL["unk"], 0), (SPECIAL["bos"], 1), (SPECIAL["eos"], 2)]
         + [(t, tokenizer.convert_tokens_to_ids(t)) for t in ADDED]
-    }  # fmt: skip
+    }
     return {
-        "add_bos_token": True, "add_eos_token": False, "added_tokens_decoder": decoder,
-        "bos_token": SPECIAL["bos"], "clean_up_tokenization_spaces": False, "eos_token": SPECIAL["eos"],
-        "legacy": False, "model_max_length": 1000000000000000019884624838656, "pad_token": ADDED[1],
-        "padding_side": "left", "processor_class": "LlavaProcessor", "sp_model_kwargs": {},
-        "tokenizer_class": "LlamaTokenizer", "trust_remote_code": False, "unk_token": SPECIAL["unk"],
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "added_tokens_decoder": decoder,
+        "bos_token": SPECIAL["bos"],
+        "clean_up_tokenization_spaces": False,
+        "eos_token": SPECIAL["eos"],
+        "legacy": False,
+        "model_max_length": 1000000000000000019884624838656,
+        "pad_token": ADDED[1],
+        "padding_side": "left",
+        "processor_class": "LlavaProcessor",
+        "sp_model_kwargs": {},
+        "tokenizer_class": "LlamaTokenizer",
+        "trust_remote_code": False,
+        "unk_token": SPECIAL["unk"],
         "use_default_system_prompt": False,
-    }  # fmt: skip
+    }
 
 
 def _hub_config(tokenizer, text_config: dict, vision_config: dict) -> dict:
@@ -145,10 +185,15 @@ def _hub_config(tokenizer, text_config: dict, vision_config: dict) -> dict:
         "pad_token_id": pad_id,
         "projector_hidden_act": "gelu",
         "text_config": {
-            **text_config, "_name_or_path": "lmsys/vicuna-7b-v1.5", "architectures": ["LlamaForCausalLM"],
-            "max_position_embeddings": 4096, "model_type": "llama", "rms_norm_eps": 1e-05, "torch_dtype": "float16",
+            **text_config,
+            "_name_or_path": "lmsys/vicuna-7b-v1.5",
+            "architectures": ["LlamaForCausalLM"],
+            "max_position_embeddings": 4096,
+            "model_type": "llama",
+            "rms_norm_eps": 1e-05,
+            "torch_dtype": "float16",
             "vocab_size": PADDED_VOCAB,
-        },  # fmt: skip
+        },
         "tie_word_embeddings": False,
         "torch_dtype": "float16",
         "transformers_version": "4.36.0.dev0",
@@ -215,21 +260,49 @@ def write_hub_layout(out: str | Path, seed: int = 0) -> Path:
     model = LlavaForConditionalGeneration(LlavaConfig(**config)).eval()
     _write_sharded({_hub_name(n): t.to(torch.float16) for n, t in model.state_dict().items()}, out)  # as published
     _dump(out / "config.json", config)
-    _dump(out / "generation_config.json", {"_from_model_config": True, "bos_token_id": 1, "eos_token_id": 2,
-                                           "pad_token_id": config["pad_token_id"],
-                                           "transformers_version": "4.36.0.dev0"})  # fmt: skip
+    _dump(
+        out / "generation_config.json",
+        {
+            "_from_model_config": True,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+            "pad_token_id": config["pad_token_id"],
+            "transformers_version": "4.36.0.dev0",
+        },
+    )
     _dump(out / "preprocessor_config.json", PREPROCESSOR_CONFIG)
     _dump(out / "processor_config.json", PROCESSOR_CONFIG)
     _dump(out / "chat_template.json", {"chat_template": LLAVA_HF_CHAT_TEMPLATE})
     (out / "tokenizer.model").write_bytes(sentencepiece_model)
     tokenizer.backend_tokenizer.save(str(out / "tokenizer.json"))
     _dump(out / "tokenizer_config.json", _hub_tokenizer_config(tokenizer))
-    _dump(out / "special_tokens_map.json", {
-        "bos_token": {"content": "<s>", "lstrip": False, "normalized": False, "rstrip": False, "single_word": False},
-        "eos_token": {"content": "</s>", "lstrip": False, "normalized": False, "rstrip": False, "single_word": False},
-        "pad_token": "<pad>",
-        "unk_token": {"content": "<unk>", "lstrip": False, "normalized": False, "rstrip": False, "single_word": False},
-    })  # fmt: skip
+    _dump(
+        out / "special_tokens_map.json",
+        {
+            "bos_token": {
+                "content": "<s>",
+                "lstrip": False,
+                "normalized": False,
+                "rstrip": False,
+                "single_word": False,
+            },
+            "eos_token": {
+                "content": "</s>",
+                "lstrip": False,
+                "normalized": False,
+                "rstrip": False,
+                "single_word": False,
+            },
+            "pad_token": "<pad>",
+            "unk_token": {
+                "content": "<unk>",
+                "lstrip": False,
+                "normalized": False,
+                "rstrip": False,
+                "single_word": False,
+            },
+        },
+    )
     _dump(out / "added_tokens.json", {t: tokenizer.convert_tokens_to_ids(t) for t in ADDED})
     return out
 
@@ -262,8 +335,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vistog_bench.hub_checkpoints", description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", help="folder that receives hub/, resaved/ and no-template/")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--families", action="store_true",
-                        help="also llava-next/, llava-onevision/ and qwen2.5-vl/ (hub_checkpoints_families)")
+    parser.add_argument(
+        "--families",
+        action="store_true",
+        help="also llava-next/, llava-onevision/ and qwen2.5-vl/ (hub_checkpoints_families)",
+    )
     args = parser.parse_args(argv)
     written = write_layouts(args.out_dir, args.seed)
     if args.families:

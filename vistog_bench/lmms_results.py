@@ -10,8 +10,16 @@ from .results import STATUS_OK, CellResult, failed_status
 
 # What the adapter's sample log adds to each sample line (VisToGLMM.take_sample_log); on a family model also each
 # image's tokens as received by the LLM and as the processor expanded them (lists, one entry per image).
-SERVED_KEYS = ("prompt", "image_placeholders", "tokens_per_placeholder", "video_placeholders", "video_frames",
-               "failure", "visual_tokens", "visual_tokens_unreduced")
+SERVED_KEYS = (
+    "prompt",
+    "image_placeholders",
+    "tokens_per_placeholder",
+    "video_placeholders",
+    "video_frames",
+    "failure",
+    "visual_tokens",
+    "visual_tokens_unreduced",
+)
 
 
 def cell_from_lmms_results(
@@ -23,8 +31,9 @@ def cell_from_lmms_results(
     n_failed = len(failures)
     values = results.get("results", {}).get(task)
     if values is None:
-        return CellResult(task, method, budget, failed_status("lmms-eval returned no results for this task"),
-                          n_failed=n_failed)
+        return CellResult(
+            task, method, budget, failed_status("lmms-eval returned no results for this task"), n_failed=n_failed
+        )
     metrics, stderr = {}, {}
     for key, value in values.items():
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
@@ -39,8 +48,12 @@ def cell_from_lmms_results(
         n_samples = len(results["samples"][task])
     else:
         n_samples = results.get("n-samples", {}).get(task, {}).get("effective", 0) - n_failed
-    status = STATUS_OK if n_samples > 0 else failed_status(
-        "no sample was scored" + (f": all {n_failed} failed, the first: {failures[0]}" if n_failed else "")
+    status = (
+        STATUS_OK
+        if n_samples > 0
+        else failed_status(
+            "no sample was scored" + (f": all {n_failed} failed, the first: {failures[0]}" if n_failed else "")
+        )
     )
     return CellResult(task, method, budget, status, metrics, stderr, int(n_samples), round(elapsed_s, 3), n_failed)
 
@@ -58,7 +71,9 @@ def sample_lines(samples: list[dict], served: list[dict]) -> list[dict]:
         line = {k: sample[k] for k in keep if k in sample}
         if "arguments" in line:
             line["arguments"] = [a for a in line["arguments"] if isinstance(a, (str, int, float, dict, list))]
-        line.update({k: v for k, v in sample.items() if k not in line and k != "doc" and isinstance(v, (int, float, str))})
+        line.update(
+            {k: v for k, v in sample.items() if k not in line and k != "doc" and isinstance(v, (int, float, str))}
+        )
         line.update(by_doc.pop(sample.get("doc_id"), {}))
         lines.append(line)
     lines += [{"doc_id": doc_id, **entry} for doc_id, entry in by_doc.items() if "failure" in entry]
@@ -68,14 +83,19 @@ def sample_lines(samples: list[dict], served: list[dict]) -> list[dict]:
 def token_means(lines: list[dict]) -> dict[str, float]:
     """`mean_visual_tokens` and `mean_visual_tokens_unreduced` (CellResult fields) per image over the sample lines
     that carry both counts and did not fail; empty when none does (LLaVA-1.5 lines carry neither)."""
-    served = [line for line in lines if "failure" not in line and "visual_tokens" in line
-              and "visual_tokens_unreduced" in line]  # fmt: skip
+    served = [
+        line
+        for line in lines
+        if "failure" not in line and "visual_tokens" in line and "visual_tokens_unreduced" in line
+    ]
     received = [n for line in served for n in line["visual_tokens"]]
     unreduced = [n for line in served for n in line["visual_tokens_unreduced"]]
     if not received or len(received) != len(unreduced):
         return {}
-    return {"mean_visual_tokens": sum(received) / len(received),
-            "mean_visual_tokens_unreduced": sum(unreduced) / len(unreduced)}  # fmt: skip
+    return {
+        "mean_visual_tokens": sum(received) / len(received),
+        "mean_visual_tokens_unreduced": sum(unreduced) / len(unreduced),
+    }
 
 
 __all__ = ["SERVED_KEYS", "cell_from_lmms_results", "sample_lines", "token_means"]

@@ -63,64 +63,208 @@ def _parquet(config: str | None, split: str) -> tuple[str, ...]:
 
 # MVBench's video folders per subtask, as lmms-eval's mvbench utils name them (relative to the extracted repo).
 MVBENCH_SUBTASKS = (
-    "action_sequence", "moving_count", "action_prediction", "episodic_reasoning", "action_antonym", "action_count",
-    "scene_transition", "object_shuffle", "object_existence", "fine_grained_pose", "unexpected_action",
-    "moving_direction", "state_change", "object_interaction", "character_order", "action_localization",
-    "counterfactual_inference", "fine_grained_action", "moving_attribute", "egocentric_navigation",
-)  # fmt: skip
+    "action_sequence",
+    "moving_count",
+    "action_prediction",
+    "episodic_reasoning",
+    "action_antonym",
+    "action_count",
+    "scene_transition",
+    "object_shuffle",
+    "object_existence",
+    "fine_grained_pose",
+    "unexpected_action",
+    "moving_direction",
+    "state_change",
+    "object_interaction",
+    "character_order",
+    "action_localization",
+    "counterfactual_inference",
+    "fine_grained_action",
+    "moving_attribute",
+    "egocentric_navigation",
+)
 
 
 def _tasks() -> dict[str, LocalTask]:
     specs = [
-        LocalTask("gqa_local", "gqa", "lmms-lab/GQA", "testdev", _parquet("testdev_balanced_instructions", "testdev"),
-                  ("lmms-lab-encoder/GQA",), "testdev_balanced_instructions parquet",
-                  images=_parquet("testdev_balanced_images", "testdev"),
-                  columns=("imageId", "question", "answer"), image_columns=("id", "image")),
-        LocalTask("textvqa_val_local", "textvqa_val", "lmms-lab/textvqa", "validation", _parquet(None, "validation"),
-                  ("lmms-lab-encoder/textvqa",), "validation parquet",
-                  columns=("image", "question", "question_id", "answers", "ocr_tokens")),
-        LocalTask("vqav2_val_local", "vqav2_val", "lmms-lab/VQAv2", "validation", _parquet(None, "validation"),
-                  ("lmms-lab-encoder/VQAv2",), "validation parquet",
-                  columns=("image", "question", "question_id", "answers")),
-        LocalTask("pope_local", "pope", "lmms-lab/POPE", "test", _parquet(None, "test"),
-                  ("lmms-lab-encoder/POPE",), "test parquet",
-                  columns=("image", "question", "question_id", "answer", "category")),
-        LocalTask("mme_local", "mme", "lmms-lab/MME", "test", _parquet(None, "test"),
-                  ("lmms-lab-encoder/MME",), "test parquet",
-                  columns=("image", "question", "question_id", "answer", "category")),
-        LocalTask("scienceqa_img_local", "scienceqa_img", "lmms-lab/ScienceQA", "test", _parquet("ScienceQA-IMG", "test"),
-                  ("lmms-lab-encoder/ScienceQA",), "ScienceQA-IMG test parquet",
-                  columns=("image", "question", "hint", "choices", "answer")),
-        LocalTask("mmbench_en_dev_local", "mmbench_en_dev", "lmms-lab/MMBench", "dev", _parquet("en", "dev"),
-                  ("lmms-lab-encoder/MMBench",), "en dev parquet",
-                  columns=("index", "image", "question", "hint", "A", "B", "C", "D", "answer", "category",
-                           "L2-category", "source", "split")),
-        LocalTask("coco2017_cap_val_local", "coco2017_cap_val", "lmms-lab/COCO-Caption2017", "val", _parquet(None, "val"),
-                  ("lmms-lab-encoder/COCO-Caption2017",), "val parquet",
-                  columns=("image", "question_id", "id", "answer")),
-        LocalTask("nocaps_val_local", "nocaps_val", "lmms-lab/NoCaps", "validation", _parquet(None, "validation"),
-                  ("lmms-lab-encoder/NoCaps",), "validation parquet",
-                  columns=("image", "image_id", "annotations_captions")),
-        LocalTask("flickr30k_test_local", "flickr30k_test", "lmms-lab/flickr30k", "test", _parquet(None, "test"),
-                  ("lmms-lab-encoder/flickr30k",), "test parquet",
-                  columns=("image", "img_id", "caption")),
-        LocalTask("videomme_local", "videomme", "lmms-lab/Video-MME", "test", _parquet("videomme", "test"),
-                  ("lmms-eval/Video-MME",), "videomme test parquet", media="videoID:data/{}.mp4",
-                  columns=("videoID", "question", "options", "answer", "question_id", "duration", "domain",
-                           "sub_category", "task_type")),
-        LocalTask("nextqa_mc_test_local", "nextqa_mc_test", "lmms-lab/NExTQA", "test", _parquet("MC", "test"),
-                  ("lmms-eval/NExTQA",), "MC test parquet", media="video:NExTVideo/{}.mp4",
-                  columns=("video", "question", "a0", "a1", "a2", "a3", "a4", "answer")),
-    ]  # fmt: skip
+        LocalTask(
+            "gqa_local",
+            "gqa",
+            "lmms-lab/GQA",
+            "testdev",
+            _parquet("testdev_balanced_instructions", "testdev"),
+            ("lmms-lab-encoder/GQA",),
+            "testdev_balanced_instructions parquet",
+            images=_parquet("testdev_balanced_images", "testdev"),
+            columns=("imageId", "question", "answer"),
+            image_columns=("id", "image"),
+        ),
+        LocalTask(
+            "textvqa_val_local",
+            "textvqa_val",
+            "lmms-lab/textvqa",
+            "validation",
+            _parquet(None, "validation"),
+            ("lmms-lab-encoder/textvqa",),
+            "validation parquet",
+            columns=("image", "question", "question_id", "answers", "ocr_tokens"),
+        ),
+        LocalTask(
+            "vqav2_val_local",
+            "vqav2_val",
+            "lmms-lab/VQAv2",
+            "validation",
+            _parquet(None, "validation"),
+            ("lmms-lab-encoder/VQAv2",),
+            "validation parquet",
+            columns=("image", "question", "question_id", "answers"),
+        ),
+        LocalTask(
+            "pope_local",
+            "pope",
+            "lmms-lab/POPE",
+            "test",
+            _parquet(None, "test"),
+            ("lmms-lab-encoder/POPE",),
+            "test parquet",
+            columns=("image", "question", "question_id", "answer", "category"),
+        ),
+        LocalTask(
+            "mme_local",
+            "mme",
+            "lmms-lab/MME",
+            "test",
+            _parquet(None, "test"),
+            ("lmms-lab-encoder/MME",),
+            "test parquet",
+            columns=("image", "question", "question_id", "answer", "category"),
+        ),
+        LocalTask(
+            "scienceqa_img_local",
+            "scienceqa_img",
+            "lmms-lab/ScienceQA",
+            "test",
+            _parquet("ScienceQA-IMG", "test"),
+            ("lmms-lab-encoder/ScienceQA",),
+            "ScienceQA-IMG test parquet",
+            columns=("image", "question", "hint", "choices", "answer"),
+        ),
+        LocalTask(
+            "mmbench_en_dev_local",
+            "mmbench_en_dev",
+            "lmms-lab/MMBench",
+            "dev",
+            _parquet("en", "dev"),
+            ("lmms-lab-encoder/MMBench",),
+            "en dev parquet",
+            columns=(
+                "index",
+                "image",
+                "question",
+                "hint",
+                "A",
+                "B",
+                "C",
+                "D",
+                "answer",
+                "category",
+                "L2-category",
+                "source",
+                "split",
+            ),
+        ),
+        LocalTask(
+            "coco2017_cap_val_local",
+            "coco2017_cap_val",
+            "lmms-lab/COCO-Caption2017",
+            "val",
+            _parquet(None, "val"),
+            ("lmms-lab-encoder/COCO-Caption2017",),
+            "val parquet",
+            columns=("image", "question_id", "id", "answer"),
+        ),
+        LocalTask(
+            "nocaps_val_local",
+            "nocaps_val",
+            "lmms-lab/NoCaps",
+            "validation",
+            _parquet(None, "validation"),
+            ("lmms-lab-encoder/NoCaps",),
+            "validation parquet",
+            columns=("image", "image_id", "annotations_captions"),
+        ),
+        LocalTask(
+            "flickr30k_test_local",
+            "flickr30k_test",
+            "lmms-lab/flickr30k",
+            "test",
+            _parquet(None, "test"),
+            ("lmms-lab-encoder/flickr30k",),
+            "test parquet",
+            columns=("image", "img_id", "caption"),
+        ),
+        LocalTask(
+            "videomme_local",
+            "videomme",
+            "lmms-lab/Video-MME",
+            "test",
+            _parquet("videomme", "test"),
+            ("lmms-eval/Video-MME",),
+            "videomme test parquet",
+            media="videoID:data/{}.mp4",
+            columns=(
+                "videoID",
+                "question",
+                "options",
+                "answer",
+                "question_id",
+                "duration",
+                "domain",
+                "sub_category",
+                "task_type",
+            ),
+        ),
+        LocalTask(
+            "nextqa_mc_test_local",
+            "nextqa_mc_test",
+            "lmms-lab/NExTQA",
+            "test",
+            _parquet("MC", "test"),
+            ("lmms-eval/NExTQA",),
+            "MC test parquet",
+            media="video:NExTVideo/{}.mp4",
+            columns=("video", "question", "a0", "a1", "a2", "a3", "a4", "answer"),
+        ),
+    ]
     # MMBench without the GPT judge (lmms-eval's mmbench_en_dev_static): the same data, for machines with no API.
     mmb = specs[6]
-    specs.append(LocalTask("mmbench_en_dev_static_local", "mmbench_en_dev_static", mmb.repo, mmb.split, mmb.patterns,
-                           mmb.aliases, mmb.what, columns=mmb.columns))  # fmt: skip
+    specs.append(
+        LocalTask(
+            "mmbench_en_dev_static_local",
+            "mmbench_en_dev_static",
+            mmb.repo,
+            mmb.split,
+            mmb.patterns,
+            mmb.aliases,
+            mmb.what,
+            columns=mmb.columns,
+        )
+    )
     for sub in MVBENCH_SUBTASKS:
-        specs.append(LocalTask(f"mvbench_{sub}_local", f"mvbench_{sub}", "OpenGVLab/MVBench", "train",
-                               (f"json/{sub}.json",), (), f"json/{sub}.json",
-                               media=f"video:{{mvbench:{sub}}}",
-                               columns=("video", "question", "candidates", "answer")))  # fmt: skip
+        specs.append(
+            LocalTask(
+                f"mvbench_{sub}_local",
+                f"mvbench_{sub}",
+                "OpenGVLab/MVBench",
+                "train",
+                (f"json/{sub}.json",),
+                (),
+                f"json/{sub}.json",
+                media=f"video:{{mvbench:{sub}}}",
+                columns=("video", "question", "candidates", "answer"),
+            )
+        )
     return {t.name: t for t in specs}
 
 
@@ -128,12 +272,19 @@ LOCAL_TASKS: dict[str, LocalTask] = _tasks()
 
 # Groups of local tasks (vistog_bench/tasks/groups/*.yaml), expanded by check_local_data.
 LOCAL_GROUPS: dict[str, tuple[str, ...]] = {
-    "vistog_image_local": ("gqa_local", "mmbench_en_dev_static_local", "mme_local", "pope_local",
-                           "scienceqa_img_local", "vqav2_val_local", "textvqa_val_local"),
+    "vistog_image_local": (
+        "gqa_local",
+        "mmbench_en_dev_static_local",
+        "mme_local",
+        "pope_local",
+        "scienceqa_img_local",
+        "vqav2_val_local",
+        "textvqa_val_local",
+    ),
     "vistog_caption_local": ("coco2017_cap_val_local", "nocaps_val_local", "flickr30k_test_local"),
     "vistog_video_local": ("videomme_local", "mvbench_local", "nextqa_mc_test_local"),
     "mvbench_local": tuple(f"mvbench_{sub}_local" for sub in MVBENCH_SUBTASKS),
-}  # fmt: skip
+}
 
 
 def expand_local_tasks(names) -> list[str]:
@@ -175,8 +326,10 @@ def _needs(task: LocalTask, root: Path, patterns, what: str) -> str:
 
 
 def _no_data_dir(task_name: str) -> str:
-    return (f"{task_name} reads a local mirror, but no data dir is set: pass --data-dir DIR or set {DATA_DIR_ENV}, "
-            f"see {DOC}")  # fmt: skip
+    return (
+        f"{task_name} reads a local mirror, but no data dir is set: pass --data-dir DIR or set {DATA_DIR_ENV}, "
+        f"see {DOC}"
+    )
 
 
 def data_files(task_name: str, data_dir: str | os.PathLike | None = None) -> dict[str, list[str]]:
@@ -280,15 +433,19 @@ def _table_problems(task: LocalTask, files: list[str], columns: tuple[str, ...],
         except (OSError, ValueError) as exc:  # pyarrow.ArrowInvalid is a ValueError, json.JSONDecodeError too
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             kind = "json" if file.endswith(".json") else "parquet"
-            problems.append(f"{task.name}: {file} is not a readable {kind} file ({reason}); "
-                            f"copy {task.repo}'s {what} there again, see {DOC}")  # fmt: skip
+            problems.append(
+                f"{task.name}: {file} is not a readable {kind} file ({reason}); "
+                f"copy {task.repo}'s {what} there again, see {DOC}"
+            )
             continue
         if missing:
             lacks = ", ".join(repr(c) for c in missing)
             has = ", ".join(sorted(names)) or "none"
             noun = "columns" if len(missing) > 1 else "column"
-            problems.append(f"{task.name}: {file} has no {noun} {lacks} (its columns: {has}); the task reads "
-                            f"{', '.join(columns)}, as {task.repo}'s {what} has them, see {DOC}")  # fmt: skip
+            problems.append(
+                f"{task.name}: {file} has no {noun} {lacks} (its columns: {has}); the task reads "
+                f"{', '.join(columns)}, as {task.repo}'s {what} has them, see {DOC}"
+            )
     if not problems and rows == 0:
         where = files[0] if len(files) == 1 else f"{files[0]} (and {len(files) - 1} more files)"
         problems.append(f"{task.name}: {where} has no rows; copy {task.repo}'s {what} there again, see {DOC}")

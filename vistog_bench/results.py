@@ -254,7 +254,7 @@ def append_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         except BaseException as exc:
             if stat.S_ISREG(os.fstat(fd).st_mode):
@@ -314,8 +314,11 @@ def read_jsonl(path: Path, *, warn: bool = True) -> list[dict[str, Any]]:
     for number, raw in enumerate(lines, start=1):
         if number == len(lines) and _is_torn(raw):
             if warn:
-                print(f"warning: {path} line {number}: incomplete last line skipped ({len(raw)} bytes; the run was "
-                      "interrupted while writing it)", file=sys.stderr)
+                print(
+                    f"warning: {path} line {number}: incomplete last line skipped ({len(raw)} bytes; the run was "
+                    "interrupted while writing it)",
+                    file=sys.stderr,
+                )
             break
         if not raw.strip(b" \t\r"):
             continue
@@ -416,7 +419,9 @@ def write_output_text(path: str | os.PathLike, text: str, flag: str) -> Path:
     unwritable path is a UsageError naming `flag`; a full disk stays an OSError, which the CLI reports as such."""
     target = Path(path)
     try:
-        if target.exists() and not target.is_file():  # a device or a pipe (/dev/stdout): written in place, never replaced
+        if (
+            target.exists() and not target.is_file()
+        ):  # a device or a pipe (/dev/stdout): written in place, never replaced
             with open(target, "w", encoding="utf-8") as handle:
                 handle.write(text)
         else:
@@ -515,8 +520,10 @@ class RunDir:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise UsageError(f"run {self.path} is in use: another process holds {lock_path} "
-                                 "(a run or --resume of it is still going); wait for it or stop it") from None
+                raise UsageError(
+                    f"run {self.path} is in use: another process holds {lock_path} "
+                    "(a run or --resume of it is still going); wait for it or stop it"
+                ) from None
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
             yield
@@ -567,8 +574,10 @@ class RunDir:
             return None
         _atomic_write_text(path, "".join(raw.decode("utf-8") + "\n" for raw in kept))
         cells = ", ".join(f"{k.slug()} ({n})" for k, n in sorted(dropped.items(), key=lambda kv: kv[0].slug()))
-        return (f"{path}: dropped {sum(dropped.values())} profile record(s) of cells that are not ok and will be "
-                f"measured again: {cells}")
+        return (
+            f"{path}: dropped {sum(dropped.values())} profile record(s) of cells that are not ok and will be "
+            f"measured again: {cells}"
+        )
 
     # -- reading -------------------------------------------------------------------------------------------------
     def manifest(self) -> RunManifest:

@@ -17,9 +17,16 @@ from .results import load_run
 RESUME_FREE_KEYS = ("output", "resume")
 # Settings a resumed run keeps from its manifest: giving another value is refused (RunConfig field -> option).
 RESUME_KEPT_OPTIONS = {
-    "limit": "--limit", "seed": "--seed", "batch_size": "--batch-size", "device": "--device", "dtype": "--dtype",
-    "max_frames": "--max-frames", "chat_template": "--chat-template", "data_dir": "--data-dir", "threads": "--threads",
-}  # fmt: skip
+    "limit": "--limit",
+    "seed": "--seed",
+    "batch_size": "--batch-size",
+    "device": "--device",
+    "dtype": "--dtype",
+    "max_frames": "--max-frames",
+    "chat_template": "--chat-template",
+    "data_dir": "--data-dir",
+    "threads": "--threads",
+}
 DEFAULT_BATCH_SIZE, DEFAULT_SEED, DEFAULT_MAX_FRAMES = 1, 0, 8
 
 
@@ -55,7 +62,9 @@ def comparable(config: RunConfig) -> dict:
 def config_differences(saved: RunConfig, config: RunConfig) -> str:
     """`key: saved -> given` for every setting that differs (resume-free keys left out)."""
     before, after = comparable(saved), comparable(config)
-    return ", ".join(f"{k} {before.get(k)!r} -> {after.get(k)!r}" for k in sorted(after) if before.get(k) != after.get(k))
+    return ", ".join(
+        f"{k} {before.get(k)!r} -> {after.get(k)!r}" for k in sorted(after) if before.get(k) != after.get(k)
+    )
 
 
 def config_from_manifest(data: dict) -> RunConfig:
@@ -77,11 +86,21 @@ def resumed_config(args) -> RunConfig:
     the run was made with is refused: the cells already recorded would not be comparable with the new ones."""
     saved = config_from_manifest(load_run(args.resume).manifest().config)
     given = {
-        "limit": args.limit, "seed": args.seed, "batch_size": args.batch_size, "device": args.device,
-        "dtype": args.dtype, "max_frames": args.max_frames, "chat_template": chat_template_path(args.chat_template),
-        "data_dir": args.data_dir, "threads": args.threads,
-    }  # fmt: skip
-    if args.data_dir is not None and saved.data_dir is not None and Path(args.data_dir).resolve() == Path(saved.data_dir).resolve():
+        "limit": args.limit,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "dtype": args.dtype,
+        "max_frames": args.max_frames,
+        "chat_template": chat_template_path(args.chat_template),
+        "data_dir": args.data_dir,
+        "threads": args.threads,
+    }
+    if (
+        args.data_dir is not None
+        and saved.data_dir is not None
+        and Path(args.data_dir).resolve() == Path(saved.data_dir).resolve()
+    ):
         given["data_dir"] = saved.data_dir  # the same folder, however it is spelt
     clashes = [
         f"{RESUME_KEPT_OPTIONS[key]} {value} (the run used {getattr(saved, key)})"
@@ -93,6 +112,16 @@ def resumed_config(args) -> RunConfig:
     return dataclasses.replace(saved, resume=args.resume)
 
 
-__all__ = ["RunConfig", "comparable", "config_differences", "config_from_manifest", "chat_template_path",
-           "resumed_config", "RESUME_FREE_KEYS", "RESUME_KEPT_OPTIONS", "DEFAULT_BATCH_SIZE", "DEFAULT_SEED",
-           "DEFAULT_MAX_FRAMES"]
+__all__ = [
+    "RunConfig",
+    "comparable",
+    "config_differences",
+    "config_from_manifest",
+    "chat_template_path",
+    "resumed_config",
+    "RESUME_FREE_KEYS",
+    "RESUME_KEPT_OPTIONS",
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_SEED",
+    "DEFAULT_MAX_FRAMES",
+]

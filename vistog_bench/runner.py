@@ -160,8 +160,13 @@ def _check_budgets(budgets, full: int, family) -> None:
         if family is not None:
             check_family_budget(family, budget)
         if not 0 < budget <= full:
-            unit = "visual tokens (the patch count)" if family is None else (
-                f"visual tokens per image on {family.model_type}, summed over its tiles (the most one image gives)")
+            unit = (
+                "visual tokens (the patch count)"
+                if family is None
+                else (
+                    f"visual tokens per image on {family.model_type}, summed over its tiles (the most one image gives)"
+                )
+            )
             raise UsageError(f"budget {budget} is out of range: 1..{full} {unit}")
 
 
@@ -173,8 +178,9 @@ def plan_cells(config: RunConfig) -> list[Cell]:
     facts = {path: _checkpoint_facts(path) for path in config.models}
     lineages = sorted({f.lineage for f in facts.values()})
     if len(lineages) > 1:
-        raise UsageError(f"the checkpoints are of different model families ({', '.join(lineages)}); "
-                         "sweep one family at a time")
+        raise UsageError(
+            f"the checkpoints are of different model families ({', '.join(lineages)}); sweep one family at a time"
+        )
     stock, vistog, fulls = None, {}, set()
     for path, fact in facts.items():
         fulls.add(fact.full)
@@ -195,15 +201,18 @@ def plan_cells(config: RunConfig) -> list[Cell]:
         cells.append(Cell("none", full, stock, rule, serve_all=family is not None and family.full_budget is None))
     elif any(m != "vistog" for m in methods):
         kind = "LLaVA-1.5" if family is None else family.model_type
-        raise UsageError(f"methods other than vistog, and the full-budget reference, need a stock {kind} checkpoint "
-                         "among --model")
+        raise UsageError(
+            f"methods other than vistog, and the full-budget reference, need a stock {kind} checkpoint among --model"
+        )
     for method in methods:
         if method == "none":
             continue
         if method == "vistog" and family is not None:
             if not vistog:
-                raise UsageError(f"no VisToG checkpoint of {family.model_type} among --model (a folder with "
-                                 "vistog_family.json: VisToGFamily.save_pretrained)")
+                raise UsageError(
+                    f"no VisToG checkpoint of {family.model_type} among --model (a folder with "
+                    "vistog_family.json: VisToGFamily.save_pretrained)"
+                )
             cells += [Cell(method, n, path, PER_VIEW) for n, path in sorted(vistog.items(), reverse=True)]
             continue
         for budget in sorted(set(config.budgets), reverse=True):
@@ -270,8 +279,13 @@ def _task_adapter(served, profiler, task: str, config: RunConfig, manager):
     from .adapter import VisToGLMM
 
     task_dict = get_task_dict([task], manager, "simple" if VisToGLMM.is_simple else "chat")
-    lm = VisToGLMM(served=served, batch_size=config.batch_size, max_frames=config.max_frames, profiler=profiler,
-                   unscored_failures_in=tuple(task_dict.values()))
+    lm = VisToGLMM(
+        served=served,
+        batch_size=config.batch_size,
+        max_frames=config.max_frames,
+        profiler=profiler,
+        unscored_failures_in=tuple(task_dict.values()),
+    )
     return lm, task_dict
 
 
@@ -378,8 +392,10 @@ def _open_run(config: RunConfig, command: list[str] | None) -> RunDir:
         run = load_run(config.resume)
         saved = config_from_manifest(run.manifest().config)
         if comparable(saved) != comparable(config):
-            raise UsageError(f"--resume {config.resume}: that run was made with a different configuration "
-                             f"({config_differences(saved, config)})")
+            raise UsageError(
+                f"--resume {config.resume}: that run was made with a different configuration "
+                f"({config_differences(saved, config)})"
+            )
         return run
     run_id = new_run_id()
     run = RunDir(Path(config.output) / run_id)
@@ -409,8 +425,12 @@ def _record(run: RunDir, cell: Cell, result: CellResult) -> None:
     if result.mean_visual_tokens is not None:
         failed += f", tokens {result.mean_visual_tokens:.6g} of {result.mean_visual_tokens_unreduced:.6g} per image"
     took = f" [{result.elapsed_s:.1f} s]" if result.elapsed_s is not None else ""
-    print(f"  {result.task} {result.method}@{result.budget}: {result.status} (n={result.n_samples}{failed})"
-          + (f" {shown}" if shown else "") + took, file=sys.stderr)
+    print(
+        f"  {result.task} {result.method}@{result.budget}: {result.status} (n={result.n_samples}{failed})"
+        + (f" {shown}" if shown else "")
+        + took,
+        file=sys.stderr,
+    )
 
 
 def _record_groups(run: RunDir, cell: Cell, groups: list[TaskGroup], done: set) -> None:
@@ -430,24 +450,31 @@ def _run_cell(run: RunDir, cell: Cell, tasks: list[str], config: RunConfig, mana
     started = time.perf_counter()
     try:
         with third_party_output_to(log_path):
-            served = serve_checkpoint(cell.checkpoint, method=cell.method, budget=cell.served_budget, device=config.device,
-                                      dtype=config.dtype, seed=config.seed, chat_template=config.chat_template)
+            served = serve_checkpoint(
+                cell.checkpoint,
+                method=cell.method,
+                budget=cell.served_budget,
+                device=config.device,
+                dtype=config.dtype,
+                seed=config.seed,
+                chat_template=config.chat_template,
+            )
     except Exception as exc:  # noqa: BLE001 - a model that does not load fails its own cells; the sweep goes on
         reason = f"loading {cell.checkpoint}: {type(exc).__name__}: {exc}"
         status = STATUS_OOM if _is_oom(exc) else failed_status(reason)
         for task in tasks:
-            _record(run, cell, CellResult(task, cell.method, cell.budget, status,
-                                          elapsed_s=time.perf_counter() - started))
+            _record(
+                run, cell, CellResult(task, cell.method, cell.budget, status, elapsed_s=time.perf_counter() - started)
+            )
         _release_memory()
         return
     _note_prompt_template(run, served)
-    profiler = (RequestProfiler(served.model, device=config.device, applied=served.applied)
-                if config.profile else None)
+    profiler = RequestProfiler(served.model, device=config.device, applied=served.applied) if config.profile else None
     for task in tasks:
         started = time.perf_counter()
         lm = None
         try:
-            with third_party_output_to(log_path), (profiler.attached() if profiler else contextlib.nullcontext()):
+            with third_party_output_to(log_path), profiler.attached() if profiler else contextlib.nullcontext():
                 lm, task_dict = _task_adapter(served, profiler, task, config, manager)
                 results = _evaluate_task(lm, task_dict, limits.get(task, config.limit), config, manager, run.path)
         except Exception as exc:  # noqa: BLE001 - a failed task is a failed cell; the sweep goes on
@@ -459,10 +486,10 @@ def _run_cell(run: RunDir, cell: Cell, tasks: list[str], config: RunConfig, mana
         finally:
             if profiler is not None:
                 # the cell's budget: a family's `none` is served with none (every token)
-                run.append_profile([dataclasses.replace(r, task=r.task or task, budget=cell.budget)
-                                    for r in profiler.take_records()])
-        _record_task(run, cell, task, results, lm.take_sample_log(), time.perf_counter() - started,
-                     served.cell_facts())
+                run.append_profile(
+                    [dataclasses.replace(r, task=r.task or task, budget=cell.budget) for r in profiler.take_records()]
+                )
+        _record_task(run, cell, task, results, lm.take_sample_log(), time.perf_counter() - started, served.cell_facts())
     del served, profiler, lm  # every reference to this cell's model: the next cell loads only after it is gone
     _release_memory()
 
@@ -473,19 +500,26 @@ def _failed_cell(cell: Cell, task: str, exc: Exception, samples: list[dict], sta
     if failures:
         reason += f" ({len(failures)} sample(s) had failed, first: {failures[0]['failure']})"
     status = STATUS_OOM if _is_oom(exc) else failed_status(reason)
-    return CellResult(task, cell.method, cell.budget, status, elapsed_s=time.perf_counter() - started,
-                      n_failed=len(failures))
+    return CellResult(
+        task, cell.method, cell.budget, status, elapsed_s=time.perf_counter() - started, n_failed=len(failures)
+    )
 
 
-def _record_task(run: RunDir, cell: Cell, task: str, results: dict | None, samples: list[dict], elapsed_s: float,
-                 facts: dict) -> None:
+def _record_task(
+    run: RunDir, cell: Cell, task: str, results: dict | None, samples: list[dict], elapsed_s: float, facts: dict
+) -> None:
     """A task's cell and its sample lines, from lmms-eval's results and the adapter's sample log (a family's cell
     also records the mean visual tokens per image, received and unreduced), with the served model's `facts`
     (ServedModel.cell_facts: attention kernels, budget convention)."""
     failures = list({e["doc_id"]: e["failure"] for e in samples if e.get("failure")}.values())
     if results is None:
-        _record(run, cell, CellResult(task, cell.method, cell.budget, failed_status("lmms-eval returned nothing"),
-                                      n_failed=len(failures)))
+        _record(
+            run,
+            cell,
+            CellResult(
+                task, cell.method, cell.budget, failed_status("lmms-eval returned nothing"), n_failed=len(failures)
+            ),
+        )
         return
     lines = sample_lines(results.get("samples", {}).get(task, []), samples)
     write_jsonl(run.samples_path(CellKey(task, cell.method, cell.budget)), lines)
@@ -525,27 +559,47 @@ def summary_table(cells: list[CellResult]) -> str:
 
 # -- CLI -------------------------------------------------------------------------------------------------------------
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", nargs="+",
-                        help="checkpoint folder(s) of one family: stock LLaVA-1.5 and/or VisToG checkpoints, or stock "
-                             "LLaVA-NeXT / OneVision / Qwen2.5-VL and their VisToG ones (default: the embedded ones)")
+    parser.add_argument(
+        "--model",
+        nargs="+",
+        help="checkpoint folder(s) of one family: stock LLaVA-1.5 and/or VisToG checkpoints, or stock "
+        "LLaVA-NeXT / OneVision / Qwen2.5-VL and their VisToG ones (default: the embedded ones)",
+    )
     parser.add_argument("--tasks", help="comma-separated lmms-eval task or group names")
-    parser.add_argument("--budgets", help="visual tokens per image, e.g. 576,192,128,64 (LLaVA-NeXT / OneVision: "
-                                           "summed over tiles; Qwen2.5-VL: percent of each image's own, 1..100)")
-    parser.add_argument("--methods", "--method", dest="method", default=None,
-                        help="comma-separated: none, vistog, pool, random, tome, visionzip, prumerge, fastv")
+    parser.add_argument(
+        "--budgets",
+        help="visual tokens per image, e.g. 576,192,128,64 (LLaVA-NeXT / OneVision: "
+        "summed over tiles; Qwen2.5-VL: percent of each image's own, 1..100)",
+    )
+    parser.add_argument(
+        "--methods",
+        "--method",
+        dest="method",
+        default=None,
+        help="comma-separated: none, vistog, pool, random, tome, visionzip, prumerge, fastv",
+    )
     parser.add_argument("--limit", type=int, default=None, help="samples per task (for quick runs; even for MME)")
     parser.add_argument("--batch-size", type=int, default=None, help=f"default {DEFAULT_BATCH_SIZE}")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--dtype", default=None, choices=DTYPE_NAMES)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: 1 on CPU, where more stall on shared cores; torch's on a GPU)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: 1 on CPU, where more stall on shared cores; torch's on a GPU)",
+    )
     parser.add_argument("--output", default="results", help="folder that receives <run_id>/")
     parser.add_argument("--data-dir", default=None, help="local mirror of the benchmark datasets (see docs)")
     parser.add_argument("--include-path", action="append", default=[], help="extra lmms-eval task folder")
-    parser.add_argument("--max-frames", type=int, default=None, help=f"frames sampled per video (default {DEFAULT_MAX_FRAMES})")
+    parser.add_argument(
+        "--max-frames", type=int, default=None, help=f"frames sampled per video (default {DEFAULT_MAX_FRAMES})"
+    )
     parser.add_argument("--seed", type=int, default=None, help=f"default {DEFAULT_SEED}")
-    parser.add_argument("--chat-template", default=None,
-                        help="a Jinja chat template file for every checkpoint (default: each checkpoint's own)")
+    parser.add_argument(
+        "--chat-template",
+        default=None,
+        help="a Jinja chat template file for every checkpoint (default: each checkpoint's own)",
+    )
     parser.add_argument("--no-profile", action="store_true", help="skip per-request profiling")
     parser.add_argument("--no-report", action="store_true", help="do not render the report (<run>/report/) at the end")
     parser.add_argument("--resume", default=None, help="an interrupted run folder to complete")
@@ -581,7 +635,9 @@ def config_from_args(args) -> RunConfig:
         raise UsageError("--device cuda: no CUDA device is available here")
     dtype = args.dtype or ("float16" if device.startswith("cuda") else "float32")
     if not args.model:
-        models, tasks, budgets, methods = embedded_default(comma_list(args.tasks), int_list(args.budgets, "--budgets"), comma_list(args.method))
+        models, tasks, budgets, methods = embedded_default(
+            comma_list(args.tasks), int_list(args.budgets, "--budgets"), comma_list(args.method)
+        )
     else:
         if not args.tasks:
             raise UsageError("--tasks is needed with --model (leave both out for the embedded default)")

@@ -59,10 +59,19 @@ def plan_for(device: str) -> SelftestPlan:
     """The GPU plan (LLaVA-1.5-7B shape, bf16, the paper's budgets, batch 1 and 8, eager and compiled) or the CPU
     plan (the tiny preset, two budgets, eager only: compiling needs CUDA)."""
     if device.startswith("cuda"):
-        return SelftestPlan(device, "llava-1.5-7b", "bfloat16", (576, 192, 128, 64), (1, 8), 16, ("eager", "compiled"),
-                            warmup=3, repeats=10, sweep_limit=8)
-    return SelftestPlan(device, "tiny", "float32", (576, 64), (1, 2), 4, ("eager",), warmup=1, repeats=3,
-                        sweep_limit=4)
+        return SelftestPlan(
+            device,
+            "llava-1.5-7b",
+            "bfloat16",
+            (576, 192, 128, 64),
+            (1, 8),
+            16,
+            ("eager", "compiled"),
+            warmup=3,
+            repeats=10,
+            sweep_limit=8,
+        )
+    return SelftestPlan(device, "tiny", "float32", (576, 64), (1, 2), 4, ("eager",), warmup=1, repeats=3, sweep_limit=4)
 
 
 @dataclass
@@ -112,12 +121,19 @@ def check_controlled(record, cuda: bool) -> list[str]:
 def _controlled_figures(record) -> dict[str, Any]:
     ttft = record.stats.get("ttft", {})
     figures = {
-        "ttft_p50_ms": ttft.get("p50"), "ttft_p99_ms": ttft.get("p99"), "ttft_cv": ttft.get("cv"),
+        "ttft_p50_ms": ttft.get("p50"),
+        "ttft_p99_ms": ttft.get("p99"),
+        "ttft_cv": ttft.get("cv"),
         "ttft_logits_processor_p50_ms": record.stats.get("ttft_logits_processor", {}).get("p50"),
-        "host_total_p50_ms": record.stats.get("host_total", {}).get("p50"), "total_ms": record.total_ms,
-        "decode_per_token_ms": record.decode_per_token_ms, "peak_memory_bytes": record.peak_memory_bytes,
-        "peak_rss_bytes": record.peak_rss_bytes, "kv_cache_bytes": record.kv_cache_bytes, "energy_j": record.energy_j,
-        "flops_total": record.flops.get("total"), "counted_flops_total": record.counted_flops.get("total"),
+        "host_total_p50_ms": record.stats.get("host_total", {}).get("p50"),
+        "total_ms": record.total_ms,
+        "decode_per_token_ms": record.decode_per_token_ms,
+        "peak_memory_bytes": record.peak_memory_bytes,
+        "peak_rss_bytes": record.peak_rss_bytes,
+        "kv_cache_bytes": record.kv_cache_bytes,
+        "energy_j": record.energy_j,
+        "flops_total": record.flops.get("total"),
+        "counted_flops_total": record.counted_flops.get("total"),
     }
     for gpu, floors in record.extra.get("roofline", {}).items():
         floor_ms = sum(floors[s]["floor_ms"] for s in ("vision", "grouping", "projector", "prefill"))
@@ -131,10 +147,20 @@ def run_controlled(plan: SelftestPlan, execution_path: str) -> list[PathResult]:
     from .profiling.timers import default_threads
 
     settings = ProfileSettings(
-        model_path=None, shape=plan.shape, budgets=plan.budgets, batch_sizes=plan.batch_sizes,
-        new_tokens=(plan.new_tokens,), warmup=plan.warmup, repeats=plan.repeats, min_duration_s=0.0,
-        device=plan.device, dtype=plan.dtype, compile=execution_path == "compiled", count_flops=True,
-        gpus=(), threads=default_threads(plan.device),
+        model_path=None,
+        shape=plan.shape,
+        budgets=plan.budgets,
+        batch_sizes=plan.batch_sizes,
+        new_tokens=(plan.new_tokens,),
+        warmup=plan.warmup,
+        repeats=plan.repeats,
+        min_duration_s=0.0,
+        device=plan.device,
+        dtype=plan.dtype,
+        compile=execution_path == "compiled",
+        count_flops=True,
+        gpus=(),
+        threads=default_threads(plan.device),
     )
     results = []
     for record in measured_records(settings):
@@ -147,8 +173,15 @@ def run_controlled(plan: SelftestPlan, execution_path: str) -> list[PathResult]:
 def run_analytic(plan: SelftestPlan) -> list[PathResult]:
     from .profiling.controlled import ProfileSettings, analytic_records
 
-    settings = ProfileSettings(model_path=None, shape=plan.shape, budgets=plan.budgets, batch_sizes=plan.batch_sizes,
-                               new_tokens=(plan.new_tokens,), dtype="bfloat16", gpus=("h100-sxm", "h200"))
+    settings = ProfileSettings(
+        model_path=None,
+        shape=plan.shape,
+        budgets=plan.budgets,
+        batch_sizes=plan.batch_sizes,
+        new_tokens=(plan.new_tokens,),
+        dtype="bfloat16",
+        gpus=("h100-sxm", "h200"),
+    )
     records = analytic_records(settings)
     problems = [f"budget {r.budget}: no floors" for r in records if not r.extra.get("roofline")]
     figures = {f"prefill_flops_budget_{r.budget}_batch_{r.batch_size}": r.flops["prefill"] for r in records}
@@ -162,10 +195,17 @@ def run_sweep_path(plan: SelftestPlan) -> list[PathResult]:
     budgets = (demo.FULL_BUDGET, min(demo.available_budgets()))
     models, tasks, budgets, methods = embedded_default(("shapes_vqa",), budgets, ("vistog",))
     with tempfile.TemporaryDirectory(prefix="vistog-selftest-") as folder:
-        config = RunConfig(models=tuple(str(m) for m in models), tasks=tasks, methods=methods, budgets=budgets,
-                           limit=plan.sweep_limit, device=plan.device, output=folder,
-                           dtype="float16" if plan.device.startswith("cuda") else "float32",
-                           threads=1 if plan.device == "cpu" else None)
+        config = RunConfig(
+            models=tuple(str(m) for m in models),
+            tasks=tasks,
+            methods=methods,
+            budgets=budgets,
+            limit=plan.sweep_limit,
+            device=plan.device,
+            output=folder,
+            dtype="float16" if plan.device.startswith("cuda") else "float32",
+            threads=1 if plan.device == "cpu" else None,
+        )
         started = time.perf_counter()
         run, cells = run_sweep(config, command=["vistog-bench", "selftest"])
         elapsed = time.perf_counter() - started
@@ -174,8 +214,13 @@ def run_sweep_path(plan: SelftestPlan) -> list[PathResult]:
     served = sum(c.n_samples for c in cells)
     if len(records) < len(cells) or any(r.total_ms is None for r in records):
         problems.append(f"{len(records)} profile records for {len(cells)} cells")
-    figures = {"cells": len(cells), "samples": served, "profile_records": len(records), "seconds": elapsed,
-               "samples_per_s": served / elapsed if elapsed else None}
+    figures = {
+        "cells": len(cells),
+        "samples": served,
+        "profile_records": len(records),
+        "seconds": elapsed,
+        "samples_per_s": served / elapsed if elapsed else None,
+    }
     return [PathResult("sweep (lmms-eval, vistog adapter)", not problems, problems, figures)]
 
 
@@ -187,7 +232,9 @@ def run_device(plan: SelftestPlan) -> list[PathResult]:
     facts = device_facts(plan.device)
     problems = []
     if plan.device.startswith("cuda"):
-        problems = [f"no {key} from NVML" for key in ("name", "driver_version", "sm_clock_mhz") if facts.get(key) is None]
+        problems = [
+            f"no {key} from NVML" for key in ("name", "driver_version", "sm_clock_mhz") if facts.get(key) is None
+        ]
         if facts.get("sm_clock_mhz") is not None and facts.get("max_sm_clock_mhz"):
             # NVML reports no lock state: an idle SM clock at its maximum is what a lock looks like
             facts["sm_clock_at_max_when_idle"] = facts["sm_clock_mhz"] == facts["max_sm_clock_mhz"]
@@ -219,14 +266,32 @@ def markdown_table(plan: SelftestPlan, results: list[PathResult]) -> str:
     def short(value) -> str:
         return f"{value:.4g}" if isinstance(value, float) else str(value)
 
-    keys = ("ttft_p50_ms", "ttft_logits_processor_p50_ms", "host_total_p50_ms", "total_ms", "ttft_cv", "energy_j",
-            "kv_cache_bytes", "samples_per_s", "name", "driver_version", "sm_clock_mhz", "torch_threads")
+    keys = (
+        "ttft_p50_ms",
+        "ttft_logits_processor_p50_ms",
+        "host_total_p50_ms",
+        "total_ms",
+        "ttft_cv",
+        "energy_j",
+        "kv_cache_bytes",
+        "samples_per_s",
+        "name",
+        "driver_version",
+        "sm_clock_mhz",
+        "torch_threads",
+    )
     rows = []
     for r in results:
         over = {k: v for k, v in r.figures.items() if k.startswith("ttft_over_floor_")}
         shown = {k: r.figures[k] for k in keys if r.figures.get(k) is not None} | over
-        rows.append([r.path, "ok" if r.ok else "FAILED", "; ".join(r.problems) or "-",
-                     ", ".join(f"{k}={short(v)}" for k, v in shown.items()) or "-"])
+        rows.append(
+            [
+                r.path,
+                "ok" if r.ok else "FAILED",
+                "; ".join(r.problems) or "-",
+                ", ".join(f"{k}={short(v)}" for k, v in shown.items()) or "-",
+            ]
+        )
     title = f"# vistog-bench selftest: {plan.device}, {plan.shape}, {plan.dtype}\n\n"
     return title + tabulate(rows, headers=["path", "status", "problems", "figures"], tablefmt="github") + "\n"
 
@@ -249,8 +314,9 @@ def main(args: argparse.Namespace) -> int:
     plan = plan_for(args.device)
     results = selftest(plan)
     stem = Path(args.output) / f"selftest-{args.device.replace(':', '')}"
-    write_json(stem.with_suffix(".json"), {"plan": dataclasses.asdict(plan),
-                                           "paths": [dataclasses.asdict(r) for r in results]})
+    write_json(
+        stem.with_suffix(".json"), {"plan": dataclasses.asdict(plan), "paths": [dataclasses.asdict(r) for r in results]}
+    )
     table = markdown_table(plan, results)
     stem.with_suffix(".md").write_text(table, encoding="utf-8")
     print(table)
@@ -261,5 +327,13 @@ def main(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-__all__ = ["SelftestPlan", "PathResult", "plan_for", "selftest", "check_controlled", "markdown_table", "add_arguments",
-           "main"]
+__all__ = [
+    "SelftestPlan",
+    "PathResult",
+    "plan_for",
+    "selftest",
+    "check_controlled",
+    "markdown_table",
+    "add_arguments",
+    "main",
+]

@@ -67,8 +67,11 @@ def check_task_names(manager, names: list[str]) -> None:
 def add_arguments(parser) -> None:
     parser.add_argument("--include-path", action="append", default=[], help="extra lmms-eval task folder")
     parser.add_argument("--filter", default="", help="show names containing this text")
-    parser.add_argument("--path", action="store_true",
-                        help="print the folder of vistog-bench's task YAMLs (for lmms-eval's --include_path) and exit")
+    parser.add_argument(
+        "--path",
+        action="store_true",
+        help="print the folder of vistog-bench's task YAMLs (for lmms-eval's --include_path) and exit",
+    )
 
 
 def main(args) -> int:
@@ -83,7 +86,11 @@ def main(args) -> int:
             continue
         entry = manager.task_index[name]
         path = Path(entry.get("yaml_path", "")) if isinstance(entry.get("yaml_path"), str) else None
-        origin = "vistog-bench" if path and ours in path.resolve().parents else ("lmms-eval" if path and "lmms_eval" in str(path) else "user")
+        origin = (
+            "vistog-bench"
+            if path and ours in path.resolve().parents
+            else ("lmms-eval" if path and "lmms_eval" in str(path) else "user")
+        )
         rows.append(f"{name:45s} {entry['type']:7s} {origin}")
     print("\n".join(rows) if rows else "no task matches")
     return 0
@@ -95,9 +102,20 @@ def main(args) -> int:
 # ConfigurableTask.download reads (dataset_path, dataset_name, dataset_kwargs) and probe what it would load, offline.
 
 # dataset_kwargs that ConfigurableTask.download consumes itself (the rest go to datasets.load_dataset)
-_LMMS_EVAL_KWARGS = ("video", "cache_dir", "force_download", "force_unzip", "local_files_only", "create_link",
-                     "builder_script", "From_YouTube", "load_from_disk", "max_retries", "num_proc",
-                     "token")  # fmt: skip
+_LMMS_EVAL_KWARGS = (
+    "video",
+    "cache_dir",
+    "force_download",
+    "force_unzip",
+    "local_files_only",
+    "create_link",
+    "builder_script",
+    "From_YouTube",
+    "load_from_disk",
+    "max_retries",
+    "num_proc",
+    "token",
+)
 # Hub datasets a built-in task's utils load on their own (lmms-eval 0.7.3): gqa's process_docs joins the image table.
 EXTRA_HUB_DATASETS = {"gqa": (("lmms-lab-encoder/GQA", "testdev_balanced_images"),)}
 OFFLINE_DOC = "docs/offline-data.md"
@@ -234,8 +252,10 @@ def _local_route(task: str, requested: str) -> str:
         return "run once with the hub reachable so that the datasets cache holds it, or unset HF_HUB_OFFLINE"
     twin = twins[0]
     if requested != task and f"{requested}_local" in offline_data.LOCAL_GROUPS:
-        return (f"use --tasks {requested}_local --data-dir DIR instead ({twin.name} reads DIR/{twin.repo}), "
-                f"see {OFFLINE_DOC}")  # fmt: skip
+        return (
+            f"use --tasks {requested}_local --data-dir DIR instead ({twin.name} reads DIR/{twin.repo}), "
+            f"see {OFFLINE_DOC}"
+        )
     return f"use --tasks {twin.name} --data-dir DIR instead, DIR holding a copy of {twin.repo}, see {OFFLINE_DOC}"
 
 
@@ -292,8 +312,10 @@ def _hub_task_problems(task: str, path: str, config: dict, kwargs: dict, request
 
         videos = resolve_cache_dir(str(kwargs["cache_dir"]), base_dir=hub_home)
         if not os.path.exists(videos) and not _hub_snapshot_cached(path, str(kwargs.get("revision", "main"))):
-            return [f"{task} needs its videos in {videos} (unpacked from the hub dataset {path}), which is not there "
-                    f"and {cache_only}; {_local_route(task, requested)}"]  # fmt: skip
+            return [
+                f"{task} needs its videos in {videos} (unpacked from the hub dataset {path}), which is not there "
+                f"and {cache_only}; {_local_route(task, requested)}"
+            ]
     from lmms_eval.api.task import _resolve_hf_datasets_cache_dir  # where ConfigurableTask.download points datasets
 
     # a video task's cache_dir is its video folder (consumed above); otherwise it overrides the datasets cache
@@ -304,8 +326,10 @@ def _hub_task_problems(task: str, path: str, config: dict, kwargs: dict, request
         if _datasets_cache_problem(repo, name, where, extra) is not None:
             config_text = f" (config {name})" if name else ""
             where = where or datasets_default_cache()
-            return [f"{task} needs the hub dataset {repo}{config_text}, which is not in the datasets cache {where} "
-                    f"and {cache_only}; {_local_route(task, requested)}"]  # one line per task is enough
+            return [
+                f"{task} needs the hub dataset {repo}{config_text}, which is not in the datasets cache {where} "
+                f"and {cache_only}; {_local_route(task, requested)}"
+            ]  # one line per task is enough
     return []
 
 

@@ -79,8 +79,11 @@ def task_limits(manager, tasks: list[str], limit: int | None) -> dict[str, int |
         limits[task] = limit
         if limit is not None and limit % 2 and is_mme(manager, task):
             limits[task] = limit + 1
-            print(f"vistog-bench run: {task}: --limit {limit} rounded up to {limit + 1} (MME scores each image's "
-                  "two questions as a pair)", file=sys.stderr)
+            print(
+                f"vistog-bench run: {task}: --limit {limit} rounded up to {limit + 1} (MME scores each image's "
+                "two questions as a pair)",
+                file=sys.stderr,
+            )
     return limits
 
 

@@ -35,7 +35,11 @@ WORLD_VERSION = "v3"  # bump whenever world.py changes what it generates: the te
 TEST_VQA_IMAGES = 150  # ~4 questions each
 TEST_CAPTION_IMAGES = 60
 TEST_VIDEO_CLIPS = 80
-TEST_FILES = {"shapes_vqa": "vqa_test.parquet", "shapes_caption": "caption_test.parquet", "shapes_video": "video_test.parquet"}
+TEST_FILES = {
+    "shapes_vqa": "vqa_test.parquet",
+    "shapes_caption": "caption_test.parquet",
+    "shapes_video": "video_test.parquet",
+}
 
 _VISTOG_NAME = re.compile(r"^tiny-vistog-(\d+)$")
 
@@ -145,7 +149,19 @@ def test_data_file(task: str) -> Path:
 
 
 __all__ = [
-    "CHECKPOINT_DIR", "TASKS_DIR", "FULL_CHECKPOINT", "FULL_BUDGET", "DEMO_TASKS", "DEMO_GROUP", "cache_dir",
-    "available_budgets", "checkpoint_names", "checkpoint_dir", "checkpoint_for_budget", "check_weights",
-    "check_tasks", "ensure_test_data", "test_data_file",
-]  # fmt: skip
+    "CHECKPOINT_DIR",
+    "TASKS_DIR",
+    "FULL_CHECKPOINT",
+    "FULL_BUDGET",
+    "DEMO_TASKS",
+    "DEMO_GROUP",
+    "cache_dir",
+    "available_budgets",
+    "checkpoint_names",
+    "checkpoint_dir",
+    "checkpoint_for_budget",
+    "check_weights",
+    "check_tasks",
+    "ensure_test_data",
+    "test_data_file",
+]

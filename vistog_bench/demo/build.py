@@ -24,8 +24,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from . import CHECKPOINT_DIR, cache_dir
-from . import world
+from . import CHECKPOINT_DIR, cache_dir, world
 
 BUDGETS = (16, 4)
 TRAIN_IMAGES = 12000
@@ -42,7 +41,8 @@ STAGE_SETTINGS = {
     "pretrain-vision": ("pretrain-vision", dict(max_steps=1200, batch_size=64, lr=1e-3, num_workers=LOADER_WORKERS)),
     "llava-frozen-vision": ("llava", dict(max_steps=700, batch_size=32, lr=5e-4, num_workers=LOADER_WORKERS)),
     "llava-end-to-end": (
-        "llava", dict(max_steps=1200, batch_size=32, lr=3e-4, train_vision=True, num_workers=LOADER_WORKERS)
+        "llava",
+        dict(max_steps=1200, batch_size=32, lr=3e-4, train_vision=True, num_workers=LOADER_WORKERS),
     ),
     "vistog-stage1": ("vistog-stage1", dict(max_steps=600, batch_size=32, lr=1e-3)),
     "vistog-stage2": ("vistog-stage2", dict(max_steps=900, batch_size=32, lr=3e-4)),
@@ -54,14 +54,31 @@ def tiny_llava_config(vocab_size: int, image_token_index: int, pad_token_id: int
 
     return LlavaConfig(
         vision_config=dict(
-            model_type="clip_vision_model", hidden_size=64, intermediate_size=256, num_hidden_layers=2,
-            num_attention_heads=4, image_size=world.IMAGE_SIZE, patch_size=14, hidden_act="quick_gelu",
-            layer_norm_eps=1e-5, projection_dim=64,
+            model_type="clip_vision_model",
+            hidden_size=64,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=world.IMAGE_SIZE,
+            patch_size=14,
+            hidden_act="quick_gelu",
+            layer_norm_eps=1e-5,
+            projection_dim=64,
         ),
         text_config=dict(
-            model_type="llama", hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=4, vocab_size=vocab_size, max_position_embeddings=512, rms_norm_eps=1e-5,
-            bos_token_id=1, eos_token_id=2, pad_token_id=pad_token_id, tie_word_embeddings=False,
+            model_type="llama",
+            hidden_size=128,
+            intermediate_size=512,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            vocab_size=vocab_size,
+            max_position_embeddings=512,
+            rms_norm_eps=1e-5,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=pad_token_id,
+            tie_word_embeddings=False,
         ),
         image_token_index=image_token_index,
         # two layers only: the last one is the feature layer (LLaVA-1.5 reads -2 of CLIP's 24)
@@ -69,7 +86,7 @@ def tiny_llava_config(vocab_size: int, image_token_index: int, pad_token_id: int
         vision_feature_select_strategy="default",
         projector_hidden_act="gelu",
         pad_token_id=pad_token_id,
-    )  # fmt: skip
+    )
 
 
 def write_fresh_model(folder: Path) -> Path:
@@ -78,9 +95,7 @@ def write_fresh_model(folder: Path) -> Path:
 
     processor = tiny_processor(world.vocabulary(), world.IMAGE_SIZE, 14)
     tokenizer = processor.tokenizer
-    config = tiny_llava_config(
-        len(tokenizer), tokenizer.convert_tokens_to_ids("<image>"), tokenizer.pad_token_id
-    )
+    config = tiny_llava_config(len(tokenizer), tokenizer.convert_tokens_to_ids("<image>"), tokenizer.pad_token_id)
     folder.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(folder)
     processor.save_pretrained(folder)
@@ -120,15 +135,20 @@ def publish(source: Path, name: str) -> Path:
 def build_vistog(budget: int, conversations: Path, work: Path) -> int:
     """VisToG stage 1 then stage 2 from the published tiny LLaVA at one budget -> checkpoints/tiny-vistog-<budget>."""
     stage1 = run_stage(
-        "vistog-stage1", CHECKPOINT_DIR / "tiny-llava", conversations, work / f"vistog-{budget}-s1",
+        "vistog-stage1",
+        CHECKPOINT_DIR / "tiny-llava",
+        conversations,
+        work / f"vistog-{budget}-s1",
         num_semantic_tokens=budget,
-    )  # fmt: skip
+    )
     run_stage("vistog-stage2", stage1, conversations, work / f"vistog-{budget}-s2")
     publish(work / f"vistog-{budget}-s2", f"tiny-vistog-{budget}")
     return budget
 
 
-def build(work_dir: Path | None = None, budgets: tuple[int, ...] = BUDGETS, stages: tuple[str, ...] | None = None) -> None:
+def build(
+    work_dir: Path | None = None, budgets: tuple[int, ...] = BUDGETS, stages: tuple[str, ...] | None = None
+) -> None:
     work = Path(work_dir) if work_dir else cache_dir() / "build"
     data_dir = work / "train-data"
     start = time.perf_counter()

@@ -37,9 +37,12 @@ def generate_answers(model, processor, questions, images, *, max_new_tokens: int
         inputs = build_inputs(processor, prompts, chunk_i, model.num_visual_tokens)
         with torch.inference_mode():
             output = model.generate(
-                **inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-            )  # fmt: skip
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
         answers += [normalise_answer(t) for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
     return answers
@@ -70,9 +73,13 @@ def evaluate_captions(model, processor, split: str = "test", num_images: int = 6
     """BLEU-4 and CIDEr of greedy captions against the canonical sentence (the shapes_caption task's images)."""
     samples = [world.image_sample(split, i) for i in range(first, first + num_images)]
     predictions = generate_answers(
-        model, processor, ["Describe the image in one sentence."] * len(samples),
-        [[world.render(s.scene)] for s in samples], max_new_tokens=48, batch_size=16,
-    )  # fmt: skip
+        model,
+        processor,
+        ["Describe the image in one sentence."] * len(samples),
+        [[world.render(s.scene)] for s in samples],
+        max_new_tokens=48,
+        batch_size=16,
+    )
     records = [{"answer": [s.caption], "pred": p} for s, p in zip(samples, predictions)]
     return {m: coco_caption_score(records, m) for m in ("Bleu_4", "CIDEr")} | {
         "exact_match": sum(p == normalise_answer(s.caption) for s, p in zip(samples, predictions)) / len(samples)
@@ -107,7 +114,11 @@ def evaluate_vqa(model, processor, split: str = "test", num_images: int = 150, f
 def evaluate_video(model, processor, split: str = "test", num_clips: int = 80) -> dict[str, float]:
     samples = [world.video_sample(split, i) for i in range(num_clips)]
     answers = generate_answers(
-        model, processor, [s.question.question for s in samples], [world.render_video(s) for s in samples], batch_size=16
+        model,
+        processor,
+        [s.question.question for s in samples],
+        [world.render_video(s) for s in samples],
+        batch_size=16,
     )
     return accuracy_by_type([s.question.question_type for s in samples], answers, [s.question.answer for s in samples])
 
@@ -132,9 +143,14 @@ def main(argv: list[str] | None = None) -> int:
         vqa = evaluate_vqa(model, processor, args.split, args.images)
         video = evaluate_video(model, processor, args.split, args.clips) if args.clips else {}
         captions = evaluate_captions(model, processor, args.split, args.captions) if args.captions else {}
-        record = {"checkpoint": str(path), "budget": model.num_visual_tokens, "vqa": vqa, "video": video,
-                  "caption": captions,
-                  "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+        record = {
+            "checkpoint": str(path),
+            "budget": model.num_visual_tokens,
+            "vqa": vqa,
+            "video": video,
+            "caption": captions,
+            "seconds": round(time.perf_counter() - start, 1),
+        }
         print(json.dumps(record), flush=True)
     return 0
 

@@ -44,10 +44,16 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SHAPES = ("circle", "square", "triangle")
 SIZES = {"small": 9.0, "large": 14.0}  # half-extent in pixels; a cell is 37.3 px wide
 POSITIONS = (
-    "top-left", "top", "top-right",
-    "left", "center", "right",
-    "bottom-left", "bottom", "bottom-right",
-)  # fmt: skip
+    "top-left",
+    "top",
+    "top-right",
+    "left",
+    "center",
+    "right",
+    "bottom-left",
+    "bottom",
+    "bottom-right",
+)
 NUMBER_WORDS = ("zero", "one", "two", "three", "four")
 QUESTION_TYPES = ("colour", "shape", "count", "position", "exist")
 VIDEO_QUESTION_TYPES = ("motion", "appear")
@@ -347,7 +353,8 @@ def video_records(split: str, num_clips: int) -> list[dict]:
 
 def write_parquet(rows: list[dict], path: str | Path) -> Path:
     """Write rows as parquet with Hugging Face features, so `datasets` decodes `image` / `video` columns to PIL."""
-    from datasets import Dataset, Features, Image as ImageFeature, List, Value
+    from datasets import Dataset, Features, List, Value
+    from datasets import Image as ImageFeature
 
     types = {
         "image": ImageFeature(),
@@ -398,10 +405,13 @@ def write_llava_training_data(
     for index in range(num_clips):
         sample = video_sample(split, index)
         pair = [(sample.question.question, sample.question.answer)]
-        conversations.append({
-            "id": sample.id, "image": [_image_file(sample.id, t) for t in range(VIDEO_FRAMES)],
-            "conversations": _turns(pair, "<image>" * VIDEO_FRAMES + "\n"),
-        })  # fmt: skip
+        conversations.append(
+            {
+                "id": sample.id,
+                "image": [_image_file(sample.id, t) for t in range(VIDEO_FRAMES)],
+                "conversations": _turns(pair, "<image>" * VIDEO_FRAMES + "\n"),
+            }
+        )
     jobs = [("image", i) for i in range(num_images)] + [("video", i) for i in range(num_clips)]
     chunks = [(out_dir, split, jobs[w::workers]) for w in range(workers)]
     if workers > 1:
@@ -461,8 +471,31 @@ def vocabulary() -> list[str]:
 
 
 __all__ = [
-    "IMAGE_SIZE", "COLOURS", "SHAPES", "SIZES", "POSITIONS", "QUESTION_TYPES", "VIDEO_QUESTION_TYPES", "SPLITS",
-    "Shape", "Scene", "Question", "ImageSample", "VideoSample", "sample_seed", "cell_centre", "render", "caption",
-    "image_sample", "video_sample", "render_video", "vqa_records", "caption_records", "video_records",
-    "write_parquet", "write_llava_training_data", "region_labels", "vocabulary",
-]  # fmt: skip
+    "IMAGE_SIZE",
+    "COLOURS",
+    "SHAPES",
+    "SIZES",
+    "POSITIONS",
+    "QUESTION_TYPES",
+    "VIDEO_QUESTION_TYPES",
+    "SPLITS",
+    "Shape",
+    "Scene",
+    "Question",
+    "ImageSample",
+    "VideoSample",
+    "sample_seed",
+    "cell_centre",
+    "render",
+    "caption",
+    "image_sample",
+    "video_sample",
+    "render_video",
+    "vqa_records",
+    "caption_records",
+    "video_records",
+    "write_parquet",
+    "write_llava_training_data",
+    "region_labels",
+    "vocabulary",
+]

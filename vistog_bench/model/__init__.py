@@ -3,8 +3,8 @@
 from .config import VisToGConfig
 from .loading import load_checkpoint
 from .modeling import TokenReducer, VisToGForConditionalGeneration, VisToGModel
-from .processing import build_inputs, llava_prompt
 from .presets import preset_config
+from .processing import build_inputs, llava_prompt
 from .vision import VisionStates
 
 __all__ = [

@@ -78,14 +78,34 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {
-    "llava_next": Family("llava_next", "LlavaNextForConditionalGeneration", PER_IMAGE_TOTAL,
-                         "CLIP ViT-L/14-336, anyres tiles (feature layer -2, CLS dropped)", False, None),
-    "llava_onevision": Family("llava_onevision", "LlavaOnevisionForConditionalGeneration", PER_IMAGE_TOTAL,
-                              "SigLIP-so400m/14-384, anyres_max_9 tiles (no CLS)", False, None, UNIFORM_FRAMES),
-    "qwen2_5_vl": Family("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", PERCENT_OF_OWN,
-                         "Qwen2.5-VL ViT (window attention, 2D RoPE) + PatchMerger (no CLS)", False, 100, EVEN_FRAMES,
-                         QWEN_VIDEO_PIXELS),
-}  # fmt: skip
+    "llava_next": Family(
+        "llava_next",
+        "LlavaNextForConditionalGeneration",
+        PER_IMAGE_TOTAL,
+        "CLIP ViT-L/14-336, anyres tiles (feature layer -2, CLS dropped)",
+        False,
+        None,
+    ),
+    "llava_onevision": Family(
+        "llava_onevision",
+        "LlavaOnevisionForConditionalGeneration",
+        PER_IMAGE_TOTAL,
+        "SigLIP-so400m/14-384, anyres_max_9 tiles (no CLS)",
+        False,
+        None,
+        UNIFORM_FRAMES,
+    ),
+    "qwen2_5_vl": Family(
+        "qwen2_5_vl",
+        "Qwen2_5_VLForConditionalGeneration",
+        PERCENT_OF_OWN,
+        "Qwen2.5-VL ViT (window attention, 2D RoPE) + PatchMerger (no CLS)",
+        False,
+        100,
+        EVEN_FRAMES,
+        QWEN_VIDEO_PIXELS,
+    ),
+}
 
 
 def family_of(model_type: str | None) -> Family | None:
@@ -118,8 +138,9 @@ def check_family_budget(family: Family, budget: int | None) -> int | None:
     if isinstance(budget, bool) or not isinstance(budget, int):
         raise UsageError(f"budget must be an integer, got {budget!r}")
     if family.budget_rule == PERCENT_OF_OWN and not 1 <= budget <= 100:
-        raise UsageError(f"{family.model_type}: budget is a percentage of each image's own visual tokens, "
-                         f"in 1..100; got {budget}")  # fmt: skip
+        raise UsageError(
+            f"{family.model_type}: budget is a percentage of each image's own visual tokens, in 1..100; got {budget}"
+        )
     if family.budget_rule == PER_IMAGE_TOTAL and budget < 1:
         raise UsageError(f"{family.model_type}: budget is visual tokens per image (all tiles), >= 1; got {budget}")
     return budget
@@ -183,9 +204,14 @@ def video_frame_indices(family: Family, total: int, max_frames: int) -> list[int
     raise ValueError(f"{family.model_type} has no video path; its frames are images")
 
 
-def family_inputs(processor, prompts: Sequence[str], images: Sequence[Sequence[Image.Image]],
-                  videos: Sequence[Sequence[VideoFrames]] = (), video_pixels: tuple[int, int] | None = None,
-                  padding_side: str = "left") -> BatchFeature:
+def family_inputs(
+    processor,
+    prompts: Sequence[str],
+    images: Sequence[Sequence[Image.Image]],
+    videos: Sequence[Sequence[VideoFrames]] = (),
+    video_pixels: tuple[int, int] | None = None,
+    padding_side: str = "left",
+) -> BatchFeature:
     """The processor's own inputs for `prompts` (each with one placeholder per image and per video, as the template
     renders them) and their images and videos, left padded: what transformers documents
     (`processor(images=..., videos=..., text=...)`). Videos come sampled (`do_sample_frames=False`); their
@@ -197,9 +223,13 @@ def family_inputs(processor, prompts: Sequence[str], images: Sequence[Sequence[I
     clips = [clip for sample in videos for clip in sample]
     media = {}
     if clips:
-        media = {"videos": [clip.frames for clip in clips], "do_sample_frames": False,
-                 "video_metadata": [VideoMetadata(total_num_frames=c.total_frames, fps=c.fps,
-                                                  frames_indices=list(c.indices)) for c in clips]}  # fmt: skip
+        media = {
+            "videos": [clip.frames for clip in clips],
+            "do_sample_frames": False,
+            "video_metadata": [
+                VideoMetadata(total_num_frames=c.total_frames, fps=c.fps, frames_indices=list(c.indices)) for c in clips
+            ],
+        }
         if video_pixels is not None:
             size = {"shortest_edge": video_pixels[0], "longest_edge": video_pixels[1]}
             media["videos_kwargs"] = {"size": size, "cap_pixels_per_frame": True}
@@ -213,8 +243,23 @@ def family_inputs(processor, prompts: Sequence[str], images: Sequence[Sequence[I
 
 
 __all__ = [
-    "EVEN_FRAMES", "FAMILIES", "Family", "PER_IMAGE_TOTAL", "PERCENT_OF_OWN", "QWEN_VIDEO_PIXELS", "UNIFORM_FRAMES",
+    "EVEN_FRAMES",
+    "FAMILIES",
+    "Family",
+    "PER_IMAGE_TOTAL",
+    "PERCENT_OF_OWN",
+    "QWEN_VIDEO_PIXELS",
+    "UNIFORM_FRAMES",
     "VideoFrames",
-    "check_family_budget", "family_inputs", "family_of", "image_runs", "image_token_id", "kept_tokens", "model_family",
-    "uniform_frame_indices", "video_frame_indices", "video_token_id", "visual_runs",
+    "check_family_budget",
+    "family_inputs",
+    "family_of",
+    "image_runs",
+    "image_token_id",
+    "kept_tokens",
+    "model_family",
+    "uniform_frame_indices",
+    "video_frame_indices",
+    "video_token_id",
+    "visual_runs",
 ]

@@ -83,8 +83,10 @@ class ViewTokens:
     def views(self, image_sizes: torch.Tensor) -> list[int]:
         """Views of each image, from image_sizes [K, 2] (height, width) as the processor returns them."""
         grids = [list(g) for g in self.grid_pinpoints]
-        return [image_size_to_num_patches(image_size=size, grid_pinpoints=grids, patch_size=self.view_size)
-                for size in image_sizes]  # fmt: skip
+        return [
+            image_size_to_num_patches(image_size=size, grid_pinpoints=grids, patch_size=self.view_size)
+            for size in image_sizes
+        ]
 
     def counts(self, image_sizes: torch.Tensor) -> list[int]:
         """Image placeholders of each image: views x N."""
@@ -95,13 +97,22 @@ class VisToGFamily(nn.Module):
     """A LLaVA-NeXT / OneVision model (transformers' class) with VisToG's semantic tokens, isolated attention and
     grouping layer per view."""
 
-    def __init__(self, model, num_semantic_tokens: int, *, isolated_attention: bool = True,
-                 grouping_mlp_ratio: float = 4.0, gumbel_tau: float = 1.0, grouping_logit_scale: float = 10.0):
+    def __init__(
+        self,
+        model,
+        num_semantic_tokens: int,
+        *,
+        isolated_attention: bool = True,
+        grouping_mlp_ratio: float = 4.0,
+        gumbel_tau: float = 1.0,
+        grouping_logit_scale: float = 10.0,
+    ):
         super().__init__()
         family = model_family(model)
         if family is None or family.model_type not in ("llava_next", "llava_onevision"):
-            raise UsageError("VisToGFamily wraps LlavaNextForConditionalGeneration or "
-                             "LlavaOnevisionForConditionalGeneration")
+            raise UsageError(
+                "VisToGFamily wraps LlavaNextForConditionalGeneration or LlavaOnevisionForConditionalGeneration"
+            )
         config = model.config
         if not isinstance(config.vision_feature_layer, int):
             raise UsageError("VisToG groups one feature layer; this checkpoint concatenates several")
@@ -110,13 +121,22 @@ class VisToGFamily(nn.Module):
         parameter = next(model.parameters())
         width = vision.hidden_size
         self.semantic_tokens = nn.Parameter(
-            init_semantic_tokens(num_semantic_tokens, width, device=parameter.device, dtype=parameter.dtype))
-        self.grouping = VisToGGroupingLayer(width, mlp_ratio=grouping_mlp_ratio, tau=gumbel_tau,
-                                            eps=vision.layer_norm_eps, logit_scale=grouping_logit_scale,
-                                            ).to(device=parameter.device, dtype=parameter.dtype)  # fmt: skip
+            init_semantic_tokens(num_semantic_tokens, width, device=parameter.device, dtype=parameter.dtype)
+        )
+        self.grouping = VisToGGroupingLayer(
+            width,
+            mlp_ratio=grouping_mlp_ratio,
+            tau=gumbel_tau,
+            eps=vision.layer_norm_eps,
+            logit_scale=grouping_logit_scale,
+        ).to(device=parameter.device, dtype=parameter.dtype)
         self.isolated_attention = isolated_attention
-        self.settings = {"isolated_attention": isolated_attention, "grouping_mlp_ratio": grouping_mlp_ratio,
-                         "gumbel_tau": gumbel_tau, "grouping_logit_scale": grouping_logit_scale}  # fmt: skip
+        self.settings = {
+            "isolated_attention": isolated_attention,
+            "grouping_mlp_ratio": grouping_mlp_ratio,
+            "gumbel_tau": gumbel_tau,
+            "grouping_logit_scale": grouping_logit_scale,
+        }
         self.train(model.training)
 
     @classmethod
@@ -140,8 +160,9 @@ class VisToGFamily(nn.Module):
         self.stock.save_pretrained(out, state_dict=stock, **stock_kwargs)
         parts = {k: v.detach().contiguous() for k, v in state_dict.items() if not k.startswith("stock.")}
         save_file(parts, str(out / PARTS_FILE), metadata={"format": "pt"})
-        (out / SETTINGS_FILE).write_text(json.dumps(
-            {"num_semantic_tokens": self.num_semantic_tokens, **self.settings}, indent=2) + "\n")
+        (out / SETTINGS_FILE).write_text(
+            json.dumps({"num_semantic_tokens": self.num_semantic_tokens, **self.settings}, indent=2) + "\n"
+        )
         return out
 
     @classmethod
@@ -154,8 +175,9 @@ class VisToGFamily(nn.Module):
         family = family_of(load_config(path).model_type)
         if family is None:
             raise UsageError(f"{path}: VisToG parts need a llava_next / llava_onevision model")
-        vt = cls(load_pretrained(family.model_class(), path, **load_kwargs), settings.pop("num_semantic_tokens"),
-                 **settings)  # fmt: skip
+        vt = cls(
+            load_pretrained(family.model_class(), path, **load_kwargs), settings.pop("num_semantic_tokens"), **settings
+        )
         missing, unexpected = vt.load_state_dict(load_file(str(path / PARTS_FILE)), strict=False)
         if unexpected or any(not name.startswith("stock.") for name in missing):
             raise UsageError(f"{path / PARTS_FILE} does not match: missing {missing[:3]}, unexpected {unexpected[:3]}")
@@ -205,8 +227,9 @@ class VisToGFamily(nn.Module):
         count = feature_layers_run(feature_layer, len(layers))
         attention = "isolated" if self.isolated_attention else "sdpa"
         for index, layer in enumerate(layers[:count]):
-            hidden = encoder_layer_forward(layer, hidden, attention, num_image_tokens=num_image_tokens,
-                                           layer_index=index).hidden_states  # fmt: skip
+            hidden = encoder_layer_forward(
+                layer, hidden, attention, num_image_tokens=num_image_tokens, layer_index=index
+            ).hidden_states
         first = 1 if self.stock.config.vision_feature_select_strategy == "default" else 0
         return hidden[:, first:num_image_tokens], hidden[:, num_image_tokens:]
 
@@ -241,12 +264,19 @@ class VisToGFamily(nn.Module):
         attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
         for b, row in enumerate(rows):
             input_ids[b, length - len(row) :], attention_mask[b, length - len(row) :] = row, 1
-        return BatchFeature({"input_ids": input_ids, "attention_mask": attention_mask,
-                             "pixel_values": data["pixel_values"], "image_sizes": data["image_sizes"],
-                             "visual_tokens_unreduced": unreduced})  # fmt: skip
+        return BatchFeature(
+            {
+                "input_ids": input_ids,
+                "attention_mask": attention_mask,
+                "pixel_values": data["pixel_values"],
+                "image_sizes": data["image_sizes"],
+                "visual_tokens_unreduced": unreduced,
+            }
+        )
 
-    def inputs_embeds(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None,
-                      image_sizes: torch.Tensor | None) -> torch.Tensor:
+    def inputs_embeds(
+        self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None, image_sizes: torch.Tensor | None
+    ) -> torch.Tensor:
         """Token embeddings [B, T, D] with every image placeholder replaced by its group tokens, in order.
         pixel_values: the processor's [K, V_max, 3, H, W] (padded views) or the views flat [sum V, 3, H, W];
         None for a text-only batch."""
@@ -271,8 +301,10 @@ class VisToGFamily(nn.Module):
         else:
             tokens = embeds.new_zeros((0, embeds.shape[-1]))
         if int(where.sum()) != tokens.shape[0]:
-            raise UsageError(f"image tokens: {int(where.sum())}, group tokens: {tokens.shape[0]} "
-                             "(build the prompt with VisToGFamily.inputs)")  # fmt: skip
+            raise UsageError(
+                f"image tokens: {int(where.sum())}, group tokens: {tokens.shape[0]} "
+                "(build the prompt with VisToGFamily.inputs)"
+            )
         return embeds.masked_scatter(where.unsqueeze(-1), tokens.to(embeds.dtype))
 
     def forward(self, input_ids, attention_mask=None, pixel_values=None, image_sizes=None, labels=None, **kwargs):

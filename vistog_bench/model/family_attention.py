@@ -89,8 +89,10 @@ def scored_layer_index(model) -> int:
     feature_layer = model.config.vision_feature_layer
     num_layers = model.config.vision_config.num_hidden_layers
     if not isinstance(feature_layer, int):
-        raise UsageError(f"{family.model_type}: attention scores read one feature layer; this checkpoint concatenates"
-                         f" layers {feature_layer}")  # fmt: skip
+        raise UsageError(
+            f"{family.model_type}: attention scores read one feature layer; this checkpoint concatenates"
+            f" layers {feature_layer}"
+        )
     return feature_layers_run(feature_layer, num_layers) - 1
 
 
@@ -98,8 +100,11 @@ def describe_scores(model) -> str:
     """The AppliedMethod-style `vision_scores` line: what is read, where, and the encoder's own kernel."""
     family = model_family(model)
     layer = scored_layer_index(model)
-    what = {"llava_next": "CLS attention of each view", "llava_onevision": "mean received attention of each view",
-            "qwen2_5_vl": "mean received attention per 2 x 2 PatchMerger group"}[family.model_type]  # fmt: skip
+    what = {
+        "llava_next": "CLS attention of each view",
+        "llava_onevision": "mean received attention of each view",
+        "qwen2_5_vl": "mean received attention per 2 x 2 PatchMerger group",
+    }[family.model_type]
     kernel = model.config.vision_config._attn_implementation or "eager"
     return f"{what} at encoder layer {layer} (float32, from its q / k; encoder kernel {kernel}, unchanged)"
 
@@ -112,9 +117,11 @@ class EncoderScores:
         self.model_type = family.model_type
         self.config = model.config
         if self.model_type == "llava_next" and model.config.vision_feature_select_strategy != "default":
-            raise UsageError("llava_next: CLS attention scores the patches the LLM reads with vision_feature_select_"
-                             f"strategy 'default' (CLS dropped); this checkpoint uses "
-                             f"'{model.config.vision_feature_select_strategy}'")  # fmt: skip
+            raise UsageError(
+                "llava_next: CLS attention scores the patches the LLM reads with vision_feature_select_"
+                f"strategy 'default' (CLS dropped); this checkpoint uses "
+                f"'{model.config.vision_feature_select_strategy}'"
+            )
         self.layer = scored_layer_index(model)
         self._model = model.model  # the LLaVA / Qwen model: pack_image_features, image_newline
         self._inputs: dict = {}
@@ -129,9 +136,11 @@ class EncoderScores:
             attention = model.model.visual.blocks[self.layer].attn
         else:
             attention = model.model.vision_tower.encoder.layers[self.layer].self_attn
-        return [ImageFeatureCall(model.model, self._start_images, self._end_images),
-                model.model.register_forward_pre_hook(self._refuse_videos, with_kwargs=True),
-                attention.register_forward_pre_hook(self._score, with_kwargs=True)]  # fmt: skip
+        return [
+            ImageFeatureCall(model.model, self._start_images, self._end_images),
+            model.model.register_forward_pre_hook(self._refuse_videos, with_kwargs=True),
+            attention.register_forward_pre_hook(self._score, with_kwargs=True),
+        ]
 
     # -- hooks -----------------------------------------------------------------------------------------------------
     def _start_images(self, arguments: dict) -> None:
@@ -143,22 +152,28 @@ class EncoderScores:
 
     def _refuse_videos(self, module, args, kwargs):
         if kwargs.get("pixel_values_videos") is not None or (kwargs.get("mm_encoder_outputs") or {}).get("video"):
-            raise UsageError(f"encoder attention scores on {self.model_type} are read for images only; this batch has "
-                             "a video (serve videos with random, divprune or cdpruner)")  # fmt: skip
+            raise UsageError(
+                f"encoder attention scores on {self.model_type} are read for images only; this batch has "
+                "a video (serve videos with random, divprune or cdpruner)"
+            )
 
     def _score(self, module, args, kwargs):
         if not self._scoring:  # the encoder outside the images' feature call (a video's frames)
             return
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         with torch.no_grad():
-            self._layer = (self._qwen_scores(module, hidden, kwargs) if self.model_type == "qwen2_5_vl"
-                           else self._view_scores(module, hidden))  # fmt: skip
+            self._layer = (
+                self._qwen_scores(module, hidden, kwargs)
+                if self.model_type == "qwen2_5_vl"
+                else self._view_scores(module, hidden)
+            )
 
     def _view_scores(self, attn, hidden: torch.Tensor) -> LayerScores:
         """CLIP / SigLIP layer input [N, S, Dv] -> per-view scores [N, P] and keys [N, P, dh]."""
         batch, length, _ = hidden.shape
-        query, key = (proj(hidden).view(batch, length, -1, attn.head_dim).transpose(1, 2)
-                      for proj in (attn.q_proj, attn.k_proj))  # [N, h, S, dh] each  # fmt: skip
+        query, key = (
+            proj(hidden).view(batch, length, -1, attn.head_dim).transpose(1, 2) for proj in (attn.q_proj, attn.k_proj)
+        )  # [N, h, S, dh] each
         if self.model_type == "llava_next":  # CLS first: its row, CLS column dropped
             return LayerScores(_cls_attention(query, key, attn.scale), key[:, :, 1:].mean(dim=1).float())
         return LayerScores(mean_received_attention(query, key, attn.scale), key.mean(dim=1).float())
@@ -175,10 +190,14 @@ class EncoderScores:
         cos, sin = kwargs["position_embeddings"]
         query, key = apply_rotary_pos_emb_vision(query, key, cos, sin)
         bounds = kwargs["cu_seqlens"].tolist()
-        score = torch.cat([
-            mean_received_attention(query[a:b].transpose(0, 1)[None], key[a:b].transpose(0, 1)[None], attn.scaling)[0]
-            for a, b in itertools.pairwise(bounds)
-        ])  # fmt: skip
+        score = torch.cat(
+            [
+                mean_received_attention(query[a:b].transpose(0, 1)[None], key[a:b].transpose(0, 1)[None], attn.scaling)[
+                    0
+                ]
+                for a, b in itertools.pairwise(bounds)
+            ]
+        )
         return LayerScores(score, plain_key.mean(dim=1).float())
 
     # -- per image -------------------------------------------------------------------------------------------------
@@ -201,23 +220,34 @@ class EncoderScores:
         per_sample = self._inputs.get("batch_num_images")
         # OneVision tiles an image only when its sample has one image (get_image_features' `need_patching`)
         tiled = [True] * len(sizes) if per_sample is None else [n == 1 for n in per_sample for _ in range(n)]
-        views = [image_size_to_num_patches(size, config.image_grid_pinpoints, config.vision_config.image_size)
-                 if tile else 1 for size, tile in zip(sizes, tiled)]  # fmt: skip
+        views = [
+            image_size_to_num_patches(size, config.image_grid_pinpoints, config.vision_config.image_size) if tile else 1
+            for size, tile in zip(sizes, tiled)
+        ]
         view_id = torch.arange(layer.score.shape[0]) - torch.tensor([0, *views[:-1]]).cumsum(0).repeat_interleave(
-            torch.tensor(views))  # [N] 0 for each image's base view, then 1, 2, ...
+            torch.tensor(views)
+        )  # [N] 0 for each image's base view, then 1, 2, ...
         # [N, P, 3 + dh]: score, newline flag (0), view id, keys
-        channels = torch.cat([layer.score[..., None], torch.zeros_like(layer.score)[..., None],
-                              view_id[:, None, None].to(layer.score).expand(-1, layer.score.shape[1], 1), layer.keys],
-                             dim=-1)  # fmt: skip
+        channels = torch.cat(
+            [
+                layer.score[..., None],
+                torch.zeros_like(layer.score)[..., None],
+                view_id[:, None, None].to(layer.score).expand(-1, layer.score.shape[1], 1),
+                layer.keys,
+            ],
+            dim=-1,
+        )
         newline = channels.new_zeros(channels.shape[-1])
         newline[1] = 1.0
         features = list(torch.split(channels, views, dim=0))
         if self.model_type == "llava_next":
-            packed, _ = self._model.pack_image_features(features, sizes, vision_feature_select_strategy="default",
-                                                        image_newline=newline)  # fmt: skip
+            packed, _ = self._model.pack_image_features(
+                features, sizes, vision_feature_select_strategy="default", image_newline=newline
+            )
         else:
-            packed, _ = self._model.pack_image_features(features, sizes, image_newline=newline,
-                                                        vision_aspect_ratio=config.vision_aspect_ratio)  # fmt: skip
+            packed, _ = self._model.pack_image_features(
+                features, sizes, image_newline=newline, vision_aspect_ratio=config.vision_aspect_ratio
+            )
         return [_image_scores(tokens) for tokens in packed]
 
     def _qwen_images(self) -> list[ImageScores]:
@@ -225,15 +255,21 @@ class EncoderScores:
 
         vision = self.config.vision_config
         grid = self._inputs["image_grid_thw"]
-        window_index, _ = get_vision_window_index(grid, spatial_merge_size=vision.spatial_merge_size,
-                                                  window_size=vision.window_size, patch_size=vision.patch_size)
+        window_index, _ = get_vision_window_index(
+            grid,
+            spatial_merge_size=vision.spatial_merge_size,
+            window_size=vision.window_size,
+            patch_size=vision.patch_size,
+        )
         unit = vision.spatial_merge_size**2
         order = torch.argsort(window_index.to(self._layer.score.device))  # the merger's reverse_indices
         score = self._layer.score.view(-1, unit).mean(dim=1)[order]  # [G] LLM order
         keys = self._layer.keys.view(-1, unit, self._layer.keys.shape[-1]).mean(dim=1)[order]  # [G, dh]
         counts = (grid.prod(dim=1) // unit).tolist()
-        return [ImageScores(s, torch.zeros(s.shape[0], dtype=torch.long, device=s.device), k)
-                for s, k in zip(score.split(counts), keys.split(counts))]  # fmt: skip
+        return [
+            ImageScores(s, torch.zeros(s.shape[0], dtype=torch.long, device=s.device), k)
+            for s, k in zip(score.split(counts), keys.split(counts))
+        ]
 
 
 class ImageFeatureCall:
@@ -273,5 +309,12 @@ def _image_scores(tokens: torch.Tensor) -> ImageScores:
     return ImageScores(torch.where(is_newline, torch.zeros_like(tokens[:, 0]), tokens[:, 0]), view, tokens[:, 3:])
 
 
-__all__ = ["EncoderScores", "ImageFeatureCall", "ImageScores", "LayerScores", "describe_scores", "mean_received_attention",
-           "scored_layer_index"]
+__all__ = [
+    "EncoderScores",
+    "ImageFeatureCall",
+    "ImageScores",
+    "LayerScores",
+    "describe_scores",
+    "mean_received_attention",
+    "scored_layer_index",
+]

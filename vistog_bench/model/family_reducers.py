@@ -98,12 +98,12 @@ _REASONS = {
 _FIXED_COUNT = "its schedule assumes one fixed visual-token count per image"
 _PRUMERGE = {
     "llava_next": "reads the CLS attention of the encoder layer after the feature layer and merges over one 24 x 24 "
-                  "view; not built for anyres views (visionzip and vispruner read each view's CLS attention here)",
+    "view; not built for anyres views (visionzip and vispruner read each view's CLS attention here)",
     "llava_onevision": "reads the CLS attention of the encoder layer after the feature layer; SigLIP has no CLS and "
-                       "the feature layer (-1) is the last",
+    "the feature layer (-1) is the last",
     "qwen2_5_vl": "reads the CLS attention of the encoder layer after the feature layer; the ViT has no CLS and its "
-                  "last block feeds the PatchMerger",
-}  # fmt: skip
+    "last block feeds the PatchMerger",
+}
 
 
 def refusal(family: Family, method: str) -> str | None:
@@ -128,8 +128,9 @@ class RunSelector:
     seed: int = 0
     needs_attention: bool = False
 
-    def choose(self, hidden: torch.Tensor, run: torch.Tensor, keep: int, instruction: torch.Tensor,
-               image: int) -> Selection:  # fmt: skip
+    def choose(
+        self, hidden: torch.Tensor, run: torch.Tensor, keep: int, instruction: torch.Tensor, image: int
+    ) -> Selection:
         """Positions [keep] of `run` [V] (positions in the sample); hidden [T, D]; instruction [t] the positions of
         the text after the sample's last image (cdpruner's relevance); image: the run's index in the batch."""
         if self.method == "random":
@@ -150,8 +151,9 @@ def view_shares(counts: torch.Tensor, keep: int) -> torch.Tensor:
     return shares
 
 
-def visionzip_view(score: torch.Tensor, keys: torch.Tensor, states: torch.Tensor,
-                   keep: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def visionzip_view(
+    score: torch.Tensor, keys: torch.Tensor, states: torch.Tensor, keep: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """VisionZip on one view's n tokens: score [n], keys [n, dh], states [n, D] -> kept indices [keep] (dominant,
     then contextual targets) and their states [keep, D] (contextual ones merged, reducers/visionzip.py)."""
     num_dominant, num_contextual = visionzip_split(keep, score.numel())
@@ -185,12 +187,14 @@ class ScoredRunSelector:
     important_ratio: float = IMPORTANT_RATIO
     needs_attention: bool = False  # reads the encoder's attention, not the LLM's
 
-    def choose(self, hidden: torch.Tensor, run: torch.Tensor, keep: int, instruction: torch.Tensor,
-               image: int) -> Selection:  # fmt: skip
+    def choose(
+        self, hidden: torch.Tensor, run: torch.Tensor, keep: int, instruction: torch.Tensor, image: int
+    ) -> Selection:
         scores: ImageScores = self.scores.image(image)
         if scores.score.numel() != run.numel():
-            raise RuntimeError(f"{self.method}: image {image} has {run.numel()} tokens at the LLM input, "
-                               f"{scores.score.numel()} scored")  # fmt: skip
+            raise RuntimeError(
+                f"{self.method}: image {image} has {run.numel()} tokens at the LLM input, {scores.score.numel()} scored"
+            )
         states = hidden[run]  # [V, D]
         candidates = (scores.view >= 0).nonzero().squeeze(1)
         if keep >= candidates.numel():  # every candidate, then the first newline tokens
@@ -216,8 +220,15 @@ class FamilyInputPruner(LLMPruner):
     runs of image tokens, each keeps `kept_tokens(family, budget, V_i)`. (Stage.keep and tokens_per_image are 1,
     unused: the counts come from the runs.)"""
 
-    def __init__(self, family: Family, budget: int | None, selector: RunSelector | ScoredRunSelector,
-                 token_id: int, video_token_id: int | None = None, vision_scores: str = "") -> None:  # fmt: skip
+    def __init__(
+        self,
+        family: Family,
+        budget: int | None,
+        selector: RunSelector | ScoredRunSelector,
+        token_id: int,
+        video_token_id: int | None = None,
+        vision_scores: str = "",
+    ) -> None:
         super().__init__(stages=(Stage(0, 1),), selector=selector, tokens_per_image=1, image_token_id=token_id)
         self.family, self.budget = family, budget
         self.video_token_id = video_token_id  # a video's run is selected as an image's
@@ -251,14 +262,18 @@ class FamilyInputPruner(LLMPruner):
             instruction = after if after.numel() else text
             chosen = []
             for run in runs:
-                chosen.append(self.selector.choose(hidden_states[b], run, self.keep_of(run.numel()), instruction,
-                                                   image))  # fmt: skip
+                chosen.append(
+                    self.selector.choose(hidden_states[b], run, self.keep_of(run.numel()), instruction, image)
+                )
                 keep[chosen[-1].visual] = True
                 image += 1
             rows.append(keep.nonzero().squeeze(1))
             merges = chosen and all(c.states is not None for c in chosen)
-            selections.append(Selection(torch.cat([c.visual for c in chosen]), torch.cat([c.states for c in chosen]))
-                              if merges else None)  # fmt: skip
+            selections.append(
+                Selection(torch.cat([c.visual for c in chosen]), torch.cat([c.states for c in chosen]))
+                if merges
+                else None
+            )
         positions, valid = left_pad(rows)
         prompt.kept_masks[self.stages[index].layer] = prompt.padding_mask.gather(1, positions) & valid
         return positions, merged_states(rows, positions, selections, hidden_states)
@@ -288,14 +303,17 @@ def apply_family_method(model, method: str, budget: int | None, *, seed: int = 0
     remove_family_method(model)
     if method == "none":
         if budget not in (None, family.full_budget):
-            raise UsageError(f"method none keeps every visual token: leave the budget out (or {family.full_budget}"
-                             f" for {family.model_type}), got {budget}")  # fmt: skip
+            raise UsageError(
+                f"method none keeps every visual token: leave the budget out (or {family.full_budget}"
+                f" for {family.model_type}), got {budget}"
+            )
         object.__setattr__(model, _STATE, (method, budget, None))
         return budget
     scored = method in SCORED_METHODS
     selector = ScoredRunSelector(method, EncoderScores(model)) if scored else RunSelector(method, seed)
-    pruner = FamilyInputPruner(family, budget, selector, image_token_id(model), video_token_id(model),
-                               describe_scores(model) if scored else "")  # fmt: skip
+    pruner = FamilyInputPruner(
+        family, budget, selector, image_token_id(model), video_token_id(model), describe_scores(model) if scored else ""
+    )
     pruner.install(model)
     object.__setattr__(model, _STATE, (method, budget, pruner))
     return budget
@@ -323,13 +341,17 @@ def family_sample_problem(model, images: int, videos: int = 0) -> str | None:
     if state is None or state[2] is None or family is None:
         return None
     if videos and state[0] in SCORED_METHODS:
-        return (f"{state[0]} on {family.model_type} reads encoder attention of images only; a video sample is served "
-                f"with {', '.join(m for m in FAMILY_METHODS if m not in SCORED_METHODS)}")  # fmt: skip
+        return (
+            f"{state[0]} on {family.model_type} reads encoder attention of images only; a video sample is served "
+            f"with {', '.join(m for m in FAMILY_METHODS if m not in SCORED_METHODS)}"
+        )
     images += videos
     if family.model_type != "llava_onevision" or images < 2:
         return None
-    return (f"{state[0]} on llava_onevision reduces per image, but its chat template puts a sample's {images} images / videos "
-            "side by side (one run of visual tokens); serve multi-image (or image + video) samples with method none")
+    return (
+        f"{state[0]} on llava_onevision reduces per image, but its chat template puts a sample's {images} images / videos "
+        "side by side (one run of visual tokens); serve multi-image (or image + video) samples with method none"
+    )
 
 
 def family_token_counts(model, runs: list[torch.Tensor]) -> tuple[list[int], list[int]]:

@@ -61,7 +61,13 @@ def _upgrade_hook(state_dict, prefix, *args) -> None:
 
 class VisToGGroupingLayer(nn.Module):
     def __init__(
-        self, width: int, *, mlp_ratio: float = 4.0, tau: float = 1.0, hard: bool = True, eps: float = 1e-5,
+        self,
+        width: int,
+        *,
+        mlp_ratio: float = 4.0,
+        tau: float = 1.0,
+        hard: bool = True,
+        eps: float = 1e-5,
         logit_scale: float = 1.0,
     ):
         super().__init__()

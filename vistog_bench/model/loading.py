@@ -31,10 +31,21 @@ MODEL_TYPES = ("llava", "vistog", *FAMILIES)
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 # The files transformers reads class names (and `auto_map`, code to import) from when it loads a folder.
-CONFIG_FILES = ("config.json", "tokenizer_config.json", "preprocessor_config.json", "processor_config.json",
-                "video_preprocessor_config.json")
-CLASS_KEYS = ("architectures", "processor_class", "tokenizer_class", "image_processor_type",
-              "feature_extractor_type", "video_processor_type")
+CONFIG_FILES = (
+    "config.json",
+    "tokenizer_config.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "video_preprocessor_config.json",
+)
+CLASS_KEYS = (
+    "architectures",
+    "processor_class",
+    "tokenizer_class",
+    "image_processor_type",
+    "feature_extractor_type",
+    "video_processor_type",
+)
 OWN_CLASSES = ("VisToGForConditionalGeneration", "VisToGConfig")  # ours: registered with transformers' Auto classes
 
 
@@ -55,23 +66,37 @@ def refuse_remote_code(path: str | Path) -> None:
             raise UsageError(f"{file} is not valid JSON: {exc}") from None
         items = list(_items(data))
         if any(key == "auto_map" for key, _ in items):
-            raise UsageError(f"{file} asks to run code shipped with the checkpoint (auto_map); "
-                             "vistog-bench never runs a checkpoint's own code")
+            raise UsageError(
+                f"{file} asks to run code shipped with the checkpoint (auto_map); "
+                "vistog-bench never runs a checkpoint's own code"
+            )
         for key, value in items:
             if key in CLASS_KEYS:
                 for class_name in value if isinstance(value, list) else [value]:
                     if class_name is None:
                         continue
-                    known = isinstance(class_name, str) and class_name.isidentifier() and (
-                        class_name in OWN_CLASSES or hasattr(transformers, class_name)
-                        or (class_name.endswith("Fast") and hasattr(transformers, class_name.removesuffix("Fast")))
-                        # transformers 4's name of an image processor (openai/clip-vit-large-patch14-336's
-                        # preprocessor_config.json names CLIPFeatureExtractor; transformers 5 loads CLIPImageProcessor)
-                        or (class_name.endswith("FeatureExtractor")
-                            and hasattr(transformers, class_name.removesuffix("FeatureExtractor") + "ImageProcessor")))
+                    known = (
+                        isinstance(class_name, str)
+                        and class_name.isidentifier()
+                        and (
+                            class_name in OWN_CLASSES
+                            or hasattr(transformers, class_name)
+                            or (class_name.endswith("Fast") and hasattr(transformers, class_name.removesuffix("Fast")))
+                            # transformers 4's name of an image processor (openai/clip-vit-large-patch14-336's
+                            # preprocessor_config.json names CLIPFeatureExtractor; transformers 5 loads CLIPImageProcessor)
+                            or (
+                                class_name.endswith("FeatureExtractor")
+                                and hasattr(
+                                    transformers, class_name.removesuffix("FeatureExtractor") + "ImageProcessor"
+                                )
+                            )
+                        )
+                    )
                     if not known:
-                        raise UsageError(f"{file} names {key} {class_name!r}, which is not a transformers class "
-                                         "(code shipped with the checkpoint); vistog-bench never runs it")
+                        raise UsageError(
+                            f"{file} names {key} {class_name!r}, which is not a transformers class "
+                            "(code shipped with the checkpoint); vistog-bench never runs it"
+                        )
 
 
 def _items(data: Any):
@@ -191,6 +216,10 @@ def load_checkpoint(
 
 
 __all__ = [
-    "load_checkpoint", "load_config", "load_pretrained", "load_processor", "refuse_remote_code",
+    "load_checkpoint",
+    "load_config",
+    "load_pretrained",
+    "load_processor",
+    "refuse_remote_code",
     "checkpoint_model_type",
 ]

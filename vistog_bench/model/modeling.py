@@ -117,7 +117,9 @@ class VisToGModel(VisToGPreTrainedModel, LlavaModel):
     def visual_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """What the LLM receives: [B, N, D]."""
         reducer = self.token_reducer
-        states = self.vision_states(pixel_values, with_cls_attention=reducer is not None and reducer.needs_cls_attention)
+        states = self.vision_states(
+            pixel_values, with_cls_attention=reducer is not None and reducer.needs_cls_attention
+        )
         if self.grouping is not None:
             features = self.grouping(states.semantic_states, states.patch_states)  # [B, N, Dv]
         elif reducer is not None:
@@ -163,7 +165,7 @@ class VisToGForConditionalGeneration(VisToGPreTrainedModel, LlavaForConditionalG
     @classmethod
     def from_llava(
         cls, llava: LlavaForConditionalGeneration, num_semantic_tokens: int | None = 64, **vistog_settings
-    ) -> "VisToGForConditionalGeneration":
+    ) -> VisToGForConditionalGeneration:
         """Wrap a stock LLaVA model: its modules are reused (no copy); VisToG's own parts are freshly initialised on
         the LLaVA model's device and dtype. `num_semantic_tokens=None` gives stock LLaVA behind this class."""
         config = vistog_config(llava.config, num_semantic_tokens, **vistog_settings)

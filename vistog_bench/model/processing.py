@@ -8,7 +8,7 @@ each expanded to N tokens, frames in temporal order.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from PIL import Image
 from transformers import BatchFeature

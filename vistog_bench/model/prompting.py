@@ -26,9 +26,9 @@ lost the task's text or its image placeholders is an error, never a silent empty
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import UsageError
 
@@ -87,7 +87,7 @@ def read_template_file(path: str | Path) -> str:
             raise UsageError(f"{path} is not valid JSON: {exc}") from None
         template = data.get("chat_template") if isinstance(data, dict) else None
         if not isinstance(template, str) or not template.strip():
-            raise UsageError(f"{path} has no \"chat_template\" string")
+            raise UsageError(f'{path} has no "chat_template" string')
         return template
     if not text.strip():
         raise UsageError(f"chat template file {path} is empty")
@@ -176,8 +176,9 @@ class PromptBuilder:
     """Renders conversations with one ChatTemplate; `generation_prompt` is what evaluation feeds the model and
     `training_rounds` what training feeds it, so a checkpoint is evaluated with the prompt it was trained with."""
 
-    def __init__(self, template: ChatTemplate, tokenizer, image_token: str = IMAGE_TOKEN,
-                 video_token: str | None = None) -> None:
+    def __init__(
+        self, template: ChatTemplate, tokenizer, image_token: str = IMAGE_TOKEN, video_token: str | None = None
+    ) -> None:
         self.template = template
         self.tokenizer = tokenizer
         self.image_token = image_token
@@ -231,7 +232,11 @@ class PromptBuilder:
         """(prompt text, answer text) per user/assistant round. Round 0's prompt is `generation_prompt` of the first
         user turn; a later round's prompt is the template's text between the previous turns and the next generation
         prompt. The trainer appends each answer and an end-of-sequence token itself (LLaVA's training target)."""
-        if len(turns) < 2 or len(turns) % 2 or any(t.role != r for t, r in zip(turns, ("user", "assistant") * len(turns))):
+        if (
+            len(turns) < 2
+            or len(turns) % 2
+            or any(t.role != r for t, r in zip(turns, ("user", "assistant") * len(turns)))
+        ):
             raise UsageError("a training conversation alternates user / assistant turns, user first")
         rounds, history, consumed = [], [], ""
         for user, assistant in zip(turns[0::2], turns[1::2]):

@@ -60,8 +60,13 @@ class TokenMerge(Protocol):
 
 
 def sdpa_attention(
-    module: CLIPAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-    attention_mask: torch.Tensor | None, scaling: float, **kwargs,
+    module: CLIPAttention,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """Every query sees every key (stock CLIP). query, key, value: [B, h, S, dh]; attention_mask: an additive bias
     broadcast to [B, h, S, S] or None. Returns ([B, h, S, dh], None): SDPA gives no weights."""
@@ -69,8 +74,15 @@ def sdpa_attention(
 
 
 def isolated_attention(
-    module: CLIPAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-    attention_mask: torch.Tensor | None, scaling: float, *, num_image_tokens: int, **kwargs,
+    module: CLIPAttention,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    *,
+    num_image_tokens: int,
+    **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """Image queries see image keys only; the queries after them (semantic tokens) see every key.
 
@@ -126,8 +138,14 @@ class LayerOutput:
 
 
 def encoder_layer_forward(
-    layer: CLIPEncoderLayer, hidden_states: torch.Tensor, attention: str, *, num_image_tokens: int,
-    sizes: torch.Tensor | None = None, merge: TokenMerge | None = None, layer_index: int = 0,
+    layer: CLIPEncoderLayer,
+    hidden_states: torch.Tensor,
+    attention: str,
+    *,
+    num_image_tokens: int,
+    sizes: torch.Tensor | None = None,
+    merge: TokenMerge | None = None,
+    layer_index: int = 0,
 ) -> LayerOutput:
     """One stock CLIP encoder layer with the attention function named `attention` (ATTENTION_FUNCTIONS), serving the
     stock, isolated and merging paths. With `sizes` [B, S] (ToMe) attention is proportional, softmax(q k^T * scale
@@ -161,6 +179,7 @@ def feature_layers_run(feature_layer: int, num_layers: int) -> int:
     if not 0 < count <= num_layers:
         raise UsageError(f"vision_feature_layer {feature_layer} is outside a {num_layers}-layer encoder")
     return count
+
 
 class VisToGVisionTower(CLIPVisionModel):
     """Stock CLIPVisionModel weights plus `semantic_tokens` [1, N, Dv]; forward returns feature-layer `VisionStates`.
@@ -212,8 +231,15 @@ class VisToGVisionTower(CLIPVisionModel):
         sizes = hidden_states.new_ones(hidden_states.shape[:2]) if merge is not None else None  # [B, I]
         attention = "isolated" if self.semantic_tokens is not None and self.isolated_attention else "sdpa"
         for index, layer in enumerate(layers):
-            out = encoder_layer_forward(layer, hidden_states, attention, num_image_tokens=num_image_tokens,
-                                        sizes=sizes, merge=merge, layer_index=index)
+            out = encoder_layer_forward(
+                layer,
+                hidden_states,
+                attention,
+                num_image_tokens=num_image_tokens,
+                sizes=sizes,
+                merge=merge,
+                layer_index=index,
+            )
             hidden_states, sizes = out.hidden_states, out.sizes
         if merge is not None:
             return VisionStates(patch_states=hidden_states[:, 1:], cls_state=hidden_states[:, 0])
@@ -231,5 +257,14 @@ class VisToGVisionTower(CLIPVisionModel):
         return states
 
 
-__all__ = ["VisionStates", "VisToGVisionTower", "TokenMerge", "ATTENTION_FUNCTIONS", "encoder_layer_forward",
-           "feature_layers_run", "isolated_attention", "sdpa_attention", "init_semantic_tokens"]
+__all__ = [
+    "VisionStates",
+    "VisToGVisionTower",
+    "TokenMerge",
+    "ATTENTION_FUNCTIONS",
+    "encoder_layer_forward",
+    "feature_layers_run",
+    "isolated_attention",
+    "sdpa_attention",
+    "init_semantic_tokens",
+]

@@ -37,27 +37,48 @@ FAMILY_BUDGETS = {"per_image_total": (640, 320, 160), "percent_of_own": (50, 25,
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model", metavar="PATH", help="local LLaVA-1.5 or VisToG checkpoint (Hugging Face layout)")
-    source.add_argument("--shape", metavar="NAME", help="named shape with random weights: llava-1.5-7b, -13b, tiny; "
-                                                        "analytic only: llava-next-7b, llava-onevision-7b, qwen2.5-vl-7b")
-    parser.add_argument("--budgets", default=None,
-                        help=f"visual tokens per image (default {LLAVA_BUDGETS}; 576 = VisToG off); family shapes: "
-                             "their rule's (default: the full budget, then "
-                             f"{','.join(map(str, FAMILY_BUDGETS['per_image_total']))} per image or "
-                             f"{','.join(map(str, FAMILY_BUDGETS['percent_of_own']))} percent)")
-    parser.add_argument("--image-size", default=None, metavar="HxW",
-                        help=f"family shapes: the image's height x width in px (default {DEFAULT_IMAGE_SIZE})")
+    source.add_argument(
+        "--shape",
+        metavar="NAME",
+        help="named shape with random weights: llava-1.5-7b, -13b, tiny; "
+        "analytic only: llava-next-7b, llava-onevision-7b, qwen2.5-vl-7b",
+    )
+    parser.add_argument(
+        "--budgets",
+        default=None,
+        help=f"visual tokens per image (default {LLAVA_BUDGETS}; 576 = VisToG off); family shapes: "
+        "their rule's (default: the full budget, then "
+        f"{','.join(map(str, FAMILY_BUDGETS['per_image_total']))} per image or "
+        f"{','.join(map(str, FAMILY_BUDGETS['percent_of_own']))} percent)",
+    )
+    parser.add_argument(
+        "--image-size",
+        default=None,
+        metavar="HxW",
+        help=f"family shapes: the image's height x width in px (default {DEFAULT_IMAGE_SIZE})",
+    )
     parser.add_argument("--batch-sizes", default="1,8")
     parser.add_argument("--new-tokens", default="1,32", help="forced output lengths (min_new_tokens = max_new_tokens)")
     parser.add_argument("--text-tokens", type=int, default=64, help="prompt text tokens, BOS included")
     parser.add_argument("--warmup", type=int, default=10, help="untimed runs first (optimum-benchmark, vLLM: 10)")
     parser.add_argument("--repeats", type=int, default=30, help="timed runs, at least (vLLM bench latency: 30)")
-    parser.add_argument("--min-duration", type=float, default=10.0, metavar="S",
-                        help="keep repeating until the timed runs have taken S seconds (optimum-benchmark: 10)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: 1 on CPU, where more stall on shared cores; torch's on a GPU)")
+    parser.add_argument(
+        "--min-duration",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="keep repeating until the timed runs have taken S seconds (optimum-benchmark: 10)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: 1 on CPU, where more stall on shared cores; torch's on a GPU)",
+    )
     parser.add_argument("--device", default=None, help="cuda | cuda:N | cpu (default: cuda if available)")
-    parser.add_argument("--dtype", default=None, help=f"{' | '.join(DTYPE_NAMES)} (default: bfloat16 on cuda, "
-                                                     "float32 on cpu)")
+    parser.add_argument(
+        "--dtype", default=None, help=f"{' | '.join(DTYPE_NAMES)} (default: bfloat16 on cuda, float32 on cpu)"
+    )
     parser.add_argument("--compile", action="store_true", help="static cache + torch.compile decode (CUDA only)")
     parser.add_argument("--analytic", action="store_true", help="no weights: FLOPs, bytes, roofline floors")
     parser.add_argument("--gpu", default="h100-sxm", help="GPU(s) for roofline floors, comma-separated")
@@ -78,8 +99,10 @@ def settings_from_args(args: argparse.Namespace):
     if args.model is None and args.shape is None:
         raise UsageError("give --model PATH or --shape NAME")
     if args.image_size is not None:
-        raise UsageError("--image-size applies to the family shapes (llava-next-7b, llava-onevision-7b, "
-                         "qwen2.5-vl-7b); LLaVA-1.5 reads 336 x 336 px")
+        raise UsageError(
+            "--image-size applies to the family shapes (llava-next-7b, llava-onevision-7b, "
+            "qwen2.5-vl-7b); LLaVA-1.5 reads 336 x 336 px"
+        )
     if args.shape is not None and args.shape not in PRESETS:
         family_preset_config(args.shape)  # an unknown name: UsageError naming every known shape
     if args.shape is not None:
@@ -92,13 +115,21 @@ def settings_from_args(args: argparse.Namespace):
     _check_protocol(args)
     device, dtype = _device_and_dtype(args)
     return ProfileSettings(
-        model_path=args.model, shape=args.shape,
+        model_path=args.model,
+        shape=args.shape,
         budgets=_nonempty(int_list(args.budgets or LLAVA_BUDGETS, "--budgets", minimum=1), "--budgets"),
         batch_sizes=_nonempty(int_list(args.batch_sizes, "--batch-sizes", minimum=1), "--batch-sizes"),
         new_tokens=_nonempty(int_list(args.new_tokens, "--new-tokens", minimum=1), "--new-tokens"),
-        text_tokens=args.text_tokens, warmup=args.warmup, repeats=args.repeats, min_duration_s=args.min_duration,
+        text_tokens=args.text_tokens,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        min_duration_s=args.min_duration,
         threads=args.threads if args.threads is not None else default_threads(device),
-        device=device, dtype=dtype, compile=args.compile, count_flops=not args.no_count_flops, gpus=gpus,
+        device=device,
+        dtype=dtype,
+        compile=args.compile,
+        count_flops=not args.no_count_flops,
+        gpus=gpus,
         seed=args.seed,
     )
 
@@ -140,8 +171,10 @@ def _device_and_dtype(args: argparse.Namespace) -> tuple[str, str]:
         if device_type != "cuda":
             raise UsageError(f"--compile needs a CUDA device (static cache + CUDA graphs); got --device {device}")
         if args.warmup < 2:
-            raise UsageError(f"--compile needs --warmup >= 2 (compiling and capturing CUDA graphs take the first "
-                             f"runs), got {args.warmup}")
+            raise UsageError(
+                f"--compile needs --warmup >= 2 (compiling and capturing CUDA graphs take the first "
+                f"runs), got {args.warmup}"
+            )
     return device, dtype
 
 
@@ -162,17 +195,52 @@ def measured_table(records) -> str:
     for r in records:
         ttft = r.stats.get("ttft", {})
         mismatch = r.extra.get("flops_mismatch") or {}
-        rows.append([
-            r.budget, r.batch_size, r.output_tokens // r.batch_size, r.path, _fmt(r.preprocess_ms), _fmt(r.vision_ms),
-            _fmt(r.grouping_ms), _fmt(r.projector_ms), _fmt(r.prefill_ms), _fmt(ttft.get("p50")),
-            _fmt(ttft.get("p90")), _fmt(ttft.get("p99")), _fmt(ttft.get("cv", None), 0.01, 1),
-            _fmt(r.stats.get("ttft_logits_processor", {}).get("p50")),
-            _fmt(r.decode_per_token_ms), _fmt(r.total_ms), _fmt(r.flops.get("total"), 1e9, 3),
-            _fmt(r.counted_flops.get("total"), 1e9, 3) + ("!" if mismatch else ""),
-            _fmt(r.kv_cache_bytes, 2**20), _fmt(r.energy_j),
-        ])
-    headers = ["budget", "batch", "new", "path", "prep ms", "vision ms", "group ms", "proj ms", "prefill ms",
-               "TTFT ms", "p90", "p99", "CV %", "TTFT (LP) ms", "decode ms/tok", "total ms", "GFLOPs", "counted", "KV MiB", "J"]
+        rows.append(
+            [
+                r.budget,
+                r.batch_size,
+                r.output_tokens // r.batch_size,
+                r.path,
+                _fmt(r.preprocess_ms),
+                _fmt(r.vision_ms),
+                _fmt(r.grouping_ms),
+                _fmt(r.projector_ms),
+                _fmt(r.prefill_ms),
+                _fmt(ttft.get("p50")),
+                _fmt(ttft.get("p90")),
+                _fmt(ttft.get("p99")),
+                _fmt(ttft.get("cv", None), 0.01, 1),
+                _fmt(r.stats.get("ttft_logits_processor", {}).get("p50")),
+                _fmt(r.decode_per_token_ms),
+                _fmt(r.total_ms),
+                _fmt(r.flops.get("total"), 1e9, 3),
+                _fmt(r.counted_flops.get("total"), 1e9, 3) + ("!" if mismatch else ""),
+                _fmt(r.kv_cache_bytes, 2**20),
+                _fmt(r.energy_j),
+            ]
+        )
+    headers = [
+        "budget",
+        "batch",
+        "new",
+        "path",
+        "prep ms",
+        "vision ms",
+        "group ms",
+        "proj ms",
+        "prefill ms",
+        "TTFT ms",
+        "p90",
+        "p99",
+        "CV %",
+        "TTFT (LP) ms",
+        "decode ms/tok",
+        "total ms",
+        "GFLOPs",
+        "counted",
+        "KV MiB",
+        "J",
+    ]
     note = "medians (p50); TTFT (LP) = the first token's time by the logits processor; new = output tokens per prompt; '!' = counted vs analytic FLOPs differ by > 1 % in some stage (see extra.flops_mismatch)"
     return tabulate(rows, headers=headers, tablefmt="github") + "\n" + note
 
@@ -182,18 +250,38 @@ def analytic_table(records, gpus) -> str:
 
     rows = []
     for r in records:
-        row = [r.budget, r.batch_size, r.output_tokens // r.batch_size, _fmt(r.flops["vision"], 1e9), _fmt(r.flops["grouping"], 1e9),
-               _fmt(r.flops["projector"], 1e9), _fmt(r.flops["prefill"], 1e12, 3),
-               _fmt(r.extra["decode_flops_per_token"], 1e9), _fmt(r.extra["fastv_prefill_macs"], 1e12, 3),
-               _fmt(r.weight_bytes, 1e9), _fmt(r.kv_cache_bytes, 2**20, 1)]
+        row = [
+            r.budget,
+            r.batch_size,
+            r.output_tokens // r.batch_size,
+            _fmt(r.flops["vision"], 1e9),
+            _fmt(r.flops["grouping"], 1e9),
+            _fmt(r.flops["projector"], 1e9),
+            _fmt(r.flops["prefill"], 1e12, 3),
+            _fmt(r.extra["decode_flops_per_token"], 1e9),
+            _fmt(r.extra["fastv_prefill_macs"], 1e12, 3),
+            _fmt(r.weight_bytes, 1e9),
+            _fmt(r.kv_cache_bytes, 2**20, 1),
+        ]
         for gpu in gpus:
             floor = r.extra["roofline"][gpu]
             ttft = sum(floor[s]["floor_ms"] for s in ("vision", "grouping", "projector", "prefill"))
             steps = r.output_tokens // r.batch_size - 1
             row += [_fmt(ttft, 1, 3), _fmt(floor["decode"]["floor_ms"] / steps if steps else None, 1, 3)]
         rows.append(row)
-    headers = ["budget", "batch", "new", "vision GF", "group GF", "proj GF", "prefill TF", "decode GF/tok",
-               "FastV prefill TMAC", "weights GB", "KV MiB"]
+    headers = [
+        "budget",
+        "batch",
+        "new",
+        "vision GF",
+        "group GF",
+        "proj GF",
+        "prefill TF",
+        "decode GF/tok",
+        "FastV prefill TMAC",
+        "weights GB",
+        "KV MiB",
+    ]
     for gpu in gpus:
         headers += [f"TTFT floor ms {gpu}", f"decode floor ms/tok {gpu}"]
     return tabulate(rows, headers=headers, tablefmt="github")
@@ -228,26 +316,48 @@ def family_analytic_records(args: argparse.Namespace) -> tuple[list, dict]:
     full = F.family_full_budget(config)
     budgets = int_list(args.budgets, "--budgets") or tuple(dict.fromkeys((full, *FAMILY_BUDGETS[rule])))
     try:
-        prefills = F.family_budget_prefills(config, _nonempty(budgets, "--budgets"), height=height, width=width,
-                                            text_tokens=args.text_tokens)  # fmt: skip
+        prefills = F.family_budget_prefills(
+            config, _nonempty(budgets, "--budgets"), height=height, width=width, text_tokens=args.text_tokens
+        )
     except UsageError:
         raise
     except ValueError as exc:  # smart_resize: an aspect ratio above 200
         raise UsageError(f"--image-size {args.image_size}: {exc}") from None
     dtype = args.dtype or "bfloat16"
-    settings = {"shape": args.shape, "budgets": list(budgets), "budget_rule": rule, "image_size": [height, width],
-                "text_tokens": args.text_tokens, "dtype": dtype}  # fmt: skip
-    records = [ProfileRecord(
-        kind="analytic", method="none" if p.visual_tokens == p.geometry.tokens else "llm_input", budget=p.budget,
-        batch_size=1, device="analytic", dtype=dtype, execution_path="analytic", visual_tokens=p.visual_tokens,
-        text_tokens=args.text_tokens, flops=p.flops,
-        null_reasons={"*_ms": "analytic record: nothing is measured"},
-        extra={"flops_convention": F.CONVENTION, "budget_rule": rule, "image_size": [height, width],
-               "visual_tokens_unreduced": p.geometry.tokens, "views": p.geometry.views,
-               "grid": list(p.geometry.grid) if p.geometry.grid else None,
-               "method_note": "llm_input: any reducer at the LLM input (random, divprune, cdpruner); the encoder and "
-                              "projector run in full"},
-    ) for p in prefills]  # fmt: skip
+    settings = {
+        "shape": args.shape,
+        "budgets": list(budgets),
+        "budget_rule": rule,
+        "image_size": [height, width],
+        "text_tokens": args.text_tokens,
+        "dtype": dtype,
+    }
+    records = [
+        ProfileRecord(
+            kind="analytic",
+            method="none" if p.visual_tokens == p.geometry.tokens else "llm_input",
+            budget=p.budget,
+            batch_size=1,
+            device="analytic",
+            dtype=dtype,
+            execution_path="analytic",
+            visual_tokens=p.visual_tokens,
+            text_tokens=args.text_tokens,
+            flops=p.flops,
+            null_reasons={"*_ms": "analytic record: nothing is measured"},
+            extra={
+                "flops_convention": F.CONVENTION,
+                "budget_rule": rule,
+                "image_size": [height, width],
+                "visual_tokens_unreduced": p.geometry.tokens,
+                "views": p.geometry.views,
+                "grid": list(p.geometry.grid) if p.geometry.grid else None,
+                "method_note": "llm_input: any reducer at the LLM input (random, divprune, cdpruner); the encoder and "
+                "projector run in full",
+            },
+        )
+        for p in prefills
+    ]
     return records, settings
 
 
@@ -260,15 +370,30 @@ def family_table(records, shape: str) -> str:
     first = records[0].extra
     height, width = first["image_size"]
     encoder = f"{first['views']} views" if first["grid"] is None else f"{first['grid'][0]} x {first['grid'][1]} patches"
-    unit = {"per_image_total": "visual tokens per image, summed over its tiles",
-            "percent_of_own": "percent of the image's own visual tokens"}[first["budget_rule"]]
-    rows = [[r.budget, f"{r.visual_tokens} of {r.extra['visual_tokens_unreduced']}", _fmt(r.flops["vision"], 1e12, 3),
-             _fmt(r.flops["projector"], 1e12, 3), _fmt(r.flops["prefill"], 1e12, 3), _fmt(r.flops["total"], 1e12, 3)]
-            for r in records]  # fmt: skip
-    head = (f"{shape}: one {height} x {width} px (H x W) image ({encoder}) + {records[0].text_tokens} text tokens; "
-            f"budget = {unit}")
-    table = tabulate(rows, headers=["budget", "visual tokens", "vision TF", "projector TF", "prefill TF", "total TF"],
-                     tablefmt="github")  # fmt: skip
+    unit = {
+        "per_image_total": "visual tokens per image, summed over its tiles",
+        "percent_of_own": "percent of the image's own visual tokens",
+    }[first["budget_rule"]]
+    rows = [
+        [
+            r.budget,
+            f"{r.visual_tokens} of {r.extra['visual_tokens_unreduced']}",
+            _fmt(r.flops["vision"], 1e12, 3),
+            _fmt(r.flops["projector"], 1e12, 3),
+            _fmt(r.flops["prefill"], 1e12, 3),
+            _fmt(r.flops["total"], 1e12, 3),
+        ]
+        for r in records
+    ]
+    head = (
+        f"{shape}: one {height} x {width} px (H x W) image ({encoder}) + {records[0].text_tokens} text tokens; "
+        f"budget = {unit}"
+    )
+    table = tabulate(
+        rows,
+        headers=["budget", "visual tokens", "vision TF", "projector TF", "prefill TF", "total TF"],
+        tablefmt="github",
+    )
     return f"{head}\n{table}\nTF = 1e12 FLOPs ({CONVENTION}); the encoder and projector run in full at every budget"
 
 
@@ -302,14 +427,22 @@ def main(args: argparse.Namespace) -> int:
     run = RunDir(Path(args.output) / run_id)
     run.path.mkdir(parents=True, exist_ok=False)  # a unique id: never another run's folder
     facts = device_facts("cpu" if args.analytic else settings.device)
-    manifest = RunManifest(run_id=run_id, command=["vistog-bench", *sys.argv[1:]], config=config,
-                           git_sha=git_sha(), versions=package_versions(), device=facts, seed=args.seed,
-                           started_at=started)
+    manifest = RunManifest(
+        run_id=run_id,
+        command=["vistog-bench", *sys.argv[1:]],
+        config=config,
+        git_sha=git_sha(),
+        versions=package_versions(),
+        device=facts,
+        seed=args.seed,
+        started_at=started,
+    )
     run.write_manifest(manifest)
 
     if args.analytic:
         run.append_profile(records)
     else:
+
         def land(record) -> None:
             run.append_profile([record])
             if args.json:

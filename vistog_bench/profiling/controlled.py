@@ -25,9 +25,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,8 +51,10 @@ TIMED_FIELDS = (*STAGES[:5], "ttft", "decode", "decode_per_token", "total")
 # first token's time by the logits processor; summarized beside the stage fields to cross-check them.
 SECOND_CLOCKS = ("host_total", "ttft_logits_processor")
 # Where a LLaVA-NeXT / OneVision / Qwen2.5-VL checkpoint is measured instead (their counts depend on the image)
-FAMILY_ROUTE = ("its request timings come from `vistog-bench run --model ...` (profile.jsonl), its FLOPs from "
-                "`vistog-bench profile --shape llava-next-7b|llava-onevision-7b|qwen2.5-vl-7b --analytic`")
+FAMILY_ROUTE = (
+    "its request timings come from `vistog-bench run --model ...` (profile.jsonl), its FLOPs from "
+    "`vistog-bench profile --shape llava-next-7b|llava-onevision-7b|qwen2.5-vl-7b --analytic`"
+)
 # The protocol's defaults (see the module docstring for their sources).
 DEFAULT_WARMUP, DEFAULT_REPEATS, DEFAULT_MIN_DURATION_S = 10, 30, 10.0
 
@@ -95,8 +98,11 @@ def base_config(settings: ProfileSettings):
     config = load_config(settings.model_path)  # refuses a checkpoint that asks to run its own code
     if not isinstance(config, VisToGConfig):
         if config.model_type != "llava":
-            family = f"{config.model_type!r} model ({FAMILY_ROUTE})" if family_of(config.model_type) else \
-                f"{config.model_type!r} model"  # fmt: skip
+            family = (
+                f"{config.model_type!r} model ({FAMILY_ROUTE})"
+                if family_of(config.model_type)
+                else f"{config.model_type!r} model"
+            )
             raise UsageError(f"{settings.model_path} holds a {family}; controlled profiling takes llava or vistog")
         config = config_for_budget(config, None)
     return config
@@ -139,32 +145,48 @@ def analytic_records(settings: ProfileSettings) -> list[ProfileRecord]:
         weights = stage_weight_bytes(meta_model(config), element_bytes)
         for batch in settings.batch_sizes:
             for new_tokens in settings.new_tokens:
-                costs = F.generate_flops(shape, budget=budget, batch_size=batch, text_tokens=settings.text_tokens,
-                                         output_tokens=new_tokens)
-                moved = stage_bytes(shape, weights, budget=budget, batch_size=batch, text_tokens=settings.text_tokens,
-                                    output_tokens=new_tokens, element_bytes=element_bytes)
+                costs = F.generate_flops(
+                    shape, budget=budget, batch_size=batch, text_tokens=settings.text_tokens, output_tokens=new_tokens
+                )
+                moved = stage_bytes(
+                    shape,
+                    weights,
+                    budget=budget,
+                    batch_size=batch,
+                    text_tokens=settings.text_tokens,
+                    output_tokens=new_tokens,
+                    element_bytes=element_bytes,
+                )
                 kv_tokens = generate_kv_tokens(budget + settings.text_tokens, new_tokens)
                 roofline = {gpu.key: floors(costs.by_stage, moved, gpu, settings.dtype) for gpu in gpus}
-                records.append(ProfileRecord(
-                    kind="analytic", method=method_of(config, budget), budget=budget, batch_size=batch,
-                    device=",".join(gpu.key for gpu in gpus), dtype=settings.dtype, execution_path="analytic",
-                    visual_tokens=budget * batch, text_tokens=settings.text_tokens * batch,
-                    output_tokens=new_tokens * batch,
-                    flops=costs.by_stage,
-                    kv_cache_bytes=kv_cache_bytes(shape, batch, kv_tokens, element_bytes),
-                    weight_bytes=weights["total"],
-                    null_reasons={"*_ms": "analytic record: nothing is measured; see extra.roofline for floors"},
-                    extra={
-                        "flops_convention": costs.convention,
-                        "decode_flops_per_token": costs.decode_per_token,
-                        "fastv_prefill_macs": costs.fastv_prefill,
-                        "fastv_convention": F.FASTV_CONVENTION,
-                        "weight_bytes_by_stage": weights,
-                        "bytes_by_stage": moved,
-                        "roofline": roofline,
-                        "gpu_sources": {gpu.key: gpu.source for gpu in gpus},
-                    },
-                ))
+                records.append(
+                    ProfileRecord(
+                        kind="analytic",
+                        method=method_of(config, budget),
+                        budget=budget,
+                        batch_size=batch,
+                        device=",".join(gpu.key for gpu in gpus),
+                        dtype=settings.dtype,
+                        execution_path="analytic",
+                        visual_tokens=budget * batch,
+                        text_tokens=settings.text_tokens * batch,
+                        output_tokens=new_tokens * batch,
+                        flops=costs.by_stage,
+                        kv_cache_bytes=kv_cache_bytes(shape, batch, kv_tokens, element_bytes),
+                        weight_bytes=weights["total"],
+                        null_reasons={"*_ms": "analytic record: nothing is measured; see extra.roofline for floors"},
+                        extra={
+                            "flops_convention": costs.convention,
+                            "decode_flops_per_token": costs.decode_per_token,
+                            "fastv_prefill_macs": costs.fastv_prefill,
+                            "fastv_convention": F.FASTV_CONVENTION,
+                            "weight_bytes_by_stage": weights,
+                            "bytes_by_stage": moved,
+                            "roofline": roofline,
+                            "gpu_sources": {gpu.key: gpu.source for gpu in gpus},
+                        },
+                    )
+                )
     return records
 
 
@@ -204,8 +226,9 @@ class ModelSource:
         self.native_vistog = self.config.num_semantic_tokens is not None
         torch.manual_seed(settings.seed)
         if settings.shape is not None:
-            llava_config = LlavaConfig(**{k: v for k, v in self.config.to_dict().items()
-                                          if k not in ("model_type", "num_semantic_tokens")})
+            llava_config = LlavaConfig(
+                **{k: v for k, v in self.config.to_dict().items() if k not in ("model_type", "num_semantic_tokens")}
+            )
             llava_config._attn_implementation = "sdpa"
             with self.device, _default_dtype(self.dtype):
                 self.base = LlavaForConditionalGeneration(llava_config).eval()
@@ -219,11 +242,13 @@ class ModelSource:
             from vistog_bench.model.loading import checkpoint_model_type, load_pretrained, load_processor
 
             if checkpoint_model_type(settings.model_path) == "vistog":
-                self.base, processor = load_checkpoint(settings.model_path, device=settings.device,
-                                                       dtype=settings.dtype)
+                self.base, processor = load_checkpoint(
+                    settings.model_path, device=settings.device, dtype=settings.dtype
+                )
             else:
-                llava = load_pretrained(LlavaForConditionalGeneration, settings.model_path, dtype=self.dtype,
-                                        attn_implementation="sdpa")  # corrupt safetensors: one line, exit 2
+                llava = load_pretrained(
+                    LlavaForConditionalGeneration, settings.model_path, dtype=self.dtype, attn_implementation="sdpa"
+                )  # corrupt safetensors: one line, exit 2
                 self.base = llava.to(self.device).eval()
                 processor = load_processor(settings.model_path)
             self.weights = f"checkpoint {settings.model_path}"
@@ -259,8 +284,14 @@ def prompt_ids(config, budget: int, text_tokens: int, seed: int) -> torch.Tensor
 
 def generate_kwargs(config, new_tokens: int, compiled: bool) -> dict[str, Any]:
     text = config.text_config
-    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, num_beams=1,
-                  use_cache=True, pad_token_id=text.pad_token_id if text.pad_token_id is not None else 0)
+    kwargs = dict(
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        num_beams=1,
+        use_cache=True,
+        pad_token_id=text.pad_token_id if text.pad_token_id is not None else 0,
+    )
     if compiled:
         from transformers import CompileConfig
 
@@ -269,8 +300,16 @@ def generate_kwargs(config, new_tokens: int, compiled: bool) -> dict[str, Any]:
     return kwargs
 
 
-def measure_cell(model, source: ModelSource, profiler: RequestProfiler, *, budget: int, batch_size: int,
-                 new_tokens: int, notes: dict[str, Any]) -> ProfileRecord:
+def measure_cell(
+    model,
+    source: ModelSource,
+    profiler: RequestProfiler,
+    *,
+    budget: int,
+    batch_size: int,
+    new_tokens: int,
+    notes: dict[str, Any],
+) -> ProfileRecord:
     """Warm up, then time `repeats` generates; one controlled record with medians and spread."""
     settings = source.settings
     ids = prompt_ids(model.config, budget, settings.text_tokens, settings.seed)
@@ -281,8 +320,11 @@ def measure_cell(model, source: ModelSource, profiler: RequestProfiler, *, budge
     def prepare() -> dict[str, torch.Tensor]:
         pixels = source.image_processor([image] * batch_size, return_tensors="pt")["pixel_values"]
         input_ids = ids.expand(batch_size, -1).to(source.device)
-        return dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                    pixel_values=pixels.to(source.device, source.dtype))
+        return dict(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            pixel_values=pixels.to(source.device, source.dtype),
+        )
 
     def run(req, kwargs: dict[str, Any] = gen_kwargs) -> None:
         with req.stage("preprocess"):
@@ -291,8 +333,9 @@ def measure_cell(model, source: ModelSource, profiler: RequestProfiler, *, budge
         generated = out.shape[1] - inputs["input_ids"].shape[1]
         if generated != new_tokens:
             raise RuntimeError(f"generate returned {generated} tokens, {new_tokens} were forced")
-        req.set_tokens(visual=budget * batch_size, text=settings.text_tokens * batch_size,
-                       output=new_tokens * batch_size)
+        req.set_tokens(
+            visual=budget * batch_size, text=settings.text_tokens * batch_size, output=new_tokens * batch_size
+        )
 
     request = dict(method=method, budget=budget, batch_size=batch_size, task=None)
     counted: dict[str, float] = {}
@@ -320,8 +363,9 @@ def measure_cell(model, source: ModelSource, profiler: RequestProfiler, *, budge
     return record
 
 
-def _add_roofline(record: ProfileRecord, model, source: ModelSource, *, budget: int, batch_size: int,
-                  new_tokens: int) -> None:
+def _add_roofline(
+    record: ProfileRecord, model, source: ModelSource, *, budget: int, batch_size: int, new_tokens: int
+) -> None:
     """On a GPU of the roofline table: the floor it could reach for the same work, beside the measured times
     (`extra.roofline`)."""
     settings = source.settings
@@ -329,14 +373,21 @@ def _add_roofline(record: ProfileRecord, model, source: ModelSource, *, budget: 
     if gpu is None or settings.dtype not in gpu.peak_flops:
         return
     shape = F.ArchShape.from_config(model.config)
-    moved = stage_bytes(shape, stage_weight_bytes(model), budget=budget, batch_size=batch_size,
-                        text_tokens=settings.text_tokens, output_tokens=new_tokens,
-                        element_bytes=dtype_bytes(settings.dtype))
+    moved = stage_bytes(
+        shape,
+        stage_weight_bytes(model),
+        budget=budget,
+        batch_size=batch_size,
+        text_tokens=settings.text_tokens,
+        output_tokens=new_tokens,
+        element_bytes=dtype_bytes(settings.dtype),
+    )
     record.extra["roofline"] = {gpu.key: floors(record.flops, moved, gpu, settings.dtype)}
 
 
-def aggregate(records: list[ProfileRecord], *, counted: dict[str, float], notes: dict[str, Any],
-              settings: ProfileSettings) -> ProfileRecord:
+def aggregate(
+    records: list[ProfileRecord], *, counted: dict[str, float], notes: dict[str, Any], settings: ProfileSettings
+) -> ProfileRecord:
     """One kind="controlled" record: stage fields are medians, `stats` holds stats.summarize per stage (and for
     the SECOND_CLOCKS)."""
     first = records[0]
@@ -381,14 +432,24 @@ def aggregate(records: list[ProfileRecord], *, counted: dict[str, float], notes:
     else:
         reasons["counted_flops"] = "FLOP counting switched off (--no-count-flops)"
     return dataclasses.replace(
-        first, kind="controlled", stats=stats, counted_flops=counted, peak_memory_bytes=peaks, energy_j=energy_j,
-        peak_rss_bytes=max((r.peak_rss_bytes or 0) for r in records) or None, null_reasons=reasons, extra=extra,
+        first,
+        kind="controlled",
+        stats=stats,
+        counted_flops=counted,
+        peak_memory_bytes=peaks,
+        energy_j=energy_j,
+        peak_rss_bytes=max((r.peak_rss_bytes or 0) for r in records) or None,
+        null_reasons=reasons,
+        extra=extra,
         **medians,
     )
 
 
-def measured_records(settings: ProfileSettings, on_record: Callable[[ProfileRecord], None] | None = None,
-                     source: ModelSource | None = None) -> list[ProfileRecord]:
+def measured_records(
+    settings: ProfileSettings,
+    on_record: Callable[[ProfileRecord], None] | None = None,
+    source: ModelSource | None = None,
+) -> list[ProfileRecord]:
     """Every cell of the sweep, in budget -> batch size -> new tokens order; `on_record` sees each as it lands.
     `source`: the weights already loaded (`ModelSource(settings)`, which refuses a bad checkpoint), else loaded here."""
     with cpu_threads(settings.threads):
@@ -405,8 +466,9 @@ def _measure_sweep(source: ModelSource, on_record: Callable[[ProfileRecord], Non
         with profiler.attached():
             for batch in settings.batch_sizes:
                 for new_tokens in settings.new_tokens:
-                    record = measure_cell(model, source, profiler, budget=budget, batch_size=batch,
-                                          new_tokens=new_tokens, notes=notes)
+                    record = measure_cell(
+                        model, source, profiler, budget=budget, batch_size=batch, new_tokens=new_tokens, notes=notes
+                    )
                     records.append(record)
                     if on_record is not None:
                         on_record(record)

@@ -45,7 +45,6 @@ CONVENTION = "2 FLOPs per multiply-add; matrix products only; LLaMA MLP with 3 m
 FASTV_CONVENTION = "FastV: multiply-adds; per layer 4nd^2 + 2n^2d + 2ndm (2 MLP matrices)"
 
 
-
 @dataclass(frozen=True)
 class ArchShape:
     """The sizes the formulas need, read from a (VisToG or LLaVA) config."""
@@ -67,7 +66,7 @@ class ArchShape:
     head_dim: int
 
     @classmethod
-    def from_config(cls, config) -> "ArchShape":
+    def from_config(cls, config) -> ArchShape:
         from ..model.vision import feature_layers_run
 
         vision, text = config.vision_config, config.text_config
@@ -248,27 +247,65 @@ class FamilyShape:
     llm: ArchShape  # the LLM's sizes (the vision fields of it are unused)
 
     @classmethod
-    def from_config(cls, config) -> "FamilyShape":
+    def from_config(cls, config) -> FamilyShape:
         text, vision = config.text_config, config.vision_config
         heads = text.num_attention_heads
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
         kv_heads = getattr(text, "num_key_value_heads", None) or heads
-        llm = ArchShape(channels=3, patch_size=vision.patch_size, num_patches=0, vision_width=0, vision_mlp=0,
-                        vision_layers_run=0, isolated_attention=False, grouping_mlp=0, width=text.hidden_size,
-                        kv_width=kv_heads * head_dim, mlp=text.intermediate_size, layers=text.num_hidden_layers,
-                        vocab=text.vocab_size, num_kv_heads=kv_heads, head_dim=head_dim)  # fmt: skip
+        llm = ArchShape(
+            channels=3,
+            patch_size=vision.patch_size,
+            num_patches=0,
+            vision_width=0,
+            vision_mlp=0,
+            vision_layers_run=0,
+            isolated_attention=False,
+            grouping_mlp=0,
+            width=text.hidden_size,
+            kv_width=kv_heads * head_dim,
+            mlp=text.intermediate_size,
+            layers=text.num_hidden_layers,
+            vocab=text.vocab_size,
+            num_kv_heads=kv_heads,
+            head_dim=head_dim,
+        )
         if config.model_type == "qwen2_5_vl":
             merge = vision.spatial_merge_size
-            return cls(config.model_type, vision.in_channels, vision.patch_size, vision.temporal_patch_size,
-                       vision.hidden_size, vision.intermediate_size, 3, vision.depth, False, 0,
-                       tuple(vision.fullatt_block_indexes), vision.window_size // merge // vision.patch_size, merge,
-                       llm)  # fmt: skip
+            return cls(
+                config.model_type,
+                vision.in_channels,
+                vision.patch_size,
+                vision.temporal_patch_size,
+                vision.hidden_size,
+                vision.intermediate_size,
+                3,
+                vision.depth,
+                False,
+                0,
+                tuple(vision.fullatt_block_indexes),
+                vision.window_size // merge // vision.patch_size,
+                merge,
+                llm,
+            )
         if config.model_type not in ("llava_next", "llava_onevision"):
             raise ValueError(f"no family formulas for model_type {config.model_type!r}")
         patches = (vision.image_size // vision.patch_size) ** 2
-        return cls(config.model_type, vision.num_channels, vision.patch_size, 1, vision.hidden_size,
-                   vision.intermediate_size, 2, vision.num_hidden_layers, config.model_type == "llava_next",
-                   patches, (), 0, 1, llm)  # fmt: skip
+        return cls(
+            config.model_type,
+            vision.num_channels,
+            vision.patch_size,
+            1,
+            vision.hidden_size,
+            vision.intermediate_size,
+            2,
+            vision.num_hidden_layers,
+            config.model_type == "llava_next",
+            patches,
+            (),
+            0,
+            1,
+            llm,
+        )
 
 
 def _encoder_layer_flops(width: int, mlp: int, matrices: int, tokens: int) -> float:
@@ -316,8 +353,9 @@ def family_projector_flops(shape: FamilyShape, *, views: int = 1, grid: tuple[in
     return float(2 * views * shape.patches_per_view * (dv * d + d * d))
 
 
-def family_prefill_flops(shape: FamilyShape, *, visual_tokens: int, text_tokens: int, views: int = 1,
-                         grid: tuple[int, int] | None = None) -> dict[str, float]:
+def family_prefill_flops(
+    shape: FamilyShape, *, visual_tokens: int, text_tokens: int, views: int = 1, grid: tuple[int, int] | None = None
+) -> dict[str, float]:
     """vision / projector / prefill / total FLOPs of one image's prompt whose LLM receives `visual_tokens` (the
     unreduced count, or a reducer's budget: the encoder and projector run on everything either way)."""
     out = {
@@ -386,15 +424,17 @@ def _grid_tokens(config, rows: int, cols: int) -> int:
     return rows * cols + rows
 
 
-def qwen_image_geometry(config, height: int, width: int, *, min_pixels: int = QWEN_MIN_PIXELS,
-                        max_pixels: int = QWEN_MAX_PIXELS) -> ImageGeometry:
+def qwen_image_geometry(
+    config, height: int, width: int, *, min_pixels: int = QWEN_MIN_PIXELS, max_pixels: int = QWEN_MAX_PIXELS
+) -> ImageGeometry:
     """A Qwen2.5-VL image of height x width px: resized by transformers' smart_resize, one token per merged unit."""
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
     vision = config.vision_config
     patch, merge = vision.patch_size, vision.spatial_merge_size
-    resized_h, resized_w = smart_resize(height, width, factor=patch * merge, min_pixels=min_pixels,
-                                        max_pixels=max_pixels)  # fmt: skip
+    resized_h, resized_w = smart_resize(
+        height, width, factor=patch * merge, min_pixels=min_pixels, max_pixels=max_pixels
+    )
     grid = (resized_h // patch, resized_w // patch)
     return ImageGeometry(grid[0] * grid[1] // (merge * merge), 1, grid)
 
@@ -452,8 +492,9 @@ def family_budget_prefills(config, budgets, *, height: int, width: int, text_tok
     out = []
     for budget in budgets:
         kept = kept_tokens(family, check_family_budget(family, budget), geometry.tokens)
-        flops = family_prefill_flops(shape, visual_tokens=kept, text_tokens=text_tokens, views=geometry.views,
-                                     grid=geometry.grid)  # fmt: skip
+        flops = family_prefill_flops(
+            shape, visual_tokens=kept, text_tokens=text_tokens, views=geometry.views, grid=geometry.grid
+        )
         out.append(FamilyPrefill(budget, geometry, kept, flops))
     return out
 

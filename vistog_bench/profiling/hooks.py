@@ -14,8 +14,9 @@ and the profiler falls back to coarser spans there (see profiler.py).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -129,4 +130,13 @@ def hook_count(model: nn.Module) -> int:
     return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
 
 
-__all__ = ["STAGE_MODULES", "PRE_HOOKS", "POST_HOOKS", "StageObserver", "stage_modules", "stage_hooks", "hook_count", "llm_new_tokens"]
+__all__ = [
+    "STAGE_MODULES",
+    "PRE_HOOKS",
+    "POST_HOOKS",
+    "StageObserver",
+    "stage_modules",
+    "stage_hooks",
+    "hook_count",
+    "llm_new_tokens",
+]

@@ -71,7 +71,7 @@ def peak_rss_bytes() -> int | None:
     start = status.find(b"VmHWM:")
     if start < 0:
         return None
-    return int(status[start + 6:status.index(b"\n", start)].split()[0]) * 1024
+    return int(status[start + 6 : status.index(b"\n", start)].split()[0]) * 1024
 
 
 # -- KV cache --------------------------------------------------------------------------------------------------------

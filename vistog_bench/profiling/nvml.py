@@ -77,8 +77,18 @@ def _cpu_name() -> str | None:
 
 
 GPU_FACTS = (
-    "name", "driver_version", "cuda_driver_version", "memory_total_bytes", "memory_used_bytes", "temperature_c",
-    "power_w", "power_limit_w", "sm_clock_mhz", "memory_clock_mhz", "max_sm_clock_mhz", "max_memory_clock_mhz",
+    "name",
+    "driver_version",
+    "cuda_driver_version",
+    "memory_total_bytes",
+    "memory_used_bytes",
+    "temperature_c",
+    "power_w",
+    "power_limit_w",
+    "sm_clock_mhz",
+    "memory_clock_mhz",
+    "max_sm_clock_mhz",
+    "max_memory_clock_mhz",
     "energy_counter_mj",
 )
 

@@ -43,9 +43,10 @@ step count is output_tokens / batch - 1 (lengths are forced there).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -145,8 +146,17 @@ class FirstTokenClock:
 class Request:
     """One request being profiled; `record` is its ProfileRecord once the `with` block has closed."""
 
-    def __init__(self, profiler: "RequestProfiler", *, method: str, budget: int, batch_size: int,
-                 task: str | None, count_flops: bool, extra: dict[str, Any] | None):
+    def __init__(
+        self,
+        profiler: RequestProfiler,
+        *,
+        method: str,
+        budget: int,
+        batch_size: int,
+        task: str | None,
+        count_flops: bool,
+        extra: dict[str, Any] | None,
+    ):
         self._profiler = profiler
         self._clock = profiler.clock
         self.method, self.budget, self.batch_size, self.task = method, budget, batch_size, task
@@ -214,7 +224,9 @@ class Request:
             self._reset_peak()
             cache = kwargs.get("cache")
             self._cache = cache if cache is not None else kwargs.get("past_key_values", self._cache)
-            steps.append(_LlmStep(kind, batch, new_tokens, kv_length, self._clock.mark(), flops_start=self._flops_now()))
+            steps.append(
+                _LlmStep(kind, batch, new_tokens, kv_length, self._clock.mark(), flops_start=self._flops_now())
+            )
             return
         tensor = first_tensor(args, kwargs)
         if stage == "vision":
@@ -284,21 +296,43 @@ class Request:
         text = self._tokens.text
         if text is None and prompt_tokens is not None:
             text = batch * prompt_tokens - visual
-        output = self._tokens.output if self._tokens.output is not None else batch * (1 + len(decodes) if prefills else 0)
+        output = (
+            self._tokens.output if self._tokens.output is not None else batch * (1 + len(decodes) if prefills else 0)
+        )
         decode_steps = len(decodes)
         if not decodes and self._profiler.path == "compiled" and prefills and output > batch:
             decode_steps = -(-output // batch) - 1  # the longest prompt's steps (all equal when lengths are forced)
-        return _Observed(self._spans, prefills, decodes, self._steps, batch, prompt_tokens, projected, visual, text,
-                         output, decode_steps)
+        return _Observed(
+            self._spans,
+            prefills,
+            decodes,
+            self._steps,
+            batch,
+            prompt_tokens,
+            projected,
+            visual,
+            text,
+            output,
+            decode_steps,
+        )
 
     def _build(self, end: Any, host_total_ms: float, energy_end: int | None) -> ProfileRecord:
         profiler = self._profiler
         seen = self._observed(end)
-        parts = [self._latency(seen, end), self._flop_counts(seen), self._memory(), self._kv_cache(seen),
-                 self._energy(energy_end)]
+        parts = [
+            self._latency(seen, end),
+            self._flop_counts(seen),
+            self._memory(),
+            self._kv_cache(seen),
+            self._energy(energy_end),
+        ]
         fields: dict[str, Any] = {}
-        extra: dict[str, Any] = {"clock": self._clock.kind, "host_total_ms": host_total_ms,
-                                 "decode_steps": seen.decode_steps, "prompt_tokens": seen.prompt_tokens}
+        extra: dict[str, Any] = {
+            "clock": self._clock.kind,
+            "host_total_ms": host_total_ms,
+            "decode_steps": seen.decode_steps,
+            "prompt_tokens": seen.prompt_tokens,
+        }
         reasons: dict[str, str] = {}
         for part in parts:
             fields.update(part.fields)
@@ -306,10 +340,21 @@ class Request:
             reasons.update(part.reasons)
         extra.update(self._extra)
         return ProfileRecord(
-            kind="request", method=self.method, budget=self.budget, batch_size=self.batch_size,
-            device=str(profiler.device), dtype=profiler.dtype_name, execution_path=profiler.path, task=self.task,
-            visual_tokens=seen.visual, text_tokens=seen.text, output_tokens=seen.output,
-            weight_bytes=profiler.weight_bytes, null_reasons=reasons, extra=extra, **fields,
+            kind="request",
+            method=self.method,
+            budget=self.budget,
+            batch_size=self.batch_size,
+            device=str(profiler.device),
+            dtype=profiler.dtype_name,
+            execution_path=profiler.path,
+            task=self.task,
+            visual_tokens=seen.visual,
+            text_tokens=seen.text,
+            output_tokens=seen.output,
+            weight_bytes=profiler.weight_bytes,
+            null_reasons=reasons,
+            extra=extra,
+            **fields,
         )
 
     def _reducer_gap_ms(self, seen: _Observed) -> float | None:
@@ -324,8 +369,10 @@ class Request:
         ms = self._clock.elapsed_ms
         extra: dict[str, Any] = {}
         reasons: dict[str, str] = {}
-        times = {f"{stage}_ms": sum(ms(s.start, s.end) for s in spans) if (spans := seen.stage_spans(stage)) else None
-                 for stage in VISION_STAGES}
+        times = {
+            f"{stage}_ms": sum(ms(s.start, s.end) for s in spans) if (spans := seen.stage_spans(stage)) else None
+            for stage in VISION_STAGES
+        }
         if times["grouping_ms"] is None and (gap := self._reducer_gap_ms(seen)) is not None:
             times["grouping_ms"] = gap
             extra["grouping_stage"] = f"{self._profiler.applied.method} reduction (vision end -> projector start)"
@@ -349,7 +396,9 @@ class Request:
             decode_ms = None
             reasons["decode_ms"] = "no LLM forward observed"
         times["decode_ms"] = decode_ms
-        times["decode_per_token_ms"] = decode_ms / seen.decode_steps if decode_ms is not None and seen.decode_steps else None
+        times["decode_per_token_ms"] = (
+            decode_ms / seen.decode_steps if decode_ms is not None and seen.decode_steps else None
+        )
         if times["decode_per_token_ms"] is None:
             reasons["decode_per_token_ms"] = "no decode step (one output token)" if prefills else "no LLM forward"
         if not prefills:
@@ -377,11 +426,14 @@ class Request:
             pruning = dict(pruned_after_layer=applied.fastv_layer, pruned_tokens=round(dropped))
             extra["fastv_pruning"] = pruning
         stage_formulas = {"vision": F.vision_flops, "grouping": F.grouping_flops, "projector": F.projector_flops}
-        analytic = {stage: sum(formula(shape, *s.size) for s in seen.stage_spans(stage))
-                    for stage, formula in stage_formulas.items()}
+        analytic = {
+            stage: sum(formula(shape, *s.size) for s in seen.stage_spans(stage))
+            for stage, formula in stage_formulas.items()
+        }
         for kind, steps in (("prefill", seen.prefills), ("decode", seen.decodes)):
-            analytic[kind] = sum(F.llm_flops(shape, s.batch, s.new_tokens, s.kv_length, s.logits_tokens, **pruning)
-                                 for s in steps)
+            analytic[kind] = sum(
+                F.llm_flops(shape, s.batch, s.new_tokens, s.kv_length, s.logits_tokens, **pruning) for s in steps
+            )
         if not seen.decodes and seen.decode_steps and seen.prompt_tokens is not None:
             analytic["decode"] = F.decode_flops(shape, seen.batch, seen.prompt_tokens, seen.decode_steps + 1)
         analytic["total"] = sum(analytic.values())
@@ -437,8 +489,9 @@ class RequestProfiler:
     encoder; no analytic FLOPs: see `hooks.stage_modules`). `attached()` installs the hooks, `request(...)` profiles
     one request. Hooks outside a request cost one attribute check."""
 
-    def __init__(self, model: nn.Module, *, device: torch.device | str | None = None, path: str = "eager",
-                 applied=None):
+    def __init__(
+        self, model: nn.Module, *, device: torch.device | str | None = None, path: str = "eager", applied=None
+    ):
         """`applied`: what `vistog_bench.reducers.applied_method(model)` returned when the caller set the model up
         (None: stock or VisToG); it names a training-free reducer's stage and FastV's pruning in the FLOPs."""
         if path not in PATHS:
@@ -453,7 +506,9 @@ class RequestProfiler:
         self.clock = make_clock(self.device)
         # Another family (model.families): the LLM's sizes only; its analytic FLOPs come from `profile --analytic`
         self.family = model_family(model) is not None
-        self.shape = F.FamilyShape.from_config(model.config).llm if self.family else F.ArchShape.from_config(model.config)
+        self.shape = (
+            F.FamilyShape.from_config(model.config).llm if self.family else F.ArchShape.from_config(model.config)
+        )
         self.dtype_name = dtype_name(parameter.dtype)
         self.element_bytes = parameter.element_size()
         self.weight_bytes = module_bytes(model)
@@ -477,7 +532,7 @@ class RequestProfiler:
             self._active.exit(stage, module, output)
 
     @contextmanager
-    def attached(self) -> Iterator["RequestProfiler"]:
+    def attached(self) -> Iterator[RequestProfiler]:
         """Install the stage hooks for the duration of the block; they are all removed on exit, errors included."""
         if self._attached:
             raise RuntimeError("this profiler is already attached")
@@ -490,16 +545,25 @@ class RequestProfiler:
                 self._active = None
 
     @contextmanager
-    def request(self, *, method: str, budget: int, batch_size: int, task: str | None = None,
-                count_flops: bool = False, extra: dict[str, Any] | None = None) -> Iterator[Request]:
+    def request(
+        self,
+        *,
+        method: str,
+        budget: int,
+        batch_size: int,
+        task: str | None = None,
+        count_flops: bool = False,
+        extra: dict[str, Any] | None = None,
+    ) -> Iterator[Request]:
         """Profile one request (one generate). `count_flops=True` also runs FlopCounterMode over it (slow: for
         controlled runs, not for timing). The record is built after the block, with one device synchronisation."""
         if not self._attached:
             raise RuntimeError("attach the profiler first: `with profiler.attached(): ...`")
         if self._active is not None:
             raise RuntimeError("a request is already open on this profiler")
-        req = Request(self, method=method, budget=budget, batch_size=batch_size, task=task,
-                      count_flops=count_flops, extra=extra)
+        req = Request(
+            self, method=method, budget=budget, batch_size=batch_size, task=task, count_flops=count_flops, extra=extra
+        )
         self._active = req
         req._open()
         try:

@@ -36,8 +36,14 @@ class GPU:
 def gpu_table() -> dict[str, GPU]:
     data = json.loads(GPU_TABLE.read_text(encoding="utf-8"))
     return {
-        key: GPU(key, entry["name"], entry["peak_flops"], entry["memory_bandwidth_bytes_per_s"],
-                 entry["memory_bytes"], entry["source"])
+        key: GPU(
+            key,
+            entry["name"],
+            entry["peak_flops"],
+            entry["memory_bandwidth_bytes_per_s"],
+            entry["memory_bytes"],
+            entry["source"],
+        )
         for key, entry in data.items()
         if not key.startswith("_")
     }
@@ -81,8 +87,16 @@ def gpu_from_device_name(device_name: str | None) -> GPU | None:
     return None
 
 
-def stage_bytes(shape: F.ArchShape, weights: dict[str, int], *, budget: int, batch_size: int, text_tokens: int,
-                output_tokens: int, element_bytes: int) -> dict[str, float]:
+def stage_bytes(
+    shape: F.ArchShape,
+    weights: dict[str, int],
+    *,
+    budget: int,
+    batch_size: int,
+    text_tokens: int,
+    output_tokens: int,
+    element_bytes: int,
+) -> dict[str, float]:
     """Minimum bytes moved per stage for one generate (weights once per forward, KV written / read)."""
     prompt = budget + text_tokens
     decode = 0.0

@@ -7,8 +7,9 @@ synchronises once, when a request closes, so the model's asynchronous work is ne
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -103,5 +104,13 @@ def time_repeats(fn, device: torch.device | str, warmup: int, repeats: int) -> l
     return times
 
 
-__all__ = ["Clock", "HostClock", "CudaEventClock", "make_clock", "time_repeats", "DEFAULT_CPU_THREADS",
-           "default_threads", "cpu_threads"]
+__all__ = [
+    "Clock",
+    "HostClock",
+    "CudaEventClock",
+    "make_clock",
+    "time_repeats",
+    "DEFAULT_CPU_THREADS",
+    "default_threads",
+    "cpu_threads",
+]

@@ -76,7 +76,9 @@ class CDPrunerSelector:
 
     def __call__(self, view: SampleView, stage: int, keep: int) -> Selection:
         instruction = view.hidden[instruction_positions(view)]  # [t, D]
-        kept = [block[greedy_dpp_map(conditional_kernel(view.hidden[block], instruction), keep)] for block in view.blocks]
+        kept = [
+            block[greedy_dpp_map(conditional_kernel(view.hidden[block], instruction), keep)] for block in view.blocks
+        ]
         return Selection(torch.cat(kept))
 
 

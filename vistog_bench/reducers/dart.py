@@ -37,7 +37,11 @@ PIVOT_IMAGE, PIVOT_TEXT, LAYER = 4, 4, 2  # the reference's LLaVA-1.5 settings (
 
 
 def duplication_aware(
-    states: torch.Tensor, key_norm: torch.Tensor, block: torch.Tensor, text_pivots: torch.Tensor, keep: int,
+    states: torch.Tensor,
+    key_norm: torch.Tensor,
+    block: torch.Tensor,
+    text_pivots: torch.Tensor,
+    keep: int,
     pivot_image: int,
 ) -> torch.Tensor:
     """Kept positions [keep] of one image: its image pivots, then each pivot's least similar candidates.
@@ -71,7 +75,9 @@ class DARTSelector:
         key_norm = view.keys.abs().sum(dim=-1)  # [T]
         text = instruction_positions(view)
         text_pivots = text[key_norm[text].topk(min(self.pivot_text, text.numel())).indices]
-        kept = [duplication_aware(states, key_norm, block, text_pivots, keep, self.pivot_image) for block in view.blocks]
+        kept = [
+            duplication_aware(states, key_norm, block, text_pivots, keep, self.pivot_image) for block in view.blocks
+        ]
         return Selection(torch.cat(kept))
 
 

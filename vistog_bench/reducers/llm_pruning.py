@@ -50,7 +50,9 @@ class SampleView:
     hidden: torch.Tensor  # [T, D] states entering the stage layer
     blocks: torch.Tensor  # [n, V] positions of each image's visual tokens, in order
     text: torch.Tensor  # [t] positions of real (non-padding) text tokens
-    keys: torch.Tensor | None  # [T, hkv dh] previous layer's keys after RoPE (None: the selector reads none, or layer 0)
+    keys: (
+        torch.Tensor | None
+    )  # [T, hkv dh] previous layer's keys after RoPE (None: the selector reads none, or layer 0)
     attention: Callable[[torch.Tensor], torch.Tensor] | None  # query positions [q] -> head-mean attention [q, T]
     # (None likewise)
 
@@ -157,7 +159,9 @@ class LLMPruner:
             self._step_mask = None
             if input_ids is None:
                 if kwargs.get("pixel_values") is not None:
-                    raise UsageError("in-LLM pruning finds image tokens in input_ids: pass input_ids, not inputs_embeds")
+                    raise UsageError(
+                        "in-LLM pruning finds image tokens in input_ids: pass input_ids, not inputs_embeds"
+                    )
                 return
             image_mask = input_ids == self.image_token_id  # [B, T]
             if bool(image_mask.any()):
@@ -174,11 +178,13 @@ class LLMPruner:
             prompt = self._prompt
             if prompt is not None and self.stages[-1].layer not in prompt.kept_masks:
                 getattr(prompt, kind)[layer] = output  # [B, T, h dh] or [B, T, hkv dh]
+
         return hook
 
     def _stage_hook(self, index: int):
         def hook(module, args, kwargs):
             return self._prune(index, args, kwargs)
+
         return hook
 
     def _prune(self, index: int, args, kwargs):
@@ -261,9 +267,17 @@ class LLMPruner:
 
         def rows(positions: torch.Tensor) -> torch.Tensor:
             return attention_rows(
-                query[positions], key, position_embeddings, padding, positions, b,
-                head_dim=self._head_dim, kv_groups=self._kv_groups, scaling=self._scaling,
+                query[positions],
+                key,
+                position_embeddings,
+                padding,
+                positions,
+                b,
+                head_dim=self._head_dim,
+                kv_groups=self._kv_groups,
+                scaling=self._scaling,
             )
+
         return rows
 
     def _pass_pruned(self, module, args, kwargs):
@@ -316,8 +330,9 @@ def attention_rows(
     return torch.softmax(logits, dim=-1).mean(dim=0)
 
 
-def merged_states(rows: list[torch.Tensor], positions: torch.Tensor, selections: list[Selection | None],
-                  hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+def merged_states(
+    rows: list[torch.Tensor], positions: torch.Tensor, selections: list[Selection | None], hidden_states: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The new states of merged tokens in the pruned layout: ([B, T', D], where [B, T']), None if nothing merges.
     rows: each sample's kept positions (increasing), positions [B, T'] their left-padded form (`left_pad`)."""
     if all(s is None or s.states is None for s in selections):
@@ -352,5 +367,14 @@ def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
-__all__ = ["LLMPruner", "SampleView", "Selection", "Selector", "Stage", "attention_rows", "gather_rows", "left_pad",
-           "merged_states"]
+__all__ = [
+    "LLMPruner",
+    "SampleView",
+    "Selection",
+    "Selector",
+    "Stage",
+    "attention_rows",
+    "gather_rows",
+    "left_pad",
+    "merged_states",
+]

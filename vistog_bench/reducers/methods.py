@@ -52,8 +52,23 @@ from .vscan import LLM_KEEP as VSCAN_KEEP
 from .vscan import ShallowCLSAttention, VScanReducer, shallow_layer
 
 METHODS = (
-    "none", "vistog", "pool", "random", "tome", "visionzip", "prumerge", "fastv",
-    "divprune", "vispruner", "cdpruner", "dart", "pdrop", "sparsevlm", "vscan", "downsample", "holitom",
+    "none",
+    "vistog",
+    "pool",
+    "random",
+    "tome",
+    "visionzip",
+    "prumerge",
+    "fastv",
+    "divprune",
+    "vispruner",
+    "cdpruner",
+    "dart",
+    "pdrop",
+    "sparsevlm",
+    "vscan",
+    "downsample",
+    "holitom",
 )
 REDUCERS = METHODS[2:]  # the training-free ones, which run on stock LLaVA (VisToG off)
 
@@ -82,10 +97,19 @@ FASTV_LAYER = 2  # the paper's K
 LLM_INPUT = "llm_input"  # every decoder layer works on `budget` tokens per image
 AFTER_LAYER = "after_layer"  # FastV's own: `budget` from layer `fastv_layer` on, all P before it
 LAYER_MEAN = "layer_mean"  # the mean over decoder layers ("equivalent tokens", PyramidDrop / SparseVLM)
-CONVENTIONS = {"fastv": AFTER_LAYER, "dart": LAYER_MEAN, "pdrop": LAYER_MEAN, "sparsevlm": LAYER_MEAN,
-               "vscan": LAYER_MEAN, "holitom": LAYER_MEAN}
+CONVENTIONS = {
+    "fastv": AFTER_LAYER,
+    "dart": LAYER_MEAN,
+    "pdrop": LAYER_MEAN,
+    "sparsevlm": LAYER_MEAN,
+    "vscan": LAYER_MEAN,
+    "holitom": LAYER_MEAN,
+}
 LLM_INPUT_STAGE = ("divprune", "cdpruner")  # select at LLM layer 0: P placeholders, K from layer 0 on
-STAGED = {"vscan": (VSCAN_LAYER, VSCAN_KEEP), "holitom": (HOLITOM_LAYER, 1 - HOLITOM_RATIO)}  # method -> (paper layer, K1 / K0)
+STAGED = {
+    "vscan": (VSCAN_LAYER, VSCAN_KEEP),
+    "holitom": (HOLITOM_LAYER, 1 - HOLITOM_RATIO),
+}  # method -> (paper layer, K1 / K0)
 
 
 @dataclass(frozen=True)
@@ -196,7 +220,11 @@ def _describe(model, method: str, budget: int, seed: int, options: dict, parts: 
     layers = parts.pruner.layer_tokens(num_layers) if parts.pruner is not None else (per_image,) * num_layers
     needs_cls = parts.reducer is not None and parts.reducer.needs_cls_attention
     return AppliedMethod(
-        method, budget, seed, MappingProxyType(dict(options)), per_image,
+        method,
+        budget,
+        seed,
+        MappingProxyType(dict(options)),
+        per_image,
         fastv_layer=parts.pruner.stages[0].layer if method == "fastv" else None,
         budget_convention=CONVENTIONS.get(method, LLM_INPUT),
         llm_input_tokens=layers[0],
@@ -249,8 +277,9 @@ def _vision_parts(model, budget: int, seed: int, options: dict) -> dict[str, Cal
         "pool": lambda: _Parts(PoolReducer(budget, grid=grid)),
         "random": lambda: _Parts(RandomReducer(budget, num_patches, seed=seed)),
         "tome": lambda: _Parts(ToMeReducer(budget), ToMeMerge(merge_schedule(num_patches, budget, runs))),
-        "visionzip": lambda: _Parts(VisionZipReducer(
-            budget, num_patches, vision.num_attention_heads, contextual=options.get("contextual"))),
+        "visionzip": lambda: _Parts(
+            VisionZipReducer(budget, num_patches, vision.num_attention_heads, contextual=options.get("contextual"))
+        ),
         "prumerge": lambda: _Parts(PruMergeReducer(budget, num_patches, tower.encoder.layers[runs], neighbours)),
         "vispruner": lambda: _Parts(VisPrunerReducer(budget, num_patches, *([ratio] if ratio is not None else []))),
         "downsample": lambda: _Parts(ToMeReducer(budget), GridDownsample(budget, grid)),
@@ -267,7 +296,9 @@ def _llm_parts(model, method: str, budget: int, options: dict) -> _Parts:
     if method == "fastv":
         return _Parts(pruner=fastv(budget, options.get("fastv_layer", FASTV_LAYER), num_patches, image_token))
     if method == "pdrop":
-        return _Parts(pruner=pdrop(budget, num_layers, _stage_layers(options, PDROP_LAYERS, num_layers), num_patches, image_token))
+        return _Parts(
+            pruner=pdrop(budget, num_layers, _stage_layers(options, PDROP_LAYERS, num_layers), num_patches, image_token)
+        )
     if method == "sparsevlm":
         layers = _stage_layers(options, SPARSEVLM_LAYERS, num_layers)
         return _Parts(pruner=sparsevlm(budget, num_layers, layers, num_patches, image_token))
@@ -282,10 +313,14 @@ def _llm_parts(model, method: str, budget: int, options: dict) -> _Parts:
         (keep,) = mean_schedule(budget, num_layers, first, (layer,), "vscan")
         vision, tower = model.config.vision_config, model.model.vision_tower
         shallow = ShallowCLSAttention(
-            shallow_layer(len(tower.encoder.layers), tower.layers_to_run(model.config.vision_feature_layer)))
+            shallow_layer(len(tower.encoder.layers), tower.layers_to_run(model.config.vision_feature_layer))
+        )
         reducer = VScanReducer(first, num_patches, vision.image_size // vision.patch_size, shallow)
-        return _Parts(reducer, pruner=LLMPruner((Stage(layer, keep),), LastTokenAttention(), first, image_token),
-                      tower_hooks=(shallow,))
+        return _Parts(
+            reducer,
+            pruner=LLMPruner((Stage(layer, keep),), LastTokenAttention(), first, image_token),
+            tower_hooks=(shallow,),
+        )
     if method == "holitom":
         layer = _llm_layer(options, HOLITOM_LAYER, num_layers)
         return _Parts(pruner=holitom(budget, num_layers, layer, num_patches, image_token))
@@ -313,10 +348,14 @@ def _stage_layers(options: dict, paper_layers: tuple[int, ...], num_layers: int)
 
 
 _BUILDERS: dict[str, Callable[..., _Parts]] = {
-    **{name: _vision_method(name) for name in ("pool", "random", "tome", "visionzip", "prumerge", "vispruner",
-                                                 "downsample")},
-    **{name: (lambda model, budget, seed, options, name=name: _llm_parts(model, name, budget, options))
-       for name in ("fastv", "pdrop", "sparsevlm", "dart", *STAGED, *LLM_INPUT_STAGE)},
+    **{
+        name: _vision_method(name)
+        for name in ("pool", "random", "tome", "visionzip", "prumerge", "vispruner", "downsample")
+    },
+    **{
+        name: (lambda model, budget, seed, options, name=name: _llm_parts(model, name, budget, options))
+        for name in ("fastv", "pdrop", "sparsevlm", "dart", *STAGED, *LLM_INPUT_STAGE)
+    },
 }
 
 
@@ -379,8 +418,10 @@ def config_problem(config, method: str, *, budget: int | None = None, **options)
         feature_layer = config.vision_feature_layer
         runs = feature_layers_run(feature_layer, vision.num_hidden_layers)
         if runs >= vision.num_hidden_layers:
-            return (f"prumerge reads the encoder layer after the feature layer; the feature layer "
-                    f"({feature_layer}) is the last of {vision.num_hidden_layers}")
+            return (
+                f"prumerge reads the encoder layer after the feature layer; the feature layer "
+                f"({feature_layer}) is the last of {vision.num_hidden_layers}"
+            )
     if method == "fastv":
         fastv_layer = options.get("fastv_layer", FASTV_LAYER)
         if not 1 <= fastv_layer < num_layers:
@@ -389,8 +430,12 @@ def config_problem(config, method: str, *, budget: int | None = None, **options)
         return None
     if num_layers < 2:
         return f"{method} prunes between decoder layers; this LLM has {num_layers}"
-    paper = {"dart": (DART_LAYER,), "pdrop": PDROP_LAYERS, "sparsevlm": SPARSEVLM_LAYERS,
-             **{name: (layer,) for name, (layer, _) in STAGED.items()}}
+    paper = {
+        "dart": (DART_LAYER,),
+        "pdrop": PDROP_LAYERS,
+        "sparsevlm": SPARSEVLM_LAYERS,
+        **{name: (layer,) for name, (layer, _) in STAGED.items()},
+    }
     try:
         layers = _stage_layers(options, paper[method], num_layers)
     except UsageError as error:
@@ -401,13 +446,18 @@ def config_problem(config, method: str, *, budget: int | None = None, **options)
             return f"{method} layer must be in 1..{num_layers - 1} for a {num_layers}-layer LLM, got {layers[0]}"
     if budget is None:
         return None
-    first = (first_stage_tokens(budget, num_layers, layers[0], num_patches, STAGED[method][1]) if method in STAGED
-             else num_patches)
+    first = (
+        first_stage_tokens(budget, num_layers, layers[0], num_patches, STAGED[method][1])
+        if method in STAGED
+        else num_patches
+    )
     lowest = minimum_mean(num_layers, first, layers[0])
     if budget < lowest:
-        return (f"{method} keeps {first} visual tokens per image in layers 0..{layers[0] - 1} of {num_layers}: "
-                f"its layer-mean budget must be at least {math.ceil(lowest)}, got {budget}"
-                + (" (an earlier first layer: option layers=...)" if method in ("pdrop", "sparsevlm") else ""))
+        return (
+            f"{method} keeps {first} visual tokens per image in layers 0..{layers[0] - 1} of {num_layers}: "
+            f"its layer-mean budget must be at least {math.ceil(lowest)}, got {budget}"
+            + (" (an earlier first layer: option layers=...)" if method in ("pdrop", "sparsevlm") else "")
+        )
     return None
 
 

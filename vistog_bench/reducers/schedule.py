@@ -27,7 +27,9 @@ def minimum_mean(num_layers: int, input_tokens: int, first_layer: int) -> float:
     return (first_layer * input_tokens + (num_layers - first_layer)) / num_layers
 
 
-def mean_schedule(budget: int, num_layers: int, input_tokens: int, layers: tuple[int, ...], method: str) -> tuple[int, ...]:
+def mean_schedule(
+    budget: int, num_layers: int, input_tokens: int, layers: tuple[int, ...], method: str
+) -> tuple[int, ...]:
     """Per-stage counts (one per entry of `layers`) whose layer mean is the budget."""
     lowest = minimum_mean(num_layers, input_tokens, layers[0])
     if not lowest <= budget <= input_tokens:
@@ -38,7 +40,9 @@ def mean_schedule(budget: int, num_layers: int, input_tokens: int, layers: tuple
     spans = [b - a for a, b in zip(layers, (*layers[1:], num_layers))]
 
     def total(ratio: float) -> float:
-        return layers[0] * input_tokens + sum(span * max(1.0, input_tokens * ratio ** (s + 1)) for s, span in enumerate(spans))
+        return layers[0] * input_tokens + sum(
+            span * max(1.0, input_tokens * ratio ** (s + 1)) for s, span in enumerate(spans)
+        )
 
     low, high = 0.0, 1.0
     for _ in range(60):

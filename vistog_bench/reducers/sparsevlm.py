@@ -60,7 +60,9 @@ def density_peak_centres(x: torch.Tensor, count: int, k: int) -> tuple[torch.Ten
     density = (-(nearest**2).mean(dim=-1)).exp()  # [N]
     index = torch.arange(x.shape[0], device=x.device)
     # "higher density" with ties broken by the lower index (the reference adds noise instead)
-    denser = (density[None, :] > density[:, None]) | ((density[None, :] == density[:, None]) & (index[None] < index[:, None]))
+    denser = (density[None, :] > density[:, None]) | (
+        (density[None, :] == density[:, None]) & (index[None] < index[:, None])
+    )
     parent_distance = distance.masked_fill(~denser, torch.inf).min(dim=-1).values
     parent_distance = torch.where(torch.isinf(parent_distance), distance.max(), parent_distance)
     return (parent_distance * density).topk(count).indices, distance
@@ -107,7 +109,9 @@ class SparseVLMSelector:
         return Selection(torch.cat(positions), torch.cat(states))
 
 
-def sparsevlm(budget: int, num_layers: int, layers: tuple[int, ...], num_patches: int, image_token_id: int) -> LLMPruner:
+def sparsevlm(
+    budget: int, num_layers: int, layers: tuple[int, ...], num_patches: int, image_token_id: int
+) -> LLMPruner:
     """Stages at `layers` (the paper's LAYERS scaled to the LLM's depth, or the `layers` option) whose layer mean
     over the LLM is the budget."""
     counts = mean_schedule(budget, num_layers, num_patches, layers, "sparsevlm")

@@ -113,6 +113,7 @@ class ShallowCLSAttention:
     def _keep(self, name: str):
         def hook(module, args, output):
             self._outputs[name] = output
+
         return hook
 
     def remove(self) -> None:
@@ -145,5 +146,13 @@ class VScanReducer:
         return check_output(merge_into_selected(patches, selected), patches.shape[0], self.budget, "vscan")
 
 
-__all__ = ["LAYER", "LLM_KEEP", "ShallowCLSAttention", "VScanReducer", "merge_into_selected", "scan",
-           "shallow_layer", "windows"]
+__all__ = [
+    "LAYER",
+    "LLM_KEEP",
+    "ShallowCLSAttention",
+    "VScanReducer",
+    "merge_into_selected",
+    "scan",
+    "shallow_layer",
+    "windows",
+]

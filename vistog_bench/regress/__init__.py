@@ -27,7 +27,22 @@ from .tolerances import Tolerance, Tolerances, default_tolerances, load_toleranc
 from .values import derive_values
 
 __all__ = [
-    "Baseline", "BaselineCell", "CheckReport", "Finding", "Tolerance", "Tolerances", "add_arguments", "build_baseline",
-    "check_run", "compare", "default_tolerances", "derive_values", "judge", "load_baseline", "load_tolerances", "main",
-    "parse_baseline", "write_baseline",
+    "Baseline",
+    "BaselineCell",
+    "CheckReport",
+    "Finding",
+    "Tolerance",
+    "Tolerances",
+    "add_arguments",
+    "build_baseline",
+    "check_run",
+    "compare",
+    "default_tolerances",
+    "derive_values",
+    "judge",
+    "load_baseline",
+    "load_tolerances",
+    "main",
+    "parse_baseline",
+    "write_baseline",
 ]

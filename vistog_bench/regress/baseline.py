@@ -88,8 +88,10 @@ def parse_baseline(data: Any, source: str) -> Baseline:
     except ValidationError as exc:
         raise UsageError(f"malformed baseline {source}: {validation_message(exc)}") from None
     if not parsed.cells:
-        raise UsageError(f"baseline {source} has no cells: nothing to compare a run with "
-                         "(write one with `vistog-bench baseline update RUN_DIR --name NAME`)")
+        raise UsageError(
+            f"baseline {source} has no cells: nothing to compare a run with "
+            "(write one with `vistog-bench baseline update RUN_DIR --name NAME`)"
+        )
     cells = tuple(BaselineCell(CellKey(c.task, c.method, c.budget), c.status, dict(c.values)) for c in parsed.cells)
     if len({c.key for c in cells}) != len(cells):
         raise UsageError(f"malformed baseline {source}: a cell is listed twice")
@@ -110,8 +112,10 @@ def build_baseline(run_dir: str | Path, name: str) -> dict[str, Any]:
     if not cells:
         raise UsageError(f"run {run.path} has no cells in metrics.json: nothing to make a baseline of")
     if not any(c.ok and headline_score(c.task, c.metrics) is not None for c in cells):
-        raise UsageError(f"run {run.path} has no cell with a finite headline metric (every cell failed, or its score "
-                         "is NaN or missing): a baseline of it would hold nothing to compare")
+        raise UsageError(
+            f"run {run.path} has no cell with a finite headline metric (every cell failed, or its score "
+            "is NaN or missing): a baseline of it would hold nothing to compare"
+        )
     values = derive_values(cells, run.profile())
     data = {
         "format": BASELINE_FORMAT,
@@ -120,8 +124,16 @@ def build_baseline(run_dir: str | Path, name: str) -> dict[str, Any]:
         "source_run": str(run.path),
         "manifest": dataclasses.asdict(run.manifest()),
         "cells": [
-            {"task": c.task, "method": c.method, "budget": c.budget, "status": c.status, "n_samples": c.n_samples,
-             "metrics": c.metrics, "stderr": c.stderr, "values": values[c.key]}
+            {
+                "task": c.task,
+                "method": c.method,
+                "budget": c.budget,
+                "status": c.status,
+                "n_samples": c.n_samples,
+                "metrics": c.metrics,
+                "stderr": c.stderr,
+                "values": values[c.key],
+            }
             for c in sorted(cells, key=lambda c: (c.task, c.method, -c.budget))
         ],
     }
@@ -138,5 +150,13 @@ def write_baseline(run_dir: str | Path, name: str, out_dir: str | Path = DEFAULT
     return path
 
 
-__all__ = ["BASELINE_FORMAT", "Baseline", "BaselineCell", "BaselineFile", "build_baseline", "load_baseline",
-           "parse_baseline", "write_baseline"]
+__all__ = [
+    "BASELINE_FORMAT",
+    "Baseline",
+    "BaselineCell",
+    "BaselineFile",
+    "build_baseline",
+    "load_baseline",
+    "parse_baseline",
+    "write_baseline",
+]

@@ -17,13 +17,21 @@ from .compare import check_run
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder, results/<run_id>/")
-    parser.add_argument("--baseline", required=True, metavar="FILE",
-                        help="baseline JSON written by `vistog-bench baseline update` (results/baselines/NAME.json)")
-    parser.add_argument("--tolerances", metavar="FILE",
-                        help="JSON laid over the defaults in vistog_bench/regress_tolerances.json (see docs/regression.md)")
+    parser.add_argument(
+        "--baseline",
+        required=True,
+        metavar="FILE",
+        help="baseline JSON written by `vistog-bench baseline update` (results/baselines/NAME.json)",
+    )
+    parser.add_argument(
+        "--tolerances",
+        metavar="FILE",
+        help="JSON laid over the defaults in vistog_bench/regress_tolerances.json (see docs/regression.md)",
+    )
     parser.add_argument("--junit", metavar="FILE", help="write JUnit XML here (one test case per compared value)")
-    parser.add_argument("--summary", metavar="FILE",
-                        help="write a Markdown summary here (CI: `cat` it into $GITHUB_STEP_SUMMARY)")
+    parser.add_argument(
+        "--summary", metavar="FILE", help="write a Markdown summary here (CI: `cat` it into $GITHUB_STEP_SUMMARY)"
+    )
     parser.add_argument("--quiet", action="store_true", help="print only failures and the headline, not every value")
 
 

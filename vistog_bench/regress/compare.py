@@ -104,17 +104,35 @@ class CheckReport:
         return render.junit_xml(self)
 
 
-def _status_findings(cell, status: str, now_values: Mapping[str, float], tolerances: Tolerances) -> list[Finding] | None:
+def _status_findings(
+    cell, status: str, now_values: Mapping[str, float], tolerances: Tolerances
+) -> list[Finding] | None:
     """Findings when the cell's status changed in a way that decides it alone (None: compare its values)."""
     if status == cell.status or (cell.status != STATUS_OK and status != STATUS_OK):
         return None
     if cell.status == STATUS_OK:  # one failure for the cell, not one `missing` per value it no longer has
-        return [Finding(cell.key, "status", cell.status, status, "same", FAIL, f"{len(cell.values)} baseline values unchecked")]
+        return [
+            Finding(
+                cell.key, "status", cell.status, status, "same", FAIL, f"{len(cell.values)} baseline values unchecked"
+            )
+        ]
     # the baseline's values described a failure (no samples, no scores): nothing to compare them with
-    findings = [Finding(cell.key, "status", cell.status, status, "same", FIXED,
-                        "baseline cell was not ok; its values are not compared")]
-    findings += [Finding(cell.key, key, None, now_values[key], "-", NEW, "cell fixed since the baseline")
-                 for key in sorted(now_values) if tolerances.for_value(cell.key, key).enabled]
+    findings = [
+        Finding(
+            cell.key,
+            "status",
+            cell.status,
+            status,
+            "same",
+            FIXED,
+            "baseline cell was not ok; its values are not compared",
+        )
+    ]
+    findings += [
+        Finding(cell.key, key, None, now_values[key], "-", NEW, "cell fixed since the baseline")
+        for key in sorted(now_values)
+        if tolerances.for_value(cell.key, key).enabled
+    ]
     return findings
 
 
@@ -128,21 +146,42 @@ def _value_findings(cell, now_values: Mapping[str, float], tolerances: Tolerance
             findings.append(Finding(cell.key, key, old, None, tolerance.describe(), MISSING, "not in the run"))
             continue
         now = now_values[key]
-        findings.append(Finding(cell.key, key, old, now, tolerance.describe(), judge(old, now, tolerance), tolerance.why))
-    findings += [Finding(cell.key, key, None, now_values[key], "-", NEW, "not in the baseline")
-                 for key in sorted(set(now_values) - set(cell.values)) if tolerances.for_value(cell.key, key).enabled]
+        findings.append(
+            Finding(cell.key, key, old, now, tolerance.describe(), judge(old, now, tolerance), tolerance.why)
+        )
+    findings += [
+        Finding(cell.key, key, None, now_values[key], "-", NEW, "not in the baseline")
+        for key in sorted(set(now_values) - set(cell.values))
+        if tolerances.for_value(cell.key, key).enabled
+    ]
     return findings
 
 
-def compare(baseline: Baseline, current: Mapping[CellKey, Mapping[str, float]], statuses: Mapping[CellKey, str],
-            tolerances: Tolerances, *, run_dir: str = "", notes: Iterable[str] = ()) -> CheckReport:
+def compare(
+    baseline: Baseline,
+    current: Mapping[CellKey, Mapping[str, float]],
+    statuses: Mapping[CellKey, str],
+    tolerances: Tolerances,
+    *,
+    run_dir: str = "",
+    notes: Iterable[str] = (),
+) -> CheckReport:
     """Compare derived values with a baseline: shared keys under their tolerance, baseline-only keys as missing
     (a failure), run-only keys and cells as new (listed, not judged)."""
     findings: list[Finding] = []
     for cell in baseline.cells:
         if cell.key not in statuses:
-            findings.append(Finding(cell.key, "cell", cell.status, None, "present", MISSING,
-                                    f"cell not in the run ({len(cell.values)} baseline values unchecked)"))
+            findings.append(
+                Finding(
+                    cell.key,
+                    "cell",
+                    cell.status,
+                    None,
+                    "present",
+                    MISSING,
+                    f"cell not in the run ({len(cell.values)} baseline values unchecked)",
+                )
+            )
             continue
         status, now_values = statuses[cell.key], current.get(cell.key, {})
         decided = _status_findings(cell, status, now_values, tolerances)
@@ -155,8 +194,9 @@ def compare(baseline: Baseline, current: Mapping[CellKey, Mapping[str, float]], 
     baseline_keys = {c.key for c in baseline.cells}
     for key in sorted(set(statuses) - baseline_keys, key=lambda k: (k.task, k.method, k.budget)):
         findings.append(Finding(key, "cell", None, statuses[key], "-", NEW, "cell not in the baseline"))
-    return CheckReport(run_dir=run_dir, baseline=baseline.source or baseline.name, findings=tuple(findings),
-                       notes=tuple(notes))
+    return CheckReport(
+        run_dir=run_dir, baseline=baseline.source or baseline.name, findings=tuple(findings), notes=tuple(notes)
+    )
 
 
 def _manifest_notes(baseline: Baseline, run: RunDir) -> list[str]:
@@ -166,15 +206,18 @@ def _manifest_notes(baseline: Baseline, run: RunDir) -> list[str]:
     old_device, new_device = baseline.manifest.get("device") or {}, manifest.device or {}
     old_name, new_name = old_device.get("name"), new_device.get("name")
     if old_name != new_name:
-        notes.append(f"device differs: baseline {old_name!r}, run {new_name!r}; timing and memory values compare machines")
+        notes.append(
+            f"device differs: baseline {old_name!r}, run {new_name!r}; timing and memory values compare machines"
+        )
     old_sha = baseline.manifest.get("git_sha")
     if old_sha and old_sha != manifest.git_sha:
         notes.append(f"code: baseline at {str(old_sha)[:12]}, run at {str(manifest.git_sha)[:12]}")
     return notes
 
 
-def check_run(run_dir: str | Path, baseline: str | Path | Baseline,
-              tolerances: str | Path | Tolerances | None = None) -> CheckReport:
+def check_run(
+    run_dir: str | Path, baseline: str | Path | Baseline, tolerances: str | Path | Tolerances | None = None
+) -> CheckReport:
     """Check one run folder against a baseline (a path or a loaded `Baseline`); tolerances default to ours."""
     run = load_run(run_dir)
     baseline = baseline if isinstance(baseline, Baseline) else load_baseline(baseline)

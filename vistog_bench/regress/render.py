@@ -36,8 +36,20 @@ def _fmt_delta(finding: Finding) -> str:
 
 
 def rows(findings: Iterable[Finding]) -> list[list[str]]:
-    return [[f.cell.task, f.cell.method, str(f.cell.budget), f.key, _fmt(f.baseline), _fmt(f.now), _fmt_delta(f),
-             f.allowed, f.verdict] for f in findings]
+    return [
+        [
+            f.cell.task,
+            f.cell.method,
+            str(f.cell.budget),
+            f.key,
+            _fmt(f.baseline),
+            _fmt(f.now),
+            _fmt_delta(f),
+            f.allowed,
+            f.verdict,
+        ]
+        for f in findings
+    ]
 
 
 def text_table(findings: Iterable[Finding], tablefmt: str = "simple") -> str:
@@ -51,31 +63,48 @@ def markdown(report: CheckReport) -> str:
     lines.append("")
     if report.failures:
         lines += ["### Failures", "", text_table(report.failures, "github"), ""]
-    lines += ["<details><summary>All compared values</summary>", "", text_table(report.findings, "github"), "",
-              "</details>", ""]
+    lines += [
+        "<details><summary>All compared values</summary>",
+        "",
+        text_table(report.findings, "github"),
+        "",
+        "</details>",
+        "",
+    ]
     return "\n".join(lines)
 
 
 def _message(finding: Finding) -> str:
-    message = (f"{finding.verdict}: baseline {_fmt(finding.baseline)}, now {_fmt(finding.now)}, "
-               f"delta {_fmt_delta(finding)}, allowed {finding.allowed}")
+    message = (
+        f"{finding.verdict}: baseline {_fmt(finding.baseline)}, now {_fmt(finding.now)}, "
+        f"delta {_fmt_delta(finding)}, allowed {finding.allowed}"
+    )
     return message + (f" ({finding.detail})" if finding.detail else "")
 
 
 def junit_xml(report: CheckReport) -> str:
     """One test case per compared value, grouped in one suite per cell; failures carry (baseline, now, delta)."""
-    root = ElementTree.Element("testsuites", name="vistog-bench check", tests=str(len(report.findings)),
-                               failures=str(len(report.failures)))
+    root = ElementTree.Element(
+        "testsuites", name="vistog-bench check", tests=str(len(report.findings)), failures=str(len(report.failures))
+    )
     by_cell: dict = {}
     for finding in report.findings:
         by_cell.setdefault(finding.cell, []).append(finding)
     for cell, findings in by_cell.items():
         failures = [f for f in findings if f.failed]
-        suite = ElementTree.SubElement(root, "testsuite", name=cell.slug(), tests=str(len(findings)),
-                                       failures=str(len(failures)), errors="0", skipped="0")
+        suite = ElementTree.SubElement(
+            root,
+            "testsuite",
+            name=cell.slug(),
+            tests=str(len(findings)),
+            failures=str(len(failures)),
+            errors="0",
+            skipped="0",
+        )
         for finding in findings:
-            case = ElementTree.SubElement(suite, "testcase", classname=f"vistog_bench.check.{cell.slug()}",
-                                          name=finding.key)
+            case = ElementTree.SubElement(
+                suite, "testcase", classname=f"vistog_bench.check.{cell.slug()}", name=finding.key
+            )
             message = _message(finding)
             if finding.failed:
                 ElementTree.SubElement(case, "failure", message=message, type=finding.verdict).text = message

@@ -55,7 +55,13 @@ class Tolerance:
     def describe(self) -> str:
         if self.allowed == 0:
             return "exact"
-        amount = f"{self.allowed:g}" if self.mode == "abs" else f"{self.allowed:.0%}" if self.allowed >= 0.01 else f"{self.allowed:g} rel"
+        amount = (
+            f"{self.allowed:g}"
+            if self.mode == "abs"
+            else f"{self.allowed:.0%}"
+            if self.allowed >= 0.01
+            else f"{self.allowed:g} rel"
+        )
         sign = {"higher": "-", "lower": "+", "equal": "±"}[self.better]
         return f"{sign}{amount}"
 
@@ -162,5 +168,12 @@ def load_tolerances(path: str | Path | None = None) -> Tolerances:
     return _merge_tolerances(tolerances, read_json(path, "tolerances file"), str(path))
 
 
-__all__ = ["CATEGORIES", "Override", "Tolerance", "Tolerances", "TolerancesFile", "default_tolerances",
-           "load_tolerances"]
+__all__ = [
+    "CATEGORIES",
+    "Override",
+    "Tolerance",
+    "Tolerances",
+    "TolerancesFile",
+    "default_tolerances",
+    "load_tolerances",
+]

@@ -37,8 +37,10 @@ def _flops_values(measurement: Measurement) -> dict[str, float]:
     records = measurement.records
     summarise = statistics.fmean if measurement.kind == KIND_REQUEST else statistics.median
     keys = sorted({k for r in records for k, v in r.flops.items() if finite(v) is not None})
-    flops = {key: float(summarise([finite(r.flops.get(key)) for r in records if finite(r.flops.get(key)) is not None]))
-             for key in keys}
+    flops = {
+        key: float(summarise([finite(r.flops.get(key)) for r in records if finite(r.flops.get(key)) is not None]))
+        for key in keys
+    }
     if flops and "total" not in flops:
         flops["total"] = sum(flops.values())
     return {f"flops/{key}[{measurement.label}]": value for key, value in flops.items()}

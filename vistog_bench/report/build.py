@@ -26,11 +26,14 @@ from .tables import Table, main_table, reference_table, stage_table, task_tables
 FORMATS = ("md", "tex", "csv", "html")
 _RENDERERS = {"md": render.to_markdown, "tex": render.to_latex, "csv": render.to_csv}
 
+
 def parse_formats(text: str) -> tuple[str, ...]:
     formats = tuple(dict.fromkeys(f.strip().lower() for f in text.split(",") if f.strip()))
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
-        raise UsageError(f"unknown format {', '.join(map(repr, unknown)) or repr(text)} (allowed: {', '.join(FORMATS)})")
+        raise UsageError(
+            f"unknown format {', '.join(map(repr, unknown)) or repr(text)} (allowed: {', '.join(FORMATS)})"
+        )
     return formats
 
 
@@ -69,12 +72,25 @@ def _leading_tables(report: Report) -> tuple[list[Table], list[Table]]:
 def _html_page(report: Report, figures: dict[str, Path]) -> str:
     """One self-contained page (`templates/report.html.j2`): inline CSS, figures as base64 PNG, no scripts."""
     leading, details = _leading_tables(report)
-    pictures = [{"name": name, "title": name.replace("_", " "),
-                 "png_base64": base64.b64encode(png.read_bytes()).decode("ascii")} for name, png in figures.items()]
-    return render.templates().get_template("report.html.j2").render(
-        run_ids=", ".join(report.data.run_ids), footer=report.footer, figures=pictures,
-        leading=[markupsafe.Markup(render.to_html(t)) for t in leading],
-        details=[markupsafe.Markup(render.to_html(t)) for t in details])
+    pictures = [
+        {
+            "name": name,
+            "title": name.replace("_", " "),
+            "png_base64": base64.b64encode(png.read_bytes()).decode("ascii"),
+        }
+        for name, png in figures.items()
+    ]
+    return (
+        render.templates()
+        .get_template("report.html.j2")
+        .render(
+            run_ids=", ".join(report.data.run_ids),
+            footer=report.footer,
+            figures=pictures,
+            leading=[markupsafe.Markup(render.to_html(t)) for t in leading],
+            details=[markupsafe.Markup(render.to_html(t)) for t in details],
+        )
+    )
 
 
 def _markdown_document(report: Report, figures: dict[str, Path], out: Path) -> str:

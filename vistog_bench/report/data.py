@@ -91,7 +91,9 @@ def read_runs(paths: Sequence[str | Path]) -> list[RunData]:
     if duplicates:
         raise UsageError(f"run folders given twice (same run id): {', '.join(duplicates)}")
     if not any(r.cells or r.profile for r in runs):
-        raise UsageError(f"nothing to report: no metrics.json cells and no profile.jsonl records in {', '.join(map(str, paths))}")
+        raise UsageError(
+            f"nothing to report: no metrics.json cells and no profile.jsonl records in {', '.join(map(str, paths))}"
+        )
     return runs
 
 
@@ -109,7 +111,12 @@ class Setup:
     output_tokens: str | None = None
 
     def label(self) -> str:
-        parts = [self.device or "device ?", self.path or "path ?", self.dtype or "dtype ?", f"bs {self.batch_size or '?'}"]
+        parts = [
+            self.device or "device ?",
+            self.path or "path ?",
+            self.dtype or "dtype ?",
+            f"bs {self.batch_size or '?'}",
+        ]
         if self.output_tokens:
             parts.append(f"out {self.output_tokens}")
         return " · ".join(parts)
@@ -266,8 +273,9 @@ def efficiency_of(measurement: Measurement, run: RunData) -> Efficiency:
     """The report's numbers for one measurement (the medians over its records)."""
     records = measurement.records
     flops, flops_source = _prefill_flops(records)
-    peaks = median(max((finite(v) for v in r.peak_memory_bytes.values() if finite(v) is not None), default=None)
-                   for r in records)
+    peaks = median(
+        max((finite(v) for v in r.peak_memory_bytes.values() if finite(v) is not None), default=None) for r in records
+    )
     return Efficiency(
         run_id=run.run_id,
         method=records[0].method,
@@ -348,7 +356,7 @@ def _cell_status(cell: CellResult) -> tuple[str, str | None]:
     if cell.status == STATUS_OOM:
         return "oom", None
     if cell.status.startswith(FAILED_PREFIX):
-        return "failed", cell.status[len(FAILED_PREFIX):]
+        return "failed", cell.status[len(FAILED_PREFIX) :]
     return "failed", cell.status
 
 
@@ -367,13 +375,18 @@ class Accuracy:
 
 def _mean_tokens(cells: Sequence[CellResult]) -> tuple[float, float] | None:
     """(received, unreduced) visual tokens per image over the cells that recorded them, weighted by samples scored."""
-    having = [c for c in cells if c.ok and c.n_samples and c.mean_visual_tokens is not None
-              and c.mean_visual_tokens_unreduced is not None]  # fmt: skip
+    having = [
+        c
+        for c in cells
+        if c.ok and c.n_samples and c.mean_visual_tokens is not None and c.mean_visual_tokens_unreduced is not None
+    ]
     if not having:
         return None
     weight = sum(c.n_samples for c in having)
-    return (sum(c.mean_visual_tokens * c.n_samples for c in having) / weight,
-            sum(c.mean_visual_tokens_unreduced * c.n_samples for c in having) / weight)
+    return (
+        sum(c.mean_visual_tokens * c.n_samples for c in having) / weight,
+        sum(c.mean_visual_tokens_unreduced * c.n_samples for c in having) / weight,
+    )
 
 
 @dataclass
@@ -418,10 +431,14 @@ def _accuracy_parts(run: RunData, notes: list[str]) -> dict[tuple[str, int], Acc
         if retention(value, value) is not None:  # a finite, nonzero score can be divided by
             reference[task] = value
     for task in sorted({t for t, _, _ in cells} - set(reference)):
-        notes.append(f"run {run.run_id}: no usable full-budget ({full.method}@{full.budget}) score for {task}: retention n/a")
+        notes.append(
+            f"run {run.run_id}: no usable full-budget ({full.method}@{full.budget}) score for {task}: retention n/a"
+        )
     parts: dict[tuple[str, int], Accuracy] = {}
     for (task, method, budget), cell in cells.items():
-        part = parts.setdefault((method, budget), Accuracy(run.run_id, {}, (method, budget) == (full.method, full.budget)))
+        part = parts.setdefault(
+            (method, budget), Accuracy(run.run_id, {}, (method, budget) == (full.method, full.budget))
+        )
         status, reason = _cell_status(cell)
         if status != "ok":
             part.scores[task] = Score(status, reason=reason)
@@ -432,8 +449,9 @@ def _accuracy_parts(run: RunData, notes: list[str]) -> dict[tuple[str, int], Acc
         headline = headlines[task]
         value = headline_value(headline, cell.metrics)
         if value is None:
-            part.scores[task] = Score("n/a", headline=headline,
-                                      reason=f"headline metric {headline.metric} is NaN or missing in this cell")
+            part.scores[task] = Score(
+                "n/a", headline=headline, reason=f"headline metric {headline.metric} is NaN or missing in this cell"
+            )
             continue
         kept = retention(value, reference.get(task))
         part.scores[task] = Score("ok", value, headline, None if kept is None else 100.0 * kept)
@@ -450,8 +468,10 @@ def _efficiency_parts(run: RunData, notes: list[str]) -> dict[tuple[str, int], t
     others = sorted({r.kind for r in run.profile if r.kind not in MEASURED_KINDS})
     if others:
         count = sum(r.kind not in MEASURED_KINDS for r in run.profile)
-        notes.append(f"run {run.run_id}: {count} profile record(s) of kind {', '.join(others)} left out "
-                     "(no measured times; `vistog-bench profile --analytic` prints them)")
+        notes.append(
+            f"run {run.run_id}: {count} profile record(s) of kind {', '.join(others)} left out "
+            "(no measured times; `vistog-bench profile --analytic` prints them)"
+        )
     keys = {(r.method, r.budget) for r in run.profile if r.kind in MEASURED_KINDS}
     full = full_budget(keys)
     if full is None:
@@ -466,8 +486,10 @@ def _efficiency_parts(run: RunData, notes: list[str]) -> dict[tuple[str, int], t
         ratio = speedup(reference, eff.measurement) if reference is not None else None
         if ratio is not None and not same_way:
             base = efficiency_of(reference, run)
-            notes.append(f"run {run.run_id}: speedup of {method}@{budget} divides {base.setup.label()} "
-                         f"by {eff.setup.label()} (no full-budget record measured the same way)")
+            notes.append(
+                f"run {run.run_id}: speedup of {method}@{budget} divides {base.setup.label()} "
+                f"by {eff.setup.label()} (no full-budget record measured the same way)"
+            )
         parts[(method, budget)] = (eff, ratio, (method, budget) == (full.method, full.budget))
     return parts
 
@@ -487,8 +509,10 @@ def build_report_data(runs: list[RunData]) -> ReportData:
     accuracy = {run.run_id: _accuracy_parts(run, notes) for run in runs}
     efficiency = {run.run_id: _efficiency_parts(run, notes) for run in runs}
     setups = {run.run_id: manifest_setup(run.manifest) for run in runs}
-    keys = sorted({k for parts in list(accuracy.values()) + list(efficiency.values()) for k in parts},
-                  key=lambda k: (-k[1], method_order(k[0])))
+    keys = sorted(
+        {k for parts in list(accuracy.values()) + list(efficiency.values()) for k in parts},
+        key=lambda k: (-k[1], method_order(k[0])),
+    )
     rows: list[Row] = []
     for key in keys:
         acc_runs = [rid for rid in accuracy if key in accuracy[rid]]
@@ -496,8 +520,10 @@ def build_report_data(runs: list[RunData]) -> ReportData:
         if len(acc_runs) <= 1 and len(eff_runs) <= 1:
             groups = [(tuple(dict.fromkeys(acc_runs + eff_runs)), acc_runs[:1], eff_runs[:1], False)]
         else:  # several runs measured the same method@budget: one row per run, never averaged together
-            groups = [((rid,), [rid] if rid in acc_runs else [], [rid] if rid in eff_runs else [], True)
-                      for rid in dict.fromkeys(acc_runs + eff_runs)]
+            groups = [
+                ((rid,), [rid] if rid in acc_runs else [], [rid] if rid in eff_runs else [], True)
+                for rid in dict.fromkeys(acc_runs + eff_runs)
+            ]
         for run_ids, acc_ids, eff_ids, label_run in groups:
             row = Row(key[0], key[1], run_ids, label_run)
             if acc_ids:

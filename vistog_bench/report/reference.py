@@ -84,11 +84,15 @@ def read_reference_file(path: Path) -> tuple[list[dict], list[str]]:
         raise UsageError(f"malformed reference file {path}: {exc}") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
-        raise UsageError(f"malformed reference file {path}: no column {', '.join(missing)} (needs {', '.join(REQUIRED_COLUMNS)})")
+        raise UsageError(
+            f"malformed reference file {path}: no column {', '.join(missing)} (needs {', '.join(REQUIRED_COLUMNS)})"
+        )
     budgets = [c for c in BUDGET_COLUMNS if c in header]
     if len(budgets) != 1:
-        raise UsageError(f"malformed reference file {path}: needs exactly one budget column of {', '.join(BUDGET_COLUMNS)}, "
-                         f"got {', '.join(budgets) or 'none'}")
+        raise UsageError(
+            f"malformed reference file {path}: needs exactly one budget column of {', '.join(BUDGET_COLUMNS)}, "
+            f"got {', '.join(budgets) or 'none'}"
+        )
     return rows, header
 
 
@@ -105,18 +109,37 @@ def load_reference(paths: Sequence[Path]) -> ReferenceSet:
             raw = {(k or "").strip(): (v or "") for k, v in raw.items()}
             budget = _number(raw.get(budget_column, ""), path, line, budget_column)
             if budget is None or budget <= 0 or not raw.get("method", "").strip():
-                raise UsageError(f"malformed reference file {path} line {line}: needs a method and a {budget_column} > 0")
+                raise UsageError(
+                    f"malformed reference file {path} line {line}: needs a method and a {budget_column} > 0"
+                )
             convention = raw.get("convention", "").strip()
             if convention and convention not in CONVENTIONS:
-                raise UsageError(f"malformed reference file {path} line {line}: convention={convention!r} is not one of "
-                                 f"{', '.join(CONVENTIONS)} (or empty)")
-            scores = {b: v for b in header if b not in TEXT_COLUMNS
-                      for v in [_number(raw.get(b, ""), path, line, b)] if v is not None}
+                raise UsageError(
+                    f"malformed reference file {path} line {line}: convention={convention!r} is not one of "
+                    f"{', '.join(CONVENTIONS)} (or empty)"
+                )
+            scores = {
+                b: v
+                for b in header
+                if b not in TEXT_COLUMNS
+                for v in [_number(raw.get(b, ""), path, line, b)]
+                if v is not None
+            }
             tokens = int(budget) if budget_column == "visual_tokens" else None
-            rows.append(ReferenceRow(raw["method"].strip(), tokens, scores, raw.get("source", "").strip() or str(path.name),
-                                     raw.get("note", "").strip(), _number(raw.get("speedup", ""), path, line, "speedup"),
-                                     _number(raw.get("retention", ""), path, line, "retention"), Path(path),
-                                     retained_percent=None if tokens is not None else budget, convention=convention))
+            rows.append(
+                ReferenceRow(
+                    raw["method"].strip(),
+                    tokens,
+                    scores,
+                    raw.get("source", "").strip() or str(path.name),
+                    raw.get("note", "").strip(),
+                    _number(raw.get("speedup", ""), path, line, "speedup"),
+                    _number(raw.get("retention", ""), path, line, "retention"),
+                    Path(path),
+                    retained_percent=None if tokens is not None else budget,
+                    convention=convention,
+                )
+            )
     return ReferenceSet(tuple(_with_retention(rows)), tuple(benchmarks), tuple(Path(p) for p in paths))
 
 

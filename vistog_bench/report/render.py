@@ -56,9 +56,24 @@ def _md_escape(text: str) -> str:
 
 
 _TEX_SPECIALS = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-    "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "×": r"$\times$", "±": r"$\pm$", "–": "--", "—": "---",
-    "·": r"$\cdot$", "`": "", "<": r"\textless{}", ">": r"\textgreater{}",
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "×": r"$\times$",
+    "±": r"$\pm$",
+    "–": "--",
+    "—": "---",
+    "·": r"$\cdot$",
+    "`": "",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
 }
 _TEX_RE = re.compile("|".join(re.escape(k) for k in _TEX_SPECIALS))
 
@@ -86,8 +101,10 @@ def to_markdown(table: Table, heading_level: int = 3) -> str:
     align = ["left" if c.decimals is None else "right" for c in table.columns]
     body = frame.to_markdown(index=False, disable_numparse=True, colalign=align) if records else "_(no rows)_"
     lines = [f"{'#' * heading_level} {table.title}", "", body, ""]
-    lines += [f"{MARKDOWN.marks([mark])} {_md_escape(text)}  " if mark else f"Note: {_md_escape(text)}  "
-              for mark, text in table.notes]
+    lines += [
+        f"{MARKDOWN.marks([mark])} {_md_escape(text)}  " if mark else f"Note: {_md_escape(text)}  "
+        for mark, text in table.notes
+    ]
     if table.notes:
         lines.append("")
     lines += [f"_{_md_escape(line)}_  " for line in table.provenance]
@@ -155,8 +172,12 @@ def to_csv(table: Table) -> str:
 @cache
 def templates() -> jinja2.Environment:
     """The report's jinja2 templates (package data in `vistog_bench/report/templates/`), HTML-escaping by default."""
-    return jinja2.Environment(loader=jinja2.PackageLoader("vistog_bench.report", "templates"),
-                              autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("vistog_bench.report", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
 
 
 def _align(column: Column) -> str:
@@ -165,9 +186,16 @@ def _align(column: Column) -> str:
 
 def to_html(table: Table) -> str:
     """The table as an HTML `<section>`: header, rows (a rule before each budget block), notes, provenance."""
-    rows = [(index in table.block_starts,
-             [(_align(c), markupsafe.Markup(HTML.cell(row.get(c.key, Cell()), c))) for c in table.columns])
-            for index, row in enumerate(table.rows)]
+    rows = [
+        (
+            index in table.block_starts,
+            [(_align(c), markupsafe.Markup(HTML.cell(row.get(c.key, Cell()), c))) for c in table.columns],
+        )
+        for index, row in enumerate(table.rows)
+    ]
     notes = [(markupsafe.Markup(HTML.marks([mark])) if mark else "", text) for mark, text in table.notes]
-    return templates().get_template("table.html.j2").render(
-        table=table, header=[(_align(c), c.header) for c in table.columns], rows=rows, notes=notes)
+    return (
+        templates()
+        .get_template("table.html.j2")
+        .render(table=table, header=[(_align(c), c.header) for c in table.columns], rows=rows, notes=notes)
+    )

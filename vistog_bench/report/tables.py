@@ -91,8 +91,11 @@ def mark_best(table: Table) -> None:
     for column in table.columns:
         if column.better is None or column.decimals is None:
             continue
-        cells = [row[column.key] for row in table.rows
-                 if column.key in row and row[column.key].text is None and isinstance(row[column.key].value, (int, float))]
+        cells = [
+            row[column.key]
+            for row in table.rows
+            if column.key in row and row[column.key].text is None and isinstance(row[column.key].value, (int, float))
+        ]
         if len(cells) < 2:
             continue
         shown = [float(format_number(c.value, column.decimals)) for c in cells]
@@ -122,13 +125,19 @@ def runs_line(runs: list[RunData]) -> str:
 
 
 def setup_lines(setups: list[Setup]) -> str:
-    return ("Setup: " + "; ".join([
-        _describe([s.device for s in setups], "device"),
-        _describe([s.dtype for s in setups], "dtype"),
-        _describe([s.path for s in setups], "path"),
-        _describe([s.batch_size for s in setups], "batch size"),
-        _describe([s.output_tokens for s in setups], "output tokens"),
-    ]) + ".")
+    return (
+        "Setup: "
+        + "; ".join(
+            [
+                _describe([s.device for s in setups], "device"),
+                _describe([s.dtype for s in setups], "dtype"),
+                _describe([s.path for s in setups], "path"),
+                _describe([s.batch_size for s in setups], "batch size"),
+                _describe([s.output_tokens for s in setups], "output tokens"),
+            ]
+        )
+        + "."
+    )
 
 
 def is_mixed(setups: list[Setup]) -> bool:
@@ -153,18 +162,20 @@ EFFICIENCY_COLUMNS = (
 # CellResult.budget_rule -> what a budget (the number after `@`) means (model.families' rules, VisToG's on them).
 BUDGET_RULES = {
     "per_image_total": "visual tokens per image, summed over its tiles (base view, tiles, newline tokens); `none` at "
-                       "the most one image can give on the checkpoint",
+    "the most one image can give on the checkpoint",
     "percent_of_own": "percent of each image's own visual-token count; `none` at 100",
     "per_view": "VisToG's N tokens per view (an image gives views x N)",
 }
 # AppliedMethod.budget_convention -> how a budget counts, for the conventions other than the LLM input's.
 BUDGET_CONVENTIONS = {
     "layer_mean": "the mean visual tokens per image over the LLM's layers (staged pruning inside the LLM, as "
-                  "PyramidDrop / SparseVLM / DART count it)",
+    "PyramidDrop / SparseVLM / DART count it)",
     "after_layer": "the visual tokens per image after FastV's layer K (all of them before it)",
 }
-NO_INTERVAL = ("no interval: controlled records keep the median, p10, p90, CV and n of their repeats, not the repeats "
-               "a bootstrap resamples")
+NO_INTERVAL = (
+    "no interval: controlled records keep the median, p10, p90, CV and n of their repeats, not the repeats "
+    "a bootstrap resamples"
+)
 
 
 def measured_ttft_everywhere(effs: list[Efficiency]) -> bool:
@@ -173,8 +184,11 @@ def measured_ttft_everywhere(effs: list[Efficiency]) -> bool:
 
 
 def ttft_definition(measured: bool) -> str:
-    return ("TTFT = measured time to first token (request start -> first token's logits, preprocessing included)"
-            if measured else "TTFT = vision + grouping + projector + prefill")
+    return (
+        "TTFT = measured time to first token (request start -> first token's logits, preprocessing included)"
+        if measured
+        else "TTFT = vision + grouping + projector + prefill"
+    )
 
 
 def timings_text(measurement: Measurement) -> str:
@@ -190,8 +204,12 @@ def _speedup_cells(row: Row, notes: Footnotes) -> dict[str, Cell]:
         return {"speedup": Cell(), "speedup_ci": Cell()}
     marks = ()
     if ratio.flagged:
-        marks = (notes.mark(f"speedup of {row.label} uncertain: {'; '.join(ratio.flag_reasons())} "
-                            f"(from {ratio.n_full} and {ratio.n_this} timings)"),)
+        marks = (
+            notes.mark(
+                f"speedup of {row.label} uncertain: {'; '.join(ratio.flag_reasons())} "
+                f"(from {ratio.n_full} and {ratio.n_this} timings)"
+            ),
+        )
     if ratio.low is not None:
         interval = Cell(f"{ratio.low:.2f}–{ratio.high:.2f}")
     elif row.full_budget:
@@ -233,13 +251,20 @@ def _retention_cell(row: Row, tasks: list[str], notes: Footnotes) -> Cell:
     if not row.scores:
         return Cell()
     if row.avg_retention is None:
-        return Cell(text="n/a", marks=(notes.mark(
-            "retention n/a: no full-budget score for these benchmarks in the same run"),))
+        return Cell(
+            text="n/a", marks=(notes.mark("retention n/a: no full-budget score for these benchmarks in the same run"),)
+        )
     scored = len([t for t in tasks if t in row.scores])
     if row.n_retention < scored:
-        return Cell(row.avg_retention, marks=(notes.mark(
-            f"averaged over the {row.n_retention} of {scored} benchmarks that have both a score and a full-budget "
-            "score"),))
+        return Cell(
+            row.avg_retention,
+            marks=(
+                notes.mark(
+                    f"averaged over the {row.n_retention} of {scored} benchmarks that have both a score and a full-budget "
+                    "score"
+                ),
+            ),
+        )
     return Cell(row.avg_retention)
 
 
@@ -248,8 +273,11 @@ def _row_meta(row: Row) -> dict[str, Any]:
     eff, ratio = row.efficiency, row.speedup
     return {
         "runs": " ".join(row.run_ids),
-        "device": row.setup.device, "dtype": row.setup.dtype, "path": row.setup.path,
-        "batch_size": row.setup.batch_size, "output_tokens": row.setup.output_tokens,
+        "device": row.setup.device,
+        "dtype": row.setup.dtype,
+        "path": row.setup.path,
+        "batch_size": row.setup.batch_size,
+        "output_tokens": row.setup.output_tokens,
         "latency_source": eff.source if eff else None,
         "flops_source": eff.flops_source if eff else None,
         "timings_n": eff.measurement.n_timings if eff else None,
@@ -268,8 +296,9 @@ def _main_columns(data: ReportData) -> tuple[list[Column], dict[str, Any]]:
     columns = [Column("method", "Method", None, None), Column("tokens", "Tokens", None, 0)]
     for task in data.tasks:
         head = units[task]
-        columns.append(Column(f"task:{task}", f"{task} ({head.unit})" if head else task, "max",
-                              head.decimals if head else 1))
+        columns.append(
+            Column(f"task:{task}", f"{task} ({head.unit})" if head else task, "max", head.decimals if head else 1)
+        )
     columns.append(Column("retention", "Avg. retention (%)", "max", 1))
     if any(r.tokens for r in data.rows):
         columns.insert(2, Column("unreduced", "Unreduced", None, 0))
@@ -283,8 +312,10 @@ def budget_lines(rows: list[Row]) -> list[str]:
     rules = sorted({r.budget_rule for r in rows if r.budget_rule})
     if rules:
         told = "; ".join(f"{rule} = {BUDGET_RULES.get(rule, rule)}" for rule in rules)
-        lines.append(f"Budgets (after @): {told}. Tokens = mean visual tokens per image the LLM received, Unreduced = "
-                     "the processor's count before reduction (means over the scored samples).")
+        lines.append(
+            f"Budgets (after @): {told}. Tokens = mean visual tokens per image the LLM received, Unreduced = "
+            "the processor's count before reduction (means over the scored samples)."
+        )
     for convention in ("layer_mean", "after_layer"):
         labels = [r.label for r in rows if r.budget_convention == convention]
         if labels:
@@ -313,37 +344,58 @@ def _drop_empty_efficiency(columns: list[Column], rows: list[dict[str, Cell]]) -
     return [c for c in columns if c not in empty], empty
 
 
-def _main_provenance(data: ReportData, units: dict[str, Any], measured_ttft: bool, empty: list[Column],
-                     mixed: bool) -> list[str]:
+def _main_provenance(
+    data: ReportData, units: dict[str, Any], measured_ttft: bool, empty: list[Column], mixed: bool
+) -> list[str]:
     effs = [r.efficiency for r in data.rows if r.efficiency]
     kinds = {e.kind for e in effs}
     flops_sources = {e.flops_source for e in effs if e.flops_source}
-    lines = [runs_line(data.runs), setup_lines([r.setup for r in data.rows]), *budget_lines(data.rows),
-             *attention_lines(data.rows)]
+    lines = [
+        runs_line(data.runs),
+        setup_lines([r.setup for r in data.rows]),
+        *budget_lines(data.rows),
+        *attention_lines(data.rows),
+    ]
     if kinds:
-        described = {"controlled": "controlled measurements (`kind=controlled`: batch size 1 and the compiled path "
-                                   "preferred where several exist, forced output length)",
-                     "request": "medians over served requests (`kind=request`)"}
+        described = {
+            "controlled": "controlled measurements (`kind=controlled`: batch size 1 and the compiled path "
+            "preferred where several exist, forced output length)",
+            "request": "medians over served requests (`kind=request`)",
+        }
         lines.append(
-            "Latency from " + " and ".join(described[k] for k in sorted(kinds)) +
-            ("; the latency_source column of the CSV says which per row" if len(kinds) > 1 else "") +
-            f". {ttft_definition(measured_ttft)}; speedup = full-budget E2E / this E2E, same run. "
-            "Prefill TFLOPs: " + (" / ".join(sorted(flops_sources)) or "none recorded") +
-            (" (see the flops_source column of the CSV)" if len(flops_sources) > 1 else "") + ".")
+            "Latency from "
+            + " and ".join(described[k] for k in sorted(kinds))
+            + ("; the latency_source column of the CSV says which per row" if len(kinds) > 1 else "")
+            + f". {ttft_definition(measured_ttft)}; speedup = full-budget E2E / this E2E, same run. "
+            "Prefill TFLOPs: "
+            + (" / ".join(sorted(flops_sources)) or "none recorded")
+            + (" (see the flops_source column of the CSV)" if len(flops_sources) > 1 else "")
+            + "."
+        )
         lines.append(
             f"Speedup interval: {CONFIDENCE:.0%} percentile bootstrap over the timings behind both medians "
             f"({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}; Efron & Tibshirani 1993, ch. 13); a speedup "
             f"whose CV exceeds {CV_THRESHOLD:.0%} or whose interval includes 1.0 is marked. Timed (n): the requests "
-            "or repeats the row's latency rests on.")
+            "or repeats the row's latency rests on."
+        )
     if empty:
         lines.append("No profile data for: " + ", ".join(c.header for c in empty) + " (columns left out).")
-    lines.append("Scores: " + "; ".join(
-        f"{t} = {units[t].metric}{' x100' if units[t] and units[t].scale == 100 else ''}" for t in data.tasks if units[t])
+    lines.append(
+        "Scores: "
+        + "; ".join(
+            f"{t} = {units[t].metric}{' x100' if units[t] and units[t].scale == 100 else ''}"
+            for t in data.tasks
+            if units[t]
+        )
         + ". Retention = score / the same run's full-budget score, averaged over benchmarks. Best per column in bold."
-        if data.tasks else "Scores: no metrics.json cells.")
+        if data.tasks
+        else "Scores: no metrics.json cells."
+    )
     if mixed:
-        lines.append("Rows come from different devices, paths, dtypes or batch sizes: compare latency "
-                     "only within rows of the same setup.")
+        lines.append(
+            "Rows come from different devices, paths, dtypes or batch sizes: compare latency "
+            "only within rows of the same setup."
+        )
     return lines
 
 
@@ -368,9 +420,16 @@ def main_table(data: ReportData) -> Table:
     columns, empty = _drop_empty_efficiency(columns, rows)
     if mixed:
         columns.append(Column("setup", "Setup", None, None))
-    table = Table("main", "Accuracy and efficiency per method @ visual-token budget", columns, rows,
-                  _main_provenance(data, units, measured_ttft, empty, mixed), [], block_starts,
-                  [_row_meta(r) for r in data.rows])
+    table = Table(
+        "main",
+        "Accuracy and efficiency per method @ visual-token budget",
+        columns,
+        rows,
+        _main_provenance(data, units, measured_ttft, empty, mixed),
+        [],
+        block_starts,
+        [_row_meta(r) for r in data.rows],
+    )
     mark_best(table)
     table.notes = notes.items + [("", n) for n in data.notes]
     return table
@@ -381,8 +440,11 @@ def main_table(data: ReportData) -> Table:
 # ---------------------------------------------------------------------------------------------------------------
 def reference_table(reference: ReferenceSet) -> Table:
     notes = Footnotes(style="numeric")
-    columns = [Column("method", "Method (reported)", None, None), Column("tokens", "Tokens", None, 0),
-               Column("convention", "Counted as", None, None)]
+    columns = [
+        Column("method", "Method (reported)", None, None),
+        Column("tokens", "Tokens", None, 0),
+        Column("convention", "Counted as", None, None),
+    ]
     columns += [Column(f"bench:{b}", b, None, 0 if b == "mme" else 1) for b in reference.benchmarks]
     columns.append(Column("retention", "Avg. retention (%)", None, 1))
     rows, meta, blocks = [], [], set()
@@ -394,8 +456,11 @@ def reference_table(reference: ReferenceSet) -> Table:
         if ref.note:
             marks.append(notes.mark(ref.note))
         tokens = Cell(ref.visual_tokens) if ref.visual_tokens is not None else Cell(text=ref.budget_label)
-        cells = {"method": Cell(ref.method, marks=tuple(marks)), "tokens": tokens,
-                 "convention": Cell(text=ref.convention or "not stated")}
+        cells = {
+            "method": Cell(ref.method, marks=tuple(marks)),
+            "tokens": tokens,
+            "convention": Cell(text=ref.convention or "not stated"),
+        }
         for b in reference.benchmarks:
             cells[f"bench:{b}"] = Cell(ref.scores.get(b))
         cells["retention"] = Cell(ref.retention) if ref.retention is not None else Cell(text="n/a")
@@ -404,14 +469,17 @@ def reference_table(reference: ReferenceSet) -> Table:
     provenance = [
         "Reported in papers, not measured here; never averaged with measured rows. "
         "Files: " + ", ".join(str(f) for f in reference.files) + ".",
-        ("mme = perception + cognition, mme_perception alone; other benchmarks in %. Tokens: per image, or the "
-         "percent of visual tokens kept (video tables). Counted as: llm_input = every LLM layer sees the budget, "
-         "layer_mean = its mean over LLM layers, after_layer = kept after an early LLM layer (the method's own "
-         "convention; a re-quoting table may not say how it ran it). Retention = mean of value / the same source's "
-         "full-budget value (n/a where that source gives no full-budget row)."),
+        (
+            "mme = perception + cognition, mme_perception alone; other benchmarks in %. Tokens: per image, or the "
+            "percent of visual tokens kept (video tables). Counted as: llm_input = every LLM layer sees the budget, "
+            "layer_mean = its mean over LLM layers, after_layer = kept after an early LLM layer (the method's own "
+            "convention; a re-quoting table may not say how it ran it). Retention = mean of value / the same source's "
+            "full-budget value (n/a where that source gives no full-budget row)."
+        ),
     ]
-    return Table("reported", "Reported numbers (published, for context)", columns, rows, provenance, notes.items,
-                 blocks, meta)
+    return Table(
+        "reported", "Reported numbers (published, for context)", columns, rows, provenance, notes.items, blocks, meta
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -428,8 +496,11 @@ def task_tables(data: ReportData) -> list[Table]:
             for name in metric_values(cell.metrics):
                 if name not in metric_names:
                     metric_names.append(name)
-        columns = [Column("method", "Method", None, None), Column("status", "Status", None, None),
-                   Column("n", "n", None, 0)]
+        columns = [
+            Column("method", "Method", None, None),
+            Column("status", "Status", None, None),
+            Column("n", "n", None, 0),
+        ]
         columns += [Column(f"metric:{m}", m, None, AUTO) for m in metric_names]
         rows, meta, blocks = [], [], set()
         for index, (run, cell) in enumerate(cells):
@@ -448,8 +519,11 @@ def task_tables(data: ReportData) -> list[Table]:
             rows.append(row)
             meta.append({"run": run.run_id})
         runs = [r for r in data.runs if any(c.task == task for c in r.cells)]
-        provenance = [runs_line(runs), setup_lines([manifest_setup(r.manifest) for r in runs]),
-                      "Every metric lmms-eval returned, as it returned it (filter suffix dropped), ± its stderr."]
+        provenance = [
+            runs_line(runs),
+            setup_lines([manifest_setup(r.manifest) for r in runs]),
+            "Every metric lmms-eval returned, as it returned it (filter suffix dropped), ± its stderr.",
+        ]
         tables.append(Table(f"task_{_slug(task)}", f"{task}: all metrics", columns, rows, provenance, [], blocks, meta))
     return tables
 
@@ -463,29 +537,49 @@ def _slug(text: str) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 def stage_rows(data: ReportData) -> list[Efficiency]:
     effs = [e for run in data.runs for e in stage_efficiencies(run)]
-    effs.sort(key=lambda e: (e.run_id, -e.budget, method_order(e.method), e.kind, e.setup.path or "",
-                             e.measurement.batch_size or 0, e.measurement.output_tokens or 0))
+    effs.sort(
+        key=lambda e: (
+            e.run_id,
+            -e.budget,
+            method_order(e.method),
+            e.kind,
+            e.setup.path or "",
+            e.measurement.batch_size or 0,
+            e.measurement.output_tokens or 0,
+        )
+    )
     return effs
 
 
 def stage_table(data: ReportData) -> Table:
     several_runs = len(data.runs) > 1
-    columns = [Column("method", "Method", None, None), Column("source", "Source", None, None),
-               Column("setup", "Setup", None, None), Column("tokens", "Tokens", None, 0)]
+    columns = [
+        Column("method", "Method", None, None),
+        Column("source", "Source", None, None),
+        Column("setup", "Setup", None, None),
+        Column("tokens", "Tokens", None, 0),
+    ]
     columns += [Column(f"stage:{s}", f"{s} (ms)", None, 2) for s in STAGES]
-    columns += [Column("per_token", "decode / token (ms)", None, 2),
-                Column("stage_ttft", "vision+grouping+projector+prefill (ms)", None, 2),
-                Column("ttft", "TTFT measured (ms)", None, 2),
-                Column("total", "total (ms)", None, 2), Column("spread", "total p10–p90 (ms)", None, None),
-                Column("timings", "Timed (n)", None, None)]
+    columns += [
+        Column("per_token", "decode / token (ms)", None, 2),
+        Column("stage_ttft", "vision+grouping+projector+prefill (ms)", None, 2),
+        Column("ttft", "TTFT measured (ms)", None, 2),
+        Column("total", "total (ms)", None, 2),
+        Column("spread", "total p10–p90 (ms)", None, None),
+        Column("timings", "Timed (n)", None, None),
+    ]
     rows, meta, blocks = [], [], set()
     effs = stage_rows(data)
     for index, eff in enumerate(effs):
         if index > 0 and (eff.run_id, eff.budget) != (effs[index - 1].run_id, effs[index - 1].budget):
             blocks.add(index)
         label = f"{eff.method}@{eff.budget}" + (f" [{eff.run_id}]" if several_runs else "")
-        row = {"method": Cell(label), "source": Cell(eff.source), "setup": Cell(eff.setup.label()),
-               "tokens": Cell(eff.budget)}
+        row = {
+            "method": Cell(label),
+            "source": Cell(eff.source),
+            "setup": Cell(eff.setup.label()),
+            "tokens": Cell(eff.budget),
+        }
         for s in STAGES:
             row[f"stage:{s}"] = Cell(eff.stage_ms.get(s))
         row["per_token"] = Cell(eff.decode_per_token_ms)
@@ -497,10 +591,15 @@ def stage_table(data: ReportData) -> Table:
         row["timings"] = Cell(timings_text(eff.measurement))
         rows.append(row)
         meta.append({"run": eff.run_id, "kind": eff.kind, "n_records": eff.n_records})
-    provenance = [runs_line([r for r in data.runs if r.profile]) if any(r.profile for r in data.runs)
-                  else "Runs: none with profile records.",
-                  setup_lines([e.setup for e in effs]),
-                  ("Controlled rows: medians over repeats of one `vistog-bench profile` measurement per execution path, "
-                   "batch size and output length; request rows: medians over a method@budget's served requests. "
-                   "TTFT measured = request start -> first token's logits, as the profiler records it.")]
+    provenance = [
+        runs_line([r for r in data.runs if r.profile])
+        if any(r.profile for r in data.runs)
+        else "Runs: none with profile records.",
+        setup_lines([e.setup for e in effs]),
+        (
+            "Controlled rows: medians over repeats of one `vistog-bench profile` measurement per execution path, "
+            "batch size and output length; request rows: medians over a method@budget's served requests. "
+            "TTFT measured = request start -> first token's logits, as the profiler records it."
+        ),
+    ]
     return Table("stages", "Latency by stage", columns, rows, provenance, [], blocks, meta)

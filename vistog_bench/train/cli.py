@@ -44,11 +44,13 @@ FLAGS = {
     "--warmup-ratio": dict(type=float),
     "--max-length": dict(type=int, help="tokens per sample, image tokens included"),
     "--dtype": dict(help="weights dtype when loading (float32, bfloat16, float16)"),
-    "--mixed-precision": dict(choices=MIXED_PRECISION, help="autocast; frozen parts are stored in it (default: "
-                              "accelerate's config)"),
+    "--mixed-precision": dict(
+        choices=MIXED_PRECISION, help="autocast; frozen parts are stored in it (default: accelerate's config)"
+    ),
     "--gradient-checkpointing": dict(action="store_true", help="recompute activations in backward"),
-    "--group-by-modality-length": dict(action="store_true", help="LLaVA-1.5's batching: image-only or text-only "
-                                       "batches of similar lengths"),
+    "--group-by-modality-length": dict(
+        action="store_true", help="LLaVA-1.5's batching: image-only or text-only batches of similar lengths"
+    ),
     "--seed": dict(type=int),
     "--chat-template": dict(help="template file to train with instead of the checkpoint's own; saved with the result"),
     "--threads": dict(type=int, help="torch CPU threads"),
@@ -60,7 +62,7 @@ FLAGS = {
     "--report-to": dict(nargs="+", help="accelerate trackers: tensorboard, wandb, ..."),
     "--no-progress": dict(action="store_false", dest="progress", help="no progress bar"),
     "--quiet": dict(action="store_true", help="no loss lines on stdout"),
-}  # fmt: skip
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,8 +93,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if "report_to" in values:
         values["report_to"] = tuple(values["report_to"])
     starts = {"model", "llm", "vision_tower"}  # a checkpoint, or LLaVA's parts (checked by TrainConfig)
-    missing = [name for name in ("stage", "model", "data", "output_dir")
-               if name not in values and not (name == "model" and starts & set(values))]  # fmt: skip
+    missing = [
+        name
+        for name in ("stage", "model", "data", "output_dir")
+        if name not in values and not (name == "model" and starts & set(values))
+    ]
     if missing:
         raise UsageError("missing " + ", ".join("--" + m.replace("_", "-") for m in missing) + " (or use --demo)")
     return TrainConfig(**values)

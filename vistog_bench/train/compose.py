@@ -39,8 +39,15 @@ def compose_llava(llm: str | Path, vision_tower: str | Path, *, dtype: str = "fl
     """(LlavaForConditionalGeneration, LlavaProcessor): the LLM and CLIP folders' weights, a projector initialised
     from `seed`; every parameter trainable (the stage chooses what trains)."""
     import torch
-    from transformers import AutoImageProcessor, AutoModelForCausalLM, CLIPVisionModel, GenerationConfig, LlavaConfig
-    from transformers import LlavaForConditionalGeneration, LlavaProcessor
+    from transformers import (
+        AutoImageProcessor,
+        AutoModelForCausalLM,
+        CLIPVisionModel,
+        GenerationConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
     from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
     from ..dtypes import torch_dtype
@@ -50,8 +57,10 @@ def compose_llava(llm: str | Path, vision_tower: str | Path, *, dtype: str = "fl
     _check_weights(vision_tower, "--vision-tower")
     clip = load_config(vision_tower)  # remote code refused
     if clip.model_type not in CLIP_MODEL_TYPES:
-        raise UsageError(f"--vision-tower {vision_tower} holds a {clip.model_type!r} model; expected CLIP "
-                         f"({', '.join(CLIP_MODEL_TYPES)})")  # fmt: skip
+        raise UsageError(
+            f"--vision-tower {vision_tower} holds a {clip.model_type!r} model; expected CLIP "
+            f"({', '.join(CLIP_MODEL_TYPES)})"
+        )
     tokenizer = _tokenizer_with_image_token(llm)
     image_processor = load_processor(vision_tower, AutoImageProcessor)
     weights_dtype = torch_dtype(dtype)
@@ -59,12 +68,17 @@ def compose_llava(llm: str | Path, vision_tower: str | Path, *, dtype: str = "fl
     vision = load_pretrained(CLIPVisionModel, vision_tower, dtype=weights_dtype)  # CLIPModel folder: its vision half
     patches = (vision.config.image_size // vision.config.patch_size) ** 2
     config = LlavaConfig(
-        text_config=language.config, vision_config=vision.config,
-        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), pad_token_id=tokenizer.pad_token_id,
-        vision_feature_layer=VISION_FEATURE_LAYER, vision_feature_select_strategy="default",
-        projector_hidden_act="gelu", multimodal_projector_bias=True, image_seq_length=patches,
+        text_config=language.config,
+        vision_config=vision.config,
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        pad_token_id=tokenizer.pad_token_id,
+        vision_feature_layer=VISION_FEATURE_LAYER,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        multimodal_projector_bias=True,
+        image_seq_length=patches,
         tie_word_embeddings=language.config.tie_word_embeddings,
-    )  # fmt: skip
+    )
     with torch.device("meta"):  # the skeleton only: its parts are the loaded models and the new projector
         model = LlavaForConditionalGeneration(config)
     model.model.language_model, model.lm_head = language.model, language.lm_head
@@ -79,9 +93,13 @@ def compose_llava(llm: str | Path, vision_tower: str | Path, *, dtype: str = "fl
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
     )
     processor = LlavaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=vision.config.patch_size,
-        vision_feature_select_strategy="default", num_additional_image_tokens=1, image_token=IMAGE_TOKEN,
-    )  # fmt: skip
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=vision.config.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        image_token=IMAGE_TOKEN,
+    )
     return model.requires_grad_(True), processor
 
 
@@ -92,8 +110,10 @@ def _check_weights(path: str | Path, flag: str) -> None:
         raise UsageError(f"{flag} {path} is not a Hugging Face folder: config.json is missing")
     if not any(path.glob("*.safetensors")):
         found = "PyTorch .bin weights only" if any(path.glob("*.bin")) else "no weights"
-        raise UsageError(f"{flag} {path} has {found}; vistog-bench reads safetensors only (save the model once "
-                         "with transformers' save_pretrained to convert it)")  # fmt: skip
+        raise UsageError(
+            f"{flag} {path} has {found}; vistog-bench reads safetensors only (save the model once "
+            "with transformers' save_pretrained to convert it)"
+        )
 
 
 def _tokenizer_with_image_token(llm: str | Path):

@@ -66,18 +66,24 @@ class TrainConfig:
             (self.llm is None or self.stage == "llava", "--llm / --vision-tower compose LLaVA for the llava stage"),
             (self.data_format in DATA_FORMATS, f"--data-format must be one of {', '.join(DATA_FORMATS)}"),
             (self.dtype in DTYPE_NAMES, f"--dtype must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}"),
-            (self.mixed_precision in (None, *MIXED_PRECISION),
-             f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}"),
-            (self.num_semantic_tokens is None or self.stage.startswith("vistog"),
-             "--num-semantic-tokens applies to the vistog stages only"),
+            (
+                self.mixed_precision in (None, *MIXED_PRECISION),
+                f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}",
+            ),
+            (
+                self.num_semantic_tokens is None or self.stage.startswith("vistog"),
+                "--num-semantic-tokens applies to the vistog stages only",
+            ),
             (self.num_semantic_tokens is None or self.num_semantic_tokens >= 1, "--num-semantic-tokens must be >= 1"),
             (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
             (0 <= self.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}"),
             (self.epochs > 0, f"--epochs must be > 0, got {self.epochs}"),
             (self.num_workers >= 0, f"--num-workers must be >= 0, got {self.num_workers}"),
-        ]  # fmt: skip
+        ]
         for name in ("batch_size", "grad_accum", "log_every", "max_length"):
-            checks.append((getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"))
+            checks.append(
+                (getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+            )
         for name in ("max_steps", "save_steps", "save_total_limit", "threads"):
             value = getattr(self, name)
             checks.append((value is None or value >= 1, f"--{name.replace('_', '-')} must be >= 1, got {value}"))

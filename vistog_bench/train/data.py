@@ -66,7 +66,9 @@ def load_records(path: str | Path, stage: str) -> Records:
     key = "region_labels" if stage == "pretrain-vision" else "conversations"
     for sample in samples[:1000]:
         if not isinstance(sample, dict) or key not in sample:
-            raise UsageError(f"{path}: every sample needs a {key!r} field for stage {stage} (sample: {str(sample)[:80]})")
+            raise UsageError(
+                f"{path}: every sample needs a {key!r} field for stage {stage} (sample: {str(sample)[:80]})"
+            )
     return Records(samples)
 
 
@@ -146,8 +148,9 @@ class SkippingDataset:
             except SkipSample:
                 continue
             return {**item, "skipped": skipped}
-        raise UsageError(f"{self.max_skips} samples in a row from #{index} have missing or unreadable images; "
-                         "check --image-folder")  # fmt: skip
+        raise UsageError(
+            f"{self.max_skips} samples in a row from #{index} have missing or unreadable images; check --image-folder"
+        )
 
 
 class ConversationDataset(SkippingDataset):
@@ -159,8 +162,16 @@ class ConversationDataset(SkippingDataset):
     answer is followed by the end-of-sequence token, which is trained (LLaVA's target). With `data_format="plain"`
     a sample is `<image>{caption}\\n` with the loss on the caption (LLaVA's alignment stage)."""
 
-    def __init__(self, records, image_folder, processor, prompts, tokens_per_image: int, max_length: int,
-                 data_format: str = "conversation"):  # fmt: skip
+    def __init__(
+        self,
+        records,
+        image_folder,
+        processor,
+        prompts,
+        tokens_per_image: int,
+        max_length: int,
+        data_format: str = "conversation",
+    ):
         self.records = records
         self.tokenizer = processor.tokenizer
         self.prompts = prompts
@@ -197,8 +208,10 @@ class ConversationDataset(SkippingDataset):
             turns = turns[1:]
         if self.data_format == "plain":
             if len(turns) != 2 or self.image_token not in turns[0].get("value", ""):
-                raise UsageError(f"sample {record.get('id')}: the plain format is one human turn with "
-                                 f"{self.image_token} and one caption")  # fmt: skip
+                raise UsageError(
+                    f"sample {record.get('id')}: the plain format is one human turn with "
+                    f"{self.image_token} and one caption"
+                )
             # LLaVA replaces the human turn by the image token alone; the caption ends with the separator, not eos
             return [(self.image_token, turns[1]["value"] + PLAIN_SEPARATOR, False)]
         conversation = []
@@ -253,10 +266,12 @@ class ViewConversationDataset(ConversationDataset):
     image i's placeholder expands to `view_tokens.counts(image_sizes)[i]` = views x N, what `VisToGFamily.inputs`
     gives the same image at evaluation."""
 
-    def __init__(self, records, image_folder, processor, prompts, view_tokens, max_length: int,
-                 data_format: str = "conversation"):  # fmt: skip
-        super().__init__(records, image_folder, processor, prompts, view_tokens.tokens_per_view, max_length,
-                         data_format)  # fmt: skip
+    def __init__(
+        self, records, image_folder, processor, prompts, view_tokens, max_length: int, data_format: str = "conversation"
+    ):
+        super().__init__(
+            records, image_folder, processor, prompts, view_tokens.tokens_per_view, max_length, data_format
+        )
         self.view_tokens = view_tokens  # model.families_vistog.ViewTokens
 
     def images(self, files: list[str]) -> tuple[dict, list[int]]:
@@ -306,9 +321,7 @@ class RegionDataset(SkippingDataset):
         if grid * grid != self.num_regions:
             raise UsageError(f"region_labels must cover a square G x G grid, got {self.num_regions} regions")
         self.grid = grid
-        self.classes = {
-            a: sorted({label for s in samples for label in s["region_labels"][a]}) for a in self.attributes
-        }
+        self.classes = {a: sorted({label for s in samples for label in s["region_labels"][a]}) for a in self.attributes}
 
     def sample(self, index: int) -> dict:
         import torch
@@ -351,8 +364,10 @@ def length_grouped_indices(lengths: list[int], megabatch_size: int, num_chunks: 
     import torch
 
     indices = torch.randperm(len(lengths), generator=generator).tolist()
-    megabatches = [sorted(indices[i : i + megabatch_size], key=lambda j: lengths[j], reverse=True)
-                   for i in range(0, len(indices), megabatch_size)]  # fmt: skip
+    megabatches = [
+        sorted(indices[i : i + megabatch_size], key=lambda j: lengths[j], reverse=True)
+        for i in range(0, len(indices), megabatch_size)
+    ]
     return [i for m in megabatches for chunk in split_to_even_chunks(m, lengths, num_chunks) for i in chunk]
 
 

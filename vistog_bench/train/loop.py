@@ -66,9 +66,13 @@ def make_accelerator(config: TrainConfig):
     # the plugin accelerate itself builds from `accelerate launch`'s FSDP_* variables (fsdp2.yaml)
     fsdp = FullyShardedDataParallelPlugin() if _asked_for("FSDP") else None
     accelerator = Accelerator(
-        cpu=cpu_processes, gradient_accumulation_steps=config.grad_accum, mixed_precision=config.mixed_precision,
-        log_with=list(config.report_to) or None, project_config=project, fsdp_plugin=fsdp,
-    )  # fmt: skip
+        cpu=cpu_processes,
+        gradient_accumulation_steps=config.grad_accum,
+        mixed_precision=config.mixed_precision,
+        log_with=list(config.report_to) or None,
+        project_config=project,
+        fsdp_plugin=fsdp,
+    )
     if fsdp is not None and accelerator.distributed_type == DistributedType.MULTI_CPU and fsdp.fsdp_version == 2:
         # accelerate 1.15's AcceleratorState switches only accelerator devices to FSDP (state.py keeps MULTI_CPU for
         # gloo processes); torch's fully_shard runs over gloo, so the one missing step is done here: from now on
@@ -81,9 +85,11 @@ def make_accelerator(config: TrainConfig):
     for engine, kind in (("FSDP", DistributedType.FSDP), ("DEEPSPEED", DistributedType.DEEPSPEED)):
         if _asked_for(engine) and accelerator.distributed_type != kind:
             needs = "GPUs, or fsdp_version 2 on several CPU processes" if engine == "FSDP" else "GPUs"
-            raise UsageError(f"the accelerate config asks for {engine} but accelerate set up "
-                             f"{accelerator.distributed_type.value} on {accelerator.device.type}; "
-                             f"{engine} needs {needs}")  # fmt: skip
+            raise UsageError(
+                f"the accelerate config asks for {engine} but accelerate set up "
+                f"{accelerator.distributed_type.value} on {accelerator.device.type}; "
+                f"{engine} needs {needs}"
+            )
     return accelerator
 
 
@@ -99,7 +105,10 @@ def fsdp_units_on_llm_layers(accelerator, module) -> None:
     layer of its own would never be gathered by its hooks."""
     from accelerate.utils import DistributedType
 
-    if accelerator.distributed_type != DistributedType.FSDP or accelerator.state.fsdp_plugin.transformer_cls_names_to_wrap:
+    if (
+        accelerator.distributed_type != DistributedType.FSDP
+        or accelerator.state.fsdp_plugin.transformer_cls_names_to_wrap
+    ):
         return
     layers = [sub for name, sub in module.named_modules() if name.endswith("language_model.layers")]
     if layers:
@@ -143,9 +152,14 @@ def make_loader(config: TrainConfig, dataset, collate, accelerator):
         world = accelerator.num_processes * config.grad_accum
         order = dict(sampler=ModalityLengthGroupedSampler(dataset.records.lengths, config.batch_size, world, generator))
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=config.batch_size, collate_fn=collate, generator=generator,
-        num_workers=config.num_workers, drop_last=len(dataset) >= config.batch_size, **order,
-    )  # fmt: skip
+        dataset,
+        batch_size=config.batch_size,
+        collate_fn=collate,
+        generator=generator,
+        num_workers=config.num_workers,
+        drop_last=len(dataset) >= config.batch_size,
+        **order,
+    )
     return loader, generator
 
 
@@ -159,8 +173,10 @@ def make_optimizer(config: TrainConfig, module):
     groups = [{"params": params}]
     if config.grouping_lr is not None:  # VisToG's new parts at their own rate
         new = {id(p) for name, p in module.named_parameters() if p.requires_grad and _is_vistog_part(name)}
-        groups = [{"params": [p for p in params if id(p) in new], "lr": config.grouping_lr},
-                  {"params": [p for p in params if id(p) not in new]}]  # fmt: skip
+        groups = [
+            {"params": [p for p in params if id(p) in new], "lr": config.grouping_lr},
+            {"params": [p for p in params if id(p) not in new]},
+        ]
     return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
 
 
@@ -203,12 +219,18 @@ class Progress:
         self.bar.set_postfix(loss=f"{state.losses[-1]:.4f}", lr=f"{lr:.2e}", samples_s=f"{self.samples_per_s():.1f}")
         if state.step % every == 0 or state.step == total:
             recent = state.losses[-every:]
-            record = {"stage": self.config.stage, "step": state.step, "of": total,
-                      "loss": round(sum(recent) / len(recent), 4), "lr": lr,
-                      "elapsed_s": round(time.perf_counter() - self.start, 1)}  # fmt: skip
+            record = {
+                "stage": self.config.stage,
+                "step": state.step,
+                "of": total,
+                "loss": round(sum(recent) / len(recent), 4),
+                "lr": lr,
+                "elapsed_s": round(time.perf_counter() - self.start, 1),
+            }
             self.log(record)
-            self.accelerator.log({"loss": record["loss"], "lr": lr, "samples_per_s": self.samples_per_s()},
-                                 step=state.step)  # fmt: skip
+            self.accelerator.log(
+                {"loss": record["loss"], "lr": lr, "samples_per_s": self.samples_per_s()}, step=state.step
+            )
 
 
 def run_steps(config: TrainConfig, accelerator, parts, state: TrainerState, progress: Progress, total: int) -> None:
@@ -276,9 +298,15 @@ def save_checkpoint(config: TrainConfig, accelerator, module, model, processor, 
     model.save_pretrained(output_dir, state_dict=state_dict, save_original_format=not accelerator.is_fsdp2)
     processor.chat_template = template.text  # saved as chat_template.jinja: evaluation renders what training did
     processor.save_pretrained(output_dir)
-    summary = {"stage": config.stage, "steps": state.step, "first_loss": state.losses[0],
-               "last_loss": state.losses[-1], "skipped_samples": state.skipped,
-               "processes": accelerator.num_processes, "distributed_type": accelerator.distributed_type.value}  # fmt: skip
+    summary = {
+        "stage": config.stage,
+        "steps": state.step,
+        "first_loss": state.losses[0],
+        "last_loss": state.losses[-1],
+        "skipped_samples": state.skipped,
+        "processes": accelerator.num_processes,
+        "distributed_type": accelerator.distributed_type.value,
+    }
     lines = [*state.log_lines, summary]
     (output_dir / "training_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
 
@@ -324,14 +352,22 @@ def train(config: TrainConfig) -> TrainResult:
     total = total_steps(config, len(loader), accelerator.num_processes)
     # accelerate steps a prepared scheduler once per process per optimizer step: count the schedule in those steps
     ticks = accelerator.num_processes
-    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(config.warmup_ratio * total) * ticks, total * ticks)
+    scheduler = get_cosine_schedule_with_warmup(
+        optimizer, math.ceil(config.warmup_ratio * total) * ticks, total * ticks
+    )
     fsdp_units_on_llm_layers(accelerator, module)
     module, optimizer, loader, scheduler = accelerator.prepare(module, optimizer, loader, scheduler)
     accelerator.register_for_checkpointing(state)
     progress = Progress(config, accelerator, state, total)
-    progress.log({"stage": config.stage, "chat_template": template.source, "style": template.style,
-                  "parameters": sum(p.numel() for p in module.parameters()),
-                  "parameters_held": parameters_held(module)})  # fmt: skip
+    progress.log(
+        {
+            "stage": config.stage,
+            "chat_template": template.source,
+            "style": template.style,
+            "parameters": sum(p.numel() for p in module.parameters()),
+            "parameters_held": parameters_held(module),
+        }
+    )
     if config.report_to:
         accelerator.init_trackers("vistog-bench", config={k: str(v) for k, v in asdict(config).items()})
     if config.resume_from_checkpoint:

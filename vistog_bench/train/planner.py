@@ -48,17 +48,28 @@ class MemoryPlan:
 
     @property
     def total_bytes(self) -> float:
-        return self.parameters_bytes + self.gradients_bytes + self.optimizer_bytes + self.activations_bytes + OVERHEAD_BYTES
+        return (
+            self.parameters_bytes
+            + self.gradients_bytes
+            + self.optimizer_bytes
+            + self.activations_bytes
+            + OVERHEAD_BYTES
+        )
 
     @property
     def fits(self) -> bool:
         return self.total_bytes <= self.gpu_memory_bytes
 
     def render(self) -> str:
-        rows = [("parameters", self.parameters_bytes), ("gradients", self.gradients_bytes),
-                ("optimizer states", self.optimizer_bytes), ("activations", self.activations_bytes),
-                ("(activations without checkpointing)", self.activations_without_checkpointing_bytes),
-                ("overhead allowance", OVERHEAD_BYTES), ("total per GPU", self.total_bytes)]  # fmt: skip
+        rows = [
+            ("parameters", self.parameters_bytes),
+            ("gradients", self.gradients_bytes),
+            ("optimizer states", self.optimizer_bytes),
+            ("activations", self.activations_bytes),
+            ("(activations without checkpointing)", self.activations_without_checkpointing_bytes),
+            ("overhead allowance", OVERHEAD_BYTES),
+            ("total per GPU", self.total_bytes),
+        ]
         lines = [f"{self.name}: {self.gpus} GPUs x {self.gpu_memory_bytes / GB:.0f} GB, ZeRO stage {self.zero_stage}"]
         lines += [f"  {label:<38} {value / GB:8.2f} GB" for label, value in rows]
         verdict = "fits" if self.fits else "does NOT fit"
@@ -106,10 +117,13 @@ def count_parameters(config, stage: str, train_llm: bool = True, train_vision: b
         else:
             model = LlavaForConditionalGeneration(config)
     parts = trainable_parts(model, stage, train_llm, train_vision)
-    trained = {id(p): p.numel() for part in parts for p in (part.parameters() if hasattr(part, "parameters") else [part])}
+    trained = {
+        id(p): p.numel() for part in parts for p in (part.parameters() if hasattr(part, "parameters") else [part])
+    }
     vision_ids = {id(p) for p in model.model.vision_tower.parameters()}
-    return ParameterCounts(sum(p.numel() for p in model.parameters()), sum(trained.values()),
-                           bool(vision_ids & set(trained)))  # fmt: skip
+    return ParameterCounts(
+        sum(p.numel() for p in model.parameters()), sum(trained.values()), bool(vision_ids & set(trained))
+    )
 
 
 def plan_recipe(name: str, gpus: int | None = None, gpu_memory_gb: float = 80.0) -> MemoryPlan:

@@ -42,25 +42,61 @@ from importlib import resources
 from ..errors import UsageError
 
 ALIGNMENT = dict(  # pretrain.sh
-    data_format="plain", batch_size=32, grad_accum=1, lr=1e-3, weight_decay=0.0, warmup_ratio=0.03, epochs=1.0,
-    max_length=2048, mixed_precision="bf16", gradient_checkpointing=True, num_workers=4,
-)  # fmt: skip
+    data_format="plain",
+    batch_size=32,
+    grad_accum=1,
+    lr=1e-3,
+    weight_decay=0.0,
+    warmup_ratio=0.03,
+    epochs=1.0,
+    max_length=2048,
+    mixed_precision="bf16",
+    gradient_checkpointing=True,
+    num_workers=4,
+)
 INSTRUCTION = dict(  # finetune.sh
-    data_format="conversation", batch_size=16, grad_accum=1, lr=2e-5, weight_decay=0.0, warmup_ratio=0.03,
-    epochs=1.0, max_length=2048, mixed_precision="bf16", gradient_checkpointing=True, num_workers=4,
+    data_format="conversation",
+    batch_size=16,
+    grad_accum=1,
+    lr=2e-5,
+    weight_decay=0.0,
+    warmup_ratio=0.03,
+    epochs=1.0,
+    max_length=2048,
+    mixed_precision="bf16",
+    gradient_checkpointing=True,
+    num_workers=4,
     group_by_modality_length=True,
-)  # fmt: skip
+)
 VISTOG_BUDGET = 64  # inferred (see the module docstring)
 VISTOG_STAGE2_GROUPING_LR = 2e-4  # inferred
 NEXT_ALIGNMENT = dict(  # LLaVA-NeXT pretrain_clip.sh = pretrain_siglip.sh
-    data_format="plain", batch_size=16, grad_accum=1, lr=1e-3, weight_decay=0.0, warmup_ratio=0.03, epochs=1.0,
-    max_length=8192, mixed_precision="bf16", gradient_checkpointing=True, num_workers=16,
-)  # fmt: skip
+    data_format="plain",
+    batch_size=16,
+    grad_accum=1,
+    lr=1e-3,
+    weight_decay=0.0,
+    warmup_ratio=0.03,
+    epochs=1.0,
+    max_length=8192,
+    mixed_precision="bf16",
+    gradient_checkpointing=True,
+    num_workers=16,
+)
 NEXT_INSTRUCTION = dict(  # LLaVA-NeXT finetune_clip.sh
-    data_format="conversation", batch_size=4, grad_accum=1, lr=1e-5, weight_decay=0.0, warmup_ratio=0.03, epochs=1.0,
-    max_length=32768, mixed_precision="bf16", gradient_checkpointing=True, num_workers=16,
+    data_format="conversation",
+    batch_size=4,
+    grad_accum=1,
+    lr=1e-5,
+    weight_decay=0.0,
+    warmup_ratio=0.03,
+    epochs=1.0,
+    max_length=32768,
+    mixed_precision="bf16",
+    gradient_checkpointing=True,
+    num_workers=16,
     group_by_modality_length=True,
-)  # fmt: skip
+)
 ONEVISION_INSTRUCTION = {**NEXT_INSTRUCTION, "batch_size": 1, "grad_accum": 2, "num_workers": 4}  # finetune_ov.sh
 FAMILY_STAGE2_GROUPING_LR = 1e-4  # inferred: ten times the LLM's 1e-5
 
@@ -83,49 +119,84 @@ class Recipe:
 
 RECIPES = {
     "llava-1.5-7b-stage1": Recipe(
-        "llava", {**ALIGNMENT, "train_llm": False}, "zero2.yaml", "llava-1.5-7b", 8,
-        "LLaVA-Pretrain/blip_laion_cc_sbu_558k.json", "LLaVA scripts/v1_5/pretrain.sh",
+        "llava",
+        {**ALIGNMENT, "train_llm": False},
+        "zero2.yaml",
+        "llava-1.5-7b",
+        8,
+        "LLaVA-Pretrain/blip_laion_cc_sbu_558k.json",
+        "LLaVA scripts/v1_5/pretrain.sh",
     ),
     "llava-1.5-7b-stage2": Recipe(
-        "llava", INSTRUCTION, "zero3.yaml", "llava-1.5-7b", 8, "llava_v1_5_mix665k.json",
+        "llava",
+        INSTRUCTION,
+        "zero3.yaml",
+        "llava-1.5-7b",
+        8,
+        "llava_v1_5_mix665k.json",
         "LLaVA scripts/v1_5/finetune.sh",
     ),
     "vistog-7b-stage1": Recipe(
-        "vistog-stage1", {**ALIGNMENT, "num_semantic_tokens": VISTOG_BUDGET}, "zero2.yaml", "llava-1.5-7b", 8,
-        "LLaVA-Pretrain/blip_laion_cc_sbu_558k.json", "LLaVA pretrain.sh settings; stage split from VisToG",
+        "vistog-stage1",
+        {**ALIGNMENT, "num_semantic_tokens": VISTOG_BUDGET},
+        "zero2.yaml",
+        "llava-1.5-7b",
+        8,
+        "LLaVA-Pretrain/blip_laion_cc_sbu_558k.json",
+        "LLaVA pretrain.sh settings; stage split from VisToG",
         ("data, rates and N=64 inferred: the paper does not state them",),
     ),
     "vistog-7b-stage2": Recipe(
-        "vistog-stage2", {**INSTRUCTION, "num_semantic_tokens": VISTOG_BUDGET, "grouping_lr": VISTOG_STAGE2_GROUPING_LR},
-        "zero3.yaml", "llava-1.5-7b", 8,
-        "llava_v1_5_mix665k.json", "LLaVA finetune.sh settings; stage split from VisToG",
+        "vistog-stage2",
+        {**INSTRUCTION, "num_semantic_tokens": VISTOG_BUDGET, "grouping_lr": VISTOG_STAGE2_GROUPING_LR},
+        "zero3.yaml",
+        "llava-1.5-7b",
+        8,
+        "llava_v1_5_mix665k.json",
+        "LLaVA finetune.sh settings; stage split from VisToG",
         ("grouping_lr inferred: the paper does not state it",),
     ),
     "vistog-next-7b-stage1": Recipe(
-        "vistog-stage1", {**NEXT_ALIGNMENT, "num_semantic_tokens": VISTOG_BUDGET}, "zero3.yaml", "llava-next-7b", 8,
-        "blip_558k_plain.json (LLaVA-Pretrain 558k)", "LLaVA-NeXT scripts/train/pretrain_clip.sh settings",
+        "vistog-stage1",
+        {**NEXT_ALIGNMENT, "num_semantic_tokens": VISTOG_BUDGET},
+        "zero3.yaml",
+        "llava-next-7b",
+        8,
+        "blip_558k_plain.json (LLaVA-Pretrain 558k)",
+        "LLaVA-NeXT scripts/train/pretrain_clip.sh settings",
         ("N=64 per view inferred; 8 GPUs assumed (the script uses ${NUM_GPUS})", "--plan does not cover NeXT yet"),
     ),
     "vistog-next-7b-stage2": Recipe(
-        "vistog-stage2", {**NEXT_INSTRUCTION, "num_semantic_tokens": VISTOG_BUDGET,
-                          "grouping_lr": FAMILY_STAGE2_GROUPING_LR}, "zero3.yaml", "llava-next-7b", 8,
-        "llava_1_6.json", "LLaVA-NeXT scripts/train/finetune_clip.sh settings, vision frozen (VisToG's stage 2)",
+        "vistog-stage2",
+        {**NEXT_INSTRUCTION, "num_semantic_tokens": VISTOG_BUDGET, "grouping_lr": FAMILY_STAGE2_GROUPING_LR},
+        "zero3.yaml",
+        "llava-next-7b",
+        8,
+        "llava_1_6.json",
+        "LLaVA-NeXT scripts/train/finetune_clip.sh settings, vision frozen (VisToG's stage 2)",
         ("grouping_lr inferred; 8 GPUs assumed (the script uses ${NUM_GPUS})", "--plan does not cover NeXT yet"),
     ),
     "vistog-onevision-7b-stage1": Recipe(
-        "vistog-stage1", {**NEXT_ALIGNMENT, "num_semantic_tokens": VISTOG_BUDGET}, "zero3.yaml",
-        "llava-onevision-7b", 8, "blip_558k_plain.json (LLaVA-Pretrain 558k)",
+        "vistog-stage1",
+        {**NEXT_ALIGNMENT, "num_semantic_tokens": VISTOG_BUDGET},
+        "zero3.yaml",
+        "llava-onevision-7b",
+        8,
+        "blip_558k_plain.json (LLaVA-Pretrain 558k)",
         "LLaVA-NeXT scripts/train/pretrain_siglip.sh settings",
         ("N=64 per view inferred; 8 GPUs assumed (the script uses ${NUM_GPUS})", "--plan does not cover OneVision yet"),
     ),
     "vistog-onevision-7b-stage2": Recipe(
-        "vistog-stage2", {**ONEVISION_INSTRUCTION, "num_semantic_tokens": VISTOG_BUDGET,
-                          "grouping_lr": FAMILY_STAGE2_GROUPING_LR}, "zero3.yaml", "llava-onevision-7b", 128,
+        "vistog-stage2",
+        {**ONEVISION_INSTRUCTION, "num_semantic_tokens": VISTOG_BUDGET, "grouping_lr": FAMILY_STAGE2_GROUPING_LR},
+        "zero3.yaml",
+        "llava-onevision-7b",
+        128,
         "the OneVision stage's JSON files concatenated (images; videos not read)",
         "LLaVA-NeXT scripts/train/finetune_ov.sh settings (128 GPUs, its 7B advice), vision frozen",
         ("grouping_lr inferred", "--plan does not cover OneVision yet"),
     ),
-}  # fmt: skip
+}
 
 
 def get_recipe(name: str) -> Recipe:

@@ -1,12 +1,12 @@
 """The model each stage trains, with exactly that stage's parameters trainable:
 
-    pretrain-vision   the LLaVA checkpoint's vision tower learns per-region attributes (a linear head per attribute
-                      reads every patch at LLaVA's feature layer; the heads are discarded)
-    llava             projector + LLM (+ the vision tower with train_vision); a stock LLaVA checkpoint out
-    vistog-stage1     vision and LLM frozen; semantic tokens, grouping layer and projector train
-                      (a LLaVA checkpoint is wrapped with `from_llava(num_semantic_tokens=N)`, a LLaVA-NeXT /
-                      OneVision one with `VisToGFamily(model, N)`: the family from config.model_type)
-    vistog-stage2     as stage 1, plus the LLM (the paper's instruction-aware grouping); vision stays frozen
+pretrain-vision   the LLaVA checkpoint's vision tower learns per-region attributes (a linear head per attribute
+                  reads every patch at LLaVA's feature layer; the heads are discarded)
+llava             projector + LLM (+ the vision tower with train_vision); a stock LLaVA checkpoint out
+vistog-stage1     vision and LLM frozen; semantic tokens, grouping layer and projector train
+                  (a LLaVA checkpoint is wrapped with `from_llava(num_semantic_tokens=N)`, a LLaVA-NeXT /
+                  OneVision one with `VisToGFamily(model, N)`: the family from config.model_type)
+vistog-stage2     as stage 1, plus the LLM (the paper's instruction-aware grouping); vision stays frozen
 """
 
 from __future__ import annotations
@@ -65,7 +65,9 @@ def _llava_for_stage(config: TrainConfig, checkpoint, path: Path, has_weights: b
     from transformers import LlavaForConditionalGeneration
 
     if checkpoint.model_type != "llava":
-        raise UsageError(f"stage {config.stage} trains a LLaVA checkpoint; {path} holds a {checkpoint.model_type!r} model")
+        raise UsageError(
+            f"stage {config.stage} trains a LLaVA checkpoint; {path} holds a {checkpoint.model_type!r} model"
+        )
     dtype = torch_dtype(config.dtype)
     if has_weights:
         model = _load(LlavaForConditionalGeneration, path, dtype)
@@ -87,8 +89,10 @@ def _family_vistog_for_stage(config: TrainConfig, family, path: Path, dtype):
     from ..model.families_vistog import SETTINGS_FILE, VisToGFamily
 
     if family.model_type not in ("llava_next", "llava_onevision"):
-        raise UsageError(f"stage {config.stage}: VisToG wraps LLaVA-1.5, LLaVA-NeXT or LLaVA-OneVision; {path} holds "
-                         f"a {family.model_type!r} model")  # fmt: skip
+        raise UsageError(
+            f"stage {config.stage}: VisToG wraps LLaVA-1.5, LLaVA-NeXT or LLaVA-OneVision; {path} holds "
+            f"a {family.model_type!r} model"
+        )
     if (path / SETTINGS_FILE).is_file():
         model = VisToGFamily.from_pretrained(path, dtype=dtype)
         _check_semantic_tokens(config, path, model.num_semantic_tokens)
@@ -127,8 +131,10 @@ def _vistog_for_stage(config: TrainConfig, checkpoint, path: Path, has_weights: 
             raise UsageError(f"{path} is a VisToG checkpoint with VisToG off; start from a LLaVA checkpoint")
         _check_semantic_tokens(config, path, have)
     else:
-        raise UsageError(f"{path} holds a {checkpoint.model_type!r} model; expected 'llava', 'vistog', "
-                         "'llava_next' or 'llava_onevision'")  # fmt: skip
+        raise UsageError(
+            f"{path} holds a {checkpoint.model_type!r} model; expected 'llava', 'vistog', "
+            "'llava_next' or 'llava_onevision'"
+        )
     return model
 
 
@@ -143,7 +149,9 @@ def trainable_parts(model, stage: str, train_llm: bool = True, train_vision: boo
         return [inner.vision_tower]
     llm = [inner.language_model, top.lm_head]
     if stage == "llava":
-        return [inner.multi_modal_projector] + (llm if train_llm else []) + ([inner.vision_tower] if train_vision else [])
+        return (
+            [inner.multi_modal_projector] + (llm if train_llm else []) + ([inner.vision_tower] if train_vision else [])
+        )
     new = [model.grouping, model.semantic_tokens] if family else [inner.grouping, inner.vision_tower.semantic_tokens]
     return new + [inner.multi_modal_projector] + (llm if stage == "vistog-stage2" else [])
 
@@ -192,7 +200,9 @@ def conversation_dataset(config: TrainConfig, model, records, image_folder: Path
     from .data import ConversationDataset, ViewConversationDataset
 
     if isinstance(model, VisToGFamily):
-        return ViewConversationDataset(records, image_folder, processor, prompts, model.view_tokens,
-                                       config.max_length, config.data_format)  # fmt: skip
-    return ConversationDataset(records, image_folder, processor, prompts, tokens_per_image(model), config.max_length,
-                               config.data_format)  # fmt: skip
+        return ViewConversationDataset(
+            records, image_folder, processor, prompts, model.view_tokens, config.max_length, config.data_format
+        )
+    return ConversationDataset(
+        records, image_folder, processor, prompts, tokens_per_image(model), config.max_length, config.data_format
+    )
