@@ -6,6 +6,7 @@ version accelerate cannot apply on CPUs is refused in one line."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import socket
@@ -32,6 +33,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+STEPS, LR = 3, 3e-3  # every run of these tests: a few Adam steps
+
+
 def train_args(fresh, data, out, batch_size: int) -> list[str]:
     return [
         "-m",
@@ -47,9 +51,9 @@ def train_args(fresh, data, out, batch_size: int) -> list[str]:
         "--batch-size",
         str(batch_size),
         "--max-steps",
-        "3",
+        str(STEPS),
         "--lr",
-        "3e-3",
+        str(LR),
         "--warmup-ratio",
         "0",
         "--log-every",
@@ -139,6 +143,7 @@ def test_fsdp2_two_processes_shard_train_save_and_serve(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     start, summary = log_of(fsdp)[0], log_of(fsdp)[-1]
     assert summary["processes"] == 2 and summary["distributed_type"] == "FSDP"
+    assert summary["llm_compute_dtype"] == "float32"  # no mixed precision asked: the policy leaves float32
     # fully_shard splits every parameter on dim 0 over the 2 ranks (rank 0 takes the larger half of an odd size)
     assert start["parameters_held"] < start["parameters"] and 2 * start["parameters_held"] >= start["parameters"]
     assert log_of(single)[0]["parameters_held"] == log_of(single)[0]["parameters"]
@@ -151,7 +156,17 @@ def test_fsdp2_two_processes_shard_train_save_and_serve(tmp_path):
 
     gathered, again, alone = (load_checkpoint(out)[0].state_dict() for out in (fsdp, resumed, single))
     assert gathered.keys() == alone.keys() == again.keys()
-    assert max((gathered[k] - alone[k]).abs().max().item() for k in alone) < 1e-5  # 3 Adam steps move ~1e-2
+    # How far may they differ? The two runs reduce the same gradients in another order (gloo's reduce-scatter of two
+    # half-batch means vs one process's sum): float32 rounding, relative ~ n * 2^-24 <= 1e-4 for the <= 10^3 terms of
+    # these sums. Adam's step lr * m / (sqrt(v) + eps) is insensitive to a relative error of the gradient wherever
+    # |g| >> eps, so those weights agree to about 3 steps * lr * 1e-4 ~ 1e-6. Only where a gradient is itself at the
+    # rounding level (|g| ~ eps = 1e-8, or its sign decided by rounding) does Adam amplify the noise, up to its full
+    # step: such weights are rare (19 of 709,760 on the first machines measured) and never move more than their
+    # 3 steps of at most lr each, in opposite directions.
+    well_conditioned = 1e-6
+    differences = torch.cat([(gathered[k] - alone[k]).abs().flatten() for k in alone])
+    assert differences.max().item() <= 2 * STEPS * LR
+    assert (differences > well_conditioned).float().mean().item() < 1e-4
     assert all(torch.equal(gathered[k], again[k]) for k in gathered)
     serve_one_sample(fsdp)
 
@@ -180,8 +195,9 @@ def test_fsdp2_two_processes_train_vistog_stage1_and_serve(tmp_path):
 
 @pytest.mark.slow
 def test_fsdp2_mixed_precision_reaches_its_policy(tmp_path):
-    """--mixed-precision bf16 under FSDP2 on CPU: FSDP2's MixedPrecisionPolicy computes in bf16 (the losses are bf16
-    numbers, unlike fp32's), the saved weights are the fp32 masters."""
+    """--mixed-precision bf16 under FSDP2 on CPU: FSDP2's MixedPrecisionPolicy computes in bf16 (the LLM's decoder
+    layers return bf16 hidden states), the saved weights are the fp32 masters. (The loss itself is no witness: with
+    accelerate 1.15 it came out of bf16 autocast, with 1.16 transformers' loss upcasts bf16 logits to float32.)"""
     fresh, data = write_fresh_model(tmp_path / "fresh"), write_single_word_data(tmp_path / "data", 4)
     out = tmp_path / "bf16"
     command = [*TORCHRUN, "--master_port", str(free_port()), *train_args(fresh, data, out, 2)]
@@ -190,7 +206,8 @@ def test_fsdp2_mixed_precision_reaches_its_policy(tmp_path):
     summary = log_of(out)[-1]
     losses = [summary["first_loss"], summary["last_loss"]]
     assert summary["distributed_type"] == "FSDP"
-    assert all(float(torch.tensor(loss).bfloat16()) == loss for loss in losses)
+    assert summary["mixed_precision"] == "bf16" and summary["llm_compute_dtype"] == "bfloat16"
+    assert all(math.isfinite(loss) for loss in losses)
     from safetensors.torch import load_file
 
     assert {w.dtype for w in load_file(out / "model.safetensors").values()} == {torch.float32}

@@ -35,6 +35,7 @@ class TrainerState:
     skipped: int = 0  # samples replaced for a missing / corrupt image or cut image tokens (all processes)
     losses: list = field(default_factory=list)
     log_lines: list = field(default_factory=list)
+    llm_compute_dtype: str | None = None  # what the LLM's first decoder layer computed in, seen on the first batch
 
     def state_dict(self) -> dict:
         return asdict(self)
@@ -110,9 +111,30 @@ def fsdp_units_on_llm_layers(accelerator, module) -> None:
         or accelerator.state.fsdp_plugin.transformer_cls_names_to_wrap
     ):
         return
-    layers = [sub for name, sub in module.named_modules() if name.endswith("language_model.layers")]
-    if layers:
-        accelerator.state.fsdp_plugin.transformer_cls_names_to_wrap = [type(layers[0][0]).__name__]
+    layers = llm_decoder_layers(module)
+    if layers is not None:
+        accelerator.state.fsdp_plugin.transformer_cls_names_to_wrap = [type(layers[0]).__name__]
+
+
+def llm_decoder_layers(module):
+    """The LLM's decoder layers (a ModuleList) inside the module being trained, or None (the region pretrainer)."""
+    return next((sub for name, sub in module.named_modules() if name.endswith("language_model.layers")), None)
+
+
+def watch_llm_compute_dtype(module, state: TrainerState) -> None:
+    """Record, once, the dtype of the hidden states the LLM's first decoder layer returns: the precision training
+    really computes in (FSDP2's MixedPrecisionPolicy casts parameters and inputs per unit, autocast casts per op; which
+    of the two accelerate applies has changed between its releases, so the run says what happened)."""
+    layers = llm_decoder_layers(module)
+    if layers is None:
+        return
+
+    def seen(_layer, _inputs, output) -> None:
+        hidden = output[0] if isinstance(output, tuple) else output  # [B, T, D]
+        state.llm_compute_dtype = str(hidden.dtype).removeprefix("torch.")
+        handle.remove()
+
+    handle = layers[0].register_forward_hook(seen)
 
 
 def is_sharded(accelerator) -> bool:
@@ -306,6 +328,8 @@ def save_checkpoint(config: TrainConfig, accelerator, module, model, processor, 
         "skipped_samples": state.skipped,
         "processes": accelerator.num_processes,
         "distributed_type": accelerator.distributed_type.value,
+        "mixed_precision": accelerator.mixed_precision,
+        "llm_compute_dtype": state.llm_compute_dtype,
     }
     lines = [*state.log_lines, summary]
     (output_dir / "training_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
@@ -358,6 +382,7 @@ def train(config: TrainConfig) -> TrainResult:
     fsdp_units_on_llm_layers(accelerator, module)
     module, optimizer, loader, scheduler = accelerator.prepare(module, optimizer, loader, scheduler)
     accelerator.register_for_checkpointing(state)
+    watch_llm_compute_dtype(module, state)
     progress = Progress(config, accelerator, state, total)
     progress.log(
         {
