@@ -34,9 +34,13 @@ from typing import Any
 
 from .errors import UsageError
 
-# Two clocks on one request agree when they differ by at most this fraction (or FIRST_TOKEN_SLACK_MS).
+# Two clocks on one request agree when the median of their per-request gaps is at most this fraction of the stage
+# (or FIRST_TOKEN_SLACK_MS for the first token, whose two clocks sit a sampling step apart).
 CLOCK_TOLERANCE = 0.2
 FIRST_TOKEN_SLACK_MS = 1.0
+# A stage whose repeats spread more than this (coefficient of variation) was measured on a busy machine: clocks that
+# disagree there make the row "noisy", not failed; a quiet machine (CV 1-2 % measured on CPU) still fails them.
+NOISY_CV = 0.1
 
 
 @dataclass(frozen=True)
@@ -82,27 +86,52 @@ class PathResult:
     ok: bool
     problems: list[str] = field(default_factory=list)
     figures: dict[str, Any] = field(default_factory=dict)
+    noise: list[str] = field(default_factory=list)  # findings the machine's noise explains; the row stays ok
+
+    @property
+    def verdict(self) -> str:
+        return "FAILED" if not self.ok else "noisy" if self.noise else "ok"
 
 
-def _agree(a: float, b: float, slack_ms: float = 0.0) -> bool:
-    return abs(a - b) <= max(slack_ms, CLOCK_TOLERANCE * max(abs(a), abs(b)))
+# (second clock, the stage it cross-checks, what the disagreement is called, slack in ms)
+_CLOCK_CHECKS = (
+    ("host_total", "total", "host clock", 0.0),
+    ("ttft_logits_processor", "ttft", "first-token clock", FIRST_TOKEN_SLACK_MS),
+)
+
+
+def clock_disagreements(record) -> tuple[list[str], list[str]]:
+    """(problems, noise) of the second clocks: the median per-request gap between a second clock and its stage against
+    CLOCK_TOLERANCE; a disagreement on a stage that spread more than NOISY_CV is noise."""
+    problems, noise = [], []
+    for clock, stage, label, slack_ms in _CLOCK_CHECKS:
+        stage_ms = getattr(record, f"{stage}_ms")
+        gap = record.stats.get(f"{clock}_gap", {}).get("p50")
+        second = record.stats.get(clock, {}).get("p50")
+        if gap is None or stage_ms is None:
+            problems.append(f"{label}: no per-request reading beside {stage}_ms")
+            continue
+        if gap <= max(slack_ms, CLOCK_TOLERANCE * stage_ms):
+            continue
+        spread = record.stats.get(stage, {}).get("cv", 0.0)
+        finding = f"{label} {second} ms vs {stage} {stage_ms} ms (median gap per request {gap:.3g} ms)"
+        if spread > NOISY_CV:
+            noise.append(f"{finding}; {stage} spread CV {spread:.0%} > {NOISY_CV:.0%}: busy machine, rerun when idle")
+        else:
+            problems.append(finding)
+    return problems, noise
 
 
 def check_controlled(record, cuda: bool) -> list[str]:
-    """What a controlled record must hold for its paths to count as working (empty: all do)."""
-    problems = []
+    """What a controlled record must hold for its paths to count as working (empty: all do); clock disagreements that
+    the machine's noise explains are not among them (clock_disagreements)."""
+    problems = clock_disagreements(record)[0]
     for stage in ("vision", "projector", "prefill", "ttft", "total"):
         value = getattr(record, f"{stage}_ms")
         if value is None or not value > 0:
             problems.append(f"{stage}_ms is {value}")
     if record.method == "vistog" and record.grouping_ms is None:
         problems.append("no grouping time with VisToG on")
-    host = record.stats.get("host_total", {}).get("p50")
-    if host is None or not _agree(host, record.total_ms):
-        problems.append(f"host clock {host} ms vs device clock {record.total_ms} ms")
-    independent = record.stats.get("ttft_logits_processor", {}).get("p50")
-    if independent is None or not _agree(independent, record.ttft_ms, FIRST_TOKEN_SLACK_MS):
-        problems.append(f"first-token clock {independent} ms vs hook TTFT {record.ttft_ms} ms")
     if record.extra.get("flops_mismatch"):
         problems.append(f"counted vs analytic FLOPs differ: {record.extra['flops_mismatch']}")
     measured, computed = record.extra.get("kv_cache_bytes_measured"), record.extra.get("kv_cache_bytes_computed")
@@ -166,7 +195,8 @@ def run_controlled(plan: SelftestPlan, execution_path: str) -> list[PathResult]:
     for record in measured_records(settings):
         name = f"controlled/{execution_path} budget {record.budget} batch {record.batch_size}"
         problems = check_controlled(record, plan.device.startswith("cuda"))
-        results.append(PathResult(name, not problems, problems, _controlled_figures(record)))
+        noise = clock_disagreements(record)[1]
+        results.append(PathResult(name, not problems, problems, _controlled_figures(record), noise))
     return results
 
 
@@ -287,8 +317,8 @@ def markdown_table(plan: SelftestPlan, results: list[PathResult]) -> str:
         rows.append(
             [
                 r.path,
-                "ok" if r.ok else "FAILED",
-                "; ".join(r.problems) or "-",
+                r.verdict,
+                "; ".join(r.problems + r.noise) or "-",
                 ", ".join(f"{k}={short(v)}" for k, v in shown.items()) or "-",
             ]
         )
@@ -323,6 +353,9 @@ def main(args: argparse.Namespace) -> int:
     failed = [r for r in results if not r.ok]
     for row in failed:
         print(f"vistog-bench selftest: {row.path} FAILED: {'; '.join(row.problems)}", file=sys.stderr)
+    for row in results:
+        if row.ok and row.noise:
+            print(f"vistog-bench selftest: {row.path} noisy: {'; '.join(row.noise)}", file=sys.stderr)
     print(f"selftest: {stem.with_suffix('.json')}, {stem.with_suffix('.md')}", file=sys.stderr)
     return 1 if failed else 0
 
@@ -333,6 +366,7 @@ __all__ = [
     "plan_for",
     "selftest",
     "check_controlled",
+    "clock_disagreements",
     "markdown_table",
     "add_arguments",
     "main",

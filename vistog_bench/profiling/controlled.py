@@ -47,9 +47,11 @@ from .timers import cpu_threads
 
 # Stage fields timed per request (results.STAGES, plus the derived TTFT, decode per token and the total).
 TIMED_FIELDS = (*STAGES[:5], "ttft", "decode", "decode_per_token", "total")
-# Readings of a second clock per request (record.extra): the host's perf_counter over the whole request, and the
-# first token's time by the logits processor; summarized beside the stage fields to cross-check them.
-SECOND_CLOCKS = ("host_total", "ttft_logits_processor")
+# Readings of a second clock per request (record.extra), each with the stage it cross-checks: the host's perf_counter
+# over the whole request (total), and the first token's time by the logits processor (ttft). Summarized beside the
+# stage fields, with the per-request gap between the two clocks: both read the same request, so a busy machine moves
+# them together while it spreads their medians apart.
+SECOND_CLOCKS = {"host_total": "total", "ttft_logits_processor": "ttft"}
 # Where a LLaVA-NeXT / OneVision / Qwen2.5-VL checkpoint is measured instead (their counts depend on the image)
 FAMILY_ROUTE = (
     "its request timings come from `vistog-bench run --model ...` (profile.jsonl), its FLOPs from "
@@ -400,10 +402,13 @@ def aggregate(
             medians[f"{name}_ms"] = stats[name]["median"]
         else:
             medians[f"{name}_ms"] = None
-    for name in SECOND_CLOCKS:
+    for name, stage in SECOND_CLOCKS.items():
         values = [r.extra.get(f"{name}_ms") for r in records]
         if all(v is not None for v in values):
             stats[name] = summarize(values)
+            stage_values = [getattr(r, f"{stage}_ms") for r in records]
+            if all(v is not None for v in stage_values):  # |second - stage| of each request, in ms
+                stats[f"{name}_gap"] = summarize([abs(a - b) for a, b in zip(values, stage_values, strict=True)])
     energies = [r.energy_j for r in records]
     energy_j = None
     if all(v is not None for v in energies):
