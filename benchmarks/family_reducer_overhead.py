@@ -14,6 +14,7 @@ encoder layer's q / k, see docs/reducers.md "On other families"). Minimum and me
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 
@@ -40,8 +41,8 @@ def measure(shape: str, height: int, width: int, percent: int, device: str, warm
     keep = max(1, round(tokens * percent / 100))
     rows = []
     for method in METHODS:
-        selector = RunSelector(method)
-        times = time_repeats(lambda: selector.choose(hidden, run, keep, instruction, 0), device, warmup, repeats)
+        choose = functools.partial(RunSelector(method).choose, hidden, run, keep, instruction, 0)
+        times = time_repeats(choose, device, warmup, repeats)
         rows.append(
             {
                 "shape": shape,

@@ -4,12 +4,12 @@
 
 "on" is a request on an attached profiler, as the harness uses it (`run` attaches once per task, `profile` once per
 budget); attaching and detaching (eight hook registrations) is reported on its own line.
-Runs are interleaved in ABBA order (off, on, on, off, ...) so drifting machine load hits both sides alike; reported: median of each
-side, the median of the paired ratios on/off, and process CPU time. The profiler's own work is measured directly
-inside real requests (so it holds up on a loaded machine where the A/B difference drowns in noise): its hook
-callbacks, and opening + closing the request (RSS reset and read, NVML read, the record built from the request's
-spans), as the time `with profiler.request(...)` adds around the generate. What the A/B difference holds beyond
-that is PyTorch's module-call path for modules that carry hooks. Target: <= 2 %.
+Runs are interleaved in ABBA order (off, on, on, off, ...) so drifting machine load hits both sides alike; reported:
+median of each side, the median of the paired ratios on/off, and process CPU time. The profiler's own work is
+measured directly inside real requests (so it holds up on a loaded machine where the A/B difference drowns in noise):
+its hook callbacks, and opening + closing the request (RSS reset and read, NVML read, the record built from the
+request's spans), as the time `with profiler.request(...)` adds around the generate. What the A/B difference holds
+beyond that is PyTorch's module-call path for modules that carry hooks. Target: <= 2 %.
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def percent(ratio: float) -> str:
 def report(args, readings: dict, hook_ms: float, open_close_ms: float, attach: float) -> None:
     offs, ons = ([wall for wall, _ in readings[side]] for side in ("off", "on"))
     off_cpu, on_cpu = ([cpu for _, cpu in readings[side]] for side in ("off", "on"))
-    ratios = sorted(b / a for a, b in zip(offs, ons))
+    ratios = sorted(b / a for a, b in zip(offs, ons, strict=True))
     median_off, median_on = statistics.median(offs) * 1e3, statistics.median(ons) * 1e3
     cpu_off, cpu_on = statistics.median(off_cpu) * 1e3, statistics.median(on_cpu) * 1e3
     own = 100 * (hook_ms + open_close_ms) / cpu_off

@@ -108,7 +108,7 @@ def llm_stages(config, method: str, budget: int, pdrop_layers: tuple[int, ...] |
         at = pdrop_layers if method == "pdrop" and pdrop_layers else scaled_layers(paper, layers)
         counts = mean_schedule(budget, layers, patches, at, method)
         selector = LastTokenAttention() if method == "pdrop" else SparseVLMSelector()
-        return selector, tuple(Stage(a, n) for a, n in zip(at, counts)), patches
+        return selector, tuple(Stage(a, n) for a, n in zip(at, counts, strict=True)), patches
     if method == "dart":
         at = scaled_layers((DART_LAYER,), layers)[0]
         (keep,) = mean_schedule(budget, layers, patches, (at,), "dart")

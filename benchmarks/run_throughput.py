@@ -27,7 +27,7 @@ def main() -> None:
     models = [str(m) for m in (args.model or embedded_default()[0])]
     with tempfile.TemporaryDirectory() as out:
         for batch_size in (1, args.batch_size):
-            for repeat in range(args.repeats):
+            for _ in range(args.repeats):
                 config = RunConfig(
                     models=tuple(models),
                     tasks=(args.task,),

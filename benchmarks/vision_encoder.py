@@ -56,7 +56,8 @@ def main() -> None:
             times = time_repeats(fn, args.device, args.warmup, args.repeats)
             medians[name] = statistics.median(times)
             print(
-                f"{name:9s} median {medians[name]:9.2f} ms  min {min(times):9.2f}  max {max(times):9.2f}  (n={len(times)})"
+                f"{name:9s} median {medians[name]:9.2f} ms  min {min(times):9.2f}  "
+                f"max {max(times):9.2f}  (n={len(times)})"
             )
     patches = vision_config.image_size // vision_config.patch_size
     flop_ratio = (patches**2 + 1 + args.num_semantic_tokens) / (patches**2 + 1)

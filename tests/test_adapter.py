@@ -33,7 +33,7 @@ def vistog_dir(llava_dir, tmp_path_factory):
 
 
 def task_split(images):
-    return {"toy": {"test": [{"image": image, "question": q} for image, q in zip(images, QUESTIONS)]}}
+    return {"toy": {"test": [{"image": image, "question": q} for image, q in zip(images, QUESTIONS, strict=False)]}}
 
 
 def requests(count, gen_kwargs=None):

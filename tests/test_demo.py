@@ -35,7 +35,7 @@ def test_generator_is_deterministic():
             va, vb = world.video_sample(split, index), world.video_sample(split, index)
             assert va == vb
             frames_a, frames_b = world.render_video(va), world.render_video(vb)
-            assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(frames_a, frames_b))
+            assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(frames_a, frames_b, strict=True))
 
 
 def test_splits_never_share_a_seed():

@@ -73,7 +73,7 @@ def requests():
 
 
 def answers(lm):
-    lm.task_dict = {"toy": {"test": [{"image": i, "question": q} for i, q in zip(images(), QUESTIONS)]}}
+    lm.task_dict = {"toy": {"test": [{"image": i, "question": q} for i, q in zip(images(), QUESTIONS, strict=True)]}}
     return [r.text if hasattr(r, "text") else r for r in lm.generate_until(requests())]
 
 
@@ -84,7 +84,7 @@ def documented_answers(path, cls):
     processor = AutoProcessor.from_pretrained(path)
     model = cls.from_pretrained(path, dtype=torch.float32).eval()
     out = []
-    for image, question in zip(images(), QUESTIONS):
+    for image, question in zip(images(), QUESTIONS, strict=True):
         conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
         prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
         inputs = processor(images=image, text=prompt, return_tensors="pt")

@@ -257,7 +257,7 @@ def test_selection_equals_a_plain_loop_of_the_papers_pseudo_code(layouts, name, 
     views = sorted({int(v) for v in image.view if v >= 0})
     members = [[t for t in range(run.numel()) if int(image.view[t]) == v] for v in views]
     kept: dict[int, torch.Tensor] = {}
-    for group, share in zip(members, reference_shares([len(m) for m in members], keep)):
+    for group, share in zip(members, reference_shares([len(m) for m in members], keep), strict=True):
         if share:
             kept.update(
                 reference_visionzip(group, image.score, image.keys, states, share)

@@ -70,15 +70,17 @@ def test_counted_equals_analytic_at_full_budget(layouts, name, size):
         FamilyShape.from_config(model.config), visual_tokens=visual, text_tokens=text, **_geometry(name, inputs)
     )
     assert _counted(lambda: model(**inputs, logits_to_keep=1)) == analytic["total"]
-    if name == "qwen2.5-vl":
-        encode = lambda: model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
-    else:
-        encode = lambda: model.model.get_image_features(
+
+    def encode():
+        if name == "qwen2.5-vl":
+            return model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
+        return model.model.get_image_features(
             inputs["pixel_values"],
             inputs["image_sizes"],
             vision_feature_layer=model.config.vision_feature_layer,
             vision_feature_select_strategy=model.config.vision_feature_select_strategy,
         )
+
     assert _counted(encode) == analytic["vision"] + analytic["projector"]
 
 

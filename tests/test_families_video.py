@@ -78,7 +78,7 @@ def answers(lm, docs, kinds):
 
 
 def video_docs(videos):
-    return [{"video": v, "question": q} for v, q in zip(videos, QUESTIONS)]
+    return [{"video": v, "question": q} for v, q in zip(videos, QUESTIONS, strict=False)]
 
 
 def lmms_eval_indices(name: str, total: int, fps: float) -> list[int]:
@@ -113,7 +113,7 @@ def documented(path, name, video_files):
     processor = AutoProcessor.from_pretrained(path)
     model = FAMILIES[NAMES[name]].model_class().from_pretrained(path, dtype=torch.float32).eval()
     out, prompts, media = [], [], []
-    for video, question in zip(video_files, QUESTIONS):
+    for video, question in zip(video_files, QUESTIONS, strict=False):
         with av.open(video) as container:
             fps = float(container.streams.video[0].average_rate)
             frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])  # [n, H, W, 3]
@@ -160,7 +160,7 @@ def assert_same_llm_inputs(got: list[dict], expected: list[dict], atol: float = 
     """Prefills compared in doc order (the chat prompts' contexts are all empty: the adapter's longest-first sort keeps
     doc order, as lmms-eval's models serve them)."""
     assert len(got) == len(expected) > 0
-    for ours, theirs in zip(got, expected):
+    for ours, theirs in zip(got, expected, strict=True):
         assert ours["inputs_embeds"].shape == theirs["inputs_embeds"].shape
         torch.testing.assert_close(ours["inputs_embeds"], theirs["inputs_embeds"].float(), rtol=1e-5, atol=atol)
         if theirs["position_ids"] is not None:
@@ -266,7 +266,7 @@ def test_log_counts_the_videos_run_of_video_tokens(layouts, videos, name):
     answers(lm, video_docs(videos), [video_messages] * 2)
     log = lm.take_sample_log()
     config = lm.model.config
-    for entry, side in zip(log, (56, 84)):
+    for entry, side in zip(log, (56, 84), strict=True):
         (frames,) = entry["video_frames"]
         if name == "llava-onevision":  # each frame's grid pooled 2 x 2 (ceil), then one newline token per video
             grid = -(-(config.vision_config.image_size // config.vision_config.patch_size) // 2)
@@ -382,7 +382,7 @@ def test_onevision_image_and_video_in_one_sample_fails_alone_under_a_reducer(lay
     assert "failure" not in log[1] and log[1]["visual_tokens"] == [300] and out[1] != ""
 
 
-# -- failures and the per-frame families ---------------------------------------------------------------------------------
+# -- failures and the per-frame families -------------------------------------------------------------------------------
 def test_corrupt_video_fails_only_its_sample(layouts, videos, tmp_path):
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"\x00garbage, not an mp4" * 50)

@@ -51,7 +51,7 @@ def test_patch_features_equal_the_stock_encoders_with_semantic_tokens(layouts, n
     data = vt.inputs(processor, prompts(processor), [[i] for i in images()])
     config = model.config
     first = 1 if config.vision_feature_select_strategy == "default" else 0
-    for views, count in zip(data["pixel_values"], vt.views_per_image(data["image_sizes"])):
+    for views, count in zip(data["pixel_values"], vt.views_per_image(data["image_sizes"]), strict=True):
         with torch.no_grad():
             patches, semantic = vt.vision_states(views[:count])
             stock = model.model.vision_tower(views[:count], output_hidden_states=True).hidden_states
@@ -80,7 +80,7 @@ def test_llm_receives_views_times_n_and_batches_answer_as_batch_one(layouts, nam
     assert views == [int((pv.flatten(1).abs().sum(1) > 0).sum()) for pv in data["pixel_values"]]  # unpadded views
     data.pop("visual_tokens_unreduced")
     batched = vt.generate(**data, max_new_tokens=4, do_sample=False)
-    for b, (prompt, image) in enumerate(zip(prompts(processor), images())):
+    for b, (prompt, image) in enumerate(zip(prompts(processor), images(), strict=True)):
         one = vt.inputs(processor, [prompt], [[image]])
         one.pop("visual_tokens_unreduced")
         single = vt.generate(**one, max_new_tokens=4, do_sample=False)
@@ -152,7 +152,7 @@ def test_adapter_serves_a_saved_vistog_checkpoint(layouts, name, tmp_path):
     assert isinstance(loaded, VisToGFamily)
     lm = VisToGChatLMM(pretrained=str(tmp_path), method="vistog", device="cpu", batch_size=2)
     assert lm.budget == 16
-    docs = [{"image": image, "question": q} for image, q in zip(images(), QUESTIONS)]
+    docs = [{"image": image, "question": q} for image, q in zip(images(), QUESTIONS, strict=True)]
     lm.task_dict = {"toy": {"test": docs}}
 
     def doc_to_messages(doc):
@@ -175,7 +175,7 @@ def test_adapter_serves_a_saved_vistog_checkpoint(layouts, name, tmp_path):
     ]
     got = [r.text for r in lm.generate_until(reqs)]
     expected = []
-    for prompt, image in zip(prompts(processor), images()):
+    for prompt, image in zip(prompts(processor), images(), strict=True):
         one = vt.inputs(processor, [prompt], [[image]])
         one.pop("visual_tokens_unreduced")
         ids = vt.generate(**one, max_new_tokens=4, do_sample=False)

@@ -284,7 +284,7 @@ def test_a_baseline_cell_that_failed_and_now_runs_is_fixed_not_a_failure(tmp_pat
     capsys.readouterr()
     assert cli.main(["check", str(fixed), "--baseline", str(baseline)]) == 0
     out = capsys.readouterr().out
-    status_line = next(l for l in out.splitlines() if "vistog" in l and " status " in l)
+    status_line = next(line for line in out.splitlines() if "vistog" in line and " status " in line)
     assert "fixed" in status_line
     assert "FAIL" not in out and "1 fixed" in out
 

@@ -86,7 +86,7 @@ def test_request_needs_attached_profiler_and_no_nesting(models):
                 with profiler.request(method="vistog", budget=64, batch_size=1):
                     pass
             with pytest.raises(RuntimeError, match="has closed"):
-                req.record
+                _ = req.record
     # no generate ran: a record all the same, its stage times null with reasons
     assert req.record.prefill_ms is None and "prefill_ms" in req.record.null_reasons
 
@@ -172,7 +172,7 @@ def test_compiled_path_hooks_stay_out_of_the_graph(models):
 # -- FLOPs -------------------------------------------------------------------------------------------------------------
 def _vmhwm_bytes() -> int:
     """VmHWM read afresh from a newly opened /proc/self/status (what the kept-open reader must agree with)."""
-    line = next(l for l in open("/proc/self/status").read().splitlines() if l.startswith("VmHWM:"))
+    line = next(entry for entry in open("/proc/self/status").read().splitlines() if entry.startswith("VmHWM:"))
     return int(line.split()[1]) * 1024
 
 

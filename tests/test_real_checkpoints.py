@@ -62,7 +62,7 @@ def images(count=4, seed=0):
 
 
 def task_dict(count=4):
-    return {"toy": {"test": [{"image": i, "question": q} for i, q in zip(images(count), QUESTIONS)]}}
+    return {"toy": {"test": [{"image": i, "question": q} for i, q in zip(images(count), QUESTIONS, strict=True)]}}
 
 
 def doc_to_messages(doc):  # what lmms-eval's ConfigurableMessagesTask builds from doc_to_visual + doc_to_text
@@ -233,7 +233,7 @@ def test_adapter_takes_a_template_file(layouts, tmp_path):
     )
 
 
-# -- parity with lmms-eval's llava_hf and transformers' documented usage ------------------------------------------------
+# -- parity with lmms-eval's llava_hf and transformers' documented usage -----------------------------------------------
 @pytest.mark.parametrize("layout", ["hub", "resaved"])
 def test_chat_answers_equal_lmms_eval_chat_llava_hf(layouts, layout):
     from lmms_eval.models.chat.llava_hf import LlavaHf as LlavaHfChat
@@ -272,7 +272,7 @@ def test_answers_equal_transformers_documented_usage(layouts):
     processor = AutoProcessor.from_pretrained(path)
     model = LlavaForConditionalGeneration.from_pretrained(path).eval()
     expected = []
-    for image, question in zip(images(), QUESTIONS):
+    for image, question in zip(images(), QUESTIONS, strict=True):
         conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
         prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
         inputs = processor(images=image, text=prompt, return_tensors="pt")
@@ -282,7 +282,7 @@ def test_answers_equal_transformers_documented_usage(layouts):
     assert answers(ours, chat_requests()) == expected
 
 
-# -- reduced budgets on the real layouts --------------------------------------------------------------------------------
+# -- reduced budgets on the real layouts -------------------------------------------------------------------------------
 @pytest.mark.parametrize("layout", ["hub", "resaved"])
 @pytest.mark.parametrize("method", ["pool", "visionzip", "fastv", "tome", "prumerge"])
 def test_reducers_serve_real_layouts_at_64(layouts, layout, method):

@@ -175,8 +175,8 @@ def test_layer_mean_schedules():
     assert scaled_layers((8, 16, 24), 32) == (8, 16, 24) and scaled_layers((8, 16, 24), 2) == (1,)
     for budget, layers in [(192, (8, 16, 24)), (128, (2, 6, 12)), (64, (2, 6, 12))]:
         counts = mean_schedule(budget, 32, P, layers, "pdrop")
-        spans = [b - a for a, b in zip(layers, (*layers[1:], 32))]
-        mean = (layers[0] * P + sum(s * n for s, n in zip(spans, counts))) / 32
+        spans = [b - a for a, b in zip(layers, (*layers[1:], 32), strict=True)]
+        mean = (layers[0] * P + sum(s * n for s, n in zip(spans, counts, strict=True))) / 32
         assert abs(mean - budget) <= spans[-1] / 32 * 0.5 + 1e-9 and list(counts) == sorted(counts, reverse=True)
     assert mean_schedule(64, 32, P, (2,), "dart") == (round((64 * 32 - 2 * P) / 30),)
     # VScan's README: 96 tokens from the encoder, 32 from layer 16, "an average of 64 tokens throughout the 32 layers"
@@ -212,7 +212,7 @@ def test_bad_input(model, method, budget, options, message):
         apply_method(model, method, budget, **options)
 
 
-# -- core selections against plain loops from the papers' pseudo-code ----------------------------------------------------
+# -- core selections against plain loops from the papers' pseudo-code --------------------------------------------------
 def test_divprune_matches_the_mmdp_loop():
     x = torch.randn(40, 8, generator=torch.Generator().manual_seed(0))
     distance = 1 - torch.nn.functional.cosine_similarity(x[:, None], x[None], dim=-1)
@@ -314,7 +314,8 @@ def test_vscan_scans_match_the_reference_loops():
 
 
 def test_vscan_local_scan_reads_the_shallow_layers_attention(model, processor):
-    """The hooked q / k give the CLS row of that layer's eager attention weights; removing the method drops the hooks."""
+    """The hooked q / k give the CLS row of that layer's eager attention weights; removing the method drops the
+    hooks."""
     tower = model.model.vision_tower
     layer = shallow_layer(len(tower.encoder.layers), tower.layers_to_run(model.config.vision_feature_layer))
     assert layer == 0 and shallow_layer(24, 23) == 5  # 5 of CLIP ViT-L's 24; below the tiny tower's feature layer

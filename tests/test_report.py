@@ -410,7 +410,7 @@ def test_write_report_all_formats(main_run, tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000, name
         assert "<svg" in svg.read_text()[:2000] and svg.stat().st_size > 5000, name
     frame = pd.read_csv(out / "tables" / "main.csv")
-    speedups = dict(zip(frame["Method"], frame["Speedup (×)"]))
+    speedups = dict(zip(frame["Method"], frame["Speedup (×)"], strict=True))
     assert speedups["pool@64"] == pytest.approx(2.5)
     assert set(frame["device"]) == {"NVIDIA H100 80GB HBM3"} and set(frame["path"]) == {"compiled"}
     assert frame.loc[frame["Method"] == "pool@64", "gqa (%)"].item() == "OOM"

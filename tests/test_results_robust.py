@@ -130,7 +130,7 @@ def test_report_and_check_read_a_run_whose_last_profile_line_is_torn(tmp_path, c
     assert run_cli(["check", str(run.path), "--baseline", str(baseline), "--quiet"]) == 0
     captured = capsys.readouterr()
     assert "OK:" in captured.out
-    warnings = [l for l in captured.err.splitlines() if "incomplete last line" in l]
+    warnings = [line for line in captured.err.splitlines() if "incomplete last line" in line]
     assert len(warnings) == 1 and f"{PROFILE_FILE} line {3 * REQUESTS_PER_CELL + 1}" in warnings[0]
 
     out = tmp_path / "report"

@@ -167,7 +167,7 @@ def test_refusals_are_one_line_each_and_exit_2(layouts, tmp_path, capsys, name, 
     code = cli_main(["run", "--model", *map(str, models), "--tasks", "shapes_vqa", *arguments, "--output", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == len(messages)
-    assert all(message in line for message, line in zip(messages, err))
+    assert all(message in line for message, line in zip(messages, err, strict=True))
     assert not out.exists() or not any(out.iterdir())
 
 

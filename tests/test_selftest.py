@@ -24,7 +24,9 @@ def test_cpu_selftest_runs_every_path_and_writes_json_and_markdown(tmp_path):
         assert row["figures"]["ttft_p50_ms"] > 0 and row["figures"]["ttft_logits_processor_p50_ms"] > 0
         assert row["figures"]["counted_flops_total"] > 0 and row["figures"]["energy_j"] is None
     assert paths["device"]["figures"]["torch_threads"] == 1
-    assert re.search(r"\| controlled/eager budget 64 batch 2 +\| (ok|noisy) ", (tmp_path / "selftest-cpu.md").read_text())
+    assert re.search(
+        r"\| controlled/eager budget 64 batch 2 +\| (ok|noisy) ", (tmp_path / "selftest-cpu.md").read_text()
+    )
 
 
 def test_a_broken_path_is_a_failed_row_named_and_the_others_still_run():

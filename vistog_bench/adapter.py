@@ -400,7 +400,7 @@ class VisToGLMM(lmms):
         texts = iter(
             (self._cut_at_stop(text, until), TokenCounts(int(n_in), int(n_out)))
             for text, n_in, n_out in zip(
-                self.tokenizer.batch_decode(new_ids, skip_special_tokens=True), input_counts, output_counts
+                self.tokenizer.batch_decode(new_ids, skip_special_tokens=True), input_counts, output_counts, strict=True
             )
         )
         return [
@@ -439,10 +439,14 @@ class VisToGLMM(lmms):
         """Sum of log-probabilities of the continuation after the prompt, and whether greedy decoding would produce
         it. One request at a time (contexts differ in images)."""
         results = []
-        for context, doc_to_target, doc_to_visual, doc_id, task, split in tqdm(
+        for args in tqdm(
             [request.args for request in requests], disable=self.rank != 0, desc=f"{self.method}@{self.budget} ll"
         ):
-            sample = self._build(lambda: self._simple_sample(context, doc_to_visual, doc_id, task, split), task, doc_id)
+            # (context, doc_to_target, doc_to_visual, doc_id, task, split): the simple generation layout with the target
+            # where gen_kwargs stands, so the sample maker reads it as it reads a generation request
+            task, doc_id, make = self._sample_maker(args)
+            sample = self._build(make, task, doc_id)
+            doc_to_target, split = args[1], args[5]
             if sample.failure:
                 results.append((float("-inf"), False))
                 continue

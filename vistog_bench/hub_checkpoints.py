@@ -20,8 +20,8 @@
 
 The chat template is copied verbatim from transformers' tests/models/llava/test_processing_llava.py
 (`prepare_processor_dict`, "must match processor_config.json from the Hub repo"), which is the hub repo's
-`chat_template.json`. Widths are tiny (`model.presets` "tiny": 336 px / 14 px, so 576 patches; 3 LLM layers); the vocabulary is a
-SentencePiece model trained here on a few hundred sentences, since the real one cannot be downloaded.
+`chat_template.json`. Widths are tiny (`model.presets` "tiny": 336 px / 14 px, so 576 patches; 3 LLM layers); the
+vocabulary is a SentencePiece model trained here on a few hundred sentences, since the real one cannot be downloaded.
 """
 
 from __future__ import annotations
@@ -33,7 +33,15 @@ from pathlib import Path
 
 # transformers tests/models/llava/test_processing_llava.py, LlavaProcessorTest.prepare_processor_dict (verbatim):
 # llava-hf/llava-1.5-7b-hf's chat_template.json.
-LLAVA_HF_CHAT_TEMPLATE = "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}{# Render all images first #}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}{# Render all text next #}{% if message['role'] != 'assistant' %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+LLAVA_HF_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
+    "{# Render all images first #}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\n' }}{% endfor %}{# Render all text next #}{% if message['role'] != 'assistant' %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}"
+    "{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
 
 # llava-hf/llava-1.5-7b-hf preprocessor_config.json (CLIP ViT-L/14-336's image processor).
 PREPROCESSOR_CONFIG = {

@@ -494,7 +494,7 @@ def _gqa_image_bytes(files: tuple[str, ...]) -> dict[str, bytes]:
     table = pq.read_table(list(files), columns=["id", "image"])
     ids = table.column("id").to_pylist()
     images = table.column("image").to_pylist()
-    return {i: (img["bytes"] if isinstance(img, dict) else img) for i, img in zip(ids, images)}
+    return {i: (img["bytes"] if isinstance(img, dict) else img) for i, img in zip(ids, images, strict=True)}
 
 
 def gqa_image(image_id: str, data_dir: str | os.PathLike | None = None):

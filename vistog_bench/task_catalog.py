@@ -35,7 +35,8 @@ def include_paths(extra: list[str] | tuple[str, ...] = ()) -> list[str]:
 
 
 def quiet_lmms_eval() -> None:
-    """lmms-eval logs every task YAML it indexes; keep warnings and errors only (called at run time, never at import)."""
+    """lmms-eval logs every task YAML it indexes; keep warnings and errors only (called at run time, never at
+    import)."""
     import sys
 
     from loguru import logger
@@ -346,9 +347,9 @@ def check_tasks_available(manager, tasks, data_dir: str | os.PathLike | None = N
 
     - our `*_local` tasks: their mirror files under `data_dir` (or $VISTOG_DATA_DIR), readable, non-empty, with the
       columns the task reads (vistog_bench.offline_data.check_local_data);
-    - lmms-eval's built-in (hub) tasks, when HF_HUB_OFFLINE is set or the hub cannot be reached: their dataset (and config) in the datasets cache
-      lmms-eval loads from, video folders in $HF_HOME or the hub cache; the message names the hub dataset and the
-      local route (`gqa_local --data-dir DIR`, docs/offline-data.md);
+    - lmms-eval's built-in (hub) tasks, when HF_HUB_OFFLINE is set or the hub cannot be reached: their dataset (and
+      config) in the datasets cache lmms-eval loads from, video folders in $HF_HOME or the hub cache; the message
+      names the hub dataset and the local route (`gqa_local --data-dir DIR`, docs/offline-data.md);
     - tasks reading local files (`dataset_path: parquet` + `data_files`, `load_from_disk`): the files exist.
     Class-defined tasks (our shapes tasks) fetch their own data and pass.
     """

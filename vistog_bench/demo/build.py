@@ -6,8 +6,8 @@
        2 layers) + the word-level tokenizer and CLIP image processor
     3. `pretrain-vision`: the ViT learns per-region colour / shape / size (the tiny stand-in for CLIP)
     4. `llava`: projector + LLM on the frozen encoder, then end to end                  -> checkpoints/tiny-llava
-    5. for each budget N: `vistog-stage1` then `vistog-stage2` from tiny-llava, vision frozen -> checkpoints/tiny-vistog-N
-       (the budgets train side by side, one process and one thread each)
+    5. for each budget N: `vistog-stage1` then `vistog-stage2` from tiny-llava, vision frozen
+       -> checkpoints/tiny-vistog-N (the budgets train side by side, one process and one thread each)
 
 Every stage is the public trainer (`vistog_bench.train.train`) run with a TrainConfig from `STAGE_SETTINGS`.
 """
@@ -35,8 +35,9 @@ THREADS = 1  # robust when the cores are shared: two threads stall at every barr
 # step, 21 % of a pre-training step); the batches, hence the weights, are the same as without it. The VisToG budgets
 # train side by side, so they already fill both cores and load their own data.
 LOADER_WORKERS = 1
-# step name -> (trainer stage, its TrainConfig settings). The LLaVA stage runs twice: projector + LLM on the frozen pre-trained
-# encoder first, then end to end (the ViT is tiny; LLaVA-1.5 itself keeps CLIP frozen). VisToG keeps it frozen.
+# step name -> (trainer stage, its TrainConfig settings). The LLaVA stage runs twice: projector + LLM on the frozen
+# pre-trained encoder first, then end to end (the ViT is tiny; LLaVA-1.5 itself keeps CLIP frozen). VisToG keeps it
+# frozen.
 STAGE_SETTINGS = {
     "pretrain-vision": ("pretrain-vision", dict(max_steps=1200, batch_size=64, lr=1e-3, num_workers=LOADER_WORKERS)),
     "llava-frozen-vision": ("llava", dict(max_steps=700, batch_size=32, lr=5e-4, num_workers=LOADER_WORKERS)),

@@ -33,7 +33,7 @@ def generate_answers(model, processor, questions, images, *, max_new_tokens: int
     for start in range(0, len(questions), batch_size):
         chunk_q = questions[start : start + batch_size]
         chunk_i = images[start : start + batch_size]
-        prompts = [llava_prompt(q, num_images=len(i)) for q, i in zip(chunk_q, chunk_i)]
+        prompts = [llava_prompt(q, num_images=len(i)) for q, i in zip(chunk_q, chunk_i, strict=True)]
         inputs = build_inputs(processor, prompts, chunk_i, model.num_visual_tokens)
         with torch.inference_mode():
             output = model.generate(
@@ -80,15 +80,16 @@ def evaluate_captions(model, processor, split: str = "test", num_images: int = 6
         max_new_tokens=48,
         batch_size=16,
     )
-    records = [{"answer": [s.caption], "pred": p} for s, p in zip(samples, predictions)]
+    records = [{"answer": [s.caption], "pred": p} for s, p in zip(samples, predictions, strict=True)]
     return {m: coco_caption_score(records, m) for m in ("Bleu_4", "CIDEr")} | {
-        "exact_match": sum(p == normalise_answer(s.caption) for s, p in zip(samples, predictions)) / len(samples)
+        "exact_match": sum(p == normalise_answer(s.caption) for s, p in zip(samples, predictions, strict=True))
+        / len(samples)
     }
 
 
 def accuracy_by_type(types, answers, targets) -> dict[str, float]:
     hits, counts = defaultdict(int), defaultdict(int)
-    for question_type, answer, target in zip(types, answers, targets):
+    for question_type, answer, target in zip(types, answers, targets, strict=True):
         counts[question_type] += 1
         hits[question_type] += answer == normalise_answer(target)
     result = {"overall": sum(hits.values()) / max(1, sum(counts.values()))}

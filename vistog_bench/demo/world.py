@@ -144,7 +144,8 @@ def random_scene(rng: random.Random, num_shapes: int | None = None, exclude_cell
     cells = rng.sample([c for c in range(GRID * GRID) if c not in exclude_cells], num_shapes)
     kinds = rng.sample([(c, s) for c in COLOURS for s in SHAPES], num_shapes)
     shapes = tuple(
-        Shape(colour=c, shape=s, size=rng.choice(tuple(SIZES)), cell=cell) for (c, s), cell in zip(kinds, cells)
+        Shape(colour=c, shape=s, size=rng.choice(tuple(SIZES)), cell=cell)
+        for (c, s), cell in zip(kinds, cells, strict=True)
     )
     grey = rng.randint(20, 70)
     background = (grey, grey, grey + rng.randint(-10, 10))
@@ -282,10 +283,10 @@ def video_sample(split: str, index: int) -> VideoSample:
 
 
 def render_video(sample: VideoSample) -> list[Image.Image]:
-    return [render(scene, centres) for scene, centres in zip(sample.frames, sample.centres)]
+    return [render(scene, centres) for scene, centres in zip(sample.frames, sample.centres, strict=True)]
 
 
-# -- files ---------------------------------------------------------------------------------------------------------------
+# -- files -------------------------------------------------------------------------------------------------------------
 def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=False)

@@ -252,7 +252,7 @@ class VisToGFamily(nn.Module):
         token = image_token_id(self.stock)
         pad = processor.tokenizer.pad_token_id
         rows = []
-        for ids, mask in zip(data["input_ids"], data["attention_mask"]):
+        for ids, mask in zip(data["input_ids"], data["attention_mask"], strict=True):
             ids = ids[mask.bool()]
             pieces, start = [], 0
             for run in image_runs(ids, token):
@@ -285,7 +285,7 @@ class VisToGFamily(nn.Module):
         if pixel_values is not None:
             counts = self.views_per_image(image_sizes)
             if pixel_values.dim() == 5:
-                views = torch.cat([pv[:n] for pv, n in zip(pixel_values, counts)])  # [sum V, 3, H, W]
+                views = torch.cat([pv[:n] for pv, n in zip(pixel_values, counts, strict=True)])  # [sum V, 3, H, W]
             elif pixel_values.shape[0] == sum(counts):
                 views = pixel_values
             else:

@@ -27,9 +27,10 @@ Keys (VisionZip's contextual metric) are the same layer's keys, mean over heads 
 embedding, the group's mean).
 
 How: a forward pre-hook on that layer's attention module, active inside the model's image-feature call
-(`ImageFeatureCall`, which also reads the image sizes the packing needs), reads its input (already normalised by the layer) and
-computes q / k with the module's own projections (and, for Qwen2.5-VL, its rotary tables), then softmax(q k^T * s)
-in float32 for the one layer read; the encoder runs with its loaded kernel (SDPA / flash), never switched to eager.
+(`ImageFeatureCall`, which also reads the image sizes the packing needs), reads its input (already normalised by the
+layer) and computes q / k with the module's own projections (and, for Qwen2.5-VL, its rotary tables), then
+softmax(q k^T * s) in float32 for the one layer read; the encoder runs with its loaded kernel (SDPA / flash), never
+switched to eager.
 For NeXT and OneVision the per-view scores go through the model's own `pack_image_features` (unpadding, OneVision's
 anyres_max_9 pooling, newline tokens), so each score lands on the LLM-input token it belongs to.
 """
@@ -222,7 +223,7 @@ class EncoderScores:
         tiled = [True] * len(sizes) if per_sample is None else [n == 1 for n in per_sample for _ in range(n)]
         views = [
             image_size_to_num_patches(size, config.image_grid_pinpoints, config.vision_config.image_size) if tile else 1
-            for size, tile in zip(sizes, tiled)
+            for size, tile in zip(sizes, tiled, strict=True)
         ]
         view_id = torch.arange(layer.score.shape[0]) - torch.tensor([0, *views[:-1]]).cumsum(0).repeat_interleave(
             torch.tensor(views)
@@ -268,7 +269,7 @@ class EncoderScores:
         counts = (grid.prod(dim=1) // unit).tolist()
         return [
             ImageScores(s, torch.zeros(s.shape[0], dtype=torch.long, device=s.device), k)
-            for s, k in zip(score.split(counts), keys.split(counts))
+            for s, k in zip(score.split(counts), keys.split(counts), strict=True)
         ]
 
 

@@ -203,7 +203,7 @@ class ScoredRunSelector:
         members = [(scores.view == v).nonzero().squeeze(1) for v in scores.view[candidates].unique().tolist()]
         shares = view_shares(torch.tensor([m.numel() for m in members]), keep)
         kept, merged = [], []
-        for local, share in zip(members, shares.tolist()):
+        for local, share in zip(members, shares.tolist(), strict=True):
             if share == 0:
                 continue
             if self.method == "visionzip":
@@ -349,8 +349,8 @@ def family_sample_problem(model, images: int, videos: int = 0) -> str | None:
     if family.model_type != "llava_onevision" or images < 2:
         return None
     return (
-        f"{state[0]} on llava_onevision reduces per image, but its chat template puts a sample's {images} images / videos "
-        "side by side (one run of visual tokens); serve multi-image (or image + video) samples with method none"
+        f"{state[0]} on llava_onevision reduces per image, but its chat template puts a sample's {images} images / "
+        "videos side by side (one run of visual tokens); serve multi-image (or image + video) samples with method none"
     )
 
 

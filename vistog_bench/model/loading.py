@@ -83,7 +83,8 @@ def refuse_remote_code(path: str | Path) -> None:
                             or hasattr(transformers, class_name)
                             or (class_name.endswith("Fast") and hasattr(transformers, class_name.removesuffix("Fast")))
                             # transformers 4's name of an image processor (openai/clip-vit-large-patch14-336's
-                            # preprocessor_config.json names CLIPFeatureExtractor; transformers 5 loads CLIPImageProcessor)
+                            # preprocessor_config.json names CLIPFeatureExtractor; transformers 5 loads
+                            # CLIPImageProcessor)
                             or (
                                 class_name.endswith("FeatureExtractor")
                                 and hasattr(
@@ -174,8 +175,8 @@ def _check_folder(path: str | Path) -> Path:
 
 
 def checkpoint_model_type(path: str | Path) -> str:
-    """Check that `path` holds a loadable LLaVA / VisToG / family checkpoint (asking for no code of its own) and return its
-    model_type."""
+    """Check that `path` holds a loadable LLaVA / VisToG / family checkpoint (asking for no code of its own) and return
+    its model_type."""
     path = _check_folder(path)
     refuse_remote_code(path)
     config = json.loads((path / "config.json").read_text(encoding="utf-8"))  # valid JSON: refuse_remote_code read it

@@ -235,11 +235,11 @@ class PromptBuilder:
         if (
             len(turns) < 2
             or len(turns) % 2
-            or any(t.role != r for t, r in zip(turns, ("user", "assistant") * len(turns)))
+            or any(t.role != r for t, r in zip(turns, ("user", "assistant") * len(turns), strict=False))
         ):
             raise UsageError("a training conversation alternates user / assistant turns, user first")
         rounds, history, consumed = [], [], ""
-        for user, assistant in zip(turns[0::2], turns[1::2]):
+        for user, assistant in zip(turns[0::2], turns[1::2], strict=True):
             prompt = self.render([*history, user], add_generation_prompt=True)
             if not prompt.startswith(consumed):
                 raise UsageError(

@@ -174,7 +174,8 @@ def init_semantic_tokens(num_tokens: int, width: int, *, device=None, dtype=None
 
 def feature_layers_run(feature_layer: int, num_layers: int) -> int:
     """Encoder layers that run up to `vision_feature_layer`: hidden_states[k] is the output of k layers (0: the
-    embeddings), so feature layer -2 of 24 layers runs 23; one that runs no layer, or more than there are, is refused."""
+    embeddings), so feature layer -2 of 24 layers runs 23; one that runs no layer, or more than there are, is
+    refused."""
     count = feature_layer if feature_layer >= 0 else num_layers + 1 + feature_layer
     if not 0 < count <= num_layers:
         raise UsageError(f"vision_feature_layer {feature_layer} is outside a {num_layers}-layer encoder")

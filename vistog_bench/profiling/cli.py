@@ -241,7 +241,10 @@ def measured_table(records) -> str:
         "KV MiB",
         "J",
     ]
-    note = "medians (p50); TTFT (LP) = the first token's time by the logits processor; new = output tokens per prompt; '!' = counted vs analytic FLOPs differ by > 1 % in some stage (see extra.flops_mismatch)"
+    note = (
+        "medians (p50); TTFT (LP) = the first token's time by the logits processor; new = output tokens per prompt; "
+        "'!' = counted vs analytic FLOPs differ by > 1 % in some stage (see extra.flops_mismatch)"
+    )
     return tabulate(rows, headers=headers, tablefmt="github") + "\n" + note
 
 

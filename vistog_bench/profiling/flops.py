@@ -29,7 +29,8 @@ projector (N with VisToG, P stock).
     prefill  = llm(q=T, k=T) with t = 1 (generate asks for the last token's logits only)
     decode   = sum over generated tokens 2..n of llm(q=1, k=T+i-1) with t = 1
 
-Check (the issue's): llava-1.5-7b, T = 576 + 64 = 640: prefill = 8.504e12 FLOPs, what FlopCounterMode counted on an H100.
+Check (the issue's): llava-1.5-7b, T = 576 + 64 = 640: prefill = 8.504e12 FLOPs, what FlopCounterMode counted on an
+H100.
 
 FastV's convention (Chen et al., "An Image is Worth 1/2 Tokens After Layer 2", ECCV 2024, eq. for FLOPs) counts
 multiply-adds and two MLP matrices: per layer 4 n d^2 + 2 n^2 d + 2 n d m. `fastv_llm_flops` gives it so tables can

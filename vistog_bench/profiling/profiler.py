@@ -284,7 +284,7 @@ class Request:
 
     # -- the record ------------------------------------------------------------------------------------------------
     def _observed(self, end: Any) -> _Observed:
-        for step, following in zip(self._steps, self._steps[1:] + [None]):
+        for step, following in zip(self._steps, self._steps[1:] + [None], strict=False):  # no step: [None] is left over
             if step.end is None:  # the decoder ran without lm_head (called directly): close at what came next
                 step.end = following.start if following is not None else end
         prefills = [s for s in self._steps if s.kind == "prefill"]
@@ -363,7 +363,10 @@ class Request:
         if applied is None or applied.method not in REDUCERS or applied.fastv_layer is not None:
             return None
         ms = self._clock.elapsed_ms
-        return sum(ms(v.end, p.start) for v, p in zip(seen.stage_spans("vision"), seen.stage_spans("projector")))
+        # strict=False: an encoder that includes its projector (Qwen2.5-VL's PatchMerger) leaves no projector spans
+        return sum(
+            ms(v.end, p.start) for v, p in zip(seen.stage_spans("vision"), seen.stage_spans("projector"), strict=False)
+        )
 
     def _latency(self, seen: _Observed, end: Any) -> _Part:
         ms = self._clock.elapsed_ms

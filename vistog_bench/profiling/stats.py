@@ -20,7 +20,7 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
     mean = float(array.mean())
     stdev = float(array.std(ddof=1)) if array.size > 1 else 0.0
     summary = {"n": int(array.size), "mean": mean}
-    summary.update({f"p{q}": float(v) for q, v in zip(PERCENTILES, np.percentile(array, PERCENTILES))})
+    summary.update({f"p{q}": float(v) for q, v in zip(PERCENTILES, np.percentile(array, PERCENTILES), strict=True)})
     summary.update(median=summary["p50"], stdev=stdev, cv=stdev / mean if mean else 0.0)
     return summary
 

@@ -53,7 +53,7 @@ def duplication_aware(
     shares = [picks // pivots.numel() + (i < picks % pivots.numel()) for i in range(pivots.numel())]
     candidate = ~torch.isin(block, image_pivots)  # [V]
     kept = [image_pivots]
-    for pivot, share in zip(pivots.tolist(), shares):
+    for pivot, share in zip(pivots.tolist(), shares, strict=True):
         if share == 0:
             continue
         similarity = (states[block] @ states[pivot]).masked_fill(~candidate, torch.inf)  # [V]

@@ -29,7 +29,7 @@ def pdrop(budget: int, num_layers: int, layers: tuple[int, ...], num_patches: in
     """Stages at `layers` (the paper's LAYERS scaled to the LLM's depth, or the `layers` option) whose layer mean
     over the LLM is the budget."""
     counts = mean_schedule(budget, num_layers, num_patches, layers, "pdrop")
-    stages = tuple(Stage(layer, count) for layer, count in zip(layers, counts))
+    stages = tuple(Stage(layer, count) for layer, count in zip(layers, counts, strict=True))
     return LLMPruner(stages, LastTokenAttention(), num_patches, image_token_id)
 
 

@@ -37,7 +37,7 @@ def mean_schedule(
             f"{method} prunes from LLM layer {layers[0]} of {num_layers} with {input_tokens} visual tokens before it: "
             f"its layer-mean budget must be in {-(-lowest // 1):.0f}..{input_tokens}, got {budget}"
         )
-    spans = [b - a for a, b in zip(layers, (*layers[1:], num_layers))]
+    spans = [b - a for a, b in zip(layers, (*layers[1:], num_layers), strict=True)]
 
     def total(ratio: float) -> float:
         return layers[0] * input_tokens + sum(
@@ -49,7 +49,11 @@ def mean_schedule(
         middle = (low + high) / 2
         low, high = (middle, high) if total(middle) < budget * num_layers else (low, middle)
     counts = [max(1, round(input_tokens * high ** (s + 1))) for s in range(len(spans) - 1)]
-    rest = budget * num_layers - layers[0] * input_tokens - sum(span * n for span, n in zip(spans, counts))
+    rest = (
+        budget * num_layers
+        - layers[0] * input_tokens
+        - sum(span * n for span, n in zip(spans[:-1], counts, strict=True))
+    )
     last = round(rest / spans[-1])
     upper = counts[-1] if counts else input_tokens
     counts.append(min(upper, max(1, last)))

@@ -115,7 +115,7 @@ def sparsevlm(
     """Stages at `layers` (the paper's LAYERS scaled to the LLM's depth, or the `layers` option) whose layer mean
     over the LLM is the budget."""
     counts = mean_schedule(budget, num_layers, num_patches, layers, "sparsevlm")
-    stages = tuple(Stage(layer, count) for layer, count in zip(layers, counts))
+    stages = tuple(Stage(layer, count) for layer, count in zip(layers, counts, strict=True))
     return LLMPruner(stages, SparseVLMSelector(), num_patches, image_token_id)
 
 

@@ -122,7 +122,7 @@ def retention_vs_speedup(data: ReportData, reference: ReferenceSet | None, foote
     for name, rows in sorted(series.items()):
         rows = sorted(rows, key=lambda r: r.speedup.value)
         xs, ys = [r.speedup.value for r in rows], [r.avg_retention for r in rows]
-        points += list(zip(xs, ys))
+        points += list(zip(xs, ys, strict=True))
         ax.plot(xs, ys, marker="o", label=name, color=colors[name])
         for r in rows:
             _speedup_uncertainty(ax, r, colors[name])
@@ -227,7 +227,7 @@ def accuracy_vs_tokens(data: ReportData, reference: ReferenceSet | None, footer:
     scored = [r for r in data.rows if r.accuracy_run]
     names = _series_names(scored, "accuracy_run")
     colors = _colors(names.values())
-    for ax, task in zip(flat, tasks):
+    for ax, task in zip(flat, tasks, strict=False):
         series: dict[str, list[tuple[int, float]]] = {}
         unit = None
         for index, row in enumerate(scored):
@@ -285,7 +285,7 @@ def stage_breakdown(data: ReportData, footer: list[str]) -> Figure:
         if not any(values):
             continue
         ax.bar(labels, values, bottom=bottoms, label=stage, color=STAGE_COLORS.get(stage))
-        bottoms = [b + v for b, v in zip(bottoms, values)]
+        bottoms = [b + v for b, v in zip(bottoms, values, strict=True)]
     ax.set_axisbelow(True)
     ax.set_ylabel("milliseconds per request")
     ax.set_title("Where the time goes, by stage")
@@ -313,7 +313,7 @@ def flops_vs_latency(data: ReportData, footer: list[str]) -> Figure:
         xs = [r.efficiency.prefill_tflops for r in group]
         ys = [r.efficiency.stage_ms["prefill"] for r in group]
         points = ax.scatter(xs, ys, label=name)
-        for r, x, y in zip(group, xs, ys):
+        for r, x, y in zip(group, xs, ys, strict=True):
             ax.annotate(
                 str(r.budget),
                 (x, y),

@@ -100,7 +100,7 @@ def mark_best(table: Table) -> None:
             continue
         shown = [float(format_number(c.value, column.decimals)) for c in cells]
         best = max(shown) if column.better == "max" else min(shown)
-        for cell, value in zip(cells, shown):
+        for cell, value in zip(cells, shown, strict=True):
             cell.best = value == best
 
 
@@ -260,8 +260,8 @@ def _retention_cell(row: Row, tasks: list[str], notes: Footnotes) -> Cell:
             row.avg_retention,
             marks=(
                 notes.mark(
-                    f"averaged over the {row.n_retention} of {scored} benchmarks that have both a score and a full-budget "
-                    "score"
+                    f"averaged over the {row.n_retention} of {scored} benchmarks that have both a score and a "
+                    "full-budget score"
                 ),
             ),
         )

@@ -215,7 +215,8 @@ class ConversationDataset(SkippingDataset):
             # LLaVA replaces the human turn by the image token alone; the caption ends with the separator, not eos
             return [(self.image_token, turns[1]["value"] + PLAIN_SEPARATOR, False)]
         conversation = []
-        for human, gpt in zip(turns[0::2], turns[1::2]):
+        # strict=False: a last human turn without a gpt answer has nothing to train on (LLaVA masks it) and is dropped
+        for human, gpt in zip(turns[0::2], turns[1::2], strict=False):
             if human.get("from") != "human" or gpt.get("from") != "gpt":
                 raise UsageError(f"sample {record.get('id')}: turns must alternate human / gpt")
             conversation += [Turn("user", human["value"]), Turn("assistant", gpt["value"])]
@@ -280,7 +281,9 @@ class ViewConversationDataset(ConversationDataset):
         data = self.image_processor(open_images(self.image_folder, files), return_tensors="pt")
         sizes = data["image_sizes"]  # [K, 2] (height, width)
         views = self.view_tokens.views(sizes)
-        pixel_values = torch.cat([pv[:v] for pv, v in zip(data["pixel_values"], views)])  # <- [K, V_max, 3, H, W]
+        pixel_values = torch.cat(
+            [pv[:v] for pv, v in zip(data["pixel_values"], views, strict=True)]
+        )  # <- [K, V_max, 3, H, W]
         return {"pixel_values": pixel_values, "image_sizes": sizes}, self.view_tokens.counts(sizes)
 
 

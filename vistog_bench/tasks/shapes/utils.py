@@ -28,7 +28,7 @@ class ShapesTask(ConfigurableTask):
         super().download(dataset_kwargs)
 
 
-# -- VQA -----------------------------------------------------------------------------------------------------------------
+# -- VQA ---------------------------------------------------------------------------------------------------------------
 def shapes_doc_to_visual(doc):
     return [doc["image"].convert("RGB")]
 
@@ -74,7 +74,7 @@ def shapes_exist(results):
     return _type_mean(results, "exist")
 
 
-# -- video ---------------------------------------------------------------------------------------------------------------
+# -- video -------------------------------------------------------------------------------------------------------------
 def shapes_video_doc_to_visual(doc):
     """The clip's frames in temporal order (one image placeholder each)."""
     return [frame.convert("RGB") for frame in doc["video"]]
@@ -94,7 +94,7 @@ def shapes_appear(results):
     return _type_mean(results, "appear")
 
 
-# -- captions (COCO metrics, as lmms-eval's coco_cap) -------------------------------------------------------------------
+# -- captions (COCO metrics, as lmms-eval's coco_cap) ------------------------------------------------------------------
 def shapes_caption_process_results(doc, results):
     prediction = results[0] if results else ""
     data = {"answer": list(doc["answer"]), "pred": prediction, "image_id": int(doc["image_id"]), "id": int(doc["id"])}
