@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -30,8 +31,84 @@ def _nvml() -> tuple[Any, str | None]:
     return pynvml, None
 
 
+@dataclass(frozen=True)
+class GpuIdentity:
+    """How a GPU is named whatever the device numbering: its UUID (32 lowercase hex digits in CUDA's 8-4-4-4-12
+    form, no "GPU-" prefix) and its PCI address (domain, bus, device). Either may be None where it was not read."""
+
+    uuid: str | None
+    pci: tuple[int, int, int] | None
+
+
+PREFIXES = ("gpu-", "mig-")  # NVML's UUID text names the kind of device first (nvmlDeviceGetUUID)
+
+
+def uuid_text(raw: bytes | list[int] | str) -> str:
+    """A UUID as 8-4-4-4-12 lowercase hex: from CUDA's 16 bytes (torch's `props.uuid.bytes`) or NVML's text
+    ("GPU-5a4c...", "MIG-...")."""
+    if isinstance(raw, str):
+        text = raw.strip().lower()
+        text = next((text[len(p) :] for p in PREFIXES if text.startswith(p)), text)
+        digits = text.replace("-", "")
+    else:
+        digits = bytes(raw).hex()
+    if len(digits) != 32 or any(c not in "0123456789abcdef" for c in digits):
+        raise ValueError(f"not a UUID: {raw!r}")
+    return "-".join(digits[a:b] for a, b in ((0, 8), (8, 12), (12, 16), (16, 20), (20, 32)))
+
+
+def torch_identity(index: int) -> GpuIdentity:
+    """What torch's cuda:`index` is (indices count the devices CUDA_VISIBLE_DEVICES leaves visible)."""
+    props = torch.cuda.get_device_properties(index)
+    raw = getattr(props, "uuid", None)  # torch's _CUuuid; CUDA's cudaDeviceProp.uuid
+    return GpuIdentity(
+        uuid_text(raw.bytes) if raw is not None else None,
+        (props.pci_domain_id, props.pci_bus_id, props.pci_device_id),
+    )
+
+
+def nvml_identity(nvml, handle) -> GpuIdentity:
+    """What NVML's `handle` is: nvmlDeviceGetUUID and nvmlDeviceGetPciInfo (each None if NVML cannot say)."""
+    try:
+        uuid = nvml.nvmlDeviceGetUUID(handle)
+    except nvml.NVMLError:
+        uuid = None
+    try:
+        pci = nvml.nvmlDeviceGetPciInfo(handle)
+    except nvml.NVMLError:
+        pci = None
+    return identity_from_nvml(uuid, pci)
+
+
+def identity_from_nvml(uuid: bytes | str | None, pci_info) -> GpuIdentity:
+    """A GpuIdentity from what NVML returns: the UUID text ("GPU-..."), an nvmlPciInfo_t (domain, bus, device)."""
+    try:
+        text = uuid_text(_decode(uuid)) if uuid is not None else None
+    except ValueError:
+        text = None
+    pci = (int(pci_info.domain), int(pci_info.bus), int(pci_info.device)) if pci_info is not None else None
+    return GpuIdentity(text, pci)
+
+
+def match_nvml_index(target: GpuIdentity, devices: list[GpuIdentity]) -> tuple[int | None, str]:
+    """(position in NVML's device list, what matched) of the GPU torch names `target`, or (None, why not).
+
+    NVML numbers every GPU of the machine and ignores CUDA_VISIBLE_DEVICES; torch numbers the visible ones. The UUID
+    decides; the PCI address stands in where it matches no UUID (a MIG instance's UUID is its own, its PCI address its
+    parent GPU's). A key that names no device, or several, decides nothing."""
+    for key in ("uuid", "pci"):
+        wanted = getattr(target, key)
+        if wanted is None:
+            continue
+        found = [i for i, device in enumerate(devices) if getattr(device, key) == wanted]
+        if len(found) == 1:
+            return found[0], key
+    return None, f"NVML lists no single GPU with torch's UUID {target.uuid} or PCI address {target.pci}"
+
+
 def nvml_handle(device: torch.device | str) -> tuple[Any, Any, str | None]:
-    """(pynvml, handle, None) for a CUDA device, or (None, None, reason)."""
+    """(pynvml, handle, None) for a CUDA device, or (None, None, reason). The handle is the GPU torch calls `device`,
+    found by UUID / PCI address among NVML's devices, so a masked CUDA_VISIBLE_DEVICES maps right."""
     device = torch.device(device)
     if device.type != "cuda":
         return None, None, f"device is {device.type}, not an NVIDIA GPU"
@@ -42,15 +119,13 @@ def nvml_handle(device: torch.device | str) -> tuple[Any, Any, str | None]:
         return None, None, reason
     index = device.index if device.index is not None else torch.cuda.current_device()
     try:
-        # torch indexes visible devices, NVML physical ones: match on the PCI bus id.
-        props = torch.cuda.get_device_properties(index)
-        bus_id = f"{props.pci_domain_id:08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"
-        return nvml, nvml.nvmlDeviceGetHandleByPciBusId_v2(bus_id), None
-    except (AttributeError, nvml.NVMLError):
-        try:
-            return nvml, nvml.nvmlDeviceGetHandleByIndex(index), None
-        except nvml.NVMLError as exc:
-            return None, None, f"NVML has no handle for cuda:{index}: {exc}"
+        handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
+    except nvml.NVMLError as exc:
+        return None, None, f"NVML cannot list its GPUs: {exc}"
+    found, how = match_nvml_index(torch_identity(index), [nvml_identity(nvml, h) for h in handles])
+    if found is None:
+        return None, None, f"cuda:{index}: {how}"
+    return nvml, handles[found], None
 
 
 def _query(facts: dict, reasons: dict, key: str, read) -> None:
@@ -107,10 +182,13 @@ def device_facts(device: torch.device | str) -> dict[str, Any]:
     }
     reasons: dict[str, str] = {}
     nvml, handle, reason = nvml_handle(device)
-    if device.type == "cuda" and torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(device.index if device.index is not None else 0)
+    if device.type == "cuda" and torch.cuda.is_available():  # the device measured: cuda means the current one
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(index)
         facts["torch_device_name"] = props.name
         facts["compute_capability"] = f"{props.major}.{props.minor}"
+        identity = torch_identity(index)
+        facts["gpu_uuid"], facts["pci_address"] = identity.uuid, identity.pci
     if handle is None:
         for key in GPU_FACTS:
             facts[key] = None
@@ -162,4 +240,15 @@ class EnergyMeter:
             return None
 
 
-__all__ = ["device_facts", "EnergyMeter", "nvml_handle", "GPU_FACTS"]
+__all__ = [
+    "device_facts",
+    "EnergyMeter",
+    "GpuIdentity",
+    "identity_from_nvml",
+    "match_nvml_index",
+    "nvml_handle",
+    "nvml_identity",
+    "torch_identity",
+    "uuid_text",
+    "GPU_FACTS",
+]

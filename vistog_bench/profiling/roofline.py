@@ -73,18 +73,20 @@ def get_gpu(name: str) -> GPU:
 
 
 def gpu_from_device_name(device_name: str | None) -> GPU | None:
-    """The table entry for a device name as torch / NVML print it ("NVIDIA H100 80GB HBM3"), if there is one."""
+    """The table entry whose `device_names` hold this name as torch / NVML print it ("NVIDIA H100 80GB HBM3"),
+    compared in full (case and spacing aside): "NVIDIA GH200 480GB" is no H200, "NVIDIA H100 PCIe" no H100 SXM."""
     if not device_name:
         return None
-    upper = device_name.upper()
-    if "PCIE" in upper or "NVL" in upper:  # other memory systems and clocks than the table's SXM parts
-        return None
-    for marker, key in (("H200", "h200"), ("H100", "h100-sxm"), ("A100", "a100-80gb")):
-        if marker in upper:
-            if key == "a100-80gb" and "80GB" not in upper:
-                return None
+    wanted = _name_key(device_name)
+    data = json.loads(GPU_TABLE.read_text(encoding="utf-8"))
+    for key, entry in data.items():
+        if not key.startswith("_") and any(_name_key(name) == wanted for name in entry.get("device_names", [])):
             return gpu_table()[key]
     return None
+
+
+def _name_key(name: str) -> str:
+    return " ".join(name.upper().split())
 
 
 def stage_bytes(
