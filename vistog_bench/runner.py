@@ -466,7 +466,7 @@ def _run_cell(run: RunDir, cell: Cell, tasks: list[str], config: RunConfig, mana
             _record(
                 run, cell, CellResult(task, cell.method, cell.budget, status, elapsed_s=time.perf_counter() - started)
             )
-        _release_memory()
+        _release_memory(config.device)
         return
     _note_prompt_template(run, served)
     profiler = RequestProfiler(served.model, device=config.device, applied=served.applied) if config.profile else None
@@ -481,7 +481,7 @@ def _run_cell(run: RunDir, cell: Cell, tasks: list[str], config: RunConfig, mana
             if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
                 raise  # a full disk ends the run (exit 3), it is not this cell's failure
             _record(run, cell, _failed_cell(cell, task, exc, lm.take_sample_log() if lm else [], started))
-            _release_memory()
+            _release_memory(config.device)
             continue
         finally:
             if profiler is not None:
@@ -491,7 +491,7 @@ def _run_cell(run: RunDir, cell: Cell, tasks: list[str], config: RunConfig, mana
                 )
         _record_task(run, cell, task, results, lm.take_sample_log(), time.perf_counter() - started, served.cell_facts())
     del served, profiler, lm  # every reference to this cell's model: the next cell loads only after it is gone
-    _release_memory()
+    _release_memory(config.device)
 
 
 def _failed_cell(cell: Cell, task: str, exc: Exception, samples: list[dict], started: float) -> CellResult:
@@ -527,7 +527,7 @@ def _record_task(
     _record(run, cell, dataclasses.replace(result, **token_means(lines), **facts))
 
 
-def _release_memory() -> None:
+def _release_memory(device: str) -> None:
     """Free what the last cell held before the next one loads: collect cycles, hand CUDA's cached blocks back and ask
     glibc to return freed heap pages to the system (a model's weights, freed, otherwise stay in this process's RSS)."""
     import ctypes
@@ -536,8 +536,8 @@ def _release_memory() -> None:
     import torch
 
     gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    if torch.device(device).type == "cuda" and torch.cuda.is_available():
+        torch.cuda.synchronize(device)  # the sweep's GPU: a bare synchronize() syncs (and opens a context on) cuda:0
         torch.cuda.empty_cache()
     if sys.platform.startswith("linux"):
         try:
