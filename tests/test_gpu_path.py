@@ -10,10 +10,13 @@ import uuid
 
 import pynvml
 import pytest
+import torch
 
 from vistog_bench.profiling import nvml as nvml_module
 from vistog_bench.profiling.nvml import GpuIdentity, identity_from_nvml, match_nvml_index, uuid_text
 from vistog_bench.profiling.roofline import gpu_from_device_name
+from vistog_bench.reducers.cdpruner import EPSILON, conditional_kernel, greedy_dpp_map
+from vistog_bench.reducers.holitom import static_windows, temporal_merge
 
 
 # -- NVML: names that exist, the GPU torch means -----------------------------------------------------------------------
@@ -91,3 +94,104 @@ def test_uuid_text_reads_both_sides_the_same_way():
 def test_roofline_peaks_match_the_device_name_in_full(device_name, key):
     gpu = gpu_from_device_name(device_name)
     assert (gpu.key if gpu is not None else None) == key
+
+
+# -- the per-token loops, vectorised: the same selections --------------------------------------------------------------
+def _greedy_dpp_map_loop(kernel, keep):
+    """cdpruner.greedy_dpp_map as it was, one host read per step (kept here as the reference of the vectorised one)."""
+    size = kernel.shape[0]
+    rows = kernel.new_zeros(keep, size)
+    gains = kernel.diagonal().clone()
+    chosen: list[int] = []
+    while len(chosen) < keep and float(gains.max()) > EPSILON:
+        item, step = int(gains.argmax()), len(chosen)
+        chosen.append(item)
+        rows[step] = (kernel[item] - rows[:step, item] @ rows[:step]) / gains[item].sqrt()
+        gains = gains - rows[step].square()
+        gains[chosen] = -torch.inf
+    if len(chosen) < keep:
+        quality = kernel.diagonal().clone()
+        quality[chosen] = -torch.inf
+        chosen += quality.topk(keep - len(chosen)).indices.tolist()
+    return torch.tensor(chosen, device=kernel.device)
+
+
+@pytest.mark.parametrize(("width", "keep"), [(64, 1), (64, 16), (64, 64), (32, 100), (512, 128)])
+def test_cdpruner_greedy_map_chooses_as_the_host_loop(width, keep):
+    """Seeded projected tokens [576, width] and instructions; width 32 < keep 100: the rank runs out and the
+    diagonal takes over, in both."""
+    for seed in range(4):
+        generator = torch.Generator().manual_seed(seed)
+        visual, instruction = torch.randn(576, width, generator=generator), torch.randn(7, width, generator=generator)
+        kernel = conditional_kernel(visual, instruction)
+        assert torch.equal(greedy_dpp_map(kernel, keep), _greedy_dpp_map_loop(kernel, keep))
+
+
+def _static_windows_loop(similarity, tau, max_window):
+    """holitom.static_windows as it was: one host read per window considered (the vectorised one's reference)."""
+    frames = similarity.shape[0] + 1
+    static = similarity > tau
+
+    def saved(first, last):
+        return int(static[first:last].all(dim=0).sum()) * (last - first)
+
+    best, start = [0] * (frames + 1), [0] * (frames + 1)
+    for end in range(1, frames + 1):
+        best[end], start[end] = best[end - 1], end - 1
+        for length in range(2, min(end, max_window) + 1):
+            value = best[end - length] + saved(end - length, end - 1)
+            if value > best[end]:
+                best[end], start[end] = value, end - length
+    windows, end = [], frames
+    while end > 0:
+        windows.append((start[end], end - 1))
+        end = start[end]
+    return windows[::-1]
+
+
+def _temporal_merge_loop(frames, tau, max_window, keep_total):
+    """holitom.temporal_merge as it was: one host read per static position, one write per merge."""
+    count, patches, _ = frames.shape
+    kept = torch.ones(count, patches, dtype=torch.bool)
+    states = frames.clone()
+    if count < 2:
+        return kept, states
+    normed = torch.nn.functional.normalize(frames.float(), dim=-1)
+    similarity = (normed[:-1] * normed[1:]).sum(dim=-1)
+    groups = []
+    for first, last in _static_windows_loop(similarity, tau, max_window):
+        if last == first:
+            continue
+        window_min = similarity[first:last].min(dim=0).values
+        groups += [(float(window_min[p]), first, last, p) for p in (window_min > tau).nonzero().flatten().tolist()]
+    surplus = count * patches - keep_total
+    for _, first, last, position in sorted(groups, key=lambda g: -g[0]):
+        if last - first > surplus:
+            continue
+        states[first, position] = frames[first : last + 1, position].mean(dim=0)
+        kept[first + 1 : last + 1, position] = False
+        surplus -= last - first
+    return kept, states
+
+
+def _video(frames: int, patches: int, width: int, seed: int, dtype) -> torch.Tensor:
+    """[F, P, D] frames where most positions drift slowly (static) and some change: HoliTom has windows to find."""
+    generator = torch.Generator().manual_seed(seed)
+    base = torch.randn(patches, width, generator=generator)
+    drift = torch.randn(frames, patches, width, generator=generator) * torch.rand(patches, 1, generator=generator)
+    return (base + 0.6 * drift.cumsum(dim=0)).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(("frames", "max_window"), [(1, 8), (2, 8), (6, 3), (12, 8)])
+def test_holitom_temporal_merge_merges_as_the_host_loop(dtype, frames, max_window):
+    """Same windows, same merges, bit for bit; keep_total from "anything goes" down to a budget the surplus limits."""
+    for seed in range(3):
+        video = _video(frames, 48, 16, seed, dtype)
+        for tau in (0.5, 0.8, 0.95):
+            similarity = torch.rand(max(frames - 1, 0), 48, generator=torch.Generator().manual_seed(seed))
+            assert static_windows(similarity, tau, max_window) == _static_windows_loop(similarity, tau, max_window)
+            for keep_total in (1, frames * 48 // 2, frames * 48 - 5):
+                kept, states = temporal_merge(video, tau, max_window, keep_total)
+                old_kept, old_states = _temporal_merge_loop(video, tau, max_window, keep_total)
+                assert torch.equal(kept, old_kept) and torch.equal(states, old_states)

@@ -46,23 +46,34 @@ def greedy_dpp_map(kernel: torch.Tensor, keep: int) -> torch.Tensor:
     """Fast greedy MAP of a DPP with kernel [V, V]: indices [keep] in the order chosen (Chen et al. 2018).
 
     Once the kernel's rank is spent (no gain above EPSILON: more tokens asked for than the features' dimension),
-    the rest follow by the kernel's diagonal (relevance), where the reference would divide by zero."""
+    the rest follow by the kernel's diagonal (relevance), where the reference would divide by zero.
+
+    The choices stay on the device: each step's item is a [1] tensor, the stop test a flag carried along (steps after
+    it compute values nobody reads), and the host reads one number at the end, how many steps the gains allowed."""
     size = kernel.shape[0]
     rows = kernel.new_zeros(keep, size)  # c: incremental Cholesky rows
     gains = kernel.diagonal().clone()  # d^2: log-det gain of adding each item
-    chosen: list[int] = []
-    while len(chosen) < keep and float(gains.max()) > EPSILON:
-        item, step = int(gains.argmax()), len(chosen)
-        chosen.append(item)
+    chosen = torch.zeros(keep, dtype=torch.long, device=kernel.device)
+    taken = torch.zeros(size, dtype=torch.bool, device=kernel.device)
+    running = torch.ones((), dtype=torch.bool, device=kernel.device)
+    steps = torch.zeros((), dtype=torch.long, device=kernel.device)  # steps taken before the gains ran out
+    for step in range(keep):
+        running = running & (gains.max().double() > EPSILON)  # the host loop's `float(gains.max()) > EPSILON`
+        steps = steps + running.long()
+        item = gains.argmax().view(1)  # [1]
+        chosen[step : step + 1] = item
         # e = (L[j, :] - c[:step, j] . c[:step, :]) / d_j
-        rows[step] = (kernel[item] - rows[:step, item] @ rows[:step]) / gains[item].sqrt()
+        column = rows[:step].index_select(1, item)[:, 0]  # [step]
+        rows[step] = (kernel.index_select(0, item)[0] - column @ rows[:step]) / gains.index_select(0, item).sqrt()
         gains = gains - rows[step].square()
-        gains[chosen] = -torch.inf
-    if len(chosen) < keep:
+        taken = taken.index_fill(0, item, True)
+        gains = gains.masked_fill(taken, -torch.inf)
+    greedy = int(steps)  # the one host read
+    if greedy < keep:
         quality = kernel.diagonal().clone()
-        quality[chosen] = -torch.inf
-        chosen += quality.topk(keep - len(chosen)).indices.tolist()
-    return torch.tensor(chosen, device=kernel.device)
+        quality[chosen[:greedy]] = -torch.inf
+        chosen[greedy:] = quality.topk(keep - greedy).indices
+    return chosen
 
 
 def instruction_positions(view: SampleView) -> torch.Tensor:

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -58,19 +59,29 @@ INNER_RATIO = 0.5  # HOLITOM_r: the share of the visual tokens merged away at la
 
 
 def static_windows(similarity: torch.Tensor, tau: float, max_window: int) -> list[tuple[int, int]]:
-    """Frame windows [(first, last)] covering 0..F-1 that save the most tokens; similarity [F - 1, P]."""
+    """Frame windows [(first, last)] covering 0..F-1 that save the most tokens; similarity [F - 1, P]. What each
+    possible window saves is computed on the device and read by the host once; the dynamic programme runs on those
+    integers."""
     frames = similarity.shape[0] + 1
-    static = similarity > tau
-
-    def saved(first: int, last: int) -> int:
-        return int(static[first:last].all(dim=0).sum()) * (last - first)
+    static = similarity > tau  # [F - 1, P]
+    table: dict[tuple[int, int], int] = {}  # (first, length) -> tokens saved
+    runs, counts = static, []  # runs [F - length + 1, P]: static over each window's length - 1 frame pairs
+    for length in range(2, min(frames, max_window) + 1):
+        if length > 2:
+            runs = runs[:-1] & static[length - 2 :]
+        counts.append(runs.sum(dim=1) * (length - 1))  # [F - length + 1]
+    if counts:
+        saved = iter(torch.cat(counts).tolist())  # the one host read, in the order of `counts`
+        for length in range(2, min(frames, max_window) + 1):
+            for first in range(frames - length + 1):
+                table[first, length] = next(saved)
 
     best = [0] * (frames + 1)  # best[i]: the most saved over frames 0..i-1
     start = [0] * (frames + 1)
     for end in range(1, frames + 1):
         best[end], start[end] = best[end - 1], end - 1
         for length in range(2, min(end, max_window) + 1):
-            value = best[end - length] + saved(end - length, end - 1)
+            value = best[end - length] + table[end - length, length]
             if value > best[end]:
                 best[end], start[end] = value, end - length
     windows, end = [], frames
@@ -82,7 +93,8 @@ def static_windows(similarity: torch.Tensor, tau: float, max_window: int) -> lis
 
 def temporal_merge(frames: torch.Tensor, tau: float, max_window: int, keep_total: int):
     """frames [F, P, D] -> (mask of tokens kept [F, P], their states [F, P, D]) after merging static positions,
-    never below `keep_total` tokens."""
+    never below `keep_total` tokens. The host reads each window's minimum similarities once, picks the merges in
+    the order of the most static, and hands them back as one mask."""
     count, patches, _ = frames.shape
     kept = torch.ones(count, patches, dtype=torch.bool, device=frames.device)
     states = frames.clone()
@@ -90,19 +102,33 @@ def temporal_merge(frames: torch.Tensor, tau: float, max_window: int, keep_total
         return kept, states
     normed = F.normalize(frames.float(), dim=-1)
     similarity = (normed[:-1] * normed[1:]).sum(dim=-1)  # [F - 1, P]
-    groups = []  # (min similarity, first, last, position)
-    for first, last in static_windows(similarity, tau, max_window):
-        if last == first:
-            continue
-        window_min = similarity[first:last].min(dim=0).values  # [P]
-        groups += [(float(window_min[p]), first, last, p) for p in (window_min > tau).nonzero().flatten().tolist()]
+    windows = [(first, last) for first, last in static_windows(similarity, tau, max_window) if last > first]
+    if not windows:
+        return kept, states
+    minima = torch.stack([similarity[first:last].min(dim=0).values for first, last in windows]).tolist()  # [W][P]
+    threshold = float(np.float32(tau))  # the device compares float32 similarities with tau cast to float32
+    groups = [  # (min similarity, window, position)
+        (value, window, position)
+        for window, row in enumerate(minima)
+        for position, value in enumerate(row)
+        if value > threshold
+    ]
     surplus = count * patches - keep_total
-    for _, first, last, position in sorted(groups, key=lambda g: -g[0]):
+    merged = np.zeros((len(windows), patches), dtype=bool)
+    for _, window, position in sorted(groups, key=lambda g: -g[0]):
+        first, last = windows[window]
         if last - first > surplus:
             continue
-        states[first, position] = frames[first : last + 1, position].mean(dim=0)
-        kept[first + 1 : last + 1, position] = False
+        merged[window, position] = True
         surplus -= last - first
+    chosen = torch.tensor(merged, device=frames.device)  # [W, P], one copy to the device
+    for window, (first, last) in enumerate(windows):
+        # a static position becomes the mean over the window's frames, at its first frame; [P, L, D] blocks, one per
+        # position, add up as a per-position mean does (over [L, P, D] a small D rounds otherwise on CPU)
+        mean = frames[first : last + 1].transpose(0, 1).contiguous().mean(dim=1)  # [P, D]
+        mask = chosen[window]  # [P]
+        states[first] = torch.where(mask[:, None], mean, states[first])
+        kept[first + 1 : last + 1] &= ~mask
     return kept, states
 
 
@@ -145,7 +171,7 @@ class HoliTomSelector:
                 positions, states = positions[centres], merged
             return Selection(positions, states.to(view.hidden.dtype))
         positions = view.blocks.flatten().sort().values  # [F K0] every frame's tokens, in prompt order
-        last = torch.tensor([view.hidden.shape[0] - 1], device=view.hidden.device)  # left padding: last is real
+        last = torch.full((1,), view.hidden.shape[0] - 1, device=view.hidden.device)  # left padding: last is real
         kept, states = inner_merge(view.hidden[positions], view.attention(last)[0, positions], total)
         return Selection(positions[kept], states)
 
