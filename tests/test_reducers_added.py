@@ -248,18 +248,24 @@ def test_vispruner_duplicate_removal_matches_the_loop():
     assert remove_duplicates(normed, residual[None], 12)[0].tolist() == kept
 
 
-def test_dart_matches_the_reference_loop():
+@pytest.mark.parametrize("order", ["set", "norm"])
+def test_dart_matches_the_reference_loop(order):
     generator = torch.Generator().manual_seed(4)
-    states = torch.nn.functional.normalize(torch.randn(60, 8, generator=generator), dim=-1)
+    states = torch.randn(60, 8, generator=generator)
     key_norm = torch.rand(60, generator=generator)
     block, text_pivots = torch.arange(10, 50), torch.tensor([52, 57])
-    kept = duplication_aware(states, key_norm, block, text_pivots, keep=14, pivot_image=4)
+    kept = duplication_aware(states, key_norm, block, text_pivots, keep=14, pivot_image=4, order=order, offset=3)
     pivots = sorted(block.tolist(), key=lambda i: -key_norm[i])[:4]
+    if order == "set":  # the reference: `for item in list(indices_set)`, positions within the sample (from 3 on)
+        visits = [i + 3 for i in list(set([i - 3 for i in pivots + text_pivots.tolist()]))]
+    else:
+        visits = pivots + text_pivots.tolist()
     candidates = [i for i in block.tolist() if i not in pivots]
     expected = list(pivots)
-    for n, pivot in enumerate(pivots + text_pivots.tolist()):  # 10 picks over 6 pivots: 2, 2, 2, 2, 1, 1
+    for n, pivot in enumerate(visits):  # 10 picks over 6 pivots: floor(10 / 6) each, the first 4 one more
         share = 10 // 6 + (n < 10 % 6)
-        picks = sorted(candidates, key=lambda i: float(states[i] @ states[pivot]))[:share]
+        cosine = [float(torch.nn.functional.cosine_similarity(states[i], states[pivot], dim=0)) for i in candidates]
+        picks = [candidates[k] for k in sorted(range(len(candidates)), key=lambda k: cosine[k])[:share]]
         expected += picks
         candidates = [i for i in candidates if i not in picks]
     assert sorted(kept.tolist()) == sorted(expected) and len(kept) == 14

@@ -2,24 +2,33 @@
 
 Wen, Gao, Wang, Zhang, Zhang, Li, He, Zhang. "Stop Looking for Important Tokens in Multimodal Language Models:
 Duplication Matters More." arXiv 2502.11494. Reference: ZichenWen1/DART (LLaVA scripts: `pruned_layer=2`,
-`pivot_image_token=4`, `pivot_text_token=4`), as ported in ModelTC/llmc (`token_reduction/dart.py`,
-`get_retained_image_token`).
+`pivot_image_token=4`, `pivot_text_token=4`, `max_num_trunction` M), as ported in ModelTC/llmc at
+05eedff08c58ce5a3a4e2e879133bc922dff6ff5 (`llmc/compression/token_reduction/dart.py`, `get_retained_image_token`;
+the authors' repository has no snapshot that could be read here).
 
-Glossary: V visual tokens of one image, K_img kept, p_v / p_t image / text pivots, D LLM width.
+Glossary: V visual tokens of one image, K_img kept, p_v / p_t image / text pivots, M = K_img - p_v picks,
+D LLM width.
 
 As the reference, at the input of layer K (2 for a 32-layer LLM):
   1. pivots: the p_v visual tokens and p_t text tokens after the image whose keys at layer K-1 (after RoPE) have the
      largest L1 norm;
-  2. for each pivot in turn, the candidate visual tokens *least* cosine-similar to it (states entering layer K,
-     through the LLM's final RMSNorm as the reference does) are kept and leave the candidates;
-  3. kept = image pivots + those picks (text pivots are text: always kept); spatial order.
+  2. the pivots are visited in the reference's `for item in list(indices_set)` order: the order of the Python set of
+     their positions in the sample's sequence (left padding removed);
+  3. each pivot in turn keeps the floor(M / (p_v + p_t)) candidate visual tokens *least* cosine-similar to it
+     (states entering layer K through the LLM's final RMSNorm, cosines in their dtype, as the reference), and those
+     leave the candidates (the reference's `math.ceil(M // (p_v + p_t))` is that floor);
+  4. kept = image pivots + those picks (text pivots are text: always kept); spatial order, original RoPE positions.
 Budget: the layer mean (as PyramidDrop / SparseVLM count), so K_img = (K_mean L - K P) / (L - K) from layer K on.
+tests/test_reducers_conformance.py checks the selection against the port's (tests/data/conformance/dart).
 
 Departures:
-  1. Exact K_img: the reference takes ceil(K_img / (p_v + p_t)) per pivot (its kept count overshoots); here the
-     K_img - p_v picks are shared out, the first pivots taking one more.
+  1. Exact K_img: the reference keeps p_v + (p_v + p_t) floor(M / (p_v + p_t)), fewer than p_v + M when M is not a
+     multiple of p_v + p_t; here the M mod (p_v + p_t) picks left over go one each to the first pivots visited.
   2. Per image for several images (video frames); text pivots from the text after the sample's last image.
   3. The layer scales with the LLM's depth (2 of 32 -> round(2 L / 32), at least 1); `layer=` overrides.
+  4. Key norms from float32 keys (the reference: the model's dtype; the same on float32 models).
+Option `pivot_order="norm"` (ours): image pivots by descending key norm, then text pivots; earlier pivots pick first,
+so it changes about one kept token in six (docs/reducers.md, fidelity table).
 """
 
 from __future__ import annotations
@@ -30,10 +39,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UsageError
 from .cdpruner import instruction_positions
 from .llm_pruning import SampleView, Selection
 
 PIVOT_IMAGE, PIVOT_TEXT, LAYER = 4, 4, 2  # the reference's LLaVA-1.5 settings (32 layers)
+PIVOT_ORDERS = ("set", "norm")  # the reference's set order of positions, or by key norm (image pivots first)
+
+
+def visiting_order(image_pivots: list[int], text_pivots: list[int], order: str, offset: int) -> list[int]:
+    """The order pivots pick in. "set": as the reference's `list(set(image_indices + query_indices))`, on positions
+    within the sample's own sequence (`offset`: its first position in a left-padded batch); "norm": image pivots,
+    then text pivots, each by descending key norm (as given)."""
+    if order == "norm":
+        return image_pivots + text_pivots
+    return [position + offset for position in set([p - offset for p in image_pivots + text_pivots])]
 
 
 def duplication_aware(
@@ -43,21 +63,24 @@ def duplication_aware(
     text_pivots: torch.Tensor,
     keep: int,
     pivot_image: int,
+    order: str = "set",
+    offset: int = 0,
 ) -> torch.Tensor:
     """Kept positions [keep] of one image: its image pivots, then each pivot's least similar candidates.
 
-    states [T, C] unit rows, key_norm [T] (L1 of the keys), block [V] the image's positions, text_pivots [p_t]."""
+    states [T, C] (the final norm's output), key_norm [T] (L1 of the keys), block [V] the image's positions,
+    text_pivots [p_t] by descending key norm; `order` and `offset` as `visiting_order`."""
     image_pivots = block[key_norm[block].topk(min(pivot_image, keep)).indices]
-    pivots = torch.cat([image_pivots, text_pivots])
+    pivots = visiting_order(image_pivots.tolist(), text_pivots.tolist(), order, offset)
     picks = keep - image_pivots.numel()
-    shares = [picks // pivots.numel() + (i < picks % pivots.numel()) for i in range(pivots.numel())]
     candidate = ~torch.isin(block, image_pivots)  # [V]
     kept = [image_pivots]
-    for pivot, share in zip(pivots.tolist(), shares, strict=True):
+    for index, pivot in enumerate(pivots):
+        share = picks // len(pivots) + (index < picks % len(pivots))
         if share == 0:
             continue
-        similarity = (states[block] @ states[pivot]).masked_fill(~candidate, torch.inf)  # [V]
-        chosen = (-similarity).topk(share).indices
+        similarity = F.cosine_similarity(states[pivot], states[block], dim=-1)  # [V], in the states' dtype
+        chosen = (-similarity.masked_fill(~candidate, torch.inf)).topk(share).indices
         candidate[chosen] = False
         kept.append(block[chosen])
     return torch.cat(kept)
@@ -68,17 +91,24 @@ class DARTSelector:
     norm: nn.Module  # the LLM's final RMSNorm (weights shared, not copied)
     pivot_image: int = PIVOT_IMAGE
     pivot_text: int = PIVOT_TEXT
+    pivot_order: str = "set"  # PIVOT_ORDERS
     needs_attention: bool = True  # reads layer K-1's keys
 
+    def __post_init__(self):
+        if self.pivot_order not in PIVOT_ORDERS:
+            raise UsageError(f"dart pivot_order must be one of {', '.join(PIVOT_ORDERS)}, got {self.pivot_order!r}")
+
     def __call__(self, view: SampleView, stage: int, keep: int) -> Selection:
-        states = F.normalize(self.norm(view.hidden).float(), dim=-1)  # [T, D]
-        key_norm = view.keys.abs().sum(dim=-1)  # [T]
+        states = self.norm(view.hidden)  # [T, D]
+        key_norm = torch.linalg.vector_norm(view.keys, ord=1, dim=-1)  # [T], as the reference's torch.norm(p=1)
         text = instruction_positions(view)
         text_pivots = text[key_norm[text].topk(min(self.pivot_text, text.numel())).indices]
+        offset = int(torch.cat([view.text, view.blocks.flatten()]).min())  # the sample's first real token
         kept = [
-            duplication_aware(states, key_norm, block, text_pivots, keep, self.pivot_image) for block in view.blocks
+            duplication_aware(states, key_norm, block, text_pivots, keep, self.pivot_image, self.pivot_order, offset)
+            for block in view.blocks
         ]
         return Selection(torch.cat(kept))
 
 
-__all__ = ["LAYER", "DARTSelector", "duplication_aware"]
+__all__ = ["LAYER", "PIVOT_ORDERS", "DARTSelector", "duplication_aware", "visiting_order"]

@@ -1,19 +1,25 @@
 """`divprune`: max-min diversity selection of the visual tokens at the LLM input.
 
 Alvar, Singh, Akbari, Zhang. "DivPrune: Diversity-based Visual Token Pruning for Large Multimodal Models."
-CVPR 2025 (arXiv 2503.02175). Reference: its `DivPrune` function, as ported in ModelTC/llmc
-(`llmc/compression/token_reduction/divprune.py`), run on LLaVA's `inputs_embeds` after the projector.
+CVPR 2025 (arXiv 2503.02175). Reference: vbdi/divprune at 799e2d950aa01ba7860907f5a6d86061f885dca6,
+`LLaVA/llava/model/llava_arch.py` (`DivPrune`, `pairwise_cosine_similarity`, called from
+`prepare_inputs_labels_for_multimodal` on the projected visual tokens; ModelTC/llmc ports it as
+`token_reduction/divprune.py`).
 
 Glossary: V visual tokens of one image (P), K budget, D LLM width.
 
-As the reference: distances d(i, j) = 1 - cos(x_i, x_j) between the projected visual tokens of one image; the first
-token kept is the one farthest from its nearest neighbour; each next one maximises its minimum distance to the kept
-set (greedy max-min diversity, the MMDP); the K kept tokens enter the LLM in spatial order.
+As the reference: distances d(i, j) = 1 - cos(x_i, x_j) between the projected visual tokens of one image, in the
+model's dtype; the first token kept is the one farthest from its nearest neighbour; each next one maximises its
+minimum distance to the kept set (greedy max-min diversity, the MMDP), ties to the lowest index (`argmax`); the K
+kept tokens enter the LLM in spatial order. tests/test_reducers_conformance.py checks the selection against the
+reference's (tests/data/conformance/divprune).
 
 Where: a stage at LLM layer 0 of the shared in-LLM pruner (llm_pruning.py), because the reference selects on the
 projected features: the prompt carries P placeholders per image, the projector runs on all P, and every decoder
-layer sees K. Departure: one running minimum instead of the reference's minimum over the kept rows at every step
-(same choices); ties broken by the lowest index, as `argmax`.
+layer sees K. Departures: one running minimum instead of the reference's minimum over the kept rows at every step
+(a minimum is exact, so the same choices); the kept tokens keep their RoPE positions, where the reference hands the
+pruned embeddings to the LLM without position ids (renumbered 0..T'-1). Option `precision="float32"` (ours)
+computes the distances in float32; in float16 / bfloat16 the picks then differ from the reference's on some images.
 """
 
 from __future__ import annotations
@@ -21,14 +27,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
+from ..errors import UsageError
 from .llm_pruning import SampleView, Selection
 
+PRECISIONS = ("model", "float32")  # the dtype the distances are computed in
 
-def max_min_diversity(features: torch.Tensor, keep: int) -> torch.Tensor:
-    """Greedy max-min diversity over features [V, C]: indices [keep], in the order chosen."""
-    normed = F.normalize(features.float(), dim=-1)
+
+def max_min_diversity(features: torch.Tensor, keep: int, upcast: bool = False) -> torch.Tensor:
+    """Greedy max-min diversity over features [V, C]: indices [keep], in the order chosen. Distances in the
+    features' dtype, as the reference (upcast=True: float32)."""
+    features = features.float() if upcast else features
+    normed = features / features.norm(dim=1, keepdim=True)  # the reference's normalisation (no epsilon)
     distance = 1.0 - normed @ normed.T  # [V, V]
     nearest = distance.topk(2, dim=0, largest=False).values[1]  # [V], distance to the nearest other token
     chosen = [int(nearest.argmax())]
@@ -41,11 +51,17 @@ def max_min_diversity(features: torch.Tensor, keep: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class DivPruneSelector:
+    precision: str = "model"  # PRECISIONS
     needs_attention: bool = False
 
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"divprune precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+
     def __call__(self, view: SampleView, stage: int, keep: int) -> Selection:
-        kept = [block[max_min_diversity(view.hidden[block], keep)] for block in view.blocks]
+        upcast = self.precision == "float32"
+        kept = [block[max_min_diversity(view.hidden[block], keep, upcast)] for block in view.blocks]
         return Selection(torch.cat(kept))
 
 
-__all__ = ["DivPruneSelector", "max_min_diversity"]
+__all__ = ["PRECISIONS", "DivPruneSelector", "max_min_diversity"]

@@ -77,14 +77,14 @@ OPTIONS: dict[str, dict[str, type]] = {  # method -> the options it accepts and 
     "vistog": {},
     "pool": {},
     "random": {},
-    "tome": {},
-    "visionzip": {"contextual": int},
-    "prumerge": {"neighbours": int},
+    "tome": {"order": str, "matching": str},  # "reference" | "spatial"; "float32" | "model"
+    "visionzip": {"contextual": int, "with_cls": int},  # with_cls 1 | 0
+    "prumerge": {"neighbours": int, "extra_token": int},  # extra_token 1 | 0
     "fastv": {"fastv_layer": int},
-    "divprune": {},
-    "vispruner": {"important_ratio": float},
+    "divprune": {"precision": str},  # "model" | "float32"
+    "vispruner": {"important_ratio": float, "ties": str, "precision": str},  # "reference" | "stable"; as divprune
     "cdpruner": {},
-    "dart": {"layer": int},
+    "dart": {"layer": int, "pivot_order": str},  # "set" | "norm"
     "pdrop": {"layers": str},  # comma-separated decoder layers, e.g. "2,6,12"
     "sparsevlm": {"layers": str},
     "vscan": {"layer": int},
@@ -272,16 +272,30 @@ def _vision_parts(model, budget: int, seed: int, options: dict) -> dict[str, Cal
     neighbours = options.get("neighbours", NEIGHBOURS)
     if neighbours is not None and neighbours < 1:
         raise UsageError(f"prumerge neighbours must be >= 1, got {neighbours}")
-    ratio = options.get("important_ratio")
     return {
         "pool": lambda: _Parts(PoolReducer(budget, grid=grid)),
         "random": lambda: _Parts(RandomReducer(budget, num_patches, seed=seed)),
-        "tome": lambda: _Parts(ToMeReducer(budget), ToMeMerge(merge_schedule(num_patches, budget, runs))),
-        "visionzip": lambda: _Parts(
-            VisionZipReducer(budget, num_patches, vision.num_attention_heads, contextual=options.get("contextual"))
+        "tome": lambda: _Parts(
+            ToMeReducer(budget),
+            ToMeMerge(merge_schedule(num_patches, budget, runs), **_given(options, "order", "matching")),
         ),
-        "prumerge": lambda: _Parts(PruMergeReducer(budget, num_patches, tower.encoder.layers[runs], neighbours)),
-        "vispruner": lambda: _Parts(VisPrunerReducer(budget, num_patches, *([ratio] if ratio is not None else []))),
+        "visionzip": lambda: _Parts(
+            VisionZipReducer(
+                budget,
+                num_patches,
+                vision.num_attention_heads,
+                contextual=options.get("contextual"),
+                **_given(options, "with_cls"),
+            )
+        ),
+        "prumerge": lambda: _Parts(
+            PruMergeReducer(
+                budget, num_patches, tower.encoder.layers[runs], neighbours, **_given(options, "extra_token")
+            )
+        ),
+        "vispruner": lambda: _Parts(
+            VisPrunerReducer(budget, num_patches, **_given(options, "important_ratio", "ties", "precision"))
+        ),
         "downsample": lambda: _Parts(ToMeReducer(budget), GridDownsample(budget, grid)),
     }
 
@@ -305,7 +319,7 @@ def _llm_parts(model, method: str, budget: int, options: dict) -> _Parts:
     if method == "dart":
         layer = _llm_layer(options, DART_LAYER, num_layers)
         (keep,) = mean_schedule(budget, num_layers, num_patches, (layer,), "dart")
-        selector = DARTSelector(model.model.language_model.norm)
+        selector = DARTSelector(model.model.language_model.norm, **_given(options, "pivot_order"))
         return _Parts(pruner=LLMPruner((Stage(layer, keep),), selector, num_patches, image_token))
     if method == "vscan":
         layer = _llm_layer(options, VSCAN_LAYER, num_layers)
@@ -324,8 +338,13 @@ def _llm_parts(model, method: str, budget: int, options: dict) -> _Parts:
     if method == "holitom":
         layer = _llm_layer(options, HOLITOM_LAYER, num_layers)
         return _Parts(pruner=holitom(budget, num_layers, layer, num_patches, image_token))
-    selectors = {"divprune": DivPruneSelector(), "cdpruner": CDPrunerSelector()}
-    return _Parts(pruner=LLMPruner((Stage(0, budget),), selectors[method], num_patches, image_token))
+    selector = DivPruneSelector(**_given(options, "precision")) if method == "divprune" else CDPrunerSelector()
+    return _Parts(pruner=LLMPruner((Stage(0, budget),), selector, num_patches, image_token))
+
+
+def _given(options: dict, *names: str) -> dict:
+    """The options among `names` that were given (None or absent: the reducer's default, the reference's way)."""
+    return {name: options[name] for name in names if options.get(name) is not None}
 
 
 def _llm_layer(options: dict, paper_layer: int, num_layers: int) -> int:

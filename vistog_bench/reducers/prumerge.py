@@ -1,30 +1,36 @@
 """`prumerge`: LLaVA-PruMerge at a fixed budget.
 
 Shang, Cai, Xu, Lee, Yan. "LLaVA-PruMerge: Adaptive Token Reduction for Efficient Large Multimodal Models."
-arXiv 2403.15388. Reference implementation: 42Shawn/LLaVA-PruMerge, `llava/model/multimodal_encoder/clip_encoder.py`
-(`token_prune_merge_advanced`, `outlier_dectection`).
+arXiv 2403.15388. Reference implementation: 42Shawn/LLaVA-PruMerge at 097c04116a58465e4bcb58cec44a94018a68ff1a,
+`llava/model/multimodal_encoder/clip_encoder.py` (`token_prune_merge_advanced`, `outlier_dectection`).
 
 Glossary: B images, P patches, I = 1 + P (CLS first), K budget, Dv vision width, k neighbours merged (32).
 
-As the reference:
+As the reference (PruMerge):
   1. attention of CLS over the I tokens from the q / k projections of the encoder layer *after* LLaVA's feature
      layer applied to the feature-layer states (the reference hooks `layers[23].self_attn.{q,k}_proj`), as one head
      of width Dv: softmax(q_cls k^T / sqrt(Dv)), CLS column dropped -> a [B, P];
   2. the kept tokens: the top of that attention (in the reference, its IQR outliers, see departure 1), in
      descending-attention order;
   3. each kept token i becomes x_i + sum_j a_j x_j over its k = 32 most key-similar other tokens j (cosine of the
-     same layer's keys, kept and pruned alike), weighted by their un-normalised CLS attention a_j.
+     same layer's keys, kept and pruned alike), weighted by their un-normalised CLS attention a_j;
+  4. one extra token, sum_j a_j x_j over every pruned token j, follows the kept ones (`extra_one_token`).
+At budget K: K - 1 kept tokens and the extra one. tests/test_reducers_conformance.py checks this against the
+reference's outputs (tests/data/conformance/prumerge).
 
 Departures from the reference:
   1. Fixed budget. The reference keeps the IQR outliers of the attention (a > Q3 + 1.5 IQR), a number that varies by
-     image (about 32 of 576 on average). Here exactly K are kept: the outliers ranked by attention, then the next
-     highest-attention tokens until K. Outliers are by definition the top of the ranking, so the kept set is the
-     top K by attention whatever the outlier count; `iqr_outlier_count` reports what the reference would have kept.
+     image (about 32 of 576 on average). Here exactly K - 1 are kept: the outliers ranked by attention, then the
+     next highest-attention tokens. Outliers are by definition the top of the ranking, so the kept set is the top of
+     the ranking whatever the outlier count; `iqr_outlier_count` reports what the reference would have kept.
   2. The reference computes the IQR over the whole batch at once (`flatten()`), so an image's token count depends
      on its batch; here per image.
-  3. Vectorised (the reference loops over images and kept tokens); same neighbours up to ties.
-  4. Without an encoder layer after the feature layer (feature layer = last layer) this method is refused.
-  PruMerge+ (extra spatially uniform tokens) is not implemented.
+  3. Vectorised (the reference loops over images and kept tokens); same neighbours up to ties, sums in another order.
+  4. Attention and key cosines in float32 (the reference: the model's dtype).
+  5. Without an encoder layer after the feature layer (feature layer = last layer) this method is refused.
+Option `extra_token=0` (ours): K kept tokens and no extra one.
+Not implemented: PruMerge+ (`token_prune_merge_advanced_plus`, which the reference's `forward` calls): it adds
+spatially uniform tokens to the outliers, a count that has no fixed-budget rule in the reference.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 
+from ..errors import UsageError
 from ..model.vision import VisionStates
 from .base import check_budget, check_output, gather_tokens
 
@@ -83,23 +90,43 @@ def merge_neighbours(
     return gather_tokens(patches, kept) + weights @ patches
 
 
+def pruned_sum(patches: torch.Tensor, attention: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """The reference's extra token: sum_j a_j x_j over the tokens j not kept. patches [B, P, Dv], attention [B, P],
+    kept [B, K']. Returns [B, 1, Dv]."""
+    weights = attention.to(patches.dtype).scatter(1, kept, 0.0)  # [B, P], kept tokens weigh nothing
+    return weights.unsqueeze(1) @ patches  # [B, 1, Dv] <- [B, 1, P] @ [B, P, Dv]
+
+
 @dataclass(frozen=True)
 class PruMergeReducer:
     budget: int
     num_patches: int
     next_layer: CLIPEncoderLayer  # the encoder layer after LLaVA's feature layer (weights shared, not copied)
     neighbours: int = NEIGHBOURS
+    extra_token: int = 1  # 1: K - 1 kept + the weighted sum of the pruned (the reference); 0: K kept, no extra
     needs_cls_attention: bool = False  # computed here from `next_layer`, as the reference does
 
     def __post_init__(self):
         check_budget(self.budget, self.num_patches)
+        if self.extra_token not in (0, 1):
+            raise UsageError(f"prumerge extra_token must be 0 or 1, got {self.extra_token!r}")
 
     def __call__(self, states: VisionStates) -> torch.Tensor:
         patches = states.patch_states  # [B, P, Dv]
         attention, keys = next_layer_cls_attention(self.next_layer, states)
-        kept = attention.topk(self.budget, dim=1).indices  # [B, K], descending attention as the reference
+        # [B, K - extra], descending attention as the reference
+        kept = attention.topk(self.budget - self.extra_token, dim=1).indices
         tokens = merge_neighbours(patches, keys, attention, kept, self.neighbours)
+        if self.extra_token:
+            tokens = torch.cat([tokens, pruned_sum(patches, attention, kept)], dim=1)
         return check_output(tokens, patches.shape[0], self.budget, "prumerge")
 
 
-__all__ = ["NEIGHBOURS", "PruMergeReducer", "iqr_outlier_count", "merge_neighbours", "next_layer_cls_attention"]
+__all__ = [
+    "NEIGHBOURS",
+    "PruMergeReducer",
+    "iqr_outlier_count",
+    "merge_neighbours",
+    "next_layer_cls_attention",
+    "pruned_sum",
+]
