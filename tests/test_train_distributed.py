@@ -131,9 +131,11 @@ def test_fsdp2_two_processes_shard_train_save_and_serve(tmp_path):
     launch = [*TORCHRUN, "--master_port", str(free_port())]
     result = run([*launch, *train_args(fresh, data, fsdp, 2), "--save-steps", "2"], {**ENV, **fsdp_launch_env()})
     assert result.returncode == 0, result.stderr[-3000:]
-    # the resumable state at step 2 is accelerate's sharded one (every rank writes its shards); resumed, the run
+    # the resumable state at step 2 is sharded (every rank writes its own shards, checkpoints.py); resumed, the run
     # ends as the uninterrupted one did
-    assert (fsdp / "checkpoints" / "checkpoint_0" / "pytorch_model_fsdp_0").is_dir()
+    state = fsdp / "checkpoints" / "checkpoint_0"
+    assert json.loads((state / "checkpoint.json").read_text())["sharded"]
+    assert all((state / f"process_{rank}.safetensors").is_file() for rank in (0, 1))
     shutil.copytree(fsdp / "checkpoints", resumed / "checkpoints")
     resume = [*train_args(fresh, data, resumed, 2), "--save-steps", "2", "--resume-from-checkpoint", "latest"]
     result = run([*launch, *resume], {**ENV, **fsdp_launch_env()})

@@ -128,12 +128,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 def run_cli(argv: list[str] | None = None) -> int:
-    """`python -m vistog_bench.train ...` (under `accelerate launch` / `torchrun`): the same as `vistog-bench train`."""
-    parser = argparse.ArgumentParser(prog="vistog_bench.train", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return main(args)
-    except UsageError as exc:
-        print(f"vistog-bench train: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    """`python -m vistog_bench.train ...` (under `accelerate launch` / `torchrun`): `vistog-bench train`, with its
+    one-line errors and exit codes (2 bad input, 3 a full disk)."""
+    from ..cli import main as vistog_bench
+
+    return vistog_bench(["train", *(sys.argv[1:] if argv is None else argv)])

@@ -90,3 +90,22 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
+        check_trackers(self.report_to)
+
+
+def check_trackers(names: tuple[str, ...]) -> None:
+    """--report-to names accelerate's trackers whose package is installed (accelerate drops any other silently)."""
+    if not names:
+        return
+    from accelerate.tracking import get_available_trackers
+    from accelerate.utils import LoggerType
+
+    known = [t.value for t in LoggerType]
+    available = [t.value for t in get_available_trackers()]
+    for name in names:
+        if name not in known:
+            raise UsageError(f"--report-to {name}: not one of accelerate's trackers ({', '.join(known)})")
+        if name != "all" and name not in available:
+            raise UsageError(f"--report-to {name}: its package is not installed (installed: {available or 'none'})")
+    if "all" in names and not available:
+        raise UsageError("--report-to all: no tracker package is installed")

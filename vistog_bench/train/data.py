@@ -19,6 +19,7 @@ is missing or unreadable, or whose image tokens the length limit cuts, is replac
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 from pathlib import Path
@@ -64,12 +65,50 @@ def load_records(path: str | Path, stage: str) -> Records:
     if not isinstance(samples, list) or not samples:
         raise UsageError(f"{path} must hold a non-empty JSON list of samples")
     key = "region_labels" if stage == "pretrain-vision" else "conversations"
-    for sample in samples[:1000]:
+    for index, sample in enumerate(samples):  # every sample, before anything trains: a wrong type is one line
         if not isinstance(sample, dict) or key not in sample:
             raise UsageError(
                 f"{path}: every sample needs a {key!r} field for stage {stage} (sample: {str(sample)[:80]})"
             )
+        problem = sample_type_problem(sample, key)
+        if problem:
+            raise UsageError(f"{path}: sample {sample.get('id', f'#{index}')}: {problem}")
     return Records(samples)
+
+
+def sample_type_problem(sample: dict, key: str) -> str | None:
+    """What in a sample has the wrong JSON type, or None: `image` a path or a list of paths, `conversations` a list
+    of {"from": str, "value": str} turns, `region_labels` an object of label lists."""
+    image = sample.get("image")
+    if image is not None and not (
+        isinstance(image, str) or (isinstance(image, list) and all(isinstance(i, str) for i in image))
+    ):
+        return f"'image' must be a path or a list of paths, got {type(image).__name__}"
+    value = sample[key]
+    if key == "region_labels":
+        if not isinstance(value, dict) or not all(isinstance(v, list) for v in value.values()):
+            return "'region_labels' must map each attribute to a list of labels"
+        return None
+    if not isinstance(value, list):
+        return f"'conversations' must be a list of turns, got {type(value).__name__}"
+    for number, turn in enumerate(value):
+        if not isinstance(turn, dict):
+            return f"conversations[{number}] must be an object, got {type(turn).__name__}"
+        for field in ("from", "value"):
+            if not isinstance(turn.get(field), str):
+                return f"conversations[{number}][{field!r}] must be a string, got {type(turn.get(field)).__name__}"
+    return None
+
+
+def check_image_folder(records: Records, image_folder: Path, first: int = 1000) -> None:
+    """Refuse a folder holding none of the images the first `first` samples name: every image sample would be
+    skipped, and a run on a mix would train on its text-only samples alone."""
+    named = [files[0] for files in (image_files(records[i]) for i in range(min(first, len(records)))) if files]
+    if named and not any((image_folder / name).is_file() for name in named):
+        raise UsageError(
+            f"--image-folder {image_folder} (default: the data file's folder) holds none of the {len(named)} "
+            f"images the first samples name, e.g. {image_folder / named[0]}"
+        )
 
 
 def image_files(record: dict) -> list[str]:
@@ -104,11 +143,11 @@ def open_images(image_folder: Path, files: list[str]) -> list:
     for name in files:
         path = image_folder / name
         if not path.is_file():
-            raise SkipSample("missing image")
+            raise SkipSample("missing image (check --image-folder)")
         try:
             images.append(Image.open(path).convert("RGB"))
         except (OSError, UnidentifiedImageError, ValueError):
-            raise SkipSample("corrupt image") from None
+            raise SkipSample("unreadable image") from None
     return images
 
 
@@ -136,21 +175,24 @@ def expand_each(prompt: str, counts, image_token: str) -> str:
 class SkippingDataset:
     """`__getitem__(i)` returns sample i, or the first good one after it, with `skipped` = how many were passed over."""
 
-    max_skips = 100  # that many bad samples in a row is a wrong --image-folder, not bad luck
+    max_skips = 100  # that many bad samples in a row is a wrong --image-folder or --max-length, not bad luck
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict:
-        for skipped in range(self.max_skips):
+        reasons = collections.Counter()
+        tries = min(self.max_skips, len(self))
+        for skipped in range(tries):
             try:
                 item = self.sample((index + skipped) % len(self))
-            except SkipSample:
+            except SkipSample as exc:
+                reasons[str(exc)] += 1
                 continue
             return {**item, "skipped": skipped}
-        raise UsageError(
-            f"{self.max_skips} samples in a row from #{index} have missing or unreadable images; check --image-folder"
-        )
+        which = f"all {tries} samples" if tries == len(self) else f"{tries} samples in a row from #{index}"
+        why = ", ".join(f"{count} {reason}" for reason, count in reasons.most_common())
+        raise UsageError(f"nothing to train on: {which} skipped ({why})")
 
 
 class ConversationDataset(SkippingDataset):
@@ -253,11 +295,13 @@ class ConversationDataset(SkippingDataset):
         found = sum(t == image_token_id for t in input_ids)
         if found != sum(counts):
             if found < sum(counts) and len(input_ids) == self.max_length:
-                raise SkipSample("image tokens cut by --max-length")
+                raise SkipSample(f"image tokens cut by --max-length {self.max_length}")
             raise UsageError(
                 f"sample {record.get('id')}: {len(files)} images need {sum(counts)} image "
                 f"tokens, the text has {found}; check its <image> placeholders"
             )
+        if all(label == IGNORE_INDEX for label in labels):  # the loss over no token is NaN
+            raise SkipSample(f"no answer token (none in the sample, or all cut by --max-length {self.max_length})")
         return {"input_ids": torch.tensor(input_ids), "labels": torch.tensor(labels), **images}
 
 

@@ -1,10 +1,11 @@
 """`train(config)`: one stage on accelerate; whatever `accelerate launch` or `torchrun` set up (one process, DDP,
 FSDP, DeepSpeed ZeRO) is what runs, and accelerate does the distribution, mixed precision and state saving.
 
-Resumable: with `save_steps`, `accelerator.save_state` writes `output_dir/checkpoints/checkpoint_<i>` (model,
-optimizer, scheduler, every process's RNG states, and `TrainerState`: step, data position, loss history);
-`resume_from_checkpoint` ("latest" or a folder) restores them and the data loader restarts at the same sample, so the
-run continues as if it had not stopped. The output folder is a normal Hugging Face checkpoint with the chat template
+Resumable: with `save_steps`, checkpoints.py writes `output_dir/checkpoints/checkpoint_<i>` (model, optimizer,
+scheduler, every process's RNG states, and `TrainerState`: step, data position, loss history) as safetensors + JSON,
+atomically; `resume_from_checkpoint` ("latest" or a folder) restores them and the data loader restarts at the same
+sample, so the run continues as if it had not stopped. A loss that is not finite stops the run before it is applied,
+and no model is written from it. The output folder is a normal Hugging Face checkpoint with the chat template
 training rendered with (`chat_template.jinja`) and `training_log.jsonl`.
 """
 
@@ -14,25 +15,33 @@ import functools
 import json
 import math
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import UsageError
+from . import checkpoints
 from .config import TrainConfig
-from .data import ModalityLengthGroupedSampler, RegionDataset, collate_conversations, collate_regions, load_records
+from .data import (
+    ModalityLengthGroupedSampler,
+    RegionDataset,
+    check_image_folder,
+    collate_conversations,
+    collate_regions,
+    load_records,
+)
 from .stages import build_region_pretrainer, conversation_dataset, load_for_stage, set_trainable, store_frozen_in
 
 
 @dataclass
 class TrainerState:
-    """What a resumable state adds to accelerate's: registered with `accelerator.register_for_checkpointing`."""
+    """What a resumable state holds beside model, optimizer, scheduler and RNG states (checkpoints.py)."""
 
     step: int = 0
     micro_batches_in_epoch: int = 0
     epoch_generator_state: object = None  # the data order's generator at the start of this epoch
-    saves: int = 0  # accelerate's checkpoint_<i> counter
-    skipped: int = 0  # samples replaced for a missing / corrupt image or cut image tokens (all processes)
+    skipped: int = 0  # samples replaced: missing / unreadable image, image or answer tokens cut (all processes)
     losses: list = field(default_factory=list)
     log_lines: list = field(default_factory=list)
     llm_compute_dtype: str | None = None  # what the LLM's first decoder layer computed in, seen on the first batch
@@ -43,6 +52,12 @@ class TrainerState:
     def load_state_dict(self, values: dict) -> None:
         for key, value in values.items():
             setattr(self, key, value)
+
+
+class LossNotFinite(UsageError):
+    """The run found a NaN / inf loss and stopped before applying it: exit 1, the work ran and found a problem."""
+
+    exit_code = 1
 
 
 @dataclass(frozen=True)
@@ -154,6 +169,7 @@ def build_dataset(config: TrainConfig, model, processor, prompts):
     """(dataset, module to train, collate function) for the stage."""
     records = load_records(config.data, config.stage)
     image_folder = Path(config.image_folder) if config.image_folder else Path(config.data).parent
+    check_image_folder(records, image_folder)
     if config.stage == "pretrain-vision":
         dataset = RegionDataset(records, image_folder, processor.image_processor)
         module = build_region_pretrainer(
@@ -274,6 +290,13 @@ def run_steps(config: TrainConfig, accelerator, parts, state: TrainerState, prog
             with accelerator.accumulate(module):
                 loss = module(**batch)
                 loss = loss if isinstance(loss, torch.Tensor) else loss.loss
+                losses = accelerator.gather(loss.detach())  # [processes]: all of them stop together
+                if not torch.isfinite(losses).all():
+                    values = ", ".join(str(v) for v in losses.reshape(-1).tolist())
+                    raise LossNotFinite(
+                        f"step {state.step + 1}: the loss is not finite ({values}, one per process); stopped before "
+                        "applying it, no model written (a NaN / inf weight in --model? a learning rate too high?)"
+                    )
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(params, 1.0)
@@ -284,26 +307,14 @@ def run_steps(config: TrainConfig, accelerator, parts, state: TrainerState, prog
             if not accelerator.sync_gradients:
                 continue
             state.step += 1
-            state.losses.append(accelerator.gather(loss.detach()).mean().item())
+            state.losses.append(losses.mean().item())
             progress.step(total, scheduler.get_last_lr()[0])
             if config.save_steps and state.step % config.save_steps == 0 and state.step < total:
-                state.saves += 1
-                accelerator.save_state()
+                checkpoints.save(config, accelerator, module, optimizer, scheduler, state)
             if state.step >= total:
                 break
         else:
             state.micro_batches_in_epoch = 0
-
-
-def resume(config: TrainConfig, accelerator, state: TrainerState) -> None:
-    where = config.resume_from_checkpoint
-    folder = None if where == "latest" else where
-    if folder is None and not any((Path(config.output_dir) / "checkpoints").glob("checkpoint_*")):
-        raise UsageError(f"--resume-from-checkpoint latest: no checkpoint under {config.output_dir}/checkpoints")
-    if folder is not None and not Path(folder).is_dir():
-        raise UsageError(f"--resume-from-checkpoint: no such folder {folder}")
-    accelerator.load_state(folder)
-    accelerator.project_configuration.iteration = state.saves  # the next save does not overwrite this one
 
 
 def save_checkpoint(config: TrainConfig, accelerator, module, model, processor, template, state: TrainerState) -> None:
@@ -312,14 +323,19 @@ def save_checkpoint(config: TrainConfig, accelerator, module, model, processor, 
     state_dict = accelerator.get_state_dict(module) if is_sharded(accelerator) else None
     if not accelerator.is_main_process:
         return
+    from safetensors import SafetensorError
+
     output_dir = Path(config.output_dir)
     model.eval()
     output_dir.mkdir(parents=True, exist_ok=True)
-    # transformers finds the mapping back to a checkpoint's original weight names by class name, and fully_shard
-    # renames the classes (FSDPLlavaForConditionalGeneration): FSDP2's gathered weights keep the modules' own names
-    model.save_pretrained(output_dir, state_dict=state_dict, save_original_format=not accelerator.is_fsdp2)
-    processor.chat_template = template.text  # saved as chat_template.jinja: evaluation renders what training did
-    processor.save_pretrained(output_dir)
+    try:
+        # transformers finds the mapping back to a checkpoint's original weight names by class name, and fully_shard
+        # renames the classes (FSDPLlavaForConditionalGeneration): FSDP2's gathered weights keep the modules' names
+        model.save_pretrained(output_dir, state_dict=state_dict, save_original_format=not accelerator.is_fsdp2)
+        processor.chat_template = template.text  # saved as chat_template.jinja: evaluation renders what training did
+        processor.save_pretrained(output_dir)
+    except (OSError, SafetensorError) as exc:  # a full disk: one line naming the folder
+        raise checkpoints.write_failure(exc, output_dir) from None
     summary = {
         "stage": config.stage,
         "steps": state.step,
@@ -333,6 +349,21 @@ def save_checkpoint(config: TrainConfig, accelerator, module, model, processor, 
     }
     lines = [*state.log_lines, summary]
     (output_dir / "training_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+
+def start_trackers(config: TrainConfig, accelerator) -> None:
+    """accelerate's trackers, before anything loads: one that cannot start (wandb with a bad key) is one line, with
+    any secret from the environment blanked out of it."""
+    if not config.report_to:
+        return
+    try:
+        accelerator.init_trackers("vistog-bench", config={k: str(v) for k, v in asdict(config).items()})
+    except Exception as exc:  # each tracker library raises its own types
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        for name, value in os.environ.items():
+            if len(value) >= 4 and re.search(r"KEY|TOKEN|SECRET|PASSWORD", name, re.IGNORECASE):
+                message = message.replace(value, "***")
+        raise UsageError(f"--report-to {' '.join(config.report_to)}: {type(exc).__name__}: {message}") from None
 
 
 def starting_model(config: TrainConfig):
@@ -360,6 +391,8 @@ def train(config: TrainConfig) -> TrainResult:
         torch.set_num_threads(config.threads)
     set_seed(config.seed)
     accelerator = make_accelerator(config)
+    checkpoints.refuse_unsupported(config, accelerator)
+    start_trackers(config, accelerator)
     model, processor = starting_model(config)
     template = find_template(processor, config.model or config.llm, config.chat_template)
     prompts = PromptBuilder(template, processor.tokenizer, image_token_of(processor))
@@ -381,7 +414,6 @@ def train(config: TrainConfig) -> TrainResult:
     )
     fsdp_units_on_llm_layers(accelerator, module)
     module, optimizer, loader, scheduler = accelerator.prepare(module, optimizer, loader, scheduler)
-    accelerator.register_for_checkpointing(state)
     watch_llm_compute_dtype(module, state)
     progress = Progress(config, accelerator, state, total)
     progress.log(
@@ -393,10 +425,8 @@ def train(config: TrainConfig) -> TrainResult:
             "parameters_held": parameters_held(module),
         }
     )
-    if config.report_to:
-        accelerator.init_trackers("vistog-bench", config={k: str(v) for k, v in asdict(config).items()})
     if config.resume_from_checkpoint:
-        resume(config, accelerator, state)
+        checkpoints.resume(config, accelerator, module, optimizer, scheduler, state)
         progress.bar.reset(total)
         progress.bar.update(state.step)
     module.train()

@@ -131,7 +131,7 @@ def plan_recipe(name: str, gpus: int | None = None, gpu_memory_gb: float = 80.0)
     from .recipes import get_recipe
 
     recipe = get_recipe(name)
-    gpus = gpus or recipe.gpus
+    gpus = recipe.gpus if gpus is None else gpus
     if gpus < 1 or gpu_memory_gb <= 0:
         raise UsageError(f"--gpus must be >= 1 and --gpu-memory-gb > 0, got {gpus} and {gpu_memory_gb}")
     if recipe.shape not in PRESETS:  # the activation formulas here are LLaVA-1.5's (one 576-token view per image)
