@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import time
 import uuid
 
 import pynvml
@@ -195,3 +196,119 @@ def test_holitom_temporal_merge_merges_as_the_host_loop(dtype, frames, max_windo
                 kept, states = temporal_merge(video, tau, max_window, keep_total)
                 old_kept, old_states = _temporal_merge_loop(video, tau, max_window, keep_total)
                 assert torch.equal(kept, old_kept) and torch.equal(states, old_states)
+
+
+# -- where a method's reduction time goes; peaks per request -----------------------------------------------------------
+SLEEP_S = 0.05  # a sleep in the method's own work: time.sleep waits at least this long, so the bound below is safe
+
+
+def _profiled(model, method, budget, *, stall=None, allocator=None, **options):
+    """One profiled generate of the tiny model under `method`; `stall(model)` installs extra hooks after the
+    profiler's own (they run where the method's work runs) and returns their handles."""
+    from testers import random_images, tiny_processor
+
+    from vistog_bench.model import build_inputs, llava_prompt
+    from vistog_bench.profiling import RequestProfiler
+    from vistog_bench.reducers import applied_method, apply_method, tokens_per_image
+
+    apply_method(model, method, budget, **options)
+    inputs = build_inputs(
+        tiny_processor(), [llava_prompt("what colour ?")], [random_images(1)], tokens_per_image(model)
+    )
+    profiler = RequestProfiler(model, applied=applied_method(model))
+    if allocator is not None:
+        profiler.allocator = (allocator.read, allocator.reset)
+    with profiler.attached():
+        handles = stall(model) if stall is not None else []
+        try:
+            with profiler.request(method=method, budget=budget, batch_size=1) as request:
+                with torch.no_grad():
+                    model.generate(**inputs, max_new_tokens=2, min_new_tokens=2, do_sample=False)
+        finally:
+            for handle in handles:
+                handle.remove()
+    return request.record
+
+
+def _sleep_once(*_):
+    time.sleep(SLEEP_S)
+
+
+IN_LLM = [("divprune", 64, {}), ("cdpruner", 64, {}), ("holitom", 64, {}), ("dart", 300, {}), ("pdrop", 300, {})]
+IN_LLM += [("sparsevlm", 300, {}), ("fastv", 64, {"fastv_layer": 1})]
+
+
+@pytest.mark.parametrize(("method", "budget", "options"), IN_LLM)
+def test_a_method_inside_the_llm_is_timed_in_its_decoder_layer_hooks(model, method, budget, options):
+    """A pre-hook that sleeps on the method's first hooked layer is part of the method's work there: grouping_ms holds
+    it, inside the prefill; the vision -> projector gap (empty for these methods) is no longer what is timed."""
+    from vistog_bench.reducers import apply_method
+
+    apply_method(model, method, budget, **options)
+    first = next(i for i, layer in enumerate(model.model.language_model.layers) if layer._forward_pre_hooks)
+
+    def stall(model):  # after the method's own pre-hooks on that layer: it sleeps where they select
+        return [model.model.language_model.layers[first].register_forward_pre_hook(_sleep_once)]
+
+    record = _profiled(model, method, budget, stall=stall, **options)
+    stage = record.extra["grouping_stage"]
+    assert "inside the LLM" in stage and "after the vision tower" not in stage, stage
+    assert record.extra["grouping_layers"][0] == first
+    assert record.grouping_ms >= SLEEP_S * 1e3  # the prefill's sleep (decode steps' sleeps are not selection)
+    assert record.extra["grouping_in_prefill_ms"] == record.grouping_ms <= record.prefill_ms
+    assert record.prefill_ms >= SLEEP_S * 1e3
+
+
+def test_a_reducer_after_the_vision_tower_and_one_inside_the_llm_both_count(model):
+    """vscan reduces after the tower and again inside the LLM: grouping_ms is both parts."""
+    record = _profiled(model, "vscan", 64)
+    stage = record.extra["grouping_stage"]
+    assert "after the vision tower" in stage and "inside the LLM" in stage
+    assert record.grouping_ms > record.extra["grouping_in_prefill_ms"] > 0
+
+
+class _Allocator:
+    """What a device allocator's counters report: bytes in use and the peak since the last reset (CUDA's
+    max_memory_allocated / reset_peak_memory_stats); the tests allocate in it where work would."""
+
+    def __init__(self):
+        self.in_use = self.peak = 1_000
+
+    def allocate(self, size: int) -> None:
+        self.in_use += size
+        self.peak = max(self.peak, self.in_use)
+
+    def free(self, size: int) -> None:
+        self.in_use -= size
+
+    def read(self) -> int:
+        return self.peak
+
+    def reset(self) -> None:
+        self.peak = self.in_use
+
+
+def test_the_request_peak_holds_a_reducers_temporaries_between_stages(model):
+    """pool's reducer runs between the vision tower and the projector: 50 kB of temporaries there are in the
+    request's peak, in no stage's; the prefill's own 5 kB are in its stage peak."""
+    allocator = _Allocator()
+
+    def stall(model):
+        def temporaries(*_):
+            allocator.allocate(50_000)
+            allocator.free(50_000)
+
+        def prefill_work(*_):
+            allocator.allocate(5_000)
+            allocator.free(5_000)
+
+        return [  # after the profiler's own hooks: the tower's span has closed, the LLM's step has opened
+            model.model.vision_tower.register_forward_hook(temporaries),
+            model.model.language_model.register_forward_pre_hook(prefill_work),
+        ]
+
+    record = _profiled(model, "pool", 64, stall=stall, allocator=allocator)
+    peaks = record.peak_memory_bytes
+    assert peaks["total"] == 51_000
+    assert peaks["prefill"] == 6_000 and peaks["vision"] == peaks["projector"] == 1_000
+    assert "peak_memory_bytes" not in record.null_reasons

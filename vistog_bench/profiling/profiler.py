@@ -14,7 +14,12 @@ Stage times (milliseconds):
     preprocess   the caller's `req.stage("preprocess")` (host perf_counter; other caller stage names go to
                  extra["stages_ms"])
     vision       vision tower forward (CLIP up to the feature layer, semantic tokens included)
-    grouping     grouping layer forward (None when no grouping ran: VisToG off)
+    grouping     VisToG's grouping layer forward, or where a training-free method reduces the tokens (the caller's
+                 `applied` says which): a reducer after the vision tower is the gap vision end -> projector start;
+                 a method that selects inside the LLM (divprune, cdpruner, fastv, dart, pdrop, sparsevlm, holitom,
+                 vscan's second stage) is timed in its forward pre-hooks on the decoder layers during the prefill,
+                 from the first hook to the layer's own first module (that part is also inside prefill_ms:
+                 extra["grouping_in_prefill_ms"]). None, with its reason, when nothing reduces.
     projector    multi-modal projector forward
     prefill      the LLM's first forward of the generate, lm_head included (the first token's logits)
     decode       from the end of the prefill to the end of the last decode step: every generated token after the
@@ -31,9 +36,10 @@ trackers: `_latency` (stage times), `_flop_counts` (analytic and counted), `_mem
 returns the record fields it owns, its extra entries and the reasons for its nulls.
 
 On CUDA every mark is an event on the current stream; the request synchronises once, when it closes. On CPU marks
-are perf_counter readings. Memory: on CUDA the allocator's peak per stage (`reset_peak_memory_stats` at each stage's
-start: anything else reading `max_memory_allocated` during a request sees these resets); everywhere the process's
-peak RSS over the request. Energy: NVML's total-energy counter before and after (see nvml.py).
+are perf_counter readings. Memory: on CUDA the allocator's peak per stage and over the whole request (`AllocatorPeaks`:
+the running peak is read before each stage's `reset_peak_memory_stats`, so what runs between stages, a reducer's
+temporaries, counts in "total"; anything else reading `max_memory_allocated` during a request sees these resets);
+everywhere the process's peak RSS over the request. Energy: NVML's total-energy counter before and after (nvml.py).
 
 With `path="compiled"` (torch.compile / CUDA graphs for decode steps, prefill eager as transformers does it) the
 hooks are silent inside the compiled region: decode is then timed as one span, prefill end -> request end, and its
@@ -43,7 +49,7 @@ step count is output_tokens / batch - 1 (lengths are forced there).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -57,7 +63,7 @@ from ..reducers import REDUCERS
 from ..results import STAGES, ProfileRecord
 from . import flops as F
 from .counting import MISMATCH_TOLERANCE, flop_counter, mismatches
-from .hooks import first_tensor, llm_new_tokens, stage_hooks
+from .hooks import first_tensor, llm_new_tokens, stage_hooks, stage_modules
 from .memory import kv_cache_bytes, measured_cache_bytes, module_bytes, peak_rss_bytes, reset_peak_rss
 from .nvml import EnergyMeter
 from .timers import make_clock
@@ -129,6 +135,43 @@ class _Observed:
         return [s for s in self.spans if s.stage == stage]
 
 
+class AllocatorPeaks:
+    """Peak bytes of a device allocator per stage and over a whole request, from two calls: `read` (the peak since
+    the last reset: `torch.cuda.max_memory_allocated`) and `reset` (`torch.cuda.reset_peak_memory_stats`).
+
+    Each stage is measured alone (reset at its start), and the running peak is folded into the request's before every
+    reset and at the end: the request's peak holds what ran between stages too (a reducer after the vision tower),
+    where the max over stage peaks would lose it."""
+
+    def __init__(self, read: Callable[[], int], reset: Callable[[], None]):
+        self._read, self._reset = read, reset
+        self.stages: dict[str, int] = {}
+        self.request = 0
+
+    def open(self) -> None:
+        self._reset()
+        self.stages, self.request = {}, 0
+
+    def stage_starts(self) -> None:
+        self.request = max(self.request, int(self._read()))
+        self._reset()
+
+    def stage_ends(self, key: str) -> None:
+        peak = int(self._read())
+        self.stages[key] = max(self.stages.get(key, 0), peak)
+        self.request = max(self.request, peak)
+
+    def close(self) -> dict[str, int]:
+        """{stage: peak bytes, "total": the request's peak}."""
+        self.request = max(self.request, int(self._read()))
+        return {**self.stages, "total": self.request}
+
+
+def cuda_allocator(device: torch.device) -> tuple[Callable[[], int], Callable[[], None]]:
+    """(read, reset) of the CUDA caching allocator's peak on `device`, for AllocatorPeaks."""
+    return (lambda: torch.cuda.max_memory_allocated(device)), (lambda: torch.cuda.reset_peak_memory_stats(device))
+
+
 class FirstTokenClock:
     """A transformers LogitsProcessor that marks when it is first called: the first token's logits have reached the
     sampler (optimum-benchmark's PerTokenLatencyLogitsProcessor, first step only). Scores pass unchanged."""
@@ -166,11 +209,12 @@ class Request:
         self._steps: list[_LlmStep] = []
         self._caller_ms: dict[str, float] = {}
         self._tokens = _Tokens()
-        self._peaks: dict[str, int] = {}
+        self._peaks = AllocatorPeaks(*profiler.allocator) if profiler.allocator is not None else None
+        self._selection: list[tuple[Any, Any]] = []  # (first pre-hook, layer's own first module) per decoder layer
+        self._selection_start: Any = None
         self._cache = None
         self._counter = flop_counter() if count_flops else None
         self._record: ProfileRecord | None = None
-        self._cuda = profiler.device.type == "cuda"
         self.first_token_clock = FirstTokenClock(self._clock)
 
     # -- the caller's side ---------------------------------------------------------------------------------------------
@@ -205,13 +249,26 @@ class Request:
         return float(self._counter.get_total_flops()) if self._counter is not None else 0.0
 
     def _reset_peak(self) -> None:
-        if self._cuda:
-            torch.cuda.reset_peak_memory_stats(self._profiler.device)
+        if self._peaks is not None:
+            self._peaks.stage_starts()
 
     def _note_peak(self, key: str) -> None:
-        if self._cuda:
-            peak = int(torch.cuda.max_memory_allocated(self._profiler.device))
-            self._peaks[key] = max(self._peaks.get(key, 0), peak)
+        if self._peaks is not None:
+            self._peaks.stage_ends(key)
+
+    def _in_prefill(self) -> bool:
+        return bool(self._steps) and self._steps[-1].kind == "prefill" and self._steps[-1].end is None
+
+    def enter_selection(self) -> None:
+        """A decoder layer's forward pre-hooks start (the method's selection runs in them): prefill only."""
+        if self._in_prefill():
+            self._selection_start = self._clock.mark()
+
+    def exit_selection(self) -> None:
+        """The layer's own forward has started: its pre-hooks are done."""
+        if self._selection_start is not None:
+            self._selection.append((self._selection_start, self._clock.mark()))
+            self._selection_start = None
 
     def enter(self, stage: str, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if stage == "llm":
@@ -260,6 +317,8 @@ class Request:
 
     # -- lifecycle -----------------------------------------------------------------------------------------------------
     def _open(self) -> None:
+        if self._peaks is not None:
+            self._peaks.open()
         self._rss_reset = reset_peak_rss()
         self._energy_start = self._profiler.energy.read_mj()
         self._host_start = time.perf_counter()
@@ -358,15 +417,35 @@ class Request:
         )
 
     def _reducer_gap_ms(self, seen: _Observed) -> float | None:
-        """A training-free reducer is no module: its stage is the gap between the vision tower and the projector."""
-        applied = self._profiler.applied
-        if applied is None or applied.method not in REDUCERS or applied.fastv_layer is not None:
+        """A reducer after the vision tower is no module: its stage is the gap between the vision tower and the
+        projector."""
+        if not self._profiler.reduces_after_vision:
             return None
         ms = self._clock.elapsed_ms
         # strict=False: an encoder that includes its projector (Qwen2.5-VL's PatchMerger) leaves no projector spans
         return sum(
             ms(v.end, p.start) for v, p in zip(seen.stage_spans("vision"), seen.stage_spans("projector"), strict=False)
         )
+
+    def _reduction_ms(self, seen: _Observed) -> tuple[float | None, dict[str, Any]]:
+        """A training-free method's reduction time, where it acts: after the vision tower, inside the LLM's
+        prefill, or both (vscan); with extra["grouping_stage"] naming where."""
+        where, total, extra = [], None, {}
+        gap = self._reducer_gap_ms(seen)
+        if gap is not None:
+            where.append("reduction after the vision tower (vision end -> projector start)")
+            total = gap
+        if self._profiler.selection_layers and self._selection:
+            ms = self._clock.elapsed_ms
+            inside = sum(ms(start, end) for start, end in self._selection)
+            first = self._profiler.selection_layers[0]
+            where.append(f"selection inside the LLM (prefill, pre-hooks of decoder layers {first}+; in prefill_ms)")
+            extra["grouping_in_prefill_ms"] = inside
+            extra["grouping_layers"] = list(self._profiler.selection_layers)
+            total = inside + (total or 0.0)
+        if where:
+            extra["grouping_stage"] = f"{self.method}: " + " + ".join(where)
+        return total, extra
 
     def _latency(self, seen: _Observed, end: Any) -> _Part:
         ms = self._clock.elapsed_ms
@@ -376,9 +455,9 @@ class Request:
             f"{stage}_ms": sum(ms(s.start, s.end) for s in spans) if (spans := seen.stage_spans(stage)) else None
             for stage in VISION_STAGES
         }
-        if times["grouping_ms"] is None and (gap := self._reducer_gap_ms(seen)) is not None:
-            times["grouping_ms"] = gap
-            extra["grouping_stage"] = f"{self._profiler.applied.method} reduction (vision end -> projector start)"
+        if times["grouping_ms"] is None:
+            times["grouping_ms"], where = self._reduction_ms(seen)
+            extra.update(where)
         if times["grouping_ms"] is None:
             reasons["grouping_ms"] = "no grouping layer or reducer ran"
         prefills, decodes = seen.prefills, seen.decodes
@@ -454,10 +533,8 @@ class Request:
         extra: dict[str, Any] = {}
         reasons: dict[str, str] = {}
         peaks: dict[str, int] = {}
-        if self._cuda:
-            self._note_peak("total")
-            peaks = dict(self._peaks)
-            peaks["total"] = max(peaks.values())
+        if self._peaks is not None:
+            peaks = self._peaks.close()
         else:
             reasons["peak_memory_bytes"] = f"no CUDA allocator on {self._profiler.device.type}; see peak_rss_bytes"
         rss = peak_rss_bytes()
@@ -516,6 +593,9 @@ class RequestProfiler:
         self.element_bytes = parameter.element_size()
         self.weight_bytes = module_bytes(model)
         self.energy = EnergyMeter(self.device)
+        # (read, reset) of the allocator's peak; None: no device allocator (CPU: peak RSS only)
+        self.allocator = cuda_allocator(self.device) if self.device.type == "cuda" else None
+        self.selection_layers: tuple[int, ...] = ()  # decoder layers whose method pre-hooks are timed (attached)
         self._records: list[ProfileRecord] = []
         self._active: Request | None = None
         self._attached = False
@@ -534,16 +614,68 @@ class RequestProfiler:
         if self._active is not None:
             self._active.exit(stage, module, output)
 
+    def enter_selection(self) -> None:
+        if self._active is not None:
+            self._active.enter_selection()
+
+    def exit_selection(self) -> None:
+        if self._active is not None:
+            self._active.exit_selection()
+
+    @property
+    def reduces_after_vision(self) -> bool:
+        """The applied method has a reducer between the vision tower and the projector (fewer placeholders per
+        image than patches: every training-free method but the ones that select inside the LLM)."""
+        applied = self.applied
+        return applied is not None and applied.method in REDUCERS and applied.tokens_per_image < _patches(self.model)
+
+    def _selects_in_llm(self) -> bool:
+        """The applied method drops tokens between decoder layers or at layer 0 (its hooks sit on those layers)."""
+        applied = self.applied
+        if applied is None or applied.method not in REDUCERS or not applied.layer_tokens:
+            return False
+        return applied.llm_input_tokens != applied.tokens_per_image or len(set(applied.layer_tokens)) > 1
+
+    def _selection_hooks(self) -> list:
+        """On each decoder layer that carries the method's forward pre-hooks: one pre-hook put first (the hooks
+        start) and one on the layer's first module, `input_layernorm` (they are done). Compiled regions skip them."""
+        if not self._selects_in_llm():
+            return []
+        is_compiling = torch.compiler.is_compiling
+        handles, layers = [], []
+
+        def enter(*_):
+            if not is_compiling():
+                self.enter_selection()
+
+        def leave(*_):
+            if not is_compiling():
+                self.exit_selection()
+
+        for index, layer in enumerate(getattr(stage_modules(self.model)["llm"], "layers", ())):
+            norm = getattr(layer, "input_layernorm", None)
+            if norm is None or not layer._forward_pre_hooks:  # torch's registry of the layer's pre-hooks
+                continue
+            handles.append(layer.register_forward_pre_hook(enter, prepend=True))
+            handles.append(norm.register_forward_pre_hook(leave))
+            layers.append(index)
+        self.selection_layers = tuple(layers)
+        return handles
+
     @contextmanager
     def attached(self) -> Iterator[RequestProfiler]:
         """Install the stage hooks for the duration of the block; they are all removed on exit, errors included."""
         if self._attached:
             raise RuntimeError("this profiler is already attached")
         with stage_hooks(self.model, self):
+            handles = self._selection_hooks()
             self._attached = True
             try:
                 yield self
             finally:
+                for handle in handles:
+                    handle.remove()
+                self.selection_layers = ()
                 self._attached = False
                 self._active = None
 
@@ -581,4 +713,9 @@ class RequestProfiler:
             self._active = None
 
 
-__all__ = ["RequestProfiler", "Request", "FirstTokenClock", "PATHS"]
+def _patches(model: nn.Module) -> int:
+    config = model.config
+    return getattr(config, "num_patches", 0) or 0
+
+
+__all__ = ["RequestProfiler", "Request", "FirstTokenClock", "AllocatorPeaks", "cuda_allocator", "PATHS"]
