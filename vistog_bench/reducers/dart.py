@@ -28,7 +28,7 @@ Departures:
   3. The layer scales with the LLM's depth (2 of 32 -> round(2 L / 32), at least 1); `layer=` overrides.
   4. Key norms from float32 keys (the reference: the model's dtype; the same on float32 models).
 Option `pivot_order="norm"` (ours): image pivots by descending key norm, then text pivots; earlier pivots pick first,
-so it changes about one kept token in six (docs/reducers.md, fidelity table).
+so the kept set changes (Jaccard 0.84-0.92 at 64 picks on the conformance inputs: docs/reducers.md, fidelity table).
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ Glossary: B images, P patches, K budget = Kd dominant + Kc contextual, R remaini
 
 As the reference, at LLaVA's feature layer (-2):
   1. dominant: the CLS state of the feature layer, then the Kd - 1 patches with the highest CLS -> patch attention
-     (the reference sums over heads, here the mean: same ranking), in spatial order;
+     (the reference sums over heads, here the mean: the sum scaled by 1 / h, exact for CLIP's power-of-two head
+     counts), in spatial order;
   2. contextual: the R = P - (Kd - 1) other patches, compared by their attention keys (mean over heads,
      L2-normalised, in the model's dtype); Kc targets are taken uniformly, every floor(R / Kc)-th of them in sequence
      order; every other remaining token joins its most similar target; each contextual token is target + mean of the
