@@ -17,6 +17,7 @@ from vistog_bench.profiling import nvml as nvml_module
 from vistog_bench.profiling.nvml import GpuIdentity, identity_from_nvml, match_nvml_index, uuid_text
 from vistog_bench.profiling.roofline import gpu_from_device_name
 from vistog_bench.reducers.cdpruner import EPSILON, conditional_kernel, greedy_dpp_map
+from vistog_bench.reducers.divprune import max_min_diversity
 from vistog_bench.reducers.holitom import static_windows, temporal_merge
 
 
@@ -312,3 +313,32 @@ def test_the_request_peak_holds_a_reducers_temporaries_between_stages(model):
     assert peaks["total"] == 51_000
     assert peaks["prefill"] == 6_000 and peaks["vision"] == peaks["projector"] == 1_000
     assert "peak_memory_bytes" not in record.null_reasons
+
+
+def _max_min_diversity_loop(features, keep, upcast=False):
+    """divprune.max_min_diversity as it was: one host read per kept token (the vectorised one's reference)."""
+    features = features.float() if upcast else features
+    normed = features / features.norm(dim=1, keepdim=True)
+    distance = 1.0 - normed @ normed.T
+    nearest = distance.topk(2, dim=0, largest=False).values[1]
+    chosen = [int(nearest.argmax())]
+    closest = distance[chosen[0]].clone()
+    for _ in range(keep - 1):
+        chosen.append(int(closest.argmax()))
+        closest = torch.minimum(closest, distance[chosen[-1]])
+    return torch.tensor(chosen, device=features.device)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("upcast", [False, True])
+def test_divprune_chooses_as_the_host_loop(dtype, upcast):
+    """Seeded projected tokens [576, 64] in each dtype, distances in the model's dtype or float32; repeated tokens
+    make ties (argmax takes the lowest index in both)."""
+    for seed in range(3):
+        generator = torch.Generator().manual_seed(seed)
+        features = torch.randn(576, 64, generator=generator)
+        features[100:140] = features[0]  # 40 copies of one token: distances tie
+        features = features.to(dtype)
+        for keep in (1, 64, 300):
+            expected = _max_min_diversity_loop(features, keep, upcast)
+            assert torch.equal(max_min_diversity(features, keep, upcast), expected)

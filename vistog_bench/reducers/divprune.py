@@ -41,12 +41,16 @@ def max_min_diversity(features: torch.Tensor, keep: int, upcast: bool = False) -
     normed = features / features.norm(dim=1, keepdim=True)  # the reference's normalisation (no epsilon)
     distance = 1.0 - normed @ normed.T  # [V, V]
     nearest = distance.topk(2, dim=0, largest=False).values[1]  # [V], distance to the nearest other token
-    chosen = [int(nearest.argmax())]
-    closest = distance[chosen[0]].clone()  # [V], each token's distance to the kept set
-    for _ in range(keep - 1):
-        chosen.append(int(closest.argmax()))
-        closest = torch.minimum(closest, distance[chosen[-1]])
-    return torch.tensor(chosen, device=features.device)
+    # the choices stay on the device ([1] index tensors): no host read per kept token
+    chosen = torch.empty(keep, dtype=torch.long, device=features.device)
+    item = nearest.argmax().view(1)
+    chosen[0:1] = item
+    closest = distance.index_select(0, item)[0]  # [V], each token's distance to the kept set
+    for step in range(1, keep):
+        item = closest.argmax().view(1)
+        chosen[step : step + 1] = item
+        closest = torch.minimum(closest, distance.index_select(0, item)[0])
+    return chosen
 
 
 @dataclass(frozen=True)
