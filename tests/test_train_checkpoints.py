@@ -156,6 +156,8 @@ def damage(folder: Path, how: str, fresh: Path) -> Path:
         manifest_path.write_bytes(manifest_path.read_bytes()[:40])
     elif how == "no manifest":
         manifest_path.unlink()
+    elif how == "another launch":
+        manifest_path.write_text(json.dumps({**manifest, "processes": 2}))
     elif how == "a model folder":
         return fresh
     return folder
@@ -169,6 +171,7 @@ DAMAGES = {  # how -> what the one line says
     "state json of another shape": "a state this run cannot restore",
     "manifest cut": "not readable JSON",
     "no manifest": "not a complete checkpoint",
+    "another launch": "was written by 2 process(es), sharded=False; this run has 1",
     "a model folder": "is a model folder",
 }
 
@@ -307,7 +310,7 @@ def test_training_on_nothing_is_refused_before_the_first_step(setup, tmp_path, c
         (unreadable / name).parent.mkdir(parents=True, exist_ok=True)
         (unreadable / name).write_bytes(b"not a PNG")
     line = refused(capsys, flags(setup, tmp_path / "c", "--max-steps", "2", "--image-folder", str(unreadable)))
-    assert "nothing to train on: all 6 samples skipped (6 unreadable image)" in line
+    assert "nothing to train on: all 6 samples skipped; 6 x unreadable image" in line
     assert not any((tmp_path / name / "model.safetensors").exists() for name in "abc")
 
 
@@ -356,3 +359,28 @@ def test_wandb_with_a_bad_key_is_one_line_without_the_key(setup, tmp_path):
     lines = [line for line in result.stderr.splitlines() if "error:" in line]
     assert len(lines) == 1 and "--report-to wandb" in lines[0] and "Traceback" not in result.stderr
     assert key not in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_resume_as_if_uninterrupted(tmp_path):
+    """DDP over gloo (`torchrun --nproc_per_node 2`): the main process writes the model and optimizer once, each
+    process its RNG states; resumed from step 2, the run ends with the uninterrupted one's loss lines and weights."""
+    from safetensors.torch import load_file
+    from test_train_distributed import TORCHRUN, free_port, losses_and_rates, run, train_args
+
+    fresh, data = write_fresh_model(tmp_path / "fresh"), write_single_word_data(tmp_path / "data", 12)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    launch = [*TORCHRUN, "--master_port", str(free_port())]
+    result = run([*launch, *train_args(fresh, data, straight, 2), "--save-steps", "2"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = straight / "checkpoints" / "checkpoint_0"
+    manifest = json.loads((state / "checkpoint.json").read_text())
+    assert (manifest["processes"], manifest["sharded"], manifest["step"]) == (2, False, 2)
+    assert {"shared.safetensors", "process_0.safetensors", "process_1.safetensors"} <= set(manifest["files"])
+    shutil.copytree(straight / "checkpoints", resumed / "checkpoints")
+    resume = [*train_args(fresh, data, resumed, 2), "--save-steps", "2", "--resume-from-checkpoint", "latest"]
+    result = run([*launch, *resume])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert losses_and_rates(resumed) == losses_and_rates(straight) and len(losses_and_rates(straight)) == 3
+    a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

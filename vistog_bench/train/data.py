@@ -191,8 +191,8 @@ class SkippingDataset:
                 continue
             return {**item, "skipped": skipped}
         which = f"all {tries} samples" if tries == len(self) else f"{tries} samples in a row from #{index}"
-        why = ", ".join(f"{count} {reason}" for reason, count in reasons.most_common())
-        raise UsageError(f"nothing to train on: {which} skipped ({why})")
+        why = "; ".join(f"{count} x {reason}" for reason, count in reasons.most_common())
+        raise UsageError(f"nothing to train on: {which} skipped; {why}")
 
 
 class ConversationDataset(SkippingDataset):

@@ -1,5 +1,5 @@
 """`train(config)`: one stage on accelerate; whatever `accelerate launch` or `torchrun` set up (one process, DDP,
-FSDP, DeepSpeed ZeRO) is what runs, and accelerate does the distribution, mixed precision and state saving.
+FSDP, DeepSpeed ZeRO) is what runs; accelerate does the distribution and mixed precision.
 
 Resumable: with `save_steps`, checkpoints.py writes `output_dir/checkpoints/checkpoint_<i>` (model, optimizer,
 scheduler, every process's RNG states, and `TrainerState`: step, data position, loss history) as safetensors + JSON,
