@@ -93,12 +93,35 @@ def configure_method(model: VisToGForConditionalGeneration, method: str, budget:
 
 
 def read_video(path: str, indices_of) -> VideoFrames:
-    """The frames `indices_of(total frames)` of the video at `path` (decord, as lmms-eval's llava_hf reads them)."""
-    from decord import VideoReader, cpu
+    """The frames `indices_of(total frames)` of the video at `path` (decord, as lmms-eval's llava_hf reads them). A
+    file decord cannot decode is a ValueError naming it (decord raises its own DECORDError, no subclass of the
+    errors a sample may fail on, for a file cut short)."""
+    from decord import DECORDError, VideoReader, cpu
 
-    reader = VideoReader(path, ctx=cpu(0))
-    index = list(indices_of(len(reader)))
-    return VideoFrames(reader.get_batch(index).asnumpy(), float(reader.get_avg_fps()), len(reader), tuple(index))
+    try:
+        reader = VideoReader(path, ctx=cpu(0))
+        index = list(indices_of(len(reader)))
+        frames = reader.get_batch(index).asnumpy()
+    except DECORDError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "DECORDError"
+        raise ValueError(f"cannot decode video {path}: {reason}") from None
+    return VideoFrames(frames, float(reader.get_avg_fps()), len(reader), tuple(index))
+
+
+@contextlib.contextmanager
+def strict_image_decoding():
+    """PIL refuses truncated images while inside. lmms-eval sets `ImageFile.LOAD_TRUNCATED_IMAGES = True` for the
+    whole process when it is imported, so an image file cut short would decode with its missing rows grey and be
+    scored as a normal sample; a sample's media are decoded inside this (datasets decodes an Image column when the
+    row is read), so such a file fails its sample with PIL's "image file is truncated"."""
+    from PIL import ImageFile
+
+    saved = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = saved
 
 
 def load_frames(path: str, max_frames: int) -> list[Image.Image]:
@@ -286,9 +309,11 @@ class VisToGLMM(lmms):
         return _Sample(task, doc_id, [Turn("user", context, len(images), len(videos))], images, videos)
 
     def _build(self, make, task: str, doc_id: int) -> _Sample:
-        """`make()` -> _Sample with its prompt rendered; any media or prompt failure fails this sample only."""
+        """`make()` -> _Sample with its prompt rendered; any media or prompt failure fails this sample only (a
+        truncated image too: its row is read and its media decoded under `strict_image_decoding`)."""
         try:
-            sample = make()
+            with strict_image_decoding():
+                sample = make()
             problem = family_sample_problem(self.model, len(sample.images), len(sample.videos))
             if problem:
                 raise UsageError(problem)

@@ -8,8 +8,9 @@ Exit codes, for every subcommand:
     1  the work ran and found a problem: a cell failed (`run`), a regression (`check`)
     2  bad input: a `UsageError` (arguments, paths, unreadable or unwritable files), or another operating-system
        error on a file (permission, read-only filesystem, missing folder); one line on stderr
-    3  the disk (or quota) filled up: one line says which file could not be written and what the run folder
-       already holds; everything written before is intact (atomic JSON writes, appends cut back on failure)
+    3  the disk, the quota or the file-size limit (`ulimit -f`) filled up: one line says which file could not be
+       written and what the run folder already holds; everything written before is intact (result files and report
+       files are written to a temporary name and renamed whole, appends are cut back on failure)
   130  interrupted (Ctrl-C)
 """
 

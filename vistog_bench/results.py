@@ -11,7 +11,9 @@ cell) replaces its own record and no other. `RunDir.lock()` keeps two processes 
     manifest.json    RunManifest: run id, command line, config, git sha, versions, device, seed, start/end
     metrics.json     list of CellResult: one per (task, method, budget) with lmms-eval's metric values + stderr
     profile.jsonl    ProfileRecord lines: one per served request or per controlled measurement
-    samples/<task>__<method>__<budget>.jsonl   lmms-eval's per-sample logs for that cell
+    samples/<task>__<method>__<budget>.jsonl   lmms-eval's per-sample logs for that cell (`safe_file_stem`: a task
+                     name with characters outside [A-Za-z0-9._-] or a leading dot, `../x` or `a/b`, is spelt with
+                     `_` and a hash of the name, so every file stays in the run folder and every cell keeps its own)
 
 Units are in the names: `_ms`, `_bytes`, `_flops`, `_j`. FLOPs count 2 per multiply-add.
 """
@@ -22,6 +24,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import errno
+import hashlib
 import json
 import os
 import stat
@@ -51,9 +54,17 @@ PROFILE_FILE = "profile.jsonl"
 SAMPLES_DIR = "samples"
 LOCK_FILE = ".lock"
 
-# Errors that mean "the disk (or the quota) is full": the CLI reports what was saved and exits DISK_FULL_EXIT.
-DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+# Errors that mean "no more bytes fit": a full disk, a full quota, or the process's file-size limit (RLIMIT_FSIZE,
+# `ulimit -f`). The CLI reports what was saved and exits DISK_FULL_EXIT.
+DISK_FULL_REASONS = {
+    errno.ENOSPC: "no space left on device",
+    getattr(errno, "EDQUOT", errno.ENOSPC): "disk quota exceeded",
+    errno.EFBIG: "file size limit reached",
+}
+DISK_FULL_ERRNOS = frozenset(DISK_FULL_REASONS)
 DISK_FULL_EXIT = 3
+SAFE_NAME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+MAX_STEM = 160  # characters of a file stem made from a name (file systems allow 255 bytes; suffixes follow)
 
 STATUS_OK = "ok"
 STATUS_OOM = "oom"
@@ -74,6 +85,17 @@ def failed_status(reason: str) -> str:
     return FAILED_PREFIX + " ".join(str(reason).split())
 
 
+def safe_file_stem(name: str) -> str:
+    """A file name (without suffix) for a user-controlled `name` (a task name from an include-path YAML): the name
+    itself when it is made of [A-Za-z0-9._-] only, does not start with a dot and is short; otherwise every other
+    character becomes `_`, leading dots are dropped, and `-` and 10 hex digits of the name's SHA-256 follow, so two
+    names never share a file (`a/b` and `a_b` differ) and no name leaves its folder (`../x`, `/etc/x`)."""
+    if name and not name.startswith(".") and len(name) <= MAX_STEM and set(name) <= SAFE_NAME_CHARACTERS:
+        return name
+    spelt = "".join(ch if ch in SAFE_NAME_CHARACTERS else "_" for ch in name).lstrip(".")[:MAX_STEM]
+    return f"{spelt}-{hashlib.sha256(name.encode('utf-8')).hexdigest()[:10]}"
+
+
 # Field types the readers check (pydantic validates each record against its dataclass; writers are not slowed).
 Number = Annotated[StrictFloat, AllowInfNan(False)]  # a finite number (an int is accepted as one)
 Count = StrictInt | Number  # tokens and bytes: integers as written; a float from another writer is accepted
@@ -88,6 +110,7 @@ class CellKey:
     budget: int
 
     def slug(self) -> str:
+        """`task__method__budget`, for messages and names; files use `safe_file_stem` of it."""
         return f"{self.task}__{self.method}__{self.budget}"
 
 
@@ -101,9 +124,10 @@ class CellResult:
     status: StrictStr
     metrics: dict[str, Any] = field(default_factory=dict)  # lmms-eval's values: numbers, NaN, "N/A", None
     stderr: dict[str, Any] = field(default_factory=dict)
-    n_samples: StrictInt = 0  # samples scored
+    n_samples: Annotated[StrictInt, Field(ge=0)] = 0  # samples scored
     elapsed_s: Number | None = None
-    n_failed: StrictInt = 0  # samples that failed alone (an undecodable image) and were left out of the metrics
+    # samples that failed alone (an undecodable image) and were left out of the metrics
+    n_failed: Annotated[StrictInt, Field(ge=0)] = 0
     # How `budget` reads on LLaVA-NeXT / OneVision / Qwen2.5-VL (model.families: "per_image_total", "percent_of_own";
     # VisToG on those families: "per_view", N tokens per view). None: LLaVA-1.5, every image gives exactly `budget`.
     budget_rule: StrictStr | None = None
@@ -205,12 +229,17 @@ def _disk_full(exc: OSError, path: Path) -> OSError:
     return exc
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Any]:
+    """A binary handle on a temporary file beside `path` (`.<name>.<random>.tmp`): when the block ends the file is
+    synced and renamed onto `path`; when it fails (a full disk, an error of the writer) the temporary file is removed
+    and `path` is as it was. A full disk is raised naming `path`."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -227,14 +256,20 @@ def _atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write `text` (UTF-8) to `path` all at once: a reader sees the old file or the whole new one, never a part."""
+    with atomic_file(path) as handle:
+        handle.write(text.encode("utf-8"))
+
+
 def write_json(path: Path, obj: Any) -> None:
     """Atomically write `obj` as indented JSON."""
-    _atomic_write_text(Path(path), json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    write_text_atomic(Path(path), json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
     """Atomically write one JSON line per record (a whole file at once, e.g. one cell's sample log)."""
-    _atomic_write_text(Path(path), "".join(json.dumps(record, default=str) + "\n" for record in records))
+    write_text_atomic(Path(path), "".join(json.dumps(record, default=str) + "\n" for record in records))
 
 
 def append_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
@@ -425,7 +460,7 @@ def write_output_text(path: str | os.PathLike, text: str, flag: str) -> Path:
             with open(target, "w", encoding="utf-8") as handle:
                 handle.write(text)
         else:
-            _atomic_write_text(target, text)
+            write_text_atomic(target, text)
     except OSError as exc:
         if exc.errno in DISK_FULL_ERRNOS:
             raise _disk_full(exc, target) from None
@@ -449,7 +484,7 @@ def disk_full_message(exc: OSError, resume_hint: bool = False) -> str:
     """One line for a full disk: which file could not be written, and what the run folder already holds (its
     earlier files are whole: JSON files are replaced atomically, failed appends are cut back)."""
     filename = exc.filename or "a file"
-    line = f"no space left on device writing {filename}"
+    line = f"{DISK_FULL_REASONS.get(exc.errno, exc.strerror or 'no space left')} writing {filename}"
     folder = run_folder_of(exc.filename)
     if folder is None:
         return line + "; the files written before it are intact"
@@ -504,7 +539,7 @@ class RunDir:
         append_jsonl(self.path / PROFILE_FILE, (dataclasses.asdict(r) for r in records))
 
     def samples_path(self, key: CellKey) -> Path:
-        return self.path / SAMPLES_DIR / f"{key.slug()}.jsonl"
+        return self.path / SAMPLES_DIR / f"{safe_file_stem(key.slug())}.jsonl"
 
     # -- resuming ------------------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -572,7 +607,7 @@ class RunDir:
             kept.append(raw)
         if not dropped:
             return None
-        _atomic_write_text(path, "".join(raw.decode("utf-8") + "\n" for raw in kept))
+        write_text_atomic(path, "".join(raw.decode("utf-8") + "\n" for raw in kept))
         cells = ", ".join(f"{k.slug()} ({n})" for k, n in sorted(dropped.items(), key=lambda kv: kv[0].slug()))
         return (
             f"{path}: dropped {sum(dropped.values())} profile record(s) of cells that are not ok and will be "
@@ -590,7 +625,16 @@ class RunDir:
         data = read_json(path)
         if not isinstance(data, list):
             raise UsageError(f"malformed result file {path}: expected a list of cell records")
-        return [_from_dict(CellResult, item, path, index) for index, item in enumerate(data)]
+        cells = [_from_dict(CellResult, item, path, index) for index, item in enumerate(data)]
+        first: dict[CellKey, int] = {}
+        for index, cell in enumerate(cells):
+            if cell.key in first:
+                raise UsageError(
+                    f"malformed result file {path}: CellResult records {first[cell.key]} and {index} are the same cell "
+                    f"({cell.task} {cell.method}@{cell.budget}); a run records each cell once"
+                )
+            first[cell.key] = index
+        return cells
 
     def profile(self) -> list[ProfileRecord]:
         path = self.path / PROFILE_FILE

@@ -13,8 +13,9 @@ from pathlib import Path
 from .errors import UsageError
 from .results import load_run
 
-# Keys of RunConfig that may differ between a run and its resumption.
-RESUME_FREE_KEYS = ("output", "resume")
+# Keys of RunConfig that may differ between a run and its resumption (`report`: a resumed run renders its report only
+# when the run itself did, and --no-report given to the resumption also holds).
+RESUME_FREE_KEYS = ("output", "resume", "report")
 # Settings a resumed run keeps from its manifest: giving another value is refused (RunConfig field -> option).
 RESUME_KEPT_OPTIONS = {
     "limit": "--limit",
@@ -50,6 +51,7 @@ class RunConfig:
     resume: str | None = None
     chat_template: str | None = None
     threads: int | None = None  # torch CPU threads for the sweep (None: torch's own count)
+    report: bool = True  # render <run>/report/ at the end (`--no-report`: False)
 
 
 def comparable(config: RunConfig) -> dict:
@@ -71,6 +73,14 @@ def config_from_manifest(data: dict) -> RunConfig:
     """The RunConfig a run's manifest recorded (JSON lists back to tuples)."""
     names = {f.name for f in dataclasses.fields(RunConfig)}
     return RunConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names})
+
+
+def check_device(device: str) -> str:
+    """`device` when a sweep can run on it (cpu, cuda, cuda:N); a UsageError in one line otherwise."""
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda") or (index and (kind != "cuda" or not index.isdigit())):
+        raise UsageError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+    return device
 
 
 def chat_template_path(text: str | None) -> str | None:
@@ -118,6 +128,7 @@ __all__ = [
     "config_differences",
     "config_from_manifest",
     "chat_template_path",
+    "check_device",
     "resumed_config",
     "RESUME_FREE_KEYS",
     "RESUME_KEPT_OPTIONS",

@@ -78,6 +78,7 @@ from .run_config import (
     DEFAULT_SEED,
     RunConfig,
     chat_template_path,
+    check_device,
     comparable,
     config_differences,
     config_from_manifest,
@@ -140,8 +141,24 @@ def _checkpoint_facts(path: str) -> CheckpointFacts:
         settings = saved_settings(path)
         semantic = settings["num_semantic_tokens"] if settings is not None else None
         return CheckpointFacts(model_type, family, semantic, family_full_budget(config))
-    semantic = config.num_semantic_tokens if model_type == "vistog" else None
+    semantic = None
+    if model_type == "vistog":
+        _check_saved_semantic_tokens(path)
+        semantic = config.num_semantic_tokens
     return CheckpointFacts(model_type, None, semantic, vistog_config(config, None).num_patches)
+
+
+def _check_saved_semantic_tokens(path: str) -> None:
+    """A VisToG checkpoint's config.json names its N: a missing key would load with VisToGConfig's default (64) and
+    serve a model the weights do not describe. `null` is VisToG off (stock LLaVA-1.5 behind the class)."""
+    import json
+
+    saved = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    if "num_semantic_tokens" not in saved:
+        raise UsageError(
+            f"{path}: a VisToG checkpoint (model_type vistog) whose config.json has no num_semantic_tokens; "
+            "it must say its N (an integer >= 1, or null for VisToG off)"
+        )
 
 
 def checkpoint_budgets(models) -> tuple[int, ...]:
@@ -149,6 +166,12 @@ def checkpoint_budgets(models) -> tuple[int, ...]:
     one and for a family's (a family's VisToG cells take their N per view whatever the budgets)."""
     facts = [_checkpoint_facts(str(m)) for m in models]
     return tuple(sorted({f.semantic if f.semantic and f.family is None else f.full for f in facts}, reverse=True))
+
+
+def default_methods(models) -> tuple[str, ...]:
+    """Without --method: `vistog` when a VisToG checkpoint is among `models` (the `none` reference comes with any stock
+    one), else `none` (stock checkpoints only: the reference is what they can run without a reducer named)."""
+    return ("vistog",) if any(_checkpoint_facts(str(m)).semantic for m in models) else ("none",)
 
 
 def _check_budgets(budgets, full: int, family) -> None:
@@ -225,7 +248,39 @@ def plan_cells(config: RunConfig) -> list[Cell]:
                 cells.append(Cell(method, budget, vistog[budget]))
             else:
                 cells.append(Cell(method, budget, stock, rule))
+    _check_every_request_planned(config, cells, full, family, vistog)
     return cells
+
+
+def _check_every_request_planned(config: RunConfig, cells: list[Cell], full: int, family, vistog: dict) -> None:
+    """Every method and every budget asked for has a cell (the full budget: the `none` reference); what has none is
+    refused, one line each, instead of being left out of the sweep without a word."""
+    problems = []
+    planned_methods = {cell.method for cell in cells}
+    below = sorted({b for b in config.budgets if b != full}, reverse=True)
+    for method in dict.fromkeys(config.methods):
+        if method in planned_methods:
+            continue
+        if method == "vistog" and not vistog:
+            kind = "LLaVA-1.5" if family is None else family.model_type
+            problems.append(
+                f"--method vistog: no VisToG checkpoint among --model (every one given is a stock {kind} checkpoint, "
+                "or a VisToG one saved with num_semantic_tokens null); nothing would run it"
+            )
+        else:
+            problems.append(
+                f"--method {method}: nothing to run: every budget given ({', '.join(map(str, config.budgets))}) is "
+                f"the full budget {full}, which only the `none` reference measures; give --budgets below {full}"
+            )
+    for budget in below:
+        if not any(cell.budget == budget for cell in cells):
+            planned = ", ".join(sorted(planned_methods))
+            problems.append(
+                f"--budgets {budget}: no requested method runs at it (methods planned: {planned}; `none` runs only "
+                f"at the full budget {full}, VisToG at its checkpoints' own N); add a reducer with --method or drop it"
+            )
+    if problems:
+        raise UsageError("\n".join(problems))
 
 
 def check_combinations(cells: list[Cell]) -> None:
@@ -326,6 +381,7 @@ def _check_counts(limit: int | None, batch_size: int | None, max_frames: int | N
 def check_run_config(config: RunConfig) -> None:
     """Settings that no sweep can use, refused in one line before anything is read or written."""
     _check_counts(config.limit, config.batch_size, config.max_frames)
+    check_device(config.device)
     if config.chat_template is not None and not Path(config.chat_template).is_file():
         raise UsageError(f"--chat-template {config.chat_template}: no such file")
     if config.threads is not None and config.threads < 1:
@@ -494,8 +550,17 @@ def _run_cell(run: RunDir, cell: Cell, tasks: list[str], config: RunConfig, mana
     _release_memory(config.device)
 
 
+def _cause(exc: BaseException) -> BaseException:
+    """The error behind tenacity's RetryError (lmms-eval retries dataset loading and raises
+    `RetryError[<Future ...>]`, which says nothing of what failed), else `exc`."""
+    last = getattr(exc, "last_attempt", None)
+    inner = last.exception() if last is not None and hasattr(last, "exception") else None
+    return inner if isinstance(inner, BaseException) else exc
+
+
 def _failed_cell(cell: Cell, task: str, exc: Exception, samples: list[dict], started: float) -> CellResult:
     failures = [e for e in samples if e.get("failure")]
+    exc = _cause(exc)
     reason = f"{type(exc).__name__}: {exc}"
     if failures:
         reason += f" ({len(failures)} sample(s) had failed, first: {failures[0]['failure']})"
@@ -576,7 +641,8 @@ def add_arguments(parser) -> None:
         "--method",
         dest="method",
         default=None,
-        help="comma-separated: none, vistog, pool, random, tome, visionzip, prumerge, fastv",
+        help="comma-separated: none, vistog, pool, random, tome, visionzip, prumerge, fastv, ... (docs/reducers.md); "
+        "default: vistog when a VisToG checkpoint is among --model, else none",
     )
     parser.add_argument("--limit", type=int, default=None, help="samples per task (for quick runs; even for MME)")
     parser.add_argument("--batch-size", type=int, default=None, help=f"default {DEFAULT_BATCH_SIZE}")
@@ -621,12 +687,23 @@ def embedded_default(
     return models, tasks, budgets, methods
 
 
+def _not_empty(text: str | None, flag: str) -> None:
+    """A list option given with nothing in it (`--tasks ''`, `--method ,`) is refused: left out, it means the
+    default; given empty, running the default would run what was not asked for."""
+    if text is not None and not comma_list(text):
+        raise UsageError(f"{flag} is empty (got {text!r}); leave it out for the default")
+
+
 def config_from_args(args) -> RunConfig:
     import torch
 
     from .profiling.timers import default_threads
 
     _check_counts(args.limit, args.batch_size, args.max_frames)
+    for text, flag in ((args.tasks, "--tasks"), (args.method, "--method"), (args.budgets, "--budgets")):
+        _not_empty(text, flag)
+    if args.device is not None:
+        check_device(args.device)
     no_sweep_arguments = args.model is None and args.tasks is None and args.budgets is None and args.method is None
     if args.resume and no_sweep_arguments:
         return resumed_config(args)
@@ -642,7 +719,7 @@ def config_from_args(args) -> RunConfig:
         if not args.tasks:
             raise UsageError("--tasks is needed with --model (leave both out for the embedded default)")
         models, tasks = tuple(args.model), comma_list(args.tasks)
-        methods = comma_list(args.method) or ("vistog",)
+        methods = comma_list(args.method) or default_methods(models)
         budgets = int_list(args.budgets, "--budgets") or checkpoint_budgets(models)
     return RunConfig(
         models=tuple(str(Path(m).resolve()) for m in models),
@@ -662,6 +739,7 @@ def config_from_args(args) -> RunConfig:
         resume=args.resume,
         chat_template=chat_template_path(args.chat_template),
         threads=args.threads if args.threads is not None else default_threads(device),
+        report=not args.no_report,
     )
 
 
@@ -669,7 +747,8 @@ def main(args) -> int:
     config = config_from_args(args)
     run, cells = run_sweep(config, command=["vistog-bench", *sys.argv[1:]])
     print(summary_table(cells))
-    if not args.no_report:
+    # a resumed run keeps its own --no-report (its manifest's config), and --no-report now also holds
+    if not args.no_report and run.manifest().config.get("report", True):
         from .report import build_report, write_report
 
         out = run.path / REPORT_DIR

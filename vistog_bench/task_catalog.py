@@ -47,10 +47,27 @@ def quiet_lmms_eval() -> None:
 
 
 def task_manager(extra_include: list[str] | tuple[str, ...] = ()):
+    """lmms-eval's TaskManager over its built-ins, ours and `extra_include`. It reads every task YAML there to index
+    it: a YAML syntax error is one UsageError naming the file and line (`yaml_error_line`)."""
+    import yaml
     from lmms_eval.tasks import TaskManager
 
     quiet_lmms_eval()
-    return TaskManager(verbosity="WARNING", include_path=include_paths(extra_include))
+    paths = include_paths(extra_include)
+    try:
+        return TaskManager(verbosity="WARNING", include_path=paths)
+    except yaml.YAMLError as exc:
+        raise UsageError(f"task YAML {yaml_error_line(exc)}") from None
+
+
+def yaml_error_line(exc) -> str:
+    """A PyYAML error as `FILE line L, column C: problem (context)`, one line."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f"{mark.name} line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "(unknown file)"
+    problem = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
+    context = getattr(exc, "context", None)
+    text = f"{where}: {problem}" + (f" ({context})" if context else "")
+    return " ".join(text.split())
 
 
 def check_task_names(manager, names: list[str]) -> None:
@@ -260,8 +277,9 @@ def _local_route(task: str, requested: str) -> str:
     return f"use --tasks {twin.name} --data-dir DIR instead, DIR holding a copy of {twin.repo}, see {OFFLINE_DOC}"
 
 
-def _files_problem(task: str, data_files, yaml_path: str | None) -> str | None:
-    """A local-builder task (dataset_path: parquet/json/csv/...) whose data_files name a file that is not there."""
+def _files_problem(task: str, builder: str, data_files, yaml_path: str | None) -> str | None:
+    """A local-builder task (dataset_path: parquet/json/csv/...) whose data_files name a file that is not there, is
+    empty or (parquet) does not read."""
     import glob
 
     values = list(data_files.values()) if isinstance(data_files, dict) else data_files
@@ -273,8 +291,32 @@ def _files_problem(task: str, data_files, yaml_path: str | None) -> str | None:
         candidates = [os.path.expanduser(value)]
         if yaml_path and not os.path.isabs(candidates[0]):
             candidates.insert(0, os.path.join(os.path.dirname(yaml_path), value))
-        if not any(glob.glob(c) for c in candidates):
+        found = next((sorted(glob.glob(c)) for c in candidates if glob.glob(c)), [])
+        if not found:
             return f"{task} reads {value}, which does not exist"
+        for file in found:
+            problem = data_file_problem(file, builder)
+            if problem:
+                return f"{task} reads {file}, which {problem}"
+    return None
+
+
+def data_file_problem(file: str, builder: str) -> str | None:
+    """Why `datasets`' `builder` (parquet, json, csv, ...) could not read `file`, from what is cheap to see: an empty
+    file, or a parquet file whose footer does not read (pyarrow's metadata only, no rows). None when it looks fine."""
+    if os.path.isdir(file):
+        return None  # a folder of files: datasets reads what is inside
+    if os.path.getsize(file) == 0:
+        return "is empty (0 bytes)"
+    if builder != "parquet":
+        return None
+    import pyarrow.parquet as pq
+
+    try:
+        pq.read_metadata(file)
+    except (OSError, ValueError) as exc:  # pyarrow.ArrowInvalid is a ValueError
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"is not a readable parquet file ({reason})"
     return None
 
 
@@ -289,7 +331,7 @@ def _task_problems(task: str, config: dict, yaml_path: str | None, requested: st
         found = os.path.exists(os.path.expanduser(path))
         return [] if found else [f"{task} loads the saved dataset {path}, which does not exist"]
     if path in ("csv", "json", "parquet", "text", "pandas", "arrow"):  # lmms_eval.utils._LOCAL_BUILDERS
-        problem = _files_problem(task, kwargs.get("data_files"), yaml_path)
+        problem = _files_problem(task, path, kwargs.get("data_files"), yaml_path)
         return [problem] if problem else []
     if os.path.isdir(os.path.expanduser(path)):
         return []  # a local dataset folder

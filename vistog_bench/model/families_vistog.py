@@ -64,9 +64,33 @@ def saved_settings(path: str | Path) -> dict | None:
         settings = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot read {file}: {exc}") from None
-    if not isinstance(settings, dict) or not isinstance(settings.get("num_semantic_tokens"), int):
+    if not isinstance(settings, dict):
+        raise UsageError(f"{file}: expected a JSON object with an integer num_semantic_tokens")
+    for key, value in settings.items():
+        problem = _setting_problem(key, value)
+        if problem:
+            raise UsageError(f"{file}: {key} {problem}, got {value!r}")
+    if "num_semantic_tokens" not in settings:
         raise UsageError(f"{file}: expected a JSON object with an integer num_semantic_tokens")
     return settings
+
+
+# What each value of vistog_family.json must be (VisToGFamily's constructor arguments); a JSON `true` is no N and
+# `"false"` no boolean, so the types are checked exactly.
+_SETTING_RULES = {
+    "num_semantic_tokens": ("must be an integer >= 1", lambda v: type(v) is int and v >= 1),
+    "isolated_attention": ("must be true or false", lambda v: type(v) is bool),
+    "grouping_mlp_ratio": ("must be a number > 0", lambda v: type(v) in (int, float) and v > 0),
+    "gumbel_tau": ("must be a number > 0", lambda v: type(v) in (int, float) and v > 0),
+    "grouping_logit_scale": ("must be a number > 0", lambda v: type(v) in (int, float) and v > 0),
+}
+
+
+def _setting_problem(key: str, value) -> str | None:
+    if key not in _SETTING_RULES:
+        return f"is not a VisToGFamily setting (known: {', '.join(_SETTING_RULES)})"
+    rule, holds = _SETTING_RULES[key]
+    return None if holds(value) else rule
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@
     <out>/tables/<name>.{md,tex,csv}             main, reported, stages, task_<task>
     <out>/figures/<name>.{png,svg}               the four figures
 
-Reports are generated from result files only and rewritten whole on every call.
+Reports are generated from result files only and rewritten whole on every call. Every file is written to a temporary
+name beside it and renamed when complete (`results.atomic_file`), so a full disk or a kill leaves each file as it was
+or whole, never torn; the full-disk error names the file (exit 3).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 import markupsafe
 
 from ..errors import UsageError
+from ..results import write_text_atomic
 from . import render
 from .data import ReportData, build_report_data, read_runs
 from .figures import render_figures, save_figure
@@ -115,7 +118,7 @@ def write_report(report: Report, out: str | Path, formats: Sequence[str] = FORMA
         for fmt in formats:
             if fmt in _RENDERERS:
                 path = tables_dir / f"{table.name}.{fmt}"
-                path.write_text(_RENDERERS[fmt](table), encoding="utf-8")
+                write_text_atomic(path, _RENDERERS[fmt](table))
                 written.append(path)
     figures = render_figures(report.data, report.reference, report.footer)
     pngs: dict[str, Path] = {}
@@ -125,14 +128,14 @@ def write_report(report: Report, out: str | Path, formats: Sequence[str] = FORMA
         written += paths
     if "md" in formats:
         path = out / "report.md"
-        path.write_text(_markdown_document(report, pngs, out), encoding="utf-8")
+        write_text_atomic(path, _markdown_document(report, pngs, out))
         written.append(path)
     if "tex" in formats:
         path = out / "report.tex"
-        path.write_text("\n".join(render.to_latex(t) for t in report.tables), encoding="utf-8")
+        write_text_atomic(path, "\n".join(render.to_latex(t) for t in report.tables))
         written.append(path)
     if "html" in formats:
         path = out / "report.html"
-        path.write_text(_html_page(report, pngs), encoding="utf-8")
+        write_text_atomic(path, _html_page(report, pngs))
         written.append(path)
     return written

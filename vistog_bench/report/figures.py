@@ -19,7 +19,7 @@ from matplotlib import rc_context
 from matplotlib.figure import Figure
 
 from ..analysis import CONFIDENCE, CV_THRESHOLD, FULL_BUDGET_METHOD
-from ..results import STAGES
+from ..results import STAGES, atomic_file
 from .data import ReportData, Row
 from .metrics import benchmark_family
 from .reference import ReferenceSet
@@ -351,7 +351,8 @@ def save_figure(fig: Figure, out_dir: Path, name: str) -> list[Path]:
     with rc_context(RC):
         for ext, meta in (("png", {"Software": None}), ("svg", {"Date": None})):
             path = out_dir / f"{name}.{ext}"
-            fig.savefig(path, format=ext, dpi=150, metadata=meta)
+            with atomic_file(path) as handle:  # a full disk leaves no torn PNG / SVG
+                fig.savefig(handle, format=ext, dpi=150, metadata=meta)
             paths.append(path)
     return paths
 

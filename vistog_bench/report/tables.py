@@ -14,7 +14,7 @@ from ..analysis import (
     CV_THRESHOLD,
     Measurement,
 )
-from ..results import STAGES
+from ..results import STAGES, safe_file_stem
 from .data import (
     Efficiency,
     ReportData,
@@ -524,12 +524,9 @@ def task_tables(data: ReportData) -> list[Table]:
             setup_lines([manifest_setup(r.manifest) for r in runs]),
             "Every metric lmms-eval returned, as it returned it (filter suffix dropped), ± its stderr.",
         ]
-        tables.append(Table(f"task_{_slug(task)}", f"{task}: all metrics", columns, rows, provenance, [], blocks, meta))
+        name = f"task_{safe_file_stem(task)}"  # the file name of its table: a task name can hold `/` or `../`
+        tables.append(Table(name, f"{task}: all metrics", columns, rows, provenance, [], blocks, meta))
     return tables
-
-
-def _slug(text: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
 
 
 # ---------------------------------------------------------------------------------------------------------------
