@@ -5,6 +5,7 @@ host syncs per request, fp16 training's trainable weights, the GPU workflow's sw
 from __future__ import annotations
 
 import ast
+import dataclasses
 import inspect
 import time
 import uuid
@@ -342,3 +343,130 @@ def test_divprune_chooses_as_the_host_loop(dtype, upcast):
         for keep in (1, 64, 300):
             expected = _max_min_diversity_loop(features, keep, upcast)
             assert torch.equal(max_min_diversity(features, keep, upcast), expected)
+
+
+# -- host syncs per request, whatever the budget -----------------------------------------------------------------------
+def _host_syncs(model, processor, method: str, budget: int, frames: int = 1) -> int:
+    """Host syncs of one generate (batch 2, 2 new tokens) under `method`; `frames` copies of one image per sample make
+    every position static for HoliTom (the most merges)."""
+    from testers import random_images
+
+    from vistog_bench.model import build_inputs, llava_prompt
+    from vistog_bench.profiling.syncs import HostSyncs
+    from vistog_bench.reducers import apply_method, remove_method, tokens_per_image
+
+    remove_method(model)
+    if method != "none":
+        apply_method(model, method, budget)
+    images = [random_images(1, seed=7) * frames] * 2
+    inputs = build_inputs(processor, [llava_prompt("describe the image", frames)] * 2, images, tokens_per_image(model))
+    with torch.no_grad(), HostSyncs() as syncs:
+        model.generate(**inputs, max_new_tokens=2, min_new_tokens=2, do_sample=False)
+    remove_method(model)
+    return syncs.total
+
+
+@pytest.mark.parametrize(("method", "frames"), [("divprune", 1), ("cdpruner", 1), ("holitom", 4)])
+def test_host_syncs_per_request_do_not_grow_with_the_budget(model, processor, method, frames):
+    """The per-token loops read the host once or twice per kept token (8 (K + 1) + 3 syncs for DivPrune at batch 8);
+    now a request's count is the same at 32 and 256 kept tokens, within SYNCS_PER_SAMPLE per sample of the stock
+    model's."""
+    from vistog_bench.selftest import SYNCS_PER_SAMPLE
+
+    stock = _host_syncs(model, processor, "none", 576, frames)
+    small, large = (_host_syncs(model, processor, method, budget, frames) for budget in (32, 256))
+    assert small == large
+    assert stock < large <= stock + 2 * SYNCS_PER_SAMPLE
+
+
+def test_host_syncs_sees_every_kind_of_read():
+    """Each read a GPU would wait on is counted on CPU: item / int / bool, a mask index, nonzero, tolist, a tensor
+    made from host data on a device; device-side work is not."""
+    from vistog_bench.profiling.syncs import HostSyncs
+
+    x = torch.arange(10.0)
+    with HostSyncs() as syncs:
+        y = (x * 2).argmax()  # device-side: nothing
+        z = x.index_select(0, y.view(1))
+    assert syncs.total == 0 and z.item() == 9.0
+    with HostSyncs() as syncs:
+        x.max().item(), int(x.argmax()), bool(x.sum() > 0), x[x > 3], (x > 3).nonzero(), x.tolist()
+        torch.tensor([1, 2], device=x.device)
+    assert syncs.by_kind == {
+        "_local_scalar_dense": 3,
+        "index by mask": 1,
+        "nonzero": 1,
+        "tolist()": 1,
+        "tensor(..., device=)": 1,
+    }
+
+
+# -- "compiled" only when a graph ran ----------------------------------------------------------------------------------
+def test_compiled_rows_fail_with_the_reason_when_transformers_skips_compilation():
+    """On CPU transformers skips compilation (it compiles on GPU-like devices) and runs eagerly: the record says
+    eager with why, and the selftest's compiled row fails naming it instead of passing as compiled."""
+    from vistog_bench.selftest import plan_for, run_controlled
+
+    plan = dataclasses.replace(plan_for("cpu"), budgets=(64,), batch_sizes=(1,), warmup=0, repeats=1)
+    [row] = run_controlled(plan, "compiled")
+    assert not row.ok and row.verdict == "FAILED"
+    assert any("no compiled graph ran" in p and "skipped compilation" in p for p in row.problems), row.problems
+    assert row.figures["execution_path"] == "eager"
+    assert row.figures["compile"]["ran"] is False and row.figures["compile"]["decode_hooks_fired"] > 0
+
+
+# -- the GPU selftest's verdicts, on figures of the shape the GPU checks print -----------------------------------------
+def _controlled(**changes):
+    from vistog_bench.results import ProfileRecord
+
+    base = ProfileRecord(
+        kind="controlled", method="none", budget=576, batch_size=1, device="cuda:0", dtype="bfloat16", total_ms=500.0
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def test_power_between_idle_and_the_limit():
+    """350 J over 0.5 s is 700 W: above a 700 W limit's slack no, above 600's yes; 30 J is 60 W, below 80 W idle."""
+    from vistog_bench.selftest import check_power
+
+    assert check_power(_controlled(energy_j=175.0), idle_w=80.0, limit_w=700.0) == []  # 350 W
+    assert "above the 300.0 W limit" in check_power(_controlled(energy_j=175.0), 80.0, 300.0)[0]
+    assert "below the idle 80.0 W" in check_power(_controlled(energy_j=30.0), 80.0, 700.0)[0]
+    assert check_power(_controlled(energy_j=None), 80.0, 700.0) == []  # a missing reading is check_controlled's
+
+
+def test_compiled_must_decode_faster_than_eager():
+    from vistog_bench.selftest import check_compiled_speed
+
+    eager = _controlled(decode_per_token_ms=25.0)
+    assert check_compiled_speed(_controlled(decode_per_token_ms=12.0), eager) == []
+    assert "not below eager's" in check_compiled_speed(_controlled(decode_per_token_ms=25.0), eager)[0]
+
+
+def test_a_prefill_peak_below_the_weights_is_a_failure():
+    from vistog_bench.selftest import check_controlled
+
+    record = _controlled(peak_memory_bytes={"vision": 10, "prefill": 90, "total": 95}, weight_bytes=100)
+    assert any("below the weights'" in p for p in check_controlled(record, cuda=True))
+
+
+def test_identity_launch_training_and_method_verdicts():
+    from vistog_bench.selftest import SYNCS_PER_SAMPLE, check_identity, check_launch, check_method, check_training
+
+    same = {"torch_uuid": "a", "nvml_uuid": "a", "torch_pci": [0, 59, 0], "nvml_pci": [0, 59, 0], "nvml_reason": None}
+    assert check_identity(same) == []
+    assert "is not torch's" in check_identity({**same, "nvml_uuid": "b", "nvml_pci": [0, 24, 0]})[0]
+    assert "no NVML handle" in check_identity({**same, "nvml_reason": "NVML lists no single GPU"})[0]
+    assert check_launch([{"device": "cuda:0"}, {"device": "cuda:1"}], 2) == []
+    assert "share a device" in check_launch([{"device": "cuda:0"}, {"device": "cuda:0"}], 2)[0]
+    assert "1 of 2" in check_launch([{"device": "cuda:0"}], 2)[0]
+    run = {"exit_code": 0, "steps": 2, "processes": 2, "first_loss": 4.1, "last_loss": 3.9}
+    assert check_training(run, 2) == []
+    assert "losses" in check_training({**run, "last_loss": float("nan")}, 2)[0]
+    assert "exit 1" in check_training({"exit_code": 1, "stderr_tail": "ValueError: ..."}, 2)[0]
+    method = {"new_tokens": 4, "finite_logits": True, "identical_repeat": True, "host_syncs": 20}
+    method["host_syncs_by_kind"] = {}
+    assert check_method(dict(method), stock_syncs=17, batch=1, new_tokens=4) == []
+    looped = {**method, "host_syncs": 17 + 2 * (SYNCS_PER_SAMPLE + 1)}
+    assert "host syncs per sample" in check_method(looped, stock_syncs=17, batch=2, new_tokens=4)[0]
+    assert "other tokens" in check_method({**method, "identical_repeat": False}, 17, 1, 4)[0]

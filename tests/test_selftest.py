@@ -9,7 +9,15 @@ import re
 
 from vistog_bench.cli import main as cli_main
 from vistog_bench.results import ProfileRecord
-from vistog_bench.selftest import PathResult, check_controlled, clock_disagreements, markdown_table, plan_for, selftest
+from vistog_bench.selftest import (
+    CHECKS,
+    PathResult,
+    check_controlled,
+    clock_disagreements,
+    markdown_table,
+    plan_for,
+    selftest,
+)
 
 
 def test_cpu_selftest_runs_every_path_and_writes_json_and_markdown(tmp_path):
@@ -45,6 +53,30 @@ def test_gpu_plan_is_the_7b_shape_with_the_papers_budgets_both_paths():
         (1, 8),
     )
     assert plan.paths == ("eager", "compiled") and plan.warmup >= 2  # compiling takes the first runs
+
+
+def test_the_gpu_plan_lists_every_gpu_check_with_its_verdict_rule(capsys):
+    """What a first GPU run must check: each is a check of the GPU plan with what it prints and its rule, and
+    `--plan` prints them without a GPU."""
+    plan = plan_for("cuda")
+    wanted = {
+        "nvml-identity",  # UUID / PCI equal, under a mask, on cuda:1
+        "launch/2-process",  # one device per process
+        "controlled/compiled",  # a graph ran, faster than eager
+        "controlled/float16",
+        "methods/bfloat16",  # every method, syncs under a ceiling, attention kernels, a repeat identical
+        "methods/float16",
+        "train/1-process",
+        "train/1-process-fp16",
+        "train/ddp",
+        "train/fsdp2",
+    }
+    assert wanted <= set(plan.checks) and not wanted & set(plan_for("cpu").checks)
+    assert all(CHECKS[name].prints and CHECKS[name].verdict for name in plan.checks)
+    assert "energy at a mean power" in CHECKS["controlled/eager"].verdict
+    assert cli_main(["selftest", "--device", "cuda", "--plan"]) == 0
+    printed = capsys.readouterr().out
+    assert all(f"| {name} " in printed for name in plan.checks)
 
 
 def _record(**changes) -> ProfileRecord:

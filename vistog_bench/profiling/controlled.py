@@ -340,6 +340,7 @@ def measure_cell(
         )
 
     request = dict(method=method, budget=budget, batch_size=batch_size, task=None)
+    graphs_before = compiled_graphs() if settings.compile else 0
     counted: dict[str, float] = {}
     warmups = settings.warmup
     if settings.count_flops:
@@ -361,8 +362,17 @@ def measure_cell(
         records.append(req.record)
     profiler.take_records()  # kept here as `records`; the warm-ups' are dropped
     record = aggregate(records, counted=counted, notes=notes, settings=settings)
+    if settings.compile:
+        record.extra["compile"]["graphs_compiled"] = compiled_graphs() - graphs_before  # warm-ups included
     _add_roofline(record, model, source, budget=budget, batch_size=batch_size, new_tokens=new_tokens)
     return record
+
+
+def compiled_graphs() -> int:
+    """Graphs torch.compile (dynamo) has compiled in this process so far."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
 
 
 def _add_roofline(
@@ -432,6 +442,14 @@ def aggregate(
         "flops_convention": F.CONVENTION,
         **notes,
     }
+    compiled = [r.extra["compile"] for r in records if "compile" in r.extra]
+    if compiled:  # compiled asked for: a graph ran only if it ran in every repeat
+        missed = [c for c in compiled if not c["ran"]]
+        extra["compile"] = {
+            **(missed[0] if missed else compiled[0]),
+            "ran": not missed,
+            "decode_hooks_fired": sum(c["decode_hooks_fired"] for c in compiled),
+        }
     if counted:
         extra["flops_mismatch"] = mismatches(first.flops, counted, MISMATCH_TOLERANCE)
     else:
@@ -439,6 +457,7 @@ def aggregate(
     return dataclasses.replace(
         first,
         kind="controlled",
+        execution_path=("compiled" if extra["compile"]["ran"] else "eager") if compiled else first.execution_path,
         stats=stats,
         counted_flops=counted,
         peak_memory_bytes=peaks,

@@ -43,7 +43,9 @@ everywhere the process's peak RSS over the request. Energy: NVML's total-energy 
 
 With `path="compiled"` (torch.compile / CUDA graphs for decode steps, prefill eager as transformers does it) the
 hooks are silent inside the compiled region: decode is then timed as one span, prefill end -> request end, and its
-step count is output_tokens / batch - 1 (lengths are forced there).
+step count is output_tokens / batch - 1 (lengths are forced there). transformers compiles only when its criteria hold
+(a GPU-like device, a compileable cache) and otherwise warns and runs eagerly: a record says "compiled" only when its
+decode steps ran without firing the hooks, and extra["compile"] says whether a graph ran and, if not, why.
 """
 
 from __future__ import annotations
@@ -133,6 +135,21 @@ class _Observed:
 
     def stage_spans(self, stage: str) -> list[_Span]:
         return [s for s in self.spans if s.stage == stage]
+
+
+def compile_facts(decodes: list, decode_steps: int) -> dict[str, Any]:
+    """Whether a compiled decode graph ran in a request asked to run compiled: its decode steps ran (decode_steps) and
+    fired none of the stage hooks, which a compiled region does not call."""
+    ran = not decodes and decode_steps > 0
+    facts: dict[str, Any] = {"requested": True, "ran": ran, "decode_hooks_fired": len(decodes)}
+    if decodes:
+        facts["why_not"] = (
+            "decode steps ran eagerly (their hooks fired): transformers skipped compilation (it compiles on a GPU-like "
+            "device with a compileable cache, and warns otherwise)"
+        )
+    elif not ran:
+        facts["why_not"] = "no decode step ran (one output token): no compiled graph had anything to run"
+    return facts
 
 
 class AllocatorPeaks:
@@ -398,6 +415,10 @@ class Request:
             extra.update(part.extra)
             reasons.update(part.reasons)
         extra.update(self._extra)
+        path = profiler.path
+        if path == "compiled":
+            extra["compile"] = compile_facts(seen.decodes, seen.decode_steps)
+            path = "compiled" if extra["compile"]["ran"] else "eager"
         return ProfileRecord(
             kind="request",
             method=self.method,
@@ -405,7 +426,7 @@ class Request:
             batch_size=self.batch_size,
             device=str(profiler.device),
             dtype=profiler.dtype_name,
-            execution_path=profiler.path,
+            execution_path=path,
             task=self.task,
             visual_tokens=seen.visual,
             text_tokens=seen.text,
