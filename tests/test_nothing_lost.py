@@ -319,6 +319,34 @@ def test_an_empty_or_non_parquet_task_file_is_one_line_naming_it(checkpoints, tm
     assert not out.exists()  # refused before the sweep started
 
 
+def test_a_task_file_that_fails_to_load_says_why_not_retry_error(checkpoints, tmp_path, monkeypatch):
+    """A JSON task file that is not JSON passes the pre-flight (only its size is cheap to see) and fails in lmms-eval's
+    retried download: the cell's status names the error behind tenacity's RetryError and its cause."""
+    import tenacity
+    from lmms_eval.api.task import ConfigurableTask
+
+    monkeypatch.setattr(ConfigurableTask.download.retry, "wait", tenacity.wait_none())  # 5 tries without 2 s waits
+    data_file = tmp_path / "rows.json"
+    data_file.write_text('{"question": "q", "answer": ')
+    folder = tmp_path / "user_tasks"
+    folder.mkdir()
+    (folder / "rows.yaml").write_text(
+        TEXT_TASK.format(name="user_json", data_file=data_file).replace("parquet", "json")
+    )
+    config = RunConfig(
+        models=checkpoints[:1],
+        tasks=("user_json",),
+        methods=("none",),
+        budgets=(576,),
+        output=str(tmp_path / "out"),
+        include_paths=(str(folder),),
+        profile=False,
+    )
+    _, (cell,) = run_sweep(config)
+    assert cell.status.startswith("failed: ") and "RetryError" not in cell.status
+    assert "caused by ArrowInvalid: JSON parse error" in cell.status
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # every request runs or is refused
 # ---------------------------------------------------------------------------------------------------------------

@@ -38,7 +38,8 @@ profiling: pass `profiler=` (`vistog_bench.profiling.RequestProfiler`, attached 
 becomes a ProfileRecord that the profiler keeps (`profiler.take_records()`); the profiler observes the model from
 outside, the adapter only marks requests. What the adapter hands back besides lmms-eval's answers comes through one
 path, `take_sample_log()`: per sample the exact rendered prompt, its image placeholders and the tokens each expands
-to. A sample whose image, video or prompt cannot be built fails alone: its answer is empty and the reason is in its
+to. A sample whose image, video or prompt cannot be built fails alone (a truncated image or video file too: media are
+decoded with PIL's truncation refused, `strict_image_decoding`): its answer is empty and the reason is in its
 log entry; with `unscored_failures_in=` (the Task objects under evaluation) its requests are also taken out of those
 tasks at `clean()`, between generation and scoring, so lmms-eval scores only the samples that were served.
 """

@@ -6,22 +6,26 @@ For every (method, budget) the checkpoint is loaded once and configured (VisToG 
 LLaVA with a training-free reducer), wrapped in the `vistog` lmms-eval model with a request profiler attached, and
 every task is evaluated by `lmms_eval.evaluator.simple_evaluate` one task at a time, so a task that fails costs only
 its own cell. The full-budget stock cell (`none` at the patch count) is always part of the sweep: retention is
-measured against it.
+measured against it. Every method and every budget asked for gets a cell or is refused before anything loads, one
+line each (`vistog` with no VisToG checkpoint among --model; a method whose only budget is the full one; a budget no
+requested method runs at, e.g. `--method none --budgets 64`); an empty `--tasks ''` / `--method ''` / `--budgets ''` is
+refused, not read as the default. Without --method: `vistog` when a VisToG checkpoint is among --model, else `none`.
 
 A group (`vistog_image_local`, `shapes`, nested ones such as `mvbench_local`) is expanded into its member tasks, each
 its own cell with its metrics, samples and profile records; a group whose YAML defines `aggregate_metric_list` also
 gets a cell of its own, aggregated from its members' cells as lmms-eval aggregates groups (size-weighted mean, pooled
 stderr). MME scores each image's two questions as a pair, so an odd `--limit` is rounded up to even for MME tasks.
 
-Failures cost only what failed. A sample whose image or video cannot be decoded fails alone: lmms-eval post-processes
-without media (`process_with_media=False`), the adapter serves the sample as failed, and its requests are taken out
-before scoring, so the cell is scored on the rest and records `n_failed` beside `n_samples` (the reason is in the
-sample log). A cell with no scored sample is never `ok`. A (model, method, budget) that the checkpoint configs rule
-out (FastV's layer outside the LLM, PruMerge with the feature layer last) is refused before anything runs, one line
-each; a model that fails to load (corrupt weights) fails its own cells with the reason and the sweep goes on. A
+Failures cost only what failed. A sample whose image or video cannot be decoded (a file cut short included) fails alone:
+lmms-eval post-processes without media (`process_with_media=False`), the adapter serves the sample as failed, and its
+requests are taken out before scoring, so the cell is scored on the rest and records `n_failed` beside `n_samples` (the
+reason is in the sample log). A cell with no scored sample is never `ok`. A (model, method, budget) that the checkpoint
+configs rule out (FastV's layer outside the LLM, PruMerge with the feature layer last) is refused before anything runs,
+one line each; a model that fails to load (corrupt weights) fails its own cells with the reason and the sweep goes on. A
 failed task is `failed: <reason>`, out-of-memory is `oom`. `--resume RUN_DIR` redoes only cells that are not `ok`,
-and refuses settings (`--limit`, `--seed`, `--batch-size`, `--device`, ...) other than the run's own.
-Exit code: 0 all cells ok, 1 some cell failed, 2 bad input.
+refuses settings (`--limit`, `--seed`, `--batch-size`, `--device`, ...) other than the run's own, and renders the report
+only when the run did (its `--no-report` holds).
+Exit code: 0 all cells ok, 1 some cell failed, 2 bad input, 3 the disk filled up.
 
 Console: progress bars, one line per finished cell and the summary table. What lmms-eval, loguru, transformers,
 pycocoevalcap / pycocotools and their Java subprocess print while a model loads or a task is evaluated goes to
@@ -550,18 +554,22 @@ def _run_cell(run: RunDir, cell: Cell, tasks: list[str], config: RunConfig, mana
     _release_memory(config.device)
 
 
-def _cause(exc: BaseException) -> BaseException:
-    """The error behind tenacity's RetryError (lmms-eval retries dataset loading and raises
-    `RetryError[<Future ...>]`, which says nothing of what failed), else `exc`."""
+def _error_reason(exc: BaseException) -> str:
+    """`Type: message` of a task's error, with its direct cause where it has one; tenacity's RetryError (lmms-eval
+    retries loading a dataset and raises `RetryError[<Future ...>]`, which says nothing of what failed) is replaced
+    by the error of its last attempt."""
     last = getattr(exc, "last_attempt", None)
     inner = last.exception() if last is not None and hasattr(last, "exception") else None
-    return inner if isinstance(inner, BaseException) else exc
+    exc = inner if isinstance(inner, BaseException) else exc
+    reason = f"{type(exc).__name__}: {exc}"
+    if exc.__cause__ is not None:  # datasets' DatasetGenerationError says only "an error occurred"
+        reason += f" (caused by {type(exc.__cause__).__name__}: {exc.__cause__})"
+    return reason
 
 
 def _failed_cell(cell: Cell, task: str, exc: Exception, samples: list[dict], started: float) -> CellResult:
     failures = [e for e in samples if e.get("failure")]
-    exc = _cause(exc)
-    reason = f"{type(exc).__name__}: {exc}"
+    reason = _error_reason(exc)
     if failures:
         reason += f" ({len(failures)} sample(s) had failed, first: {failures[0]['failure']})"
     status = STATUS_OOM if _is_oom(exc) else failed_status(reason)
@@ -656,7 +664,12 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--output", default="results", help="folder that receives <run_id>/")
     parser.add_argument("--data-dir", default=None, help="local mirror of the benchmark datasets (see docs)")
-    parser.add_argument("--include-path", action="append", default=[], help="extra lmms-eval task folder")
+    parser.add_argument(
+        "--include-path",
+        action="append",
+        default=[],
+        help="extra lmms-eval task folder; its tasks' !function tags run its Python: trusted folders only",
+    )
     parser.add_argument(
         "--max-frames", type=int, default=None, help=f"frames sampled per video (default {DEFAULT_MAX_FRAMES})"
     )

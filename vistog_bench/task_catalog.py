@@ -83,7 +83,12 @@ def check_task_names(manager, names: list[str]) -> None:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--include-path", action="append", default=[], help="extra lmms-eval task folder")
+    parser.add_argument(
+        "--include-path",
+        action="append",
+        default=[],
+        help="extra lmms-eval task folder (its tasks' !function tags run its Python: trusted folders only)",
+    )
     parser.add_argument("--filter", default="", help="show names containing this text")
     parser.add_argument(
         "--path",
