@@ -470,3 +470,65 @@ def test_identity_launch_training_and_method_verdicts():
     looped = {**method, "host_syncs": 17 + 2 * (SYNCS_PER_SAMPLE + 1)}
     assert "host syncs per sample" in check_method(looped, stock_syncs=17, batch=2, new_tokens=4)[0]
     assert "other tokens" in check_method({**method, "identical_repeat": False}, 17, 1, 4)[0]
+
+
+# -- training: fp16 masters, ZeRO-3 counts -----------------------------------------------------------------------------
+def _unscale_a_projector_step(model) -> None:
+    """One step as accelerate's fp16 path takes it on a GPU (autocast in float16, torch.amp.GradScaler), on CPU: a
+    loss through the trainable projector, scaled, backward, then unscale_ (where float16 gradients raise)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer, scaler = torch.optim.AdamW(params), torch.amp.GradScaler("cpu")
+    features = torch.randn(1, 4, model.config.vision_config.hidden_size, dtype=torch.float16)
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = model.model.multi_modal_projector(features).float().square().mean()
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+
+
+def test_fp16_mixed_precision_keeps_the_trainable_weights_in_float32():
+    """--dtype float16 --mixed-precision fp16: the weights that train are float32 (the grad scaler refuses float16
+    gradients: shown first without the cast), the frozen ones float16."""
+    from accelerate.utils import DistributedType
+    from testers import tiny_llava
+
+    from vistog_bench.train.config import TrainConfig
+    from vistog_bench.train.loop import set_parameter_dtypes
+    from vistog_bench.train.stages import set_trainable
+
+    config = TrainConfig(stage="llava", model="unused", data="unused", output_dir="unused", train_llm=False)
+    loaded = set_trainable(tiny_llava().half(), config)
+    with pytest.raises(ValueError, match="unscale FP16 gradients"):
+        _unscale_a_projector_step(loaded)
+    model = set_trainable(tiny_llava().half(), config)
+    set_parameter_dtypes(model, "fp16", DistributedType.NO)
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+    assert {p.dtype for p in model.parameters() if not p.requires_grad} == {torch.float16}
+    _unscale_a_projector_step(model)
+
+
+def test_fp16_mixed_precision_on_a_cpu_is_refused_in_one_line():
+    """accelerate applies no autocast and no grad scaler on a CPU: fp16 there would train float16 weights unscaled."""
+    from vistog_bench.errors import UsageError
+    from vistog_bench.train.config import TrainConfig
+    from vistog_bench.train.loop import make_accelerator
+
+    config = TrainConfig(stage="llava", model="m", data="d", output_dir="o", mixed_precision="fp16")
+    with pytest.raises(UsageError, match="fp16 needs a GPU"):
+        make_accelerator(config)
+
+
+def test_zero3_parameters_are_counted_from_their_partitions():
+    """ZeRO-3 leaves each parameter an empty placeholder with its size in ds_numel and this rank's slice in
+    ds_tensor (deepspeed/runtime/zero/partition_parameters.py: `_convert_to_deepspeed_param`, `_partition_param`);
+    built that way here for rank 0 of 2, the log counts the model's elements and this rank's share, not 0."""
+    from vistog_bench.train.loop import parameters_held, parameters_total
+
+    module = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.Linear(5, 3))
+    full = sum(p.numel() for p in module.parameters())  # 35 + 5 + 15 + 3 = 58
+    for parameter in module.parameters():
+        share = -(-parameter.numel() // 2)  # ceil: the padded partition of rank 0
+        parameter.ds_numel, parameter.ds_shape = parameter.numel(), parameter.shape
+        parameter.ds_tensor = parameter.data.flatten()[:share].clone()
+        parameter.data = torch.empty(0, dtype=parameter.dtype)
+    assert parameters_total(module) == full
+    assert parameters_held(module) == 18 + 3 + 8 + 2  # ceil halves of 35, 5, 15, 3

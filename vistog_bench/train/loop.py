@@ -79,6 +79,13 @@ def make_accelerator(config: TrainConfig):
     # accelerate sets up gloo over several CPU processes only when told to use the CPU (`accelerate launch --cpu`);
     # plain `torchrun` on a machine without an accelerator device says so here
     cpu_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
+    if config.mixed_precision == "fp16" and not torch.accelerator.is_available():
+        # accelerate sets up fp16 (autocast + GradScaler) on accelerator devices only: on a CPU it would train the
+        # model's own dtypes unscaled. Refused before the Accelerator exists (its state is once per process)
+        raise UsageError(
+            "--mixed-precision fp16 needs a GPU: accelerate applies neither autocast nor a grad scaler on a CPU "
+            "(bf16 runs there)"
+        )
     # the plugin accelerate itself builds from `accelerate launch`'s FSDP_* variables (fsdp2.yaml)
     fsdp = FullyShardedDataParallelPlugin() if _asked_for("FSDP") else None
     accelerator = Accelerator(
@@ -158,11 +165,44 @@ def is_sharded(accelerator) -> bool:
     return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
+def parameters_total(module) -> int:
+    """Parameter elements of the whole model, however it is sharded: a DTensor counts its global size, a ZeRO-3
+    parameter its `ds_numel` (DeepSpeed empties the tensor itself to a 0-element placeholder,
+    deepspeed/runtime/zero/partition_parameters.py `_convert_to_deepspeed_param`)."""
+    return sum(getattr(p, "ds_numel", None) or p.numel() for p in module.parameters())
+
+
 def parameters_held(module) -> int:
-    """Parameter elements this process stores: its shards of FSDP2's DTensors, every element of a plain tensor."""
+    """Parameter elements this process stores: its shards of FSDP2's DTensors, its ZeRO-3 partitions (`ds_tensor`),
+    every element of a plain tensor."""
     from torch.distributed.tensor import DTensor
 
-    return sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in module.parameters())
+    def held(p) -> int:
+        if isinstance(p, DTensor):
+            return p.to_local().numel()
+        partition = getattr(p, "ds_tensor", None)
+        return partition.numel() if partition is not None else p.numel()
+
+    return sum(held(p) for p in module.parameters())
+
+
+def set_parameter_dtypes(model, mixed: str, distributed) -> None:
+    """Store parameters for the mixed precision `mixed` ("no", "bf16", "fp16") under `distributed` (accelerate's
+    DistributedType): frozen ones in its dtype where nothing shards them (they need no float32 master); with fp16,
+    the ones that train in float32, because accelerate's GradScaler (torch.amp) unscales float32 gradients only and
+    raises on float16 ones (`--dtype float16 --mixed-precision fp16`). Under FSDP a shard unit holds one dtype: every
+    parameter in float32 (its mixed-precision policy computes in float16). DeepSpeed keeps its own float32 masters."""
+    import torch
+    from accelerate.utils import DistributedType
+
+    if mixed in ("bf16", "fp16") and distributed not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        store_frozen_in(model, torch.bfloat16 if mixed == "bf16" else torch.float16)
+    if mixed != "fp16" or distributed == DistributedType.DEEPSPEED:
+        return
+    everything = distributed == DistributedType.FSDP
+    for parameter in model.parameters():
+        if (everything or parameter.requires_grad) and parameter.dtype == torch.float16:
+            parameter.data = parameter.data.float()
 
 
 def build_dataset(config: TrainConfig, model, processor, prompts):
@@ -401,8 +441,7 @@ def train(config: TrainConfig) -> TrainResult:
         raise UsageError("pretrain-vision trains the tiny demo encoder: run it without FSDP / DeepSpeed")
     if config.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    if accelerator.mixed_precision in ("bf16", "fp16") and not is_sharded(accelerator):
-        store_frozen_in(model, torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float16)
+    set_parameter_dtypes(model, accelerator.mixed_precision, accelerator.distributed_type)
     dataset, module, collate = build_dataset(config, model, processor, prompts)
     loader, generator = make_loader(config, dataset, collate, accelerator)
     optimizer = make_optimizer(config, module)
@@ -421,7 +460,7 @@ def train(config: TrainConfig) -> TrainResult:
             "stage": config.stage,
             "chat_template": template.source,
             "style": template.style,
-            "parameters": sum(p.numel() for p in module.parameters()),
+            "parameters": parameters_total(module),
             "parameters_held": parameters_held(module),
         }
     )
