@@ -152,6 +152,9 @@ def damage(folder: Path, how: str, fresh: Path) -> Path:
         rewrite("shared.json", text[: len(text) // 2])
     elif how == "state json of another shape":
         rewrite("shared.json", b"{}")
+    elif how == "state json with a wrong type":
+        state = json.loads((folder / "shared.json").read_text())
+        rewrite("shared.json", json.dumps({**state, "trainer": {**state["trainer"], "step": "1"}}).encode())
     elif how == "manifest cut":
         manifest_path.write_bytes(manifest_path.read_bytes()[:40])
     elif how == "no manifest":
@@ -169,6 +172,7 @@ DAMAGES = {  # how -> what the one line says
     "state json empty": "not readable JSON",
     "state json cut": "not readable JSON",
     "state json of another shape": "a state this run cannot restore",
+    "state json with a wrong type": "the trainer state's 'step' is str, this run's int",
     "manifest cut": "not readable JSON",
     "no manifest": "not a complete checkpoint",
     "another launch": "was written by 2 process(es), sharded=False; this run has 1",

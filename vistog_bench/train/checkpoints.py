@@ -32,7 +32,6 @@ import json
 import os
 import re
 import shutil
-from dataclasses import fields
 from pathlib import Path
 
 from ..errors import UsageError
@@ -178,7 +177,7 @@ def read_bundle(folder: Path, stem: str) -> dict:
 def _read_json(path: Path):
     try:
         return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise UsageError(f"{path} is not readable JSON ({exc})") from None
 
 
@@ -412,26 +411,46 @@ def _load_weights(module, optimizer, model_state: dict, optimizer_state: dict, f
     set_state_dict(module, optimizer.optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state)
 
 
+def _as_current(saved, current: dict, what: str) -> dict:
+    """`saved` if it has the keys and value types of `current` (a fresh object's state_dict; where that holds None,
+    a value set later: None, a tensor or a plain scalar), so what JSON read cannot break the run later."""
+    import torch
+
+    if not isinstance(saved, dict) or saved.keys() != current.keys():
+        raise UsageError(f"the {what} state has other fields than this run's ({sorted(current)})")
+    for key, value in current.items():
+        fits = (
+            isinstance(saved[key], (torch.Tensor, str, int, float, type(None)))
+            if value is None
+            else type(saved[key]) is type(value)
+        )
+        if not fits:
+            raise UsageError(
+                f"the {what} state's {key!r} is {type(saved[key]).__name__}, this run's {type(value).__name__}"
+            )
+    return saved
+
+
 def resume(config, accelerator, module, optimizer, scheduler, state) -> Path:
     """Restore everything `save` wrote; returns the checkpoint folder."""
+    import torch
+
     if accelerator.is_main_process:
         remove_torn(checkpoints_root(config.output_dir))
     where = config.resume_from_checkpoint
     folder = latest(config.output_dir) if where == "latest" else Path(where)
     checked(folder, accelerator)
-    shared = read_bundle(folder, SHARED)
-    own = read_bundle(folder, f"process_{accelerator.process_index}")
     try:
+        shared = read_bundle(folder, SHARED)
+        own = read_bundle(folder, f"process_{accelerator.process_index}")
         weights = own if _sharded(accelerator) else shared
         _load_weights(module, optimizer, weights["model"], weights["optimizer"], folder)
-        scheduler.load_state_dict(shared["scheduler"])
+        scheduler.load_state_dict(_as_current(shared["scheduler"], scheduler.state_dict(), "scheduler"))
         if accelerator.scaler is not None:
-            accelerator.scaler.load_state_dict(shared["scaler"])
-        trainer = shared["trainer"]
-        unknown = set(trainer) - {f.name for f in fields(state)}
-        if unknown:
-            raise UsageError(f"{folder}: unknown trainer state {sorted(unknown)}")
-        state.load_state_dict(trainer)
+            accelerator.scaler.load_state_dict(_as_current(shared["scaler"], accelerator.scaler.state_dict(), "scaler"))
+        state.load_state_dict(_as_current(shared["trainer"], state.state_dict(), "trainer"))
+        if state.epoch_generator_state is not None:  # set at the next epoch's start: tried here
+            torch.Generator().set_state(state.epoch_generator_state)
         accelerator.step = int(shared["accelerate_step"])
         set_rng_states(own["rng"])
     except UsageError:
