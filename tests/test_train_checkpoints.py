@@ -339,7 +339,8 @@ def test_a_nan_loss_stops_the_run_and_writes_no_model(setup, tmp_path, capsys):
 
 
 def test_wrong_inputs_are_one_line(setup, tmp_path, capsys):
-    """A conversation value of the wrong type, an unknown tracker, `--plan --gpus 0`: one line, exit 2."""
+    """A conversation value of the wrong type, an unknown tracker, a tracker not installed, `--plan --gpus 0`: one
+    line, exit 2."""
     fresh, data = setup
     records = json.loads(data.read_text())
     records[4]["conversations"][1]["value"] = 7
@@ -349,6 +350,13 @@ def test_wrong_inputs_are_one_line(setup, tmp_path, capsys):
     assert "sample 4: conversations[1]['value'] must be a string, got int" in refused(capsys, argv)
     line = refused(capsys, flags(setup, tmp_path / "b", "--max-steps", "1", "--report-to", "bogus"))
     assert "--report-to bogus: not one of accelerate's trackers" in line
+    from accelerate.tracking import get_available_trackers
+    from accelerate.utils import LoggerType
+
+    absent = [t.value for t in LoggerType if t != LoggerType.ALL and t not in get_available_trackers()]
+    assert absent  # aim, clearml, ...: some tracker package is always missing from the test environment
+    line = refused(capsys, flags(setup, tmp_path / "b", "--max-steps", "1", "--report-to", absent[0]))
+    assert f"--report-to {absent[0]}: its package is not installed" in line  # accelerate would drop it silently
     assert "--gpus must be >= 1" in refused(capsys, ["--recipe", "vistog-7b-stage2", "--plan", "--gpus", "0"])
 
 
