@@ -425,6 +425,27 @@ def test_a_request_that_would_not_run_is_refused_in_one_line_before_anything(
     assert not out.exists()  # nothing was written: refused before any model loaded
 
 
+def test_a_group_with_no_task_is_refused_not_run_as_nothing(checkpoints, tmp_path, capsys):
+    folder = tmp_path / "user_tasks"
+    folder.mkdir()
+    (folder / "empty_group.yaml").write_text("group: empty_group\ntask: []\n")
+    out = tmp_path / "out"
+    code, err = run_cli(
+        capsys,
+        "run",
+        "--model",
+        checkpoints[0],
+        "--tasks",
+        "empty_group,shapes_vqa",
+        "--include-path",
+        str(folder),
+        "--output",
+        str(out),
+    )
+    assert code == 2 and len(err) == 1 and "--tasks empty_group: a group with no task in it" in err[0], err
+    assert not out.exists()
+
+
 def test_report_refuses_a_cell_recorded_twice_or_a_negative_count(tmp_path, capsys):
     for label, edit in {
         "twice": lambda cells: cells + [cells[0]],

@@ -30,7 +30,10 @@ def expand_tasks(manager, names) -> tuple[list[str], list[TaskGroup]]:
     leaves: list[str] = []
     groups: list[TaskGroup] = []
     for name in names:
-        for leaf in _leaf_tasks(manager, name, groups, ()):
+        found = _leaf_tasks(manager, name, groups, ())
+        if not found:  # a group or tag with no task under it: nothing would run for it, and nothing would say so
+            raise UsageError(f"--tasks {name}: a group with no task in it (its YAML lists none); nothing to run")
+        for leaf in found:
             if leaf not in leaves:
                 leaves.append(leaf)
     return leaves, groups
