@@ -7,12 +7,19 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import json
+import os
+import re
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import pynvml
 import pytest
 import torch
+import yaml
 
 from vistog_bench.profiling import nvml as nvml_module
 from vistog_bench.profiling.nvml import GpuIdentity, identity_from_nvml, match_nvml_index, uuid_text
@@ -532,3 +539,79 @@ def test_zero3_parameters_are_counted_from_their_partitions():
         parameter.data = torch.empty(0, dtype=parameter.dtype)
     assert parameters_total(module) == full
     assert parameters_held(module) == 18 + 3 + 8 + 2  # ceil halves of 35, 5, 15, 3
+
+
+# -- the GPU workflow's own command lines, on the embedded tiny checkpoints --------------------------------------------
+WORKFLOW = Path(__file__).resolve().parents[1] / ".github" / "workflows" / "gpu.yml"
+
+
+def _workflow_env(job: dict) -> dict[str, str]:
+    """The job's env as GitHub gives it with no variable or input set: `${{ a || b || 'default' }}` is 'default',
+    `${{ vars.X }}` is empty."""
+    env = {}
+    for key, value in job["env"].items():
+        text = str(value)
+        if text.startswith("${{"):
+            quoted = re.findall(r"'([^']*)'", text)
+            text = quoted[-1] if quoted else ""
+        env[key] = text
+    return env
+
+
+@pytest.mark.slow
+def test_the_gpu_workflows_defaults_sweep_a_full_budget_cell_and_check_its_speedup(tmp_path):
+    """The workflow's sweep, run-folder and regression-check steps run as written (bash, its env defaults), with the
+    embedded tiny LLaVA and VisToG-16 as the two checkpoints and the synthetic task for the GPU's tasks: the defaults
+    form a sweep (none at the full budget, vistog at its N) and the check compares a speedup."""
+    from vistog_bench import demo
+
+    job = yaml.safe_load(WORKFLOW.read_text())["jobs"]["sweep-and-check"]
+    steps = {step.get("name"): step for step in job["steps"]}
+    github_env = tmp_path / "github_env"
+    github_env.touch()
+    bin_dir = str(Path(sys.executable).parent)
+    env = {
+        **os.environ,
+        **_workflow_env(job),
+        # what "Resolve cached weights and data" writes to GITHUB_ENV, pointed at the stand-ins
+        "VISTOG_MODEL_DIR": str(demo.checkpoint_for_budget(None)),
+        "VISTOG_VISTOG_DIR": str(demo.checkpoint_for_budget(16)),
+        "TASKS": "shapes_vqa",  # the GPU's tasks need their datasets; the synthetic task ships with the package
+        "LIMIT": "2",
+        "GITHUB_ENV": str(github_env),
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "OMP_NUM_THREADS": "1",
+    }
+    assert env["BUDGETS"] == "" and env["METHOD"] == "vistog"  # the defaults under test
+
+    def step(name: str, **extra) -> subprocess.CompletedProcess:
+        """A step's script as GitHub runs it, with what earlier steps wrote to GITHUB_ENV."""
+        command = ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", steps[name]["run"]]
+        written = dict(line.split("=", 1) for line in github_env.read_text().splitlines())
+        return subprocess.run(
+            command, cwd=tmp_path, env={**env, **written, **extra}, capture_output=True, text=True, timeout=900
+        )
+
+    sweep = step("Real-checkpoint sweep")
+    assert sweep.returncode == 0, sweep.stderr[-2000:]
+    found = step("Find the run folder")
+    assert found.returncode == 0, found.stderr[-2000:]
+    run_dir = dict(line.split("=", 1) for line in github_env.read_text().splitlines())["RUN_DIR"]
+    metrics = json.loads((tmp_path / run_dir / "metrics.json").read_text())
+    cells = {(c["method"], c["budget"]) for c in metrics if c["status"] == "ok"}
+    assert cells == {("none", demo.FULL_BUDGET), ("vistog", 16)}
+    baseline = subprocess.run(
+        ["vistog-bench", "baseline", "update", run_dir, "--name", "gpu-stand-in", "--out-dir", "baselines"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert baseline.returncode == 0, baseline.stderr[-2000:]
+    tolerances = str(Path(__file__).resolve().parents[1] / env["TOLERANCES"])
+    check = step("Regression check", BASELINE="baselines/gpu-stand-in.json", TOLERANCES=tolerances)
+    assert check.returncode == 0, check.stdout[-2000:] + check.stderr[-2000:]
+    summary = (tmp_path / env["CHECK_OUT"] / "summary.md").read_text()
+    assert re.search(r"\| vistog +\| 16 +\| speedup/total_ms", summary), summary  # against the none cell
