@@ -73,9 +73,8 @@ def make_accelerator(config: TrainConfig):
     from accelerate import Accelerator, PartialState
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, ProjectConfiguration
 
-    project = ProjectConfiguration(
-        project_dir=config.output_dir, automatic_checkpoint_naming=True, total_limit=config.save_total_limit
-    )
+    # trackers log under the output folder; resumable states are ours (checkpoints.py), not accelerate's save_state
+    project = ProjectConfiguration(project_dir=config.output_dir)
     # accelerate sets up gloo over several CPU processes only when told to use the CPU (`accelerate launch --cpu`);
     # plain `torchrun` on a machine without an accelerator device says so here
     cpu_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
