@@ -262,12 +262,13 @@ def run_controlled(plan: SelftestPlan, variant: str, done: dict[str, Any] | None
     """Rows of `controlled/<variant>`: "eager" / "compiled" in the plan's dtype, or a dtype name (eager in it, the
     budgets' two ends at batch 1). `done` keeps each variant's records (a compiled cell is compared with eager's)."""
     from .profiling.controlled import ProfileSettings, measured_records
-    from .profiling.nvml import device_facts
     from .profiling.timers import default_threads
 
     cuda = plan.device.startswith("cuda")
     by_dtype = variant not in ("eager", "compiled")
-    idle = device_facts(plan.device) if cuda else {}  # read before the load: the card's idle power and its limit
+    # the card's idle power: the device check's reading, taken before any work (a reading after a check's load runs
+    # high for seconds); its enforced limit
+    idle = (done or {}).get("device") or {}
     settings = ProfileSettings(
         model_path=None,
         shape=plan.shape,
@@ -355,7 +356,8 @@ def run_sweep_path(plan: SelftestPlan) -> list[PathResult]:
     return [PathResult("sweep (lmms-eval, vistog adapter)", not problems, problems, figures)]
 
 
-def run_device(plan: SelftestPlan) -> list[PathResult]:
+def run_device(plan: SelftestPlan, done: dict[str, Any] | None = None) -> list[PathResult]:
+    """The device facts (kept in `done["device"]`: later checks read the idle power from them)."""
     import torch
 
     from .profiling import device_facts
@@ -370,6 +372,8 @@ def run_device(plan: SelftestPlan) -> list[PathResult]:
             # NVML reports no lock state: an idle SM clock at its maximum is what a lock looks like
             facts["sm_clock_at_max_when_idle"] = facts["sm_clock_mhz"] == facts["max_sm_clock_mhz"]
     facts["torch_threads"] = torch.get_num_threads()
+    if done is not None:
+        done["device"] = facts
     return [PathResult("device", not problems, problems, facts)]
 
 
@@ -676,7 +680,7 @@ CHECKS: dict[str, Check] = {
         ("cpu", "cuda"),
         "GPU name, driver, SM clock (NVML), torch threads",
         "NVML names the GPU, its driver and SM clock (CPU: always ok)",
-        lambda plan, done: run_device(plan),
+        lambda plan, done: run_device(plan, done),
     ),
     "nvml-identity": Check(
         ("cuda",),
