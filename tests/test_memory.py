@@ -62,8 +62,8 @@ def test_sweep_releases_each_cells_model_before_the_next(tmp_path, monkeypatch):
     live_after_release: list[int] = []
     release = runner._release_memory
 
-    def release_and_count() -> None:
-        release()
+    def release_and_count(device: str) -> None:
+        release(device)
         live_after_release.append(_live_models())
 
     monkeypatch.setattr(runner, "_release_memory", release_and_count)
