@@ -38,6 +38,29 @@ class ProgressSplitter(io.TextIOBase):
     def fileno(self) -> int:
         return self.terminal.fileno()
 
+    def restore(self, stream) -> None:
+        """After the sweep: whoever kept a reference to this stream (nltk, a warnings handler) writes to `stream`."""
+        self.terminal = self.log = stream
+
+
+class LogStream(io.TextIOBase):
+    """`sys.stdout` while third-party code runs: every write goes to the run log; restored, to the old stream."""
+
+    def __init__(self, log) -> None:
+        self.log = log
+
+    def write(self, text: str) -> int:
+        return self.log.write(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+
+    def fileno(self) -> int:
+        return self.log.fileno()
+
+    def restore(self, stream) -> None:
+        self.log = stream
+
 
 @contextlib.contextmanager
 def third_party_output_to(log_path: Path):
@@ -54,15 +77,20 @@ def third_party_output_to(log_path: Path):
     saved = os.dup(1), os.dup(2)
     terminal = os.fdopen(os.dup(2), "w", encoding="utf-8", buffering=1)
     old_streams = sys.stdout, sys.stderr
+    # libraries imported inside may keep these objects (nltk keeps sys.stderr): once restored they write to the old
+    # streams, never to the closed log
+    streams = LogStream(log), ProgressSplitter(terminal, log)
     try:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
-        sys.stdout, sys.stderr = log, ProgressSplitter(terminal, log)
+        sys.stdout, sys.stderr = streams
         logger.remove()
         logger.add(log, level="INFO")
         yield
     finally:
         sys.stdout, sys.stderr = old_streams
+        for stream, old in zip(streams, old_streams, strict=True):
+            stream.restore(old)
         log.flush()
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
@@ -73,4 +101,4 @@ def third_party_output_to(log_path: Path):
         quiet_lmms_eval()  # loguru back to the console, warnings only
 
 
-__all__ = ["ProgressSplitter", "third_party_output_to"]
+__all__ = ["LogStream", "ProgressSplitter", "third_party_output_to"]
