@@ -339,3 +339,27 @@ def test_resume_with_the_same_settings_redoes_nothing(small_run, capsys):
     metrics_before = (small_run.path / "metrics.json").read_text()
     assert cli_main(["run", "--resume", str(small_run.path), "--limit", "2", "--seed", "0", "--no-report"]) == 0
     assert (small_run.path / "metrics.json").read_text() == metrics_before
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="pycocoevalcap's tokenizer (caption metrics) needs Java")
+def test_each_cell_keeps_its_own_submission_files(checkpoints, tmp_path):
+    """lmms-eval names a task's submission files per task (flickr30k_captions_val2014_alg_results_<metric>.json):
+    two cells of one task write them to their own folders, and each holds its own cell's captions."""
+    from vistog_bench.fixtures import write_fixture
+
+    mirror = write_fixture(tmp_path / "mirror", rows=2, only=["flickr"])
+    out = tmp_path / "results"
+    args = ["run", "--model", checkpoints[0], "--tasks", "flickr30k_test_local", "--method", "none,pool"]
+    args += ["--budgets", "576,64", "--limit", "2", "--data-dir", str(mirror), "--output", str(out), "--no-report"]
+    assert cli_main(args) == 0
+    (run_dir,) = out.iterdir()
+    files = sorted((run_dir / "cells").glob("*/submissions/*CIDEr*.json"))
+    assert [f.parent.parent.name for f in files] == [
+        "flickr30k_test_local__none__576",
+        "flickr30k_test_local__pool__64",
+    ]
+    for file in files:
+        captions = sorted(row["caption"] for row in json.loads(file.read_text()))
+        samples = run_dir / "samples" / f"{file.parent.parent.name}.jsonl"
+        assert captions == sorted(json.loads(line)["filtered_resps"][0] for line in samples.open()) and captions
+    assert not (run_dir / "submissions").exists()

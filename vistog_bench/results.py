@@ -14,6 +14,7 @@ cell) replaces its own record and no other. `RunDir.lock()` keeps two processes 
     samples/<task>__<method>__<budget>.jsonl   lmms-eval's per-sample logs for that cell (`safe_file_stem`: a task
                      name with characters outside [A-Za-z0-9._-] or a leading dot, `../x` or `a/b`, is spelt with
                      `_` and a hash of the name, so every file stays in the run folder and every cell keeps its own)
+    cells/<task>__<method>__<budget>/submissions/   what lmms-eval writes for that cell (submission files)
 
 Units are in the names: `_ms`, `_bytes`, `_flops`, `_j`. FLOPs count 2 per multiply-add.
 """
@@ -52,6 +53,7 @@ MANIFEST_FILE = "manifest.json"
 METRICS_FILE = "metrics.json"
 PROFILE_FILE = "profile.jsonl"
 SAMPLES_DIR = "samples"
+CELLS_DIR = "cells"
 LOCK_FILE = ".lock"
 
 # Errors that mean "no more bytes fit": a full disk, a full quota, or the process's file-size limit (RLIMIT_FSIZE,
@@ -540,6 +542,11 @@ class RunDir:
 
     def samples_path(self, key: CellKey) -> Path:
         return self.path / SAMPLES_DIR / f"{safe_file_stem(key.slug())}.jsonl"
+
+    def cell_files(self, key: CellKey) -> Path:
+        """The folder lmms-eval writes one cell's own files under (its submissions/: TextVQA, MMBench, captions), so
+        no cell overwrites another's."""
+        return self.path / CELLS_DIR / safe_file_stem(key.slug())
 
     # -- resuming ------------------------------------------------------------------------------------------------
     @contextlib.contextmanager

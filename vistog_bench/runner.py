@@ -348,15 +348,16 @@ def _task_adapter(served, profiler, task: str, config: RunConfig, manager):
     return lm, task_dict
 
 
-def _evaluate_task(lm, task_dict: dict, limit: int | None, config: RunConfig, manager, run_path: Path) -> dict | None:
+def _evaluate_task(lm, task_dict: dict, limit: int | None, config: RunConfig, manager, cell_path: Path) -> dict | None:
     import argparse
 
     from lmms_eval.evaluator import simple_evaluate
 
     # Post-processing reads documents without their media (lmms-eval's eval_docs_no_media): decoding every row there
     # would run outside the adapter's per-sample guard, and one corrupt image would fail the whole task.
-    # Tasks that write submission files (TextVQA, MMBench, captions) put them under the run folder, not the cwd.
-    lmms_args = argparse.Namespace(output_path=str(run_path), process_with_media=False)
+    # Tasks that write submission files (TextVQA, MMBench, captions) put them under the cell's folder of the run, not
+    # the cwd: their names are fixed per task (mmbench_en_dev_results.json), so cells sharing a folder would overwrite.
+    lmms_args = argparse.Namespace(output_path=str(cell_path), process_with_media=False)
     return simple_evaluate(
         cli_args=lmms_args,
         model=lm,
@@ -536,7 +537,8 @@ def _run_cell(run: RunDir, cell: Cell, tasks: list[str], config: RunConfig, mana
         try:
             with third_party_output_to(log_path), profiler.attached() if profiler else contextlib.nullcontext():
                 lm, task_dict = _task_adapter(served, profiler, task, config, manager)
-                results = _evaluate_task(lm, task_dict, limits.get(task, config.limit), config, manager, run.path)
+                cell_files = run.cell_files(CellKey(task, cell.method, cell.budget))
+                results = _evaluate_task(lm, task_dict, limits.get(task, config.limit), config, manager, cell_files)
         except Exception as exc:  # noqa: BLE001 - a failed task is a failed cell; the sweep goes on
             if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
                 raise  # a full disk ends the run (exit 3), it is not this cell's failure
