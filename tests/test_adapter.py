@@ -168,3 +168,16 @@ def test_prompt_builder_places_video_placeholders_after_the_images(processor):
     assert prompt == "USER: <image> <video> <video>\nwhat moves ? ASSISTANT:"
     with pytest.raises(UsageError, match="video token"):
         PromptBuilder(template, processor.tokenizer).generation_prompt([Turn("user", "q", videos=1)])
+
+
+def test_each_rank_of_a_multi_process_launch_serves_on_its_own_gpu():
+    """torchrun / accelerate launch set WORLD_SIZE and LOCAL_RANK; lmms-eval leaves the device to the model: rank r
+    takes cuda:r whatever CUDA index was asked, a CPU run stays on the CPU, a lone process keeps what it asked."""
+    from vistog_bench.adapter import process_device
+
+    ranks = [{"WORLD_SIZE": "2", "LOCAL_RANK": str(rank)} for rank in (0, 1)]
+    assert [process_device("cuda", env) for env in ranks] == ["cuda:0", "cuda:1"]
+    assert [process_device("cuda:0", env) for env in ranks] == ["cuda:0", "cuda:1"]
+    assert process_device("cpu", ranks[1]) == "cpu"
+    assert process_device("cuda:3", {}) == "cuda:3" and process_device("cuda", {"WORLD_SIZE": "1"}) == "cuda"
+    assert process_device(None, ranks[1]) == ("cuda:1" if torch.cuda.is_available() else "cpu")

@@ -47,6 +47,7 @@ tasks at `clean()`, between generation and scoring, so lmms-eval scores only the
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -225,6 +226,17 @@ def _as_media(visuals, max_frames: int, family) -> tuple[list[Image.Image], list
     return images, videos
 
 
+def process_device(device: str | None, environ=os.environ) -> str:
+    """The device this process serves on. Under a multi-process launch (torchrun, `accelerate launch`: WORLD_SIZE > 1)
+    every process takes the GPU of its LOCAL_RANK, whatever CUDA index was asked (as lmms-eval's own llava_hf binds
+    ranks; lmms-eval splits the requests but leaves the device to the model), so no two ranks share `cuda:0`. Alone,
+    `device` is kept; None means "cuda" where a GPU is visible, else "cpu"."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.split(":")[0] == "cuda" and int(environ.get("WORLD_SIZE", "1")) > 1:
+        return f"cuda:{int(environ.get('LOCAL_RANK', '0'))}"
+    return device
+
+
 class VisToGLMM(lmms):
     """lmms-eval simple model (`--force_simple`) for LLaVA-1.5 checkpoints with VisToG or a training-free reducer at
     a token budget; the chat model `VisToGChatLMM` shares all of it but the request format."""
@@ -252,7 +264,9 @@ class VisToGLMM(lmms):
         if served is None:
             if not pretrained:
                 raise UsageError("vistog needs model_args pretrained=PATH")
-            device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+            device = process_device(device)
+            if device.startswith("cuda:"):
+                torch.cuda.set_device(device)  # what allocates without naming a device lands on this rank's GPU
             served = serve_checkpoint(
                 pretrained,
                 method=method,
