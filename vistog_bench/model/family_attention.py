@@ -47,7 +47,7 @@ import torch
 
 from ..errors import UsageError
 from .families import model_family
-from .vision import _cls_attention, feature_layers_run
+from .vision import cls_attention, feature_layers_run
 
 QUERY_CHUNK = 1024  # queries per softmax block of the mean received attention: [h, 1024, S] at a time
 
@@ -176,7 +176,7 @@ class EncoderScores:
             proj(hidden).view(batch, length, -1, attn.head_dim).transpose(1, 2) for proj in (attn.q_proj, attn.k_proj)
         )  # [N, h, S, dh] each
         if self.model_type == "llava_next":  # CLS first: its row, CLS column dropped
-            return LayerScores(_cls_attention(query, key, attn.scale), key[:, :, 1:].mean(dim=1).float())
+            return LayerScores(cls_attention(query, key, attn.scale), key[:, :, 1:].mean(dim=1).float())
         return LayerScores(mean_received_attention(query, key, attn.scale), key.mean(dim=1).float())
 
     def _qwen_scores(self, attn, hidden: torch.Tensor, kwargs: dict) -> LayerScores:

@@ -105,7 +105,8 @@ def isolated_attention(
 ATTENTION_FUNCTIONS = {"sdpa": sdpa_attention, "isolated": isolated_attention}
 
 
-def _split_heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
+def split_heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """[B, S, h dh] (heads concatenated, as a projection returns them) -> [B, h, S, dh]."""
     batch, length, _ = x.shape
     return x.view(batch, length, -1, head_dim).transpose(1, 2)  # [B, h, S, dh]
 
@@ -115,7 +116,7 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(batch, length, -1)  # [B, S, Dv]
 
 
-def _cls_attention(query: torch.Tensor, key: torch.Tensor, scaling: float) -> torch.Tensor:
+def cls_attention(query: torch.Tensor, key: torch.Tensor, scaling: float) -> torch.Tensor:
     """Softmax attention of the CLS query over the image keys, mean over heads, CLS column dropped: [B, P]."""
     # [B, h, 1, I] <- [B, h, 1, dh] @ [B, h, dh, I]
     weights = torch.softmax((query[:, :, :1] @ key.transpose(-1, -2)).float() * scaling, dim=-1)
@@ -125,7 +126,7 @@ def _cls_attention(query: torch.Tensor, key: torch.Tensor, scaling: float) -> to
 def _query_key_value(attn: CLIPAttention, hidden_states: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """CLIP's shared Q/K/V projections of [B, S, Dv] states, split into heads: three [B, h, S, dh]."""
     return tuple(
-        _split_heads(projection(hidden_states), attn.head_dim) for projection in (attn.q_proj, attn.k_proj, attn.v_proj)
+        split_heads(projection(hidden_states), attn.head_dim) for projection in (attn.q_proj, attn.k_proj, attn.v_proj)
     )
 
 
@@ -253,7 +254,7 @@ class VisToGVisionTower(CLIPVisionModel):
         )
         if with_cls_attention:
             image_key = key[:, :, :num_image_tokens]  # [B, h, I, dh]
-            states.cls_attention = _cls_attention(query, image_key, self.encoder.layers[0].self_attn.scale)
+            states.cls_attention = cls_attention(query, image_key, self.encoder.layers[0].self_attn.scale)
             states.patch_keys = _merge_heads(image_key)[:, 1:]
         return states
 
@@ -264,7 +265,9 @@ __all__ = [
     "TokenMerge",
     "ATTENTION_FUNCTIONS",
     "encoder_layer_forward",
+    "cls_attention",
     "feature_layers_run",
+    "split_heads",
     "isolated_attention",
     "sdpa_attention",
     "init_semantic_tokens",

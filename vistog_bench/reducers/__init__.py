@@ -4,15 +4,14 @@
     apply_method(model, "tome", 64)          # model: VisToGForConditionalGeneration with VisToG off
     prompt = expand_image_tokens(prompt, tokens_per_image(model))
 
-Methods: none, vistog (a trained checkpoint), pool, random, tome, visionzip, prumerge, fastv, divprune, vispruner,
-cdpruner, dart, pdrop, sparsevlm, vscan, downsample, holitom (docs/reducers.md).
+Each method is one file declaring its `MethodSpec` (spec.py), found by name through `registry.py`
+(`vistog-bench methods` lists them; docs/reducers.md).
 """
 
 from .fastv import fastv
 from .llm_pruning import LLMPruner, Stage
 from .methods import (
     METHODS,
-    OPTIONS,
     REDUCERS,
     AppliedMethod,
     applied_method,
@@ -25,6 +24,8 @@ from .methods import (
 from .pool import PoolReducer, pool_layout
 from .prumerge import PruMergeReducer
 from .random_choice import RandomReducer
+from .registry import MethodChoice, method_label, methods_table, parse_method, spec, split_methods
+from .spec import MethodSpec, Option
 from .tome import ToMeMerge, ToMeReducer, merge_schedule
 from .visionzip import VisionZipReducer, visionzip_split
 from .vispruner import VisPrunerReducer
@@ -32,10 +33,12 @@ from .vscan import VScanReducer
 
 __all__ = [
     "METHODS",
-    "OPTIONS",
     "REDUCERS",
     "AppliedMethod",
     "LLMPruner",
+    "MethodChoice",
+    "MethodSpec",
+    "Option",
     "PoolReducer",
     "PruMergeReducer",
     "RandomReducer",
@@ -51,8 +54,13 @@ __all__ = [
     "config_problem",
     "fastv",
     "merge_schedule",
+    "method_label",
+    "methods_table",
+    "parse_method",
     "pool_layout",
     "remove_method",
+    "spec",
+    "split_methods",
     "tokens_per_image",
     "visionzip_split",
 ]

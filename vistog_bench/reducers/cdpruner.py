@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .llm_pruning import SampleView, Selection
+from .llm_pruning import LLMPruner, SampleView, Selection, Stage
+from .spec import EVERY_FAMILY, LLM_INPUT, MethodSpec, Parts
 
 EPSILON = 1e-10  # the smallest gain taken (Chen et al.'s stopping threshold)
 
@@ -94,3 +95,21 @@ class CDPrunerSelector:
 
 
 __all__ = ["CDPrunerSelector", "conditional_kernel", "greedy_dpp_map"]
+
+
+# -- the method's spec (registry.py) --------------------------------------------------------------------------------
+def _build(model, budget: int, seed: int, options: dict) -> Parts:
+    num_patches, image_token = model.config.num_patches, model.config.image_token_id
+    return Parts(pruner=LLMPruner((Stage(0, budget),), CDPrunerSelector(), num_patches, image_token))
+
+
+SPEC = MethodSpec(
+    "cdpruner",
+    "a conditional DPP over the projected tokens, relevance to the instruction (Zhang et al., NeurIPS 2025)",
+    acts=(LLM_INPUT,),
+    where="LLM input (layer 0)",
+    build=_build,
+    prompt_tokens="P",
+    families=EVERY_FAMILY,
+    reference="Theia-4869/CDPruner (commit not recorded)",
+)

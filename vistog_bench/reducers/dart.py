@@ -41,7 +41,9 @@ from torch import nn
 
 from ..errors import UsageError
 from .cdpruner import instruction_positions
-from .llm_pruning import SampleView, Selection
+from .llm_pruning import LLMPruner, SampleView, Selection, Stage
+from .schedule import llm_layer, mean_schedule
+from .spec import INSIDE_LLM, LAYER_MEAN, MethodSpec, Option, Parts, given
 
 PIVOT_IMAGE, PIVOT_TEXT, LAYER = 4, 4, 2  # the reference's LLaVA-1.5 settings (32 layers)
 PIVOT_ORDERS = ("set", "norm")  # the reference's set order of positions, or by key norm (image pivots first)
@@ -111,4 +113,32 @@ class DARTSelector:
         return Selection(torch.cat(kept))
 
 
-__all__ = ["LAYER", "PIVOT_ORDERS", "DARTSelector", "duplication_aware", "visiting_order"]
+def _build(model, budget: int, seed: int, options: dict) -> Parts:
+    num_patches, image_token = model.config.num_patches, model.config.image_token_id
+    num_layers = model.config.text_config.num_hidden_layers
+    layer = llm_layer(options, LAYER, num_layers)
+    (keep,) = mean_schedule(budget, num_layers, num_patches, (layer,), "dart")
+    selector = DARTSelector(model.model.language_model.norm, **given(options, "pivot_order"))
+    return Parts(pruner=LLMPruner((Stage(layer, keep),), selector, num_patches, image_token))
+
+
+SPEC = MethodSpec(
+    "dart",
+    "duplication-aware pruning around pivot tokens (Wen et al., arXiv 2502.11494)",
+    acts=(INSIDE_LLM,),
+    where="inside the LLM at layer 2 (scaled)",
+    build=_build,
+    budget_convention=LAYER_MEAN,
+    prompt_tokens="P",
+    options=(
+        Option("layer", int, None, "the pruning layer; default the paper's 2 of 32, scaled"),
+        Option(
+            "pivot_order", str, "set", "pivots in the reference's set order of positions, or by key norm", PIVOT_ORDERS
+        ),
+    ),
+    paper_layers=(LAYER,),
+    paper="pruned_layer=2, 4 image + 4 text pivots (the authors' LLaVA scripts)",
+    reference="ModelTC/llmc @ 05eedff (its DART port)",
+)
+
+__all__ = ["LAYER", "PIVOT_ORDERS", "SPEC", "DARTSelector", "duplication_aware", "visiting_order"]

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import UsageError
-from .llm_pruning import SampleView, Selection
+from .llm_pruning import LLMPruner, SampleView, Selection, Stage
+from .spec import EVERY_FAMILY, LLM_INPUT, MethodSpec, Option, Parts, given
 
 PRECISIONS = ("model", "float32")  # the dtype the distances are computed in
 
@@ -68,4 +69,22 @@ class DivPruneSelector:
         return Selection(torch.cat(kept))
 
 
-__all__ = ["PRECISIONS", "DivPruneSelector", "max_min_diversity"]
+def _build(model, budget: int, seed: int, options: dict) -> Parts:
+    selector = DivPruneSelector(**given(options, "precision"))
+    num_patches, image_token = model.config.num_patches, model.config.image_token_id
+    return Parts(pruner=LLMPruner((Stage(0, budget),), selector, num_patches, image_token))
+
+
+SPEC = MethodSpec(
+    "divprune",
+    "greedy max-min diversity of the projected tokens (Alvar et al., CVPR 2025, arXiv 2503.02175)",
+    acts=(LLM_INPUT,),
+    where="LLM input (layer 0)",
+    build=_build,
+    prompt_tokens="P",
+    options=(Option("precision", str, "model", "the dtype distances are computed in", PRECISIONS),),
+    families=EVERY_FAMILY,
+    reference="vbdi/divprune @ 799e2d9",
+)
+
+__all__ = ["PRECISIONS", "SPEC", "DivPruneSelector", "max_min_diversity"]

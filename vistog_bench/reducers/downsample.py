@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from .pool import pool_layout
+from .spec import ENCODER, MethodSpec, Parts
+from .tome import ToMeReducer
 
 
 @dataclass(frozen=True)
@@ -45,4 +47,19 @@ class GridDownsample:
         return merged, sizes.new_ones(merged.shape[:2])
 
 
-__all__ = ["GridDownsample"]
+def _build(model, budget: int, seed: int, options: dict) -> Parts:
+    vision = model.config.vision_config
+    return Parts(ToMeReducer(budget), GridDownsample(budget, vision.image_size // vision.patch_size))
+
+
+SPEC = MethodSpec(
+    "downsample",
+    "the patch grid pooled to the budget inside the encoder's first layer (VTC-Bench's baseline, arXiv 2510.07143)",
+    acts=(ENCODER,),
+    where="inside the encoder's first layer",
+    build=_build,
+    not_on_families="downsamples LLaVA-1.5's 24 x 24 patch grid inside the encoder",
+    reference="none (pool.py's layout through the tower's token_merge)",
+)
+
+__all__ = ["SPEC", "GridDownsample"]

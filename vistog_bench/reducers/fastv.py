@@ -46,6 +46,7 @@ import torch
 
 from .base import check_budget
 from .llm_pruning import LLMPruner, SampleView, Selection, Stage
+from .spec import AFTER_LAYER, INSIDE_LLM, MethodSpec, Option, Parts
 
 
 def top_by_attention(scores: torch.Tensor, blocks: torch.Tensor, keep: int) -> torch.Tensor:
@@ -72,3 +73,37 @@ def fastv(budget: int, fastv_layer: int, num_patches: int, image_token_id: int) 
 
 
 __all__ = ["LastTokenAttention", "fastv", "top_by_attention"]
+
+
+# -- the method's spec (registry.py) --------------------------------------------------------------------------------
+LAYER = 2  # the paper's K ("after layer 2"), not scaled with depth
+
+
+def _layer(options: dict) -> int:
+    return LAYER if options.get("fastv_layer") is None else options["fastv_layer"]
+
+
+def _build(model, budget: int, seed: int, options: dict) -> Parts:
+    return Parts(pruner=fastv(budget, _layer(options), model.config.num_patches, model.config.image_token_id))
+
+
+def _config_problem(config, budget: int | None, options: dict) -> str | None:
+    num_layers, layer = config.text_config.num_hidden_layers, _layer(options)
+    if not 1 <= layer < num_layers:
+        return f"fastv_layer must be in 1..{num_layers - 1} for a {num_layers}-layer LLM, got {layer}"
+    return None
+
+
+SPEC = MethodSpec(
+    "fastv",
+    "the last token's attention at layer K - 1 keeps K_img tokens from layer K on (Chen et al., ECCV 2024)",
+    acts=(INSIDE_LLM,),
+    where="inside the LLM, after layer K",
+    build=_build,
+    budget_convention=AFTER_LAYER,
+    prompt_tokens="P",
+    options=(Option("fastv_layer", int, LAYER, "K: layers 0..K-1 run on all P tokens"),),
+    paper="K = 2 (the paper's title, arXiv 2403.06764), for every depth",
+    reference="pkunlp-mllm/FastV (commit not recorded)",
+    config_problem=_config_problem,
+)

@@ -48,8 +48,9 @@ import torch.nn.functional as F
 
 from .base import check_budget
 from .llm_pruning import LLMPruner, SampleView, Selection, Stage
-from .schedule import first_stage_tokens, mean_schedule
+from .schedule import first_stage_tokens, llm_layer, mean_schedule
 from .sparsevlm import cluster_merge
+from .spec import INSIDE_LLM, LAYER_MEAN, LLM_INPUT, MethodSpec, Option, Parts
 
 TAU = 0.8
 MAX_WINDOW = 8
@@ -186,3 +187,27 @@ def holitom(budget: int, num_layers: int, layer: int, num_patches: int, image_to
 
 
 __all__ = ["INNER_RATIO", "LAYER", "HoliTomSelector", "holitom", "inner_merge", "static_windows", "temporal_merge"]
+
+
+# -- the method's spec (registry.py) --------------------------------------------------------------------------------
+def _build(model, budget: int, seed: int, options: dict) -> Parts:
+    num_layers = model.config.text_config.num_hidden_layers
+    layer = llm_layer(options, LAYER, num_layers)
+    return Parts(pruner=holitom(budget, num_layers, layer, model.config.num_patches, model.config.image_token_id))
+
+
+SPEC = MethodSpec(
+    "holitom",
+    "holistic token merging of a video: temporal windows and clusters, then an inner merge (Shao et al., NeurIPS 2025)",
+    acts=(LLM_INPUT, INSIDE_LLM),
+    where=f"LLM input (layer 0), across a sample's frames, then LLM layer {LAYER} (18 of 28, scaled)",
+    build=_build,
+    budget_convention=LAYER_MEAN,
+    prompt_tokens="P",
+    options=(Option("layer", int, None, "the inner stage's layer; default the paper's, scaled"),),
+    paper_layers=(LAYER,),
+    stage_keep=1 - INNER_RATIO,
+    paper="HOLITOM_k = 18 of 28 layers, HOLITOM_r = 0.5 (the authors' scripts/eval_ov-7b_holitom.sh)",
+    not_on_families="merges a video's equal-sized frames; the adapter feeds these families images of their own sizes",
+    reference="cokeshao/HoliTom @ e9b2972 (inner stage); llmc's port (outer stage)",
+)

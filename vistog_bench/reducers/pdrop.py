@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from .fastv import LastTokenAttention
 from .llm_pruning import LLMPruner, Stage
-from .schedule import mean_schedule
+from .schedule import mean_schedule, stage_layers
+from .spec import INSIDE_LLM, LAYER_MEAN, MethodSpec, Option, Parts
 
 LAYERS = (8, 16, 24)  # the paper's stage boundaries for LLaVA-1.5-7B (32 layers)
 
@@ -34,3 +35,25 @@ def pdrop(budget: int, num_layers: int, layers: tuple[int, ...], num_patches: in
 
 
 __all__ = ["LAYERS", "pdrop"]
+
+
+# -- the method's spec (registry.py) --------------------------------------------------------------------------------
+def _build(model, budget: int, seed: int, options: dict) -> Parts:
+    num_layers = model.config.text_config.num_hidden_layers
+    layers = stage_layers(options, LAYERS, num_layers)
+    return Parts(pruner=pdrop(budget, num_layers, layers, model.config.num_patches, model.config.image_token_id))
+
+
+SPEC = MethodSpec(
+    "pdrop",
+    "PyramidDrop: staged drops by the last instruction token's attention (Xing et al., CVPR 2025)",
+    acts=(INSIDE_LLM,),
+    where=f"inside the LLM at layers {' / '.join(map(str, LAYERS))} (scaled)",
+    build=_build,
+    budget_convention=LAYER_MEAN,
+    prompt_tokens="P",
+    options=(Option("layers", str, None, "comma-separated decoder layers, e.g. 2,6,12; default the paper's, scaled"),),
+    paper_layers=LAYERS,
+    paper="layers 8 / 16 / 24 of 32, lambda = 0.5 (arXiv 2410.17247; llmc's layer_list, image_token_ratio_list)",
+    reference="Cooperx521/PyramidDrop @ 6444f30",
+)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from ..errors import UsageError
 from ..model.vision import VisionStates
 from .base import check_budget, check_output
+from .spec import ENCODER, MethodSpec, Parts
 
 
 def pool_layout(budget: int, grid: int) -> tuple[int, int]:
@@ -68,4 +69,19 @@ class PoolReducer:
         return check_output(tokens, batch, self.budget, "pool")
 
 
-__all__ = ["PoolReducer", "pool_layout"]
+def _build(model, budget: int, seed: int, options: dict) -> Parts:
+    vision = model.config.vision_config
+    return Parts(PoolReducer(budget, grid=vision.image_size // vision.patch_size))
+
+
+SPEC = MethodSpec(
+    "pool",
+    "2-D average pooling of the patch grid to the budget's layout",
+    acts=(ENCODER,),
+    where="after the vision tower",
+    build=_build,
+    not_on_families="pools LLaVA-1.5's 24 x 24 patch grid; anyres / dynamic-resolution grids differ per image",
+    reference="none (PyTorch's adaptive_avg_pool2d)",
+)
+
+__all__ = ["SPEC", "PoolReducer", "pool_layout"]

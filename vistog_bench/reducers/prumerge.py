@@ -42,8 +42,9 @@ import torch.nn.functional as F
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 
 from ..errors import UsageError
-from ..model.vision import VisionStates
+from ..model.vision import VisionStates, feature_layers_run
 from .base import check_budget, check_output, gather_tokens
+from .spec import ENCODER, MethodSpec, Option, Parts, given
 
 NEIGHBOURS = 32  # the reference's k
 
@@ -122,8 +123,51 @@ class PruMergeReducer:
         return check_output(tokens, patches.shape[0], self.budget, "prumerge")
 
 
+def _build(model, budget: int, seed: int, options: dict) -> Parts:
+    neighbours = options.get("neighbours", NEIGHBOURS)
+    if neighbours is not None and neighbours < 1:
+        raise UsageError(f"prumerge neighbours must be >= 1, got {neighbours}")
+    tower = model.model.vision_tower
+    next_layer = tower.encoder.layers[tower.layers_to_run(model.config.vision_feature_layer)]
+    reducer = PruMergeReducer(budget, model.config.num_patches, next_layer, neighbours, **given(options, "extra_token"))
+    return Parts(reducer)
+
+
+def _config_problem(config, budget: int | None, options: dict) -> str | None:
+    """It reads the encoder layer after the feature layer: none when the feature layer is the last."""
+    vision, feature_layer = config.vision_config, config.vision_feature_layer
+    if feature_layers_run(feature_layer, vision.num_hidden_layers) >= vision.num_hidden_layers:
+        return (
+            f"prumerge reads the encoder layer after the feature layer; the feature layer "
+            f"({feature_layer}) is the last of {vision.num_hidden_layers}"
+        )
+    return None
+
+
+_READS_NEXT_LAYER = "reads the CLS attention of the encoder layer after the feature layer"
+SPEC = MethodSpec(
+    "prumerge",
+    "CLS-attention outliers, each merged with its key neighbours (Shang et al., arXiv 2403.15388)",
+    acts=(ENCODER,),
+    where="after the vision tower (uses the next encoder layer's q / k)",
+    build=_build,
+    options=(
+        Option("neighbours", int, NEIGHBOURS, "k key-nearest tokens merged into each kept one (the reference's 32)"),
+        Option("extra_token", int, 1, "1: K - 1 kept + the sum of the pruned (the reference); 0: K kept", (1, 0)),
+    ),
+    not_on_families={
+        "llava_next": f"{_READS_NEXT_LAYER} and merges over one 24 x 24 view; not built for anyres views (visionzip "
+        "and vispruner read each view's CLS attention here)",
+        "llava_onevision": f"{_READS_NEXT_LAYER}; SigLIP has no CLS and the feature layer (-1) is the last",
+        "qwen2_5_vl": f"{_READS_NEXT_LAYER}; the ViT has no CLS and its last block feeds the PatchMerger",
+    },
+    reference="42Shawn/LLaVA-PruMerge @ 097c041",
+    config_problem=_config_problem,
+)
+
 __all__ = [
     "NEIGHBOURS",
+    "SPEC",
     "PruMergeReducer",
     "iqr_outlier_count",
     "merge_neighbours",

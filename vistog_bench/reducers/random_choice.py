@@ -17,6 +17,7 @@ import torch
 
 from ..model.vision import VisionStates
 from .base import check_budget, check_output, gather_tokens
+from .spec import ENCODER, EVERY_FAMILY, MethodSpec, Parts
 
 
 def random_positions(budget: int, num_patches: int, seed: int) -> torch.Tensor:
@@ -43,4 +44,18 @@ class RandomReducer:
         return check_output(gather_tokens(patches, index), patches.shape[0], self.budget, "random")
 
 
-__all__ = ["RandomReducer", "random_positions"]
+def _build(model, budget: int, seed: int, options: dict) -> Parts:
+    return Parts(RandomReducer(budget, model.config.num_patches, seed=seed))
+
+
+SPEC = MethodSpec(
+    "random",
+    "a seeded uniform choice of K patches, in raster order (apply_method's seed; --seed)",
+    acts=(ENCODER,),
+    where="after the vision tower (other families: at the LLM input)",
+    build=_build,
+    families=EVERY_FAMILY,
+    reference="none (torch.randperm of a seeded generator)",
+)
+
+__all__ = ["SPEC", "RandomReducer", "random_positions"]

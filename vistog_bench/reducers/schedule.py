@@ -71,4 +71,32 @@ def layer_mean(tokens_per_layer: tuple[int, ...]) -> float:
     return sum(tokens_per_layer) / len(tokens_per_layer)
 
 
-__all__ = ["first_stage_tokens", "layer_mean", "mean_schedule", "minimum_mean", "scaled_layers"]
+def llm_layer(options: dict, paper_layer: int, num_layers: int) -> int:
+    """The `layer` option, or the paper's layer scaled to this depth."""
+    layer = options.get("layer")
+    return layer if layer is not None else scaled_layers((paper_layer,), num_layers)[0]
+
+
+def stage_layers(options: dict, paper_layers: tuple[int, ...], num_layers: int) -> tuple[int, ...]:
+    """The `layers` option ("2,6,12") or the paper's layers scaled to this depth."""
+    text = options.get("layers")
+    if text is None:
+        return scaled_layers(paper_layers, num_layers)
+    try:
+        layers = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise UsageError(f"layers must be comma-separated integers, e.g. 2,6,12; got {text!r}") from None
+    if list(layers) != sorted(set(layers)) or not all(1 <= layer < num_layers for layer in layers):
+        raise UsageError(f"layers must increase within 1..{num_layers - 1} for a {num_layers}-layer LLM, got {text}")
+    return layers
+
+
+__all__ = [
+    "first_stage_tokens",
+    "layer_mean",
+    "llm_layer",
+    "mean_schedule",
+    "minimum_mean",
+    "scaled_layers",
+    "stage_layers",
+]

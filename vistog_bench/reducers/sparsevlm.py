@@ -35,7 +35,8 @@ import torch
 
 from .cdpruner import instruction_positions
 from .llm_pruning import LLMPruner, SampleView, Selection, Stage
-from .schedule import mean_schedule
+from .schedule import mean_schedule, stage_layers
+from .spec import INSIDE_LLM, LAYER_MEAN, MethodSpec, Option, Parts
 
 LAYERS = (3, 7, 16)  # inputs of the layers after the reference's 2, 6, 15 (32 layers)
 RECYCLED_FRACTION = 0.3  # of the deleted tokens, the reference's "top 30 %"
@@ -120,3 +121,25 @@ def sparsevlm(
 
 
 __all__ = ["LAYERS", "SparseVLMSelector", "cluster_merge", "density_peak_centres", "recycled_count", "sparsevlm"]
+
+
+# -- the method's spec (registry.py) --------------------------------------------------------------------------------
+def _build(model, budget: int, seed: int, options: dict) -> Parts:
+    num_layers = model.config.text_config.num_hidden_layers
+    layers = stage_layers(options, LAYERS, num_layers)
+    return Parts(pruner=sparsevlm(budget, num_layers, layers, model.config.num_patches, model.config.image_token_id))
+
+
+SPEC = MethodSpec(
+    "sparsevlm",
+    "text-guided pruning with recycled clusters of the deleted tokens (Zhang et al., ICML 2025, arXiv 2410.04417)",
+    acts=(INSIDE_LLM,),
+    where=f"inside the LLM at layers {' / '.join(map(str, LAYERS))} (scaled)",
+    build=_build,
+    budget_convention=LAYER_MEAN,
+    prompt_tokens="P",
+    options=(Option("layers", str, None, "comma-separated decoder layers; default the paper's, scaled"),),
+    paper_layers=LAYERS,
+    paper="pruning_loc 2 / 6 / 15 of 32, 576 / 300 / 200 / 110 tokens at 192, top 30 % recycled (llmc's port)",
+    reference="Gumpest/SparseVLMs @ 26a5f48",
+)

@@ -39,6 +39,7 @@ import torch
 from ..errors import UsageError
 from ..model.vision import VisionStates
 from .base import check_budget, check_output
+from .spec import ENCODER, MethodSpec, Option, Parts, given
 
 
 def merge_schedule(num_patches: int, budget: int, num_layers: int) -> tuple[int, ...]:
@@ -141,9 +142,32 @@ class ToMeReducer:
         return check_output(patches, patches.shape[0], self.budget, "tome (is the tower's token_merge set?)")
 
 
+def _build(model, budget: int, seed: int, options: dict) -> Parts:
+    runs = model.model.vision_tower.layers_to_run(model.config.vision_feature_layer)  # encoder layers run
+    schedule = merge_schedule(model.config.num_patches, budget, runs)
+    return Parts(ToMeReducer(budget), ToMeMerge(schedule, **given(options, "order", "matching")))
+
+
+SPEC = MethodSpec(
+    "tome",
+    "Token Merging in every encoder layer (Bolya et al., ICLR 2023, arXiv 2210.09461)",
+    acts=(ENCODER,),
+    where="inside the vision encoder, every layer",
+    build=_build,
+    options=(
+        Option(
+            "order", str, "reference", "survivors after a merge: [unmerged A, B] as ToMe, or sequence order", ORDERS
+        ),
+        Option("matching", str, "float32", "the dtype bipartite matching computes in", MATCHINGS),
+    ),
+    not_on_families="merges inside LLaVA-1.5's CLIP encoder; not wired into this family's encoder",
+    reference="facebookresearch/ToMe @ af95e4b",
+)
+
 __all__ = [
     "MATCHINGS",
     "ORDERS",
+    "SPEC",
     "ToMeMerge",
     "ToMeReducer",
     "bipartite_matching_round",

@@ -40,6 +40,7 @@ import torch
 from ..errors import UsageError
 from ..model.vision import VisionStates
 from .base import check_budget, check_output, gather_tokens, head_mean
+from .spec import ENCODER, EVERY_FAMILY, MethodSpec, Option, Parts, given
 
 CONTEXTUAL_FRACTION = 10 / 64  # the reference's LLaVA-1.5 settings: 10 of 64, 20 of 128, 30 of 192
 
@@ -119,4 +120,30 @@ class VisionZipReducer:
         return check_output(tokens, batch, self.budget, "visionzip")
 
 
-__all__ = ["VisionZipReducer", "contextual_targets", "contextual_tokens", "visionzip_split"]
+def _build(model, budget: int, seed: int, options: dict) -> Parts:
+    heads = model.config.vision_config.num_attention_heads
+    contextual = options.get("contextual")
+    return Parts(
+        VisionZipReducer(budget, model.config.num_patches, heads, contextual=contextual, **given(options, "with_cls"))
+    )
+
+
+SPEC = MethodSpec(
+    "visionzip",
+    "dominant tokens by CLS attention plus contextual merges (Yang et al., arXiv 2412.04467)",
+    acts=(ENCODER,),
+    where="after the vision tower (uses CLS attention + keys; other families: at the LLM input)",
+    build=_build,
+    options=(
+        Option("contextual", int, None, "Kc contextual tokens; default round(10 K / 64), the paper's 10 of 64"),
+        Option(
+            "with_cls", int, 1, "1: the CLS state is the first dominant token (the reference); 0: patches only", (1, 0)
+        ),
+    ),
+    paper="54 dominant + 10 contextual at 64 (108 + 20, 162 + 30): the reference's `visionzip(model, 54, 10)` calls",
+    families=EVERY_FAMILY,
+    family_scores=True,
+    reference="dvlab-research/VisionZip @ 3151f6d",
+)
+
+__all__ = ["SPEC", "VisionZipReducer", "contextual_targets", "contextual_tokens", "visionzip_split"]

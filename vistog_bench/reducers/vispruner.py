@@ -33,6 +33,7 @@ import torch
 from ..errors import UsageError
 from ..model.vision import VisionStates
 from .base import check_budget, check_output, gather_tokens
+from .spec import ENCODER, EVERY_FAMILY, MethodSpec, Option, Parts, given
 
 IMPORTANT_RATIO = 0.5
 ROUND = 8  # tokens dropped per matching round, the reference's constant
@@ -89,4 +90,25 @@ class VisPrunerReducer:
         return check_output(gather_tokens(patches, self.kept(states)), patches.shape[0], self.budget, "vispruner")
 
 
-__all__ = ["IMPORTANT_RATIO", "PRECISIONS", "TIES", "VisPrunerReducer", "remove_duplicates"]
+def _build(model, budget: int, seed: int, options: dict) -> Parts:
+    chosen = given(options, "important_ratio", "ties", "precision")
+    return Parts(VisPrunerReducer(budget, model.config.num_patches, **chosen))
+
+
+SPEC = MethodSpec(
+    "vispruner",
+    "important tokens by CLS attention, the rest thinned of duplicates (Zhang et al., ICCV 2025, arXiv 2412.01818)",
+    acts=(ENCODER,),
+    where="after the vision tower (CLS attention; other families: at the LLM input)",
+    build=_build,
+    options=(
+        Option("important_ratio", float, IMPORTANT_RATIO, "r: floor(K r) important tokens (a script argument there)"),
+        Option("ties", str, "reference", "torch's default sort (the reference) or a stable one", TIES),
+        Option("precision", str, "model", "the dtype features are normalised and compared in", PRECISIONS),
+    ),
+    families=EVERY_FAMILY,
+    family_scores=True,
+    reference="Theia-4869/VisPruner @ aefa01a",
+)
+
+__all__ = ["IMPORTANT_RATIO", "PRECISIONS", "SPEC", "TIES", "VisPrunerReducer", "remove_duplicates"]

@@ -39,8 +39,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.hooks import RemovableHandle
 
-from ..model.vision import VisionStates, _cls_attention, _split_heads
+from ..model.vision import VisionStates, cls_attention, split_heads
 from .base import check_budget, check_output, gather_tokens
+from .fastv import LastTokenAttention
+from .llm_pruning import LLMPruner, Stage
+from .schedule import first_stage_tokens, llm_layer, mean_schedule
+from .spec import ENCODER, INSIDE_LLM, LAYER_MEAN, MethodSpec, Option, Parts
 
 LAYER = 16  # the LLM stage, of 32 layers
 LLM_KEEP = 1 / 3  # K1 / K0: the README's 96 -> 32
@@ -125,8 +129,8 @@ class ShallowCLSAttention:
         """The latest forward's CLS attention, head mean, CLS column dropped: [B, P]."""
         if set(self._outputs) != {"q_proj", "k_proj"}:
             raise RuntimeError(f"vscan: encoder layer {self.layer_index}'s q / k projections were not seen")
-        query, key = (_split_heads(self._outputs[name], self._head_dim) for name in ("q_proj", "k_proj"))
-        return _cls_attention(query, key, self._scale)  # [B, h, I, dh] each -> [B, P]
+        query, key = (split_heads(self._outputs[name], self._head_dim) for name in ("q_proj", "k_proj"))
+        return cls_attention(query, key, self._scale)  # [B, h, I, dh] each -> [B, P]
 
 
 @dataclass(frozen=True)
@@ -156,3 +160,37 @@ __all__ = [
     "shallow_layer",
     "windows",
 ]
+
+
+# -- the method's spec (registry.py) --------------------------------------------------------------------------------
+def _build(model, budget: int, seed: int, options: dict) -> Parts:
+    num_patches, image_token = model.config.num_patches, model.config.image_token_id
+    num_layers = model.config.text_config.num_hidden_layers
+    layer = llm_layer(options, LAYER, num_layers)
+    first = first_stage_tokens(budget, num_layers, layer, num_patches, LLM_KEEP)
+    (keep,) = mean_schedule(budget, num_layers, first, (layer,), "vscan")
+    vision, tower = model.config.vision_config, model.model.vision_tower
+    shallow = ShallowCLSAttention(
+        shallow_layer(len(tower.encoder.layers), tower.layers_to_run(model.config.vision_feature_layer))
+    )
+    reducer = VScanReducer(first, num_patches, vision.image_size // vision.patch_size, shallow)
+    pruner = LLMPruner((Stage(layer, keep),), LastTokenAttention(), first, image_token)
+    return Parts(reducer, pruner=pruner, tower_hooks=(shallow,))
+
+
+SPEC = MethodSpec(
+    "vscan",
+    "a local and global scan of CLS attention in the encoder, then last-token pruning in the LLM (TMLR 2026)",
+    acts=(ENCODER, INSIDE_LLM),
+    where=f"after the vision tower (CLS attention at the feature layer and at encoder layer {SHALLOW_LAYER} of "
+    f"{ENCODER_DEPTH}), then LLM layer {LAYER} (scaled)",
+    build=_build,
+    budget_convention=LAYER_MEAN,
+    prompt_tokens="K0 (encoder stage)",
+    options=(Option("layer", int, None, "the LLM stage's layer; default the paper's, scaled"),),
+    paper_layers=(LAYER,),
+    stage_keep=LLM_KEEP,
+    paper="layer 16 of 32, 96 -> 32 tokens (K1 = K0 / 3: the reference README's 'average of 64')",
+    not_on_families="its first stage works inside LLaVA-1.5's encoder",
+    reference="Tencent/SelfEvolvingAgent VScan/ (commit not recorded)",
+)
