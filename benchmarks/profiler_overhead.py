@@ -24,7 +24,7 @@ import torch
 from vistog_bench.model import VisToGForConditionalGeneration
 from vistog_bench.profiling import RequestProfiler
 from vistog_bench.profiling.controlled import prompt_ids
-from vistog_bench.testing import tiny_llava
+from vistog_bench.testing.tiny_models import tiny_llava
 
 
 def parse_args() -> argparse.Namespace:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from vistog_bench.runner import RunConfig, checkpoint_budgets, embedded_default, run_sweep
+from vistog_bench.run.config import RunConfig, embedded_default
+from vistog_bench.run.sweep import checkpoint_budgets, run_sweep
 
 
 def main() -> None:

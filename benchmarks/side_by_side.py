@@ -78,9 +78,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
 
-    from vistog_bench.fixtures import write_fixture
-    from vistog_bench.hub_checkpoints import write_hub_layout
-    from vistog_bench.task_catalog import PROJECT_TASKS
+    from vistog_bench.run.tasks import PROJECT_TASKS
+    from vistog_bench.testing.fixtures import write_fixture
+    from vistog_bench.testing.hub_checkpoints import write_hub_layout
 
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     with tempfile.TemporaryDirectory(prefix="side-by-side-") as folder:

@@ -8,7 +8,7 @@ shape (24 layers, width 1024, 576 patches; ~300 M parameters, ~1.2 GB fp32) and 
 text config), random weights, safetensors, in a temporary folder. Then, each in a fresh subprocess so that
 `resource.getrusage(RUSAGE_SELF).ru_maxrss` is that run's own peak:
 
-  one cell   `vistog_bench.runner.run_sweep` with method none (the cell none@576 alone)
+  one cell   `vistog_bench.run.sweep.run_sweep` with method none (the cell none@576 alone)
   N cells    none@576, then pool, random, tome, visionzip, prumerge at budget 64 (the first N - 1 of them)
 
 on the embedded `shapes_vqa` task with `--limit` samples, on the CPU in float32. It prints both peaks and their
@@ -58,7 +58,8 @@ def sweep_once(checkpoint: str, methods: tuple[str, ...], limit: int, output: st
     """Run one sweep in this process; its peak RSS (bytes) and cell statuses."""
     import torch
 
-    from vistog_bench.runner import RunConfig, run_sweep
+    from vistog_bench.run.config import RunConfig
+    from vistog_bench.run.sweep import run_sweep
 
     torch.set_num_threads(1)
     budgets = (576, BUDGET) if any(m != "none" for m in methods) else (576,)

@@ -11,7 +11,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def llava_hf_layouts(tmp_path_factory) -> dict[str, Path]:
     """Tiny checkpoints laid out as llava-hf/llava-1.5-7b-hf: "hub", "resaved" (transformers 5), "no-template"."""
-    from vistog_bench.hub_checkpoints import write_layouts
+    from vistog_bench.testing.hub_checkpoints import write_layouts
 
     return write_layouts(tmp_path_factory.mktemp("llava-hf"))
 

@@ -140,7 +140,7 @@ def test_multi_round_is_refused(vistog_dir):
 
 def test_a_video_on_llava_1_5_becomes_max_frames_images(llava_dir, tmp_path):
     """LLaVA-1.5 has no video path: a video visual is `max_frames` frames, one image placeholder (576 tokens) each."""
-    from vistog_bench.fixtures import write_video
+    from vistog_bench.testing.fixtures import write_video
 
     write_video(tmp_path / "clip.mp4", 0, frames=6)
     lm = VisToGLMM(pretrained=str(llava_dir), method="none", device="cpu", max_frames=3)

@@ -1,8 +1,8 @@
-"""The sweep's output redirection (vistog_bench/console.py)."""
+"""The sweep's output redirection (vistog_bench/run/console.py)."""
 
 import sys
 
-from vistog_bench.console import third_party_output_to
+from vistog_bench.run.console import third_party_output_to
 
 
 def test_streams_kept_by_a_library_still_write_after_the_sweep(tmp_path, capsys):

@@ -13,6 +13,7 @@ from vistog_bench import demo
 from vistog_bench.demo import build, world
 from vistog_bench.demo.evaluate import evaluate_vqa
 from vistog_bench.errors import UsageError
+from vistog_bench.run.tasks import PROJECT_TASKS
 from vistog_bench.train import TrainConfig, train
 from vistog_bench.train.cli import run_cli
 from vistog_bench.train.stages import patch_regions
@@ -335,7 +336,7 @@ def shapes_tasks(tmp_path_factory):
     previous = os.environ.get("VISTOG_BENCH_CACHE")
     os.environ["VISTOG_BENCH_CACHE"] = str(tmp_path_factory.mktemp("cache"))
     try:
-        manager = TaskManager(include_path=str(demo.TASKS_DIR), include_defaults=False)
+        manager = TaskManager(include_path=str(PROJECT_TASKS), include_defaults=False)
         (group,) = get_task_dict([demo.DEMO_GROUP], manager).values()
         yield dict(group)
     finally:

@@ -1,5 +1,5 @@
 """LLaVA-NeXT, LLaVA-OneVision and Qwen2.5-VL on tiny random checkpoints in their hub repos' layouts
-(vistog_bench.hub_checkpoints_families: configs, processor configs and chat templates copied from the published
+(vistog_bench.testing.hub_checkpoints_families: configs, processor configs and chat templates copied from the published
 files, sources in that module): loading by config.model_type, prompts from each family's own template, full-budget
 answers equal to transformers' documented usage and to lmms-eval's own models, reducers at the LLM input under each
 family's budget rule, and one-line refusals."""
@@ -17,7 +17,13 @@ from safetensors import safe_open
 
 from vistog_bench.adapter import VisToGChatLMM
 from vistog_bench.errors import UsageError
-from vistog_bench.hub_checkpoints_families import (
+from vistog_bench.model import load_checkpoint
+from vistog_bench.model.families import FAMILIES, family_inputs, image_runs, image_token_id, kept_tokens
+from vistog_bench.model.family_reducers import apply_family_method, remove_family_method
+from vistog_bench.model.loading import load_config
+from vistog_bench.model.prompting import STRUCTURED, PromptBuilder, Turn, find_template
+from vistog_bench.reducers import config_problem
+from vistog_bench.testing.hub_checkpoints_families import (
     LLAVA_HUB_NAMES,
     NEXT_MISTRAL_CHAT_TEMPLATE,
     ONEVISION_CHAT_TEMPLATE,
@@ -26,12 +32,6 @@ from vistog_bench.hub_checkpoints_families import (
     _rename,
     write_family_layouts,
 )
-from vistog_bench.model import load_checkpoint
-from vistog_bench.model.families import FAMILIES, family_inputs, image_runs, image_token_id, kept_tokens
-from vistog_bench.model.family_reducers import apply_family_method, remove_family_method
-from vistog_bench.model.loading import load_config
-from vistog_bench.model.prompting import STRUCTURED, PromptBuilder, Turn, find_template
-from vistog_bench.reducers import config_problem
 
 NAMES = {"llava-next": "llava_next", "llava-onevision": "llava_onevision", "qwen2.5-vl": "qwen2_5_vl"}
 TEMPLATES = {

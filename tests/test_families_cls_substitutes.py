@@ -16,7 +16,6 @@ from test_families import answers, images, layer0_states
 
 from vistog_bench.adapter import VisToGChatLMM
 from vistog_bench.errors import UsageError
-from vistog_bench.hub_checkpoints_families import write_family_layouts
 from vistog_bench.model import load_checkpoint
 from vistog_bench.model.families import (
     FAMILIES,
@@ -29,6 +28,7 @@ from vistog_bench.model.family_attention import ImageScores
 from vistog_bench.model.family_reducers import apply_family_method, family_vision_scores
 from vistog_bench.model.loading import load_config
 from vistog_bench.reducers import config_problem
+from vistog_bench.testing.hub_checkpoints_families import write_family_layouts
 
 NAMES = {"llava-next": "llava_next", "llava-onevision": "llava_onevision", "qwen2.5-vl": "qwen2_5_vl"}
 BUDGETS = {"llava-next": 300, "llava-onevision": 500, "qwen2.5-vl": 25}  # each below every test image's count

@@ -1,9 +1,9 @@
 """Video through LLaVA-OneVision's and Qwen2.5-VL's own video path, on tiny checkpoints in their hub repos' layouts
-(vistog_bench.hub_checkpoints_families) and tiny mp4 files (vistog_bench.fixtures.write_video): at method none the
-answers equal transformers' documented usage (frames decoded with PyAV, `processor.apply_chat_template` with a video
-part, `processor(videos=, text=)`, `generate`) and lmms-eval's own chat qwen2_5_vl; batched answers equal batch 1; the
-sample log counts each video's run of video tokens; reducers give layer 0 the family's rule applied to the whole run;
-a corrupt video fails its sample alone; LLaVA-NeXT keeps its frames as images."""
+(vistog_bench.testing.hub_checkpoints_families) and tiny mp4 files (vistog_bench.testing.fixtures.write_video): at
+method none the answers equal transformers' documented usage (frames decoded with PyAV, `processor.apply_chat_template`
+with a video part, `processor(videos=, text=)`, `generate`) and lmms-eval's own chat qwen2_5_vl; batched answers equal
+batch 1; the sample log counts each video's run of video tokens; reducers give layer 0 the family's rule applied to the
+whole run; a corrupt video fails its sample alone; LLaVA-NeXT keeps its frames as images."""
 
 from __future__ import annotations
 
@@ -18,9 +18,6 @@ from test_families import _layer0_visual_counts, images
 from transformers.video_utils import VideoMetadata
 
 from vistog_bench.adapter import VisToGChatLMM, VisToGLMM
-from vistog_bench.fixtures import write_video
-from vistog_bench.hub_checkpoints_families import write_family_layouts
-from vistog_bench.lmms_results import sample_lines
 from vistog_bench.model import load_checkpoint
 from vistog_bench.model.families import (
     FAMILIES,
@@ -30,6 +27,9 @@ from vistog_bench.model.families import (
     visual_runs,
 )
 from vistog_bench.model.family_reducers import apply_family_method
+from vistog_bench.run.lmms_results import sample_lines
+from vistog_bench.testing.fixtures import write_video
+from vistog_bench.testing.hub_checkpoints_families import write_family_layouts
 
 NAMES = {"llava-onevision": "llava_onevision", "qwen2.5-vl": "qwen2_5_vl"}
 QUESTIONS = ["Which way does the square move?", "What colour is the square?", "What is shown?"]
@@ -433,14 +433,14 @@ def test_an_image_path_part_stays_an_image(layouts, videos, tmp_path):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_a_local_video_task_runs_through_the_video_path_in_lmms_eval(layouts, tmp_path, monkeypatch, name):
-    """lmms-eval's simple_evaluate on the offline Video-MME fixture (vistog_bench.fixtures): every sample reaches the
-    model as one video and is scored."""
+    """lmms-eval's simple_evaluate on the offline Video-MME fixture (vistog_bench.testing.fixtures): every sample
+    reaches the model as one video and is scored."""
     from lmms_eval import evaluator
     from lmms_eval.tasks import TaskManager
 
-    from vistog_bench import offline_data
-    from vistog_bench.fixtures import write_fixture
-    from vistog_bench.task_catalog import PROJECT_TASKS
+    from vistog_bench.run import offline_data
+    from vistog_bench.run.tasks import PROJECT_TASKS
+    from vistog_bench.testing.fixtures import write_fixture
 
     root = write_fixture(tmp_path / "mirror", rows=2, only=["videomme"])
     monkeypatch.setenv(offline_data.DATA_DIR_ENV, str(root))

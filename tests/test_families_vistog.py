@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 from vistog_bench.errors import UsageError
-from vistog_bench.hub_checkpoints_families import write_family_layouts
 from vistog_bench.model import load_checkpoint
 from vistog_bench.model.families import image_token_id
 from vistog_bench.model.families_vistog import VisToGFamily
+from vistog_bench.testing.hub_checkpoints_families import write_family_layouts
 
 WRAP = {"llava-next": VisToGFamily.from_llava_next, "llava-onevision": VisToGFamily.from_llava_onevision}
 SIZES = [(300, 400), (336, 700), (500, 200)]

@@ -7,10 +7,11 @@ import weakref
 import pytest
 from testers import save_tiny_llava, tiny_llava
 
-import vistog_bench.runner as runner
 from vistog_bench.model import VisToGForConditionalGeneration
 from vistog_bench.reducers import applied_method, apply_method, remove_method, tokens_per_image
-from vistog_bench.runner import RunConfig, run_sweep
+from vistog_bench.run import sweep
+from vistog_bench.run.config import RunConfig
+from vistog_bench.run.sweep import run_sweep
 
 P = 576
 
@@ -60,13 +61,13 @@ def test_the_applied_state_stays_out_of_the_state_dict(tmp_path):
 def test_sweep_releases_each_cells_model_before_the_next(tmp_path, monkeypatch):
     checkpoint = str(save_tiny_llava(tmp_path / "llava"))
     live_after_release: list[int] = []
-    release = runner._release_memory
+    release = sweep._release_memory
 
     def release_and_count(device: str) -> None:
         release(device)
         live_after_release.append(_live_models())
 
-    monkeypatch.setattr(runner, "_release_memory", release_and_count)
+    monkeypatch.setattr(sweep, "_release_memory", release_and_count)
     before = _live_models()
     config = RunConfig(
         models=(checkpoint,),

@@ -34,7 +34,8 @@ from vistog_bench.results import (
     RunDir,
     safe_file_stem,
 )
-from vistog_bench.runner import RunConfig, run_sweep
+from vistog_bench.run.config import RunConfig
+from vistog_bench.run.sweep import run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT_TASK = """\
@@ -63,7 +64,7 @@ def checkpoints(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def family_layouts(tmp_path_factory):
-    from vistog_bench.hub_checkpoints_families import write_family_layouts
+    from vistog_bench.testing.hub_checkpoints_families import write_family_layouts
 
     return write_family_layouts(tmp_path_factory.mktemp("families"))
 
@@ -210,7 +211,7 @@ def test_every_cut_of_an_mp4_is_an_error_a_sample_fails_on(tmp_path):
     from decord import DECORDError, VideoReader, cpu
 
     from vistog_bench.adapter import SAMPLE_ERRORS, read_video
-    from vistog_bench.fixtures import write_video
+    from vistog_bench.testing.fixtures import write_video
 
     whole = tmp_path / "whole.mp4"
     write_video(whole, 1, frames=8, size=56, fps=4)
@@ -238,8 +239,8 @@ def test_a_truncated_mp4_fails_only_its_sample_on_the_native_video_path(family_l
     video path the cell is scored on the other two and the third's line says which file failed."""
     from decord import DECORDError, VideoReader, cpu
 
-    from vistog_bench.fixtures import write_fixture
-    from vistog_bench.runner import checkpoint_budgets
+    from vistog_bench.run.sweep import checkpoint_budgets
+    from vistog_bench.testing.fixtures import write_fixture
 
     root = write_fixture(tmp_path / "mirror", rows=3, only=["videomme"])
     broken = root / "lmms-lab/Video-MME/data/fixture0001.mp4"

@@ -10,15 +10,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from vistog_bench import offline_data
-from vistog_bench.fixtures import write_fixture
-from vistog_bench.offline_data import (
+from vistog_bench.run import offline_data
+from vistog_bench.run.offline_data import (
     LOCAL_GROUPS,
     LOCAL_TASKS,
     MissingLocalData,
     check_local_data,
 )
-from vistog_bench.task_catalog import PROJECT_TASKS as TASKS_DIR  # vistog_bench/tasks/, shipped in the package
+from vistog_bench.run.tasks import PROJECT_TASKS as TASKS_DIR  # tasks/, shipped in the package
+from vistog_bench.testing.fixtures import write_fixture
 
 # The built-in YAML each local task mirrors, relative to lmms_eval/tasks/.
 BUILTIN_YAML = {
@@ -280,7 +280,7 @@ def test_building_a_local_task_without_its_mirror_fails_with_the_same_message(ma
 
 
 def test_fixture_cli_refuses_unknown_datasets(capsys, tmp_path):
-    from vistog_bench.fixtures import main
+    from vistog_bench.testing.fixtures import main
 
     assert main([str(tmp_path), "--only", "gqa,imagenet"]) == 2
     assert "imagenet" in capsys.readouterr().err

@@ -1,8 +1,8 @@
 """The main job on checkpoints laid out exactly as llava-hf/llava-1.5-7b-hf is.
 
-Fixtures (vistog_bench.hub_checkpoints) copy the hub repo's published files — config.json, generation_config.json,
-preprocessor_config.json, processor_config.json, chat_template.json (the template verbatim from transformers'
-tests/models/llava/test_processing_llava.py), tokenizer.model / tokenizer.json / tokenizer_config.json /
+Fixtures (vistog_bench.testing.hub_checkpoints) copy the hub repo's published files — config.json,
+generation_config.json, preprocessor_config.json, processor_config.json, chat_template.json (the template verbatim from
+transformers' tests/models/llava/test_processing_llava.py), tokenizer.model / tokenizer.json / tokenizer_config.json /
 special_tokens_map.json / added_tokens.json, sharded safetensors with the 4.x weight names — and the same checkpoint
 re-saved by transformers 5 (chat_template.jinja, which the tokenizer loads too). A third copy has no template, as
 llava-hf checkpoints older than chat templates: lmms-eval's llava_hf then uses LLaVA-1.5's vicuna_v1 conversation.
@@ -21,7 +21,6 @@ from safetensors import safe_open
 
 from vistog_bench.adapter import VisToGChatLMM, VisToGLMM
 from vistog_bench.errors import UsageError
-from vistog_bench.hub_checkpoints import LLAVA_HF_CHAT_TEMPLATE
 from vistog_bench.model import VisToGForConditionalGeneration, load_checkpoint
 from vistog_bench.model.prompting import (
     LLAVA_PLAIN_CHAT_TEMPLATE,
@@ -32,6 +31,7 @@ from vistog_bench.model.prompting import (
     Turn,
     find_template,
 )
+from vistog_bench.testing.hub_checkpoints import LLAVA_HF_CHAT_TEMPLATE
 
 QUESTIONS = ["What is shown in this image?", "How many shapes are there?", "What colour is the shape?", "Is it red?"]
 HUB_FILES = {

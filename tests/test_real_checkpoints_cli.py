@@ -1,6 +1,6 @@
 """The commands a user types, on checkpoints laid out exactly as llava-hf/llava-1.5-7b-hf is (hub layout and the
-transformers-5 re-saved layout; vistog_bench.hub_checkpoints says which published files each copies): the main job
-with every method, lmms-eval's own CLI against its llava_hf (chat by default, simple with --force_simple), and
+transformers-5 re-saved layout; vistog_bench.testing.hub_checkpoints says which published files each copies): the main
+job with every method, lmms-eval's own CLI against its llava_hf (chat by default, simple with --force_simple), and
 `vistog-bench train` -> `vistog-bench run` with the prompt the checkpoint was trained with."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-from vistog_bench.hub_checkpoints import LLAVA_HF_CHAT_TEMPLATE
 from vistog_bench.model import VisToGForConditionalGeneration, build_inputs, load_checkpoint
 from vistog_bench.model.prompting import VICUNA_CHAT_TEMPLATE, PromptBuilder, Turn, find_template
+from vistog_bench.testing.hub_checkpoints import LLAVA_HF_CHAT_TEMPLATE
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -93,9 +93,9 @@ def test_main_job_every_method_every_cell_ok(layouts, layout, tmp_path):
 
 @pytest.fixture(scope="module")
 def pope_mirror(tmp_path_factory):
-    """A local mirror of lmms-lab/POPE (its dataset card's columns; vistog_bench.fixtures) for `pope_local`: a task
-    without a class of its own, so lmms-eval's chat mode builds `doc_to_messages` requests for it."""
-    from vistog_bench.fixtures import write_fixture
+    """A local mirror of lmms-lab/POPE (its dataset card's columns; vistog_bench.testing.fixtures) for `pope_local`: a
+    task without a class of its own, so lmms-eval's chat mode builds `doc_to_messages` requests for it."""
+    from vistog_bench.testing.fixtures import write_fixture
 
     return write_fixture(tmp_path_factory.mktemp("mirror"), rows=2, only=["pope"])
 

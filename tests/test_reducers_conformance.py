@@ -24,7 +24,7 @@ from vistog_bench.model import VisToGForConditionalGeneration, build_inputs, lla
 from vistog_bench.model.vision import VisionStates
 from vistog_bench.reducers import VisPrunerReducer, applied_method, apply_method, tokens_per_image
 from vistog_bench.reducers.divprune import max_min_diversity
-from vistog_bench.testing import tiny_processor
+from vistog_bench.testing.tiny_models import tiny_processor
 
 DATA = Path(__file__).parent / "data" / "conformance"
 BUDGETS = (64, 16)

@@ -8,7 +8,8 @@ import pytest
 
 from vistog_bench import demo
 from vistog_bench.regress import build_baseline, check_run, parse_baseline
-from vistog_bench.runner import RunConfig, run_sweep
+from vistog_bench.run.config import RunConfig
+from vistog_bench.run.sweep import run_sweep
 
 LIMIT = 60
 

@@ -10,7 +10,8 @@ from testers import save_tiny_checkpoints
 
 from vistog_bench.cli import main as cli_main
 from vistog_bench.results import RunDir
-from vistog_bench.runner import RunConfig, run_sweep
+from vistog_bench.run.config import RunConfig
+from vistog_bench.run.sweep import run_sweep
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +174,8 @@ def test_embedded_default_bad_input_is_one_line_and_exit_2(tmp_path, capsys, arg
 
 def test_embedded_default_narrowed_by_tasks_budgets_and_methods():
     from vistog_bench import demo
-    from vistog_bench.runner import embedded_default, plan_cells
+    from vistog_bench.run.config import embedded_default
+    from vistog_bench.run.sweep import plan_cells
 
     models, tasks, budgets, methods = embedded_default(("shapes_vqa",), (64, 16), ("vistog", "pool"))
     assert tasks == ("shapes_vqa",) and methods == ("vistog", "pool")

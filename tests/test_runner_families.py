@@ -1,6 +1,6 @@
 """`vistog-bench run` on LLaVA-NeXT, LLaVA-OneVision and Qwen2.5-VL checkpoints in their hub repos' layouts
-(vistog_bench.hub_checkpoints_families), through the real CLI: `none` and one reducer per family at one budget of
-the family's rule, a VisToG-NeXT checkpoint at its N per view, the samples' received and unreduced counts, the
+(vistog_bench.testing.hub_checkpoints_families), through the real CLI: `none` and one reducer per family at one budget
+of the family's rule, a VisToG-NeXT checkpoint at its N per view, the samples' received and unreduced counts, the
 report and `check` on such a run; refusals in one line before anything loads. (The CLI's `main`, in this process.)"""
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import torch
 
 from vistog_bench.cli import main as cli_main
 from vistog_bench.demo.world import IMAGE_SIZE
-from vistog_bench.hub_checkpoints_families import write_family_layouts
 from vistog_bench.model import load_checkpoint
 from vistog_bench.model.families import FAMILIES, kept_tokens
 from vistog_bench.model.families_vistog import VisToGFamily
 from vistog_bench.model.loading import load_config
 from vistog_bench.profiling.flops import family_image_geometry, most_image_tokens
+from vistog_bench.testing.hub_checkpoints_families import write_family_layouts
 
 pytestmark = pytest.mark.slow
 NAMES = {"llava-next": "llava_next", "llava-onevision": "llava_onevision", "qwen2.5-vl": "qwen2_5_vl"}

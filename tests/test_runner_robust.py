@@ -15,7 +15,8 @@ from testers import save_tiny_checkpoints
 
 from vistog_bench.cli import main as cli_main
 from vistog_bench.results import RunDir
-from vistog_bench.runner import RunConfig, run_sweep
+from vistog_bench.run.config import RunConfig
+from vistog_bench.run.sweep import run_sweep
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +120,7 @@ def test_an_undecodable_image_row_costs_only_its_sample(checkpoints, tmp_path):
 
 
 def test_a_corrupt_video_file_costs_only_its_sample(checkpoints, tmp_path):
-    from vistog_bench.fixtures import write_fixture
+    from vistog_bench.testing.fixtures import write_fixture
 
     root = write_fixture(tmp_path / "mirror", rows=3, only=["videomme"])
     (root / "lmms-lab/Video-MME/data/fixture0001.mp4").write_bytes(b"\x00garbage, not an mp4" * 50)
@@ -270,7 +271,7 @@ def test_a_group_expands_into_member_cells_and_its_aggregate(checkpoints, tmp_pa
 
 
 def test_local_image_group_with_an_odd_mme_limit(checkpoints, tmp_path, capsys):
-    from vistog_bench.fixtures import write_fixture
+    from vistog_bench.testing.fixtures import write_fixture
 
     root = write_fixture(tmp_path / "mirror", rows=2)
     config = RunConfig(
@@ -345,7 +346,7 @@ def test_resume_with_the_same_settings_redoes_nothing(small_run, capsys):
 def test_each_cell_keeps_its_own_submission_files(checkpoints, tmp_path):
     """lmms-eval names a task's submission files per task (flickr30k_captions_val2014_alg_results_<metric>.json):
     two cells of one task write them to their own folders, and each holds its own cell's captions."""
-    from vistog_bench.fixtures import write_fixture
+    from vistog_bench.testing.fixtures import write_fixture
 
     mirror = write_fixture(tmp_path / "mirror", rows=2, only=["flickr"])
     out = tmp_path / "results"

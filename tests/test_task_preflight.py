@@ -1,4 +1,4 @@
-"""The runner's pre-flight, `task_catalog.check_tasks_available`: before any model loads, every task behind the names
+"""The runner's pre-flight, `run.tasks.check_tasks_available`: before any model loads, every task behind the names
 (groups and tags expanded) must be able to get its data here. Offline (HF_HUB_OFFLINE), a built-in task needs its hub
 dataset in the datasets cache lmms-eval loads from: a missing one is one line naming the hub dataset and the local
 route, exit 2. The caches are built by `datasets` itself and read back with `datasets.load_dataset`, offline.
@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from vistog_bench.errors import UsageError
-from vistog_bench.task_catalog import check_tasks_available, leaf_tasks, task_manager
+from vistog_bench.run.tasks import check_tasks_available, leaf_tasks, task_manager
 
 USER_TASKS = """\
     task: {name}
@@ -181,7 +181,7 @@ def local_hub(monkeypatch):
 
     from huggingface_hub import constants
 
-    from vistog_bench.task_catalog import _hub_unreachable
+    from vistog_bench.run.tasks import _hub_unreachable
 
     class Answer(http.server.BaseHTTPRequestHandler):
         def do_HEAD(self):  # noqa: N802 - the handler's API
@@ -220,7 +220,7 @@ def test_online_with_the_hub_unreachable_only_the_cache_counts(manager, local_hu
     import datasets
     from huggingface_hub import constants
 
-    from vistog_bench.task_catalog import _hub_unreachable
+    from vistog_bench.run.tasks import _hub_unreachable
 
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)  # an online process (CI sets HF_HUB_OFFLINE)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)

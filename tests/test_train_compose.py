@@ -18,7 +18,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from test_train_distributed import serve_one_sample
 
-from vistog_bench.hub_checkpoints import VOCAB_SIZE, llama_tokenizer, train_sentencepiece
+from vistog_bench.testing.hub_checkpoints import VOCAB_SIZE, llama_tokenizer, train_sentencepiece
 from vistog_bench.train.cli import run_cli
 from vistog_bench.train.compose import compose_llava
 

@@ -82,7 +82,7 @@ def serve_one_sample(folder, method: str = "none") -> str:
     from lmms_eval.api.instance import GenerationResult, Instance
 
     from vistog_bench.adapter import VisToGLMM
-    from vistog_bench.testing import random_images
+    from vistog_bench.testing.tiny_models import random_images
 
     lm = VisToGLMM(pretrained=str(folder), method=method, device="cpu", dtype="float32")
     lm.task_dict = {"toy": {"test": [{"image": random_images(1, seed=3)[0]}]}}

@@ -18,12 +18,12 @@ import torch
 from PIL import Image
 
 from vistog_bench.errors import UsageError
-from vistog_bench.hub_checkpoints_families import write_llava_next, write_llava_onevision, write_qwen2_5_vl
 from vistog_bench.model import load_checkpoint
 from vistog_bench.model.families import image_token_id
 from vistog_bench.model.families_vistog import VisToGFamily
 from vistog_bench.model.loading import load_processor
 from vistog_bench.model.prompting import PromptBuilder, Turn, find_template, image_token_of
+from vistog_bench.testing.hub_checkpoints_families import write_llava_next, write_llava_onevision, write_qwen2_5_vl
 from vistog_bench.train import TrainConfig, loop, train
 from vistog_bench.train.cli import run_cli
 from vistog_bench.train.configs import fsdp_launch_env

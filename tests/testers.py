@@ -1,11 +1,17 @@
-"""The tiny testers, for the test files' `from testers import ...` (they live in `vistog_bench.testing`), and small
-helpers more than one test file uses."""
+"""The tiny testers, for the test files' `from testers import ...` (they live in `vistog_bench.testing.tiny_models`),
+and small helpers more than one test file uses."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from vistog_bench.testing import random_images, save_tiny_llava, tiny_llava, tiny_llava_config, tiny_processor
+from vistog_bench.testing.tiny_models import (
+    random_images,
+    save_tiny_llava,
+    tiny_llava,
+    tiny_llava_config,
+    tiny_processor,
+)
 
 
 def save_tiny_checkpoints(root: Path, num_semantic_tokens: int = 16) -> tuple[str, str]:

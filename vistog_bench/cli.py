@@ -26,10 +26,10 @@ from .results import DISK_FULL_ERRNOS, DISK_FULL_EXIT, disk_full_message
 # subcommand -> (module, one-line help)
 COMMANDS = {
     "run": (
-        "vistog_bench.runner",
+        "vistog_bench.run.cli",
         "evaluate methods x budgets x tasks through lmms-eval (no arguments: embedded default)",
     ),
-    "tasks": ("vistog_bench.task_catalog", "list the lmms-eval tasks and groups available, ours included"),
+    "tasks": ("vistog_bench.run.tasks", "list the lmms-eval tasks and groups available, ours included"),
     "profile": ("vistog_bench.profiling.cli", "controlled latency / FLOPs / memory / energy measurement per budget"),
     "report": ("vistog_bench.report.cli", "render tables and figures from result folders"),
     "check": ("vistog_bench.regress", "compare a run with a baseline; exit 1 on regression"),
@@ -43,6 +43,24 @@ COMMANDS = {
         "exercise every measuring path on this machine; one JSON + one Markdown table",
     ),
 }
+
+
+# -- parsers for the comma-separated lists the subcommands take (`--tasks a,b`, `--budgets 576,64`) ----------------
+def comma_list(text: str | None) -> tuple[str, ...]:
+    """ "a, b,,c" -> ("a", "b", "c"); None or "" -> ()."""
+    return tuple(part.strip() for part in (text or "").split(",") if part.strip())
+
+
+def int_list(text: str | None, flag: str, minimum: int | None = None) -> tuple[int, ...]:
+    """Comma-separated integers of `flag`, each >= `minimum` when given; UsageError naming the flag otherwise."""
+    try:
+        values = tuple(int(part) for part in comma_list(text))
+    except ValueError:
+        raise UsageError(f"{flag} must be comma-separated integers, got {text!r}") from None
+    low = [v for v in values if minimum is not None and v < minimum]
+    if low:
+        raise UsageError(f"{flag} must be >= {minimum}, got {low[0]}")
+    return values
 
 
 def build_parser() -> argparse.ArgumentParser:

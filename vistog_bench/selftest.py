@@ -322,7 +322,8 @@ def run_analytic(plan: SelftestPlan) -> list[PathResult]:
 
 def run_sweep_path(plan: SelftestPlan) -> list[PathResult]:
     from . import demo
-    from .runner import RunConfig, embedded_default, run_sweep
+    from .run.config import RunConfig, embedded_default
+    from .run.sweep import run_sweep
 
     budgets = (demo.FULL_BUDGET, min(demo.available_budgets()))
     models, tasks, budgets, methods = embedded_default(("shapes_vqa",), budgets, ("vistog",))

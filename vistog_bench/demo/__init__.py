@@ -6,7 +6,7 @@ For the runner:
     checkpoint_for_budget(16)           -> the tiny VisToG checkpoint at that budget (None: the full tiny LLaVA)
     available_budgets()                 -> (16, 4): the VisToG budgets with a committed checkpoint
     FULL_BUDGET                         -> 64, the tiny LLaVA's visual tokens (8 x 8 patches)
-    DEMO_TASKS / DEMO_GROUP             -> the lmms-eval task names in vistog_bench/tasks/shapes/
+    DEMO_TASKS / DEMO_GROUP             -> the lmms-eval task names in tasks/shapes/
     check_tasks(names)                  -> UsageError on an unknown demo task
     ensure_test_data()                  -> the folder of the test-split parquet files (generated at first use)
 
@@ -25,7 +25,6 @@ from ..errors import UsageError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 CHECKPOINT_DIR = PACKAGE_DIR / "checkpoints"
-TASKS_DIR = PACKAGE_DIR.parent / "tasks"  # vistog_bench/tasks/, shipped in the package (lmms-eval include_path)
 FULL_CHECKPOINT = "tiny-llava"
 FULL_BUDGET = 64
 DEMO_TASKS = ("shapes_vqa", "shapes_caption", "shapes_video")
@@ -150,7 +149,6 @@ def test_data_file(task: str) -> Path:
 
 __all__ = [
     "CHECKPOINT_DIR",
-    "TASKS_DIR",
     "FULL_CHECKPOINT",
     "FULL_BUDGET",
     "DEMO_TASKS",

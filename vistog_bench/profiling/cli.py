@@ -22,10 +22,10 @@ import json
 import sys
 from pathlib import Path
 
-from ..arguments import comma_list, int_list
+from ..cli import comma_list, int_list
 from ..dtypes import DTYPE_NAMES
 from ..errors import UsageError
-from ..provenance import git_sha, now, package_versions
+from ..results.provenance import git_sha, now, package_versions
 
 LLAVA_BUDGETS = "576,192,128,64"
 DEFAULT_IMAGE_SIZE = "672x672"  # LLaVA-NeXT's largest square grid (2 x 2 tiles of 336 px)

@@ -1,6 +1,7 @@
 """Tiny random-weight checkpoints of LLaVA-NeXT, LLaVA-OneVision and Qwen2.5-VL in their hub repos' layouts:
 
-    python -m vistog_bench.hub_checkpoints OUT_DIR --families   # + OUT_DIR/llava-next, llava-onevision, qwen2.5-vl
+    python -m vistog_bench.testing.hub_checkpoints OUT_DIR --families
+    # + OUT_DIR/llava-next, llava-onevision, qwen2.5-vl
 
 Each folder holds the files its hub repo publishes, with the published keys and geometry (image sizes, patch sizes,
 tile grids, pixel limits) and tiny widths (hidden 32 / 64, 2-3 layers):

@@ -8,8 +8,8 @@ lmms-eval's built-in tasks read, in the hub repos' own file layout:
     <data_dir>/lmms-lab/Video-MME/videomme/test-00000-of-00001.parquet + data/<videoID>.mp4
     ...
 
-The task YAMLs in `vistog_bench/tasks/offline/` ask `data_files(task)` for their parquet/json files when lmms-eval
-builds the task (through `vistog_bench/tasks/offline/mirror.py`), so the data dir is read at that moment, not when the
+The task YAMLs in `tasks/offline/` ask `data_files(task)` for their parquet/json files when lmms-eval
+builds the task (through `tasks/offline/mirror.py`), so the data dir is read at that moment, not when the
 tasks are indexed. `check_local_data` gives the runner one message per missing file, empty table or missing column
 before any model is loaded.
 docs/offline-data.md lists every file each task needs.
@@ -50,7 +50,7 @@ class LocalTask:
     images: tuple[str, ...] = ()  # GQA: the separate image table, joined on imageId
     media: str = ""  # video tasks: "<column>:<folder template>" checked per row, see media_paths()
     # the columns lmms-eval's task functions read from each row (docs/offline-data.md, "Columns the tasks read"); the
-    # hub schemas, which vistog_bench.fixtures reproduces, have these and more
+    # hub schemas, which vistog_bench.testing.fixtures reproduces, have these and more
     columns: tuple[str, ...] = ()
     image_columns: tuple[str, ...] = ()  # GQA's image table
 
@@ -270,7 +270,7 @@ def _tasks() -> dict[str, LocalTask]:
 
 LOCAL_TASKS: dict[str, LocalTask] = _tasks()
 
-# Groups of local tasks (vistog_bench/tasks/groups/*.yaml), expanded by check_local_data.
+# Groups of local tasks (tasks/groups/*.yaml), expanded by check_local_data.
 LOCAL_GROUPS: dict[str, tuple[str, ...]] = {
     "vistog_image_local": (
         "gqa_local",

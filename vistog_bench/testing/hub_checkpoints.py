@@ -1,6 +1,6 @@
 """Tiny random-weight checkpoints laid out exactly as llava-hf/llava-1.5-7b-hf is, in its two real layouts:
 
-    python -m vistog_bench.hub_checkpoints OUT_DIR [--families]   # OUT_DIR/hub, resaved, no-template
+    python -m vistog_bench.testing.hub_checkpoints OUT_DIR [--families]   # OUT_DIR/hub, resaved, no-template
 
 - `hub`: the files of the hub repo llava-hf/llava-1.5-7b-hf as published (transformers 4.x era):
   `config.json` (LlavaConfig, `image_token_index`, `vision_feature_layer` -2, `vision_feature_select_strategy`
@@ -254,7 +254,7 @@ def write_hub_layout(out: str | Path, seed: int = 0) -> Path:
     import torch
     from transformers import LlavaConfig, LlavaForConditionalGeneration
 
-    from .model.presets import PRESETS
+    from ..model.presets import PRESETS
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -340,7 +340,9 @@ def write_layouts(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vistog_bench.hub_checkpoints", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m vistog_bench.testing.hub_checkpoints", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("out_dir", help="folder that receives hub/, resaved/ and no-template/")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(

@@ -10,8 +10,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UsageError
-from .results import load_run
+from ..errors import UsageError
+from ..results import load_run
 
 # Keys of RunConfig that may differ between a run and its resumption (`report`: a resumed run renders its report only
 # when the run itself did, and --no-report given to the resumption also holds).
@@ -122,7 +122,46 @@ def resumed_config(args) -> RunConfig:
     return dataclasses.replace(saved, resume=args.resume)
 
 
+def check_counts(limit: int | None, batch_size: int | None, max_frames: int | None) -> None:
+    """--limit, --batch-size and --max-frames, each where given (None: not given)."""
+    if limit is not None and limit <= 0:
+        raise UsageError(f"--limit must be positive, got {limit}")
+    if batch_size is not None and batch_size <= 0:
+        raise UsageError(f"--batch-size must be positive, got {batch_size}")
+    if max_frames is not None and max_frames < 1:
+        raise UsageError(f"--max-frames must be at least 1, got {max_frames}")
+
+
+def check_run_config(config: RunConfig) -> None:
+    """Settings that no sweep can use, refused in one line before anything is read or written."""
+    check_counts(config.limit, config.batch_size, config.max_frames)
+    check_device(config.device)
+    if config.chat_template is not None and not Path(config.chat_template).is_file():
+        raise UsageError(f"--chat-template {config.chat_template}: no such file")
+    if config.threads is not None and config.threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {config.threads}")
+
+
+def embedded_default(
+    tasks: tuple[str, ...] = (), budgets: tuple[int, ...] = (), methods: tuple[str, ...] = ()
+) -> tuple[list[Path], tuple[str, ...], tuple[int, ...], tuple[str, ...]]:
+    """The committed tiny LLaVA and VisToG checkpoints on the synthetic shapes tasks (test split): all three tasks,
+    every committed budget and `vistog` unless `tasks` / `budgets` / `methods` narrow or change the sweep."""
+    from .. import demo
+
+    tasks = demo.check_tasks(tasks) if tasks else demo.DEMO_TASKS
+    methods = methods or ("vistog",)
+    budgets = budgets or (demo.FULL_BUDGET, *demo.available_budgets())
+    vistog_budgets = [b for b in budgets if b != demo.FULL_BUDGET] if "vistog" in methods else []
+    models = [demo.checkpoint_for_budget(None), *(demo.checkpoint_for_budget(b) for b in vistog_budgets)]
+    demo.ensure_test_data()
+    return models, tasks, budgets, methods
+
+
 __all__ = [
+    "check_counts",
+    "check_run_config",
+    "embedded_default",
     "RunConfig",
     "comparable",
     "config_differences",

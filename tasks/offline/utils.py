@@ -6,7 +6,7 @@ metrics equal the built-in tasks'.
 
 import os
 
-from vistog_bench.offline_data import gqa_image, video_file
+from vistog_bench.run.offline_data import gqa_image, video_file
 
 
 def gqa_local_doc_to_visual(doc):

@@ -69,7 +69,7 @@ def third_party_output_to(log_path: Path):
     loguru (lmms-eval's logger) writes to the log at INFO while inside."""
     from loguru import logger
 
-    from .task_catalog import quiet_lmms_eval
+    from .tasks import quiet_lmms_eval
 
     for stream in (sys.stdout, sys.stderr):
         stream.flush()

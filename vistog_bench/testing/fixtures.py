@@ -1,4 +1,4 @@
-"""A tiny local mirror for every offline task: `python -m vistog_bench.fixtures OUT_DIR`.
+"""A tiny local mirror for every offline task: `python -m vistog_bench.testing.fixtures OUT_DIR`.
 
 A few rows per task, in the hub datasets' column schemas and file layout (see docs/offline-data.md), with images
 drawn by PIL and videos written by PyAV (a few frames of moving shapes): nothing is downloaded. Point the harness at it
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from datasets import Features, Image, List, Value
 
-from vistog_bench.offline_data import MVBENCH_SUBTASKS
+from vistog_bench.run.offline_data import MVBENCH_SUBTASKS
 
 COLORS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 70, 220), "yellow": (235, 210, 40)}
 SHAPES = ("circle", "square", "triangle")
@@ -576,7 +576,9 @@ def write_fixture(out_dir, rows: int = 3, only=None) -> Path:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vistog_bench.fixtures", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m vistog_bench.testing.fixtures", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("out_dir", help="folder to write the mirror into (created)")
     parser.add_argument("--rows", type=int, default=3, help="images/videos per dataset (default 3)")
     parser.add_argument("--only", help=f"comma-separated subset of: {','.join(WRITERS)}")

@@ -1,50 +1,5 @@
-"""`vistog-bench run`: methods x budgets x tasks through lmms-eval, written to `results/<run_id>/`.
-
-    vistog-bench run --model PATH [PATH ...] --tasks gqa,textvqa_val --budgets 576,192,128,64 --method vistog
-
-For every (method, budget) the checkpoint is loaded once and configured (VisToG checkpoint with N = budget, or stock
-LLaVA with a training-free reducer), wrapped in the `vistog` lmms-eval model with a request profiler attached, and
-every task is evaluated by `lmms_eval.evaluator.simple_evaluate` one task at a time, so a task that fails costs only
-its own cell. The full-budget stock cell (`none` at the patch count) is always part of the sweep: retention is
-measured against it. Every method and every budget asked for gets a cell or is refused before anything loads, one
-line each (`vistog` with no VisToG checkpoint among --model; a method whose only budget is the full one; a budget no
-requested method runs at, e.g. `--method none --budgets 64`); an empty `--tasks ''` / `--method ''` / `--budgets ''` is
-refused, not read as the default. Without --method: `vistog` when a VisToG checkpoint is among --model, else `none`.
-
-A group (`vistog_image_local`, `shapes`, nested ones such as `mvbench_local`) is expanded into its member tasks, each
-its own cell with its metrics, samples and profile records; a group whose YAML defines `aggregate_metric_list` also
-gets a cell of its own, aggregated from its members' cells as lmms-eval aggregates groups (size-weighted mean, pooled
-stderr). MME scores each image's two questions as a pair, so an odd `--limit` is rounded up to even for MME tasks.
-
-Failures cost only what failed. A sample whose image or video cannot be decoded (a file cut short included) fails alone:
-lmms-eval post-processes without media (`process_with_media=False`), the adapter serves the sample as failed, and its
-requests are taken out before scoring, so the cell is scored on the rest and records `n_failed` beside `n_samples` (the
-reason is in the sample log). A cell with no scored sample is never `ok`. A (model, method, budget) that the checkpoint
-configs rule out (FastV's layer outside the LLM, PruMerge with the feature layer last) is refused before anything runs,
-one line each; a model that fails to load (corrupt weights) fails its own cells with the reason and the sweep goes on. A
-failed task is `failed: <reason>`, out-of-memory is `oom`. `--resume RUN_DIR` redoes only cells that are not `ok`,
-refuses settings (`--limit`, `--seed`, `--batch-size`, `--device`, ...) other than the run's own, and renders the report
-only when the run did (its `--no-report` holds).
-Exit code: 0 all cells ok, 1 some cell failed, 2 bad input, 3 the disk filled up.
-
-Console: progress bars, one line per finished cell and the summary table. What lmms-eval, loguru, transformers,
-pycocoevalcap / pycocotools and their Java subprocess print while a model loads or a task is evaluated goes to
-`<run>/run.log` (redirected at the file-descriptor level, so subprocesses are caught too). The report is written
-inside the run folder it describes: `<output>/<run_id>/report/`.
-
-Other families (LLaVA-NeXT, LLaVA-OneVision, Qwen2.5-VL; `model.families`): budgets follow the family's rule, recorded
-per cell as `budget_rule` (NeXT / OneVision `per_image_total`: visual tokens per image summed over its tiles; Qwen2.5-VL
-`percent_of_own`: a percentage of each image's own count). Their `none` cell is the full budget, recorded as 100 for a
-percentage and, for per-image totals, as the most tokens one image can give on the checkpoint (from its config: base
-view, the tiles of its `image_grid_pinpoints`, newline tokens; `profiling.flops.most_image_tokens`). A VisToG checkpoint
-of a family (a folder with `vistog_family.json`) gives one `vistog` cell at its N per view (`per_view`); --budgets are
-the other methods'. Methods a family does not run are refused before anything loads, one line per cell; checkpoints of
-different families in one sweep are refused. Each family cell records the mean visual tokens per image the LLM received
-and the processor's unreduced count (the sample lines carry both per image). Their request records carry times and token
-counts under the cell's budget, no analytic FLOPs (`profile --shape NAME --analytic`).
-
-Without --model: the embedded default (tiny LLaVA + VisToG trained on the synthetic shapes world, no downloads);
---tasks (shapes, shapes_vqa, shapes_caption, shapes_video), --budgets and --method narrow or change that sweep.
+"""The sweep behind `vistog-bench run` (the command's behaviour: `run/cli.py`): plan the cells of methods x budgets x
+tasks, refuse what cannot run before anything loads, evaluate each cell through lmms-eval, record it in the run folder.
 """
 
 from __future__ import annotations
@@ -57,13 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .arguments import comma_list, int_list
-from .console import third_party_output_to
-from .dtypes import DTYPE_NAMES
-from .errors import UsageError
-from .lmms_results import cell_from_lmms_results, sample_lines, token_means
-from .provenance import git_sha, now, package_versions
-from .results import (
+from ..errors import UsageError
+from ..results import (
     DISK_FULL_ERRNOS,
     STATUS_OOM,
     CellKey,
@@ -76,19 +26,11 @@ from .results import (
     new_run_id,
     write_jsonl,
 )
-from .run_config import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_MAX_FRAMES,
-    DEFAULT_SEED,
-    RunConfig,
-    chat_template_path,
-    check_device,
-    comparable,
-    config_differences,
-    config_from_manifest,
-    resumed_config,
-)
-from .task_groups import TaskGroup, expand_tasks, group_cell, task_limits
+from ..results.provenance import git_sha, now, package_versions
+from .config import RunConfig, check_run_config, comparable, config_differences, config_from_manifest
+from .console import third_party_output_to
+from .lmms_results import cell_from_lmms_results, sample_lines, token_means
+from .tasks import TaskGroup, expand_tasks, group_cell, task_limits
 
 LOG_FILE = "run.log"
 REPORT_DIR = "report"  # <run>/report/
@@ -132,11 +74,11 @@ def _checkpoint_facts(path: str) -> CheckpointFacts:
     """A checkpoint's facts from its config.json, validated. A family's full budget: 100 for a percentage rule; for
     per-image totals the most tokens one image can give on this config (profiling.flops.most_image_tokens: base view,
     tiles of its image_grid_pinpoints and newline tokens)."""
-    from .model.families import family_of
-    from .model.families_vistog import saved_settings
-    from .model.loading import checkpoint_model_type, load_config
-    from .model.modeling import vistog_config
-    from .profiling.flops import family_full_budget
+    from ..model.families import family_of
+    from ..model.families_vistog import saved_settings
+    from ..model.loading import checkpoint_model_type, load_config
+    from ..model.modeling import vistog_config
+    from ..profiling.flops import family_full_budget
 
     model_type = checkpoint_model_type(path)
     config = load_config(path)
@@ -181,7 +123,7 @@ def default_methods(models) -> tuple[str, ...]:
 def _check_budgets(budgets, full: int, family) -> None:
     """Each budget under the sweep's rule: LLaVA-1.5 1..patch count; a family's rule (families.check_family_budget)
     and at most its full budget."""
-    from .model.families import check_family_budget
+    from ..model.families import check_family_budget
 
     for budget in budgets:
         if family is not None:
@@ -200,7 +142,7 @@ def _check_budgets(budgets, full: int, family) -> None:
 def plan_cells(config: RunConfig) -> list[Cell]:
     """The sweep: `none` at the full budget first, then every other method at every budget below it (VisToG on a
     family: one cell per VisToG checkpoint, at its N per view)."""
-    from .reducers import check_method
+    from ..reducers import check_method
 
     facts = {path: _checkpoint_facts(path) for path in config.models}
     lineages = sorted({f.lineage for f in facts.values()})
@@ -289,8 +231,8 @@ def _check_every_request_planned(config: RunConfig, cells: list[Cell], full: int
 
 def check_combinations(cells: list[Cell]) -> None:
     """Refuse, before anything is loaded, every cell whose checkpoint config rules its method out (one line each)."""
-    from .model.loading import load_config
-    from .reducers.methods import config_problem
+    from ..model.loading import load_config
+    from ..reducers.methods import config_problem
 
     configs, problems = {}, []
     for cell in cells:
@@ -335,7 +277,7 @@ def _task_adapter(served, profiler, task: str, config: RunConfig, manager):
     leave the task before scoring (the adapter's clean())."""
     from lmms_eval.tasks import get_task_dict
 
-    from .adapter import VisToGLMM
+    from ..adapter import VisToGLMM
 
     task_dict = get_task_dict([task], manager, "simple" if VisToGLMM.is_simple else "chat")
     lm = VisToGLMM(
@@ -373,30 +315,10 @@ def _evaluate_task(lm, task_dict: dict, limit: int | None, config: RunConfig, ma
     )
 
 
-def _check_counts(limit: int | None, batch_size: int | None, max_frames: int | None) -> None:
-    """--limit, --batch-size and --max-frames, each where given (None: not given)."""
-    if limit is not None and limit <= 0:
-        raise UsageError(f"--limit must be positive, got {limit}")
-    if batch_size is not None and batch_size <= 0:
-        raise UsageError(f"--batch-size must be positive, got {batch_size}")
-    if max_frames is not None and max_frames < 1:
-        raise UsageError(f"--max-frames must be at least 1, got {max_frames}")
-
-
-def check_run_config(config: RunConfig) -> None:
-    """Settings that no sweep can use, refused in one line before anything is read or written."""
-    _check_counts(config.limit, config.batch_size, config.max_frames)
-    check_device(config.device)
-    if config.chat_template is not None and not Path(config.chat_template).is_file():
-        raise UsageError(f"--chat-template {config.chat_template}: no such file")
-    if config.threads is not None and config.threads < 1:
-        raise UsageError(f"--threads must be at least 1, got {config.threads}")
-
-
 def run_sweep(config: RunConfig, command: list[str] | None = None) -> tuple[RunDir, list[CellResult]]:
     """Plan, validate, evaluate every cell, write the run folder. Returns the run and its cells."""
-    from .profiling.timers import cpu_threads
-    from .task_catalog import check_tasks_available, task_manager
+    from ..profiling.timers import cpu_threads
+    from .tasks import check_tasks_available, task_manager
 
     check_run_config(config)
     check_writable_dir(config.resume, "--resume") if config.resume else check_writable_dir(config.output, "--output")
@@ -447,7 +369,7 @@ def _data_dir_scope(data_dir: str | None):
 
 def _open_run(config: RunConfig, command: list[str] | None) -> RunDir:
     """The run folder: the one being resumed (same settings), or a new one with its manifest."""
-    from .profiling import device_facts
+    from ..profiling import device_facts
 
     if config.resume:
         run = load_run(config.resume)
@@ -504,8 +426,8 @@ def _record_groups(run: RunDir, cell: Cell, groups: list[TaskGroup], done: set) 
 
 def _run_cell(run: RunDir, cell: Cell, tasks: list[str], config: RunConfig, manager, limits: dict) -> None:
     """Load the model once for (method, budget), then evaluate each task; every outcome is recorded."""
-    from .adapter import serve_checkpoint
-    from .profiling import RequestProfiler
+    from ..adapter import serve_checkpoint
+    from ..profiling import RequestProfiler
 
     log_path = run.path / LOG_FILE
     started = time.perf_counter()
@@ -619,156 +541,3 @@ def _release_memory(device: str) -> None:
             ctypes.CDLL(None).malloc_trim(0)  # the process's own symbols: glibc's allocator
         except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
             pass
-
-
-# -- summary ---------------------------------------------------------------------------------------------------------
-def summary_table(cells: list[CellResult]) -> str:
-    from tabulate import tabulate
-
-    rows = []
-    for cell in sorted(cells, key=lambda c: (c.task, c.method != "none", -c.budget, c.method)):
-        shown = ", ".join(f"{k.split(',')[0]}={v:.4g}" for k, v in list(cell.metrics.items())[:3])
-        rows.append([cell.task, cell.method, cell.budget, cell.status, cell.n_samples, cell.n_failed, shown])
-    return tabulate(rows, headers=["task", "method", "budget", "status", "n", "failed", "metrics"], tablefmt="github")
-
-
-# -- CLI -------------------------------------------------------------------------------------------------------------
-def add_arguments(parser) -> None:
-    parser.add_argument(
-        "--model",
-        nargs="+",
-        help="checkpoint folder(s) of one family: stock LLaVA-1.5 and/or VisToG checkpoints, or stock "
-        "LLaVA-NeXT / OneVision / Qwen2.5-VL and their VisToG ones (default: the embedded ones)",
-    )
-    parser.add_argument("--tasks", help="comma-separated lmms-eval task or group names")
-    parser.add_argument(
-        "--budgets",
-        help="visual tokens per image, e.g. 576,192,128,64 (LLaVA-NeXT / OneVision: "
-        "summed over tiles; Qwen2.5-VL: percent of each image's own, 1..100)",
-    )
-    parser.add_argument(
-        "--methods",
-        "--method",
-        dest="method",
-        default=None,
-        help="comma-separated: none, vistog, pool, random, tome, visionzip, prumerge, fastv, ... (docs/reducers.md); "
-        "default: vistog when a VisToG checkpoint is among --model, else none",
-    )
-    parser.add_argument("--limit", type=int, default=None, help="samples per task (for quick runs; even for MME)")
-    parser.add_argument("--batch-size", type=int, default=None, help=f"default {DEFAULT_BATCH_SIZE}")
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--dtype", default=None, choices=DTYPE_NAMES)
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch CPU threads (default: 1 on CPU, where more stall on shared cores; torch's on a GPU)",
-    )
-    parser.add_argument("--output", default="results", help="folder that receives <run_id>/")
-    parser.add_argument("--data-dir", default=None, help="local mirror of the benchmark datasets (see docs)")
-    parser.add_argument(
-        "--include-path",
-        action="append",
-        default=[],
-        help="extra lmms-eval task folder; its tasks' !function tags run its Python: trusted folders only",
-    )
-    parser.add_argument(
-        "--max-frames", type=int, default=None, help=f"frames sampled per video (default {DEFAULT_MAX_FRAMES})"
-    )
-    parser.add_argument("--seed", type=int, default=None, help=f"default {DEFAULT_SEED}")
-    parser.add_argument(
-        "--chat-template",
-        default=None,
-        help="a Jinja chat template file for every checkpoint (default: each checkpoint's own)",
-    )
-    parser.add_argument("--no-profile", action="store_true", help="skip per-request profiling")
-    parser.add_argument("--no-report", action="store_true", help="do not render the report (<run>/report/) at the end")
-    parser.add_argument("--resume", default=None, help="an interrupted run folder to complete")
-
-
-def embedded_default(
-    tasks: tuple[str, ...] = (), budgets: tuple[int, ...] = (), methods: tuple[str, ...] = ()
-) -> tuple[list[Path], tuple[str, ...], tuple[int, ...], tuple[str, ...]]:
-    """The committed tiny LLaVA and VisToG checkpoints on the synthetic shapes tasks (test split): all three tasks,
-    every committed budget and `vistog` unless `tasks` / `budgets` / `methods` narrow or change the sweep."""
-    from . import demo
-
-    tasks = demo.check_tasks(tasks) if tasks else demo.DEMO_TASKS
-    methods = methods or ("vistog",)
-    budgets = budgets or (demo.FULL_BUDGET, *demo.available_budgets())
-    vistog_budgets = [b for b in budgets if b != demo.FULL_BUDGET] if "vistog" in methods else []
-    models = [demo.checkpoint_for_budget(None), *(demo.checkpoint_for_budget(b) for b in vistog_budgets)]
-    demo.ensure_test_data()
-    return models, tasks, budgets, methods
-
-
-def _not_empty(text: str | None, flag: str) -> None:
-    """A list option given with nothing in it (`--tasks ''`, `--method ,`) is refused: left out, it means the
-    default; given empty, running the default would run what was not asked for."""
-    if text is not None and not comma_list(text):
-        raise UsageError(f"{flag} is empty (got {text!r}); leave it out for the default")
-
-
-def config_from_args(args) -> RunConfig:
-    import torch
-
-    from .profiling.timers import default_threads
-
-    _check_counts(args.limit, args.batch_size, args.max_frames)
-    for text, flag in ((args.tasks, "--tasks"), (args.method, "--method"), (args.budgets, "--budgets")):
-        _not_empty(text, flag)
-    if args.device is not None:
-        check_device(args.device)
-    no_sweep_arguments = args.model is None and args.tasks is None and args.budgets is None and args.method is None
-    if args.resume and no_sweep_arguments:
-        return resumed_config(args)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available here")
-    dtype = args.dtype or ("float16" if device.startswith("cuda") else "float32")
-    if not args.model:
-        models, tasks, budgets, methods = embedded_default(
-            comma_list(args.tasks), int_list(args.budgets, "--budgets"), comma_list(args.method)
-        )
-    else:
-        if not args.tasks:
-            raise UsageError("--tasks is needed with --model (leave both out for the embedded default)")
-        models, tasks = tuple(args.model), comma_list(args.tasks)
-        methods = comma_list(args.method) or default_methods(models)
-        budgets = int_list(args.budgets, "--budgets") or checkpoint_budgets(models)
-    return RunConfig(
-        models=tuple(str(Path(m).resolve()) for m in models),
-        tasks=tuple(tasks),
-        methods=tuple(methods),
-        budgets=tuple(budgets),
-        limit=args.limit,
-        batch_size=DEFAULT_BATCH_SIZE if args.batch_size is None else args.batch_size,
-        device=device,
-        dtype=dtype,
-        output=args.output,
-        data_dir=args.data_dir,
-        include_paths=tuple(args.include_path),
-        max_frames=DEFAULT_MAX_FRAMES if args.max_frames is None else args.max_frames,
-        seed=DEFAULT_SEED if args.seed is None else args.seed,
-        profile=not args.no_profile,
-        resume=args.resume,
-        chat_template=chat_template_path(args.chat_template),
-        threads=args.threads if args.threads is not None else default_threads(device),
-        report=not args.no_report,
-    )
-
-
-def main(args) -> int:
-    config = config_from_args(args)
-    run, cells = run_sweep(config, command=["vistog-bench", *sys.argv[1:]])
-    print(summary_table(cells))
-    # a resumed run keeps its own --no-report (its manifest's config), and --no-report now also holds
-    if not args.no_report and run.manifest().config.get("report", True):
-        from .report import build_report, write_report
-
-        out = run.path / REPORT_DIR
-        write_report(build_report([run.path]), out)
-        print(f"report: {out}")
-    bad = [c for c in cells if not c.ok]
-    print(f"results: {run.path}" + (f" ({len(bad)} cell(s) not ok)" if bad else ""))
-    return 1 if bad else 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from .results import STATUS_OK, CellResult, failed_status
+from ..results import STATUS_OK, CellResult, failed_status
 
 # What the adapter's sample log adds to each sample line (VisToGLMM.take_sample_log); on a family model also each
 # image's tokens as received by the LLM and as the processor expanded them (lists, one entry per image).
