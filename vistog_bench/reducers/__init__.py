@@ -5,62 +5,49 @@
     prompt = expand_image_tokens(prompt, tokens_per_image(model))
 
 Each method is one file declaring its `MethodSpec` (spec.py), found by name through `registry.py`
-(`vistog-bench methods` lists them; docs/reducers.md).
+(`vistog-bench methods` lists them; docs/reducers.md). The names below load on first use (PEP 562), so that the CLI
+can list the registry's methods without importing torch.
 """
 
-from .fastv import fastv
-from .llm_pruning import LLMPruner, Stage
-from .methods import (
-    METHODS,
-    REDUCERS,
-    AppliedMethod,
-    applied_method,
-    apply_method,
-    check_method,
-    config_problem,
-    remove_method,
-    tokens_per_image,
-)
-from .pool import PoolReducer, pool_layout
-from .prumerge import PruMergeReducer
-from .random_choice import RandomReducer
-from .registry import MethodChoice, method_label, methods_table, parse_method, spec, split_methods
-from .spec import MethodSpec, Option
-from .tome import ToMeMerge, ToMeReducer, merge_schedule
-from .visionzip import VisionZipReducer, visionzip_split
-from .vispruner import VisPrunerReducer
-from .vscan import VScanReducer
+from __future__ import annotations
 
-__all__ = [
-    "METHODS",
-    "REDUCERS",
-    "AppliedMethod",
-    "LLMPruner",
-    "MethodChoice",
-    "MethodSpec",
-    "Option",
-    "PoolReducer",
-    "PruMergeReducer",
-    "RandomReducer",
-    "Stage",
-    "ToMeMerge",
-    "ToMeReducer",
-    "VScanReducer",
-    "VisPrunerReducer",
-    "VisionZipReducer",
-    "applied_method",
-    "apply_method",
-    "check_method",
-    "config_problem",
-    "fastv",
-    "merge_schedule",
-    "method_label",
-    "methods_table",
-    "parse_method",
-    "pool_layout",
-    "remove_method",
-    "spec",
-    "split_methods",
-    "tokens_per_image",
-    "visionzip_split",
-]
+import importlib
+
+_EXPORTS = {  # name -> the module of this package that defines it
+    **dict.fromkeys(
+        (
+            "METHODS",
+            "REDUCERS",
+            "AppliedMethod",
+            "applied_method",
+            "apply_method",
+            "check_method",
+            "config_problem",
+            "remove_method",
+            "tokens_per_image",
+        ),
+        "methods",
+    ),
+    **dict.fromkeys(
+        ("MethodChoice", "method_label", "methods_markdown", "methods_table", "parse_method", "spec", "split_methods"),
+        "registry",
+    ),
+    **dict.fromkeys(("MethodSpec", "Option"), "spec"),
+    **dict.fromkeys(("LLMPruner", "Stage"), "llm_pruning"),
+    **dict.fromkeys(("PoolReducer", "pool_layout"), "pool"),
+    "PruMergeReducer": "prumerge",
+    "RandomReducer": "random_choice",
+    **dict.fromkeys(("ToMeMerge", "ToMeReducer", "merge_schedule"), "tome"),
+    **dict.fromkeys(("VisionZipReducer", "visionzip_split"), "visionzip"),
+    "VisPrunerReducer": "vispruner",
+    "VScanReducer": "vscan",
+}
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+
+
+__all__ = sorted(_EXPORTS)

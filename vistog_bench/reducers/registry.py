@@ -132,20 +132,25 @@ def split_methods(text: str) -> list[str]:
 
 
 def methods_table(markdown: bool = False) -> tuple[list[str], list[list[str]]]:
-    """(headers, rows) of every registered method: where it acts, its budget convention, the families it runs on,
-    its options and its reference (`vistog-bench methods`; docs/reducers.md holds the markdown form)."""
+    """(headers, rows) of every registered method: where it acts, how its budget counts, what each <image> of the
+    prompt expands to, the families it runs on, its options (default, or choices with the default first) and the
+    implementation it follows. `markdown`: names in backticks (docs/reducers.md's table, `methods_markdown`)."""
     headers = ["method", "where", "budget", "prompt tokens", "families", "options", "reference"]
+    quote = "`" if markdown else ""
     rows = []
     for method in specs():
-        options = ", ".join(o.describe() for o in method.options) or "—"
-        families = "all" if set(method.families) >= set(EVERY_FAMILY) else ", ".join(method.families)
-        name = f"`{method.name}`" if markdown else method.name
-        if not markdown:
-            options = options.replace("`", "")
-        rows.append(
-            [name, method.where, method.budget_convention, method.prompt_tokens, families, options, method.reference]
-        )
+        options = ", ".join(f"{quote}{o.name}{quote}{o.describe()}" for o in method.options) or "—"
+        families = "all" if method.families == EVERY_FAMILY else ", ".join(method.families)
+        row = [f"{quote}{method.name}{quote}", method.where, method.budget_convention, method.prompt_tokens, families]
+        rows.append([*row, options, method.reference])
     return headers, rows
+
+
+def methods_markdown() -> str:
+    """The methods table as docs/reducers.md holds it (a test keeps the page equal to this)."""
+    headers, rows = methods_table(markdown=True)
+    lines = [headers, ["---"] * len(headers), *rows]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines) + "\n"
 
 
 __all__ = [
@@ -153,6 +158,7 @@ __all__ = [
     "check_method",
     "method_label",
     "method_names",
+    "methods_markdown",
     "methods_table",
     "parse_method",
     "register",

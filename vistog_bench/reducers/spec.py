@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UsageError
-from ..model.families import FAMILIES
 
 # Where a method acts (MethodSpec.acts): what the profiler times and the methods table shows.
 ENCODER = "encoder"  # inside the vision encoder or between it and the projector
@@ -33,7 +32,7 @@ LAYER_MEAN = "layer_mean"  # the mean over decoder layers ("equivalent tokens", 
 CONVENTIONS = (BUDGET_LLM_INPUT, AFTER_LAYER, LAYER_MEAN)
 
 LLAVA = "llava"  # LLaVA-1.5 (stock `llava` and `vistog` configs): the model every method is written for
-EVERY_FAMILY = (LLAVA, *FAMILIES)  # and LLaVA-NeXT / OneVision / Qwen2.5-VL (model.families), at the LLM input
+EVERY_FAMILY = ("*",)  # LLaVA-1.5 and every family of model.families (there at the LLM input, reducers/families.py)
 PAPER_DEPTH = 32  # the papers' LLM depth (LLaVA-1.5-7B / 13B's Vicuna-7B): `paper_layers` are given for it
 FIXED_COUNT = "its schedule assumes one fixed visual-token count per image"  # why in-LLM methods skip the families
 
@@ -49,9 +48,10 @@ class Option:
     choices: tuple = ()  # the values allowed, the default first; empty: any value of `type` (the method checks range)
 
     def describe(self) -> str:
-        """`name` (default; choices) for tables."""
-        shown = " / ".join(map(str, self.choices)) if self.choices else "" if self.default is None else self.default
-        return f"`{self.name}` ({shown})" if shown != "" else f"`{self.name}`"
+        """ " (a / b)" with the choices (default first), " (default)", or "" when derived, for tables."""
+        if self.choices:
+            return f" ({' / '.join(map(str, self.choices))})"
+        return "" if self.default is None else f" ({self.default})"
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ class MethodSpec:
     paper_layers: tuple[int, ...] = ()  # decoder layers where it prunes, of a PAPER_DEPTH-layer LLM (scaled elsewhere)
     stage_keep: float | None = None  # K1 / K0 of a two-stage layer-mean method (K0 tokens until its layer)
     paper: str = ""  # the paper's layers and ratios, and where they are stated
-    families: tuple[str, ...] = (LLAVA,)  # model types whose stock checkpoints it runs on
+    families: tuple[str, ...] = (LLAVA,)  # model types whose stock checkpoints it runs on (EVERY_FAMILY: all)
     not_on_families: str | Mapping[str, str] = FIXED_COUNT  # why not on the others (per model type, or one reason)
     family_scores: bool = False  # on the other families it reads the encoder's attention (reducers/family_attention.py)
     reference: str = ""  # the implementation followed: repository @ commit (docs/reducers.md, fidelity table)
@@ -90,6 +90,10 @@ class MethodSpec:
     def training_free(self) -> bool:
         """Installs a reduction on a stock model (every method but `none` and `vistog`)."""
         return bool(self.acts) and not self.trained
+
+    def serves(self, model_type: str) -> bool:
+        """Runs on a checkpoint of this model type (a trained method: on its own checkpoint of that family)."""
+        return self.families == EVERY_FAMILY or model_type in self.families
 
     def option(self, name: str) -> Option | None:
         return next((option for option in self.options if option.name == name), None)
