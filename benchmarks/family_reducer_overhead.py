@@ -1,5 +1,5 @@
 """The selection's own milliseconds of the reducers that run at the LLM input of LLaVA-NeXT, LLaVA-OneVision and
-Qwen2.5-VL (model/family_reducers.py), on their 7B shapes, for one image:
+Qwen2.5-VL (reducers/families.py), on their 7B shapes, for one image:
 
     python benchmarks/family_reducer_overhead.py --image-size 672x672 --percent 25 --repeats 10 --threads 1
 
@@ -20,10 +20,10 @@ import statistics
 
 import torch
 
-from vistog_bench.model.family_reducers import RunSelector
 from vistog_bench.model.presets import family_preset_config
 from vistog_bench.profiling.flops import family_image_geometry
 from vistog_bench.profiling.timers import time_repeats
+from vistog_bench.reducers.families import RunSelector
 
 SHAPES = ("llava-next-7b", "llava-onevision-7b", "qwen2.5-vl-7b")
 METHODS = ("random", "divprune", "cdpruner")

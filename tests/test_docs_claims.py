@@ -4,7 +4,7 @@ Every prose sentence of README.md and docs/*.md that names a method (`reducers.M
 / "supported" / "serves it as" is a claim about the families it names; a sentence that names none takes the families
 of its paragraph's first sentence, else of the nearest heading that names some ("every family", "other families":
 all three). Each claim is checked against what a sweep decides before it loads anything: `reducers.config_problem`
-on the family's 7B config (`model.presets`), which asks `model/family_reducers.refusal` for LLaVA-NeXT / OneVision /
+on the family's 7B config (`model.presets`), which asks `reducers/families.refusal` for LLaVA-NeXT / OneVision /
 Qwen2.5-VL; `vistog` runs where a VisToG class wraps the family (`VisToGFamily.from_<model_type>`, LLaVA-1.5's
 `VisToGForConditionalGeneration`). LLaVA-1.5's refusals depend on the checkpoint's config and the budget (FastV's
 layer, PruMerge's feature layer, layer-mean floors), so only what runs there is checked. A sentence that says both
@@ -157,7 +157,7 @@ def test_every_refused_and_runs_sentence_in_the_docs_agrees_with_the_registry():
 EARLIER_MODEL_MD = """\
 ## Families: LLaVA-NeXT, LLaVA-OneVision, Qwen2.5-VL
 
-**Reducers** (`model/family_reducers.py`): `random`, `divprune` and `cdpruner` act on the visual tokens at the LLM
+**Reducers** (`reducers/families.py`): `random`, `divprune` and `cdpruner` act on the visual tokens at the LLM
 input, kept tokens at their original positions (Qwen2.5-VL's 3-D mRoPE rows included). Refused in one line (also by
 `reducers.config_problem`, so a sweep refuses before loading): methods that read CLS attention (visionzip, vispruner,
 prumerge: these encoders give the LLM no CLS token), methods inside LLaVA-1.5's encoder or on its 24 x 24 grid (tome,

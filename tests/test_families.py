@@ -19,10 +19,10 @@ from vistog_bench.adapter import VisToGChatLMM
 from vistog_bench.errors import UsageError
 from vistog_bench.model import load_checkpoint
 from vistog_bench.model.families import FAMILIES, family_inputs, image_runs, image_token_id, kept_tokens
-from vistog_bench.model.family_reducers import apply_family_method, remove_family_method
 from vistog_bench.model.loading import load_config
 from vistog_bench.model.prompting import STRUCTURED, PromptBuilder, Turn, find_template
 from vistog_bench.reducers import config_problem
+from vistog_bench.reducers.families import apply_family_method, remove_family_method
 from vistog_bench.testing.hub_checkpoints_families import (
     LLAVA_HUB_NAMES,
     NEXT_MISTRAL_CHAT_TEMPLATE,

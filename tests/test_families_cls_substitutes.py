@@ -24,10 +24,10 @@ from vistog_bench.model.families import (
     image_token_id,
     kept_tokens,
 )
-from vistog_bench.model.family_attention import ImageScores
-from vistog_bench.model.family_reducers import apply_family_method, family_vision_scores
 from vistog_bench.model.loading import load_config
 from vistog_bench.reducers import config_problem
+from vistog_bench.reducers.families import apply_family_method, family_vision_scores
+from vistog_bench.reducers.family_attention import ImageScores
 from vistog_bench.testing.hub_checkpoints_families import write_family_layouts
 
 NAMES = {"llava-next": "llava_next", "llava-onevision": "llava_onevision", "qwen2.5-vl": "qwen2_5_vl"}

@@ -16,7 +16,6 @@ from vistog_bench.cli import main as cli_main
 from vistog_bench.errors import UsageError
 from vistog_bench.model import load_checkpoint
 from vistog_bench.model.families import FAMILIES, image_token_id, kept_tokens
-from vistog_bench.model.family_reducers import apply_family_method
 from vistog_bench.model.presets import FAMILY_PRESETS, family_preset_config
 from vistog_bench.profiling.counting import flop_counter
 from vistog_bench.profiling.flops import (
@@ -26,6 +25,7 @@ from vistog_bench.profiling.flops import (
     most_image_tokens,
     qwen_window_sizes,
 )
+from vistog_bench.reducers.families import apply_family_method
 from vistog_bench.testing.hub_checkpoints_families import write_family_layouts
 
 NAMES = {"llava-next": "llava_next", "llava-onevision": "llava_onevision", "qwen2.5-vl": "qwen2_5_vl"}

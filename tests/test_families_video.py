@@ -26,7 +26,7 @@ from vistog_bench.model.families import (
     video_token_id,
     visual_runs,
 )
-from vistog_bench.model.family_reducers import apply_family_method
+from vistog_bench.reducers.families import apply_family_method
 from vistog_bench.run.lmms_results import sample_lines
 from vistog_bench.testing.fixtures import write_video
 from vistog_bench.testing.hub_checkpoints_families import write_family_layouts

@@ -69,7 +69,7 @@ from .model.families import (
     visual_runs,
 )
 from .model.families_vistog import VisToGFamily
-from .model.family_reducers import (
+from .reducers.families import (
     apply_family_method,
     family_sample_problem,
     family_token_counts,

@@ -174,7 +174,7 @@ def config_problem(config, method: str, *, budget: int | None = None, **options)
         return str(error)
     family = family_of(getattr(config, "model_type", None))
     if family is not None:  # LLaVA-NeXT / OneVision / Qwen2.5-VL: the methods that apply there (one line otherwise)
-        from ..model.family_reducers import refusal
+        from .families import refusal
 
         return refusal(family, method.name)
     if method.config_problem is not None:

@@ -46,8 +46,8 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import UsageError
-from .families import model_family
-from .vision import cls_attention, feature_layers_run
+from ..model.families import model_family
+from ..model.vision import cls_attention, feature_layers_run
 
 QUERY_CHUNK = 1024  # queries per softmax block of the mean received attention: [h, 1024, S] at a time
 

@@ -18,7 +18,7 @@ Methods that apply (they read only the visual tokens at the LLM input, which eve
 - `divprune`: DivPrune's max-min diversity on the projected tokens (reducers/divprune.py, unchanged).
 - `cdpruner`: CDPruner's conditional DPP (reducers/cdpruner.py, unchanged, its departures included: relevance to the
   instruction's LLM input embeddings, the text after the sample's last image), per image.
-Methods that read CLS attention, on the encoder scores of model/family_attention.py (one encoder layer hooked, q / k
+Methods that read CLS attention, on the encoder scores of reducers/family_attention.py (one encoder layer hooked, q / k
 recomputed for it in float32, the encoder's kernel unchanged): LLaVA-NeXT's CLS attention of each view at the
 feature layer; OneVision (SigLIP) and Qwen2.5-VL have no CLS and take the published substitute, the mean attention
 each token receives (VisPruner's SigLIP port), on Qwen2.5-VL per 2 x 2 PatchMerger group (selection after the
@@ -62,19 +62,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UsageError
-from ..reducers.cdpruner import CDPrunerSelector
-from ..reducers.divprune import max_min_diversity
-from ..reducers.llm_pruning import (
-    LLMPruner,
-    SampleView,
-    Selection,
-    Stage,
-    left_pad,
-    merged_states,
-)
-from ..reducers.visionzip import contextual_targets, contextual_tokens, visionzip_split
-from ..reducers.vispruner import IMPORTANT_RATIO, remove_duplicates
-from .families import (
+from ..model.families import (
     Family,
     check_family_budget,
     image_runs,
@@ -83,35 +71,38 @@ from .families import (
     model_family,
     video_token_id,
 )
+from .cdpruner import CDPrunerSelector
+from .divprune import max_min_diversity
 from .family_attention import EncoderScores, ImageScores, describe_scores
+from .llm_pruning import (
+    LLMPruner,
+    SampleView,
+    Selection,
+    Stage,
+    left_pad,
+    merged_states,
+)
+from .registry import method_names, spec
+from .visionzip import contextual_targets, contextual_tokens, visionzip_split
+from .vispruner import IMPORTANT_RATIO, remove_duplicates
 
-FAMILY_METHODS = ("none", "random", "divprune", "cdpruner", "visionzip", "vispruner")
-SCORED_METHODS = ("visionzip", "vispruner")  # select on the encoder's attention scores (family_attention.py)
-_REASONS = {
-    "vistog": "needs a VisToG checkpoint of this family (VisToGFamily.save_pretrained; NeXT / OneVision only)",
-    "tome": "merges inside LLaVA-1.5's CLIP encoder; not wired into this family's encoder",
-    "downsample": "downsamples LLaVA-1.5's 24 x 24 patch grid inside the encoder",
-    "pool": "pools LLaVA-1.5's 24 x 24 patch grid; anyres / dynamic-resolution grids differ per image",
-    "vscan": "its first stage works inside LLaVA-1.5's encoder",
-    "holitom": "merges a video's equal-sized frames; the adapter feeds these families images of their own sizes",
-}
-_FIXED_COUNT = "its schedule assumes one fixed visual-token count per image"
-_PRUMERGE = {
-    "llava_next": "reads the CLS attention of the encoder layer after the feature layer and merges over one 24 x 24 "
-    "view; not built for anyres views (visionzip and vispruner read each view's CLS attention here)",
-    "llava_onevision": "reads the CLS attention of the encoder layer after the feature layer; SigLIP has no CLS and "
-    "the feature layer (-1) is the last",
-    "qwen2_5_vl": "reads the CLS attention of the encoder layer after the feature layer; the ViT has no CLS and its "
-    "last block feeds the PatchMerger",
-}
+
+def runs_on(model_type: str) -> tuple[str, ...]:
+    """The methods that run on a stock checkpoint of `model_type` (their specs' `families`), in registry order."""
+    return tuple(name for name in method_names() if _runs_on(name, model_type))
+
+
+def _runs_on(method: str, model_type: str) -> bool:
+    found = spec(method)
+    return found.serves(model_type) and not found.trained
 
 
 def refusal(family: Family, method: str) -> str | None:
-    """Why `method` does not run on `family` (one line), or None."""
-    if method in FAMILY_METHODS:
+    """Why `method` does not run on a stock checkpoint of `family` (one line, its spec's reason), or None."""
+    if _runs_on(method, family.model_type):
         return None
-    reason = _PRUMERGE[family.model_type] if method == "prumerge" else _REASONS.get(method, _FIXED_COUNT)
-    return f"{method} on {family.model_type}: {reason}; runs here: {', '.join(FAMILY_METHODS)}"
+    reason = spec(method).family_refusal(family.model_type)
+    return f"{method} on {family.model_type}: {reason}; runs here: {', '.join(runs_on(family.model_type))}"
 
 
 def random_run_positions(count: int, keep: int, seed: int) -> torch.Tensor:
@@ -309,7 +300,7 @@ def apply_family_method(model, method: str, budget: int | None, *, seed: int = 0
             )
         object.__setattr__(model, _STATE, (method, budget, None))
         return budget
-    scored = method in SCORED_METHODS
+    scored = spec(method).family_scores
     selector = ScoredRunSelector(method, EncoderScores(model)) if scored else RunSelector(method, seed)
     pruner = FamilyInputPruner(
         family, budget, selector, image_token_id(model), video_token_id(model), describe_scores(model) if scored else ""
@@ -340,10 +331,11 @@ def family_sample_problem(model, images: int, videos: int = 0) -> str | None:
     family = model_family(model)
     if state is None or state[2] is None or family is None:
         return None
-    if videos and state[0] in SCORED_METHODS:
+    if videos and spec(state[0]).family_scores:
+        served = (m for m in runs_on(family.model_type) if not spec(m).family_scores)
         return (
             f"{state[0]} on {family.model_type} reads encoder attention of images only; a video sample is served "
-            f"with {', '.join(m for m in FAMILY_METHODS if m not in SCORED_METHODS)}"
+            f"with {', '.join(served)}"
         )
     images += videos
     if family.model_type != "llava_onevision" or images < 2:
@@ -364,8 +356,6 @@ def family_token_counts(model, runs: list[torch.Tensor]) -> tuple[list[int], lis
 
 
 __all__ = [
-    "FAMILY_METHODS",
-    "SCORED_METHODS",
     "FamilyInputPruner",
     "RunSelector",
     "ScoredRunSelector",
@@ -376,6 +366,7 @@ __all__ = [
     "random_run_positions",
     "refusal",
     "remove_family_method",
+    "runs_on",
     "view_shares",
     "visionzip_view",
     "vispruner_view",
