@@ -17,7 +17,8 @@ import pytest
 from testers import md_row
 
 from vistog_bench import cli
-from vistog_bench.report import build_report, headline_score, write_report
+from vistog_bench.analysis import headline_score
+from vistog_bench.report import build_report, write_report
 from vistog_bench.report.figures import FIGURE_NAMES, pareto_frontier
 from vistog_bench.report.render import to_latex, to_markdown
 from vistog_bench.results import (

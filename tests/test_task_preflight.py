@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from vistog_bench.errors import UsageError
-from vistog_bench.run.tasks import check_tasks_available, leaf_tasks, task_manager
+from vistog_bench.run.tasks import check_tasks_available, expand_tasks, task_manager
 
 USER_TASKS = """\
     task: {name}
@@ -160,7 +160,7 @@ def test_a_group_names_its_local_twin_and_counts_the_rest(manager, offline):
 
 
 def test_user_hub_task_and_group_pass_once_cached(manager, offline, user_tasks):
-    assert [t for t, _, _ in leaf_tasks(manager, ["tiny_group"])] == ["tiny_hub_vqa", "shapes_vqa"]
+    assert expand_tasks(manager, ["tiny_group"])[0] == ["tiny_hub_vqa", "shapes_vqa"]
     message = _error(manager, ["tiny_group"])
     assert message.startswith("tiny_hub_vqa needs the hub dataset vistog-test/TinyVQA (config main)")
     assert "with the hub reachable" in message  # no local twin to offer
@@ -170,6 +170,26 @@ def test_user_hub_task_and_group_pass_once_cached(manager, offline, user_tasks):
         "vistog-test/TinyVQA", "main", "test", pd.DataFrame({"question": ["q"], "answer": ["a"]}), offline["lmms"]
     )
     check_tasks_available(manager, ["tiny_group", "shapes"], None)
+
+
+@pytest.mark.parametrize(
+    ("members", "message"),
+    [
+        ("  - no_such_task\n", "group g: member 'no_such_task' is not a known task"),
+        ("  - g\n", "group g contains itself (g > g)"),
+        ("  - task: t\n    dataset_path: x\n", "group g: an inline task config among its members is not supported"),
+        ("  []\n", "--tasks g: a group with no task in it"),
+    ],
+)
+def test_the_pre_flight_and_the_sweep_walk_a_group_by_the_same_rules(tmp_path, members, message):
+    from lmms_eval.tasks import TaskManager
+
+    (tmp_path / "g.yaml").write_text("group: g\ntask:\n" + members)
+    manager = TaskManager(include_path=str(tmp_path), include_defaults=False, verbosity="WARNING")
+    for walk in (lambda: check_tasks_available(manager, ["g"], None), lambda: expand_tasks(manager, ["g"])):
+        with pytest.raises(UsageError) as refused:
+            walk()
+        assert str(refused.value).startswith(message), refused.value
 
 
 @pytest.fixture

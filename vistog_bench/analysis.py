@@ -24,13 +24,20 @@ Uncertainty of a speedup: a 95 % percentile-bootstrap interval over the requests
 resampled independently and seeded, so a report is reproducible (Efron & Tibshirani, "An Introduction to the
 Bootstrap", 1993, ch. 13). A speedup is flagged when either measurement's coefficient of variation exceeds
 `CV_THRESHOLD` or its interval includes 1.0.
+
+Headline score of a task (`headline_score`: the report's columns, the score `baseline update` requires): the metric
+papers print for that benchmark, in their unit, by the first rule of `HEADLINE_RULES` whose task pattern matches (MME:
+perception + cognition; unknown tasks: their first numeric metric, as is); the table is in docs/reports.md. lmms-eval's
+`"<metric>,<filter>"` keys, `_stderr` keys and bare names are all read. The metric is chosen by *name*, never by value:
+a NaN or missing headline is n/a for that cell, not replaced by another metric that happens to be finite.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -290,7 +297,128 @@ def bootstrap_ratio_interval(
     return float(low), float(high)
 
 
+# -- headline scores ---------------------------------------------------------------------------------------------------
+MME_PERCEPTION = ("mme_perception_score", "mme_percetion_score")
+MME_COGNITION = ("mme_cognition_score",)
+
+# Metrics lmms-eval reports that are not scores (paths to submission files and the like).
+NON_SCORE_METRICS = {"submission"}
+
+
+@dataclass(frozen=True)
+class Headline:
+    """How one task's headline score is computed and printed."""
+
+    metric: str  # the metric (or `perception+cognition`) the score comes from
+    unit: str  # short unit for a column header
+    scale: float  # printed value = lmms-eval value x scale
+    decimals: int
+
+
+@dataclass(frozen=True)
+class _Rule:
+    patterns: tuple[str, ...]
+    metrics: tuple[str, ...]  # candidate metric names, first present wins; `*` allowed
+    unit: str
+    scale: float
+    decimals: int = 1
+
+
+HEADLINE_RULES: tuple[_Rule, ...] = (
+    _Rule(("pope*",), ("pope_f1_score",), "F1 %", 100.0),
+    _Rule(("*cap*", "nocaps*", "flickr*"), ("*CIDEr",), "CIDEr", 100.0),
+    _Rule(
+        ("gqa*", "vqav2*", "textvqa*", "ok_vqa*", "vizwiz*", "scienceqa*"),
+        ("exact_match", "acc", "accuracy"),
+        "%",
+        100.0,
+    ),
+    _Rule(("mmbench*", "mmvet*"), ("gpt_eval_score",), "%", 1.0),
+    _Rule(("seedbench*",), ("seed_image", "seed_all"), "%", 100.0),
+)
+
+
+def strip_filter(key: str) -> str:
+    """`"exact_match,none"` -> `"exact_match"`; a bare name is returned as is."""
+    return str(key).split(",", 1)[0]
+
+
+def metric_values(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Metric name (filter stripped) -> value, stderr entries left out. With several filters the `none` one wins."""
+    out: dict[str, Any] = {}
+    ordered = sorted(metrics.items(), key=lambda kv: 0 if str(kv[0]).endswith(",none") else 1)
+    for key, value in ordered:
+        name = strip_filter(key)
+        if name.endswith("_stderr") or name == "alias":
+            continue
+        out.setdefault(name, value)
+    return out
+
+
+def _is_number(value: Any) -> bool:
+    """A number, finite or not (NaN names a metric that has no value in this cell)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _match_metric(candidates: tuple[str, ...], values: Mapping[str, Any]) -> str | None:
+    for candidate in candidates:
+        for name, value in values.items():
+            if fnmatch.fnmatchcase(name, candidate) and _is_number(value):
+                return name
+    return None
+
+
+def _first_metric(values: Mapping[str, Any]) -> str | None:
+    for name, value in values.items():
+        if name not in NON_SCORE_METRICS and _is_number(value):
+            return name
+    return None
+
+
+def headline_metric(task: str, metrics: Mapping[str, Any]) -> Headline | None:
+    """Which metric of these is the task's headline (by name: its value may be NaN), or None when none is."""
+    values = metric_values(metrics)
+    task_l = task.lower()
+    if fnmatch.fnmatchcase(task_l, "mme*") and any(k in values for k in MME_PERCEPTION + MME_COGNITION):
+        return Headline("perception+cognition", "P+C", 1.0, 1)
+    for rule in HEADLINE_RULES:
+        if any(fnmatch.fnmatchcase(task_l, p) for p in rule.patterns):
+            name = _match_metric(rule.metrics, values)
+            if name is not None:
+                return Headline(name, rule.unit, rule.scale, rule.decimals)
+            break
+    name = _first_metric(values)
+    return None if name is None else Headline(name, name, 1.0, 3)
+
+
+def headline_value(headline: Headline, metrics: Mapping[str, Any]) -> float | None:
+    """The value of `headline` in these metrics, scaled to its printed unit; None when missing or not finite."""
+    values = metric_values(metrics)
+    if headline.metric == "perception+cognition":
+        perception = next((finite(values[k]) for k in MME_PERCEPTION if k in values), None)
+        cognition = next((finite(values[k]) for k in MME_COGNITION if k in values), None)
+        return None if perception is None or cognition is None else perception + cognition
+    value = finite(values.get(headline.metric))
+    return None if value is None else value * headline.scale
+
+
+def headline_score(task: str, metrics: Mapping[str, Any]) -> tuple[Headline, float] | None:
+    """The headline score of one cell, already scaled to the printed unit, or None when the cell has no headline
+    metric or its value is NaN / missing."""
+    headline = headline_metric(task, metrics)
+    if headline is None:
+        return None
+    value = headline_value(headline, metrics)
+    return None if value is None else (headline, value)
+
+
 __all__ = [
+    "Headline",
+    "headline_metric",
+    "headline_score",
+    "headline_value",
+    "metric_values",
+    "strip_filter",
     "BOOTSTRAP_RESAMPLES",
     "BOOTSTRAP_SEED",
     "CONFIDENCE",

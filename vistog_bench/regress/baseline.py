@@ -22,8 +22,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, StrictInt, StrictStr, ValidationError, field_validator
 
+from ..analysis import headline_score
 from ..errors import UsageError
-from ..report.metrics import headline_score
 from ..results import (
     CellKey,
     Number,

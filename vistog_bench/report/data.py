@@ -31,11 +31,14 @@ from ..analysis import (
     FULL_BUDGET_METHOD,
     MEASURED_KINDS,
     FullBudget,
+    Headline,
     Measurement,
     Speedup,
     finite,
     full_budget,
     headline_measurement,
+    headline_metric,
+    headline_value,
     measurements,
     median,
     reference_measurement,
@@ -52,7 +55,6 @@ from ..results import (
     RunManifest,
     load_run,
 )
-from .metrics import Headline, headline_metric, headline_value
 
 MIB = 2.0**20
 LATENCY_STAGES = ("preprocess", "vision", "grouping", "projector", "prefill", "decode")

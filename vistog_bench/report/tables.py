@@ -13,6 +13,7 @@ from ..analysis import (
     CONFIDENCE,
     CV_THRESHOLD,
     Measurement,
+    metric_values,
 )
 from ..results import STAGES, safe_file_stem
 from .data import (
@@ -25,7 +26,7 @@ from .data import (
     method_order,
     stage_efficiencies,
 )
-from .metrics import metric_values, stderr_values
+from .metrics import stderr_values
 from .reference import ReferenceSet
 
 AUTO = -1  # decimals: 4 decimals below 10, 2 above (raw lmms-eval metrics of unknown range)

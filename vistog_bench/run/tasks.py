@@ -28,7 +28,6 @@ from ..results import STATUS_OK, CellResult, failed_status
 
 # A real folder in both an editable and a wheel install (lmms-eval walks it with os.walk and opens files by path).
 PROJECT_TASKS = Path(str(importlib.resources.files("vistog_bench.tasks")))
-DATA_DIR_ENV = "VISTOG_DATA_DIR"
 
 
 def include_paths(extra: list[str] | tuple[str, ...] = ()) -> list[str]:
@@ -154,54 +153,6 @@ def _simple_config(yaml_path: str) -> dict:
     from lmms_eval.utils import load_yaml_config
 
     return load_yaml_config(yaml_path, mode="simple")
-
-
-def leaf_tasks(manager, names) -> list[tuple[str, dict | None, str | None]]:
-    """(task, YAML config or None for a class-defined task, yaml path) for every task behind `names`: groups and tags
-    expanded the way lmms-eval's TaskManager expands them, group-level overrides merged, no repeats."""
-    index = manager.task_index
-    out: dict[str, tuple[str, dict | None, str | None]] = {}
-    seen_groups: set[str] = set()
-
-    def visit(item, group_path: str | None = None) -> None:
-        if isinstance(item, dict):
-            if isinstance(item.get("task"), list):  # an inline group
-                for member in item["task"]:
-                    visit(member, group_path)
-                return
-            name = item.get("task")
-            if not isinstance(name, str):
-                return
-            if name in index and index[name]["type"] in ("group", "tag"):
-                visit(name)
-                return
-            entry = index.get(name)
-            base = _simple_config(entry["yaml_path"]) if entry and entry["type"] == "task" else {}
-            yaml_path = entry["yaml_path"] if entry and entry["type"] == "task" else group_path
-            out.setdefault(name, (name, {**base, **item}, yaml_path))
-            return
-        entry = index.get(item)
-        if entry is None:
-            return
-        kind = entry["type"]
-        if kind == "python_task":  # its class decides where its data comes from (our shapes tasks generate theirs)
-            out.setdefault(item, (item, None, entry["yaml_path"]))
-        elif kind == "task":
-            out.setdefault(item, (item, _simple_config(entry["yaml_path"]), entry["yaml_path"]))
-        elif item not in seen_groups:
-            seen_groups.add(item)
-            if kind == "tag":
-                members, path = entry["task"], None
-            elif entry["task"] != -1:
-                members, path = entry["task"], None
-            else:
-                members, path = _simple_config(entry["yaml_path"]).get("task", []), entry["yaml_path"]
-            for member in members:
-                visit(member, path)
-
-    for name in names:
-        visit(name)
-    return list(out.values())
 
 
 def _hub_offline() -> bool:
@@ -408,22 +359,24 @@ def check_tasks_available(manager, tasks, data_dir: str | os.PathLike | None = N
     from . import offline_data
 
     names = list(tasks)
-    check_task_names(manager, names)
+    check_task_names(manager, names)  # every unknown name in one message
     messages: list[str] = []
     local: list[str] = []
     for requested in names:
-        for task, config, yaml_path in leaf_tasks(manager, [requested]):
+        for task in expand_tasks(manager, [requested])[0]:
+            entry = manager.task_index[task]
             if task in offline_data.LOCAL_TASKS:
                 local.append(task)
-            elif config is not None:
-                found = _task_problems(task, config, yaml_path, requested)
+            elif entry["type"] == "task":  # a class-defined task (python_task) fetches its own data
+                yaml_path = entry["yaml_path"]
+                found = _task_problems(task, _simple_config(yaml_path), yaml_path, requested)
                 messages.extend(m for m in found if m not in messages)
     messages = offline_data.check_local_data(list(dict.fromkeys(local)), data_dir) + messages
     if messages:
         raise UsageError(messages[0] + (f" (and {len(messages) - 1} more)" if len(messages) > 1 else ""))
 
 
-# -- groups and limits of a sweep --------------------------------------------------------------------------------------
+# -- the walk of the task index; groups and limits of a sweep ----------------------------------------------------------
 # A group (`vistog_image_local`, `shapes`, nested ones such as `mvbench_local`) is expanded into its member tasks, each
 # its own cell; a group whose YAML defines `aggregate_metric_list` also gets a cell of its own, aggregated from its
 # members' cells as lmms-eval aggregates groups (size-weighted mean, pooled stderr). MME scores each image's two
@@ -441,7 +394,14 @@ class TaskGroup:
 
 
 def expand_tasks(manager, names) -> tuple[list[str], list[TaskGroup]]:
-    """The leaf tasks to evaluate (groups and tags replaced by their members, in order, each once) and the groups."""
+    """The leaf tasks behind `names` (groups and tags replaced by their members, in order, each once) and the groups
+    met on the way: the one walk of lmms-eval's task index, for the sweep's cells and the pre-flight's data checks.
+
+    It reads the index as lmms-eval's TaskManager builds it (`task_index`: `type` task / python_task / group / tag,
+    `yaml_path`, a tag's `task` list) and a group's YAML as `load_task_or_group` does (`load_yaml_config`, full mode).
+    Refused in one UsageError: an unknown name (with its nearest known ones), a group member that is not a known task,
+    a group that contains itself, a group with no task in it, an inline task config among a group's members."""
+    check_task_names(manager, list(names))
     leaves: list[str] = []
     groups: list[TaskGroup] = []
     for name in names:
@@ -456,6 +416,7 @@ def expand_tasks(manager, names) -> tuple[list[str], list[TaskGroup]]:
 
 def _leaf_tasks(manager, name: str, groups: list[TaskGroup], parents: tuple[str, ...]) -> list[str]:
     from lmms_eval.api.group import GroupConfig
+    from lmms_eval.utils import load_yaml_config
 
     entry = manager.task_index.get(name)
     if entry is None:
@@ -464,7 +425,9 @@ def _leaf_tasks(manager, name: str, groups: list[TaskGroup], parents: tuple[str,
         return [name]
     if name in parents:
         raise UsageError(f"group {name} contains itself ({' > '.join(parents + (name,))})")
-    config = manager._get_config(name) if entry["type"] == "group" and entry["yaml_path"] != -1 else {}
+    # a group's own YAML (a tag, or a group indexed from task configs, has yaml_path -1 and lists its tasks itself)
+    has_yaml = entry["type"] == "group" and entry["yaml_path"] != -1
+    config = load_yaml_config(entry["yaml_path"], mode="full") if has_yaml else {}
     listed = config.get("task", entry.get("task"))
     listed = [listed] if isinstance(listed, str) else list(listed or [])
     leaves: list[str] = []
