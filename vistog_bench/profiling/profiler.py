@@ -61,7 +61,6 @@ from torch import nn
 
 from ..dtypes import dtype_name
 from ..model.families import model_family
-from ..reducers import REDUCERS
 from ..results import STAGES, ProfileRecord
 from . import flops as F
 from .counting import MISMATCH_TOLERANCE, flop_counter, mismatches
@@ -648,12 +647,12 @@ class RequestProfiler:
         """The applied method has a reducer between the vision tower and the projector (fewer placeholders per
         image than patches: every training-free method but the ones that select inside the LLM)."""
         applied = self.applied
-        return applied is not None and applied.method in REDUCERS and applied.tokens_per_image < _patches(self.model)
+        return applied is not None and applied.training_free and applied.tokens_per_image < _patches(self.model)
 
     def _selects_in_llm(self) -> bool:
         """The applied method drops tokens between decoder layers or at layer 0 (its hooks sit on those layers)."""
         applied = self.applied
-        if applied is None or applied.method not in REDUCERS or not applied.layer_tokens:
+        if applied is None or not applied.training_free or not applied.layer_tokens:
             return False
         return applied.llm_input_tokens != applied.tokens_per_image or len(set(applied.layer_tokens)) > 1
 
