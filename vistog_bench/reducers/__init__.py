@@ -17,7 +17,6 @@ _EXPORTS = {  # name -> the module of this package that defines it
     **dict.fromkeys(
         (
             "METHODS",
-            "REDUCERS",
             "AppliedMethod",
             "applied_method",
             "apply_method",

@@ -23,7 +23,6 @@ from .schedule import first_stage_tokens, layer_mean, minimum_mean, stage_layers
 from .spec import AFTER_LAYER, BUDGET_LLM_INPUT, LAYER_MEAN, Parts
 
 METHODS = method_names()  # every registered method (registry.py), in table order
-REDUCERS = tuple(name for name in METHODS if spec(name).training_free)  # those installed on a stock model
 
 
 @dataclass(frozen=True)
@@ -218,7 +217,6 @@ def _layer_mean_problem(config, method, budget: int | None, options: dict) -> st
 
 __all__ = [
     "METHODS",
-    "REDUCERS",
     "AppliedMethod",
     "applied_method",
     "apply_method",
