@@ -9,14 +9,18 @@ per image entering a stage, n images of a sample, D LLM width, h heads, hkv key/
 
 How (the FastV machinery, generalised to several stages; nothing is forced to eager attention):
   * a pre-hook on the LLaVA model marks a new prompt (empty cache) and where its image tokens are;
-  * for a stage whose selector reads attention, forward hooks on the *previous* layer's `q_proj` / `k_proj` keep
-    their outputs (no projection is computed twice); the selector asks for the attention rows it needs
-    (`SampleView.attention`), computed in float32 from those q / k and the rotary tables: a [h, q, T] product for q
-    query tokens, never the full [h, T, T] map of an eager layer;
-  * a pre-hook on the stage layer gathers the kept hidden states (merged ones replaced), rotary cos / sin and
-    position ids (original RoPE positions, not renumbered), and builds the pruned mask with transformers'
-    `create_causal_mask` (SDPA, eager and flash each get their form); later layers reuse it until the next stage;
-  * in decoding, each stage's layers get the mask of [that stage's kept prompt, generated tokens].
+  * for a stage whose selector reads attention, the attention rows it asks for (`SampleView.attention`) are computed
+    in float32 from q / k and the rotary tables: a [h, q, T] product for q query tokens, never the full [h, T, T]
+    map of an eager layer. The q / k are those of the layer before the stage (`scores="previous"`, FastV's: forward
+    hooks keep that layer's `q_proj` / `k_proj` outputs, nothing computed twice) or the stage layer's own, projected
+    from its input (`scores="stage"`, PyramidDrop's: one extra k projection of the prompt and q of the rows asked);
+  * a pre-hook on the stage layer gathers the kept hidden states (merged ones replaced, in the selection's order
+    within each image when it gives one) and builds the pruned mask with transformers' `create_causal_mask` (SDPA,
+    eager and flash each get their form); later layers reuse it until the next stage. Positions: a stage keeps each
+    token's RoPE position (FastV) or, with `Stage.renumber`, numbers the pruned prompt 0..T'-1 as a reference that
+    hands its layers a shorter sequence does (rotary tables recomputed);
+  * in decoding, each stage's layers get the mask of [that stage's kept prompt, generated tokens], and after a
+    renumbering stage the generated tokens' positions follow the pruned prompt (minus the tokens dropped before).
 Each sample is selected on its own (a batch gives each sample what it gets alone); samples whose pruned lengths
 differ are left padded again. Not supported: `labels`, beam search, static caches, images in a later chunk.
 """
@@ -41,6 +45,11 @@ from ..errors import UsageError
 class Stage:
     layer: int  # visual tokens are dropped at this decoder layer's input
     keep: int  # visual tokens per image from this layer on
+    renumber: bool = False  # positions from here on: 0..T'-1 over the pruned prompt (False: each token keeps its own)
+
+
+PREVIOUS_LAYER = "previous"  # scores from the q / k of the layer before the stage, captured as it runs (FastV)
+STAGE_LAYER = "stage"  # scores from the stage layer's own q / k, projected from its input (PyramidDrop)
 
 
 @dataclass
@@ -55,12 +64,16 @@ class SampleView:
     )  # [T, hkv dh] previous layer's keys after RoPE (None: the selector reads none, or layer 0)
     attention: Callable[[torch.Tensor], torch.Tensor] | None  # query positions [q] -> head-mean attention [q, T]
     # (None likewise)
+    origin: torch.Tensor | None = None  # [T] each token's position in the prompt as it entered the LLM
+    inputs: SampleView | None = None  # the sample as it entered the LLM (layer 0's input), for `LLMPruner.keeps_inputs`
+    first_image: int = 0  # the sample's first image among the batch's images (the order of pixel_values)
 
 
 @dataclass
 class Selection:
-    visual: torch.Tensor  # [k] positions of the visual tokens kept (any order)
+    visual: torch.Tensor  # [k] positions of the visual tokens kept (any order unless `ordered`)
     states: torch.Tensor | None = None  # [k, D] their new states (merged tokens), None to keep them as they are
+    ordered: bool = False  # `visual` lists each image's tokens (image by image) in the order they enter the sequence
 
 
 class Selector(Protocol):
@@ -79,6 +92,16 @@ class _Prompt:
     key: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [B, T, hkv dh] k_proj output (pre-RoPE)
     kept_masks: dict[int, torch.Tensor] = field(default_factory=dict)  # stage layer -> [B, T'] real tokens kept
     images_per_sample: torch.Tensor | None = None  # [B]
+    origin: torch.Tensor | None = None  # [B, T] prompt position of each token of the current sequence, -1 padding
+    origins: dict[int, torch.Tensor] = field(default_factory=dict)  # stage layer -> [B, T'] its `origin`
+    sources: torch.Tensor | None = None  # [B, T'] the row each slot of the latest selection takes (None: its slot)
+    real_tokens: torch.Tensor | None = None  # [B] real tokens of the prompt as it entered the LLM
+    shift: dict[int, torch.Tensor] = field(default_factory=dict)  # stage layer -> [B] what decoding subtracts from
+    # the generated tokens' positions (the prompt's real tokens less those of the latest renumbered prompt); absent
+    # while no stage renumbered
+    inputs: torch.Tensor | None = None  # [B, T, D] layer 0's input, when the pruner keeps it
+    input_image_mask: torch.Tensor | None = None  # [B, T] image tokens of that input
+    input_padding_mask: torch.Tensor | None = None  # [B, T]
 
 
 @dataclass(eq=False)
@@ -89,10 +112,13 @@ class LLMPruner:
     selector: Selector
     tokens_per_image: int  # placeholders per image in the prompt
     image_token_id: int
+    scores: str = PREVIOUS_LAYER  # whose q / k the attention rows come from: PREVIOUS_LAYER or STAGE_LAYER
+    keeps_inputs: bool = False  # the selector reads the sample as it entered the LLM (`SampleView.inputs`)
     _handles: list[RemovableHandle] = field(default_factory=list, repr=False)
     _prompt: _Prompt | None = field(default=None, repr=False)
     _step_mask: torch.Tensor | None = field(default=None, repr=False)  # [B, T + t] 2-D mask of a decoding step
     _pruned_kwargs: dict = field(default_factory=dict, repr=False)  # layer kwargs after the latest stage
+    _models: list = field(default_factory=list, repr=False)  # the model it is installed on
 
     def __post_init__(self):
         layers = [stage.layer for stage in self.stages]
@@ -101,11 +127,24 @@ class LLMPruner:
             raise UsageError(f"pruning stages must have increasing layers and non-increasing counts: {self.stages}")
         if self.selector.needs_attention and layers[-1] == 0:
             raise UsageError("a selector reading attention needs a stage after layer 0")
+        if self.scores not in (PREVIOUS_LAYER, STAGE_LAYER):
+            raise UsageError(f"scores must be {PREVIOUS_LAYER!r} or {STAGE_LAYER!r}, got {self.scores!r}")
 
     @property
     def scored_layers(self) -> tuple[int, ...]:
-        """Decoder layers whose q / k projections also feed the selector's float32 score rows."""
-        return tuple(s.layer - 1 for s in self.stages if s.layer > 0) if self.selector.needs_attention else ()
+        """Decoder layers whose q / k projections also feed the selector's float32 score rows (the stage layers
+        themselves with STAGE_LAYER scores, whose q / k are projected once more for them)."""
+        if not self.selector.needs_attention:
+            return ()
+        if self.scores == STAGE_LAYER:
+            return tuple(s.layer for s in self.stages if s.layer > 0)
+        return tuple(s.layer - 1 for s in self.stages if s.layer > 0)
+
+    def origins(self, layer: int) -> torch.Tensor | None:
+        """After a prefill: the prompt position (as it entered the LLM) of each token that stage layer `layer` passed
+        on, [B, T'] (a merged token: the position of the token whose place it took; -1 padding); None if that layer
+        is not a stage or nothing was pruned."""
+        return None if self._prompt is None else self._prompt.origins.get(layer)
 
     def layer_tokens(self, num_layers: int) -> tuple[int, ...]:
         """Visual tokens per image each decoder layer works on (prefill queries and cached keys alike)."""
@@ -124,9 +163,14 @@ class LLMPruner:
         if self.stages[-1].layer >= len(layers):
             raise UsageError(f"pruning layer {self.stages[-1].layer} is outside a {len(layers)}-layer LLM")
         self._config = language_model.config
+        self._layers, self._rotary = layers, language_model.rotary_emb
+        object.__setattr__(model, _INSTALLED, self)  # a plain attribute (not a submodule): `installed_pruner`
+        self._models = [model]
         attn = layers[0].self_attn
         self._head_dim, self._kv_groups, self._scaling = attn.head_dim, attn.num_key_value_groups, attn.scaling
         self._handles = [model.model.register_forward_pre_hook(self._start_forward, with_kwargs=True)]
+        if self.keeps_inputs:  # before a stage hook on layer 0, so that it sees the unpruned input
+            self._handles.append(layers[0].register_forward_pre_hook(self._keep_inputs, with_kwargs=True))
         stage_layers = {stage.layer: index for index, stage in enumerate(self.stages)}
         for layer_index in range(self.stages[0].layer, len(layers)):
             if layer_index in stage_layers:
@@ -134,7 +178,7 @@ class LLMPruner:
             else:
                 hook = self._pass_pruned
             self._handles.append(layers[layer_index].register_forward_pre_hook(hook, with_kwargs=True))
-        for index in self.scored_layers:
+        for index in self.scored_layers if self.scores == PREVIOUS_LAYER else ():
             scored = layers[index].self_attn
             self._handles += [
                 scored.q_proj.register_forward_hook(self._capture(index, "query")),
@@ -146,6 +190,9 @@ class LLMPruner:
             handle.remove()
         self._handles = []
         self._prompt = None
+        for model in [m for m in self._models if m.__dict__.get(_INSTALLED) is self]:
+            del model.__dict__[_INSTALLED]
+        self._models = []
 
     # -- hooks -----------------------------------------------------------------------------------------------------
     def _start_forward(self, module, args, kwargs):
@@ -168,10 +215,20 @@ class LLMPruner:
                 padding = torch.ones_like(image_mask) if attention_mask is None else attention_mask.bool()
                 self._prompt = _Prompt(image_mask=image_mask, padding_mask=padding)
                 self._prompt.images_per_sample = image_mask.sum(dim=1) // self.tokens_per_image
+                positions = torch.arange(image_mask.shape[1], device=image_mask.device)
+                self._prompt.origin = positions.expand_as(image_mask).masked_fill(~padding, -1)
+                self._prompt.real_tokens = padding.sum(dim=1)
         else:
             if kwargs.get("pixel_values") is not None:  # (a generated token may carry the image id: not an image)
                 raise UsageError("in-LLM pruning handles images of the first forward of a sequence only")
             self._step_mask = attention_mask
+
+    def _keep_inputs(self, module, args, kwargs):
+        """Layer-0 pre-hook: the prompt as it enters the LLM, for selectors that read it (`keeps_inputs`)."""
+        prompt = self._prompt
+        if prompt is not None and prompt.inputs is None and not prompt.kept_masks:
+            prompt.inputs = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            prompt.input_image_mask, prompt.input_padding_mask = prompt.image_mask, prompt.padding_mask
 
     def _capture(self, layer: int, kind: str):
         def hook(module, args, output):
@@ -197,18 +254,32 @@ class LLMPruner:
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         if layer not in prompt.kept_masks:  # prefill
             position_embeddings = self._pruned_kwargs.get("position_embeddings", kwargs["position_embeddings"])
+            position_ids = self._pruned_kwargs.get("position_ids", kwargs.get("position_ids"))
+            prompt.sources = None
             keep, states = self._select(index, hidden_states, position_embeddings)
+            sources = keep if prompt.sources is None else prompt.sources  # [B, T'] the row each slot takes
             prompt.query.pop(layer - 1, None), prompt.key.pop(layer - 1, None)
-            hidden_states = gather_rows(hidden_states, keep)  # [B, T', D]
+            hidden_states = gather_rows(hidden_states, sources)  # [B, T', D]
             if states is not None:
                 hidden_states = torch.where(states[1].unsqueeze(-1), states[0], hidden_states)
-            cos, sin = position_embeddings
-            self._pruned_kwargs["position_embeddings"] = (gather_rows(cos, keep), gather_rows(sin, keep))
-            position_ids = self._pruned_kwargs.get("position_ids", kwargs.get("position_ids"))
-            if position_ids is not None:
-                self._pruned_kwargs["position_ids"] = position_ids.expand(keep.shape[0], -1).gather(1, keep)
-            prompt.image_mask = prompt.image_mask.gather(1, keep) & prompt.kept_masks[layer]
-            padding = prompt.padding_mask = prompt.kept_masks[layer]
+            real = prompt.kept_masks[layer]  # [B, T']
+            if self.stages[index].renumber:
+                position_ids = (real.long().cumsum(dim=1) - 1).clamp(min=0)  # [B, T']
+                self._pruned_kwargs["position_embeddings"] = self._rotary(hidden_states, position_ids)
+                self._pruned_kwargs["position_ids"] = position_ids
+                prompt.shift[layer] = prompt.real_tokens - real.sum(dim=1)  # generated: R' + t, not R + t
+            else:
+                cos, sin = position_embeddings
+                self._pruned_kwargs["position_embeddings"] = (gather_rows(cos, sources), gather_rows(sin, sources))
+                if position_ids is not None:
+                    self._pruned_kwargs["position_ids"] = position_ids.expand(keep.shape[0], -1).gather(1, sources)
+                previous = self._previous_stage(index)
+                if previous in prompt.shift:
+                    prompt.shift[layer] = prompt.shift[previous]
+            prompt.origin = prompt.origin.gather(1, sources).masked_fill(~real, -1)
+            prompt.origins[layer] = prompt.origin
+            prompt.image_mask = prompt.image_mask.gather(1, keep) & real
+            padding = prompt.padding_mask = real
         else:  # decoding: [kept prompt tokens, tokens generated since (this step's included)]
             kept = prompt.kept_masks[layer]
             generated = cache.get_seq_length(layer) + hidden_states.shape[1] - kept.shape[1]
@@ -217,6 +288,10 @@ class LLMPruner:
             else:
                 new = self._step_mask[:, -generated:].to(kept.device, torch.bool)
             padding = torch.cat([kept, new], dim=1)
+            if layer in prompt.shift:  # positions of the generated tokens follow the renumbered prompt
+                position_ids = kwargs["position_ids"] - prompt.shift[layer][:, None]  # [B, t]
+                self._pruned_kwargs["position_ids"] = position_ids
+                self._pruned_kwargs["position_embeddings"] = self._rotary(hidden_states, position_ids)
         self._pruned_kwargs["attention_mask"] = create_causal_mask(
             config=self._config, inputs_embeds=hidden_states, attention_mask=padding, cache=cache, layer_idx=layer
         )
@@ -227,18 +302,18 @@ class LLMPruner:
         return (hidden_states, *args[1:]), kwargs
 
     def _select(self, index: int, hidden_states: torch.Tensor, position_embeddings):
-        """Positions kept per sample [B, T'] (left padded), and merged states ([B, T', D], [B, T'] where) or None."""
+        """Positions kept per sample [B, T'] (left padded), and merged states ([B, T', D], [B, T'] where) or None;
+        `prompt.sources` [B, T'] when a selection orders its tokens."""
         prompt, stage = self._prompt, self.stages[index]
-        layer = stage.layer
-        query, key = prompt.query.get(layer - 1), prompt.key.get(layer - 1)
-        if layer - 1 in self.scored_layers and (query is None or key is None):
-            raise RuntimeError(f"in-LLM pruning: layer {layer - 1}'s q / k projections were not seen in this forward")
-        rows, replaced = [], []
+        query, key = self._score_inputs(stage.layer, hidden_states)
+        rows, sources, slots, replaced, first_image = [], [], [], [], 0
         for b in range(hidden_states.shape[0]):
             images = prompt.image_mask[b].nonzero().squeeze(1)  # [n V]
             count = int(prompt.images_per_sample[b])
             if images.numel() == 0:
                 rows.append(torch.arange(hidden_states.shape[1], device=hidden_states.device))
+                sources.append(rows[-1])
+                slots.append(None)
                 replaced.append(None)
                 continue
             if count == 0 or images.numel() % count:
@@ -250,24 +325,70 @@ class LLMPruner:
                 hidden=hidden_states[b],
                 blocks=images.view(count, -1),
                 text=(prompt.padding_mask[b] & ~prompt.image_mask[b]).nonzero().squeeze(1),
-                keys=None if key is None else rotated(key[b], position_embeddings, b, self._head_dim),
-                attention=None if query is None else self._attention_rows(query[b], key[b], position_embeddings, b),
+                keys=None if key is None else rotated(key(b), position_embeddings, b, self._head_dim),
+                attention=None if query is None else self._attention_rows(query, key(b), position_embeddings, b),
+                origin=prompt.origin[b],
+                inputs=self._input_view(b, count) if self.keeps_inputs else None,
+                first_image=first_image,
             )
+            first_image += count
             selection = self.selector(view, index, stage.keep)
             keep = ~prompt.image_mask[b]
             keep[selection.visual] = True
-            rows.append(keep.nonzero().squeeze(1))
+            row = keep.nonzero().squeeze(1)  # [T'_b] the slots, increasing
+            source = row
+            if selection.ordered:  # the image slots, in sequence order, take the selection's tokens in its order
+                source = row.masked_scatter(prompt.image_mask[b][row], selection.visual)
+            slot_of = torch.full_like(keep, -1, dtype=torch.long).scatter_(
+                0, source, torch.arange(row.numel(), device=row.device)
+            )  # [T] the slot each kept row went to
+            rows.append(row)
+            sources.append(source)
+            slots.append(slot_of[selection.visual])
             replaced.append(selection)
         positions, valid = left_pad(rows)
-        prompt.kept_masks[layer] = prompt.padding_mask.gather(1, positions) & valid
-        return positions, merged_states(rows, positions, replaced, hidden_states)
+        if any(selection is not None and selection.ordered for selection in replaced):
+            prompt.sources = left_pad(sources)[0]
+        prompt.kept_masks[stage.layer] = prompt.padding_mask.gather(1, positions) & valid
+        return positions, merged_states(rows, positions, replaced, hidden_states, slots)
+
+    def _score_inputs(self, layer: int, hidden_states: torch.Tensor):
+        """What the stage's attention rows are made of: (query, key) where query(b, positions) -> [q, h dh] and
+        key(b) -> [T, hkv dh] are q / k projections before RoPE, or (None, None) when the selector reads none."""
+        prompt = self._prompt
+        if not self.selector.needs_attention or layer == 0:
+            return None, None
+        if self.scores == STAGE_LAYER:  # as PyramidDrop: the stage layer's own q / k of its (pruned) input
+            attn = self._layers[layer].self_attn
+            normed = self._layers[layer].input_layernorm(hidden_states)  # [B, T, D]
+            keys = attn.k_proj(normed)  # [B, T, hkv dh]
+            return (lambda b, positions: attn.q_proj(normed[b, positions])), (lambda b: keys[b])
+        query, key = prompt.query.get(layer - 1), prompt.key.get(layer - 1)
+        if query is None or key is None:
+            raise RuntimeError(f"in-LLM pruning: layer {layer - 1}'s q / k projections were not seen in this forward")
+        return (lambda b, positions: query[b, positions]), (lambda b: key[b])
+
+    def _input_view(self, b: int, count: int) -> SampleView:
+        """Sample b as it entered the LLM (layer 0's input; positions index that prompt)."""
+        prompt = self._prompt
+        image, padding = prompt.input_image_mask[b], prompt.input_padding_mask[b]
+        return SampleView(
+            hidden=prompt.inputs[b],
+            blocks=image.nonzero().squeeze(1).view(count, -1),
+            text=(padding & ~image).nonzero().squeeze(1),
+            keys=None,
+            attention=None,
+        )
+
+    def _previous_stage(self, index: int) -> int | None:
+        return self.stages[index - 1].layer if index > 0 else None
 
     def _attention_rows(self, query, key, position_embeddings, b: int) -> Callable[[torch.Tensor], torch.Tensor]:
         padding = self._prompt.padding_mask[b]
 
         def rows(positions: torch.Tensor) -> torch.Tensor:
             return attention_rows(
-                query[positions],
+                query(b, positions),
                 key,
                 position_embeddings,
                 padding,
@@ -286,6 +407,14 @@ class LLMPruner:
             return None
         kwargs.update(self._pruned_kwargs)
         return args, kwargs
+
+
+_INSTALLED = "_vistog_llm_pruner"
+
+
+def installed_pruner(model) -> LLMPruner | None:
+    """The LLMPruner installed on `model` (None if none): its `origins` say what each stage kept."""
+    return model.__dict__.get(_INSTALLED)
 
 
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -331,10 +460,15 @@ def attention_rows(
 
 
 def merged_states(
-    rows: list[torch.Tensor], positions: torch.Tensor, selections: list[Selection | None], hidden_states: torch.Tensor
+    rows: list[torch.Tensor],
+    positions: torch.Tensor,
+    selections: list[Selection | None],
+    hidden_states: torch.Tensor,
+    slots: list[torch.Tensor | None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The new states of merged tokens in the pruned layout: ([B, T', D], where [B, T']), None if nothing merges.
-    rows: each sample's kept positions (increasing), positions [B, T'] their left-padded form (`left_pad`)."""
+    rows: each sample's kept positions (increasing), positions [B, T'] their left-padded form (`left_pad`); slots:
+    each sample's slot (index into its row) of every `selection.visual`, None for the slot of that position."""
     if all(s is None or s.states is None for s in selections):
         return None
     states = hidden_states.new_zeros(*positions.shape, hidden_states.shape[-1])
@@ -342,7 +476,8 @@ def merged_states(
     for b, selection in enumerate(selections):
         if selection is None or selection.states is None:
             continue
-        slot = torch.searchsorted(rows[b], selection.visual) + positions.shape[1] - rows[b].numel()
+        slot = torch.searchsorted(rows[b], selection.visual) if slots is None or slots[b] is None else slots[b]
+        slot = slot + positions.shape[1] - rows[b].numel()
         states[b, slot] = selection.states.to(states.dtype)
         where[b, slot] = True
     return states, where
@@ -368,6 +503,8 @@ def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = [
+    "PREVIOUS_LAYER",
+    "STAGE_LAYER",
     "LLMPruner",
     "SampleView",
     "Selection",
@@ -375,6 +512,7 @@ __all__ = [
     "Stage",
     "attention_rows",
     "gather_rows",
+    "installed_pruner",
     "left_pad",
     "merged_states",
 ]

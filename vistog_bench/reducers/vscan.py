@@ -16,8 +16,12 @@ Stage 1, at LLaVA's feature layer (a vision-side reducer):
      `image_attentions[-2]`), the local ones excluded;
   3. merging: every other patch joins its most cosine-similar selected patch; a selected token becomes the mean of
      itself and its joiners (`token_merging`, scaling 1); output in spatial order.
-Stage 2, in the LLM at layer l (16 of 32, scaled with depth): the last instruction token's attention ranks each
-image's K0 tokens; K1 stay (FastV's machinery, llm_pruning.py).
+Stage 2, in the LLM at layer l (16 of 32, scaled with depth), as the reference's `layer_prune` (PyramidDrop's
+`pdrop_rank_drop` with counts instead of ratios): the attention the last instruction token pays each image's K0
+tokens in layer l itself (its q / k projected from the stage's input) ranks them; K1 stay, in order, and the pruned
+prompt is renumbered 0..T'-1 (pdrop.py; the shared machinery in llm_pruning.py).
+`tests/test_reducers_conformance_llm.py` checks the kept set and the logits against the reference's `layer_prune`
+on the same LLM input.
 Budget: the layer mean, as the reference's README counts it: K0 = 96 from the encoder and K1 = 32 from layer 16 keep
 "an average of 64 tokens throughout the 32 layers". So K1 = K0 / 3: K0 = round(K L / (l + (L - l) / 3)) and K1
 solved exactly (schedule.py: `first_stage_tokens`, `mean_schedule`).
@@ -26,8 +30,8 @@ Departures:
   2. When floor(K0 / 2) is not a multiple of W (small budgets), the global scan takes the K0 - k W left, so that an
      image always gives K0 tokens (the reference then returns fewer); below K0 = 32 the local scan picks nothing,
      as the reference's k = 0. A grid that is not a multiple of 4 leaves its last rows / columns to the global scan.
-  3. The LLM stage scores with layer l - 1's attention (FastV's), the reference with layer l's own q / k; RoPE
-     positions are kept, the reference renumbers the pruned sequence.
+Options (ours, PyramidDrop's two): `scores="previous"` ranks with layer l - 1's q / k (FastV's hook);
+`positions="original"` keeps each token's RoPE position.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from ..model.vision import VisionStates, cls_attention, split_heads
 from .base import check_budget, check_output, gather_tokens
 from .fastv import LastTokenAttention
 from .llm_pruning import LLMPruner, Stage
+from .pdrop import POSITIONS, RENUMBER, SCORES
 from .schedule import first_stage_tokens, llm_layer, mean_schedule
 from .spec import ENCODER, INSIDE_LLM, LAYER_MEAN, MethodSpec, Option, Parts
 
@@ -99,9 +104,9 @@ def merge_into_selected(patches: torch.Tensor, selected: torch.Tensor) -> torch.
 
 
 @dataclass(eq=False)
-class ShallowCLSAttention:
-    """Forward hooks on one encoder layer's q / k projections (the tower computes them anyway): that layer's CLS
-    attention over the patches, recomputed in float32 (SDPA returns no weights)."""
+class EncoderLayerAttention:
+    """Forward hooks on one encoder layer's q / k projections (the tower computes them anyway), from which a
+    subclass's `take` recomputes an attention score of the patches in float32 (SDPA returns no weights)."""
 
     layer_index: int
     _outputs: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # the latest forward's, [B, I, Dv]
@@ -125,12 +130,18 @@ class ShallowCLSAttention:
             handle.remove()
         self._handles = []
 
+    def query_key(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The latest forward's q / k of the layer, [B, h, I, dh] each."""
+        if set(self._outputs) != {"q_proj", "k_proj"}:
+            raise RuntimeError(f"encoder layer {self.layer_index}'s q / k projections were not seen")
+        query, key = (split_heads(self._outputs[name], self._head_dim) for name in ("q_proj", "k_proj"))
+        return query, key
+
+
+class ShallowCLSAttention(EncoderLayerAttention):
     def take(self) -> torch.Tensor:
         """The latest forward's CLS attention, head mean, CLS column dropped: [B, P]."""
-        if set(self._outputs) != {"q_proj", "k_proj"}:
-            raise RuntimeError(f"vscan: encoder layer {self.layer_index}'s q / k projections were not seen")
-        query, key = (split_heads(self._outputs[name], self._head_dim) for name in ("q_proj", "k_proj"))
-        return cls_attention(query, key, self._scale)  # [B, h, I, dh] each -> [B, P]
+        return cls_attention(*self.query_key(), self._scale)
 
 
 @dataclass(frozen=True)
@@ -153,6 +164,7 @@ class VScanReducer:
 __all__ = [
     "LAYER",
     "LLM_KEEP",
+    "EncoderLayerAttention",
     "ShallowCLSAttention",
     "VScanReducer",
     "merge_into_selected",
@@ -174,7 +186,9 @@ def _build(model, budget: int, seed: int, options: dict) -> Parts:
         shallow_layer(len(tower.encoder.layers), tower.layers_to_run(model.config.vision_feature_layer))
     )
     reducer = VScanReducer(first, num_patches, vision.image_size // vision.patch_size, shallow)
-    pruner = LLMPruner((Stage(layer, keep),), LastTokenAttention(), first, image_token)
+    renumber = (options.get("positions") or POSITIONS.default) == RENUMBER
+    scores = options.get("scores") or SCORES.default
+    pruner = LLMPruner((Stage(layer, keep, renumber),), LastTokenAttention(), first, image_token, scores=scores)
     return Parts(reducer, pruner=pruner, tower_hooks=(shallow,))
 
 
@@ -187,10 +201,10 @@ SPEC = MethodSpec(
     build=_build,
     budget_convention=LAYER_MEAN,
     prompt_tokens="K0 (encoder stage)",
-    options=(Option("layer", int, None, "the LLM stage's layer; default the paper's, scaled"),),
+    options=(Option("layer", int, None, "the LLM stage's layer; default the paper's, scaled"), POSITIONS, SCORES),
     paper_layers=(LAYER,),
     stage_keep=LLM_KEEP,
     paper="layer 16 of 32, 96 -> 32 tokens (K1 = K0 / 3: the reference README's 'average of 64')",
     not_on_families="its first stage works inside LLaVA-1.5's encoder",
-    reference="Tencent/SelfEvolvingAgent VScan/ (commit not recorded)",
+    reference="Tencent/SelfEvolvingAgent @ a82450e, VScan/",
 )
