@@ -108,6 +108,11 @@ def test_installed_wheel_holds_the_task_folder(installed):
     # pyproject lists the packages (tasks/ is mapped into the package): every module of the source tree is shipped
     modules = {p.relative_to(REPO).as_posix() for p in (REPO / "vistog_bench").rglob("*.py")}
     assert modules <= names, sorted(modules - names)
+    # the embedded checkpoints whole: their chat_template.jinja decides the prompts the embedded default answers
+    embedded = {
+        p.relative_to(REPO).as_posix() for p in (REPO / "vistog_bench/demo/checkpoints").rglob("*") if p.is_file()
+    }
+    assert any(name.endswith("chat_template.jinja") for name in embedded) and embedded <= names, embedded - names
 
     where = _run(installed, str(installed["python"]), "-c", "import vistog_bench; print(vistog_bench.__file__)")
     assert Path(where.stdout.strip()).parent == installed["purelib"] / "vistog_bench", where.stderr
