@@ -12,14 +12,37 @@ import sys
 from pathlib import Path
 
 
-class ProgressSplitter(io.TextIOBase):
+class _Redirect(io.TextIOBase):
+    """A stand-in for `sys.<name>` during a sweep. Libraries imported inside may keep it (nltk keeps sys.stderr):
+    once `detach`ed, it writes to whatever `sys.<name>` is at that moment, never to the closed run log."""
+
+    name = ""  # "stdout" | "stderr"
+
+    def __init__(self) -> None:
+        self.detached = False
+
+    def detach(self) -> None:
+        self.detached = True
+
+    def now(self):
+        """The stream a detached stand-in writes to: today's `sys.<name>` (the interpreter's own if that is us)."""
+        current = getattr(sys, self.name)
+        return current if current is not self else getattr(sys, f"__{self.name}__")
+
+
+class ProgressSplitter(_Redirect):
     """`sys.stderr` while third-party code runs: tqdm's redraws (a write that starts with a carriage return, and the
     newline that closes a bar) go to the terminal, every other write (warnings, prints to stderr) to the run log."""
 
+    name = "stderr"
+
     def __init__(self, terminal, log) -> None:
+        super().__init__()
         self.terminal, self.log, self._in_bar = terminal, log, False
 
     def write(self, text: str) -> int:
+        if self.detached:
+            return self.now().write(text)
         if text.startswith("\r") or (self._in_bar and text == "\n"):
             self.terminal.write(text)
             self.terminal.flush()
@@ -29,37 +52,36 @@ class ProgressSplitter(io.TextIOBase):
         return len(text)
 
     def flush(self) -> None:
+        if self.detached:
+            self.now().flush()
+            return
         self.terminal.flush()
         self.log.flush()
 
     def isatty(self) -> bool:
-        return self.terminal.isatty()
+        return self.now().isatty() if self.detached else self.terminal.isatty()
 
     def fileno(self) -> int:
-        return self.terminal.fileno()
-
-    def restore(self, stream) -> None:
-        """After the sweep: whoever kept a reference to this stream (nltk, a warnings handler) writes to `stream`."""
-        self.terminal = self.log = stream
+        return self.now().fileno() if self.detached else self.terminal.fileno()
 
 
-class LogStream(io.TextIOBase):
-    """`sys.stdout` while third-party code runs: every write goes to the run log; restored, to the old stream."""
+class LogStream(_Redirect):
+    """`sys.stdout` while third-party code runs: every write goes to the run log."""
+
+    name = "stdout"
 
     def __init__(self, log) -> None:
+        super().__init__()
         self.log = log
 
     def write(self, text: str) -> int:
-        return self.log.write(text)
+        return (self.now() if self.detached else self.log).write(text)
 
     def flush(self) -> None:
-        self.log.flush()
+        (self.now() if self.detached else self.log).flush()
 
     def fileno(self) -> int:
-        return self.log.fileno()
-
-    def restore(self, stream) -> None:
-        self.log = stream
+        return (self.now() if self.detached else self.log).fileno()
 
 
 @contextlib.contextmanager
@@ -77,8 +99,8 @@ def third_party_output_to(log_path: Path):
     saved = os.dup(1), os.dup(2)
     terminal = os.fdopen(os.dup(2), "w", encoding="utf-8", buffering=1)
     old_streams = sys.stdout, sys.stderr
-    # libraries imported inside may keep these objects (nltk keeps sys.stderr): once restored they write to the old
-    # streams, never to the closed log
+    # libraries imported inside may keep these objects (nltk keeps sys.stderr): detached, they write to the streams
+    # of the moment, never to the closed log
     streams = LogStream(log), ProgressSplitter(terminal, log)
     try:
         os.dup2(log.fileno(), 1)
@@ -89,8 +111,8 @@ def third_party_output_to(log_path: Path):
         yield
     finally:
         sys.stdout, sys.stderr = old_streams
-        for stream, old in zip(streams, old_streams, strict=True):
-            stream.restore(old)
+        for stream in streams:
+            stream.detach()
         log.flush()
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
