@@ -1,14 +1,23 @@
-"""VisToGConfig: a LlavaConfig with the VisToG settings.
+"""VisToG's configs: `VisToGConfig` (a LlavaConfig with the VisToG settings) and the per-view VisToG on LLaVA-NeXT
+and LLaVA-OneVision (`VisToGLlavaNextConfig`, `VisToGLlavaOnevisionConfig`: the stock config plus the same settings).
 
 Defaults follow LLaVA-1.5 (vision feature layer -2, CLS dropped) and the paper's 64-token setting
-(arXiv 2411.17773). `num_semantic_tokens=None` switches VisToG off: the model is then stock LLaVA-1.5.
+(arXiv 2411.17773). `num_semantic_tokens=None` switches VisToG off: the model is then stock LLaVA-1.5. The per-view
+configs always have an N (VisToG off there is the stock checkpoint itself). All three are registered with
+transformers' AutoConfig, so `from_pretrained` reads them with `trust_remote_code=False`.
+
+    VisToGConfig(vision_config=..., text_config=..., num_semantic_tokens=64)
+    VisToGLlavaNextConfig(**llava_next_config.to_dict(), num_semantic_tokens=16)   # model_type vistog_llava_next
 """
 
 from __future__ import annotations
 
-from transformers import AutoConfig, LlavaConfig
+from dataclasses import dataclass
+
+from transformers import AutoConfig, LlavaConfig, LlavaNextConfig, LlavaOnevisionConfig
 
 from ..errors import UsageError
+from .geometry import num_patches
 
 
 class VisToGConfig(LlavaConfig):
@@ -43,10 +52,10 @@ class VisToGConfig(LlavaConfig):
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         if self.num_semantic_tokens is not None:
-            num_patches = (self.vision_config.image_size // self.vision_config.patch_size) ** 2
-            if not isinstance(self.num_semantic_tokens, int) or not 0 < self.num_semantic_tokens <= num_patches:
+            count = self.num_patches
+            if not isinstance(self.num_semantic_tokens, int) or not 0 < self.num_semantic_tokens <= count:
                 raise UsageError(
-                    f"num_semantic_tokens must be an integer in 1..{num_patches} (the patch count) or None, "
+                    f"num_semantic_tokens must be an integer in 1..{count} (the patch count) or None, "
                     f"got {self.num_semantic_tokens!r}"
                 )
         if self.grouping_logit_scale <= 0:
@@ -63,7 +72,7 @@ class VisToGConfig(LlavaConfig):
     @property
     def num_patches(self) -> int:
         """P: patch tokens per image (576 for ViT-L/14 at 336 px)."""
-        return (self.vision_config.image_size // self.vision_config.patch_size) ** 2
+        return num_patches(self.vision_config)
 
     @property
     def num_visual_tokens(self) -> int:
@@ -71,6 +80,66 @@ class VisToGConfig(LlavaConfig):
         return self.num_semantic_tokens if self.num_semantic_tokens is not None else self.num_patches
 
 
-AutoConfig.register("vistog", VisToGConfig)
+# What each per-view VisToG setting must be; the same rules read an earlier checkpoint's vistog_family.json
+# (`modeling_views.legacy_settings`). A JSON `true` is no N and `"false"` no boolean, so the types are checked exactly.
+VIEW_SETTING_RULES = {
+    "num_semantic_tokens": ("must be an integer >= 1", lambda v: type(v) is int and v >= 1),
+    "isolated_attention": ("must be true or false", lambda v: type(v) is bool),
+    "grouping_mlp_ratio": ("must be a number > 0", lambda v: type(v) in (int, float) and v > 0),
+    "gumbel_tau": ("must be a number > 0", lambda v: type(v) in (int, float) and v > 0),
+    "grouping_logit_scale": ("must be a number > 0", lambda v: type(v) in (int, float) and v > 0),
+}
 
-__all__ = ["VisToGConfig"]
+
+def view_setting_problem(key: str, value) -> str | None:
+    """Why `value` is no valid per-view VisToG setting `key`, None if it is."""
+    if key not in VIEW_SETTING_RULES:
+        return f"is not a per-view VisToG setting (known: {', '.join(VIEW_SETTING_RULES)})"
+    rule, holds = VIEW_SETTING_RULES[key]
+    return None if holds(value) else rule
+
+
+@dataclass(repr=False, kw_only=True)
+class VisToGViewSettings:
+    """The VisToG settings of a per-view config (fields joined to the stock config's; see VisToGConfig for each)."""
+
+    num_semantic_tokens: int = 64  # N per view
+    isolated_attention: bool = True
+    grouping_mlp_ratio: float = 4.0
+    gumbel_tau: float = 1.0
+    grouping_logit_scale: float = 10.0
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        for key in VIEW_SETTING_RULES:
+            problem = view_setting_problem(key, getattr(self, key))
+            if problem:
+                raise UsageError(f"{key} {problem}, got {getattr(self, key)!r}")
+        if not isinstance(self.vision_feature_layer, int):
+            raise UsageError("VisToG groups one feature layer; this checkpoint concatenates several")
+
+
+class VisToGLlavaNextConfig(VisToGViewSettings, LlavaNextConfig):
+    """LlavaNextConfig + VisToG per view (CLIP-336 views: the anyres base view and each tile)."""
+
+    model_type = "vistog_llava_next"
+
+
+class VisToGLlavaOnevisionConfig(VisToGViewSettings, LlavaOnevisionConfig):
+    """LlavaOnevisionConfig + VisToG per view (SigLIP-384 views)."""
+
+    model_type = "vistog_llava_onevision"
+
+
+AutoConfig.register("vistog", VisToGConfig)
+AutoConfig.register(VisToGLlavaNextConfig.model_type, VisToGLlavaNextConfig)
+AutoConfig.register(VisToGLlavaOnevisionConfig.model_type, VisToGLlavaOnevisionConfig)
+
+__all__ = [
+    "VIEW_SETTING_RULES",
+    "VisToGConfig",
+    "VisToGLlavaNextConfig",
+    "VisToGLlavaOnevisionConfig",
+    "VisToGViewSettings",
+    "view_setting_problem",
+]

@@ -1,7 +1,8 @@
 """Load a local checkpoint in the Hugging Face layout: stock LLaVA-1.5 (`model_type: llava`, as llava-hf publishes
-it), a saved VisToG model (`model_type: vistog`), or a model of another family chosen from `config.model_type`
-(`llava_next`, `llava_onevision`, `qwen2_5_vl`: transformers' own class, `model.families`). Safetensors only; code
-shipped with a checkpoint never runs.
+it), a saved VisToG model (`model_type: vistog`, or `vistog_llava_next` / `vistog_llava_onevision` per view), or a
+model of another family (`llava_next`, `llava_onevision`, `qwen2_5_vl`: transformers' own class); the family chosen
+from `config.model_type` (`model.families.family_for`) loads it. Safetensors only; code shipped with a checkpoint
+never runs.
 
 Every reader of a checkpoint goes through this module: `refuse_remote_code` (the one check that a folder asks for no
 code of its own), `load_config`, `load_processor`, `load_pretrained` (weights) and `load_checkpoint` (all of them).
@@ -18,16 +19,15 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
+from transformers import AutoConfig, AutoProcessor
 from transformers.utils import logging as hf_logging
 
 from ..dtypes import torch_dtype
 from ..errors import UsageError
-from .families import FAMILIES, family_of
+from .families import MODEL_TYPES, family_for
 from .grouping import SCALE_NAME
-from .modeling import VisToGForConditionalGeneration
+from .modeling_views import VIEWS_CLASSES, legacy_config
 
-MODEL_TYPES = ("llava", "vistog", *FAMILIES)
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 # The files transformers reads class names (and `auto_map`, code to import) from when it loads a folder.
@@ -46,7 +46,13 @@ CLASS_KEYS = (
     "feature_extractor_type",
     "video_processor_type",
 )
-OWN_CLASSES = ("VisToGForConditionalGeneration", "VisToGConfig")  # ours: registered with transformers' Auto classes
+# ours: registered with transformers' Auto classes
+OWN_CLASSES = (
+    "VisToGForConditionalGeneration",
+    "VisToGConfig",
+    *(cls.__name__ for cls in VIEWS_CLASSES.values()),
+    *(cls.config_class.__name__ for cls in VIEWS_CLASSES.values()),
+)
 
 
 def refuse_remote_code(path: str | Path) -> None:
@@ -112,13 +118,15 @@ def _items(data: Any):
 
 
 def load_config(path: str | Path):
-    """The checkpoint's config (AutoConfig; ours for `model_type: vistog`), remote code refused."""
+    """The checkpoint's config (AutoConfig; ours for VisToG, an earlier per-view VisToG folder's included), remote
+    code refused."""
     _check_folder(path)
     refuse_remote_code(path)
     try:
-        return AutoConfig.from_pretrained(path, trust_remote_code=False)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as exc:
         raise UsageError(f"cannot read the config of {path}: {str(exc).splitlines()[0]}") from None
+    return legacy_config(path, config)
 
 
 def load_processor(path: str | Path, auto_class=AutoProcessor):
@@ -195,23 +203,12 @@ def checkpoint_model_type(path: str | Path) -> str:
 def load_checkpoint(
     path: str | Path, *, device: str = "cpu", dtype: str = "float32", attn_implementation: str = "sdpa"
 ) -> tuple[Any, object]:
-    """(model in eval mode, processor). A stock LLaVA checkpoint comes back as VisToG-off (stock behaviour); a
-    family's checkpoint as transformers' own class of that family (`model.families.FAMILIES`), unchanged."""
-    from .families_vistog import SETTINGS_FILE, VisToGFamily  # it reads checkpoints through this module
-
-    model_type = checkpoint_model_type(path)
+    """(model in eval mode, processor), the model as its family loads it (`families.ModelFamily.load`): a stock
+    LLaVA checkpoint as VisToG-off (stock behaviour), another family's as transformers' own class, unchanged."""
+    checkpoint_model_type(path)
+    config = load_config(path)
     kwargs = dict(dtype=torch_dtype(dtype), attn_implementation=attn_implementation)
-    family = family_of(model_type)
-    if family is not None and (Path(path) / SETTINGS_FILE).is_file():  # VisToG parts on NeXT / OneVision
-        model = VisToGFamily.from_pretrained(path, **kwargs)
-    elif family is not None:
-        model = load_pretrained(family.model_class(), path, **kwargs)
-    elif model_type == "llava":
-        model = VisToGForConditionalGeneration.from_llava(
-            load_pretrained(LlavaForConditionalGeneration, path, **kwargs), num_semantic_tokens=None
-        )
-    else:
-        model = load_pretrained(VisToGForConditionalGeneration, path, **kwargs)
+    model = family_for(config).load(path, config, **kwargs)
     processor = load_processor(path)
     return model.to(device).eval(), processor
 
