@@ -24,7 +24,7 @@ Video (a video path: a simple request's string visual, a chat request's video pa
 LLaVA-NeXT: `max_frames` frames are sampled uniformly (as `llava_hf` samples them) and each goes through the vision
 path as an image, giving `budget` tokens; the LLM sees `<frame 1 tokens> <frame 2 tokens> ...` in temporal order, then
 the question, i.e. frames x budget visual tokens in all. LLaVA-OneVision and Qwen2.5-VL: the video goes through the
-model's own video path: its frames, sampled as lmms-eval samples them for that model (`families.video_frame_indices`:
+model's own video path: its frames, sampled as lmms-eval samples them for that model (`ModelFamily.video_frame_indices`:
 `max_frames` uniform for OneVision; an even count up to `max_frames` for Qwen2.5-VL), reach the processor as one video
 with the template's video placeholder, and the sample log records `video_placeholders`, `video_frames` and the
 video's run of video tokens in `visual_tokens_unreduced` / `visual_tokens` (runs in prompt order). Frames a task
@@ -59,39 +59,21 @@ from tqdm import tqdm
 from transformers import LogitsProcessorList
 
 from .errors import UsageError
-from .model import VisToGForConditionalGeneration, build_inputs, load_checkpoint
-from .model.families import (
-    VideoFrames,
-    family_inputs,
-    model_family,
-    uniform_frame_indices,
-    video_frame_indices,
-    visual_runs,
-)
-from .model.families_vistog import VisToGFamily
-from .reducers.families import (
-    apply_family_method,
-    family_sample_problem,
-    family_token_counts,
-    family_vision_scores,
-)
+from .model import load_checkpoint
+from .model.families import ModelBatch, VideoFrames, family_of_model, uniform_frame_indices
 from .model.prompting import PromptBuilder, Turn, find_template, image_token_of, video_token_of
-from .reducers import METHODS, AppliedMethod, applied_method, apply_method, tokens_per_image
+from .reducers import METHODS, AppliedMethod, applied_method
+from .reducers.families import family_sample_problem, family_vision_scores
 
 DEFAULT_MAX_NEW_TOKENS = 1024  # llava_hf's default when a task sets none
 # What a sample can fail on while its media and prompt are built: it then fails alone.
 SAMPLE_ERRORS = (OSError, UnidentifiedImageError, RuntimeError, TypeError, ValueError, KeyError, UsageError)
 
 
-def configure_method(model: VisToGForConditionalGeneration, method: str, budget: int | None, seed: int = 0) -> int:
-    """Set `model` up for `method` at `budget` (None: the checkpoint's own count, N or P; for another family its
-    full budget, `model.families`). Returns the budget."""
-    if model_family(model) is not None:
-        return apply_family_method(model, method, budget, seed=seed)
-    if budget is None:
-        budget = model.config.num_semantic_tokens or model.config.num_patches
-    apply_method(model, method, budget, seed=seed)
-    return budget
+def configure_method(model, method: str, budget: int | None, seed: int = 0) -> int | None:
+    """Set `model` up for `method` at `budget` (None: the family's default, `ModelFamily.apply_method`: the
+    checkpoint's own count, N or P, on LLaVA-1.5). Returns the budget it serves."""
+    return family_of_model(model).apply_method(model, method, budget, seed=seed)
 
 
 def read_video(path: str, indices_of) -> VideoFrames:
@@ -137,7 +119,7 @@ class ServedModel:
     """A checkpoint loaded and set up for one method at one budget; `applied` is what the reducers installed."""
 
     pretrained: str
-    model: VisToGForConditionalGeneration
+    model: torch.nn.Module  # as its family loads it (model.families)
     processor: object
     method: str
     budget: int
@@ -161,7 +143,7 @@ class ServedModel:
 def attention_record(model, applied: AppliedMethod | None) -> str:
     """One line naming the attention implementation of the LLM's and the vision encoder's layers (no method switches
     one) and what a method computes beside them (float32 scores from one layer's q / k)."""
-    config = getattr(model, "stock", model).config  # VisToGFamily wraps the stock model
+    config = model.config
     llm = (
         sorted(set(applied.llm_attention))
         if applied is not None and applied.llm_attention
@@ -190,7 +172,7 @@ def serve_checkpoint(
     model, processor = load_checkpoint(pretrained, device=device, dtype=dtype, attn_implementation=attn_implementation)
     budget = configure_method(model, method, budget, seed)
     template = find_template(processor, pretrained, chat_template or None)
-    per_image = 0 if model_family(model) is not None else tokens_per_image(model)
+    per_image = family_of_model(model).tokens_per_placeholder(model)
     return ServedModel(str(pretrained), model, processor, method, budget, per_image, template, applied_method(model))
 
 
@@ -209,16 +191,16 @@ def _failure_reason(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
-def _as_media(visuals, max_frames: int, family) -> tuple[list[Image.Image], list[VideoFrames]]:
-    """(PIL images as RGB, videos): a video path becomes one video for a family with a video path (`family`: its
-    `model.families.Family`, else None), else `max_frames` frames as images."""
+def _as_media(visuals, max_frames: int, video_indices) -> tuple[list[Image.Image], list[VideoFrames]]:
+    """(PIL images as RGB, videos): a video path becomes one video where the model takes videos (`video_indices`:
+    its family's frame sampling, (total, max_frames) -> indices; else None), else `max_frames` frames as images."""
     images: list[Image.Image] = []
     videos: list[VideoFrames] = []
     for visual in visuals or []:
         if isinstance(visual, Image.Image):
             images.append(visual.convert("RGB"))
-        elif isinstance(visual, str) and family is not None:
-            videos.append(read_video(visual, lambda total: video_frame_indices(family, total, max_frames)))
+        elif isinstance(visual, str) and video_indices is not None:
+            videos.append(read_video(visual, lambda total: video_indices(total, max_frames)))
         elif isinstance(visual, str):
             images.extend(load_frames(visual, max_frames))
         else:
@@ -285,15 +267,14 @@ class VisToGLMM(lmms):
         self.prompts = PromptBuilder(
             self.prompt_template, self.tokenizer, image_token_of(self.processor), video_token_of(self.processor)
         )
-        family = model_family(self.model)
-        native = family is not None and family.video_frames is not None and not isinstance(self.model, VisToGFamily)
-        self.video_family = family if native else None  # a video goes through this family's video path
+        self.family = family_of_model(self.model)
+        # a video goes through the model's video path, sampled as the family samples it; None: frames as images
+        self.video_indices = self.family.video_frame_indices if self.family.native_video(self.model) else None
         self.batch_size_per_gpu = int(batch_size)
         self.max_frames = int(max_frames)
         self.profiler = profiler
         self.unscored_failures_in = tuple(unscored_failures_in)
         self._sample_log: list[dict] = []
-        self._unreduced: list[list[int]] = []  # a VisToGFamily batch's counts before grouping, per sample
 
     # -- lmms-eval properties --------------------------------------------------------------------------------------
     @property
@@ -320,7 +301,7 @@ class VisToGLMM(lmms):
         return self.task_dict[task][split][doc_id]
 
     def _simple_sample(self, context: str, doc_to_visual, doc_id: int, task: str, split: str) -> _Sample:
-        images, videos = _as_media(doc_to_visual(self._doc(task, split, doc_id)), self.max_frames, self.video_family)
+        images, videos = _as_media(doc_to_visual(self._doc(task, split, doc_id)), self.max_frames, self.video_indices)
         return _Sample(task, doc_id, [Turn("user", context, len(images), len(videos))], images, videos)
 
     def _build(self, make, task: str, doc_id: int) -> _Sample:
@@ -360,20 +341,16 @@ class VisToGLMM(lmms):
     def _stage(request, name: str):
         return request.stage(name) if request is not None else contextlib.nullcontext()
 
-    def _inputs(self, samples: list[_Sample]):
-        prompts, images = [s.prompt for s in samples], [s.images for s in samples]
-        if isinstance(self.model, VisToGFamily):  # views x N placeholders per image
-            inputs = self.model.inputs(self.processor, prompts, images).to(self.device)
-            self._unreduced = inputs.pop("visual_tokens_unreduced")
-        elif model_family(self.model) is not None:
-            pixels = self.video_family.video_pixels if self.video_family is not None else None
-            inputs = family_inputs(self.processor, prompts, images, [s.videos for s in samples], pixels).to(self.device)
-        else:
-            inputs = build_inputs(self.processor, prompts, images, self.tokens_per_image).to(self.device)
+    def _inputs(self, samples: list[_Sample]) -> ModelBatch:
+        """The live samples as the model's inputs (its family builds them), on the device, pixels in its dtype."""
+        prompts, media = [s.prompt for s in samples], ([s.images for s in samples], [s.videos for s in samples])
+        batch = self.family.build_inputs(self.model, self.processor, prompts, *media, self.tokens_per_image)
+        inputs = batch.inputs.to(self.device)
         for key in ("pixel_values", "pixel_values_videos"):
             if key in inputs:
                 inputs[key] = inputs[key].to(self.model.dtype)
-        return inputs
+        batch.inputs = inputs
+        return batch
 
     # -- lmms-eval API ---------------------------------------------------------------------------------------------
     def _sample_maker(self, args):
@@ -414,7 +391,8 @@ class VisToGLMM(lmms):
                 samples = [self._build(make, task, doc_id) for task, doc_id, make in makers]
                 live = [s for s in samples if s.failure is None]
                 if live:
-                    inputs = self._inputs(live)
+                    batch = self._inputs(live)
+                    inputs = batch.inputs
             if not live:
                 return [GenerationResult("", TokenCounts(0, 0)) for _ in samples]
             with torch.inference_mode():
@@ -434,7 +412,7 @@ class VisToGLMM(lmms):
             new_ids = output_ids[:, inputs["input_ids"].shape[1] :]
             output_counts = [self._output_length(ids) for ids in new_ids]
             input_counts = inputs["attention_mask"].sum(dim=1).tolist()
-            visual = self._log_visual_tokens(samples, inputs["input_ids"])
+            visual = self._log_visual_tokens(samples, batch)
             if request is not None:
                 request.set_tokens(visual=visual, text=sum(input_counts) - visual, output=sum(output_counts))
         texts = iter(
@@ -447,21 +425,17 @@ class VisToGLMM(lmms):
             GenerationResult("", TokenCounts(0, 0)) if s.failure else GenerationResult(*next(texts)) for s in samples
         ]
 
-    def _log_visual_tokens(self, samples: list[_Sample], input_ids: torch.Tensor) -> int:
-        """Visual tokens the LLM receives for the live samples of a batch (all images and videos); for another family
-        also each sample's unreduced and received counts (per image / video run, in prompt order), in its log entry."""
+    def _log_visual_tokens(self, samples: list[_Sample], batch: ModelBatch) -> int:
+        """Visual tokens the LLM receives for the live samples of a batch (all images and videos); where the family
+        counts them per sample (all but LLaVA-1.5), each sample's unreduced and received counts (per image / video
+        run, in prompt order) also go in its log entry."""
         live = [s for s in samples if s.failure is None]
-        if model_family(self.model) is None:
-            return sum(len(s.images) for s in live) * self.budget
-        entries = [e for e in self._sample_log[-len(samples) :] if "failure" not in e]
-        total = 0
-        for b, (entry, ids) in enumerate(zip(entries, input_ids, strict=True)):
-            unreduced, kept = family_token_counts(self.model, visual_runs(ids, self.model))
-            if isinstance(self.model, VisToGFamily):
-                unreduced = self._unreduced[b]  # the processor's count; the LLM got views x N
-            entry["visual_tokens_unreduced"], entry["visual_tokens"] = unreduced, kept
-            total += sum(kept)
-        return total
+        counts = self.family.visual_token_counts(self.model, batch, self.budget, [len(s.images) for s in live])
+        if counts.per_sample is not None:
+            entries = [e for e in self._sample_log[-len(samples) :] if "failure" not in e]
+            for entry, (unreduced, kept) in zip(entries, counts.per_sample, strict=True):
+                entry["visual_tokens_unreduced"], entry["visual_tokens"] = unreduced, kept
+        return counts.total
 
     def _output_length(self, ids: torch.Tensor) -> int:
         """Generated tokens up to and including the first end-of-sequence token."""
@@ -493,7 +467,7 @@ class VisToGLMM(lmms):
             continuation = (
                 doc_to_target if isinstance(doc_to_target, str) else doc_to_target(self._doc(task, split, doc_id))
             )
-            inputs = self._inputs([sample])
+            inputs = self._inputs([sample]).inputs
             target = self.tokenizer(" " + continuation.strip(), add_special_tokens=False, return_tensors="pt")
             target_ids = target["input_ids"].to(self.device)  # [1, C]
             input_ids = torch.cat([inputs["input_ids"], target_ids], dim=1)
@@ -560,7 +534,7 @@ class VisToGChatLMM(VisToGLMM):
                 for part in message.content
                 if part.type in ("image", "video")
             ]  # an image path: an image
-            turn_images, turn_videos = _as_media(media, self.max_frames, self.video_family)
+            turn_images, turn_videos = _as_media(media, self.max_frames, self.video_indices)
             text = " ".join(part.text for part in message.content if part.type == "text")
             turns.append(Turn(message.role, text, len(turn_images), len(turn_videos)))
             images += turn_images

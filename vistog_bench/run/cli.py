@@ -36,12 +36,13 @@ Other families (LLaVA-NeXT, LLaVA-OneVision, Qwen2.5-VL; `model.families`): budg
 per cell as `budget_rule` (NeXT / OneVision `per_image_total`: visual tokens per image summed over its tiles; Qwen2.5-VL
 `percent_of_own`: a percentage of each image's own count). Their `none` cell is the full budget, recorded as 100 for a
 percentage and, for per-image totals, as the most tokens one image can give on the checkpoint (from its config: base
-view, the tiles of its `image_grid_pinpoints`, newline tokens; `profiling.flops.most_image_tokens`). A VisToG checkpoint
-of a family (a folder with `vistog_family.json`) gives one `vistog` cell at its N per view (`per_view`); --budgets are
-the other methods'. Methods a family does not run are refused before anything loads, one line per cell; checkpoints of
-different families in one sweep are refused. Each family cell records the mean visual tokens per image the LLM received
-and the processor's unreduced count (the sample lines carry both per image). Their request records carry times and token
-counts under the cell's budget, no analytic FLOPs (`profile --shape NAME --analytic`).
+view, the tiles of its `image_grid_pinpoints`, newline tokens; `ModelFamily.full_budget`). A VisToG checkpoint of
+NeXT / OneVision (`vistog_llava_next` / `vistog_llava_onevision`, or an earlier folder with `vistog_family.json`) gives
+one `vistog` cell at its N per view (`per_view`); --budgets are the other methods'. Methods a family does not run are
+refused before anything loads, one line per cell; checkpoints of different families in one sweep are refused. Each
+family cell records the mean visual tokens per image the LLM received and the processor's unreduced count (the sample
+lines carry both per image). Their request records carry times and token counts under the cell's budget, no analytic
+FLOPs (`profile --shape NAME --analytic`).
 
 Without --model: the embedded default (tiny LLaVA + VisToG trained on the synthetic shapes world, no downloads);
 --tasks (shapes, shapes_vqa, shapes_caption, shapes_video), --budgets and --method narrow or change that sweep.

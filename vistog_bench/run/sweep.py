@@ -55,15 +55,15 @@ class Cell:
 class CheckpointFacts:
     """What planning reads from a checkpoint's config (nothing is loaded)."""
 
-    model_type: str
-    family: object  # model.families.Family of LLaVA-NeXT / OneVision / Qwen2.5-VL; None for LLaVA-1.5 / VisToG
-    semantic: int | None  # N of a VisToG checkpoint (per view on a family); None for a stock one
-    full: int  # the full budget: the patch count; a family's 100 % or the most tokens one image can give
+    family: object  # model.families.ModelFamily, chosen from the config's model_type
+    semantic: int | None  # N of a VisToG checkpoint (per view where the family says so); None for a stock one
+    full: int  # the full budget (ModelFamily.full_budget): the patch count, 100 %, the most tokens one image gives
+    serve_all: bool  # `none` is set up with no budget: every visual token stays (ModelFamily.none_budget)
 
     @property
     def lineage(self) -> str:
-        """The family a sweep may not mix: LLaVA-1.5 (stock and VisToG) or the family's model_type."""
-        return self.family.model_type if self.family is not None else "llava"
+        """The family a sweep may not mix: LLaVA-1.5 (stock and VisToG) or the family's stock model_type."""
+        return self.family.model_type
 
 
 PER_VIEW = "per_view"  # VisToG on NeXT / OneVision: N tokens per view (CellResult.budget_rule)
@@ -71,47 +71,24 @@ PER_VIEW = "per_view"  # VisToG on NeXT / OneVision: N tokens per view (CellResu
 
 # -- planning --------------------------------------------------------------------------------------------------------
 def _checkpoint_facts(path: str) -> CheckpointFacts:
-    """A checkpoint's facts from its config.json, validated. A family's full budget: 100 for a percentage rule; for
-    per-image totals the most tokens one image can give on this config (profiling.flops.most_image_tokens: base view,
-    tiles of its image_grid_pinpoints and newline tokens)."""
-    from ..model.families import family_of
-    from ..model.families_vistog import saved_settings
+    """A checkpoint's facts from its config.json, validated, as its family reads them (`model.families`)."""
+    from ..model.families import family_for
     from ..model.loading import checkpoint_model_type, load_config
-    from ..model.modeling import vistog_config
-    from ..profiling.flops import family_full_budget
 
-    model_type = checkpoint_model_type(path)
+    checkpoint_model_type(path)  # a loadable checkpoint folder that asks for no code of its own
     config = load_config(path)
-    family = family_of(model_type)
-    if family is not None:
-        settings = saved_settings(path)
-        semantic = settings["num_semantic_tokens"] if settings is not None else None
-        return CheckpointFacts(model_type, family, semantic, family_full_budget(config))
-    semantic = None
-    if model_type == "vistog":
-        _check_saved_semantic_tokens(path)
-        semantic = config.num_semantic_tokens
-    return CheckpointFacts(model_type, None, semantic, vistog_config(config, None).num_patches)
-
-
-def _check_saved_semantic_tokens(path: str) -> None:
-    """A VisToG checkpoint's config.json names its N: a missing key would load with VisToGConfig's default (64) and
-    serve a model the weights do not describe. `null` is VisToG off (stock LLaVA-1.5 behind the class)."""
-    import json
-
-    saved = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
-    if "num_semantic_tokens" not in saved:
-        raise UsageError(
-            f"{path}: a VisToG checkpoint (model_type vistog) whose config.json has no num_semantic_tokens; "
-            "it must say its N (an integer >= 1, or null for VisToG off)"
-        )
+    family = family_for(config)
+    family.check_checkpoint(path)
+    full = family.full_budget(config)
+    return CheckpointFacts(family, family.num_semantic_tokens(config), full, family.none_budget(config) is None)
 
 
 def checkpoint_budgets(models) -> tuple[int, ...]:
     """Each checkpoint's own budget, largest first: N for a LLaVA-1.5 VisToG checkpoint, the full budget for a stock
     one and for a family's (a family's VisToG cells take their N per view whatever the budgets)."""
     facts = [_checkpoint_facts(str(m)) for m in models]
-    return tuple(sorted({f.semantic if f.semantic and f.family is None else f.full for f in facts}, reverse=True))
+    own = {f.semantic if f.semantic and not f.family.vistog_per_view else f.full for f in facts}
+    return tuple(sorted(own, reverse=True))
 
 
 def default_methods(models) -> tuple[str, ...]:
@@ -120,29 +97,10 @@ def default_methods(models) -> tuple[str, ...]:
     return ("vistog",) if any(_checkpoint_facts(str(m)).semantic for m in models) else ("none",)
 
 
-def _check_budgets(budgets, full: int, family) -> None:
-    """Each budget under the sweep's rule: LLaVA-1.5 1..patch count; a family's rule (families.check_family_budget)
-    and at most its full budget."""
-    from ..model.families import check_family_budget
-
-    for budget in budgets:
-        if family is not None:
-            check_family_budget(family, budget)
-        if not 0 < budget <= full:
-            unit = (
-                "visual tokens (the patch count)"
-                if family is None
-                else (
-                    f"visual tokens per image on {family.model_type}, summed over its tiles (the most one image gives)"
-                )
-            )
-            raise UsageError(f"budget {budget} is out of range: 1..{full} {unit}")
-
-
 def plan_cells(config: RunConfig) -> list[Cell]:
     """The sweep: `none` at the full budget first, then every other method at every budget below it (VisToG on a
     family: one cell per VisToG checkpoint, at its N per view)."""
-    from ..reducers import check_method
+    from ..reducers import parse_method
 
     facts = {path: _checkpoint_facts(path) for path in config.models}
     lineages = sorted({f.lineage for f in facts.values()})
@@ -150,6 +108,7 @@ def plan_cells(config: RunConfig) -> list[Cell]:
         raise UsageError(
             f"the checkpoints are of different model families ({', '.join(lineages)}); sweep one family at a time"
         )
+    family = next(iter(facts.values())).family
     stock, vistog, fulls = None, {}, set()
     for path, fact in facts.items():
         fulls.add(fact.full)
@@ -158,29 +117,30 @@ def plan_cells(config: RunConfig) -> list[Cell]:
         else:
             vistog.setdefault(fact.semantic, path)
     if len(fulls) != 1:
-        what = "patch count" if lineages == ["llava"] else "full budget"
-        raise UsageError(f"the checkpoints disagree on the {what} ({sorted(fulls)}); sweep one model family")
+        raise UsageError(
+            f"the checkpoints disagree on the {family.full_budget_name} ({sorted(fulls)}); sweep one model family"
+        )
     full = fulls.pop()
-    family = next(iter(facts.values())).family
-    rule = None if family is None else family.budget_rule
-    methods = [check_method(m) for m in config.methods]
-    _check_budgets(config.budgets, full, family)
+    rule = family.budget_rule
+    methods = [parse_method(m).label for m in config.methods]  # checked again: a resumed run's config is a file
+    for budget in config.budgets:
+        family.check_budget(budget, full)
     cells = []
     if stock is not None:
-        cells.append(Cell("none", full, stock, rule, serve_all=family is not None and family.full_budget is None))
+        cells.append(Cell("none", full, stock, rule, serve_all=facts[stock].serve_all))
     elif any(m != "vistog" for m in methods):
-        kind = "LLaVA-1.5" if family is None else family.model_type
         raise UsageError(
-            f"methods other than vistog, and the full-budget reference, need a stock {kind} checkpoint among --model"
+            f"methods other than vistog, and the full-budget reference, need a stock {family.label} checkpoint "
+            "among --model"
         )
     for method in methods:
         if method == "none":
             continue
-        if method == "vistog" and family is not None:
+        if method == "vistog" and family.vistog_per_view:
             if not vistog:
                 raise UsageError(
-                    f"no VisToG checkpoint of {family.model_type} among --model (a folder with "
-                    "vistog_family.json: VisToGFamily.save_pretrained)"
+                    f"no VisToG checkpoint of {family.model_type} among --model (one saved by "
+                    "`vistog-bench train --stage vistog-stage1`)"
                 )
             cells += [Cell(method, n, path, PER_VIEW) for n, path in sorted(vistog.items(), reverse=True)]
             continue
@@ -208,9 +168,9 @@ def _check_every_request_planned(config: RunConfig, cells: list[Cell], full: int
         if method in planned_methods:
             continue
         if method == "vistog" and not vistog:
-            kind = "LLaVA-1.5" if family is None else family.model_type
             problems.append(
-                f"--method vistog: no VisToG checkpoint among --model (every one given is a stock {kind} checkpoint, "
+                f"--method vistog: no VisToG checkpoint among --model (every one given is a stock {family.label} "
+                "checkpoint, "
                 "or a VisToG one saved with num_semantic_tokens null); nothing would run it"
             )
         else:
@@ -236,7 +196,7 @@ def check_combinations(cells: list[Cell]) -> None:
 
     configs, problems = {}, []
     for cell in cells:
-        if cell.budget_rule == PER_VIEW:  # a VisToG checkpoint of a family serves vistog (its config is the stock's)
+        if cell.budget_rule == PER_VIEW:  # a per-view VisToG checkpoint serves vistog only
             continue
         if cell.checkpoint not in configs:
             try:
