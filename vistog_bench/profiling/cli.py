@@ -304,7 +304,7 @@ def image_size(text: str | None) -> tuple[int, int]:
 def family_analytic_records(args: argparse.Namespace) -> tuple[list, dict]:
     """The analytic records of a family shape (UsageError on anything the shape or its rule refuses), and the
     settings they were made with."""
-    from vistog_bench.model.families import family_of
+    from vistog_bench.model.families import family_for
     from vistog_bench.model.presets import family_preset_config
     from vistog_bench.results import ProfileRecord
 
@@ -314,9 +314,10 @@ def family_analytic_records(args: argparse.Namespace) -> tuple[list, dict]:
     if not args.analytic:
         raise UsageError(f"--shape {args.shape}: family shapes give analytic figures only; add --analytic")
     _check_protocol(args)
-    rule = family_of(config.model_type).budget_rule
+    family = family_for(config)
+    rule = family.budget_rule
     height, width = image_size(args.image_size)
-    full = F.family_full_budget(config)
+    full = family.full_budget(config)
     budgets = int_list(args.budgets, "--budgets") or tuple(dict.fromkeys((full, *FAMILY_BUDGETS[rule])))
     try:
         prefills = F.family_budget_prefills(
@@ -413,8 +414,8 @@ def main(args: argparse.Namespace) -> int:
     from .nvml import device_facts
     from .roofline import get_gpu
 
-    family = args.shape in FAMILY_PRESETS
-    if family:
+    analytic_only = args.shape in FAMILY_PRESETS  # a family the controlled profiler does not rebuild per budget
+    if analytic_only:
         records, config = family_analytic_records(args)
         settings = None
     else:
@@ -423,7 +424,7 @@ def main(args: argparse.Namespace) -> int:
     check_writable_dir(args.output, "--output")
     started = now()
     # Everything that can refuse the input (remote code, corrupt weights, budgets) runs before the run folder exists.
-    if not family:
+    if not analytic_only:
         records = analytic_records(settings) if args.analytic else None
     source = None if args.analytic else ModelSource(settings)
     run_id = new_run_id("profile-") + ("-analytic" if args.analytic else "")
@@ -458,7 +459,7 @@ def main(args: argparse.Namespace) -> int:
         if args.analytic:
             for record in records:
                 print(json.dumps(dataclasses.asdict(record), default=str))
-    elif family:
+    elif analytic_only:
         print(family_table(records, args.shape))
     elif args.analytic:
         print(analytic_table(records, [get_gpu(name).key for name in settings.gpus]))

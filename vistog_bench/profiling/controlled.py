@@ -91,23 +91,21 @@ class ProfileSettings:
 def base_config(settings: ProfileSettings):
     """The VisToGConfig of the model or shape as it is (a stock checkpoint: VisToG off)."""
     from vistog_bench.model import VisToGConfig
-    from vistog_bench.model.families import family_of
+    from vistog_bench.model.families import find_family
     from vistog_bench.model.loading import load_config
     from vistog_bench.model.presets import preset_config
 
     if settings.shape is not None:
         return preset_config(settings.shape)
     config = load_config(settings.model_path)  # refuses a checkpoint that asks to run its own code
-    if not isinstance(config, VisToGConfig):
-        if config.model_type != "llava":
-            family = (
-                f"{config.model_type!r} model ({FAMILY_ROUTE})"
-                if family_of(config.model_type)
-                else f"{config.model_type!r} model"
-            )
-            raise UsageError(f"{settings.model_path} holds a {family}; controlled profiling takes llava or vistog")
-        config = config_for_budget(config, None)
-    return config
+    family = find_family(config.model_type)
+    if not (family and family.controlled_profiling):
+        route = f" ({FAMILY_ROUTE})" if family else ""
+        raise UsageError(
+            f"{settings.model_path} holds a {config.model_type!r} model{route}; controlled profiling takes llava or "
+            "vistog"
+        )
+    return config if isinstance(config, VisToGConfig) else config_for_budget(config, None)
 
 
 def config_for_budget(config, budget: int | None):
@@ -240,10 +238,10 @@ class ModelSource:
                 size={"shortest_edge": size}, crop_size={"height": size, "width": size}
             )
         else:
-            from vistog_bench.model import load_checkpoint
-            from vistog_bench.model.loading import checkpoint_model_type, load_pretrained, load_processor
+            from vistog_bench.model import VisToGConfig, load_checkpoint
+            from vistog_bench.model.loading import load_config, load_pretrained, load_processor
 
-            if checkpoint_model_type(settings.model_path) == "vistog":
+            if isinstance(load_config(settings.model_path), VisToGConfig):  # a VisToG checkpoint, not stock LLaVA
                 self.base, processor = load_checkpoint(
                     settings.model_path, device=settings.device, dtype=settings.dtype
                 )

@@ -39,7 +39,6 @@ match papers; it is 0.39x ours for the 7B prefill at 640 tokens (half for multip
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 CONVENTION = "2 FLOPs per multiply-add; matrix products only; LLaMA MLP with 3 matrices; full attention"
@@ -228,11 +227,37 @@ def generate_flops(
 #       tokens and OneVision's anyres_max_9 interpolation, which are no matrix products);
 #       Qwen2.5-VL's PatchMerger 2 (P / 4) (4 Dv 4 Dv + 4 Dv D)
 #   prefill = llm(q=T, k=T) as above, T = text + the visual tokens the LLM receives (after a reducer: its budget)
+def llm_shape(config) -> ArchShape:
+    """The LLM's sizes of any family's config (the vision fields of the ArchShape unused)."""
+    text, vision = config.text_config, config.vision_config
+    heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    return ArchShape(
+        channels=3,
+        patch_size=vision.patch_size,
+        num_patches=0,
+        vision_width=0,
+        vision_mlp=0,
+        vision_layers_run=0,
+        isolated_attention=False,
+        grouping_mlp=0,
+        width=text.hidden_size,
+        kv_width=kv_heads * head_dim,
+        mlp=text.intermediate_size,
+        layers=text.num_hidden_layers,
+        vocab=text.vocab_size,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
+    )
+
+
 @dataclass(frozen=True)
 class FamilyShape:
-    """The sizes the family formulas need, from a transformers config of LLaVA-NeXT / OneVision / Qwen2.5-VL."""
+    """The sizes the family formulas need, from a transformers config of LLaVA-NeXT / OneVision / Qwen2.5-VL (the
+    encoder's from its family, `ModelFamily.vision_sizes`)."""
 
-    family: str  # config.model_type
+    family: str  # the family's stock model_type
     channels: int
     patch_size: int
     temporal_patch: int  # 1 (Conv2d), 2 (Qwen2.5-VL's Conv3d over two frames)
@@ -243,70 +268,22 @@ class FamilyShape:
     cls_token: bool  # CLIP's CLS is in every view's sequence
     patches_per_view: int  # P of one view (NeXT 576, OneVision 729); 0 for Qwen2.5-VL (size-dependent)
     full_attention_layers: tuple[int, ...]  # Qwen2.5-VL: the rest use window attention
-    window_units: int  # Qwen2.5-VL: window side in merged units (window_size / patch / merge = 4)
+    window_units: int  # Qwen2.5-VL: window side in merged units (window_size / patch / merge = 4); 0: no windows
     merge: int  # Qwen2.5-VL spatial merge (2); 1 otherwise
     llm: ArchShape  # the LLM's sizes (the vision fields of it are unused)
 
     @classmethod
     def from_config(cls, config) -> FamilyShape:
-        text, vision = config.text_config, config.vision_config
-        heads = text.num_attention_heads
-        head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
-        kv_heads = getattr(text, "num_key_value_heads", None) or heads
-        llm = ArchShape(
-            channels=3,
-            patch_size=vision.patch_size,
-            num_patches=0,
-            vision_width=0,
-            vision_mlp=0,
-            vision_layers_run=0,
-            isolated_attention=False,
-            grouping_mlp=0,
-            width=text.hidden_size,
-            kv_width=kv_heads * head_dim,
-            mlp=text.intermediate_size,
-            layers=text.num_hidden_layers,
-            vocab=text.vocab_size,
-            num_kv_heads=kv_heads,
-            head_dim=head_dim,
-        )
-        if config.model_type == "qwen2_5_vl":
-            merge = vision.spatial_merge_size
-            return cls(
-                config.model_type,
-                vision.in_channels,
-                vision.patch_size,
-                vision.temporal_patch_size,
-                vision.hidden_size,
-                vision.intermediate_size,
-                3,
-                vision.depth,
-                False,
-                0,
-                tuple(vision.fullatt_block_indexes),
-                vision.window_size // merge // vision.patch_size,
-                merge,
-                llm,
-            )
-        if config.model_type not in ("llava_next", "llava_onevision"):
-            raise ValueError(f"no family formulas for model_type {config.model_type!r}")
-        patches = (vision.image_size // vision.patch_size) ** 2
-        return cls(
-            config.model_type,
-            vision.num_channels,
-            vision.patch_size,
-            1,
-            vision.hidden_size,
-            vision.intermediate_size,
-            2,
-            vision.num_hidden_layers,
-            config.model_type == "llava_next",
-            patches,
-            (),
-            0,
-            1,
-            llm,
-        )
+        from ..model.families import family_for
+
+        family = family_for(config)
+        return cls(family.model_type, **family.vision_sizes(config), llm=llm_shape(config))
+
+    @property
+    def windowed(self) -> bool:
+        """One image through a windowed ViT whose PatchMerger is its projector (Qwen2.5-VL), not views (CLIP /
+        SigLIP) through a projector."""
+        return self.window_units > 0
 
 
 def _encoder_layer_flops(width: int, mlp: int, matrices: int, tokens: int) -> float:
@@ -327,9 +304,9 @@ def family_vision_flops(shape: FamilyShape, *, views: int = 1, grid: tuple[int, 
     """The encoder on one image: `views` CLIP / SigLIP views (base + tiles; frames for a OneVision video), or for
     Qwen2.5-VL one image of `grid` = (h, w) patches."""
     dv, c, p = shape.vision_width, shape.channels, shape.patch_size
-    if shape.family == "qwen2_5_vl":
+    if shape.windowed:
         if grid is None:
-            raise ValueError("qwen2_5_vl: the patch grid (h, w) of the image is needed")
+            raise ValueError(f"{shape.family}: the patch grid (h, w) of the image is needed")
         patches = grid[0] * grid[1]
         embed = 2 * patches * (c * shape.temporal_patch * p * p) * dv
         dense = shape.vision_layers * _encoder_layer_flops(dv, shape.vision_mlp, shape.vision_mlp_matrices, patches)
@@ -347,7 +324,7 @@ def family_vision_flops(shape: FamilyShape, *, views: int = 1, grid: tuple[int, 
 def family_projector_flops(shape: FamilyShape, *, views: int = 1, grid: tuple[int, int] | None = None) -> float:
     """The projector on one image (every view's patch tokens; Qwen2.5-VL's PatchMerger on P / 4 merged tokens)."""
     dv, d = shape.vision_width, shape.llm.width
-    if shape.family == "qwen2_5_vl":
+    if shape.windowed:
         merged = grid[0] * grid[1] // (shape.merge * shape.merge)
         wide = dv * shape.merge * shape.merge
         return float(2 * merged * (wide * wide + wide * d))
@@ -368,108 +345,13 @@ def family_prefill_flops(
     return out
 
 
-# -- visual tokens of one image on a family, from its config (no processor, no weights) -------------------------------
-# LLaVA-NeXT / OneVision: what transformers' processors count (processing_llava_next.py `_get_number_of_features` and
-# `_get_unpadded_features`; processing_llava_onevision.py the same without CLS, plus anyres_max_9's pooling): the base
-# view's patches, the best pinpoint's tile grid with the padding rows / columns of the image's aspect ratio taken off,
-# and one newline token per row of that grid. Views: transformers' `image_size_to_num_patches` (modeling_llava_next.py).
-# Qwen2.5-VL: transformers' `smart_resize` (image_processing_qwen2_vl.py) to multiples of patch x merge (28 px) within
-# the processor's pixel limits, one token per merge x merge patches.
-QWEN_MIN_PIXELS, QWEN_MAX_PIXELS = 3136, 12845056  # Qwen/Qwen2.5-VL-7B-Instruct preprocessor_config.json
+# -- one image's prompt on a family at each budget ---------------------------------------------------------------------
+def family_image_geometry(config, height: int, width: int):
+    """One image of height x width px on a family's config, as its processor counts its tokens
+    (`ModelFamily.image_geometry`: model.families.ImageGeometry)."""
+    from ..model.families import family_for
 
-
-@dataclass(frozen=True)
-class ImageGeometry:
-    """One image on a family: its unreduced visual tokens and what the encoder runs on."""
-
-    tokens: int  # visual tokens the LLM receives with no reducer
-    views: int  # NeXT / OneVision: base view + tiles (1 for Qwen2.5-VL)
-    grid: tuple[int, int] | None  # Qwen2.5-VL: the patch grid (h, w) after resizing; None otherwise
-
-
-def _view_side(config) -> int:
-    """Patches along one side of a CLIP / SigLIP view (24 at 336 / 14 px, 27 at 384 / 14 px)."""
-    return config.vision_config.image_size // config.vision_config.patch_size
-
-
-def _base_tokens(config) -> int:
-    """The base view's tokens: its patches, CLS kept only by NeXT's `full` strategy (SigLIP has none)."""
-    cls = config.model_type == "llava_next" and config.vision_feature_select_strategy == "full"
-    return _view_side(config) ** 2 + int(cls)
-
-
-def anyres_image_geometry(config, height: int, width: int) -> ImageGeometry:
-    """A LLaVA-NeXT / OneVision image of height x width px, as the processor counts its tokens."""
-    from transformers.image_processing_utils import select_best_resolution
-    from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
-
-    side, view_px = _view_side(config), config.vision_config.image_size
-    best_h, best_w = select_best_resolution([height, width], config.image_grid_pinpoints)
-    rows, cols = side * (best_h // view_px), side * (best_w // view_px)  # the tile grid in patches
-    if width / height > cols / rows:  # wider than the grid: padding rows above and below
-        rows -= 2 * ((rows - int(round(height * (cols / width), 7))) // 2)
-    else:
-        cols -= 2 * ((cols - int(round(width * (rows / height), 7))) // 2)
-    views = image_size_to_num_patches((height, width), config.image_grid_pinpoints, view_px)
-    return ImageGeometry(_base_tokens(config) + _grid_tokens(config, rows, cols), int(views), None)
-
-
-def _grid_tokens(config, rows: int, cols: int) -> int:
-    """Tokens of an unpadded tile grid of rows x cols patches: its features and one newline per row, after
-    OneVision's anyres_max_9 pooling (features pooled back to ~9 views' worth when the grid holds over 1.1x that)."""
-    if config.model_type == "llava_onevision":
-        most = int(config.vision_aspect_ratio.removeprefix("anyres_max_"))
-        ratio = math.sqrt(rows * cols / (most * _view_side(config) ** 2))
-        if ratio > 1.1:
-            rows, cols = int(rows // ratio), int(cols // ratio)
-    return rows * cols + rows
-
-
-def qwen_image_geometry(
-    config, height: int, width: int, *, min_pixels: int = QWEN_MIN_PIXELS, max_pixels: int = QWEN_MAX_PIXELS
-) -> ImageGeometry:
-    """A Qwen2.5-VL image of height x width px: resized by transformers' smart_resize, one token per merged unit."""
-    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
-
-    vision = config.vision_config
-    patch, merge = vision.patch_size, vision.spatial_merge_size
-    resized_h, resized_w = smart_resize(
-        height, width, factor=patch * merge, min_pixels=min_pixels, max_pixels=max_pixels
-    )
-    grid = (resized_h // patch, resized_w // patch)
-    return ImageGeometry(grid[0] * grid[1] // (merge * merge), 1, grid)
-
-
-def family_image_geometry(config, height: int, width: int) -> ImageGeometry:
-    """One image of height x width px on a LLaVA-NeXT / OneVision / Qwen2.5-VL config."""
-    if config.model_type == "qwen2_5_vl":
-        return qwen_image_geometry(config, height, width)
-    if config.model_type not in ("llava_next", "llava_onevision"):
-        raise ValueError(f"no family geometry for model_type {config.model_type!r}")
-    return anyres_image_geometry(config, height, width)
-
-
-def most_image_tokens(config) -> int:
-    """The most visual tokens one image can give a LLaVA-NeXT / OneVision config: the base view plus the largest
-    count over every grid the unpadding can leave (a pinpoint's tile grid with some of its rows, or some of its
-    columns, taken off), newline tokens included. NeXT: a pinpoint-sized image's whole grid (2,928 on the 1.6 grids).
-    OneVision: below its largest grid, since anyres_max_9 pools large grids (an upper bound: not every grid is
-    reached by some image)."""
-    side, view_px = _view_side(config), config.vision_config.image_size
-    counts = []
-    for h, w in config.image_grid_pinpoints:
-        rows, cols = side * (h // view_px), side * (w // view_px)
-        counts += [_grid_tokens(config, r, cols) for r in range(1, rows + 1)]
-        counts += [_grid_tokens(config, rows, c) for c in range(1, cols + 1)]
-    return _base_tokens(config) + max(counts)
-
-
-def family_full_budget(config) -> int:
-    """The budget of a family config's `none` (nothing reduced): its rule's own (Qwen2.5-VL: 100 %), else the most
-    visual tokens one image can give (`most_image_tokens`)."""
-    from ..model.families import family_of
-
-    return family_of(config.model_type).full_budget or most_image_tokens(config)
+    return family_for(config).image_geometry(config, height, width)
 
 
 @dataclass(frozen=True)
@@ -477,22 +359,22 @@ class FamilyPrefill:
     """One image's prompt on a family at one budget: what the LLM receives and the prefill's FLOPs by stage."""
 
     budget: int
-    geometry: ImageGeometry  # the image unreduced
-    visual_tokens: int  # what the LLM receives at `budget` (families.kept_tokens)
+    geometry: object  # model.families.ImageGeometry: the image unreduced
+    visual_tokens: int  # what the LLM receives at `budget` (ModelFamily.kept_tokens)
     flops: dict[str, float]  # family_prefill_flops: vision, projector, prefill, total
 
 
 def family_budget_prefills(config, budgets, *, height: int, width: int, text_tokens: int) -> list[FamilyPrefill]:
     """`family_prefill_flops` for one height x width image + `text_tokens` at each budget, read by the family's
-    rule (families.check_family_budget: UsageError on a budget the rule refuses)."""
-    from ..model.families import check_family_budget, family_of, kept_tokens
+    rule (`ModelFamily.check_budget`: UsageError on a budget the rule refuses)."""
+    from ..model.families import family_for
 
-    family = family_of(config.model_type)
+    family = family_for(config)
     shape = FamilyShape.from_config(config)
-    geometry = family_image_geometry(config, height, width)
+    geometry = family.image_geometry(config, height, width)
     out = []
     for budget in budgets:
-        kept = kept_tokens(family, check_family_budget(family, budget), geometry.tokens)
+        kept = family.kept_tokens(family.check_budget(budget), geometry.tokens)
         flops = family_prefill_flops(
             shape, visual_tokens=kept, text_tokens=text_tokens, views=geometry.views, grid=geometry.grid
         )
@@ -520,11 +402,7 @@ __all__ = [
     "family_vision_flops",
     "qwen_window_sizes",
     "FamilyPrefill",
-    "ImageGeometry",
     "family_budget_prefills",
-    "anyres_image_geometry",
     "family_image_geometry",
-    "family_full_budget",
-    "most_image_tokens",
-    "qwen_image_geometry",
+    "llm_shape",
 ]

@@ -8,6 +8,10 @@ timing code.
     lm_head    model.lm_head                       each later call one decode step; lm_head's output closes a
                                                    step (LLM pre-hook -> lm_head post-hook)
 
+Those are LLaVA-1.5's paths; each family names its own (`ModelFamily.stage_paths`, model/families): LLaVA-NeXT /
+OneVision have the same, Qwen2.5-VL's encoder is `model.visual`, which holds its PatchMerger (no projector stage of
+its own); VisToG per view runs its grouped encoder pass through the stock layers directly, so it gives no vision span.
+
 Hooks do nothing while torch.compile traces (`torch.compiler.is_compiling()`): a compiled region runs without them,
 and the profiler falls back to coarser spans there (see profiler.py).
 """
@@ -21,13 +25,6 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-STAGE_MODULES = {
-    "vision": ("model", "vision_tower"),
-    "grouping": ("model", "grouping"),
-    "projector": ("model", "multi_modal_projector"),
-    "llm": ("model", "language_model"),
-    "lm_head": ("lm_head",),
-}
 # Which hooks each stage needs: a step of the LLM opens at the decoder's pre-hook and closes at lm_head's post-hook,
 # so a decode step costs two hook calls (the tiny CPU model's steps are ~3 ms; every hook call shows).
 PRE_HOOKS = ("vision", "grouping", "projector", "llm")
@@ -40,38 +37,11 @@ class StageObserver(Protocol):
     def exit(self, stage: str, module: nn.Module, output: Any) -> None: ...
 
 
-# LLaVA-NeXT / OneVision / Qwen2.5-VL (model.families) have the same paths but Qwen2.5-VL's encoder, `model.visual`,
-# which holds its PatchMerger (no projector stage of its own); a VisToGFamily is hooked on its stock model (its grouped
-# encoder pass calls the stock layers directly, so it gives no vision span). Their LLM stages are what must be there.
-FAMILY_VISION = ("model", "visual")
-
-
-def _module_at(root: nn.Module, path: tuple[str, ...]) -> nn.Module | None:
-    module = root
-    for name in path:
-        module = getattr(module, name, None)
-        if module is None:
-            return None
-    return module
-
-
 def stage_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """The stage modules the model has (grouping is None with VisToG off and is then left out)."""
-    from ..model.families import model_family
+    """The stage modules the model has, as its family names them (grouping is absent with VisToG off)."""
+    from ..model.families import family_of_model
 
-    family = model_family(model) is not None
-    root = getattr(model, "stock", model) if family else model
-    found = {}
-    for stage, path in STAGE_MODULES.items():
-        module = _module_at(root, path)
-        if module is None and family and stage == "vision":
-            module = _module_at(root, FAMILY_VISION)
-        if module is not None:
-            found[stage] = module
-    missing = ({"llm", "lm_head"} if family else {"vision", "projector", "llm", "lm_head"}) - found.keys()
-    if missing:
-        raise TypeError(f"not a LLaVA / VisToG model: no {', '.join(sorted(missing))} module")
-    return found
+    return family_of_model(model).stage_modules(model)
 
 
 def llm_new_tokens(args: tuple, kwargs: dict) -> tuple[int, int]:
@@ -131,7 +101,6 @@ def hook_count(model: nn.Module) -> int:
 
 
 __all__ = [
-    "STAGE_MODULES",
     "PRE_HOOKS",
     "POST_HOOKS",
     "StageObserver",

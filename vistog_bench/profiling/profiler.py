@@ -60,7 +60,7 @@ import torch
 from torch import nn
 
 from ..dtypes import dtype_name
-from ..model.families import model_family
+from ..model.families import family_of_model
 from ..results import STAGES, ProfileRecord
 from . import flops as F
 from .counting import MISMATCH_TOLERANCE, flop_counter, mismatches
@@ -518,7 +518,7 @@ class Request:
         """Analytic FLOPs from the shapes the hooks saw; counted ones (FlopCounterMode) when asked for."""
         shape, applied = self._profiler.shape, self._profiler.applied
         extra: dict[str, Any] = {"flops_convention": F.CONVENTION}
-        if self._profiler.family:  # a reducer at the LLM input changes what layer 0 on sees: the hooks do not show it
+        if not self._profiler.family.hook_flops:  # a reducer at the LLM input: the hooks do not show what layer 0 sees
             reason = "family model: analytic FLOPs per budget by `vistog-bench profile --shape NAME --analytic`"
             return _Part({"flops": {}, "counted_flops": {}}, {}, {"flops": reason})
         pruning = {}
@@ -604,11 +604,10 @@ class RequestProfiler:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.path = path
         self.clock = make_clock(self.device)
-        # Another family (model.families): the LLM's sizes only; its analytic FLOPs come from `profile --analytic`
-        self.family = model_family(model) is not None
-        self.shape = (
-            F.FamilyShape.from_config(model.config).llm if self.family else F.ArchShape.from_config(model.config)
-        )
+        # The model's family (model.families): where the hooks do not show the FLOPs, the LLM's sizes only (its
+        # analytic FLOPs come from `profile --analytic`)
+        self.family = family_of_model(model)
+        self.shape = F.ArchShape.from_config(model.config) if self.family.hook_flops else F.llm_shape(model.config)
         self.dtype_name = dtype_name(parameter.dtype)
         self.element_bytes = parameter.element_size()
         self.weight_bytes = module_bytes(model)
