@@ -28,6 +28,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UsageError
+from ..model.geometry import num_patches
 
 IMAGE_TOKEN, PAD_TOKEN = "<image>", "<pad>"  # convert_llava_weights_to_hf.py
 VOCAB_MULTIPLE = 64  # convert_llava_weights_to_hf.py: `pad_shape = 64`
@@ -66,7 +67,7 @@ def compose_llava(llm: str | Path, vision_tower: str | Path, *, dtype: str = "fl
     weights_dtype = torch_dtype(dtype)
     language = load_pretrained(AutoModelForCausalLM, llm, dtype=weights_dtype)
     vision = load_pretrained(CLIPVisionModel, vision_tower, dtype=weights_dtype)  # CLIPModel folder: its vision half
-    patches = (vision.config.image_size // vision.config.patch_size) ** 2
+    patches = num_patches(vision.config)
     config = LlavaConfig(
         text_config=language.config,
         vision_config=vision.config,

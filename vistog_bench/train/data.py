@@ -308,7 +308,7 @@ class ConversationDataset(SkippingDataset):
 class ViewConversationDataset(ConversationDataset):
     """VisToG on LLaVA-NeXT / OneVision: each image through the checkpoint's own image processor (anyres: base view +
     tiles) -> pixel_values [sum V, 3, H, W] (the sample's views flat, padding views dropped) and image_sizes [K, 2];
-    image i's placeholder expands to `view_tokens.counts(image_sizes)[i]` = views x N, what `VisToGFamily.inputs`
+    image i's placeholder expands to `view_tokens.counts(image_sizes)[i]` = views x N, what the model's `inputs`
     gives the same image at evaluation."""
 
     def __init__(
@@ -317,7 +317,7 @@ class ViewConversationDataset(ConversationDataset):
         super().__init__(
             records, image_folder, processor, prompts, view_tokens.tokens_per_view, max_length, data_format
         )
-        self.view_tokens = view_tokens  # model.families_vistog.ViewTokens
+        self.view_tokens = view_tokens  # model.modeling_views.ViewTokens
 
     def images(self, files: list[str]) -> tuple[dict, list[int]]:
         import torch

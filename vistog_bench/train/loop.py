@@ -258,7 +258,7 @@ def make_optimizer(config: TrainConfig, module):
 
 
 def _is_vistog_part(name: str) -> bool:
-    return "grouping" in name.split(".") or "semantic_tokens" in name  # VisToGFamily's: top-level `grouping.*`
+    return "grouping" in name.split(".") or "semantic_tokens" in name  # per-view VisToG's: top-level `grouping.*`
 
 
 def total_steps(config: TrainConfig, batches: int, processes: int) -> int:

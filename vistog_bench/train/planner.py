@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import UsageError
+from ..model.geometry import num_patches
 
 GB = 1e9
 OVERHEAD_BYTES = 3 * GB  # CUDA context + allocator slack: our allowance, not a formula
@@ -94,7 +95,7 @@ def activation_bytes(config, seq: int, batch: int, vision_trained: bool, checkpo
     text, vision = config.text_config, config.vision_config
     towers = [(text.num_hidden_layers, seq, text.hidden_size)]
     if vision_trained:
-        tokens = (vision.image_size // vision.patch_size) ** 2 + 1 + (config.num_semantic_tokens or 0)
+        tokens = num_patches(vision) + 1 + (config.num_semantic_tokens or 0)
         towers.append((vision.num_hidden_layers, tokens, vision.hidden_size))
     total = 10 * seq * batch * text.vocab_size  # logits: ours
     for layers, tokens, hidden in towers:

@@ -16,7 +16,7 @@ vision and LLM frozen; stage 2: + LLM) but not the data, budget or rates. Our in
   barely move them;
 - N = 64 semantic tokens (a ninth of 576, the budget most token-reduction papers report on LLaVA-1.5).
 
-VisToG on LLaVA-NeXT / OneVision (`--model` the released llava-hf checkpoint; VisToG per view, `families_vistog.py`):
+VisToG on LLaVA-NeXT / OneVision (`--model` the released llava-hf checkpoint; VisToG per view, `modeling_views.py`):
 the same stage split and the same inference (stage 1 at the alignment stage's settings, stage 2 at the instruction
 stage's), with the settings of LLaVA-VL/LLaVA-NeXT's own scripts (`scripts/train/`, whose README calls
 `finetune_clip.sh` "the first image version LLaVA-NeXT (2024-01) training script"):

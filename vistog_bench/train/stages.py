@@ -5,8 +5,14 @@ pretrain-vision   the LLaVA checkpoint's vision tower learns per-region attribut
 llava             projector + LLM (+ the vision tower with train_vision); a stock LLaVA checkpoint out
 vistog-stage1     vision and LLM frozen; semantic tokens, grouping layer and projector train
                   (a LLaVA checkpoint is wrapped with `from_llava(num_semantic_tokens=N)`, a LLaVA-NeXT /
-                  OneVision one with `VisToGFamily(model, N)`: the family from config.model_type)
+                  OneVision one with VisToG per view, `from_stock(model, N)`)
 vistog-stage2     as stage 1, plus the LLM (the paper's instruction-aware grouping); vision stays frozen
+
+The checkpoint's family (`model.families.family_for(config)`) builds the model a stage starts from and names the
+modules it trains (`ModelFamily.training_model`, `trainable_modules`); this module sets them trainable.
+
+    model = load_for_stage(config)             # requires_grad on exactly the stage's parameters
+    dataset = conversation_dataset(config, model, records, image_folder, processor, prompts)
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from pathlib import Path
 
 from ..dtypes import torch_dtype
 from ..errors import UsageError
+from ..model.geometry import patch_side
 from .config import TrainConfig
 
 
@@ -38,7 +45,7 @@ def build_region_pretrainer(vision_tower, feature_layer: int, classes: dict[str,
             self.vision_tower = vision_tower
             width = vision_tower.config.hidden_size
             self.heads = nn.ModuleList([nn.Linear(width, len(c)) for c in classes.values()])
-            patch_grid = vision_tower.config.image_size // vision_tower.config.patch_size
+            patch_grid = patch_side(vision_tower.config)
             self.register_buffer("regions", patch_regions(patch_grid, region_grid), persistent=False)
 
         def forward(self, pixel_values, region_targets):
@@ -54,119 +61,32 @@ def build_region_pretrainer(vision_tower, feature_layer: int, classes: dict[str,
     return RegionPretrainer()
 
 
-def _load(cls, path: Path, dtype):
-    from ..model.loading import load_pretrained
-
-    return load_pretrained(cls, path, dtype=dtype)  # remote code refused, corrupt weights one line
-
-
-def _llava_for_stage(config: TrainConfig, checkpoint, path: Path, has_weights: bool):
-    import torch
-    from transformers import LlavaForConditionalGeneration
-
-    if checkpoint.model_type != "llava":
-        raise UsageError(
-            f"stage {config.stage} trains a LLaVA checkpoint; {path} holds a {checkpoint.model_type!r} model"
-        )
-    dtype = torch_dtype(config.dtype)
-    if has_weights:
-        model = _load(LlavaForConditionalGeneration, path, dtype)
-    else:
-        torch.manual_seed(config.seed)
-        model = LlavaForConditionalGeneration(checkpoint).to(dtype)
-    return model
-
-
-def _check_semantic_tokens(config: TrainConfig, path: Path, have: int) -> None:
-    if config.num_semantic_tokens not in (None, have):
-        raise UsageError(f"{path} has {have} semantic tokens, --num-semantic-tokens asks {config.num_semantic_tokens}")
-
-
-def _family_vistog_for_stage(config: TrainConfig, family, path: Path, dtype):
-    """VisToG on LLaVA-NeXT / OneVision: fresh parts on the stock checkpoint, or a saved VisToGFamily folder."""
-    import torch
-
-    from ..model.families_vistog import SETTINGS_FILE, VisToGFamily
-
-    if family.model_type not in ("llava_next", "llava_onevision"):
-        raise UsageError(
-            f"stage {config.stage}: VisToG wraps LLaVA-1.5, LLaVA-NeXT or LLaVA-OneVision; {path} holds "
-            f"a {family.model_type!r} model"
-        )
-    if (path / SETTINGS_FILE).is_file():
-        model = VisToGFamily.from_pretrained(path, dtype=dtype)
-        _check_semantic_tokens(config, path, model.num_semantic_tokens)
-        return model
-    if config.num_semantic_tokens is None:
-        raise UsageError(f"{path} is a {family.model_type} checkpoint: give --num-semantic-tokens N for VisToG")
-    stock = _load(family.model_class(), path, dtype)
-    torch.manual_seed(config.seed)
-    return VisToGFamily(stock, config.num_semantic_tokens)
-
-
-def _vistog_for_stage(config: TrainConfig, checkpoint, path: Path, has_weights: bool):
-    import torch
-    from transformers import LlavaForConditionalGeneration
-
-    from ..model import VisToGForConditionalGeneration
-    from ..model.families import family_of
-
-    if not has_weights:
-        raise UsageError(f"stage {config.stage} starts from trained weights; {path} has no *.safetensors")
-    dtype = torch_dtype(config.dtype)
-    family = family_of(checkpoint.model_type)
-    if family is not None:
-        model = _family_vistog_for_stage(config, family, path, dtype)
-    elif checkpoint.model_type == "llava":
-        if config.num_semantic_tokens is None:
-            raise UsageError(f"{path} is a LLaVA checkpoint: give --num-semantic-tokens N for VisToG")
-        torch.manual_seed(config.seed)
-        model = VisToGForConditionalGeneration.from_llava(
-            _load(LlavaForConditionalGeneration, path, dtype), num_semantic_tokens=config.num_semantic_tokens
-        )
-    elif checkpoint.model_type == "vistog":
-        model = _load(VisToGForConditionalGeneration, path, dtype)
-        have = model.config.num_semantic_tokens
-        if have is None:
-            raise UsageError(f"{path} is a VisToG checkpoint with VisToG off; start from a LLaVA checkpoint")
-        _check_semantic_tokens(config, path, have)
-    else:
-        raise UsageError(
-            f"{path} holds a {checkpoint.model_type!r} model; expected 'llava', 'vistog', "
-            "'llava_next' or 'llava_onevision'"
-        )
-    return model
-
-
 def trainable_parts(model, stage: str, train_llm: bool = True, train_vision: bool = False) -> list:
-    """The modules (and parameters) a stage trains; everything else is frozen."""
-    from ..model.families_vistog import VisToGFamily
+    """The modules (and parameters) a stage trains, as the model's family names them; everything else is frozen."""
+    from ..model.families import family_of_model
 
-    family = isinstance(model, VisToGFamily)
-    top = model.stock if family else model  # transformers' LLaVA / LLaVA-NeXT / OneVision class
-    inner = top.model
-    if stage == "pretrain-vision":
-        return [inner.vision_tower]
-    llm = [inner.language_model, top.lm_head]
-    if stage == "llava":
-        return (
-            [inner.multi_modal_projector] + (llm if train_llm else []) + ([inner.vision_tower] if train_vision else [])
-        )
-    new = [model.grouping, model.semantic_tokens] if family else [inner.grouping, inner.vision_tower.semantic_tokens]
-    return new + [inner.multi_modal_projector] + (llm if stage == "vistog-stage2" else [])
+    return family_of_model(model).trainable_modules(model, stage, train_llm, train_vision)
 
 
 def load_for_stage(config: TrainConfig):
     """The model a stage trains, `requires_grad` on exactly the stage's parameters."""
+    from ..model.families import family_for
     from ..model.loading import load_config
 
     path = Path(config.model)
     if not (path / "config.json").is_file():
         raise UsageError(f"{path} is not a checkpoint folder: config.json is missing")
     checkpoint = load_config(path)  # refuses a checkpoint that asks to run its own code
-    has_weights = any(path.glob("*.safetensors"))
-    build = _llava_for_stage if config.stage in ("pretrain-vision", "llava") else _vistog_for_stage
-    return set_trainable(build(config, checkpoint, path, has_weights), config)
+    model = family_for(checkpoint).training_model(
+        config.stage,
+        path,
+        checkpoint,
+        has_weights=any(path.glob("*.safetensors")),
+        num_semantic_tokens=config.num_semantic_tokens,
+        dtype=torch_dtype(config.dtype),
+        seed=config.seed,
+    )
+    return set_trainable(model, config)
 
 
 def set_trainable(model, config: TrainConfig):
@@ -186,23 +106,20 @@ def store_frozen_in(model, dtype) -> int:
     return len(frozen)
 
 
-def tokens_per_image(model) -> int:
-    if hasattr(model, "num_visual_tokens"):
-        return model.num_visual_tokens
-    vision = model.config.vision_config
-    return (vision.image_size // vision.patch_size) ** 2  # LLaVA's "default" strategy: every patch, CLS dropped
-
-
 def conversation_dataset(config: TrainConfig, model, records, image_folder: Path, processor, prompts):
     """The conversations as `model` reads them: a fixed count per image (LLaVA-1.5, VisToG on it), or views x N per
-    image through the processor's anyres path (VisToG on LLaVA-NeXT / OneVision)."""
-    from ..model.families_vistog import VisToGFamily
+    image through the processor's anyres path (VisToG per view on LLaVA-NeXT / OneVision: the family's
+    `view_tokens`)."""
+    from ..model.families import family_of_model
     from .data import ConversationDataset, ViewConversationDataset
 
-    if isinstance(model, VisToGFamily):
+    family = family_of_model(model)
+    views = family.view_tokens(model)
+    if views is not None:
         return ViewConversationDataset(
-            records, image_folder, processor, prompts, model.view_tokens, config.max_length, config.data_format
+            records, image_folder, processor, prompts, views, config.max_length, config.data_format
         )
+    per_image = family.tokens_per_placeholder(model)
     return ConversationDataset(
-        records, image_folder, processor, prompts, tokens_per_image(model), config.max_length, config.data_format
+        records, image_folder, processor, prompts, per_image, config.max_length, config.data_format
     )
