@@ -5,7 +5,7 @@ Every prose sentence of README.md and docs/*.md that names a method (`reducers.M
 of its paragraph's first sentence, else of the nearest heading that names some ("every family", "other families":
 all three). Each claim is checked against what a sweep decides before it loads anything: `reducers.config_problem`
 on the family's 7B config (`model.presets`), which asks `reducers/families.refusal` for LLaVA-NeXT / OneVision /
-Qwen2.5-VL; `vistog` runs where a VisToG class wraps the family (`VisToGFamily.from_<model_type>`, LLaVA-1.5's
+Qwen2.5-VL; `vistog` runs where a VisToG class wraps the family (`modeling_views.VIEWS_CLASSES`, LLaVA-1.5's
 `VisToGForConditionalGeneration`). LLaVA-1.5's refusals depend on the checkpoint's config and the budget (FastV's
 layer, PruMerge's feature layer, layer-mean floors), so only what runs there is checked. A sentence that says both
 "refused" and "runs" of its methods is reported: one claim per sentence.
@@ -106,14 +106,14 @@ def claims(text: str) -> list[tuple[str, str, tuple[str, ...], frozenset[str]]]:
 @functools.cache
 def runs_on(family: str, method: str) -> bool:
     """Whether a sweep runs `method` on a checkpoint of `family` (the registry's answer, nothing loaded)."""
-    from vistog_bench.model.families_vistog import VisToGFamily
     from vistog_bench.model.modeling import VisToGForConditionalGeneration
+    from vistog_bench.model.modeling_views import VIEWS_CLASSES
     from vistog_bench.model.presets import FAMILY_PRESETS, family_preset_config, preset_config
     from vistog_bench.reducers.methods import config_problem
 
     if method == "vistog":
         wrapper = VisToGForConditionalGeneration.from_llava if family == "llava" else None
-        return (wrapper or getattr(VisToGFamily, f"from_{family}", None)) is not None
+        return (wrapper or VIEWS_CLASSES.get(family)) is not None
     if family == "llava":
         return config_problem(preset_config("llava-1.5-7b"), method) is None
     (config,) = [c for c in map(family_preset_config, FAMILY_PRESETS) if c.model_type == family]

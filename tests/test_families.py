@@ -18,7 +18,7 @@ from safetensors import safe_open
 from vistog_bench.adapter import VisToGChatLMM
 from vistog_bench.errors import UsageError
 from vistog_bench.model import load_checkpoint
-from vistog_bench.model.families import FAMILIES, family_inputs, image_runs, image_token_id, kept_tokens
+from vistog_bench.model.families import family_inputs, find_family, image_runs, image_token_id
 from vistog_bench.model.loading import load_config
 from vistog_bench.model.prompting import STRUCTURED, PromptBuilder, Turn, find_template
 from vistog_bench.reducers import config_problem
@@ -101,7 +101,7 @@ def test_layout_is_the_hub_repos_and_loads_by_model_type(layouts, name):
     assert "chat_template" not in json.loads((path / "tokenizer_config.json").read_text())
     assert load_config(path).model_type == NAMES[name]
     model, processor = load_checkpoint(path)
-    assert type(model).__name__ == FAMILIES[NAMES[name]].class_name and not model.training
+    assert type(model).__name__ == find_family(NAMES[name]).stock_class().__name__ and not model.training
     # every weight on disk (hub names) is the loaded model's: nothing left at random initialisation
     names = LLAVA_HUB_NAMES if name != "qwen2.5-vl" else QWEN_HUB_NAMES
     expected = _rename(model.state_dict(), names)
@@ -145,7 +145,7 @@ def test_visual_token_counts_follow_each_familys_processor(layouts):
 # -- full budget: the stock model's answers --------------------------------------------------------------------------
 @pytest.mark.parametrize("name", NAMES)
 def test_full_budget_answers_equal_transformers_documented_usage(layouts, name):
-    cls = FAMILIES[NAMES[name]].model_class()
+    cls = find_family(NAMES[name]).stock_class()
     expected = documented_answers(layouts[name], cls)
     ours = VisToGChatLMM(pretrained=str(layouts[name]), method="none", device="cpu")
     got = answers(ours)
@@ -196,7 +196,7 @@ def _layer0_visual_counts(model, inputs) -> list[int]:
 )
 def test_reducer_gives_layer_0_the_budget_rules_count(layouts, name, method, budget):
     model, processor = load_checkpoint(layouts[name])
-    family = FAMILIES[NAMES[name]]
+    family = find_family(NAMES[name])
     prompt = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "q"}]}], add_generation_prompt=True
     )
@@ -206,7 +206,7 @@ def test_reducer_gives_layer_0_the_budget_rules_count(layouts, name, method, bud
     unreduced = int((inputs["input_ids"] == image_token_id(model)).sum())
     assert _layer0_visual_counts(model, inputs) == [total]
     apply_family_method(model, method, budget)
-    keep = kept_tokens(family, budget, unreduced)
+    keep = family.kept_tokens(budget, unreduced)
     assert keep < unreduced
     assert _layer0_visual_counts(model, inputs) == [total - unreduced + keep]
     remove_family_method(model)
@@ -339,7 +339,7 @@ def test_divprune_keeps_the_max_min_diverse_tokens_of_the_projected_states(layou
     budget = 30 if name == "qwen2.5-vl" else 200
     before, after = (states[0] for states in layer0_states(model, "divprune", budget, inputs))
     (run,) = image_runs(inputs["input_ids"][0], image_token_id(model))
-    keep = kept_tokens(FAMILIES[NAMES[name]], budget, run.numel())
+    keep = find_family(NAMES[name]).kept_tokens(budget, run.numel())
     chosen = run[max_min_diversity(before[run], keep)].sort().values
     text = torch.ones(before.shape[0], dtype=torch.bool)
     text[run] = False

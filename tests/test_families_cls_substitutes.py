@@ -17,13 +17,7 @@ from test_families import answers, images, layer0_states
 from vistog_bench.adapter import VisToGChatLMM
 from vistog_bench.errors import UsageError
 from vistog_bench.model import load_checkpoint
-from vistog_bench.model.families import (
-    FAMILIES,
-    family_inputs,
-    image_runs,
-    image_token_id,
-    kept_tokens,
-)
+from vistog_bench.model.families import family_inputs, find_family, image_runs, image_token_id
 from vistog_bench.model.loading import load_config
 from vistog_bench.reducers import config_problem
 from vistog_bench.reducers.families import apply_family_method, family_vision_scores
@@ -193,7 +187,7 @@ def test_layer_0_receives_the_budget_rules_count(layouts, name, method):
     prompt = model.__dict__["_vistog_family_method"][2]._prompt  # the pruned prompt's masks
     ids, mask, token = inputs["input_ids"], inputs["attention_mask"], image_token_id(model)
     unreduced = (ids == token).sum(dim=1)  # [B] one image each, sizes differ
-    keep = torch.tensor([kept_tokens(FAMILIES[NAMES[name]], BUDGETS[name], int(v)) for v in unreduced])
+    keep = torch.tensor([find_family(NAMES[name]).kept_tokens(BUDGETS[name], int(v)) for v in unreduced])
     assert bool((keep < unreduced).all()) and unreduced[0] != unreduced[1]
     assert torch.equal(prompt.image_mask.sum(dim=1), keep)  # visual tokens layer 0 receives per sample
     assert torch.equal(prompt.kept_masks[0].sum(dim=1), mask.sum(dim=1) - unreduced + keep)  # with all the text
@@ -253,7 +247,7 @@ def test_selection_equals_a_plain_loop_of_the_papers_pseudo_code(layouts, name, 
     (run,) = image_runs(inputs["input_ids"][0], image_token_id(model))
     image: ImageScores = encoder_scores(model).image(0)
     states = before[0, run]
-    keep = kept_tokens(FAMILIES[NAMES[name]], BUDGETS[name], run.numel())
+    keep = find_family(NAMES[name]).kept_tokens(BUDGETS[name], run.numel())
     views = sorted({int(v) for v in image.view if v >= 0})
     members = [[t for t in range(run.numel()) if int(image.view[t]) == v] for v in views]
     kept: dict[int, torch.Tensor] = {}
@@ -285,10 +279,10 @@ def test_batched_answers_equal_batch_1_and_log_the_rules_count(layouts, name, me
     batched = VisToGChatLMM(pretrained=path, method=method, budget=BUDGETS[name], device="cpu", batch_size=3)
     got = answers(single)
     assert answers(batched) == got and any(got)
-    family = FAMILIES[NAMES[name]]
+    family = find_family(NAMES[name])
     for entry in single.take_sample_log():
         (unreduced,), (received,) = entry["visual_tokens_unreduced"], entry["visual_tokens"]
-        assert received == kept_tokens(family, BUDGETS[name], unreduced) < unreduced
+        assert received == family.kept_tokens(BUDGETS[name], unreduced) < unreduced
 
 
 def test_full_budget_keeps_every_token_and_answers_as_none(layouts):

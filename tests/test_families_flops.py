@@ -15,14 +15,13 @@ from PIL import Image
 from vistog_bench.cli import main as cli_main
 from vistog_bench.errors import UsageError
 from vistog_bench.model import load_checkpoint
-from vistog_bench.model.families import FAMILIES, image_token_id, kept_tokens
+from vistog_bench.model.families import find_family, image_token_id
 from vistog_bench.model.presets import FAMILY_PRESETS, family_preset_config
 from vistog_bench.profiling.counting import flop_counter
 from vistog_bench.profiling.flops import (
     FamilyShape,
     family_image_geometry,
     family_prefill_flops,
-    most_image_tokens,
     qwen_window_sizes,
 )
 from vistog_bench.reducers.families import apply_family_method
@@ -91,7 +90,7 @@ def test_counted_equals_analytic_with_a_reducer(layouts, name, budget):
     visual = int((inputs["input_ids"] == image_token_id(model)).sum())
     text = inputs["input_ids"].shape[1] - visual
     apply_family_method(model, "random", budget)
-    kept = kept_tokens(FAMILIES[NAMES[name]], budget, visual)
+    kept = find_family(NAMES[name]).kept_tokens(budget, visual)
     shape = FamilyShape.from_config(model.config)
     reduced = family_prefill_flops(shape, visual_tokens=kept, text_tokens=text, **_geometry(name, inputs))
     full = family_prefill_flops(shape, visual_tokens=visual, text_tokens=text, **_geometry(name, inputs))
@@ -136,10 +135,12 @@ def test_image_geometry_equals_the_processors_count(layouts, name):
 def test_most_image_tokens_bounds_every_image():
     next_config, onevision = family_preset_config("llava-next-7b"), family_preset_config("llava-onevision-7b")
     # NeXT: 576 base + a 672 x 672 image's 48 x 48 grid + 48 newlines, reached by that image
-    assert most_image_tokens(next_config) == 576 + 48 * 48 + 48 == family_image_geometry(next_config, 672, 672).tokens
+    most = find_family("llava_next").most_image_tokens(next_config)
+    assert most == 576 + 48 * 48 + 48 == family_image_geometry(next_config, 672, 672).tokens
     sizes = [(h, w) for h in range(64, 2600, 97) for w in range(64, 2600, 89)]
     for config in (next_config, onevision):
-        assert max(family_image_geometry(config, h, w).tokens for h, w in sizes) <= most_image_tokens(config)
+        most = find_family(config.model_type).most_image_tokens(config)
+        assert max(family_image_geometry(config, h, w).tokens for h, w in sizes) <= most
 
 
 def _profile(capsys, *argv):
@@ -173,14 +174,14 @@ def test_profile_analytic_family_shape_prints_family_prefill_flops(tmp_path, cap
     )
     assert code == 0, err
     config = family_preset_config(shape)
-    family = FAMILIES[config.model_type]
+    family = find_family(config.model_type)
     height, width = (int(v) for v in (size.split("x") * 2)[:2])
     geometry = family_image_geometry(config, height, width)
     assert f"one {height} x {width} px (H x W) image" in out
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines() if line.startswith("| ")][1:]
     assert [int(r[0]) for r in rows] == [int(b) for b in budgets.split(",")]
     for row in rows:
-        kept = kept_tokens(family, int(row[0]), geometry.tokens)
+        kept = family.kept_tokens(int(row[0]), geometry.tokens)
         expected = family_prefill_flops(
             FamilyShape.from_config(config),
             visual_tokens=kept,
@@ -197,7 +198,7 @@ def test_profile_analytic_family_shape_prints_family_prefill_flops(tmp_path, cap
     assert [r["flops"]["prefill"] for r in records] == [
         family_prefill_flops(
             FamilyShape.from_config(config),
-            visual_tokens=kept_tokens(family, r["budget"], geometry.tokens),
+            visual_tokens=family.kept_tokens(r["budget"], geometry.tokens),
             text_tokens=32,
             views=geometry.views,
             grid=geometry.grid,

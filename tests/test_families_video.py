@@ -19,13 +19,7 @@ from transformers.video_utils import VideoMetadata
 
 from vistog_bench.adapter import VisToGChatLMM, VisToGLMM
 from vistog_bench.model import load_checkpoint
-from vistog_bench.model.families import (
-    FAMILIES,
-    family_inputs,
-    kept_tokens,
-    video_token_id,
-    visual_runs,
-)
+from vistog_bench.model.families import family_inputs, family_of_model, find_family, video_token_id, visual_runs
 from vistog_bench.reducers.families import apply_family_method
 from vistog_bench.run.lmms_results import sample_lines
 from vistog_bench.testing.fixtures import write_video
@@ -111,7 +105,7 @@ def documented(path, name, video_files):
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(path)
-    model = FAMILIES[NAMES[name]].model_class().from_pretrained(path, dtype=torch.float32).eval()
+    model = find_family(NAMES[name]).stock_class().from_pretrained(path, dtype=torch.float32).eval()
     out, prompts, media = [], [], []
     for video, question in zip(video_files, QUESTIONS, strict=False):
         with av.open(video) as container:
@@ -285,10 +279,9 @@ def test_log_counts_the_videos_run_of_video_tokens(layouts, videos, name):
 # -- reducers on a video's run -----------------------------------------------------------------------------------------
 def _video_inputs(model, processor, path, max_frames=MAX_FRAMES):
     from vistog_bench.adapter import read_video
-    from vistog_bench.model.families import model_family, video_frame_indices
 
-    family = model_family(model)
-    clip = read_video(path, lambda total: video_frame_indices(family, total, max_frames))
+    family = family_of_model(model)
+    clip = read_video(path, lambda total: family.video_frame_indices(total, max_frames))
     prompt = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "q"}]}], add_generation_prompt=True
     )
@@ -311,7 +304,7 @@ def test_reducer_gives_layer_0_the_rule_applied_to_the_whole_video(layouts, vide
     total = inputs["input_ids"].shape[1]
     (run,) = visual_runs(inputs["input_ids"][0], model)
     unreduced = int(run.numel())
-    keep = kept_tokens(FAMILIES[NAMES[name]], budget, unreduced)
+    keep = find_family(NAMES[name]).kept_tokens(budget, unreduced)
     assert keep < unreduced
     apply_family_method(model, method, budget)
     assert _layer0_visual_counts(model, inputs) == [total - unreduced + keep]
@@ -320,7 +313,7 @@ def test_reducer_gives_layer_0_the_rule_applied_to_the_whole_video(layouts, vide
 @pytest.mark.parametrize("name", NAMES)
 def test_reduced_video_answers_are_batch_independent_and_logged(layouts, videos, name):
     budget = 300 if name == "llava-onevision" else 25
-    family = FAMILIES[NAMES[name]]
+    family = find_family(NAMES[name])
     single = VisToGChatLMM(
         pretrained=str(layouts[name]), method="divprune", budget=budget, device="cpu", max_frames=MAX_FRAMES
     )
@@ -337,7 +330,7 @@ def test_reduced_video_answers_are_batch_independent_and_logged(layouts, videos,
     for entry in single.take_sample_log():
         (unreduced,) = entry["visual_tokens_unreduced"]
         assert (
-            entry["visual_tokens"] == [kept_tokens(family, budget, unreduced)] and entry["visual_tokens"][0] < unreduced
+            entry["visual_tokens"] == [family.kept_tokens(budget, unreduced)] and entry["visual_tokens"][0] < unreduced
         )
 
 
@@ -419,7 +412,7 @@ def test_scored_methods_refuse_a_video_sample_alone(layouts, videos, method):
     assert out[0] == "" and "encoder attention of images only" in log[0]["failure"] and "\n" not in log[0]["failure"]
     assert "failure" not in log[1] and out[1] != ""
     (unreduced,) = log[1]["visual_tokens_unreduced"]
-    assert log[1]["visual_tokens"] == [kept_tokens(FAMILIES["qwen2_5_vl"], 25, unreduced)]
+    assert log[1]["visual_tokens"] == [find_family("qwen2_5_vl").kept_tokens(25, unreduced)]
 
 
 def test_an_image_path_part_stays_an_image(layouts, videos, tmp_path):

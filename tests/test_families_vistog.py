@@ -1,6 +1,8 @@
 """VisToG on LLaVA-NeXT (CLIP) and LLaVA-OneVision (SigLIP), per view, on the tiny hub-layout checkpoints: patch
 features equal the stock encoder's with semantic tokens present (isolated attention), VisToG off is the stock model,
-the LLM receives views x N tokens per image, batches answer as batch 1, the VisToG parts get gradients."""
+the LLM receives views x N tokens per image, batches answer as batch 1, the VisToG parts get gradients; saved as a
+transformers model (config.json + model.safetensors) and loaded back, and a folder in the earlier format
+(vistog_family.json + vistog_parts.safetensors beside the stock files) still loads with the same logits."""
 
 from __future__ import annotations
 
@@ -11,11 +13,19 @@ from PIL import Image
 
 from vistog_bench.errors import UsageError
 from vistog_bench.model import load_checkpoint
-from vistog_bench.model.families import image_token_id
-from vistog_bench.model.families_vistog import VisToGFamily
+from vistog_bench.model.families import family_inputs, image_token_id
+from vistog_bench.model.loading import load_config
+from vistog_bench.model.modeling_views import (
+    VisToGLlavaNextForConditionalGeneration,
+    VisToGLlavaOnevisionForConditionalGeneration,
+    VisToGViews,
+)
 from vistog_bench.testing.hub_checkpoints_families import write_family_layouts
 
-WRAP = {"llava-next": VisToGFamily.from_llava_next, "llava-onevision": VisToGFamily.from_llava_onevision}
+WRAP = {
+    "llava-next": VisToGLlavaNextForConditionalGeneration.from_stock,
+    "llava-onevision": VisToGLlavaOnevisionForConditionalGeneration.from_stock,
+}
 SIZES = [(300, 400), (336, 700), (500, 200)]
 QUESTIONS = ["What is shown in this image?", "How many shapes are there?", "What colour is the shape?"]
 
@@ -107,35 +117,58 @@ def test_group_tokens_reach_the_logits_and_get_gradients(layouts):
 
 def test_other_families_and_bad_prompts_are_refused(layouts):
     qwen, _ = load_checkpoint(layouts["qwen2.5-vl"])
-    with pytest.raises(UsageError, match="VisToGFamily wraps"):
-        VisToGFamily(qwen, 16)
+    with pytest.raises(UsageError, match="wraps LlavaNextForConditionalGeneration, not Qwen2_5_VL"):
+        VisToGLlavaNextForConditionalGeneration.from_stock(qwen, 16)
     vt, _, processor = wrapped(layouts, "llava-next")
-    from vistog_bench.model.families import family_inputs
-
     stock_inputs = family_inputs(processor, prompts(processor, 1), [images()[:1]])  # the anyres count, not views x N
     with pytest.raises(UsageError, match="image tokens: .* group tokens"):
         vt.inputs_embeds(stock_inputs["input_ids"], stock_inputs["pixel_values"], stock_inputs["image_sizes"])
 
 
-@pytest.mark.parametrize("name", WRAP)
-def test_saved_vistog_parts_load_back_with_equal_logits(layouts, name, tmp_path):
-    from safetensors import safe_open
+def write_earlier_format(vt, stock, out) -> None:
+    """`vt` saved as the per-view VisToG was saved before it was a transformers model (a copy of
+    `VisToGFamily.save_pretrained`, vistog_bench/model/families_vistog.py at commit ddec5ea): the stock model's
+    `save_pretrained` (`stock` shares vt's modules), `vistog_parts.safetensors` with the semantic tokens and the
+    grouping layer under their own names, and `vistog_family.json` with N and the settings."""
+    import json
 
-    from vistog_bench.model.families_vistog import PARTS_FILE
+    from safetensors.torch import save_file
+
+    from vistog_bench.model.modeling_views import LEGACY_PARTS_FILE, LEGACY_SETTINGS_FILE
+
+    stock.save_pretrained(out)
+    parts = {k: v.detach().contiguous() for k, v in vt.state_dict().items() if k.startswith(("semantic_", "grouping."))}
+    save_file(parts, str(out / LEGACY_PARTS_FILE), metadata={"format": "pt"})
+    settings = {"num_semantic_tokens": vt.num_semantic_tokens, "isolated_attention": True, "grouping_mlp_ratio": 4.0}
+    settings.update(gumbel_tau=1.0, grouping_logit_scale=10.0)
+    (out / LEGACY_SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+
+
+@pytest.mark.parametrize("name", WRAP)
+def test_saved_vistog_loads_back_with_equal_logits_in_both_formats(layouts, name, tmp_path):
+    import json
 
     vt, model, processor = wrapped(layouts, name)
     data = vt.inputs(processor, prompts(processor, 1), [images()[:1]])
     data.pop("visual_tokens_unreduced")
-    vt.save_pretrained(tmp_path)
-    with safe_open(str(tmp_path / PARTS_FILE), "pt") as parts:
-        names = set(parts.keys())  # noqa: SIM118 - safe_open has no __iter__
-    assert "semantic_tokens" in names and all(n == "semantic_tokens" or n.startswith("grouping.") for n in names)
-    loaded = VisToGFamily.from_pretrained(tmp_path)
-    assert type(loaded.stock) is type(model) and loaded.num_semantic_tokens == 16
     with torch.no_grad():
-        assert torch.equal(loaded(**data).logits, vt.eval()(**data).logits)
+        expected = vt.eval()(**data).logits
+    vt.save_pretrained(tmp_path / "now")
+    processor.save_pretrained(tmp_path / "now")
+    saved = json.loads((tmp_path / "now" / "config.json").read_text())
+    assert saved["model_type"] == f"vistog_{model.config.model_type}" and saved["num_semantic_tokens"] == 16
+    write_earlier_format(vt, model, tmp_path / "earlier")
+    processor.save_pretrained(tmp_path / "earlier")
+    assert json.loads((tmp_path / "earlier" / "config.json").read_text())["model_type"] == model.config.model_type
+    for folder in ("now", "earlier"):
+        assert load_config(tmp_path / folder).num_semantic_tokens == 16
+        loaded, _ = load_checkpoint(tmp_path / folder)
+        assert type(loaded) is type(vt) and loaded.num_semantic_tokens == 16
+        with torch.no_grad():
+            assert torch.equal(loaded(**data).logits, expected), folder
+    (tmp_path / "earlier" / "vistog_parts.safetensors").unlink()
     with pytest.raises(UsageError, match="holds no VisToG parts"):
-        VisToGFamily.from_pretrained(layouts[name])
+        load_checkpoint(tmp_path / "earlier")
 
 
 @pytest.mark.parametrize("name", WRAP)
@@ -143,13 +176,12 @@ def test_adapter_serves_a_saved_vistog_checkpoint(layouts, name, tmp_path):
     from lmms_eval.api.instance import Instance
 
     from vistog_bench.adapter import VisToGChatLMM
-    from vistog_bench.model.families import family_inputs
 
     vt, _, processor = wrapped(layouts, name)
     vt.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
     loaded, _ = load_checkpoint(tmp_path)
-    assert isinstance(loaded, VisToGFamily)
+    assert isinstance(loaded, VisToGViews)
     lm = VisToGChatLMM(pretrained=str(tmp_path), method="vistog", device="cpu", batch_size=2)
     assert lm.budget == 16
     docs = [{"image": image, "question": q} for image, q in zip(images(), QUESTIONS, strict=True)]
@@ -184,7 +216,7 @@ def test_adapter_serves_a_saved_vistog_checkpoint(layouts, name, tmp_path):
     log = sorted(lm.take_sample_log(), key=lambda e: e["doc_id"])
     stock = family_inputs(processor, prompts(processor), [[i] for i in images()])
     assert [e["visual_tokens_unreduced"] for e in log] == [
-        [int((ids == image_token_id(vt.stock)).sum())] for ids in stock["input_ids"]
+        [int((ids == image_token_id(vt)).sum())] for ids in stock["input_ids"]
     ]
     views = vt.views_per_image(stock["image_sizes"])
     assert [e["visual_tokens"] for e in log] == [[v * 16] for v in views]
@@ -198,12 +230,13 @@ def test_adapter_serves_a_saved_vistog_checkpoint(layouts, name, tmp_path):
 
 def test_save_pretrained_writes_a_given_state_dict(layouts, tmp_path):
     """The trainer saves weights gathered from FSDP shards: `state_dict=` (this module's keys) is what is written."""
-    vt, _, _ = wrapped(layouts, "llava-onevision")
+    vt, _, processor = wrapped(layouts, "llava-onevision")
     state = {k: v.clone() for k, v in vt.state_dict().items()}
     state["semantic_tokens"] += 1.0
-    projector = next(k for k in state if k.startswith("stock.model.multi_modal_projector."))
+    projector = next(k for k in state if k.startswith("model.multi_modal_projector."))
     state[projector] += 1.0
     vt.save_pretrained(tmp_path, state_dict=state)
-    loaded = VisToGFamily.from_pretrained(tmp_path).state_dict()
+    processor.save_pretrained(tmp_path)
+    loaded = load_checkpoint(tmp_path)[0].state_dict()
     assert all(torch.equal(loaded[k], state[k]) for k in state)
     assert not torch.equal(loaded["semantic_tokens"], vt.semantic_tokens)

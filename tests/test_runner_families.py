@@ -14,10 +14,10 @@ import torch
 from vistog_bench.cli import main as cli_main
 from vistog_bench.demo.world import IMAGE_SIZE
 from vistog_bench.model import load_checkpoint
-from vistog_bench.model.families import FAMILIES, kept_tokens
-from vistog_bench.model.families_vistog import VisToGFamily
+from vistog_bench.model.families import find_family
 from vistog_bench.model.loading import load_config
-from vistog_bench.profiling.flops import family_image_geometry, most_image_tokens
+from vistog_bench.model.modeling_views import VisToGLlavaNextForConditionalGeneration
+from vistog_bench.profiling.flops import family_image_geometry
 from vistog_bench.testing.hub_checkpoints_families import write_family_layouts
 
 pytestmark = pytest.mark.slow
@@ -32,7 +32,7 @@ def layouts(tmp_path_factory):
     model, processor = load_checkpoint(found["llava-next"])
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("vistog-next") / f"vistog{SEMANTIC}"
-    VisToGFamily.from_llava_next(model, num_semantic_tokens=SEMANTIC).save_pretrained(out)
+    VisToGLlavaNextForConditionalGeneration.from_stock(model, num_semantic_tokens=SEMANTIC).save_pretrained(out)
     processor.save_pretrained(out)
     found["vistog-next"] = out
     return found
@@ -66,9 +66,9 @@ SWEEPS = [
 
 @pytest.mark.parametrize("name,method,budget,rule", SWEEPS, ids=[s[0] for s in SWEEPS])
 def test_sweep_on_a_family_checkpoint(layouts, tmp_path, capsys, name, method, budget, rule):
-    family = FAMILIES[NAMES[name]]
+    family = find_family(NAMES[name])
     config = load_config(layouts[name])
-    full = 100 if rule == "percent_of_own" else most_image_tokens(config)
+    full = 100 if rule == "percent_of_own" else family.most_image_tokens(config)
     models = [str(layouts[name])] + ([str(layouts["vistog-next"])] if name == "llava-next" else [])
     methods = f"none,{method}" + (",vistog" if name == "llava-next" else "")
     report = name == "qwen2.5-vl"  # one run renders its report (figures cost seconds), another is checked
@@ -99,7 +99,7 @@ def test_sweep_on_a_family_checkpoint(layouts, tmp_path, capsys, name, method, b
     assert cells[("none", full)]["budget_rule"] == cells[(method, budget)]["budget_rule"] == family.budget_rule == rule
 
     unreduced = family_image_geometry(config, IMAGE_SIZE, IMAGE_SIZE).tokens  # the processor's count, from the config
-    kept = kept_tokens(family, budget, unreduced)
+    kept = family.kept_tokens(budget, unreduced)
     for (cell_method, cell_budget), cell in cells.items():
         lines = lines_of(run_dir, cell_method, cell_budget)
         assert len(lines) == LIMIT

@@ -20,8 +20,8 @@ from PIL import Image
 from vistog_bench.errors import UsageError
 from vistog_bench.model import load_checkpoint
 from vistog_bench.model.families import image_token_id
-from vistog_bench.model.families_vistog import VisToGFamily
 from vistog_bench.model.loading import load_processor
+from vistog_bench.model.modeling_views import VisToGViews
 from vistog_bench.model.prompting import PromptBuilder, Turn, find_template, image_token_of
 from vistog_bench.testing.hub_checkpoints_families import write_llava_next, write_llava_onevision, write_qwen2_5_vl
 from vistog_bench.train import TrainConfig, loop, train
@@ -108,9 +108,9 @@ def stock_state(path) -> dict:
 
 
 def expected_trained(stage: str) -> tuple[str, ...]:
-    """Prefixes of VisToGFamily's state-dict keys a stage trains."""
-    stage1 = ("semantic_tokens", "grouping.", "stock.model.multi_modal_projector.")
-    return stage1 + (("stock.model.language_model.", "stock.lm_head.") if stage == "vistog-stage2" else ())
+    """Prefixes of the per-view VisToG model's state-dict keys a stage trains."""
+    stage1 = ("semantic_tokens", "grouping.", "model.multi_modal_projector.")
+    return stage1 + (("model.language_model.", "lm_head.") if stage == "vistog-stage2" else ())
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,7 @@ def stage1(checkpoints, data, tmp_path_factory):
 
 @pytest.mark.parametrize("name", WRITERS)
 def test_training_prompt_is_the_evaluation_prompt(checkpoints, data, name):
-    """Sample 0's ids up to its answer equal `VisToGFamily.inputs` for the same image and question (views x N
+    """Sample 0's ids up to its answer equal the model's `inputs` for the same image and question (views x N
     placeholders), the labels keep only the answer and eos, and a batch carries each image's views."""
     cfg = config(checkpoints[name], data, "unused")
     model = load_for_stage(cfg)
@@ -183,7 +183,7 @@ def test_stage1_trains_the_vistog_parts_and_projector_only(checkpoints, data, st
     after = model.state_dict()
     prefixes = expected_trained("vistog-stage1")
     for key, value in before.items():
-        changed = not torch.equal(after["stock." + key], value)
+        changed = not torch.equal(after[key], value)
         assert changed == key.startswith("model.multi_modal_projector."), key
     assert {k for k, p in model.named_parameters() if p.requires_grad} == {
         k for k, _ in model.named_parameters() if k.startswith(prefixes)
@@ -204,7 +204,7 @@ def test_saved_checkpoint_serves_the_in_memory_answers(checkpoints, stage1, name
 
     output, _, model = stage1[name]
     loaded, _ = load_checkpoint(output)
-    assert isinstance(loaded, VisToGFamily) and loaded.num_semantic_tokens == N
+    assert isinstance(loaded, VisToGViews) and loaded.num_semantic_tokens == N
     saved, memory = loaded.state_dict(), model.state_dict()
     assert saved.keys() == memory.keys() and all(torch.equal(saved[k], memory[k]) for k in saved)
     lm = VisToGChatLMM(pretrained=str(output), method="vistog", device="cpu")
@@ -287,8 +287,9 @@ def test_cli_trains_a_next_checkpoint_and_refuses_what_it_cannot(checkpoints, da
     assert code == 0
     summary = json.loads((out / "training_log.jsonl").read_text().splitlines()[-1])
     assert summary["steps"] == 2 and np.isfinite(summary["last_loss"])
-    assert json.loads((out / "vistog_family.json").read_text())["num_semantic_tokens"] == N
-    assert isinstance(load_checkpoint(out)[0], VisToGFamily)
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["model_type"] == "vistog_llava_next" and saved["num_semantic_tokens"] == N
+    assert isinstance(load_checkpoint(out)[0], VisToGViews)
     # stage 2's recipe from the stage-1 folder (its N; one process, no bf16 autocast on this CPU test)
     code = run_cli(
         [
@@ -347,7 +348,7 @@ def test_cli_trains_a_next_checkpoint_and_refuses_what_it_cannot(checkpoints, da
 def test_gradient_checkpointing_changes_no_loss(checkpoints, data, stage1, tmp_path):
     _, plain, _ = stage1["llava-next"]
     result, model = trained(config(checkpoints["llava-next"], data, tmp_path, gradient_checkpointing=True))
-    assert model.stock.is_gradient_checkpointing
+    assert model.is_activation_checkpointing
     assert np.allclose(result.losses, plain.losses, rtol=1e-5)
 
 
@@ -355,7 +356,7 @@ def test_gradient_checkpointing_changes_no_loss(checkpoints, data, stage1, tmp_p
 def test_two_processes_train_when_a_rank_gets_a_text_only_batch(checkpoints, data, tmp_path, engine):
     """DDP (plain torchrun, accelerate's MULTI_CPU) and FSDP2 (fsdp2.yaml's settings) over gloo, batch 1: in one epoch
     of the six samples some rank's batch is the text-only one, and every trainable part is still reduced; FSDP2
-    shards VisToGFamily (units: the LLM's decoder layers)."""
+    shards the per-view VisToG model (units: the LLM's decoder layers)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
