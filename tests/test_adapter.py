@@ -132,6 +132,21 @@ def test_bad_method_and_budget(llava_dir, vistog_dir):
         VisToGLMM(pretrained=str(llava_dir), method="vistog", device="cpu")
 
 
+def test_method_options_through_model_args(llava_dir):
+    """lmms-eval's `--model_args ...,method=tome[order=spatial,matching=model]` keeps the bracketed commas: the model
+    serves tome with both options, and names the method by its label (profile records, cells)."""
+    from vistog_bench.reducers import applied_method
+
+    lm = VisToGLMM.create_from_arg_string(
+        f"pretrained={llava_dir},method=tome[matching=model,order=spatial],budget=64,device=cpu"
+    )
+    assert lm.method == "tome[order=spatial,matching=model]" and lm.budget == 64
+    assert applied_method(lm.model).options == {"order": "spatial", "matching": "model"}
+    assert lm.model.model.vision_tower.token_merge.order == "spatial"  # what the encoder runs with
+    with pytest.raises(UsageError, match="method tome has no option 'ratio'"):
+        VisToGLMM.create_from_arg_string(f"pretrained={llava_dir},method=tome[ratio=2],budget=64,device=cpu")
+
+
 def test_multi_round_is_refused(vistog_dir):
     lm = VisToGLMM(pretrained=str(vistog_dir), budget=16, device="cpu")
     with pytest.raises(NotImplementedError, match="not supported"):

@@ -172,3 +172,58 @@ def test_docs_methods_table_is_the_registry_s():
     start = page.index("<!-- methods table")
     table = page[page.index("\n", start) + 1 : page.index("<!-- end of methods table -->")]
     assert table == methods_markdown(), "docs/reducers.md: paste `vistog-bench methods --markdown` between the markers"
+
+
+def test_a_label_carries_its_options_into_the_model(model, processor):
+    """`apply_method(model, "tome[order=spatial]", K)` is `apply_method(model, "tome", K, order="spatial")`: the same
+    record and the same logits; the record's label and settings say what ran."""
+    images = [random_images(1, seed=4)]
+
+    def logits(method, **options):
+        apply_method(model, method, 64, **options)
+        inputs = build_inputs(processor, [llava_prompt("what is it ?")], images, tokens_per_image(model))
+        with torch.no_grad():
+            return model(**inputs).logits, applied_method(model)
+
+    by_label, applied = logits("tome[order=spatial]")
+    by_keyword, keyword_applied = logits("tome", order="spatial")
+    torch.testing.assert_close(by_label, by_keyword, rtol=0, atol=0)
+    assert applied == keyword_applied and applied.options == {"order": "spatial"}
+    assert applied.label == "tome[order=spatial]"
+    assert applied.settings == {"order": "spatial", "matching": "float32"}  # the default named beside the option
+    with pytest.raises(UsageError, match="option order given twice"):
+        apply_method(model, "tome[order=spatial]", 64, order="reference")
+    assert applied_method(model) == applied  # a refused call changes nothing
+    remove_method(model)
+
+
+def test_options_on_another_family_are_refused_before_loading():
+    """A family runs its methods at the LLM input with reducers/families.py's settings: options are LLaVA-1.5's."""
+    from vistog_bench.model.presets import FAMILY_PRESETS, family_preset_config
+    from vistog_bench.reducers import config_problem
+
+    config = next(c for c in map(family_preset_config, FAMILY_PRESETS) if c.model_type == "qwen2_5_vl")
+    assert config_problem(config, "vispruner", budget=25) is None
+    problem = config_problem(config, "vispruner[ties=stable]", budget=25)
+    assert problem.startswith("vispruner on qwen2_5_vl: its options (ties) apply on LLaVA-1.5")
+    assert config_problem(config, "tome[order=spatial]", budget=25).startswith("tome on qwen2_5_vl: merges inside")
+
+
+def test_methods_command(capsys):
+    from vistog_bench.cli import main
+
+    assert main(["methods"]) == 0
+    table = capsys.readouterr().out
+    assert all(f"\n{name} " in table for name in method_names())
+    assert main(["methods", "pdrop"]) == 0
+    detail = capsys.readouterr().out
+    assert detail.startswith("pdrop: ") and "option layers (str" in detail and "paper layers" in detail
+    assert main(["methods", "--markdown"]) == 0
+    assert capsys.readouterr().out == methods_markdown()
+    assert main(["methods", "tomee"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown method 'tomee' (did you mean 'tome'?)" in err and len(err.splitlines()) == 1
+    with pytest.raises(SystemExit):  # argparse prints the help and exits
+        main(["run", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert all(name in help_text for name in method_names()) and "'tome[order=spatial]'" in help_text

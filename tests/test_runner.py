@@ -217,3 +217,24 @@ def test_cells_record_the_budget_convention_and_attention_kernels_and_the_report
     text = to_markdown(build_report([run.path], []).tables[0])
     assert "dart@48: the budget is the mean visual tokens per image over the LLM's layers" in text
     assert "Attention kernels differ between rows" in text and "pool@48" in text
+
+
+def test_method_options_reach_their_cell_its_record_and_the_report_label(tmp_path, capsys):
+    """`--method 'tome,tome[order=spatial]'` plans two tome cells; each records its label as its method, and the
+    report's rows are named by it. A wrong option is refused in one line before a run folder exists."""
+    from vistog_bench.report import build_report, to_markdown
+
+    output = tmp_path / "results"
+    common = ["run", "--tasks", "shapes_vqa", "--budgets", "48", "--limit", "2", "--no-profile"]
+    common += ["--output", str(output)]
+    assert cli_main([*common, "--method", "tome[order=sorted]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "tome order must be one of reference, spatial, got 'sorted'" in err and len(err.splitlines()) == 1
+    assert not output.exists()
+    assert cli_main([*common, "--method", "tome,tome[order=spatial]"]) == 0
+    (run_path,) = output.iterdir()
+    cells = {c.method: c for c in RunDir(run_path).cells()}
+    assert set(cells) == {"none", "tome", "tome[order=spatial]"}
+    assert all(c.ok for c in cells.values())
+    text = to_markdown(build_report([run_path], []).tables[0])
+    assert "tome[order=spatial]@48" in text and "tome@48" in text

@@ -4,7 +4,9 @@
         --model_args pretrained=/ckpt/llava-vistog-64,budget=64,method=vistog,device=cuda,dtype=float16 \
         --tasks gqa
 
-(lmms-eval passes `--batch_size` to the model itself; `batch_size` inside `--model_args` is a duplicate.)
+(lmms-eval passes `--batch_size` to the model itself; `batch_size` inside `--model_args` is a duplicate.) A method's
+options go in brackets, `method=tome[order=spatial,matching=model]` (lmms-eval's argument split keeps bracketed
+commas); served models, profile records and cells name the method by that label.
 
 Two classes behind the one name, as lmms-eval 0.7 registers its own models (ModelManifest in `lmms_entry`):
 `VisToGChatLMM` (the default resolution: requests carry `doc_to_messages`, lmms-eval's chat interface) and
@@ -62,7 +64,7 @@ from .errors import UsageError
 from .model import load_checkpoint
 from .model.families import ModelBatch, VideoFrames, family_of_model, uniform_frame_indices
 from .model.prompting import PromptBuilder, Turn, find_template, image_token_of, video_token_of
-from .reducers import METHODS, AppliedMethod, applied_method
+from .reducers import METHODS, AppliedMethod, applied_method, parse_method
 from .reducers.families import family_sample_problem, family_vision_scores
 
 DEFAULT_MAX_NEW_TOKENS = 1024  # llava_hf's default when a task sets none
@@ -168,7 +170,9 @@ def serve_checkpoint(
     seed: int = 0,
     chat_template: str | None = None,
 ) -> ServedModel:
-    """Load `pretrained` and set it up for `method` at `budget` (None: the checkpoint's own count)."""
+    """Load `pretrained` and set it up for `method` (a name, or `name[option=value,...]`) at `budget` (None: the
+    checkpoint's own count)."""
+    method = parse_method(method).label  # checked before anything loads; the label records and reports use
     model, processor = load_checkpoint(pretrained, device=device, dtype=dtype, attn_implementation=attn_implementation)
     budget = configure_method(model, method, budget, seed)
     template = find_template(processor, pretrained, chat_template or None)

@@ -1,4 +1,4 @@
-"""`vistog-bench`: run, profile, report, check, baseline, tasks, train.
+"""`vistog-bench`: run, profile, report, check, baseline, tasks, methods, train.
 
 Each subcommand lives in the module that does its work; that module exposes `add_arguments(parser)` and
 `main(args) -> int`, and keeps heavy imports (torch, lmms-eval) inside `main` so `--help` stays fast.
@@ -30,6 +30,10 @@ COMMANDS = {
         "evaluate methods x budgets x tasks through lmms-eval (no arguments: embedded default)",
     ),
     "tasks": ("vistog_bench.run.tasks", "list the lmms-eval tasks and groups available, ours included"),
+    "methods": (
+        "vistog_bench.reducers.cli",
+        "list the methods: where each acts, how its budget counts, families, options, reference",
+    ),
     "profile": ("vistog_bench.profiling.cli", "controlled latency / FLOPs / memory / energy measurement per budget"),
     "report": ("vistog_bench.report.cli", "render tables and figures from result folders"),
     "check": ("vistog_bench.regress", "compare a run with a baseline; exit 1 on regression"),

@@ -57,7 +57,7 @@ def main(args: argparse.Namespace) -> int:
         print(methods_markdown(), end="")
     else:
         headers, rows = methods_table()
-        print(tabulate(rows, headers=headers, tablefmt="simple", maxcolwidths=[None, 40, None, 12, 16, 36, 30]))
+        print(tabulate(rows, headers=headers, tablefmt="simple", maxcolwidths=[None, 16, None, 16, 34, 30]))
     return 0
 
 

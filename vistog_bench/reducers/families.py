@@ -82,7 +82,7 @@ from .llm_pruning import (
     left_pad,
     merged_states,
 )
-from .registry import method_names, spec
+from .registry import method_names, resolve, spec
 from .visionzip import contextual_targets, contextual_tokens, visionzip_split
 from .vispruner import IMPORTANT_RATIO, remove_duplicates
 
@@ -97,12 +97,18 @@ def _runs_on(method: str, model_type: str) -> bool:
     return found.serves(model_type) and not found.trained
 
 
-def refusal(family: Family, method: str) -> str | None:
-    """Why `method` does not run on a stock checkpoint of `family` (one line, its spec's reason), or None."""
-    if _runs_on(method, family.model_type):
-        return None
-    reason = spec(method).family_refusal(family.model_type)
-    return f"{method} on {family.model_type}: {reason}; runs here: {', '.join(runs_on(family.model_type))}"
+def refusal(family: Family, method: str, options: dict | None = None) -> str | None:
+    """Why `method` (with `options`) does not run on a stock checkpoint of `family` (one line, its spec's reason), or
+    None. Options are LLaVA-1.5's: here a method selects at the LLM input with the settings this module gives it."""
+    if not _runs_on(method, family.model_type):
+        reason = spec(method).family_refusal(family.model_type)
+        return f"{method} on {family.model_type}: {reason}; runs here: {', '.join(runs_on(family.model_type))}"
+    if options:
+        return (
+            f"{method} on {family.model_type}: its options ({', '.join(options)}) apply on LLaVA-1.5; here it selects "
+            "at the LLM input as reducers/families.py does it"
+        )
+    return None
 
 
 def random_run_positions(count: int, keep: int, seed: int) -> torch.Tensor:
@@ -279,6 +285,8 @@ def apply_family_method(model, method: str, budget: int | None, *, seed: int = 0
     family = model_family(model)
     if family is None:
         raise UsageError("apply_family_method takes a LLaVA-NeXT / OneVision / Qwen2.5-VL model")
+    found, options = resolve(method)
+    method = found.name
     semantic = getattr(model, "num_semantic_tokens", None)  # a VisToGFamily
     if semantic is not None:
         if method != "vistog":
@@ -287,7 +295,7 @@ def apply_family_method(model, method: str, budget: int | None, *, seed: int = 0
             raise UsageError(f"this VisToG checkpoint gives {semantic} tokens per view, not budget {budget}")
         object.__setattr__(model, _STATE, (method, semantic, None))
         return semantic
-    problem = refusal(family, method)
+    problem = refusal(family, method, options)
     if problem:
         raise UsageError(problem)
     budget = check_family_budget(family, budget)

@@ -18,7 +18,7 @@ from typing import Any
 from ..errors import UsageError
 from ..model.families import family_of
 from .base import check_budget
-from .registry import check_method, method_names, spec
+from .registry import check_method, method_label, method_names, resolve, spec
 from .schedule import first_stage_tokens, layer_mean, minimum_mean, stage_layers
 from .spec import AFTER_LAYER, BUDGET_LLM_INPUT, LAYER_MEAN, Parts
 
@@ -50,6 +50,16 @@ class AppliedMethod:
     vision_scores: str = ""  # extra attention the method computes in the tower, "" if none
     training_free: bool = False  # a reduction installed on a stock model (not none, not a VisToG checkpoint)
 
+    @property
+    def label(self) -> str:
+        """The method with the options given, as the CLI takes it and reports name it: `tome[order=spatial]`."""
+        return method_label(self.method, self.options)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Every option of the method as it ran (given, else its spec's default; None: derived from the model)."""
+        return spec(self.method).settings(self.options)
+
 
 @dataclass
 class _Installed:
@@ -66,11 +76,12 @@ _STATE = "_vistog_applied_method"  # private attribute of the model (a plain obj
 def apply_method(model, method: str, budget: int, *, seed: int = 0, **options) -> None:
     """Configure `model` (a VisToGForConditionalGeneration) in place for `method` at `budget` tokens per image.
 
-    none: stock LLaVA, budget must be the patch count. vistog: a VisToG checkpoint whose N equals budget. The others
-    run on a VisToG-off model. Raises UsageError for unknown methods or options and budgets out of range.
+    `method` is a name, or a name with options (`"tome[order=spatial]"`, the CLI's and the reports' form); options
+    may also come as keywords. none: stock LLaVA, budget must be the patch count. vistog: a VisToG checkpoint whose N
+    equals budget. The others run on a VisToG-off model. Raises UsageError for unknown methods or options and budgets
+    out of range.
     """
-    method = spec(method)
-    options = method.check_options(options)
+    method, options = resolve(method, options)
     check_budget(budget, model.config.num_patches)
     _check_checkpoint(model, method.name, method.trained)
     parts = _build(model, method.name, budget, seed, options)  # validates before anything changes
@@ -161,21 +172,18 @@ def tokens_per_image(model) -> int:
 
 
 def config_problem(config, method: str, *, budget: int | None = None, **options) -> str | None:
-    """Why `method` cannot run on a checkpoint with this config (a LlavaConfig / VisToGConfig, no weights), or None.
+    """Why `method` (a name, or `name[option=value]`) cannot run on a checkpoint with this config (a LlavaConfig /
+    VisToGConfig, no weights), or None; a UsageError for an unknown method or a wrong option.
 
     Its spec's rules that the config alone decides (`MethodSpec.config_problem`: FastV's layer, PruMerge's layer after
     the feature layer) and, for a layer-mean method, its layers and, given `budget`, whether the budget is reachable,
     so a sweep can refuse an impossible combination before it loads anything."""
-    method = spec(method)
-    try:
-        method.check_options(options)
-    except UsageError as error:
-        return str(error)
+    method, options = resolve(method, options)
     family = family_of(getattr(config, "model_type", None))
     if family is not None:  # LLaVA-NeXT / OneVision / Qwen2.5-VL: the methods that apply there (one line otherwise)
         from .families import refusal
 
-        return refusal(family, method.name)
+        return refusal(family, method.name, options)
     if method.config_problem is not None:
         problem = method.config_problem(config, budget, options)
         if problem:

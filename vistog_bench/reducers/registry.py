@@ -117,6 +117,18 @@ def parse_method(text: str) -> MethodChoice:
     return MethodChoice(method.name, MappingProxyType(method.parse_options(rest[:-1])))
 
 
+def resolve(method: str, options: Mapping[str, Any] | None = None) -> tuple[MethodSpec, dict[str, Any]]:
+    """The spec of `method` (a name or `name[option=value,...]`) and its options with `options` added, checked; an
+    option given both ways is refused."""
+    choice = parse_method(method)
+    options = dict(options or {})
+    twice = sorted(set(choice.options) & set(options))
+    if twice:
+        raise UsageError(f"method {choice.name}: option {twice[0]} given twice")
+    found = spec(choice.name)
+    return found, found.check_options({**choice.options, **options})
+
+
 def split_methods(text: str) -> list[str]:
     """A comma-separated list of methods, commas inside brackets kept: `pdrop[layers=2,6,12],fastv` -> 2 items."""
     items, depth, current = [], 0, []
@@ -131,18 +143,29 @@ def split_methods(text: str) -> list[str]:
     return [item for item in items if item]
 
 
+def method_labels(text: str | None) -> tuple[str, ...]:
+    """`--method` text -> each method's label (checked, options in the spec's order), in the order given."""
+    return tuple(parse_method(item).label for item in split_methods(text or ""))
+
+
 def methods_table(markdown: bool = False) -> tuple[list[str], list[list[str]]]:
     """(headers, rows) of every registered method: where it acts, how its budget counts, what each <image> of the
     prompt expands to, the families it runs on, its options (default, or choices with the default first) and the
-    implementation it follows. `markdown`: names in backticks (docs/reducers.md's table, `methods_markdown`)."""
-    headers = ["method", "where", "budget", "prompt tokens", "families", "options", "reference"]
+    implementation it follows. `markdown`: docs/reducers.md's table (names in backticks, where in full);
+    otherwise the terminal's (`vistog-bench methods`: where as the spec's `acts`, no prompt column)."""
     quote = "`" if markdown else ""
+    headers = ["method", "where", "budget", "prompt tokens", "families", "options", "reference"]
     rows = []
     for method in specs():
         options = ", ".join(f"{quote}{o.name}{quote}{o.describe()}" for o in method.options) or "—"
         families = "all" if method.families == EVERY_FAMILY else ", ".join(method.families)
-        row = [f"{quote}{method.name}{quote}", method.where, method.budget_convention, method.prompt_tokens, families]
+        where = method.where if markdown else " + ".join(method.acts) or "—"
+        row = [f"{quote}{method.name}{quote}", where, method.budget_convention, method.prompt_tokens, families]
         rows.append([*row, options, method.reference])
+    if not markdown:
+        headers.pop(3)
+        for row in rows:
+            row.pop(3)
     return headers, rows
 
 
@@ -157,11 +180,13 @@ __all__ = [
     "MethodChoice",
     "check_method",
     "method_label",
+    "method_labels",
     "method_names",
     "methods_markdown",
     "methods_table",
     "parse_method",
     "register",
+    "resolve",
     "spec",
     "specs",
     "split_methods",

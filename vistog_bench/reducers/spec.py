@@ -102,6 +102,11 @@ class MethodSpec:
         reason = self.not_on_families
         return reason[model_type] if isinstance(reason, Mapping) else reason
 
+    def settings(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Every option as the method runs with `options` given: the given value, else the default (None: derived
+        from the model, e.g. a paper layer scaled to its depth)."""
+        return {o.name: options[o.name] if options.get(o.name) is not None else o.default for o in self.options}
+
     def check_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
         """`options` as given (None: the default), or UsageError naming the first unknown name, wrong type or value."""
         for name, value in options.items():

@@ -10,6 +10,8 @@ measured against it. Every method and every budget asked for gets a cell or is r
 line each (`vistog` with no VisToG checkpoint among --model; a method whose only budget is the full one; a budget no
 requested method runs at, e.g. `--method none --budgets 64`); an empty `--tasks ''` / `--method ''` / `--budgets ''` is
 refused, not read as the default. Without --method: `vistog` when a VisToG checkpoint is among --model, else `none`.
+A method's options follow its name in brackets, as the report labels its rows (`vistog-bench methods NAME` lists them):
+`--method 'tome[order=spatial],pdrop[layers=2,6,12]'`; the label is the cell's method in its record.
 
 A group (`vistog_image_local`, `shapes`, nested ones such as `mvbench_local`) is expanded into its member tasks, each
 its own cell with its metrics, samples and profile records; a group whose YAML defines `aggregate_metric_list` also
@@ -56,6 +58,7 @@ from pathlib import Path
 from ..cli import comma_list, int_list
 from ..dtypes import DTYPE_NAMES
 from ..errors import UsageError
+from ..reducers.registry import method_labels, method_names
 from ..results import CellResult
 from .config import (
     DEFAULT_BATCH_SIZE,
@@ -101,8 +104,8 @@ def add_arguments(parser) -> None:
         "--method",
         dest="method",
         default=None,
-        help="comma-separated: none, vistog, pool, random, tome, visionzip, prumerge, fastv, ... (docs/reducers.md); "
-        "default: vistog when a VisToG checkpoint is among --model, else none",
+        help=f"comma-separated, options in brackets (quoted: 'tome[order=spatial]'): {', '.join(method_names())} "
+        "(vistog-bench methods); default: vistog when a VisToG checkpoint is among --model, else none",
     )
     parser.add_argument("--limit", type=int, default=None, help="samples per task (for quick runs; even for MME)")
     parser.add_argument("--batch-size", type=int, default=None, help=f"default {DEFAULT_BATCH_SIZE}")
@@ -162,13 +165,13 @@ def config_from_args(args) -> RunConfig:
     dtype = args.dtype or ("float16" if device.startswith("cuda") else "float32")
     if not args.model:
         models, tasks, budgets, methods = embedded_default(
-            comma_list(args.tasks), int_list(args.budgets, "--budgets"), comma_list(args.method)
+            comma_list(args.tasks), int_list(args.budgets, "--budgets"), method_labels(args.method)
         )
     else:
         if not args.tasks:
             raise UsageError("--tasks is needed with --model (leave both out for the embedded default)")
         models, tasks = tuple(args.model), comma_list(args.tasks)
-        methods = comma_list(args.method) or default_methods(models)
+        methods = method_labels(args.method) or default_methods(models)
         budgets = int_list(args.budgets, "--budgets") or checkpoint_budgets(models)
     return RunConfig(
         models=tuple(str(Path(m).resolve()) for m in models),
