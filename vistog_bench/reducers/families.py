@@ -4,7 +4,7 @@
     apply_family_method(model, "random", 576)     # LLaVA-NeXT: 576 tokens per image across its tiles
 
 Glossary: T prompt length (each image expanded by the processor to its own count V_i), K_i the tokens image i keeps
-(`families.kept_tokens`: the family's budget rule), D LLM width.
+(`ModelFamily.kept_tokens`: the family's budget rule), D LLM width.
 
 Where: a stage at decoder layer 0 of the shared in-LLM pruner (`reducers.llm_pruning.LLMPruner`, hooks only): the
 stock model runs its vision encoder, projector / PatchMerger and placeholder merge unchanged, and layer 0 onwards sees
@@ -62,15 +62,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UsageError
-from ..model.families import (
-    Family,
-    check_family_budget,
-    image_runs,
-    image_token_id,
-    kept_tokens,
-    model_family,
-    video_token_id,
-)
+from ..model.families import ModelFamily, family_of_model, image_runs, image_token_id, video_token_id
 from .cdpruner import CDPrunerSelector
 from .divprune import max_min_diversity
 from .family_attention import EncoderScores, ImageScores, describe_scores
@@ -83,6 +75,7 @@ from .llm_pruning import (
     merged_states,
 )
 from .registry import method_names, resolve, spec
+from .spec import LLAVA
 from .visionzip import contextual_targets, contextual_tokens, visionzip_split
 from .vispruner import IMPORTANT_RATIO, remove_duplicates
 
@@ -97,7 +90,7 @@ def _runs_on(method: str, model_type: str) -> bool:
     return found.serves(model_type) and not found.trained
 
 
-def refusal(family: Family, method: str, options: dict | None = None) -> str | None:
+def refusal(family: ModelFamily, method: str, options: dict | None = None) -> str | None:
     """Why `method` (with `options`) does not run on a stock checkpoint of `family` (one line, its spec's reason), or
     None. Options are LLaVA-1.5's: here a method selects at the LLM input with the settings this module gives it."""
     if not _runs_on(method, family.model_type):
@@ -214,12 +207,12 @@ class ScoredRunSelector:
 
 class FamilyInputPruner(LLMPruner):
     """LLMPruner with one stage at layer 0 whose per-image keep follows the family's budget rule: images are the
-    runs of image tokens, each keeps `kept_tokens(family, budget, V_i)`. (Stage.keep and tokens_per_image are 1,
+    runs of image tokens, each keeps `family.kept_tokens(budget, V_i)`. (Stage.keep and tokens_per_image are 1,
     unused: the counts come from the runs.)"""
 
     def __init__(
         self,
-        family: Family,
+        family: ModelFamily,
         budget: int | None,
         selector: RunSelector | ScoredRunSelector,
         token_id: int,
@@ -238,7 +231,7 @@ class FamilyInputPruner(LLMPruner):
             self._handles += scores.install(model)
 
     def keep_of(self, count: int) -> int:
-        return kept_tokens(self.family, self.budget, count)
+        return self.family.kept_tokens(self.budget, count)
 
     def _start_forward(self, module, args, kwargs):
         """The shared pruner finds visual tokens by the image id: a video's tokens count as visual tokens too."""
@@ -280,10 +273,10 @@ _STATE = "_vistog_family_method"
 
 
 def apply_family_method(model, method: str, budget: int | None, *, seed: int = 0) -> int | None:
-    """Configure a family's model for `method` at `budget` (its rule: `families.check_family_budget`); replaces
-    what an earlier call installed. Returns the budget (None: all tokens)."""
-    family = model_family(model)
-    if family is None:
+    """Configure a family's model for `method` at `budget` (its rule: `ModelFamily.check_budget`; None: the family's
+    `none_budget`); replaces what an earlier call installed. Returns the budget (None: all tokens)."""
+    family = family_of_model(model)
+    if family.model_type == LLAVA:
         raise UsageError("apply_family_method takes a LLaVA-NeXT / OneVision / Qwen2.5-VL model")
     found, options = resolve(method)
     method = found.name
@@ -298,13 +291,14 @@ def apply_family_method(model, method: str, budget: int | None, *, seed: int = 0
     problem = refusal(family, method, options)
     if problem:
         raise UsageError(problem)
-    budget = check_family_budget(family, budget)
+    full = family.none_budget(model.config)
+    budget = full if budget is None else family.check_budget(budget)
     remove_family_method(model)
     if method == "none":
-        if budget not in (None, family.full_budget):
+        if budget not in (None, full):
             raise UsageError(
-                f"method none keeps every visual token: leave the budget out (or {family.full_budget}"
-                f" for {family.model_type}), got {budget}"
+                f"method none keeps every visual token: leave the budget out (or {full} for {family.model_type}), "
+                f"got {budget}"
             )
         object.__setattr__(model, _STATE, (method, budget, None))
         return budget
@@ -336,9 +330,9 @@ def family_sample_problem(model, images: int, videos: int = 0) -> str | None:
     side, so their tokens form one run and the per-visual rule has no boundary to apply; the scored methods read
     encoder attention of images only, so a video sample fails alone (not its whole batch inside generate)."""
     state = model.__dict__.get(_STATE)
-    family = model_family(model)
-    if state is None or state[2] is None or family is None:
+    if state is None or state[2] is None:  # nothing installed by apply_family_method
         return None
+    family = family_of_model(model)
     if videos and spec(state[0]).family_scores:
         served = (m for m in runs_on(family.model_type) if not spec(m).family_scores)
         return (
@@ -354,22 +348,12 @@ def family_sample_problem(model, images: int, videos: int = 0) -> str | None:
     )
 
 
-def family_token_counts(model, runs: list[torch.Tensor]) -> tuple[list[int], list[int]]:
-    """(unreduced, received) visual tokens of each image of one sample under what is installed on `model`."""
-    state = model.__dict__.get(_STATE)
-    unreduced = [int(run.numel()) for run in runs]
-    if state is None or state[2] is None:
-        return unreduced, unreduced
-    return unreduced, [state[2].keep_of(n) for n in unreduced]
-
-
 __all__ = [
     "FamilyInputPruner",
     "RunSelector",
     "ScoredRunSelector",
     "apply_family_method",
     "family_sample_problem",
-    "family_token_counts",
     "family_vision_scores",
     "random_run_positions",
     "refusal",

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import UsageError
-from ..model.families import model_family
+from ..model.families import family_of_model
 from ..model.vision import cls_attention, feature_layers_run
 
 QUERY_CHUNK = 1024  # queries per softmax block of the mean received attention: [h, 1024, S] at a time
@@ -84,7 +84,7 @@ def mean_received_attention(query: torch.Tensor, key: torch.Tensor, scaling: flo
 
 def scored_layer_index(model) -> int:
     """Index of the encoder layer whose attention is read (see the module docstring)."""
-    family = model_family(model)
+    family = family_of_model(model)
     if family.model_type == "qwen2_5_vl":
         return model.config.vision_config.fullatt_block_indexes[-1]
     feature_layer = model.config.vision_feature_layer
@@ -99,7 +99,7 @@ def scored_layer_index(model) -> int:
 
 def describe_scores(model) -> str:
     """The AppliedMethod-style `vision_scores` line: what is read, where, and the encoder's own kernel."""
-    family = model_family(model)
+    family = family_of_model(model)
     layer = scored_layer_index(model)
     what = {
         "llava_next": "CLS attention of each view",
@@ -114,7 +114,7 @@ class EncoderScores:
     """Hooks one encoder layer of a family model and gives each image's scores in LLM-input order."""
 
     def __init__(self, model) -> None:
-        family = model_family(model)
+        family = family_of_model(model)
         self.model_type = family.model_type
         self.config = model.config
         if self.model_type == "llava_next" and model.config.vision_feature_select_strategy != "default":

@@ -16,11 +16,11 @@ from types import MappingProxyType
 from typing import Any
 
 from ..errors import UsageError
-from ..model.families import family_of
+from ..model.families import find_family
 from .base import check_budget
 from .registry import check_method, method_label, method_names, resolve, spec
 from .schedule import first_stage_tokens, layer_mean, minimum_mean, stage_layers
-from .spec import AFTER_LAYER, BUDGET_LLM_INPUT, LAYER_MEAN, Parts
+from .spec import AFTER_LAYER, BUDGET_LLM_INPUT, LAYER_MEAN, LLAVA, Parts
 
 METHODS = method_names()  # every registered method (registry.py), in table order
 
@@ -179,8 +179,8 @@ def config_problem(config, method: str, *, budget: int | None = None, **options)
     the feature layer) and, for a layer-mean method, its layers and, given `budget`, whether the budget is reachable,
     so a sweep can refuse an impossible combination before it loads anything."""
     method, options = resolve(method, options)
-    family = family_of(getattr(config, "model_type", None))
-    if family is not None:  # LLaVA-NeXT / OneVision / Qwen2.5-VL: the methods that apply there (one line otherwise)
+    family = find_family(getattr(config, "model_type", None))
+    if family is not None and family.model_type != LLAVA:  # the methods that apply there (one line otherwise)
         from .families import refusal
 
         return refusal(family, method.name, options)
