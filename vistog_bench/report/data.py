@@ -328,7 +328,6 @@ class Row:
     scores: dict[str, Score] = field(default_factory=dict)
     avg_retention: float | None = None
     n_retention: int = 0
-    n_scored: int = 0
     efficiency: Efficiency | None = None
     speedup: Speedup | None = None
     setup: Setup = field(default_factory=Setup)
@@ -535,7 +534,6 @@ def build_report_data(runs: list[RunData]) -> ReportData:
                 row.budget_rule, row.tokens = part.budget_rule, part.tokens
                 row.budget_convention, row.attention = part.budget_convention, part.attention
                 retentions = [s.retention for s in part.scores.values() if s.retention is not None]
-                row.n_scored = len(part.scores)
                 row.n_retention = len(retentions)
                 row.avg_retention = statistics.fmean(retentions) if retentions else None
                 # accuracy alone: only device and dtype matter (the eval batch size is no latency setup)
