@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .llm_pruning import LLMPruner, SampleView, Selection, Stage
-from .spec import EVERY_FAMILY, LLM_INPUT, MethodSpec, Parts
+from .llm_pruning import ORIGINAL, RENUMBER, LLMPruner, SampleView, Selection, Stage
+from .spec import EVERY_FAMILY, LLM_INPUT, MethodSpec, Option, Parts
 
 EPSILON = 1e-10  # the smallest gain taken (Chen et al.'s stopping threshold)
 
@@ -39,7 +39,7 @@ def conditional_kernel(visual: torch.Tensor, instruction: torch.Tensor) -> torch
     visual, instruction = F.normalize(visual.float(), dim=-1), F.normalize(instruction.float(), dim=-1)
     similarity = visual @ visual.T  # [V, V]
     relevance = (visual @ instruction.T).mean(dim=1)  # [V] <- [V, t]
-    relevance = (relevance - relevance.min() + 1e-6) / (relevance.max() - relevance.min() + 1e-6)
+    relevance = (relevance - relevance.min() + 1e-6) / (relevance.max() - relevance.min())  # as the reference
     return relevance[:, None] * similarity * relevance[None, :]
 
 
@@ -100,7 +100,8 @@ __all__ = ["CDPrunerSelector", "conditional_kernel", "greedy_dpp_map"]
 # -- the method's spec (registry.py) --------------------------------------------------------------------------------
 def _build(model, budget: int, seed: int, options: dict) -> Parts:
     num_patches, image_token = model.config.num_patches, model.config.image_token_id
-    return Parts(pruner=LLMPruner((Stage(0, budget),), CDPrunerSelector(), num_patches, image_token))
+    renumber = (options.get("positions") or RENUMBER) == RENUMBER
+    return Parts(pruner=LLMPruner((Stage(0, budget, renumber),), CDPrunerSelector(), num_patches, image_token))
 
 
 SPEC = MethodSpec(
@@ -110,6 +111,15 @@ SPEC = MethodSpec(
     where="LLM input (layer 0)",
     build=_build,
     prompt_tokens="P",
+    options=(
+        Option(
+            "positions",
+            str,
+            RENUMBER,
+            "the pruned prompt numbered 0..T'-1, as the reference's shorter LLM input, or each token's own position",
+            (RENUMBER, ORIGINAL),
+        ),
+    ),
     families=EVERY_FAMILY,
-    reference="Theia-4869/CDPruner (commit not recorded)",
+    reference="Theia-4869/CDPruner @ 9541616",
 )

@@ -50,6 +50,7 @@ class Stage:
 
 PREVIOUS_LAYER = "previous"  # scores from the q / k of the layer before the stage, captured as it runs (FastV)
 STAGE_LAYER = "stage"  # scores from the stage layer's own q / k, projected from its input (PyramidDrop)
+RENUMBER, ORIGINAL = "renumber", "original"  # a method's `positions` option: `Stage.renumber` or not
 
 
 @dataclass
@@ -503,7 +504,9 @@ def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = [
+    "ORIGINAL",
     "PREVIOUS_LAYER",
+    "RENUMBER",
     "STAGE_LAYER",
     "LLMPruner",
     "SampleView",

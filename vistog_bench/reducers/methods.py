@@ -137,8 +137,10 @@ def _describe(model, method: str, budget: int, seed: int, options: dict, parts: 
         mean_layer_tokens=layer_mean(layers),
         llm_attention=(model.config.text_config._attn_implementation or "eager",) * num_layers,
         scored_llm_layers=parts.pruner.scored_layers if parts.pruner is not None else (),
-        vision_scores=("CLS attention at the feature layer (float32, from its q / k)" if needs_cls else "")
-        + "".join(f" and at encoder layer {hook.layer_index}" for hook in parts.tower_hooks),
+        vision_scores=" and ".join(
+            (["CLS attention at the feature layer (float32, from its q / k)"] if needs_cls else [])
+            + [hook.scores for hook in parts.tower_hooks]
+        ),
         training_free=method.training_free,
     )
 

@@ -25,14 +25,13 @@ extra projection); `positions="original"` keeps each token's RoPE position inste
 from __future__ import annotations
 
 from .fastv import LastTokenAttention
-from .llm_pruning import PREVIOUS_LAYER, STAGE_LAYER, LLMPruner, Stage
+from .llm_pruning import ORIGINAL, PREVIOUS_LAYER, RENUMBER, STAGE_LAYER, LLMPruner, Stage
 from .schedule import mean_schedule, stage_layers
 from .spec import INSIDE_LLM, LAYER_MEAN, MethodSpec, Option, Parts, given
 
 LAYERS = (8, 16, 24)  # the paper's stage boundaries for LLaVA-1.5-7B (32 layers)
 
 
-RENUMBER, ORIGINAL = "renumber", "original"  # positions after a drop: the pruned prompt's own, or each token's
 # the options PyramidDrop's drop has, shared with VScan's LLM stage (its `layer_prune` is PyramidDrop's code)
 POSITIONS = Option(
     "positions",
@@ -68,7 +67,7 @@ def pdrop(
     return LLMPruner(stages, LastTokenAttention(), num_patches, image_token_id, scores=scores)
 
 
-__all__ = ["LAYERS", "ORIGINAL", "POSITIONS", "RENUMBER", "SCORES", "pdrop"]
+__all__ = ["LAYERS", "POSITIONS", "SCORES", "pdrop"]
 
 
 # -- the method's spec (registry.py) --------------------------------------------------------------------------------

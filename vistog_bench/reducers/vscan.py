@@ -46,8 +46,8 @@ from torch.utils.hooks import RemovableHandle
 from ..model.vision import VisionStates, cls_attention, split_heads
 from .base import check_budget, check_output, gather_tokens
 from .fastv import LastTokenAttention
-from .llm_pruning import LLMPruner, Stage
-from .pdrop import POSITIONS, RENUMBER, SCORES
+from .llm_pruning import RENUMBER, LLMPruner, Stage
+from .pdrop import POSITIONS, SCORES
 from .schedule import first_stage_tokens, llm_layer, mean_schedule
 from .spec import ENCODER, INSIDE_LLM, LAYER_MEAN, MethodSpec, Option, Parts
 
@@ -139,6 +139,11 @@ class EncoderLayerAttention:
 
 
 class ShallowCLSAttention(EncoderLayerAttention):
+    @property
+    def scores(self) -> str:
+        """What it reads, for `AppliedMethod.vision_scores` (after the feature layer's CLS attention)."""
+        return f"at encoder layer {self.layer_index}"
+
     def take(self) -> torch.Tensor:
         """The latest forward's CLS attention, head mean, CLS column dropped: [B, P]."""
         return cls_attention(*self.query_key(), self._scale)
