@@ -227,3 +227,29 @@ def test_methods_command(capsys):
         main(["run", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert all(name in help_text for name in method_names()) and "'tome[order=spatial]'" in help_text
+
+
+def test_model_and_profiling_import_nothing_from_reducers():
+    """The import direction docs/architecture.md states: reducers/ reads model/, never the reverse, and the profiler
+    learns a method's facts from its AppliedMethod record."""
+    import ast
+
+    package = REPO / "vistog_bench"
+    offenders = []
+    for path in [*(package / "model").rglob("*.py"), *(package / "profiling").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            names = [alias.name for alias in node.names] + [getattr(node, "module", None) or ""]
+            if any("reducers" in name.split(".") for name in names):
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not offenders
+
+
+def test_the_report_s_conventions_are_the_specs():
+    """report/ imports no reducers (docs/architecture.md): its copies of the convention names must stay equal."""
+    from vistog_bench.report.reference import CONVENTIONS as REFERENCE_CONVENTIONS
+    from vistog_bench.report.tables import BUDGET_CONVENTIONS
+
+    assert set(REFERENCE_CONVENTIONS) == set(CONVENTIONS)
+    assert set(BUDGET_CONVENTIONS) < set(CONVENTIONS)  # every convention but the LLM input's is explained
