@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..model.geometry import patch_side
 from .pool import pool_layout
 from .spec import ENCODER, MethodSpec, Parts
 from .tome import ToMeReducer
@@ -48,8 +49,7 @@ class GridDownsample:
 
 
 def _build(model, budget: int, seed: int, options: dict) -> Parts:
-    vision = model.config.vision_config
-    return Parts(ToMeReducer(budget), GridDownsample(budget, vision.image_size // vision.patch_size))
+    return Parts(ToMeReducer(budget), GridDownsample(budget, patch_side(model.config.vision_config)))
 
 
 SPEC = MethodSpec(

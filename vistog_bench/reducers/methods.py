@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..model.families import find_family
+from ..model.geometry import num_patches as patch_count
 from .base import check_budget
 from .registry import check_method, method_label, method_names, resolve, spec
 from .schedule import first_stage_tokens, layer_mean, minimum_mean, stage_layers
@@ -208,8 +209,7 @@ def _layer_mean_problem(config, method, budget: int | None, options: dict) -> st
             return f"{name} layer must be in 1..{num_layers - 1} for a {num_layers}-layer LLM, got {layers[0]}"
     if budget is None:
         return None
-    vision = config.vision_config
-    num_patches = (vision.image_size // vision.patch_size) ** 2
+    num_patches = patch_count(config.vision_config)
     first = (
         first_stage_tokens(budget, num_layers, layers[0], num_patches, method.stage_keep)
         if method.stage_keep is not None

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UsageError
+from ..model.geometry import patch_side
 from ..model.vision import VisionStates
 from .base import check_budget, check_output
 from .spec import ENCODER, MethodSpec, Parts
@@ -70,8 +71,7 @@ class PoolReducer:
 
 
 def _build(model, budget: int, seed: int, options: dict) -> Parts:
-    vision = model.config.vision_config
-    return Parts(PoolReducer(budget, grid=vision.image_size // vision.patch_size))
+    return Parts(PoolReducer(budget, grid=patch_side(model.config.vision_config)))
 
 
 SPEC = MethodSpec(

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.hooks import RemovableHandle
 
+from ..model.geometry import patch_side
 from ..model.vision import VisionStates, cls_attention, split_heads
 from .base import check_budget, check_output, gather_tokens
 from .fastv import LastTokenAttention
@@ -190,7 +191,7 @@ def _build(model, budget: int, seed: int, options: dict) -> Parts:
     shallow = ShallowCLSAttention(
         shallow_layer(len(tower.encoder.layers), tower.layers_to_run(model.config.vision_feature_layer))
     )
-    reducer = VScanReducer(first, num_patches, vision.image_size // vision.patch_size, shallow)
+    reducer = VScanReducer(first, num_patches, patch_side(vision), shallow)
     renumber = (options.get("positions") or POSITIONS.default) == RENUMBER
     scores = options.get("scores") or SCORES.default
     pruner = LLMPruner((Stage(layer, keep, renumber),), LastTokenAttention(), first, image_token, scores=scores)
