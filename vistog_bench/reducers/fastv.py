@@ -2,8 +2,9 @@
 
 Chen, Zhao, Liu, Li, Lin, Zhou, Chang. "An Image is Worth 1/2 Tokens After Layer 2: Plug-and-Play Inference
 Acceleration for Large Vision-Language Models." ECCV 2024, arXiv 2403.06764. Reference implementation:
-pkunlp-mllm/FastV, `src/transformers/src/transformers/models/llama/modeling_llama.py` (`use_fast_v`,
-`fast_v_inplace`, `fast_v_agg_layer` = K, `fast_v_attention_rank` = tokens kept).
+pkunlp-icler/FastV @ d165972, `src/transformers/src/transformers/models/llama/modeling_llama.py` (`LlamaModel.forward`,
+its `use_fast_v` / `fast_v_inplace` branch; `fast_v_agg_layer` = K, `fast_v_attention_rank` = tokens kept).
+`tests/test_reducers_conformance_llm.py` checks the kept set and the logits against that branch on the same inputs.
 
 Glossary: B samples, T prompt length (every image expanded to P tokens), T' pruned length, P patches, K_img budget
 (tokens kept per image), K the layer after which pruning happens (`fastv_layer`, default 2), L LLM layers, D LLM
@@ -104,6 +105,6 @@ SPEC = MethodSpec(
     prompt_tokens="P",
     options=(Option("fastv_layer", int, LAYER, "K: layers 0..K-1 run on all P tokens"),),
     paper="K = 2 (the paper's title, arXiv 2403.06764), for every depth",
-    reference="pkunlp-mllm/FastV (commit not recorded)",
+    reference="pkunlp-icler/FastV @ d165972",
     config_problem=_config_problem,
 )
