@@ -1,15 +1,17 @@
 """`cdpruner`: a conditional DPP over instruction-weighted similarity, at the LLM input.
 
 Zhang, Liu, et al. "Beyond Attention or Similarity: Maximizing Conditional Diversity for Token Pruning in MLLMs."
-NeurIPS 2025 (arXiv 2506.10967). Reference: Theia-4869/CDPruner, `llava/model/llava_arch.py` (`encode_images`).
+NeurIPS 2025 (arXiv 2506.10967). Reference: Theia-4869/CDPruner @ 9541616, `llava/model/llava_arch.py`
+(`encode_images`).
 
 Glossary: V visual tokens of one image (P), K budget, t instruction tokens, D LLM width.
 
 As the reference: similarity S = cos between the projected visual tokens [V, V]; relevance r_i = mean over the
-instruction of cos(visual token i, instruction token), min-max normalised to (0, 1]; the kernel
-L = diag(r) S diag(r); the K tokens are chosen by the fast greedy MAP inference of a DPP (Chen, Zhang, Zhou,
+instruction of cos(visual token i, instruction token), min-max normalised ((r - min + 1e-6) / (max - min)); the
+kernel L = diag(r) S diag(r); the K tokens are chosen by the fast greedy MAP inference of a DPP (Chen, Zhang, Zhou,
 NeurIPS 2018: incremental Cholesky rows c_i and residual gains d_i^2, the largest gain taken each step); kept tokens
-enter the LLM in spatial order.
+enter the LLM in spatial order, as a shorter prompt numbered 0..T'-1. `tests/test_reducers_conformance_llm.py` checks
+the kept tokens and the logits against `encode_images` with departures 1 and 2 applied to it.
 
 Departures (the embedded models have no CLIP text tower, and a stock llava-hf checkpoint carries none either):
   1. Relevance in the LLM's input space: the projected visual tokens against the LLM input embeddings of the
@@ -19,6 +21,7 @@ Departures (the embedded models have no CLIP text tower, and a stock llava-hf ch
   2. Min-max per image (the reference normalises over the whole batch, so an image depended on its batch).
   3. Where: a stage at LLM layer 0 of the shared in-LLM pruner (the instruction embeddings are there); the prompt
      carries P placeholders per image, the projector runs on all P, every decoder layer sees K.
+Option (ours, earlier): `positions="original"` keeps each kept token's RoPE position.
 """
 
 from __future__ import annotations

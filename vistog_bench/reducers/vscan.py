@@ -28,8 +28,9 @@ solved exactly (schedule.py: `first_stage_tokens`, `mean_schedule`).
 Departures:
   1. Merging happens on the encoder's states, before the projector; the reference merges the projector's outputs.
   2. When floor(K0 / 2) is not a multiple of W (small budgets), the global scan takes the K0 - k W left, so that an
-     image always gives K0 tokens (the reference then returns fewer); below K0 = 32 the local scan picks nothing,
-     as the reference's k = 0. A grid that is not a multiple of 4 leaves its last rows / columns to the global scan.
+     image always gives K0 tokens (the reference then returns fewer); below K0 = 32 the local scan picks nothing
+     (the reference's k = 0 gives an empty float index tensor, an IndexError). A grid that is not a multiple of 4
+     leaves its last rows / columns to the global scan.
 Options (ours, PyramidDrop's two): `scores="previous"` ranks with layer l - 1's q / k (FastV's hook);
 `positions="original"` keeps each token's RoPE position.
 """
