@@ -97,7 +97,19 @@ class RecordingMerge:
         return self.merge(layer_index, hidden_states, key, sizes)
 
 
-def llm_stages(config, method: str, budget: int, pdrop_layers: tuple[int, ...] | None) -> tuple[object, tuple, int]:
+class RandomVisionAttention:
+    """Stands for HoliTom's vision attention hook: random [N, P] rows (up to 256 frames)."""
+
+    def __init__(self, patches: int, device):
+        self.rows = torch.rand(256, patches, generator=torch.Generator().manual_seed(0)).to(device)
+
+    def take(self) -> torch.Tensor:
+        return self.rows
+
+
+def llm_stages(
+    config, method: str, budget: int, pdrop_layers: tuple[int, ...] | None, device="cpu"
+) -> tuple[object, tuple, int]:
     """(selector, stages, tokens per image entering the LLM) of an in-LLM method, as apply_method builds them."""
     text = config.text_config
     layers, patches = text.num_hidden_layers, config.num_patches
@@ -119,7 +131,10 @@ def llm_stages(config, method: str, budget: int, pdrop_layers: tuple[int, ...] |
         (keep,) = mean_schedule(budget, layers, first, (at,), "vscan")
         return LastTokenAttention(), (Stage(at, keep),), first
     if method == "holitom":
-        pruner = holitom(budget, layers, scaled_layers((HOLITOM_LAYER,), layers)[0], patches, 0)
+        vision = RandomVisionAttention(
+            patches, device
+        )  # the feature layer's attention is the tower's work, not timed here
+        pruner = holitom(budget, layers, scaled_layers((HOLITOM_LAYER,), layers)[0], patches, 0, vision=vision)
         return pruner.selector, pruner.stages, patches
     selectors = {"divprune": DivPruneSelector(), "cdpruner": CDPrunerSelector()}
     return selectors[method], (Stage(0, budget),), patches
@@ -132,7 +147,7 @@ def llm_work(config, method: str, budget: int, args, frames: int):
     head_dim = text.hidden_size // heads
     batch, device, dtype = args.batch_size, args.device, getattr(torch, args.dtype)
     pdrop_layers = tuple(int(x) for x in args.pdrop_layers.split(",")) if args.pdrop_layers else None
-    selector, stages, per_image = llm_stages(config, method, budget, pdrop_layers)
+    selector, stages, per_image = llm_stages(config, method, budget, pdrop_layers, device)
     generator = torch.Generator(device="cpu").manual_seed(0)
 
     def rand(*shape):
@@ -177,6 +192,8 @@ def llm_work(config, method: str, budget: int, args, frames: int):
                     text_positions,
                     rotated(key, rotary, 0, head_dim),
                     attention(query, key, rotary, padding),
+                    origin=torch.arange(hidden.shape[0], device=device),
+                    inputs=SampleView(hidden, blocks, text_positions, None, None),  # SparseVLM's raters read it
                 )
                 selection = selector(view, index, stage.keep)
                 keep = torch.ones(hidden.shape[0], dtype=torch.bool, device=device)

@@ -119,7 +119,7 @@ class LLMPruner:
     _prompt: _Prompt | None = field(default=None, repr=False)
     _step_mask: torch.Tensor | None = field(default=None, repr=False)  # [B, T + t] 2-D mask of a decoding step
     _pruned_kwargs: dict = field(default_factory=dict, repr=False)  # layer kwargs after the latest stage
-    _models: list = field(default_factory=list, repr=False)  # the model it is installed on
+    _model: object = field(default=None, repr=False)  # the model it is installed on
 
     def __post_init__(self):
         layers = [stage.layer for stage in self.stages]
@@ -166,7 +166,7 @@ class LLMPruner:
         self._config = language_model.config
         self._layers, self._rotary = layers, language_model.rotary_emb
         object.__setattr__(model, _INSTALLED, self)  # a plain attribute (not a submodule): `installed_pruner`
-        self._models = [model]
+        self._model = model
         attn = layers[0].self_attn
         self._head_dim, self._kv_groups, self._scaling = attn.head_dim, attn.num_key_value_groups, attn.scaling
         self._handles = [model.model.register_forward_pre_hook(self._start_forward, with_kwargs=True)]
@@ -191,9 +191,9 @@ class LLMPruner:
             handle.remove()
         self._handles = []
         self._prompt = None
-        for model in [m for m in self._models if m.__dict__.get(_INSTALLED) is self]:
-            del model.__dict__[_INSTALLED]
-        self._models = []
+        if self._model is not None and self._model.__dict__.get(_INSTALLED) is self:
+            del self._model.__dict__[_INSTALLED]
+        self._model = None
 
     # -- hooks -----------------------------------------------------------------------------------------------------
     def _start_forward(self, module, args, kwargs):
@@ -279,6 +279,8 @@ class LLMPruner:
                     prompt.shift[layer] = prompt.shift[previous]
             prompt.origin = prompt.origin.gather(1, sources).masked_fill(~real, -1)
             prompt.origins[layer] = prompt.origin
+            if index == len(self.stages) - 1:
+                prompt.inputs = None  # the LLM input a selector read: not needed in decoding
             prompt.image_mask = prompt.image_mask.gather(1, keep) & real
             padding = prompt.padding_mask = real
         else:  # decoding: [kept prompt tokens, tokens generated since (this step's included)]
