@@ -1,12 +1,10 @@
-"""VisToG per view on LLaVA-NeXT and LLaVA-OneVision: semantic tokens with isolated attention inside their CLIP /
-SigLIP encoder, applied per view (the anyres base view and each tile; a video's frames), the grouping layer before
-their projector. `VisToGLlavaNextForConditionalGeneration` and `VisToGLlavaOnevisionForConditionalGeneration` are
-transformers' stock classes with VisToG's parts added (`semantic_tokens`, `grouping`), saved and loaded as any
-transformers model (config.json with model_type `vistog_llava_next` / `vistog_llava_onevision`, model.safetensors),
-as LLaVA-1.5's VisToG (modeling.py) is.
+"""VisToG per view on LLaVA-NeXT and LLaVA-OneVision: transformers' stock classes with VisToG's parts added
+(`semantic_tokens`, `grouping`), saved and loaded as any transformers model (config.json with model_type
+`vistog_llava_next` / `vistog_llava_onevision`, model.safetensors), as LLaVA-1.5's VisToG (modeling.py) is.
 
-Glossary: V views (tiles of one or more images), P patches of a view (576 CLIP-336, 729 SigLIP-384), I image tokens
-of a view (CLS + P for CLIP, P for SigLIP), N semantic tokens, Dv vision width, D LLM width, T prompt length, K images.
+Glossary: view, one encoder input (the anyres base view, a tile; a video's frame); V views, P patches of a view (576
+CLIP-336, 729 SigLIP-384), I image tokens of a view (CLS + P for CLIP, P for SigLIP), N semantic tokens, Dv vision
+width, D LLM width, T prompt length, K images.
 
     vt = VisToGLlavaNextForConditionalGeneration.from_stock(llava_next, num_semantic_tokens=64)  # modules reused
     patch, sem = vt.vision_states(views)     # [V, P, Dv] exactly the stock encoder's feature layer, [V, N, Dv]
@@ -14,18 +12,9 @@ of a view (CLS + P for CLIP, P for SigLIP), N semantic tokens, Dv vision width, 
     ids = vt.generate(**vt.inputs(processor, prompts, images), max_new_tokens=8)
     vt.save_pretrained(out); load_checkpoint(out)   # or an earlier folder with vistog_family.json (load_legacy)
 
-The stock encoder's embeddings and layers run through the same layer forward as LLaVA-1.5's VisToG tower
-(`vision.encoder_layer_forward`, attention by name), the semantic tokens joining after the embeddings and before
-CLIP's pre-layernorm (as on LLaVA-1.5), layers up to the checkpoint's feature layer; CLIP's CLS is dropped as NeXT's
-"default" strategy drops it, SigLIP has none ("full"). An image gives the LLM views x N tokens (`ViewTokens`: its
-views from `image_size_to_num_patches` on the checkpoint's grids): the anyres unpadding and newline tokens do not
-apply, since group tokens have no place in the image. The prompt's placeholders are rebuilt to that count
-(`inputs`), and the LLM runs on `inputs_embeds`. Training: `forward(..., labels=)` gives the stock output with its
-next-token loss; the grouping layer assigns by straight-through hard Gumbel-softmax in training mode, argmax in eval.
-
-Earlier checkpoints (written before these classes existed) hold the stock model as transformers saves it plus
-`vistog_parts.safetensors` (semantic tokens and grouping layer) and `vistog_family.json` (N and the settings):
-`legacy_config` reads them as this config and `load_legacy` as this model.
+An image gives the LLM views x N group tokens (no unpadding, no newline tokens: group tokens have no place in the
+image); `inputs` rebuilds each placeholder run to that count and the LLM runs on `inputs_embeds`. The encoder path,
+training and the earlier save format: docs/model.md, "VisToG on LLaVA-NeXT / OneVision".
 """
 
 from __future__ import annotations

@@ -15,8 +15,6 @@ outside.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ...errors import UsageError
 from .base import (
     EVEN_FRAMES,
@@ -65,54 +63,9 @@ def family_of_model(model) -> ModelFamily:
     return family_for(model.config)
 
 
-# -- the records reducers/families.py, family_attention.py and spec.py read (until they ask the family) ----------
-@dataclass(frozen=True)
-class Family:
-    """A LLaVA-NeXT / OneVision / Qwen2.5-VL family as a record (LLaVA-1.5 has none: `family_of` gives None)."""
-
-    model_type: str
-    budget_rule: str
-    full_budget: int | None  # the budget `none` takes when none is given (percent: 100; per image: None = all)
-    video_frames: str | None = None
-    video_pixels: tuple[int, int] | None = None
-
-
-def _record(family: ModelFamily) -> Family:
-    none = family.none_budget(None)  # these families' `none` budget reads no config
-    return Family(family.model_type, family.budget_rule, none, family.video_frames, family.video_pixels)
-
-
-FAMILIES: dict[str, Family] = {f.model_type: _record(f) for f in FAMILY_OBJECTS if f.budget_rule is not None}
-_RECORDS = {t: FAMILIES[f.model_type] for f in FAMILY_OBJECTS if f.model_type in FAMILIES for t in f.model_types}
-
-
-def family_of(model_type: str | None) -> Family | None:
-    """The record of a config's model_type, None for LLaVA-1.5 / VisToG (and anything else)."""
-    return _RECORDS.get(model_type or "")
-
-
-def model_family(model) -> Family | None:
-    """The record of a loaded model (None for LLaVA-1.5 / VisToG)."""
-    return family_of(getattr(model.config, "model_type", None))
-
-
-def check_family_budget(family: Family, budget: int | None) -> int | None:
-    """A budget as the family's rule reads it; None means the family's own (`Family.full_budget`)."""
-    if budget is None:
-        return family.full_budget
-    return find_family(family.model_type).check_budget(budget)
-
-
-def kept_tokens(family: Family, budget: int | None, count: int) -> int:
-    """Visual tokens an image whose unreduced count is `count` keeps at `budget` (the family's rule)."""
-    return find_family(family.model_type).kept_tokens(budget, count)
-
-
 __all__ = [
     "EVEN_FRAMES",
-    "FAMILIES",
     "FAMILY_OBJECTS",
-    "Family",
     "ImageGeometry",
     "MODEL_TYPES",
     "ModelBatch",
@@ -123,16 +76,12 @@ __all__ = [
     "UNIFORM_FRAMES",
     "VideoFrames",
     "VisualTokenCounts",
-    "check_family_budget",
     "family_for",
     "family_inputs",
-    "family_of",
     "family_of_model",
     "find_family",
     "image_runs",
     "image_token_id",
-    "kept_tokens",
-    "model_family",
     "uniform_frame_indices",
     "video_token_id",
     "visual_runs",
