@@ -362,10 +362,12 @@ class LLMPruner:
         if not self.selector.needs_attention or layer == 0:
             return None, None
         if self.scores == STAGE_LAYER:  # as PyramidDrop: the stage layer's own q / k of its (pruned) input
+            # `.forward`, not the modules' __call__: their hooks belong to the layer's own run (the profiler times a
+            # stage from its pre-hooks to input_layernorm's)
             attn = self._layers[layer].self_attn
-            normed = self._layers[layer].input_layernorm(hidden_states)  # [B, T, D]
-            keys = attn.k_proj(normed)  # [B, T, hkv dh]
-            return (lambda b, positions: attn.q_proj(normed[b, positions])), (lambda b: keys[b])
+            normed = self._layers[layer].input_layernorm.forward(hidden_states)  # [B, T, D]
+            keys = attn.k_proj.forward(normed)  # [B, T, hkv dh]
+            return (lambda b, positions: attn.q_proj.forward(normed[b, positions])), (lambda b: keys[b])
         query, key = prompt.query.get(layer - 1), prompt.key.get(layer - 1)
         if query is None or key is None:
             raise RuntimeError(f"in-LLM pruning: layer {layer - 1}'s q / k projections were not seen in this forward")
