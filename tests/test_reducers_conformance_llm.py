@@ -296,3 +296,20 @@ def test_generated_tokens_follow_the_renumbered_prompt(deep, method, budget, sta
         # the latest renumbered prompt's length: PyramidDrop renumbers at every stage, HoliTom at its outer one only
         renumbered = int(pruner.origins(layer if method == "pdrop" else stages[0])[0].ge(0).sum())
         assert seen[layer] == [renumbered - 1, renumbered, renumbered + 1], layer  # prefill's last, new tokens
+
+
+@pytest.mark.parametrize("budget", [8, 64, 200, 500])
+def test_holitom_keeps_exactly_f_k0_tokens(model, processor, budget):
+    """Departure 1 of reducers/holitom.py: whatever the reference's rounding gives (ceil per frame, round per window)
+    and however much the temporal merge alone would save (identical frames: all static, more than F K0 at high
+    budgets), a sample keeps F K0 tokens, each from a distinct prompt slot."""
+    half_grey, noise = conformance_images()[2], conformance_images()[0]
+    for frames in ([half_grey] * 4, video_frames(), [noise, half_grey, noise]):
+        apply_method(model, "holitom", budget)
+        first = applied_method(model).layer_tokens[0]  # K0
+        inputs = build_inputs(processor, [llava_prompt(QUESTION, len(frames))], [frames], tokens_per_image(model))
+        with torch.no_grad():
+            model(**inputs)
+        start = int((inputs["input_ids"][0] == model.config.image_token_id).nonzero()[0])
+        kept = visual_origins(model, 0, start, len(frames) * P)
+        assert kept.numel() == len(frames) * first and kept.unique().numel() == kept.numel()
