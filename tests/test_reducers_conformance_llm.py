@@ -11,9 +11,10 @@ layer classes are transformers 4.37's). Kept positions must agree exactly; merge
 rounding their sums allow.
 
 "At 64 / 16" names, per method, the count kept (FastV's after-layer count, CDPruner's tokens, PyramidDrop's and
-SparseVLM's last stage) or the layer mean (VScan, HoliTom). PyramidDrop and SparseVLM cannot form a layer mean of 64
-or 16 with their papers' layers at any depth (their first drop comes a quarter / a tenth of the way in, after P
-tokens per layer): their figures are at the layer means whose last stage keeps 64 / 16 (262 / 205 and 172 / 114 here).
+SparseVLM's last stage) or the layer mean (VScan, HoliTom). With their papers' layers, PyramidDrop's and SparseVLM's
+layer means cannot come down to 64 or 16 here (P tokens per layer until the first drop, a quarter / a tenth of the
+way in: at least 145 at any depth for PyramidDrop, 73 on 8 layers for SparseVLM, 55 on 32): their figures are at the
+layer means whose last stage keeps 64 / 16 (262 / 205 and 172 / 114).
 """
 
 from __future__ import annotations
