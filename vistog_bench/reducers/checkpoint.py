@@ -1,7 +1,8 @@
 """The two methods a checkpoint defines by itself: `none` (every patch token) and `vistog` (a trained VisToG).
 
 `none` is the full-budget reference of every sweep; `vistog` runs a VisToG checkpoint at its own N
-(`VisToGForConditionalGeneration`, model/modeling.py; on LLaVA-NeXT / OneVision `VisToGFamily`).
+(`VisToGForConditionalGeneration`, model/modeling.py; on LLaVA-NeXT / OneVision the VisToG per view models of
+model/modeling_views.py).
 Nothing is installed on the model for either: `apply_method` only checks that the budget is the checkpoint's.
 """
 
@@ -46,7 +47,7 @@ VISTOG = MethodSpec(
     build=_checkpoint_count,
     prompt_tokens="N (the checkpoint's)",
     families=(LLAVA, "llava_next", "llava_onevision"),
-    not_on_families="needs a VisToG checkpoint of this family (VisToGFamily.save_pretrained; NeXT / OneVision only)",
+    not_on_families="needs a VisToG checkpoint of this family (VisToG per view: LLaVA-NeXT / OneVision only)",
     reference="this repository (model/grouping.py)",
     trained=True,
 )

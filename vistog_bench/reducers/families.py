@@ -41,8 +41,8 @@ PatchMerger). Each selects among one image's run at the LLM input, view by view:
 Refused in one line (`refusal`): `prumerge` (it reads the encoder layer after the feature layer; on NeXT it is not
 built per view, OneVision's and Qwen2.5-VL's feature layer is the last), methods inside the vision encoder (tome,
 downsample, pool's 24 x 24 grid, vscan), in-LLM methods whose schedules assume one fixed count per image (fastv,
-dart, pdrop, sparsevlm) or equal-sized frames (holitom), and vistog on a stock model (it needs a VisToGFamily
-checkpoint, families_vistog.py, which serves vistog only).
+dart, pdrop, sparsevlm) or equal-sized frames (holitom), and vistog on a stock model (it needs a VisToG checkpoint
+of the family, model/modeling_views.py, which serves vistog only).
 
 Video (OneVision and Qwen2.5-VL take a video natively, `families`): a video's tokens are one run, like an image's, and
 the family's rule applies to the whole run: Qwen2.5-VL keeps `budget` % of the video's own tokens, OneVision `budget`
@@ -280,7 +280,7 @@ def apply_family_method(model, method: str, budget: int | None, *, seed: int = 0
         raise UsageError("apply_family_method takes a LLaVA-NeXT / OneVision / Qwen2.5-VL model")
     found, options = resolve(method)
     method = found.name
-    semantic = getattr(model, "num_semantic_tokens", None)  # a VisToGFamily
+    semantic = getattr(model, "num_semantic_tokens", None)  # a VisToG model per view (modeling_views.py)
     if semantic is not None:
         if method != "vistog":
             raise UsageError(f"method {method} runs on the stock model; this is a VisToG checkpoint (N={semantic})")
