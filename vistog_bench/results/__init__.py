@@ -6,8 +6,10 @@ manifest says about the code that made the run (`provenance`).
 """
 
 from .schema import (
+    CELL_RESULT_FILE,
     CELLS_DIR,
     FAILED_PREFIX,
+    LAUNCH_FILE,
     MANIFEST_FILE,
     METRICS_FILE,
     PROFILE_FILE,
@@ -44,7 +46,9 @@ from .store import (
 )
 
 __all__ = [
+    "CELL_RESULT_FILE",
     "CELLS_DIR",
+    "LAUNCH_FILE",
     "DISK_FULL_ERRNOS",
     "DISK_FULL_EXIT",
     "FAILED_PREFIX",

@@ -7,6 +7,11 @@
                      task name with characters outside [A-Za-z0-9._-] or a leading dot, `../x` or `a/b`, is spelt with
                      `_` and a hash of the name, so every file stays in the run folder and every cell keeps its own)
     cells/<task>__<method>__<budget>/submissions/   what lmms-eval writes for that cell (submission files)
+    cells/<method>__<budget>__<cell_id>/   one cell of the sweep's plan (a checkpoint, method and budget with its
+                     tasks): result.json (its CellResult records, written atomically by the one process that ran it),
+                     profile.jsonl (its profile lines), .lock (held while a worker runs it); metrics.json and
+                     profile.jsonl are merged from these (`store.RunDir.merge`)
+    launch.json      the plan and each cell's launch: launcher, worker, pid / job id, log, state (run/plan.py)
 
 Units are in the names: `_ms`, `_bytes`, `_flops`, `_j`. FLOPs count 2 per multiply-add. Reading and writing the
 files (atomic writes, torn lines, locks): `store.py`.
@@ -36,6 +41,9 @@ PROFILE_FILE = "profile.jsonl"
 SAMPLES_DIR = "samples"
 CELLS_DIR = "cells"
 LOCK_FILE = ".lock"
+MERGE_LOCK_FILE = ".merge.lock"
+CELL_RESULT_FILE = "result.json"
+LAUNCH_FILE = "launch.json"
 
 STATUS_OK = "ok"
 STATUS_OOM = "oom"
@@ -97,6 +105,13 @@ class CellResult:
     llm_input_tokens: StrictInt | None = None
     mean_layer_tokens: Number | None = None
     attention: StrictStr | None = None
+    # Which plan cell recorded it (run/plan.py: a hash of what defines the cell), the machine it ran on (device kind,
+    # GPU model and driver or none, CPU model, torch threads: timings compare only under one record), and who ran it
+    # (launcher: inprocess, local, slurm; worker: a name, a GPU index or a job id).
+    cell_id: StrictStr | None = None
+    hardware: dict[str, Any] | None = None
+    launcher: StrictStr | None = None
+    worker: StrictStr | None = None
 
     @property
     def key(self) -> CellKey:

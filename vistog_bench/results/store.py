@@ -6,7 +6,12 @@ cut back to where it started, so earlier lines stay whole; a kill can still tear
 last line with a warning (a malformed line before it is an error naming the file and line), and
 `RunDir.prepare_resume()` cuts it off before a resumed run appends again. Nothing already finished is rewritten with
 different content: `metrics.json` only grows, and a cell that is recorded again (a resumed run redoing a failed
-cell) replaces its own record and no other. `RunDir.lock()` keeps two processes from writing one run at once.
+cell) replaces its own record and no other. `RunDir.lock()` keeps two coordinators from writing one run at once.
+
+Workers of one run (`run --cells`, run/local.py, SLURM jobs) write side by side: each plan cell has its own folder,
+`cells/<method>__<budget>__<cell_id>/`, whose `result.json` and `profile.jsonl` only the worker holding that cell's
+`.lock` writes; `RunDir.merge()` rebuilds `metrics.json` from them in plan order (the same bytes whatever order the
+cells finished in) under `.merge.lock`, which every merging process waits for.
 
 The records and file names: `schema.py`.
 """
@@ -30,9 +35,11 @@ from typing import Any
 
 from ..errors import UsageError
 from .schema import (
+    CELL_RESULT_FILE,
     CELLS_DIR,
     LOCK_FILE,
     MANIFEST_FILE,
+    MERGE_LOCK_FILE,
     METRICS_FILE,
     PROFILE_FILE,
     SAMPLES_DIR,
@@ -376,29 +383,131 @@ class RunDir:
         no cell overwrites another's."""
         return self.path / CELLS_DIR / safe_file_stem(key.slug())
 
+    # -- plan cells: one writer each, merged into metrics.json ------------------------------------------------------
+    def cell_dir(self, stem: str) -> Path:
+        """The folder of plan cell `stem` (`<method>__<budget>__<cell_id>`): result.json, profile.jsonl, .lock."""
+        return self.path / CELLS_DIR / stem
+
+    def record_plan_cell(
+        self, stem: str, index: int, cell_id: str, result: CellResult | None = None, templates: dict | None = None
+    ) -> None:
+        """Add or replace `result` (and note prompt `templates`: checkpoint -> entry) in plan cell `stem`'s
+        result.json, rewritten atomically. Only the process running the cell calls it."""
+        path = self.cell_dir(stem) / CELL_RESULT_FILE
+        data = read_json(path) if path.is_file() else {}
+        records = [r for r in data.get("records", []) if result is None or _record_key(r) != result.key]
+        if result is not None:
+            records.append(dataclasses.asdict(result))
+        data = {
+            "cell_id": cell_id,
+            "index": index,
+            "records": records,
+            "prompt_templates": {**data.get("prompt_templates", {}), **(templates or {})},
+        }
+        write_json(path, data)
+
+    def append_cell_profile(self, stem: str, records: Iterable[ProfileRecord]) -> None:
+        append_jsonl(self.cell_dir(stem) / PROFILE_FILE, (dataclasses.asdict(r) for r in records))
+
+    def begin_plan_cell(self, stem: str, keep: set[CellKey]) -> None:
+        """Before a cell runs (again): its profile lines of tasks not in `keep` (not ok, measured again) go, and a
+        torn last line is cut off."""
+        path = self.cell_dir(stem) / PROFILE_FILE
+        repair_jsonl_tail(path)
+        if path.is_file():
+            lines = [r for r in read_jsonl(path) if _record_key(r) in keep]
+            write_jsonl(path, lines)
+
+    def plan_cell_files(self) -> list[tuple[str, dict]]:
+        """(stem, result.json) of every plan cell recorded so far, in plan order (index, then stem)."""
+        found = []
+        for path in (self.path / CELLS_DIR).glob(f"*/{CELL_RESULT_FILE}"):
+            data = read_json(path)
+            if not isinstance(data, dict) or not isinstance(data.get("records"), list):
+                raise UsageError(f"malformed result file {path}: expected an object with records")
+            found.append((path.parent.name, data))
+        return sorted(found, key=lambda item: (item[1].get("index", 0), item[0]))
+
+    def merged_cells(self) -> tuple[list[CellResult], list[tuple[str, dict]]]:
+        """The run's cells as `merge()` would write them (nothing is written), and the plan cells' files."""
+        files = self.plan_cell_files()
+        planned = [
+            record_from_dict(CellResult, item, self.cell_dir(stem) / CELL_RESULT_FILE, index)
+            for stem, data in files
+            for index, item in enumerate(data["records"])
+        ]
+        claimed = {c.key for c in planned}
+        return [c for c in self.cells() if c.key not in claimed] + planned, files
+
+    def merge(self) -> list[CellResult]:
+        """Rebuild metrics.json from the plan cells' result.json files, in plan order, after the records no cell file
+        claims (a run written before plan cells existed); fold the cells' prompt templates into the manifest. Written
+        only where it changes (a run with no plan cell files is left as it is), under `.merge.lock`: the same files
+        give the same bytes, whoever merges and whenever. Returns the cells."""
+        if not (self.path / CELLS_DIR).is_dir():
+            return self.cells()
+        with self._merge_lock():
+            cells, files = self.merged_cells()
+            if not files:
+                return cells
+            text = json.dumps([dataclasses.asdict(c) for c in cells], indent=2, default=str) + "\n"
+            path = self.path / METRICS_FILE
+            if not path.is_file() or path.read_text(encoding="utf-8") != text:
+                write_text_atomic(path, text)
+            templates = {k: v for _, data in files for k, v in data.get("prompt_templates", {}).items()}
+            if templates and (self.path / MANIFEST_FILE).is_file():
+                manifest = self.manifest()
+                if any(manifest.prompt_templates.get(k) != v for k, v in templates.items()):
+                    merged = {**manifest.prompt_templates, **templates}
+                    self.write_manifest(dataclasses.replace(manifest, prompt_templates=merged))
+        return cells
+
+    def merged_profile_lines(self) -> list[dict[str, Any]]:
+        """profile.jsonl's lines of cells no plan cell claims, then each plan cell's profile lines in plan order."""
+        files = self.plan_cell_files()
+        claimed = {_record_key(r) for _, data in files for r in data["records"]}
+        lines = [r for r in read_jsonl(self.path / PROFILE_FILE) if _record_key(r) not in claimed]
+        for stem, _ in files:
+            lines += read_jsonl(self.cell_dir(stem) / PROFILE_FILE)
+        return lines
+
+    def merge_profile(self) -> None:
+        """Rewrite profile.jsonl as `merged_profile_lines()` where it differs; only a run's coordinator calls it
+        (holding `lock()`), once its workers are done."""
+        lines = self.merged_profile_lines()
+        text = "".join(json.dumps(r, default=str) + "\n" for r in lines)
+        path = self.path / PROFILE_FILE
+        current = path.read_text(encoding="utf-8") if path.is_file() else ""
+        if text != current and (text or path.is_file()):
+            write_text_atomic(path, text)
+
+    @contextlib.contextmanager
+    def _merge_lock(self) -> Iterator[None]:
+        import fcntl
+
+        fd = os.open(self.path / MERGE_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # waited for: a merge takes milliseconds
+            yield
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def cell_lock(self, stem: str) -> Iterator[None]:
+        """Hold plan cell `stem`'s `.lock` while a worker runs it: a second worker given the same cell is refused."""
+        with _flock(self.cell_dir(stem) / LOCK_FILE, f"cell {stem} of run {self.path} is being run by another worker"):
+            yield
+
     # -- resuming ------------------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Hold `<run>/.lock` (an exclusive `flock`, never waited for) while writing this run: a second process that
-        tries is refused with a UsageError. The kernel drops the lock when its holder exits, killed or not."""
-        import fcntl
-
-        self.path.mkdir(parents=True, exist_ok=True)
+        tries is refused with a UsageError. The kernel drops the lock when its holder exits, killed or not. Workers
+        of the run (`cell_lock`) do not take it: the coordinator holds it while they run."""
         lock_path = self.path / LOCK_FILE
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise UsageError(
-                    f"run {self.path} is in use: another process holds {lock_path} "
-                    "(a run or --resume of it is still going); wait for it or stop it"
-                ) from None
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+        busy = f"run {self.path} is in use: another process holds {lock_path} (a run or --resume of it is still going)"
+        with _flock(lock_path, busy + "; wait for it or stop it"):
             yield
-        finally:
-            os.close(fd)  # closing the descriptor releases the lock
 
     def prepare_resume(self) -> list[str]:
         """Make the folder safe to append to again, and say what was changed (one message each):
@@ -472,8 +581,33 @@ class RunDir:
         return cells
 
     def profile(self) -> list[ProfileRecord]:
+        """The run's profile records, those of plan cells still running or not yet merged included."""
         path = self.path / PROFILE_FILE
-        return [record_from_dict(ProfileRecord, item, path, index) for index, item in enumerate(read_jsonl(path))]
+        lines = self.merged_profile_lines()
+        return [record_from_dict(ProfileRecord, item, path, index) for index, item in enumerate(lines)]
+
+
+def _record_key(record: dict) -> CellKey:
+    return CellKey(record.get("task"), record.get("method"), record.get("budget"))
+
+
+@contextlib.contextmanager
+def _flock(lock_path: Path, busy: str) -> Iterator[None]:
+    """An exclusive `flock` on `lock_path` (created), never waited for: UsageError(`busy`) when another holds it."""
+    import fcntl
+
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(busy) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def load_run(path: str | os.PathLike) -> RunDir:

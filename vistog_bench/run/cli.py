@@ -71,7 +71,8 @@ from .config import (
     embedded_default,
     resumed_config,
 )
-from .sweep import REPORT_DIR, checkpoint_budgets, default_methods, run_sweep
+from .plan import LAUNCHERS
+from .sweep import REPORT_DIR, Launch, checkpoint_budgets, default_methods, run_sweep
 
 
 # -- summary ---------------------------------------------------------------------------------------------------------
@@ -137,6 +138,24 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-profile", action="store_true", help="skip per-request profiling")
     parser.add_argument("--no-report", action="store_true", help="do not render the report (<run>/report/) at the end")
     parser.add_argument("--resume", default=None, help="an interrupted run folder to complete")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the plan (cell ids, what is done, what is refused); load nothing"
+    )
+    parser.add_argument(
+        "--launcher",
+        default=None,
+        help=f"run the cells in worker processes: {', '.join(LAUNCHERS)} (default: in this process)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="worker processes of --launcher local, one device each (default 1)"
+    )
+    parser.add_argument("--retries", type=int, default=None, help="times a cell whose worker died is run again (1)")
+    parser.add_argument(
+        "--cells",
+        default=None,
+        help="the worker entry: run only these cell ids (--dry-run lists them) into the run folder --output names",
+    )
+    parser.add_argument("--detach", action="store_true", help="return once the cells are submitted (batch launchers)")
 
 
 def _not_empty(text: str | None, flag: str) -> None:
@@ -144,6 +163,34 @@ def _not_empty(text: str | None, flag: str) -> None:
     default; given empty, running the default would run what was not asked for."""
     if text is not None and not comma_list(text):
         raise UsageError(f"{flag} is empty (got {text!r}); leave it out for the default")
+
+
+def launch_from_args(args) -> Launch:
+    """How the cells run; bad combinations refused in one line before anything loads."""
+    launcher = args.launcher
+    if launcher is not None and launcher not in LAUNCHERS:
+        raise UsageError(f"--launcher {launcher}: unknown launcher (known: {', '.join(LAUNCHERS)})")
+    workers = 1 if args.workers is None else args.workers
+    if workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {workers}")
+    if args.retries is not None and args.retries < 0:
+        raise UsageError(f"--retries must be 0 or more, got {args.retries}")
+    if args.detach and launcher in (None, "local"):
+        raise UsageError(f"--detach needs a batch launcher; --launcher {launcher or 'in-process'} runs until done")
+    if workers > 1 and launcher is None:
+        launcher = "local"
+    cells = comma_list(args.cells)
+    if args.cells is not None and not cells:
+        raise UsageError("--cells is empty; give cell ids (`--dry-run` lists them)")
+    if cells and (launcher is not None or args.resume):
+        raise UsageError("--cells runs cells in this process into --output's run folder: no --launcher or --resume")
+    return Launch(
+        launcher=launcher,
+        workers=workers,
+        retries=1 if args.retries is None else args.retries,
+        cells=cells,
+        dry_run=args.dry_run,
+    )
 
 
 def config_from_args(args) -> RunConfig:
@@ -196,11 +243,21 @@ def config_from_args(args) -> RunConfig:
 
 
 def main(args) -> int:
+    launch = launch_from_args(args)
     config = config_from_args(args)
-    run, cells = run_sweep(config, command=["vistog-bench", *sys.argv[1:]])
+    if launch.launcher == "local" and config.device.startswith("cuda"):
+        import torch
+
+        if launch.workers > torch.cuda.device_count():
+            raise UsageError(f"--workers {launch.workers}: this node has {torch.cuda.device_count()} CUDA device(s)")
+    outcome = run_sweep(config, command=["vistog-bench", *sys.argv[1:]], launch=launch)
+    if outcome is None:  # --dry-run
+        return 0
+    run, cells = outcome
     print(summary_table(cells))
-    # a resumed run keeps its own --no-report (its manifest's config), and --no-report now also holds
-    if not args.no_report and run.manifest().config.get("report", True):
+    # a resumed run keeps its own --no-report (its manifest's config), and --no-report now also holds; a worker
+    # (--cells) leaves the report to whoever merges the run
+    if not args.no_report and not launch.cells and run.manifest().config.get("report", True):
         from ..report import build_report, write_report
 
         out = run.path / REPORT_DIR

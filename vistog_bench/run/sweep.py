@@ -15,6 +15,7 @@ from pathlib import Path
 from ..errors import UsageError
 from ..results import (
     DISK_FULL_ERRNOS,
+    MANIFEST_FILE,
     STATUS_OOM,
     CellKey,
     CellResult,
@@ -24,12 +25,14 @@ from ..results import (
     failed_status,
     load_run,
     new_run_id,
+    write_json,
     write_jsonl,
 )
 from ..results.provenance import git_sha, now, package_versions
 from .config import RunConfig, check_run_config, comparable, config_differences, config_from_manifest
 from .console import third_party_output_to
 from .lmms_results import cell_from_lmms_results, sample_lines, token_means
+from .plan import INPROCESS, CellSink, PlannedCell, plan, print_plan, process_stamp, select
 from .tasks import TaskGroup, expand_tasks, group_cell, task_limits
 
 LOG_FILE = "run.log"
@@ -191,10 +194,17 @@ def _check_every_request_planned(config: RunConfig, cells: list[Cell], full: int
 
 def check_combinations(cells: list[Cell]) -> None:
     """Refuse, before anything is loaded, every cell whose checkpoint config rules its method out (one line each)."""
+    problems = combination_problems(cells)
+    if problems:
+        raise UsageError("\n".join(problems.values()))
+
+
+def combination_problems(cells: list[Cell]) -> dict[Cell, str]:
+    """Each cell whose checkpoint config rules its method out, with the line that refuses it."""
     from ..model.loading import load_config
     from ..reducers.methods import config_problem
 
-    configs, problems = {}, []
+    configs, problems = {}, {}
     for cell in cells:
         if cell.budget_rule == PER_VIEW:  # a per-view VisToG checkpoint serves vistog only
             continue
@@ -207,22 +217,18 @@ def check_combinations(cells: list[Cell]) -> None:
                 raise UsageError(f"{cell.checkpoint}: cannot read its config: {type(exc).__name__}: {exc}") from None
         problem = config_problem(configs[cell.checkpoint], cell.method, budget=cell.budget)
         if problem:
-            problems.append(f"cannot run {cell.method} at budget {cell.budget} on {cell.checkpoint}: {problem}")
-    if problems:
-        raise UsageError("\n".join(problems))
+            problems[cell] = f"cannot run {cell.method} at budget {cell.budget} on {cell.checkpoint}: {problem}"
+    return problems
 
 
 # -- the manifest ----------------------------------------------------------------------------------------------------
 
 
-def _note_prompt_template(run: RunDir, served) -> None:
-    """Record in the manifest which chat template this checkpoint's prompts were rendered with, and its origin."""
-    checkpoint = served.pretrained
+def _note_prompt_template(sink: CellSink, served) -> None:
+    """Record which chat template this checkpoint's prompts were rendered with, and its origin (the merge folds it
+    into the manifest)."""
     entry = {"source": str(served.prompt_template.source), "style": str(served.prompt_template.style)}
-    manifest = run.manifest()
-    if manifest.prompt_templates.get(checkpoint) != entry:
-        templates = {**manifest.prompt_templates, checkpoint: entry}
-        run.write_manifest(dataclasses.replace(manifest, prompt_templates=templates))
+    sink.note_template(served.pretrained, entry)
 
 
 # -- running ---------------------------------------------------------------------------------------------------------
@@ -275,13 +281,28 @@ def _evaluate_task(lm, task_dict: dict, limit: int | None, config: RunConfig, ma
     )
 
 
-def run_sweep(config: RunConfig, command: list[str] | None = None) -> tuple[RunDir, list[CellResult]]:
-    """Plan, validate, evaluate every cell, write the run folder. Returns the run and its cells."""
+@dataclass(frozen=True)
+class Launch:
+    """How the sweep's cells are run (not part of RunConfig: it changes where cells run, never what they answer)."""
+
+    launcher: str | None = None  # None: in this process (--workers 1); "local": worker subprocesses
+    workers: int = 1
+    retries: int = 1
+    cells: tuple[str, ...] = ()  # the worker entry: only these cell ids, into the run folder --output names
+    dry_run: bool = False
+
+
+def run_sweep(
+    config: RunConfig, command: list[str] | None = None, launch: Launch = Launch()
+) -> tuple[RunDir, list[CellResult]] | None:
+    """Plan, validate, evaluate every cell, write the run folder. Returns the run and its cells (None: --dry-run)."""
     from ..profiling.timers import cpu_threads
     from .tasks import check_tasks_available, task_manager
 
     check_run_config(config)
-    check_writable_dir(config.resume, "--resume") if config.resume else check_writable_dir(config.output, "--output")
+    target = config.resume or config.output
+    if not launch.dry_run:
+        check_writable_dir(target, "--resume" if config.resume else "--output")
     cells = plan_cells(config)
     if config.data_dir and not Path(config.data_dir).is_dir():
         raise UsageError(f"--data-dir {config.data_dir} is not a folder")
@@ -290,22 +311,74 @@ def run_sweep(config: RunConfig, command: list[str] | None = None) -> tuple[RunD
         manager = task_manager(config.include_paths)
         check_tasks_available(manager, config.tasks, config.data_dir)  # before any model loads
         tasks, groups = expand_tasks(manager, config.tasks)
+        planned = plan(config, cells, tasks)
+        if launch.dry_run:
+            existing = launch.cells and Path(config.output).is_dir() and load_run(config.output)
+            existing = existing or (config.resume and load_run(config.resume))
+            done = {c.key: c for c in existing.merged_cells()[0]} if existing else {}
+            print_plan(planned, combination_problems(cells), done)
+            return None
         check_combinations(cells)
+        if launch.cells:
+            return _run_worker(config, command, select(planned, launch.cells), tasks, groups, manager)
         run = _open_run(config, command)
         with run.lock():
             if config.resume:
+                run.merge()  # cells a launcher's workers recorded and no coordinator merged
                 for note in run.prepare_resume():
                     print(f"vistog-bench run: {note}", file=sys.stderr)
-            limits = task_limits(manager, tasks, config.limit)
-            done = {c.key for c in run.cells() if c.ok}
             print(f"vistog-bench run: {run.path} (library output: {run.path / LOG_FILE})", file=sys.stderr)
-            for cell in cells:
-                todo = [t for t in tasks if CellKey(t, cell.method, cell.budget) not in done]
-                if todo:
-                    _run_cell(run, cell, todo, config, manager, limits)
-                _record_groups(run, cell, groups, done)
+            if launch.launcher is not None:
+                from .local import run_local
+
+                run_local(run, config, planned, launch)
+            else:
+                stamp = process_stamp(config.device, INPROCESS)
+                stamp["worker"] = "main"
+                _run_planned(run, planned, groups, config, manager, stamp, shared=True)
+            run.merge()
+            run.merge_profile()
             run.write_manifest(dataclasses.replace(run.manifest(), finished_at=now()))
     return run, run.cells()
+
+
+def _run_planned(
+    run: RunDir, planned: list[PlannedCell], groups, config: RunConfig, manager, stamp: dict, shared: bool
+) -> None:
+    """Run every task of `planned` not yet recorded ok, cell by cell, in this process."""
+    limits = task_limits(manager, planned[0].tasks, config.limit) if planned else {}
+    done = {c.key for c in run.merged_cells()[0] if c.ok}
+    for p in planned:
+        cell, sink = p.cell, CellSink(run, p, stamp, shared)
+        todo = [t for t in p.tasks if CellKey(t, cell.method, cell.budget) not in done]
+        if todo:
+            keep = {CellKey(t, cell.method, cell.budget) for t in p.tasks if t not in todo}
+            run.begin_plan_cell(p.stem, keep)
+            _run_cell(sink, cell, todo, config, manager, limits)
+        _record_groups(sink, cell, groups, done)
+
+
+def _run_worker(config: RunConfig, command, planned: list[PlannedCell], tasks, groups, manager):
+    """The worker entry (`--cells`): run `planned` into the run folder `config.output` (created when new), beside
+    other workers: each cell under its own lock, into its own files; the coordinator (or `report`) merges."""
+    run = _open_worker_run(config, command)
+    stamp = process_stamp(config.device)
+    for p in planned:
+        with run.cell_lock(p.stem):
+            _run_planned(run, [p], groups, config, manager, stamp, shared=False)
+    cells = {c.key: c for c in run.merged_cells()[0]}
+    mine = [cells[k] for p in planned for t in p.tasks if (k := CellKey(t, p.cell.method, p.cell.budget)) in cells]
+    return run, mine
+
+
+def _open_worker_run(config: RunConfig, command: list[str] | None) -> RunDir:
+    """The run folder --output names for a worker: an existing one, or a new one whose manifest the first worker
+    to get there writes (created whole or not at all: a link of the written file, refused where one exists)."""
+    run = RunDir(Path(config.output))
+    if not (run.path / MANIFEST_FILE).is_file():
+        run.path.mkdir(parents=True, exist_ok=True)
+        _write_manifest_once(run, config, command)
+    return load_run(run.path)
 
 
 @contextlib.contextmanager
@@ -329,8 +402,6 @@ def _data_dir_scope(data_dir: str | None):
 
 def _open_run(config: RunConfig, command: list[str] | None) -> RunDir:
     """The run folder: the one being resumed (same settings), or a new one with its manifest."""
-    from ..profiling import device_facts
-
     if config.resume:
         run = load_run(config.resume)
         saved = config_from_manifest(run.manifest().config)
@@ -340,29 +411,44 @@ def _open_run(config: RunConfig, command: list[str] | None) -> RunDir:
                 f"({config_differences(saved, config)})"
             )
         return run
-    run_id = new_run_id()
-    run = RunDir(Path(config.output) / run_id)
+    run = RunDir(Path(config.output) / new_run_id())
     run.path.mkdir(parents=True, exist_ok=False)
-    run.write_manifest(
-        RunManifest(
-            run_id=run_id,
-            command=command or sys.argv,
-            config=dataclasses.asdict(config),
-            git_sha=git_sha(),
-            versions=package_versions(),
-            device=device_facts(config.device),
-            seed=config.seed,
-            started_at=now(),
-        )
-    )
+    run.write_manifest(_new_manifest(run, config, command))
     return run
 
 
-def _record(run: RunDir, cell: Cell, result: CellResult) -> None:
+def _new_manifest(run: RunDir, config: RunConfig, command: list[str] | None) -> RunManifest:
+    from ..profiling import device_facts
+
+    return RunManifest(
+        run_id=run.path.name,
+        command=command or sys.argv,
+        config=dataclasses.asdict(config),
+        git_sha=git_sha(),
+        versions=package_versions(),
+        device=device_facts(config.device),
+        seed=config.seed,
+        started_at=now(),
+    )
+
+
+def _write_manifest_once(run: RunDir, config: RunConfig, command: list[str] | None) -> None:
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=run.path, prefix=".manifest.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write_json(Path(tmp), dataclasses.asdict(_new_manifest(run, config, command)))
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, run.path / MANIFEST_FILE)
+    finally:
+        os.unlink(tmp)
+
+
+def _record(sink: CellSink, cell: Cell, result: CellResult) -> None:
     """Write the record of a task's `result` under `cell` (which stamps its family's budget rule), then its one
     console line."""
-    result = dataclasses.replace(result, budget_rule=cell.budget_rule)
-    run.record_cell(result)
+    result = sink.record(dataclasses.replace(result, budget_rule=cell.budget_rule))
     shown = ", ".join(f"{k.split(',')[0]}={v:.4g}" for k, v in list(result.metrics.items())[:2])
     failed = f", {result.n_failed} failed" if result.n_failed else ""
     if result.mean_visual_tokens is not None:
@@ -376,20 +462,20 @@ def _record(run: RunDir, cell: Cell, result: CellResult) -> None:
     )
 
 
-def _record_groups(run: RunDir, cell: Cell, groups: list[TaskGroup], done: set) -> None:
+def _record_groups(sink: CellSink, cell: Cell, groups: list[TaskGroup], done: set) -> None:
     """The cells of the groups with an aggregate of their own, from their members' cells (once all are recorded)."""
-    members = {c.task: c for c in run.cells() if (c.method, c.budget) == (cell.method, cell.budget)}
+    members = {c.task: c for c in sink.cells() if (c.method, c.budget) == (cell.method, cell.budget)}
     for group in groups:
         if group.aggregate and CellKey(group.name, cell.method, cell.budget) not in done:
-            _record(run, cell, group_cell(group, cell.method, cell.budget, members))
+            _record(sink, cell, group_cell(group, cell.method, cell.budget, members))
 
 
-def _run_cell(run: RunDir, cell: Cell, tasks: list[str], config: RunConfig, manager, limits: dict) -> None:
+def _run_cell(sink: CellSink, cell: Cell, tasks: list[str], config: RunConfig, manager, limits: dict) -> None:
     """Load the model once for (method, budget), then evaluate each task; every outcome is recorded."""
     from ..adapter import serve_checkpoint
     from ..profiling import RequestProfiler
 
-    log_path = run.path / LOG_FILE
+    run, log_path = sink.run, sink.log_path
     started = time.perf_counter()
     try:
         with third_party_output_to(log_path):
@@ -407,11 +493,11 @@ def _run_cell(run: RunDir, cell: Cell, tasks: list[str], config: RunConfig, mana
         status = STATUS_OOM if _is_oom(exc) else failed_status(reason)
         for task in tasks:
             _record(
-                run, cell, CellResult(task, cell.method, cell.budget, status, elapsed_s=time.perf_counter() - started)
+                sink, cell, CellResult(task, cell.method, cell.budget, status, elapsed_s=time.perf_counter() - started)
             )
         _release_memory(config.device)
         return
-    _note_prompt_template(run, served)
+    _note_prompt_template(sink, served)
     profiler = RequestProfiler(served.model, device=config.device, applied=served.applied) if config.profile else None
     for task in tasks:
         started = time.perf_counter()
@@ -424,16 +510,18 @@ def _run_cell(run: RunDir, cell: Cell, tasks: list[str], config: RunConfig, mana
         except Exception as exc:  # noqa: BLE001 - a failed task is a failed cell; the sweep goes on
             if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
                 raise  # a full disk ends the run (exit 3), it is not this cell's failure
-            _record(run, cell, _failed_cell(cell, task, exc, lm.take_sample_log() if lm else [], started))
+            _record(sink, cell, _failed_cell(cell, task, exc, lm.take_sample_log() if lm else [], started))
             _release_memory(config.device)
             continue
         finally:
             if profiler is not None:
                 # the cell's budget: a family's `none` is served with none (every token)
-                run.append_profile(
+                sink.profile(
                     [dataclasses.replace(r, task=r.task or task, budget=cell.budget) for r in profiler.take_records()]
                 )
-        _record_task(run, cell, task, results, lm.take_sample_log(), time.perf_counter() - started, served.cell_facts())
+        _record_task(
+            sink, cell, task, results, lm.take_sample_log(), time.perf_counter() - started, served.cell_facts()
+        )
     del served, profiler, lm  # every reference to this cell's model: the next cell loads only after it is gone
     _release_memory(config.device)
 
@@ -463,7 +551,7 @@ def _failed_cell(cell: Cell, task: str, exc: Exception, samples: list[dict], sta
 
 
 def _record_task(
-    run: RunDir, cell: Cell, task: str, results: dict | None, samples: list[dict], elapsed_s: float, facts: dict
+    sink: CellSink, cell: Cell, task: str, results: dict | None, samples: list[dict], elapsed_s: float, facts: dict
 ) -> None:
     """A task's cell and its sample lines, from lmms-eval's results and the adapter's sample log (a family's cell
     also records the mean visual tokens per image, received and unreduced), with the served model's `facts`
@@ -471,7 +559,7 @@ def _record_task(
     failures = list({e["doc_id"]: e["failure"] for e in samples if e.get("failure")}.values())
     if results is None:
         _record(
-            run,
+            sink,
             cell,
             CellResult(
                 task, cell.method, cell.budget, failed_status("lmms-eval returned nothing"), n_failed=len(failures)
@@ -479,9 +567,9 @@ def _record_task(
         )
         return
     lines = sample_lines(results.get("samples", {}).get(task, []), samples)
-    write_jsonl(run.samples_path(CellKey(task, cell.method, cell.budget)), lines)
+    write_jsonl(sink.run.samples_path(CellKey(task, cell.method, cell.budget)), lines)
     result = cell_from_lmms_results(task, cell.method, cell.budget, results, elapsed_s, failures)
-    _record(run, cell, dataclasses.replace(result, **token_means(lines), **facts))
+    _record(sink, cell, dataclasses.replace(result, **token_means(lines), **facts))
 
 
 def _release_memory(device: str) -> None:
