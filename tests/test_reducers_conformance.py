@@ -5,8 +5,8 @@ commit in each folder's README.md, framework glue removed, nothing else changed)
 LLaVA whose vision tower has CLIP ViT-L/14-336's geometry and depth (24 layers, 576 patches, feature layer -2) at a
 small width, a LLaVA projector and a 4-layer LLaMA, three images (two noise, one half of it LLaVA's padding grey), and
 seeded synthetic tensors where a rule (ties, dtype) needs inputs built for it. Kept indices must agree exactly; merged
-tokens to the float32 rounding of their sums (they agree bit for bit here, but a sum computed in another order by
-another kernel may not).
+tokens, and the logits over the pruned prompt of the methods at the LLM's layers (divprune, dart), to the float32
+rounding of their sums (they agree bit for bit here, but a sum computed in another order by another kernel may not).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from vistog_bench.model import VisToGForConditionalGeneration, build_inputs, lla
 from vistog_bench.model.vision import VisionStates
 from vistog_bench.reducers import VisPrunerReducer, applied_method, apply_method, tokens_per_image
 from vistog_bench.reducers.divprune import max_min_diversity
+from vistog_bench.reducers.llm_pruning import installed_pruner
 from vistog_bench.testing.tiny_models import tiny_processor
 
 DATA = Path(__file__).parent / "data" / "conformance"
@@ -219,31 +220,48 @@ def test_vispruner_breaks_ties_and_rounds_as_the_reference(seed, budget):
     assert jaccard(upcast, reference[f"half{seed}.k{budget}.kept"]) < 1
 
 
-def kept_at_layer(model, processor, image, layer: int) -> tuple[torch.Tensor, int]:
-    """Prefill one prompt on `image`: the image positions that reach decoder layer `layer` (its position ids: kept
-    tokens keep their positions, and one unpadded sample's positions are its indices), and the image's first."""
+def prefill(model, processor, image, layer: int) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """Prefill one prompt on `image` under the applied in-LLM method: the prompt positions of the image tokens that
+    stage layer `layer` passed on (increasing), the image's first position, and the logits over the pruned prompt
+    [T', V]."""
     inputs = build_inputs(processor, [llava_prompt(QUESTION)], [[image]], tokens_per_image(model))
-    seen = {}
-    handle = model.model.language_model.layers[layer].register_forward_pre_hook(
-        lambda module, args, kwargs: seen.update(positions=kwargs["position_ids"][0]), with_kwargs=True
-    )
-    try:
-        with torch.no_grad():
-            model(**inputs)
-    finally:
-        handle.remove()
+    with torch.no_grad():
+        logits = model(**inputs).logits[0]
     image_positions = (inputs["input_ids"][0] == model.config.image_token_id).nonzero().squeeze(1)
-    return seen["positions"][torch.isin(seen["positions"], image_positions)], int(image_positions[0])
+    origins = installed_pruner(model).origins(layer)[0]
+    return origins[torch.isin(origins, image_positions)], int(image_positions[0]), logits
+
+
+# A logit is a product of the final states with lm_head, and each of the 4 layers before sums D terms per product:
+# states computed by another kernel or in another order (a few ulps) move the logits by at most L x D roundings.
+LOGIT_TERMS = TEXT["num_hidden_layers"] * TEXT["hidden_size"]
+
+
+def assert_logits(logits: torch.Tensor, expected: torch.Tensor) -> None:
+    torch.testing.assert_close(logits, expected, rtol=0, atol=rounding(expected, LOGIT_TERMS))
 
 
 @pytest.mark.parametrize("budget", BUDGETS)
-def test_divprune_keeps_what_the_reference_keeps(conformance, budget):
+def test_divprune_keeps_and_scores_as_the_reference(conformance, budget):
+    """The reference's selection and its shorter LLM input, numbered 0..T'-1 (no position ids given to the LLM)."""
     model, processor, images, _ = conformance
     apply_method(model, "divprune", budget)
-    reference = golden("divprune")[f"k{budget}.kept"]  # [3, K], indices into the image's P tokens
+    reference = golden("divprune")
     for index, image in enumerate(images):
-        kept, start = kept_at_layer(model, processor, image, 0)
-        assert torch.equal(kept - start, reference[index])
+        kept, start, logits = prefill(model, processor, image, 0)
+        assert torch.equal(kept - start, reference[f"k{budget}.kept"][index])  # indices into the image's P tokens
+        assert_logits(logits, reference[f"image{index}.k{budget}.logits"])
+
+
+def test_divprunes_original_positions_are_an_option_that_departs(conformance):
+    """`positions="original"` keeps the same tokens (one stage, at the LLM input) with other positions."""
+    model, processor, images, _ = conformance
+    apply_method(model, "divprune", 64, positions="original")
+    assert applied_method(model).options == {"positions": "original"}
+    reference = golden("divprune")
+    kept, start, logits = prefill(model, processor, images[0], 0)
+    assert torch.equal(kept - start, reference["k64.kept"][0])
+    assert not torch.allclose(logits, reference["image0.k64.logits"], rtol=0, atol=1e-3)
 
 
 @pytest.mark.parametrize("budget", BUDGETS)
@@ -261,16 +279,37 @@ DART_BUDGETS = {64: 195, 16: 159}
 
 
 @pytest.mark.parametrize("picks", BUDGETS)
-def test_dart_keeps_what_the_reference_keeps(conformance, picks):
+def test_dart_keeps_and_scores_as_the_reference(conformance, picks):
     model, processor, images, _ = conformance
     reference = golden("dart")
     apply_method(model, "dart", DART_BUDGETS[picks])
     assert applied_method(model).layer_tokens == (P, 4 + picks, 4 + picks, 4 + picks)
     for index, image in enumerate(images):
-        assert torch.equal(kept_at_layer(model, processor, image, 1)[0], reference[f"image{index}.k{picks}.kept"])
+        kept, _, logits = prefill(model, processor, image, 1)
+        assert torch.equal(kept, reference[f"image{index}.k{picks}.kept"])
+        assert_logits(logits, reference[f"image{index}.k{picks}.logits"])  # every token at its own RoPE position
     apply_method(model, "dart", DART_BUDGETS[picks], pivot_order="norm")
     overlaps = [
-        jaccard(kept_at_layer(model, processor, image, 1)[0], reference[f"image{index}.k{picks}.kept"])
+        jaccard(prefill(model, processor, image, 1)[0], reference[f"image{index}.k{picks}.kept"])
         for index, image in enumerate(images)
     ]
     assert min(overlaps) < 1
+
+
+def test_dart_generates_from_the_unpruned_prompts_length(conformance):
+    """As the port decodes (generate's attention mask and cache positions count every image's P tokens): after the
+    stage the kept tokens keep their positions and the new tokens follow the unpruned prompt."""
+    model, processor, images, _ = conformance
+    apply_method(model, "dart", DART_BUDGETS[64])
+    inputs = build_inputs(processor, [llava_prompt(QUESTION)], [images[:1]], tokens_per_image(model))
+    seen = []
+    handle = model.model.language_model.layers[1].register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["position_ids"][0, -1].item()), with_kwargs=True
+    )
+    try:
+        with torch.no_grad():
+            model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    finally:
+        handle.remove()
+    length = inputs["input_ids"].shape[1]  # the prompt with P placeholders per image
+    assert seen == [length - 1, length, length + 1]  # prefill's last token, then the new ones

@@ -269,10 +269,13 @@ def test_holitoms_former_outer_stage_is_an_option_that_departs(deep):
     assert jaccard(ours, holitom_sequence(reference, 64)) < 1
 
 
-@pytest.mark.parametrize(("method", "budget", "stages"), [("pdrop", 262, (2, 4, 6)), ("holitom", 64, (0, 5))])
+@pytest.mark.parametrize(
+    ("method", "budget", "stages"), [("pdrop", 262, (2, 4, 6)), ("holitom", 64, (0, 5)), ("divprune", 64, (0,))]
+)
 def test_generated_tokens_follow_the_renumbered_prompt(deep, method, budget, stages):
     """After a renumbering stage a generated token sits right after the pruned prompt (as the references decode:
-    PyramidDrop subtracts the dropped tokens, HoliTom's LLM sees the compact prompt), at every later stage too."""
+    PyramidDrop subtracts the dropped tokens, HoliTom's and DivPrune's LLM sees the compact prompt), at every later
+    stage too."""
     model, processor, images = deep
     frames = video_frames() if method == "holitom" else images[:1]
     apply_method(model, method, budget)

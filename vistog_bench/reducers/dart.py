@@ -17,9 +17,14 @@ As the reference, at the input of layer K (2 for a 32-layer LLM):
   3. each pivot in turn keeps the floor(M / (p_v + p_t)) candidate visual tokens *least* cosine-similar to it
      (states entering layer K through the LLM's final RMSNorm, cosines in their dtype, as the reference), and those
      leave the candidates (the reference's `math.ceil(M // (p_v + p_t))` is that floor);
-  4. kept = image pivots + those picks (text pivots are text: always kept); spatial order, original RoPE positions.
+  4. kept = image pivots + those picks (text pivots are text: always kept), in spatial order; every kept token keeps
+     its RoPE position, as the port's `pruning_hook` sets `position_ids = keep_indexs` and gathers the rotary tables
+     at them (a copy of the authors' `DART_K_norm.forward` read here, its repository unnamed, sets the same), and the
+     generated tokens go on from the unpruned prompt's length (generate's attention mask and cache positions count
+     the P tokens of every image).
 Budget: the layer mean (as PyramidDrop / SparseVLM count), so K_img = (K_mean L - K P) / (L - K) from layer K on.
-tests/test_reducers_conformance.py checks the selection against the port's (tests/data/conformance/dart).
+tests/test_reducers_conformance.py checks the selection and the logits over the pruned prompt against the port's
+(tests/data/conformance/dart).
 
 Departures:
   1. Exact K_img: the reference keeps p_v + (p_v + p_t) floor(M / (p_v + p_t)), fewer than p_v + M when M is not a

@@ -11,15 +11,16 @@ Glossary: V visual tokens of one image (P), K budget, D LLM width.
 As the reference: distances d(i, j) = 1 - cos(x_i, x_j) between the projected visual tokens of one image, in the
 model's dtype; the first token kept is the one farthest from its nearest neighbour; each next one maximises its
 minimum distance to the kept set (greedy max-min diversity, the MMDP), ties to the lowest index (`argmax`); the K
-kept tokens enter the LLM in spatial order. tests/test_reducers_conformance.py checks the selection against the
-reference's (tests/data/conformance/divprune).
+kept tokens enter the LLM in spatial order, as a shorter prompt numbered 0..T'-1 (the reference hands the pruned
+`new_input_embeds` to the LLM without position ids; decoding continues from T'). tests/test_reducers_conformance.py
+checks the selection and the logits over the pruned prompt against the reference's (tests/data/conformance/divprune).
 
 Where: a stage at LLM layer 0 of the shared in-LLM pruner (llm_pruning.py), because the reference selects on the
 projected features: the prompt carries P placeholders per image, the projector runs on all P, and every decoder
-layer sees K. Departures: one running minimum instead of the reference's minimum over the kept rows at every step
-(a minimum is exact, so the same choices); the kept tokens keep their RoPE positions, where the reference hands the
-pruned embeddings to the LLM without position ids (renumbered 0..T'-1). Option `precision="float32"` (ours)
-computes the distances in float32; in float16 / bfloat16 the picks then differ from the reference's on some images.
+layer sees K. Departure: one running minimum instead of the reference's minimum over the kept rows at every step (a
+minimum is exact, so the same choices). Options (ours, earlier): `precision="float32"` computes the distances in
+float32 (in float16 / bfloat16 the picks then differ from the reference's on some images); `positions="original"`
+keeps each kept token's RoPE position (the same picks, other logits).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import UsageError
-from .llm_pruning import LLMPruner, SampleView, Selection, Stage
+from .llm_pruning import ORIGINAL, RENUMBER, LLMPruner, SampleView, Selection, Stage
 from .spec import EVERY_FAMILY, LLM_INPUT, MethodSpec, Option, Parts, given
 
 PRECISIONS = ("model", "float32")  # the dtype the distances are computed in
@@ -72,7 +73,8 @@ class DivPruneSelector:
 def _build(model, budget: int, seed: int, options: dict) -> Parts:
     selector = DivPruneSelector(**given(options, "precision"))
     num_patches, image_token = model.config.num_patches, model.config.image_token_id
-    return Parts(pruner=LLMPruner((Stage(0, budget),), selector, num_patches, image_token))
+    renumber = (options.get("positions") or RENUMBER) == RENUMBER
+    return Parts(pruner=LLMPruner((Stage(0, budget, renumber),), selector, num_patches, image_token))
 
 
 SPEC = MethodSpec(
@@ -82,7 +84,16 @@ SPEC = MethodSpec(
     where="LLM input (layer 0)",
     build=_build,
     prompt_tokens="P",
-    options=(Option("precision", str, "model", "the dtype distances are computed in", PRECISIONS),),
+    options=(
+        Option("precision", str, "model", "the dtype distances are computed in", PRECISIONS),
+        Option(
+            "positions",
+            str,
+            RENUMBER,
+            "the pruned prompt numbered 0..T'-1, as the reference's shorter LLM input, or each token's own position",
+            (RENUMBER, ORIGINAL),
+        ),
+    ),
     families=EVERY_FAMILY,
     reference="vbdi/divprune @ 799e2d9",
 )
