@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .llm_pruning import ORIGINAL, RENUMBER, LLMPruner, SampleView, Selection, Stage
-from .spec import EVERY_FAMILY, LLM_INPUT, MethodSpec, Option, Parts
+from .llm_pruning import INPUT_POSITIONS, LLMPruner, SampleView, Selection, Stage, renumbers
+from .spec import EVERY_FAMILY, LLM_INPUT, MethodSpec, Parts
 
 EPSILON = 1e-10  # the smallest gain taken (Chen et al.'s stopping threshold)
 
@@ -103,7 +103,7 @@ __all__ = ["CDPrunerSelector", "conditional_kernel", "greedy_dpp_map"]
 # -- the method's spec (registry.py) --------------------------------------------------------------------------------
 def _build(model, budget: int, seed: int, options: dict) -> Parts:
     num_patches, image_token = model.config.num_patches, model.config.image_token_id
-    renumber = (options.get("positions") or RENUMBER) == RENUMBER
+    renumber = renumbers(options)
     return Parts(pruner=LLMPruner((Stage(0, budget, renumber),), CDPrunerSelector(), num_patches, image_token))
 
 
@@ -114,15 +114,7 @@ SPEC = MethodSpec(
     where="LLM input (layer 0)",
     build=_build,
     prompt_tokens="P",
-    options=(
-        Option(
-            "positions",
-            str,
-            RENUMBER,
-            "the pruned prompt numbered 0..T'-1, as the reference's shorter LLM input, or each token's own position",
-            (RENUMBER, ORIGINAL),
-        ),
-    ),
+    options=(INPUT_POSITIONS,),
     families=EVERY_FAMILY,
     reference="Theia-4869/CDPruner @ 9541616",
 )

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import UsageError
-from .llm_pruning import ORIGINAL, RENUMBER, LLMPruner, SampleView, Selection, Stage
+from .llm_pruning import INPUT_POSITIONS, LLMPruner, SampleView, Selection, Stage, renumbers
 from .spec import EVERY_FAMILY, LLM_INPUT, MethodSpec, Option, Parts, given
 
 PRECISIONS = ("model", "float32")  # the dtype the distances are computed in
@@ -73,7 +73,7 @@ class DivPruneSelector:
 def _build(model, budget: int, seed: int, options: dict) -> Parts:
     selector = DivPruneSelector(**given(options, "precision"))
     num_patches, image_token = model.config.num_patches, model.config.image_token_id
-    renumber = (options.get("positions") or RENUMBER) == RENUMBER
+    renumber = renumbers(options)
     return Parts(pruner=LLMPruner((Stage(0, budget, renumber),), selector, num_patches, image_token))
 
 
@@ -86,13 +86,7 @@ SPEC = MethodSpec(
     prompt_tokens="P",
     options=(
         Option("precision", str, "model", "the dtype distances are computed in", PRECISIONS),
-        Option(
-            "positions",
-            str,
-            RENUMBER,
-            "the pruned prompt numbered 0..T'-1, as the reference's shorter LLM input, or each token's own position",
-            (RENUMBER, ORIGINAL),
-        ),
+        INPUT_POSITIONS,
     ),
     families=EVERY_FAMILY,
     reference="vbdi/divprune @ 799e2d9",

@@ -39,6 +39,7 @@ from transformers.masking_utils import create_causal_mask
 from transformers.models.llama.modeling_llama import repeat_kv, rotate_half
 
 from ..errors import UsageError
+from .spec import Option
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,20 @@ class Stage:
 PREVIOUS_LAYER = "previous"  # scores from the q / k of the layer before the stage, captured as it runs (FastV)
 STAGE_LAYER = "stage"  # scores from the stage layer's own q / k, projected from its input (PyramidDrop)
 RENUMBER, ORIGINAL = "renumber", "original"  # a method's `positions` option: `Stage.renumber` or not
+# The `positions` option of a method that selects at the LLM input (divprune, cdpruner): their references hand the LLM
+# a shorter input, numbered afresh
+INPUT_POSITIONS = Option(
+    "positions",
+    str,
+    RENUMBER,
+    "the pruned prompt numbered 0..T'-1, as the reference's shorter LLM input, or each token's own position",
+    (RENUMBER, ORIGINAL),
+)
+
+
+def renumbers(options: dict) -> bool:
+    """Whether a method's `positions` option (its default: renumber) numbers the pruned prompt 0..T'-1."""
+    return (options.get("positions") or RENUMBER) == RENUMBER
 
 
 @dataclass
