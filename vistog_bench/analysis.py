@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from .results import ProfileRecord
+from .results import CellResult, ProfileRecord
 
 FULL_BUDGET_METHOD = "none"
 KIND_CONTROLLED = "controlled"
@@ -94,6 +94,32 @@ class FullBudget:
             f"run {run_id} has no `{FULL_BUDGET_METHOD}` {what}; its full budget is taken as "
             f"{self.method}@{self.budget}"
         )
+
+
+def hardware_label(hardware: Mapping[str, Any] | None) -> str:
+    """One hardware record in words: `cpu Intel Xeon, 1 thread(s)` or `cuda NVIDIA H100 (driver 550.54)`."""
+    if not hardware:
+        return "unrecorded"
+    if hardware.get("gpu"):
+        return f"{hardware.get('device')} {hardware['gpu']} (driver {hardware.get('driver')})"
+    return f"{hardware.get('device')} {hardware.get('cpu')}, {hardware.get('threads')} thread(s)"
+
+
+def hardware_groups(cells: Iterable[CellResult]) -> dict[str, list[CellResult]]:
+    """A run's cells by hardware record (`hardware_label`), failed cells without one left out: more than one group
+    means timings (and the ratios built on them) compare only inside a group."""
+    groups: dict[str, list[CellResult]] = {}
+    for cell in cells:
+        if cell.hardware or cell.ok:
+            groups.setdefault(hardware_label(cell.hardware), []).append(cell)
+    return groups
+
+
+def same_hardware(cells: Iterable[CellResult], a: tuple[str, int], b: tuple[str, int]) -> bool:
+    """Whether every cell of method@budget `a` and `b` ran on one hardware record (ratios between them are only
+    computed when they did; a run of one process always did)."""
+    records = {hardware_label(c.hardware) for c in cells if (c.method, c.budget) in (a, b) and (c.hardware or c.ok)}
+    return len(records) <= 1
 
 
 def full_budget(keys: Iterable[tuple[str, int]]) -> FullBudget | None:
@@ -413,6 +439,9 @@ def headline_score(task: str, metrics: Mapping[str, Any]) -> tuple[Headline, flo
 
 
 __all__ = [
+    "hardware_groups",
+    "hardware_label",
+    "same_hardware",
     "Headline",
     "headline_metric",
     "headline_score",

@@ -1,4 +1,4 @@
-"""`vistog-bench`: run, profile, report, check, baseline, tasks, methods, train.
+"""`vistog-bench`: run, status, profile, report, check, baseline, tasks, methods, train.
 
 Each subcommand lives in the module that does its work; that module exposes `add_arguments(parser)` and
 `main(args) -> int`, and keeps heavy imports (torch, lmms-eval) inside `main` so `--help` stays fast.
@@ -29,6 +29,7 @@ COMMANDS = {
         "vistog_bench.run.cli",
         "evaluate methods x budgets x tasks through lmms-eval (no arguments: embedded default)",
     ),
+    "status": ("vistog_bench.run.status", "each cell of a run: queued / running / ok / failed, worker, log"),
     "tasks": ("vistog_bench.run.tasks", "list the lmms-eval tasks and groups available, ours included"),
     "methods": (
         "vistog_bench.reducers.cli",

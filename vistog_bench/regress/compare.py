@@ -8,11 +8,13 @@ listed as `new`.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..analysis import finite
+from ..analysis import finite, hardware_groups
+from ..errors import UsageError
 from ..results import STATUS_OK, CellKey, RunDir, load_run
 from . import render
 from .baseline import Baseline, load_baseline
@@ -222,7 +224,15 @@ def check_run(
     run = load_run(run_dir)
     baseline = baseline if isinstance(baseline, Baseline) else load_baseline(baseline)
     tolerances = tolerances if isinstance(tolerances, Tolerances) else load_tolerances(tolerances)
-    cells = run.cells()
+    cells = run.merge()  # the cells workers recorded so far
+    for line in run.unfinished():
+        print(f"vistog-bench check: {run.path}: {line}", file=sys.stderr)
+    groups = hardware_groups(cells)
+    if len(groups) > 1:
+        raise UsageError(
+            f"{run.path}: its cells ran on {len(groups)} hardware records ({'; '.join(sorted(groups))}): timings "
+            "are not compared across hardware; check a run made on one machine kind"
+        )
     values = derive_values(cells, run.profile())
     statuses = {c.key: c.status for c in cells}
     return compare(baseline, values, statuses, tolerances, run_dir=str(run_dir), notes=_manifest_notes(baseline, run))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 import statistics
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ from ..analysis import (
     median,
     reference_measurement,
     retention,
+    same_hardware,
     speedup,
 )
 from ..errors import UsageError
@@ -81,7 +83,10 @@ class RunData:
 def read_run(path: str | Path) -> RunData:
     """Open and check one run folder; any missing or malformed file raises `UsageError` naming it."""
     run = load_run(path)
-    return RunData(run.path, run.manifest(), tuple(run.cells()), tuple(run.profile()))
+    cells = run.merge()  # the cells workers recorded so far (a run still going, or one no coordinator merged)
+    for line in run.unfinished():
+        print(f"vistog-bench report: {run.path}: {line}", file=sys.stderr)
+    return RunData(run.path, run.manifest(), tuple(cells), tuple(run.profile()))
 
 
 def read_runs(paths: Sequence[str | Path]) -> list[RunData]:
@@ -455,6 +460,8 @@ def _accuracy_parts(run: RunData, notes: list[str]) -> dict[tuple[str, int], Acc
             )
             continue
         kept = retention(value, reference.get(task))
+        if kept is not None and not same_hardware(run.cells, (method, budget), (full.method, full.budget)):
+            kept = None  # the reference cell ran on other hardware (hardware_lines says so)
         part.scores[task] = Score("ok", value, headline, None if kept is None else 100.0 * kept)
     for (method, budget), part in parts.items():
         mine = [c for (_, m, b), c in cells.items() if (m, b) == (method, budget)]
@@ -485,6 +492,8 @@ def _efficiency_parts(run: RunData, notes: list[str]) -> dict[tuple[str, int], t
         eff = efficiency_of(headline_measurement(measurements(run.profile, method, budget)), run)
         reference, same_way = reference_measurement(full_measurements, eff.measurement)
         ratio = speedup(reference, eff.measurement) if reference is not None else None
+        if ratio is not None and not same_hardware(run.cells, (method, budget), (full.method, full.budget)):
+            ratio = None  # timings of two machines: never divided (hardware_lines says so)
         if ratio is not None and not same_way:
             base = efficiency_of(reference, run)
             notes.append(

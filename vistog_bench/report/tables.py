@@ -13,6 +13,7 @@ from ..analysis import (
     CONFIDENCE,
     CV_THRESHOLD,
     Measurement,
+    hardware_groups,
     metric_values,
 )
 from ..results import STAGES, safe_file_stem
@@ -336,6 +337,24 @@ def attention_lines(rows: list[Row]) -> list[str]:
     return [f"Attention kernels differ between rows (compare timings only under one record): {told}."]
 
 
+def hardware_lines(runs) -> list[str]:
+    """Each run whose cells ran on more than one hardware record, its groups named: its speedups and retentions are
+    computed only between cells of one record (`analysis.same_hardware`)."""
+    lines = []
+    for run in runs:
+        groups = hardware_groups(run.cells)
+        if len(groups) > 1:
+            told = "; ".join(
+                f"{label}: {', '.join(sorted({f'{c.method}@{c.budget}' for c in cells}))}"
+                for label, cells in sorted(groups.items())
+            )
+            lines.append(
+                f"Run {run.run_id} mixes hardware ({told}): speedup and retention are given only between cells of one "
+                "record; the others are n/a."
+            )
+    return lines
+
+
 def _drop_empty_efficiency(columns: list[Column], rows: list[dict[str, Cell]]) -> tuple[list[Column], list[Column]]:
     """Efficiency columns no row has a value for are left out: (columns kept, columns dropped)."""
     empty = [c for c in EFFICIENCY_COLUMNS if all(r[c.key].value is None and r[c.key].text is None for r in rows)]
@@ -356,6 +375,7 @@ def _main_provenance(
         setup_lines([r.setup for r in data.rows]),
         *budget_lines(data.rows),
         *attention_lines(data.rows),
+        *hardware_lines(data.runs),
     ]
     if kinds:
         described = {

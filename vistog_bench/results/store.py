@@ -37,6 +37,7 @@ from ..errors import UsageError
 from .schema import (
     CELL_RESULT_FILE,
     CELLS_DIR,
+    LAUNCH_FILE,
     LOCK_FILE,
     MANIFEST_FILE,
     MERGE_LOCK_FILE,
@@ -461,6 +462,20 @@ class RunDir:
                     merged = {**manifest.prompt_templates, **templates}
                     self.write_manifest(dataclasses.replace(manifest, prompt_templates=merged))
         return cells
+
+    def unfinished(self) -> list[str]:
+        """One line naming the cells the launch record (launch.json) plans that have a task not recorded yet; none
+        when every cell has ended or the run has no launch record."""
+        path = self.path / LAUNCH_FILE
+        if not path.is_file():
+            return []
+        recorded = {c.key for c in self.merged_cells()[0]}
+        missing = [
+            f"{c['method']}@{c['budget']} ({c['cell_id']}, {c.get('state', 'queued')})"
+            for c in read_json(path, "launch record").get("cells", [])
+            if any(CellKey(t, c["method"], c["budget"]) not in recorded for t in c.get("tasks", []))
+        ]
+        return [f"{len(missing)} cell(s) not finished, left out: {', '.join(missing)}"] if missing else []
 
     def merged_profile_lines(self) -> list[dict[str, Any]]:
         """profile.jsonl's lines of cells no plan cell claims, then each plan cell's profile lines in plan order."""
