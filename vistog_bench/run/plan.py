@@ -1,9 +1,9 @@
 """A sweep's plan as units of work: every cell (a checkpoint, a method label and a budget, with the run's tasks) gets a
 stable id, its own folder in the run (`<run>/cells/<method>__<budget>__<cell_id>/`) and one writer at a time.
 
-    vistog-bench run ... --dry-run                        the plan: id, checkpoint, method, budget, tasks, state
-    vistog-bench run ... --output RUN --cells ID[,ID...]  the worker entry: run those cells into RUN
-    vistog-bench status RUN                               each cell: queued / running / ok / failed
+    vistog-bench run --tasks shapes_vqa --dry-run                  # the plan: id, state, method, budget, tasks
+    vistog-bench run --tasks shapes_vqa --output RUN --cells ID1   # the worker entry: run those cells into RUN
+    vistog-bench status RUN                                        # each cell: queued / running / ok / failed
 
 The id is a hash of what defines the cell's answers (`cell_definition`): the same arguments give the same ids on any
 machine, so a worker started by another launcher (run/local.py, SLURM) names its cell by id. Threads, the output
