@@ -127,6 +127,17 @@ def fingerprint(work: Path) -> dict:
     return result
 
 
+def _shared_fields(left: dict, right: dict, added: set[str]) -> tuple[dict, dict]:
+    """Both sweeps' metrics records on the fields both sides record (fields one side adds are named in `added`)."""
+    out = []
+    for a, b in zip(left["metrics"], right["metrics"], strict=False):
+        added |= a.keys() ^ b.keys()
+        out.append(({k: a[k] for k in a.keys() & b.keys()}, {k: b[k] for k in a.keys() & b.keys()}))
+    if len(left["metrics"]) != len(right["metrics"]):
+        return left, right
+    return ({**left, "metrics": [a for a, _ in out]}, {**right, "metrics": [b for _, b in out]})
+
+
 def _cell_differences(left: dict, right: dict) -> list[str]:
     """The cells of one sweep whose record or sample file differs: `task method budget` or a samples file name."""
 
@@ -140,12 +151,17 @@ def _cell_differences(left: dict, right: dict) -> list[str]:
 
 
 def compare(a: Path, b: Path) -> int:
+    """Sweep by sweep, cell by cell, on the fields both fingerprints record (a field only one side has is listed)."""
     left, right = json.loads(a.read_text()), json.loads(b.read_text())
-    differing = [name for name in sorted(left.keys() | right.keys()) if left.get(name) != right.get(name)]
+    added: set[str] = set()
+    shared = {n: _shared_fields(left[n], right[n], added) for n in left.keys() & right.keys()}
+    differing = [n for n in sorted(left.keys() | right.keys()) if n not in shared or shared[n][0] != shared[n][1]]
     for name in differing:
-        where = _cell_differences(left[name], right[name]) if name in left and name in right else ["missing"]
+        where = _cell_differences(*shared[name]) if name in shared else ["missing on one side"]
         print(f"differs: {name}: {', '.join(where)}")
-    print(f"{len(left.keys() & right.keys()) - len(differing)} of {len(left.keys() | right.keys())} sweeps identical")
+    if added:
+        print(f"fields recorded on one side only (not compared): {', '.join(sorted(added))}")
+    print(f"{len(shared) - len(set(differing) & shared.keys())} of {len(left.keys() | right.keys())} sweeps identical")
     return 1 if differing else 0
 
 
