@@ -60,6 +60,7 @@ from ..dtypes import DTYPE_NAMES
 from ..errors import UsageError
 from ..reducers.registry import method_labels, method_names
 from ..results import CellResult
+from . import slurm
 from .config import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_FRAMES,
@@ -156,6 +157,7 @@ def add_arguments(parser) -> None:
         help="the worker entry: run only these cell ids (--dry-run lists them) into the run folder --output names",
     )
     parser.add_argument("--detach", action="store_true", help="return once the cells are submitted (batch launchers)")
+    slurm.add_arguments(parser)
 
 
 def _not_empty(text: str | None, flag: str) -> None:
@@ -190,10 +192,26 @@ def launch_from_args(args) -> Launch:
         retries=1 if args.retries is None else args.retries,
         cells=cells,
         dry_run=args.dry_run,
+        slurm=_slurm_request(args),
+        detach=args.detach,
     )
 
 
-def config_from_args(args) -> RunConfig:
+def _slurm_request(args) -> slurm.SlurmRequest | None:
+    """--launcher slurm's request, checked against the cluster (sinfo) before anything is loaded or submitted; the
+    device it is checked with: --device, or a resumed run's own."""
+    request = slurm.request_from_args(args)
+    if request is None:
+        return None
+    device = args.device
+    if device is None and args.resume:
+        from ..results import load_run
+
+        device = load_run(args.resume).manifest().config.get("device")
+    return slurm.resolve(request, device)
+
+
+def config_from_args(args, launch: Launch) -> RunConfig:
     import torch
 
     from ..profiling.timers import default_threads
@@ -206,8 +224,10 @@ def config_from_args(args) -> RunConfig:
     no_sweep_arguments = args.model is None and args.tasks is None and args.budgets is None and args.method is None
     if args.resume and no_sweep_arguments:
         return resumed_config(args)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    local_device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = args.device or (slurm.cell_device(launch.slurm) if launch.slurm else local_device)
+    # SLURM's cells run on the cluster's nodes, whatever this machine has
+    if device.startswith("cuda") and not launch.slurm and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available here")
     dtype = args.dtype or ("float16" if device.startswith("cuda") else "float32")
     if not args.model:
@@ -244,7 +264,7 @@ def config_from_args(args) -> RunConfig:
 
 def main(args) -> int:
     launch = launch_from_args(args)
-    config = config_from_args(args)
+    config = config_from_args(args, launch)
     if launch.launcher == "local" and config.device.startswith("cuda"):
         import torch
 
@@ -254,6 +274,9 @@ def main(args) -> int:
     if outcome is None:  # --dry-run
         return 0
     run, cells = outcome
+    if launch.detach:  # the array runs on; the job after it merges the run and writes its report
+        print(f"submitted: {run.path} (vistog-bench status {run.path})")
+        return 0
     print(summary_table(cells))
     # a resumed run keeps its own --no-report (its manifest's config), and --no-report now also holds; a worker
     # (--cells) leaves the report to whoever merges the run

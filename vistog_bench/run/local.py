@@ -131,9 +131,10 @@ def _entry(proc, p: PlannedCell, slot: int, attempt: int, run: RunDir) -> dict:
     return {"state": RUNNING, "worker": str(slot), "pid": proc.pid, "attempts": attempt, "log": str(_log_path(run, p))}
 
 
-def _record_lost(run: RunDir, p: PlannedCell, reason: str, worker: str) -> None:
-    """Record every task of `p` its workers left unrecorded as failed with `reason` (the workers are gone)."""
-    stamp = {"launcher": "local", "worker": worker, "hardware": None}  # no timings: nothing to compare
+def _record_lost(run: RunDir, p: PlannedCell, reason: str, worker: str, launcher: str = "local") -> None:
+    """Record every task of `p` its workers left unrecorded as failed with `reason` (the workers are gone; SLURM's
+    coordinator calls it too, with its `launcher`)."""
+    stamp = {"launcher": launcher, "worker": worker, "hardware": None}  # no timings: nothing to compare
     sink = CellSink(run, p, stamp, shared=False)
     recorded = {c.key for c in run.merged_cells()[0]}
     with run.cell_lock(p.stem):

@@ -24,7 +24,7 @@ from pathlib import Path
 from ..errors import UsageError
 from ..results import LAUNCH_FILE, CellResult, RunDir, read_json, safe_file_stem, write_json
 
-LAUNCHERS = ("local",)  # `--launcher` choices the run command takes (in-process: --workers 1)
+LAUNCHERS = ("local", "slurm")  # `--launcher` choices the run command takes (in-process: --workers 1)
 # What a worker records as its launcher and name: set by the process that starts it (run/local.py; SLURM jobs).
 LAUNCHER_ENV, WORKER_ENV = "VISTOG_BENCH_LAUNCHER", "VISTOG_BENCH_WORKER"
 INPROCESS = "inprocess"  # the launcher of a sweep run in the `run` process itself

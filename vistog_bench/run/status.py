@@ -18,6 +18,10 @@ def status_rows(run) -> list[list]:
 
     recorded = {c.key: c for c in run.merged_cells()[0]}
     launch = read_launch(run) or {"cells": []}
+    if launch.get("launcher") == "slurm":  # cells still out: what SLURM says of their jobs now
+        from .slurm import live_record
+
+        launch = live_record(launch)
     entries = launch["cells"] or [
         {"cell_id": d["cell_id"], "method": r["method"], "budget": r["budget"], "tasks": [r["task"]]}
         for _, d in run.plan_cell_files()

@@ -290,6 +290,8 @@ class Launch:
     retries: int = 1
     cells: tuple[str, ...] = ()  # the worker entry: only these cell ids, into the run folder --output names
     dry_run: bool = False
+    slurm: object = None  # run.slurm.SlurmRequest of "slurm", resolved against the cluster
+    detach: bool = False  # "slurm": return once the job array is submitted
 
 
 def run_sweep(
@@ -328,7 +330,12 @@ def run_sweep(
                 for note in run.prepare_resume():
                     print(f"vistog-bench run: {note}", file=sys.stderr)
             print(f"vistog-bench run: {run.path} (library output: {run.path / LOG_FILE})", file=sys.stderr)
-            if launch.launcher is not None:
+            if launch.launcher == "slurm":
+                from .slurm import run_slurm
+
+                if not run_slurm(run, config, planned, launch):  # detached: a job after the array ends the run
+                    return run, run.merged_cells()[0]
+            elif launch.launcher is not None:
                 from .local import run_local
 
                 run_local(run, config, planned, launch)
@@ -336,10 +343,16 @@ def run_sweep(
                 stamp = process_stamp(config.device, INPROCESS)
                 stamp["worker"] = "main"
                 _run_planned(run, planned, groups, config, manager, stamp, shared=True)
-            run.merge()
-            run.merge_profile()
-            run.write_manifest(dataclasses.replace(run.manifest(), finished_at=now()))
+            finish_run(run)
     return run, run.cells()
+
+
+def finish_run(run: RunDir) -> None:
+    """A run's end, by its coordinator (holding its lock) once every cell has ended: metrics.json and profile.jsonl
+    merged from the cells' files, the manifest's end time."""
+    run.merge()
+    run.merge_profile()
+    run.write_manifest(dataclasses.replace(run.manifest(), finished_at=now()))
 
 
 def _run_planned(
