@@ -17,7 +17,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,8 +195,9 @@ def read_launch(run: RunDir) -> dict | None:
     return read_json(path, "launch record") if path.is_file() else None
 
 
-def print_plan(planned: list[PlannedCell], problems: dict, done: dict, file=sys.stdout) -> None:
-    """The plan for --dry-run: one line per cell (id, state, method@budget, checkpoint, tasks), refusals named."""
+def print_plan(planned: list[PlannedCell], problems: dict, done: dict) -> None:
+    """The plan for --dry-run on stdout: one line per cell (id, state, method@budget, checkpoint, tasks), refusals
+    named."""
     from tabulate import tabulate
 
     rows = []
@@ -206,9 +206,8 @@ def print_plan(planned: list[PlannedCell], problems: dict, done: dict, file=sys.
         rows.append([p.cell_id, state, p.cell.method, p.cell.budget, p.cell.checkpoint, ",".join(p.tasks)])
     print(
         tabulate(rows, headers=["cell", "state", "method", "budget", "checkpoint", "tasks"], tablefmt="github"),
-        file=file,
     )
     for problem in problems.values():
-        print(f"refused: {problem}", file=file)
+        print(f"refused: {problem}")
     todo = sum(1 for p in planned if not problems.get(p.cell) and cell_state(p, done) != OK)
-    print(f"{len(planned)} cell(s), {todo} to run, {len(problems)} refused", file=file)
+    print(f"{len(planned)} cell(s), {todo} to run, {len(problems)} refused")
