@@ -273,6 +273,9 @@ class CellJob(Checkpointable):
 
         job = submitit.JobEnvironment()
         os.environ[LAUNCHER_ENV], os.environ[WORKER_ENV] = "slurm", job.job_id
+        start = 1 + int(os.environ.get("SLURM_RESTART_COUNT", "0"))  # a requeued job's count of earlier starts
+        line = f"vistog-bench: job {job.job_id} start {start} (pid {os.getpid()}): {' '.join(arguments)}"
+        print(line, file=sys.stderr, flush=True)
         if job.num_tasks > 1:
             # TODO(data parallel in a cell): the K tasks of --gpus-per-cell K carry torch's distributed environment
             # (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT; the adapter binds the LOCAL_RANK GPU), as torchrun
@@ -382,13 +385,15 @@ def watch(run, planned: list, entries: dict, parallel: int) -> None:
     gone_since: dict[str, float] = {}
     while True:
         queue = queue_states({e["job_id"] for e in entries.values() if e["state"] not in (OK, FAILED)})
-        recorded = {c.key: c for c in run.merged_cells()[0]}
+        recorded = run.merged_cells()[0]
         changed, active = False, False
         for p in planned:
             entry = entries[p.cell_id]
             if entry["state"] in (OK, FAILED):
                 continue
-            state, reason = live_state(entry, cell_state(p, recorded), queue)
+            # what this job recorded (a resumed cell's earlier failure is not its state)
+            mine = {c.key: c for c in recorded if c.worker == entry["job_id"]}
+            state, reason = live_state(entry, cell_state(p, mine), queue)
             if state == FAILED and reason:  # the job ended and the cell is not recorded
                 first = gone_since.setdefault(p.cell_id, time.monotonic())
                 if time.monotonic() - first < LOST_GRACE_S:
