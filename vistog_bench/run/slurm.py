@@ -1,7 +1,7 @@
 """`--launcher slurm`: a sweep's cells as one SLURM job array, submitted with submitit.
 
     vistog-bench run --model ... --tasks ... --launcher slurm --slurm-partition gpu --gpus-per-cell 1 \\
-        --max-parallel 8 --slurm-time 4:00:00 --slurm-option account=proj [--detach]
+        --max-parallel 8 --slurm-time 4:00:00 --slurm-option account=proj --detach
     vistog-bench status RUN
 
 One array task per cell not yet ok, at most `--max-parallel` running at once (the array's `%N` throttle). Each task
