@@ -31,7 +31,7 @@ WAIT_S = 420  # the longest wait for a sweep here: six cells of ~20 s each (torc
 
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory, worker_id):
+def cluster(tmp_path_factory):
     missing = missing_binaries()
     if missing:
         pytest.skip(
@@ -39,7 +39,8 @@ def cluster(tmp_path_factory, worker_id):
             "slurm-client and munge from Debian"
         )
     # pytest-xdist workers of one session share the parent of their temporary roots, and one cluster
-    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    shared = tmp_path_factory.getbasetemp().parent if worker else tmp_path_factory.getbasetemp()
     with shared_cluster(shared) as started:
         yield started
 
@@ -87,11 +88,12 @@ def recorded(run: Path, cell: dict) -> bool:
     return (run / "cells" / cell["stem"] / "result.json").is_file()
 
 
-def status(cluster, run: Path) -> dict[str, list[str]]:
-    """`vistog-bench status RUN`, as cell id -> [state, method, worker, job, log, reason]."""
-    done = vistog_bench(cluster, "status", str(run))
-    assert done.returncode == 0, done.stderr
-    table = [line.split("|")[1:-1] for line in done.stdout.splitlines() if line.startswith("|")]
+def status(capsys, run: Path) -> dict[str, list[str]]:
+    """`vistog-bench status RUN` (SLURM's configuration from $SLURM_CONF), as cell id -> [state, method, worker, job,
+    log, reason]."""
+    capsys.readouterr()
+    assert main(["status", str(run)]) == 0
+    table = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
     return {row[0].strip(): [c.strip() for c in row[1:]] for row in table[2:]}  # after the header and its rule
 
 
@@ -104,7 +106,10 @@ def same_answers(run: Path, reference: Path) -> None:
 
 
 @pytest.mark.slow
-def test_six_cells_through_slurm_with_a_job_preempted_mid_cell_equal_one_process(cluster, tmp_path, one_process):
+def test_six_cells_through_slurm_with_a_job_preempted_mid_cell_equal_one_process(
+    cluster, tmp_path, one_process, capsys, monkeypatch
+):
+    monkeypatch.setenv("SLURM_CONF", str(cluster.conf))
     out = tmp_path / "slurm"
     coordinator = subprocess.Popen(
         [sys.executable, "-m", "vistog_bench", *SIX, *CPU_CELLS, "--max-parallel", "2", "--output", str(out)],
@@ -133,19 +138,20 @@ def test_six_cells_through_slurm_with_a_job_preempted_mid_cell_equal_one_process
     cells = json.loads((run / "metrics.json").read_text())
     assert len(cells) == 6 and {c["launcher"] for c in cells} == {"slurm"}
     assert {c["worker"] for c in cells} == {c["job_id"] for c in json.loads((run / "launch.json").read_text())["cells"]}
-    final = status(cluster, run)
+    final = status(capsys, run)
     assert [row[0] for row in final.values()] == ["ok"] * 6
 
 
 @pytest.mark.slow
-def test_detached_sweep_status_a_killed_worker_and_resume(cluster, tmp_path, one_process):
+def test_detached_sweep_status_a_killed_worker_and_resume(cluster, tmp_path, one_process, capsys, monkeypatch):
+    monkeypatch.setenv("SLURM_CONF", str(cluster.conf))
     out = tmp_path / "detached"
     done = vistog_bench(cluster, *TWO, *CPU_CELLS, "--max-parallel", "1", "--detach", "--output", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     run = only_run(out)
     assert f"vistog-bench status {run}" in done.stdout
     first, second = launch_record(out)["cells"]
-    shown = status(cluster, run)
+    shown = status(capsys, run)
     # the throttle holds the second array task back while the first is out; each names its job and log
     assert shown[second["cell_id"]][:4] == ["queued", "pool@16", second["job_id"], second["job_id"]]
     assert shown[first["cell_id"]][0] in ("queued", "running") and shown[first["cell_id"]][4] == first["log"]
@@ -153,11 +159,17 @@ def test_detached_sweep_status_a_killed_worker_and_resume(cluster, tmp_path, one
     # the job's Python killed mid-cell (as the kernel's OOM killer or a crash would): no requeue, the cell is lost
     # (`scancel` would do it after KillWait, SIGTERM being left to submitit's own use)
     os.kill(worker, signal.SIGKILL)
-    manifest = run / "manifest.json"
-    wait_for("the job after the array", lambda: json.loads(manifest.read_text()).get("finished_at"))
-    state, *_, reason = status(cluster, run)[first["cell_id"]]
+    # while the array is out, its cells are not submitted again
+    assert main(["run", "--resume", str(run), "--launcher", "slurm"]) == 2
+    assert "SLURM still runs or queues its job(s)" in capsys.readouterr().err
+    finisher_id = re.search(r"SLURM job (\d+) merges the run", done.stderr).group(1)
+    finisher = run / "slurm" / f"{finisher_id}_0_log.out"
+    wait_for("the job after the array", lambda: finisher.is_file() and "Job completed" in finisher.read_text())
+    assert json.loads((run / "manifest.json").read_text())["finished_at"]
+    shown = status(capsys, run)
+    state, *_, reason = shown[first["cell_id"]]
     assert state == "failed" and f"job {first['job_id']} ended FAILED" in reason and first["log"] in reason
-    assert status(cluster, run)[second["cell_id"]][0] == "ok"
+    assert shown[second["cell_id"]][0] == "ok"
     assert (run / "report").is_dir()  # written by the job after the array
     cells = {c["method"]: c for c in json.loads((run / "metrics.json").read_text())}
     assert cells["none"]["status"].startswith("failed") and cells["pool"]["status"] == "ok"
@@ -166,7 +178,7 @@ def test_detached_sweep_status_a_killed_worker_and_resume(cluster, tmp_path, one
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "1 cell(s) submitted" in resumed.stderr  # only the lost cell ran again
     same_answers(run, one_process)
-    assert [row[0] for row in status(cluster, run).values()] == ["ok", "ok"]
+    assert [row[0] for row in status(capsys, run).values()] == ["ok", "ok"]
 
 
 @pytest.mark.parametrize(

@@ -59,7 +59,7 @@ from ..cli import comma_list, int_list
 from ..dtypes import DTYPE_NAMES
 from ..errors import UsageError
 from ..reducers.registry import method_labels, method_names
-from ..results import CellResult
+from ..results import LAUNCH_FILE, CellResult
 from . import slurm
 from .config import (
     DEFAULT_BATCH_SIZE,
@@ -197,6 +197,14 @@ def launch_from_args(args) -> Launch:
     )
 
 
+def _check_resumable(args) -> None:
+    """--resume of a run whose SLURM jobs are still out is refused (whatever the launcher now)."""
+    if args.resume and not args.dry_run and Path(args.resume, LAUNCH_FILE).is_file():
+        from ..results import load_run
+
+        slurm.refuse_live_cells(load_run(args.resume))
+
+
 def _slurm_request(args) -> slurm.SlurmRequest | None:
     """--launcher slurm's request, checked against the cluster (sinfo) before anything is loaded or submitted; the
     device it is checked with: --device, or a resumed run's own."""
@@ -264,6 +272,7 @@ def config_from_args(args, launch: Launch) -> RunConfig:
 
 def main(args) -> int:
     launch = launch_from_args(args)
+    _check_resumable(args)
     config = config_from_args(args, launch)
     if launch.launcher == "local" and config.device.startswith("cuda"):
         import torch

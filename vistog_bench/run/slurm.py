@@ -297,10 +297,9 @@ def run_slurm(run, config, planned: list, launch) -> bool:
     with it, submit the job that ends the run after the array and return False."""
     from ..results import RunDir
     from .local import worker_arguments
-    from .plan import OK, QUEUED, cell_state, read_launch, write_launch
+    from .plan import OK, QUEUED, cell_state, write_launch
 
     request = launch.slurm
-    _refuse_live_cells(run, read_launch(run))
     run = RunDir(run.path.resolve())  # the jobs name the run by its absolute path: they may start elsewhere
     done = {c.key: c for c in run.merged_cells()[0]}
     entries = {p.cell_id: {"state": OK} for p in planned if cell_state(p, done) == OK}
@@ -469,19 +468,21 @@ def _expand_array(job_id: str) -> list[str]:
     return ids
 
 
-def _refuse_live_cells(run, record: dict | None) -> None:
-    """A run whose earlier SLURM jobs are still queued or running is not submitted again (two jobs would run one
-    cell): one line naming them."""
+def refuse_live_cells(run) -> None:
+    """A run whose SLURM jobs are still queued or running is not resumed, by any launcher (two processes would run
+    one cell): one line naming the jobs."""
+    from .plan import FAILED, OK, QUEUED, RUNNING, read_launch
+
+    record = read_launch(run)
     if not record or record.get("launcher") != "slurm":
         return
-    from .plan import FAILED, OK, QUEUED, RUNNING
 
     launched = [c for c in record["cells"] if c.get("job_id") and c.get("state") not in (OK, FAILED)]
     queue = queue_states({c["job_id"] for c in launched}) or {}
     live = [c["job_id"] for c in launched if live_state(c, None, queue)[0] in (QUEUED, RUNNING)]
     if live:
         raise UsageError(
-            f"run {run.path}: SLURM still runs or queues its job(s) {', '.join(live)}; wait for them "
+            f"--resume {run.path}: SLURM still runs or queues its job(s) {', '.join(live)}; wait for them "
             f"(vistog-bench status {run.path}) or scancel them first"
         )
 
