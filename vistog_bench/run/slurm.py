@@ -310,11 +310,11 @@ def run_slurm(run, config, planned: list, launch) -> bool:
         device = cell_device(request)
         threads = config.threads if device == "cpu" else None
         arguments = [worker_arguments(config, run, [p.cell_id], threads, device) for p in todo]
-        executor = _executor(run, request, ntasks_per_node=max(1, request.gpus_per_cell), array_parallelism=parallel)
-        if request.gpus_per_cell:
-            executor.update_parameters(gpus_per_node=request.gpus_per_cell)
-        else:
-            executor.update_parameters(cpus_per_task=threads or 1)
+        # a CPU cell takes the run's threads; a GPU cell the partition's CPUs (or --slurm-option cpus-per-task=N)
+        cells = {"gpus_per_node": request.gpus_per_cell} if request.gpus_per_cell else {"cpus_per_task": threads or 1}
+        executor = _executor(
+            run, request, ntasks_per_node=max(1, request.gpus_per_cell), array_parallelism=parallel, **cells
+        )
         jobs = _submitted(lambda: executor.map_array(CellJob(), arguments))
         array = _array_id(jobs[0].job_id)
         for p, job in zip(todo, jobs, strict=True):
@@ -328,8 +328,13 @@ def run_slurm(run, config, planned: list, launch) -> bool:
     write_launch(run, "slurm", parallel, planned, entries)
     if launch.detach:
         if array is not None:
-            executor = _executor(run, request, cpus_per_task=1, dependency=f"afterany:{array}")
-            executor.update_parameters(time=min(FINISH_TIME_MIN, request.time_min))
+            executor = _executor(
+                run,
+                request,
+                cpus_per_task=1,
+                dependency=f"afterany:{array}",
+                time=min(FINISH_TIME_MIN, request.time_min),
+            )
             finisher = _submitted(lambda: executor.submit(finish_detached, str(run.path)))
             print(
                 f"vistog-bench run: detached; SLURM job {finisher.job_id} merges the run and writes its report once "
@@ -347,16 +352,21 @@ def run_slurm(run, config, planned: list, launch) -> bool:
 
 
 def _executor(run, request: SlurmRequest, **parameters) -> submitit.SlurmExecutor:
-    """A submitit executor writing into `<run>/slurm/`: the request's partition, time and extra options, requeue on
-    (a preempted job comes back), stdout and stderr in one log, `parameters` on top."""
+    """A submitit executor writing into `<run>/slurm/`: the request's partition and time, requeue on (a preempted
+    job comes back), stdout and stderr in one log, then `parameters` (submitit's names); an sbatch option the request's
+    --slurm-option sets replaces ours of the same name (`cpus-per-task`, `job-name`)."""
+    ours = {
+        "job_name": f"vistog-{run.path.name}",
+        "partition": request.partition,
+        "time": request.time_min,
+        **parameters,
+    }
+    options = dict(request.options)
     executor = submitit.SlurmExecutor(folder=run.path / SLURM_DIR)
     executor.update_parameters(
-        job_name=f"vistog-{run.path.name}",
-        partition=request.partition,
-        time=request.time_min,
         stderr_to_stdout=True,
-        additional_parameters={"requeue": True, **dict(request.options)},
-        **parameters,
+        additional_parameters={"requeue": True, **options},
+        **{name: value for name, value in ours.items() if name.replace("_", "-") not in options},
     )
     return executor
 
