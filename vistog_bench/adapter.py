@@ -68,6 +68,7 @@ from .reducers import METHODS, AppliedMethod, applied_method, parse_method
 from .reducers.families import family_sample_problem, family_vision_scores
 
 DEFAULT_MAX_NEW_TOKENS = 1024  # llava_hf's default when a task sets none
+PADDING_ONLY = "__padding_only__"  # lmms-eval 0.7.3's mark on the requests it adds to even out its ranks (evaluator.py)
 # What a sample can fail on while its media and prompt are built: it then fails alone.
 SAMPLE_ERRORS = (OSError, UnidentifiedImageError, RuntimeError, TypeError, ValueError, KeyError, UsageError)
 
@@ -279,6 +280,7 @@ class VisToGLMM(lmms):
         self.profiler = profiler
         self.unscored_failures_in = tuple(unscored_failures_in)
         self._sample_log: list[dict] = []
+        self._replay: dict | None = None  # (task, doc_id, idx) -> (responses, token counts) while `replaying`
 
     # -- lmms-eval properties --------------------------------------------------------------------------------------
     @property
@@ -366,7 +368,47 @@ class VisToGLMM(lmms):
     def _gen_kwargs(args) -> dict:
         return dict(args[1])
 
+    @contextlib.contextmanager
+    def replaying(self, answers: dict, sample_log: list[dict]):
+        """Inside: requests are answered from `answers` ((task, doc_id, idx) -> (responses, token counts): what the
+        ranks of a data-parallel cell generated, run.ranks) instead of by the model, and `sample_log` (theirs) is this
+        adapter's; its failed samples' requests are answered as a failed sample is, then leave with clean()."""
+        self._replay, self._sample_log = answers, list(sample_log)
+        try:
+            yield
+        finally:
+            self._replay = None
+
+    def _answer(self, requests: list[Instance], serve, empty) -> list:
+        """`serve(requests)` for the requests that need the model: replayed ones are answered from the record, and
+        lmms-eval's padding requests (its ranks are evened out for FSDP/DDP models; this model holds no collective)
+        get `empty` without running it."""
+        if self._replay is not None:
+            return self._replayed(requests, empty)
+        needed = [r for r in requests if not r.metadata.get(PADDING_ONLY)]
+        served = iter(serve(needed) if needed else [])
+        return [empty if r.metadata.get(PADDING_ONLY) else next(served) for r in requests]
+
+    def _replayed(self, requests: list[Instance], empty) -> list:
+        failed = {(e["task"], e["doc_id"]) for e in self._sample_log if e.get("failure")}
+        taken: dict = {}  # a request lmms-eval repeats (`repeats`) comes once per recorded response
+        answers = []
+        for request in requests:
+            key = (request.task_name, request.doc_id, request.idx)
+            if key not in self._replay:
+                if key[:2] not in failed:
+                    raise RuntimeError(f"no recorded answer for request {key} of a data-parallel cell")
+                answers.append(empty)
+                continue
+            responses, counts = self._replay[key]
+            k = taken[key] = taken.get(key, -1) + 1
+            answers.append(responses[k] if counts[k] is None else GenerationResult(responses[k], counts[k]))
+        return answers
+
     def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
+        return self._answer(requests, self._generate_until, GenerationResult("", TokenCounts(0, 0)))
+
+    def _generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
         def sort_key(args):
             return -len(args[0]), args[0]  # longest first: padding waste and OOMs show up early
 
@@ -456,6 +498,9 @@ class VisToGLMM(lmms):
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
         """Sum of log-probabilities of the continuation after the prompt, and whether greedy decoding would produce
         it. One request at a time (contexts differ in images)."""
+        return self._answer(requests, self._loglikelihood, (float("-inf"), False))
+
+    def _loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
         results = []
         for args in tqdm(
             [request.args for request in requests], disable=self.rank != 0, desc=f"{self.method}@{self.budget} ll"

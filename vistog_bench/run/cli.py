@@ -280,7 +280,7 @@ def main(args) -> int:
         if launch.workers > torch.cuda.device_count():
             raise UsageError(f"--workers {launch.workers}: this node has {torch.cuda.device_count()} CUDA device(s)")
     outcome = run_sweep(config, command=["vistog-bench", *sys.argv[1:]], launch=launch)
-    if outcome is None:  # --dry-run
+    if outcome is None:  # --dry-run, or a rank other than 0 of a data-parallel launch (rank 0 reports)
         return 0
     run, cells = outcome
     if launch.detach:  # the array runs on; the job after it merges the run and writes its report

@@ -61,7 +61,7 @@ def cell_from_lmms_results(
 def sample_lines(samples: list[dict], served: list[dict]) -> list[dict]:
     """lmms-eval's logged samples, without the documents (they can hold images), each with what the adapter served
     for it (prompt, image placeholders, tokens per placeholder, a family's received and unreduced counts; merged by
-    doc_id), then one line per failed sample."""
+    doc_id), then one line per failed sample, by doc_id."""
     keep = ("doc_id", "target", "arguments", "resps", "filtered_resps", "input", "token_counts")
     by_doc: dict = {}
     for entry in served:
@@ -76,7 +76,8 @@ def sample_lines(samples: list[dict], served: list[dict]) -> list[dict]:
         )
         line.update(by_doc.pop(sample.get("doc_id"), {}))
         lines.append(line)
-    lines += [{"doc_id": doc_id, **entry} for doc_id, entry in by_doc.items() if "failure" in entry]
+    failed = sorted((doc_id, entry) for doc_id, entry in by_doc.items() if "failure" in entry)  # whoever served it
+    lines += [{"doc_id": doc_id, **entry} for doc_id, entry in failed]
     return lines
 
 

@@ -123,30 +123,43 @@ def hardware_record(device: str) -> dict:
 class CellSink:
     """Where one process records the plan cell it runs: the cell's own result.json and profile.jsonl; an in-process
     sweep (`shared`) also keeps the run's metrics.json (merged) and profile.jsonl current, as before workers existed.
-    Every record is stamped with the cell id, hardware, launcher and worker."""
+    Every record is stamped with the cell id, hardware, launcher and worker. In a data-parallel launch only rank 0's
+    sink writes records; another rank's keeps only its library output (`run.rank<k>.log`)."""
 
-    def __init__(self, run: RunDir, planned: PlannedCell, stamp: dict, shared: bool):
-        self.run, self.planned, self.stamp, self.shared = run, planned, stamp, shared
+    def __init__(self, run: RunDir, planned: PlannedCell, stamp: dict, shared: bool, rank: int = 0):
+        self.run, self.planned, self.stamp, self.shared, self.rank = run, planned, stamp, shared, rank
+
+    @property
+    def writes(self) -> bool:
+        return self.rank == 0
 
     @property
     def log_path(self) -> Path:
         from .sweep import LOG_FILE
 
-        return self.run.path / LOG_FILE if self.shared else self.run.cell_dir(self.planned.stem) / LOG_FILE
+        folder = self.run.path if self.shared else self.run.cell_dir(self.planned.stem)
+        name = LOG_FILE if self.writes else f"{Path(LOG_FILE).stem}.rank{self.rank}{Path(LOG_FILE).suffix}"
+        return folder / name
 
     def record(self, result: CellResult) -> CellResult:
         result = dataclasses.replace(result, cell_id=self.planned.cell_id, **self.stamp)
+        if not self.writes:
+            return result
         self.run.record_plan_cell(self.planned.stem, self.planned.index, self.planned.cell_id, result)
         if self.shared:
             self.run.merge()
         return result
 
     def profile(self, records: list) -> None:
+        if not self.writes:
+            return
         self.run.append_cell_profile(self.planned.stem, records)
         if self.shared:
             self.run.append_profile(records)
 
     def note_template(self, checkpoint: str, entry: dict) -> None:
+        if not self.writes:
+            return
         p = self.planned
         self.run.record_plan_cell(p.stem, p.index, p.cell_id, templates={checkpoint: entry})
         if self.shared:
@@ -156,12 +169,17 @@ class CellSink:
         return self.run.merged_cells()[0]
 
 
-def process_stamp(device: str, launcher: str | None = None) -> dict:
-    """launcher, worker and hardware of this process (a worker's launcher and name come from its environment)."""
+def process_stamp(device: str, launcher: str | None = None, ranks: int = 1) -> dict:
+    """launcher, worker and hardware of this process (a worker's launcher and name come from its environment); a cell
+    evaluated by `ranks` > 1 processes together (run/ranks.py) has them in its hardware record, so its timings are
+    compared only with cells run the same way."""
+    hardware = hardware_record(device)
+    if ranks > 1:
+        hardware["ranks"] = ranks
     return {
         "launcher": launcher or os.environ.get(LAUNCHER_ENV) or "worker",
         "worker": os.environ.get(WORKER_ENV) or f"pid{os.getpid()}",
-        "hardware": hardware_record(device),
+        "hardware": hardware,
     }
 
 

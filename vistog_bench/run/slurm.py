@@ -277,13 +277,10 @@ class CellJob(Checkpointable):
         line = f"vistog-bench: job {job.job_id} start {start} (pid {os.getpid()}): {' '.join(arguments)}"
         print(line, file=sys.stderr, flush=True)
         if job.num_tasks > 1:
-            # TODO(data parallel in a cell): the K tasks of --gpus-per-cell K carry torch's distributed environment
-            # (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT; the adapter binds the LOCAL_RANK GPU), as torchrun
-            # would set it. Until the worker entry splits a cell's samples over those ranks, rank 0 evaluates the
-            # whole cell and the other ranks return.
+            # the K tasks of --gpus-per-cell K evaluate the cell together (run/ranks.py), with torch's distributed
+            # environment as torchrun would set it (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT); each takes the
+            # GPU of its LOCAL_RANK, rank 0 records
             TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-            if job.global_rank > 0:
-                return 0
         code = main(arguments)
         if code not in (0, 1):  # 1: the cell ran and a task failed (recorded); 2 / 3: nothing could be recorded
             raise RuntimeError(f"vistog-bench {' '.join(arguments)} exited with code {code}")

@@ -33,6 +33,7 @@ from .config import RunConfig, check_run_config, comparable, config_differences,
 from .console import third_party_output_to
 from .lmms_results import cell_from_lmms_results, sample_lines, token_means
 from .plan import INPROCESS, CellSink, PlannedCell, plan, print_plan, process_stamp, select
+from .ranks import Ranks, evaluate_in_ranks, first, from_writer, held_by_writer, process_group, ranks_from_env, share
 from .tasks import TaskGroup, expand_tasks, group_cell, task_limits
 
 LOG_FILE = "run.log"
@@ -256,8 +257,12 @@ def _task_adapter(served, profiler, task: str, config: RunConfig, manager):
     return lm, task_dict
 
 
-def _evaluate_task(lm, task_dict: dict, limit: int | None, config: RunConfig, manager, cell_path: Path) -> dict | None:
+def _evaluate_task(
+    lm, task_dict: dict, limit: int | None, config: RunConfig, manager, cell_path: Path, ranks: Ranks
+) -> dict | None:
+    """lmms-eval's results of one task (in every rank of a data-parallel cell: run/ranks.py)."""
     import argparse
+    import tempfile
 
     from lmms_eval.evaluator import simple_evaluate
 
@@ -265,20 +270,30 @@ def _evaluate_task(lm, task_dict: dict, limit: int | None, config: RunConfig, ma
     # would run outside the adapter's per-sample guard, and one corrupt image would fail the whole task.
     # Tasks that write submission files (TextVQA, MMBench, captions) put them under the cell's folder of the run, not
     # the cwd: their names are fixed per task (mmbench_en_dev_results.json), so cells sharing a folder would overwrite.
-    lmms_args = argparse.Namespace(output_path=str(cell_path), process_with_media=False)
-    return simple_evaluate(
-        cli_args=lmms_args,
-        model=lm,
-        tasks=list(task_dict.values()),
-        limit=limit,
-        log_samples=True,
-        task_manager=manager,
-        bootstrap_iters=config.bootstrap_iters,
-        random_seed=config.seed,
-        numpy_random_seed=config.seed,
-        torch_random_seed=config.seed,
-        verbosity="WARNING",
-    )
+    # The other ranks of a data-parallel cell score too: theirs go to a folder of their own, removed after.
+    with contextlib.ExitStack() as stack:
+        output = cell_path if ranks.writes else stack.enter_context(tempfile.TemporaryDirectory(prefix="vistog-rank"))
+        lmms_args = argparse.Namespace(output_path=str(output), process_with_media=False)
+        # lmms-eval's torchrun backend: it brings no Accelerator of its own into the launch's process group
+        backend = {"distributed_executor_backend": "torchrun"} if ranks.distributed else {}
+
+        def evaluate() -> dict | None:
+            return simple_evaluate(
+                cli_args=lmms_args,
+                model=lm,
+                tasks=list(task_dict.values()),
+                limit=limit,
+                log_samples=True,
+                task_manager=manager,
+                bootstrap_iters=config.bootstrap_iters,
+                random_seed=config.seed,
+                numpy_random_seed=config.seed,
+                torch_random_seed=config.seed,
+                verbosity="WARNING",
+                **backend,
+            )
+
+        return evaluate_in_ranks(ranks, lm, task_dict, evaluate) if ranks.distributed else evaluate()
 
 
 @dataclass(frozen=True)
@@ -302,6 +317,12 @@ def run_sweep(
     from .tasks import check_tasks_available, task_manager
 
     check_run_config(config)
+    ranks = ranks_from_env()
+    if ranks.distributed and launch.launcher is not None:
+        raise UsageError(
+            f"--launcher {launch.launcher} inside a launch of {ranks.world_size} processes (torchrun, WORLD_SIZE): "
+            "start the launcher alone; `--gpus-per-cell K` runs each of its cells in K processes"
+        )
     target = config.resume or config.output
     if not launch.dry_run:
         check_writable_dir(target, "--resume" if config.resume else "--output")
@@ -309,42 +330,75 @@ def run_sweep(
     if config.data_dir and not Path(config.data_dir).is_dir():
         raise UsageError(f"--data-dir {config.data_dir} is not a folder")
     # lmms-eval's task YAMLs read the mirror's folder from the environment
-    with _data_dir_scope(config.data_dir), cpu_threads(config.threads):
+    threads = ranks.threads_each(config.threads) if config.device.startswith("cpu") else config.threads
+    with _data_dir_scope(config.data_dir), cpu_threads(threads):
         manager = task_manager(config.include_paths)
         check_tasks_available(manager, config.tasks, config.data_dir)  # before any model loads
         tasks, groups = expand_tasks(manager, config.tasks)
         planned = plan(config, cells, tasks)
         if launch.dry_run:
+            if not ranks.writes:
+                return None
             existing = launch.cells and Path(config.output).is_dir() and load_run(config.output)
             existing = existing or (config.resume and load_run(config.resume))
             done = {c.key: c for c in existing.merged_cells()[0]} if existing else {}
             print_plan(planned, combination_problems(cells), done)
             return None
         check_combinations(cells)
-        if launch.cells:
-            return _run_worker(config, command, select(planned, launch.cells), tasks, groups, manager)
-        run = _open_run(config, command)
-        with run.lock():
-            if config.resume:
-                run.merge()  # cells a launcher's workers recorded and no coordinator merged
-                for note in run.prepare_resume():
-                    print(f"vistog-bench run: {note}", file=sys.stderr)
-            print(f"vistog-bench run: {run.path} (library output: {run.path / LOG_FILE})", file=sys.stderr)
-            if launch.launcher == "slurm":
-                from .slurm import run_slurm
+        with process_group(ranks, config.device):
+            if launch.cells:
+                outcome = _run_worker(config, command, select(planned, launch.cells), groups, manager, ranks)
+                return outcome if ranks.writes else None
+            if ranks.distributed:
+                return _run_in_ranks(config, command, planned, groups, manager, ranks)
+            return _coordinate(config, command, planned, groups, manager, launch)
 
-                if not run_slurm(run, config, planned, launch):  # detached: a job after the array ends the run
-                    return run, run.merged_cells()[0]
-            elif launch.launcher is not None:
-                from .local import run_local
 
-                run_local(run, config, planned, launch)
-            else:
-                stamp = process_stamp(config.device, INPROCESS)
-                stamp["worker"] = "main"
-                _run_planned(run, planned, groups, config, manager, stamp, shared=True)
-            finish_run(run)
+def _coordinate(config: RunConfig, command, planned: list[PlannedCell], groups, manager, launch: Launch):
+    """The run's coordinator: open (or resume) the run, run its cells with the launcher asked for, end the run."""
+    run = _open_run(config, command)
+    with run.lock():
+        _begin(run, config)
+        if launch.launcher == "slurm":
+            from .slurm import run_slurm
+
+            if not run_slurm(run, config, planned, launch):  # detached: a job after the array ends the run
+                return run, run.merged_cells()[0]
+        elif launch.launcher is not None:
+            from .local import run_local
+
+            run_local(run, config, planned, launch)
+        else:
+            stamp = process_stamp(config.device, INPROCESS)
+            stamp["worker"] = "main"
+            _run_planned(run, planned, groups, config, manager, stamp, shared=True, ranks=Ranks())
+        finish_run(run)
     return run, run.cells()
+
+
+def _begin(run: RunDir, config: RunConfig) -> None:
+    """A coordinator's first steps in its run, under the run's lock: a resumed run's cells merged and prepared."""
+    if config.resume:
+        run.merge()  # cells a launcher's workers recorded and no coordinator merged
+        for note in run.prepare_resume():
+            print(f"vistog-bench run: {note}", file=sys.stderr)
+    print(f"vistog-bench run: {run.path} (library output: {run.path / LOG_FILE})", file=sys.stderr)
+
+
+def _run_in_ranks(config: RunConfig, command, planned: list[PlannedCell], groups, manager, ranks: Ranks):
+    """The in-process sweep in every rank of a data-parallel launch (run/ranks.py): rank 0 opens the run, holds its
+    lock, records and ends it; every rank evaluates every cell. Returns rank 0's run and cells (None elsewhere)."""
+    opened = from_writer(ranks, lambda: _open_run(config, command))
+    run = opened if ranks.writes else RunDir(opened.path)
+    with held_by_writer(ranks, run.lock):
+        if ranks.writes:
+            _begin(run, config)
+        stamp = process_stamp(config.device, INPROCESS, ranks=ranks.world_size)
+        stamp["worker"] = "main"
+        _run_planned(run, planned, groups, config, manager, stamp, shared=True, ranks=ranks)
+        if ranks.writes:
+            finish_run(run)
+    return (run, run.cells()) if ranks.writes else None
 
 
 def finish_run(run: RunDir) -> None:
@@ -356,29 +410,43 @@ def finish_run(run: RunDir) -> None:
 
 
 def _run_planned(
-    run: RunDir, planned: list[PlannedCell], groups, config: RunConfig, manager, stamp: dict, shared: bool
+    run: RunDir,
+    planned: list[PlannedCell],
+    groups,
+    config: RunConfig,
+    manager,
+    stamp: dict,
+    shared: bool,
+    ranks: Ranks,
 ) -> None:
-    """Run every task of `planned` not yet recorded ok, cell by cell, in this process."""
+    """Run every task of `planned` not yet recorded ok, cell by cell, in this process (and in every rank of a
+    data-parallel launch: the tasks left are rank 0's reading of the run)."""
     limits = task_limits(manager, planned[0].tasks, config.limit) if planned else {}
-    done = {c.key for c in run.merged_cells()[0] if c.ok}
+    done = from_writer(ranks, lambda: {c.key for c in run.merged_cells()[0] if c.ok})
     for p in planned:
-        cell, sink = p.cell, CellSink(run, p, stamp, shared)
+        cell, sink = p.cell, CellSink(run, p, stamp, shared, rank=ranks.rank)
         todo = [t for t in p.tasks if CellKey(t, cell.method, cell.budget) not in done]
         if todo:
-            keep = {CellKey(t, cell.method, cell.budget) for t in p.tasks if t not in todo}
-            run.begin_plan_cell(p.stem, keep)
-            _run_cell(sink, cell, todo, config, manager, limits)
-        _record_groups(sink, cell, groups, done)
+            if ranks.writes:
+                keep = {CellKey(t, cell.method, cell.budget) for t in p.tasks if t not in todo}
+                run.begin_plan_cell(p.stem, keep)
+            _run_cell(sink, cell, todo, config, manager, limits, ranks)
+        if ranks.writes:
+            _record_groups(sink, cell, groups, done)
 
 
-def _run_worker(config: RunConfig, command, planned: list[PlannedCell], tasks, groups, manager):
+def _run_worker(config: RunConfig, command, planned: list[PlannedCell], groups, manager, ranks: Ranks):
     """The worker entry (`--cells`): run `planned` into the run folder `config.output` (created when new), beside
-    other workers: each cell under its own lock, into its own files; the coordinator (or `report`) merges."""
-    run = _open_worker_run(config, command)
-    stamp = process_stamp(config.device)
+    other workers: each cell under its own lock, into its own files; the coordinator (or `report`) merges. In a
+    data-parallel launch (a SLURM cell's K tasks) every rank runs the cells and rank 0 writes."""
+    opened = from_writer(ranks, lambda: _open_worker_run(config, command))
+    run = opened if ranks.writes else RunDir(Path(config.output))
+    stamp = process_stamp(config.device, ranks=ranks.world_size)
     for p in planned:
-        with run.cell_lock(p.stem):
-            _run_planned(run, [p], groups, config, manager, stamp, shared=False)
+        with held_by_writer(ranks, lambda stem=p.stem: run.cell_lock(stem)):
+            _run_planned(run, [p], groups, config, manager, stamp, shared=False, ranks=ranks)
+    if not ranks.writes:
+        return None
     cells = {c.key: c for c in run.merged_cells()[0]}
     mine = [cells[k] for p in planned for t in p.tasks if (k := CellKey(t, p.cell.method, p.cell.budget)) in cells]
     return run, mine
@@ -460,7 +528,9 @@ def _write_manifest_once(run: RunDir, config: RunConfig, command: list[str] | No
 
 def _record(sink: CellSink, cell: Cell, result: CellResult) -> None:
     """Write the record of a task's `result` under `cell` (which stamps its family's budget rule), then its one
-    console line."""
+    console line (rank 0's only, in a data-parallel launch)."""
+    if not sink.writes:
+        return
     result = sink.record(dataclasses.replace(result, budget_rule=cell.budget_rule))
     shown = ", ".join(f"{k.split(',')[0]}={v:.4g}" for k, v in list(result.metrics.items())[:2])
     failed = f", {result.n_failed} failed" if result.n_failed else ""
@@ -483,58 +553,71 @@ def _record_groups(sink: CellSink, cell: Cell, groups: list[TaskGroup], done: se
             _record(sink, cell, group_cell(group, cell.method, cell.budget, members))
 
 
-def _run_cell(sink: CellSink, cell: Cell, tasks: list[str], config: RunConfig, manager, limits: dict) -> None:
-    """Load the model once for (method, budget), then evaluate each task; every outcome is recorded."""
-    from ..adapter import serve_checkpoint
+def _run_cell(
+    sink: CellSink, cell: Cell, tasks: list[str], config: RunConfig, manager, limits: dict, ranks: Ranks
+) -> None:
+    """Load the model once for (method, budget), then evaluate each task; every outcome is recorded. In a
+    data-parallel launch every rank runs this with its own device, and what fails in one rank fails the step in all
+    (`first`); rank 0 records."""
+    from ..adapter import process_device, serve_checkpoint
     from ..profiling import RequestProfiler
 
-    run, log_path = sink.run, sink.log_path
+    log_path = sink.log_path
     started = time.perf_counter()
+    served, failure = None, None
     try:
+        device = process_device(config.device)  # a rank's own GPU (LOCAL_RANK); alone, --device as given
         with third_party_output_to(log_path):
             served = serve_checkpoint(
                 cell.checkpoint,
                 method=cell.method,
                 budget=cell.served_budget,
-                device=config.device,
+                device=device,
                 dtype=config.dtype,
                 seed=config.seed,
                 chat_template=config.chat_template,
             )
     except Exception as exc:  # noqa: BLE001 - a model that does not load fails its own cells; the sweep goes on
         reason = f"loading {cell.checkpoint}: {type(exc).__name__}: {exc}"
-        status = STATUS_OOM if _is_oom(exc) else failed_status(reason)
+        failure = STATUS_OOM if _is_oom(exc) else failed_status(reason)
+    failure = first(ranks, failure)
+    if failure is not None:
         for task in tasks:
             _record(
-                sink, cell, CellResult(task, cell.method, cell.budget, status, elapsed_s=time.perf_counter() - started)
+                sink, cell, CellResult(task, cell.method, cell.budget, failure, elapsed_s=time.perf_counter() - started)
             )
+        del served
         _release_memory(config.device)
         return
     _note_prompt_template(sink, served)
-    profiler = RequestProfiler(served.model, device=config.device, applied=served.applied) if config.profile else None
+    profiler = RequestProfiler(served.model, device=device, applied=served.applied) if config.profile else None
     for task in tasks:
         started = time.perf_counter()
-        lm = None
+        lm, results, failed = None, None, None
         try:
             with third_party_output_to(log_path), profiler.attached() if profiler else contextlib.nullcontext():
                 lm, task_dict = _task_adapter(served, profiler, task, config, manager)
-                cell_files = run.cell_files(CellKey(task, cell.method, cell.budget))
-                results = _evaluate_task(lm, task_dict, limits.get(task, config.limit), config, manager, cell_files)
+                cell_files = sink.run.cell_files(CellKey(task, cell.method, cell.budget))
+                limit = limits.get(task, config.limit)
+                results = _evaluate_task(lm, task_dict, limit, config, manager, cell_files, ranks)
         except Exception as exc:  # noqa: BLE001 - a failed task is a failed cell; the sweep goes on
             if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
                 raise  # a full disk ends the run (exit 3), it is not this cell's failure
-            _record(sink, cell, _failed_cell(cell, task, exc, lm.take_sample_log() if lm else [], started))
-            _release_memory(config.device)
-            continue
+            failed = _failed_cell(cell, task, exc, lm.take_sample_log() if lm else [], started)
         finally:
             if profiler is not None:
-                # the cell's budget: a family's `none` is served with none (every token)
-                sink.profile(
-                    [dataclasses.replace(r, task=r.task or task, budget=cell.budget) for r in profiler.take_records()]
-                )
-        _record_task(
-            sink, cell, task, results, lm.take_sample_log(), time.perf_counter() - started, served.cell_facts()
-        )
+                # the cell's budget: a family's `none` is served with none (every token); every rank's requests
+                records = [r for rank in share(ranks, profiler.take_records()) for r in rank]
+                sink.profile([dataclasses.replace(r, task=r.task or task, budget=cell.budget) for r in records])
+        failed = first(ranks, failed)
+        if failed is not None:
+            _record(sink, cell, failed)
+            _release_memory(config.device)
+            continue
+        if ranks.writes:
+            _record_task(
+                sink, cell, task, results, lm.take_sample_log(), time.perf_counter() - started, served.cell_facts()
+            )
     del served, profiler, lm  # every reference to this cell's model: the next cell loads only after it is gone
     _release_memory(config.device)
 
@@ -569,7 +652,9 @@ def _record_task(
     """A task's cell and its sample lines, from lmms-eval's results and the adapter's sample log (a family's cell
     also records the mean visual tokens per image, received and unreduced), with the served model's `facts`
     (ServedModel.cell_facts: attention kernels, budget convention)."""
-    failures = list({e["doc_id"]: e["failure"] for e in samples if e.get("failure")}.values())
+    failures = [
+        reason for _, reason in sorted({e["doc_id"]: e["failure"] for e in samples if e.get("failure")}.items())
+    ]
     if results is None:
         _record(
             sink,
