@@ -1,10 +1,11 @@
 """The time a SLURM launch adds per cell: a six-cell sweep of the embedded default (shapes_vqa, --limit 2: `none` at
-64, `vistog`, pool, tome, random and visionzip at 16) run in this process, with `--launcher local --workers 1` (a fresh
-process per cell, no scheduler) and with `--launcher slurm --gpus-per-cell 0 --max-parallel 1` (a job array run one
-task at a time, so nothing overlaps and the difference is the scheduler's). Prints the wall time of each, the
-per-cell overhead of a process per cell and of SLURM on top of it, the median gap SLURM leaves between one array
-task's exit and the next one's start (from submitit's log lines), and whether the three runs' metrics (timing,
-hardware, launcher and worker fields aside) and sample logs are identical.
+64, `vistog`, pool, tome, random and visionzip at 16) run in this process, as a process per cell run one after the
+other (the worker entry `run ... --output RUN --cells ID`, what an array task runs, no scheduler) and with
+`--launcher slurm --gpus-per-cell 0 --max-parallel 1` (a job array run one task at a time, so nothing overlaps and the
+difference is the scheduler's). Prints the wall time of each, the per-cell overhead of a process per cell and of SLURM
+on top of it, the median gap SLURM leaves between one array task's exit and the next one's start (from submitit's log
+lines), and whether the three runs' metrics (timing, hardware, launcher and worker fields aside) and sample logs are
+identical.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/scale_slurm.py [--own-cluster] [--out /tmp/scale_slurm]
 
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import re
 import shutil
@@ -44,9 +44,27 @@ def sweep(out: Path, extra: list[str], env: dict) -> tuple[Path, float]:
     return run, took
 
 
+def process_per_cell(out: Path, env: dict) -> tuple[Path, float]:
+    """The worker entry once per cell of the plan, one after the other, into one run folder (ids from --dry-run,
+    not timed)."""
+    command = [sys.executable, "-m", "vistog_bench", *SWEEP]
+    plan = subprocess.run([*command, "--dry-run"], check=True, env=env, capture_output=True, text=True).stdout
+    ids = [row.split("|")[1].strip() for row in plan.splitlines() if row.startswith("| ") and "cell" not in row]
+    run = out / "run"
+    started = time.perf_counter()
+    for cell in ids:
+        subprocess.run([*command, "--output", str(run), "--cells", cell], check=True, env=env, capture_output=True)
+    return run, time.perf_counter() - started
+
+
 def answers(run: Path) -> tuple[list, dict]:
+    """The run's cells as merged from its cell folders (a run of workers alone has no metrics.json of its own)."""
+    import dataclasses
+
+    from vistog_bench.results import RunDir
+
     cells = [
-        {k: v for k, v in c.items() if k not in PER_PROCESS} for c in json.loads((run / "metrics.json").read_text())
+        {k: v for k, v in dataclasses.asdict(c).items() if k not in PER_PROCESS} for c in RunDir(run).merged_cells()[0]
     ]
     samples = {p.name: p.read_text() for p in sorted((run / "samples").glob("*.jsonl"))}
     return cells, samples
@@ -84,13 +102,15 @@ def main() -> None:
         env = cluster.env(env)
     try:
         runs = {
-            "in-process": [],
-            "local, 1 worker": ["--launcher", "local", "--workers", "1"],
-            "slurm, 1 at a time": ["--launcher", "slurm", "--gpus-per-cell", "0", "--max-parallel", "1"],
+            "in-process": lambda: sweep(out / "0", [], env),
+            "a process per cell": lambda: process_per_cell(out / "1", env),
+            "slurm, 1 at a time": lambda: sweep(
+                out / "2", ["--launcher", "slurm", "--gpus-per-cell", "0", "--max-parallel", "1"], env
+            ),
         }
         results = {}
-        for i, (name, extra) in enumerate(runs.items()):
-            results[name] = sweep(out / str(i), extra, env)
+        for name, measure in runs.items():
+            results[name] = measure()
             print(f"{name}: {results[name][1]:.1f} s", flush=True)
     finally:
         if cluster is not None:
@@ -103,11 +123,11 @@ def main() -> None:
             f"{samples == reference[1]} ({len(samples)} files)"
         )
     n = len(reference[0])
-    one, local, slurm = (results[name][1] for name in runs)
+    one, per_cell, slurm = (results[name][1] for name in runs)
     gaps = dispatch_gaps(results["slurm, 1 at a time"][0])
-    print(f"a process per cell adds {(local - one) / n:.1f} s per cell (imports, model load) over one process")
+    print(f"a process per cell adds {(per_cell - one) / n:.1f} s per cell (imports, model load) over one process")
     print(
-        f"SLURM adds {(slurm - local) / n:.1f} s per cell on top (submission, scheduling, srun, squeue polling); "
+        f"SLURM adds {(slurm - per_cell) / n:.1f} s per cell on top (submission, scheduling, srun, squeue polling); "
         f"median gap between one array task's exit and the next one's start: {statistics.median(gaps):.1f} s"
     )
     print(f"cpus: {os.cpu_count()}, load avg {os.getloadavg()[0]:.1f}")

@@ -354,13 +354,11 @@ def test_each_cell_keeps_its_own_submission_files(checkpoints, tmp_path):
     args += ["--budgets", "576,64", "--limit", "2", "--data-dir", str(mirror), "--output", str(out), "--no-report"]
     assert cli_main(args) == 0
     (run_dir,) = out.iterdir()
-    files = sorted((run_dir / "cells").glob("*/submissions/*CIDEr*.json"))
-    assert [f.parent.parent.name for f in files] == [
-        "flickr30k_test_local__none__576",
-        "flickr30k_test_local__pool__64",
-    ]
-    for file in files:
+    files = sorted((run_dir / "cells").glob("*/*/submissions/*CIDEr*.json"))  # cells/<plan cell>/<task>/submissions
+    cells = [(f.parents[2].name.rsplit("__", 1)[0], f.parents[1].name) for f in files]
+    assert cells == [("none__576", "flickr30k_test_local"), ("pool__64", "flickr30k_test_local")]
+    for file, (cell, task) in zip(files, cells, strict=True):
         captions = sorted(row["caption"] for row in json.loads(file.read_text()))
-        samples = run_dir / "samples" / f"{file.parent.parent.name}.jsonl"
+        samples = run_dir / "samples" / f"{task}__{cell}.jsonl"
         assert captions == sorted(json.loads(line)["filtered_resps"][0] for line in samples.open()) and captions
     assert not (run_dir / "submissions").exists()

@@ -16,6 +16,7 @@ import pytest
 
 from vistog_bench.cli import main
 from vistog_bench.results import CellResult, RunDir
+from vistog_bench.run.plan import CELL_START
 
 SWEEP = ["run", "--tasks", "shapes_vqa", "--limit", "2", "--no-report"]
 PER_PROCESS = ("elapsed_s", "hardware", "launcher", "worker")  # who ran a cell and how long: not its answers
@@ -90,6 +91,12 @@ def test_two_local_workers_answer_as_one_process(tmp_path, one_process):
     cells = json.loads((run / "metrics.json").read_text())
     assert {c["launcher"] for c in cells} == {"local"} and {c["worker"] for c in cells} <= {"0", "1"}
     assert all(c["hardware"]["device"] == "cpu" and c["hardware"]["threads"] == 1 for c in cells)
+    # two long-lived workers, one process each, shared the three cells (each cell started once)
+    logs = [(run / "workers" / f"{slot}.log").read_text() for slot in (0, 1)]
+    assert [log.count(f"== worker {slot} started") for slot, log in enumerate(logs)] == [1, 1]
+    assert sorted(line.split()[-1] for log in logs for line in log.splitlines() if line.startswith(CELL_START)) == (
+        sorted(c["cell_id"] for c in cells)
+    )
     # profile lines: one run-wide file merged from the cells', as many request records as the one-process run's
     assert len((run / "profile.jsonl").read_text().splitlines()) == len(
         (one_process / "profile.jsonl").read_text().splitlines()

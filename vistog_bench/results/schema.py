@@ -6,11 +6,11 @@
     samples/<task>__<method>__<budget>.jsonl   lmms-eval's per-sample logs for that cell (`store.safe_file_stem`: a
                      task name with characters outside [A-Za-z0-9._-] or a leading dot, `../x` or `a/b`, is spelt with
                      `_` and a hash of the name, so every file stays in the run folder and every cell keeps its own)
-    cells/<task>__<method>__<budget>/submissions/   what lmms-eval writes for that cell (submission files)
     cells/<method>__<budget>__<cell_id>/   one cell of the sweep's plan (a checkpoint, method and budget with its
                      tasks): result.json (its CellResult records, written atomically by the one process that ran it),
                      profile.jsonl (its profile lines), .lock (held while a worker runs it); metrics.json and
-                     profile.jsonl are merged from these (`store.RunDir.merge`)
+                     profile.jsonl are merged from these (`store.RunDir.merge`); <task>/submissions/ what lmms-eval
+                     writes for the cell's task (submission files)
     launch.json      the plan and each cell's launch: launcher, worker, pid / job id, log, state (run/plan.py)
 
 Units are in the names: `_ms`, `_bytes`, `_flops`, `_j`. FLOPs count 2 per multiply-add. Reading and writing the

@@ -379,15 +379,15 @@ class RunDir:
     def samples_path(self, key: CellKey) -> Path:
         return self.path / SAMPLES_DIR / f"{safe_file_stem(key.slug())}.jsonl"
 
-    def cell_files(self, key: CellKey) -> Path:
-        """The folder lmms-eval writes one cell's own files under (its submissions/: TextVQA, MMBench, captions), so
-        no cell overwrites another's."""
-        return self.path / CELLS_DIR / safe_file_stem(key.slug())
-
     # -- plan cells: one writer each, merged into metrics.json ------------------------------------------------------
     def cell_dir(self, stem: str) -> Path:
         """The folder of plan cell `stem` (`<method>__<budget>__<cell_id>`): result.json, profile.jsonl, .lock."""
         return self.path / CELLS_DIR / stem
+
+    def task_files(self, stem: str, task: str) -> Path:
+        """The folder lmms-eval writes plan cell `stem`'s own files for `task` under (its submissions/: TextVQA,
+        MMBench, captions; names fixed per task, or stamped to the second), so no cell or task overwrites another's."""
+        return self.cell_dir(stem) / safe_file_stem(task)
 
     def record_plan_cell(
         self, stem: str, index: int, cell_id: str, result: CellResult | None = None, templates: dict | None = None

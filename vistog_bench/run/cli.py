@@ -154,7 +154,8 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--cells",
         default=None,
-        help="the worker entry: run only these cell ids (--dry-run lists them) into the run folder --output names",
+        help="the worker entry: run only these cell ids (--dry-run lists them) into the run folder --output names; "
+        "`-`: the ids read from standard input, one per line, as they come (a local launcher's long-lived worker)",
     )
     parser.add_argument("--detach", action="store_true", help="return once the cells are submitted (batch launchers)")
     slurm.add_arguments(parser)

@@ -1,9 +1,12 @@
-"""`--launcher local --workers N`: the cells of one sweep on one node, N worker processes at a time, each owning one
-device (GPU k through CUDA_VISIBLE_DEVICES=k; on CPU the run's threads divided among them). Each worker is the worker
-entry (`python -m vistog_bench run <the run's arguments> --output RUN --cells ID`) for one cell, so a worker that
-dies costs only its cell: the cell is started again up to `--retries` times, then its missing tasks are recorded
-failed with the reason (exit code or signal) and the sweep goes on. The coordinator (this process, holding the run's
-lock) keeps `<run>/launch.json` current and merges the cells' records into metrics.json when the last one ends.
+"""`--launcher local --workers N`: the cells of one sweep on one node, on N long-lived worker processes, each owning
+one device (GPU k through CUDA_VISIBLE_DEVICES=k; on CPU the run's threads divided among them). A worker is the worker
+entry reading its cells from standard input (`python -m vistog_bench run <the run's arguments> --output RUN --cells
+-`): it pays the imports and the task index once, then the coordinator hands it one cell at a time, the next as soon
+as the last is recorded, so the cells go to whichever worker is free. A worker that dies costs only the cell it was
+running: that cell is handed out again (to a fresh worker in its slot) up to `--retries` times, then its missing tasks
+are recorded failed with the reason (exit code or signal) and the sweep goes on. The coordinator (this process,
+holding the run's lock) keeps `<run>/launch.json` current and merges the cells' records into metrics.json when the last
+one ends.
 """
 
 from __future__ import annotations
@@ -14,10 +17,13 @@ import subprocess
 import sys
 import time
 from collections import deque
+from dataclasses import dataclass
 
 from ..results import CellKey, CellResult, RunDir, failed_status
 from .plan import (
+    DONE_FD_ENV,
     FAILED,
+    FROM_STDIN,
     LAUNCHER_ENV,
     OK,
     QUEUED,
@@ -30,6 +36,7 @@ from .plan import (
 )
 
 POLL_S = 0.2  # how often the coordinator looks at its workers (a cell takes seconds at least)
+WORKERS_DIR = "workers"  # <run>/workers/<slot>.log: each worker slot's output, every process started in it
 
 
 def worker_arguments(config, run: RunDir, cell_ids: list[str], threads: int | None, device: str) -> list[str]:
@@ -62,73 +69,140 @@ def _exit_reason(code: int) -> str:
     return f"exit code {code}"
 
 
+@dataclass
+class _Worker:
+    """One worker process in its slot, the read end of the pipe it names its ended cells on, and the cell it runs
+    (None: idle)."""
+
+    proc: subprocess.Popen
+    done: int  # file descriptor, non-blocking
+    cell: tuple[PlannedCell, int] | None = None  # (cell, attempt)
+
+    def ended(self) -> set[str]:
+        """The ids the worker has said ended since the last look (whole lines; it writes one id per write)."""
+        try:
+            data = os.read(self.done, 4096)
+        except BlockingIOError:
+            return set()
+        return set(data.decode().split())
+
+    def send(self, line: str | None) -> None:
+        """The next cell id to its standard input, or (None) the end of it; a worker already gone is left to the
+        coordinator's next look at it (its exit code)."""
+        try:
+            if line is None:
+                self.proc.stdin.close()
+            else:
+                self.proc.stdin.write(f"{line}\n")
+                self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass
+
+
 def run_local(run: RunDir, config, planned: list[PlannedCell], launch) -> None:
-    """Run the cells of `planned` not yet ok on `launch.workers` worker processes; returns when every cell has ended."""
+    """Run the cells of `planned` not yet ok on `launch.workers` worker processes; returns when every cell has ended
+    and every worker has exited."""
     gpu = config.device.startswith("cuda")
     threads = None if gpu else max(1, (config.threads or 1) // launch.workers)
     done = {c.key: c for c in run.merged_cells()[0]}
     entries = {p.cell_id: {"state": OK} for p in planned if cell_state(p, done) == OK}
     queue = deque((p, 1) for p in planned if p.cell_id not in entries)
-    free, running = list(range(launch.workers)), {}
-    write_launch(run, "local", launch.workers, planned, entries)
+    workers: dict[int, _Worker] = {}
+
+    def launch_record() -> None:
+        write_launch(run, "local", launch.workers, planned, entries)
+
+    launch_record()
     try:
-        while queue or running:
-            while queue and free:
-                p, attempt = queue.popleft()
-                slot = free.pop(0)
-                running[slot] = (_start(run, config, p, slot, attempt, gpu, threads), p, attempt)
-                entries[p.cell_id] = _entry(running[slot][0], p, slot, attempt, run)
-                write_launch(run, "local", launch.workers, planned, entries)
+        while queue or workers:
+            for slot in range(launch.workers):  # hand the next cell to each idle worker, starting one where needed
+                worker = workers.get(slot)
+                if worker is None and queue:
+                    worker = workers[slot] = _Worker(*_start(run, config, slot, gpu, threads))
+                if worker is None or worker.cell is not None or worker.proc.stdin.closed:
+                    continue
+                if queue:
+                    p, attempt = worker.cell = queue.popleft()
+                    worker.send(p.cell_id)
+                    entries[p.cell_id] = {
+                        "state": RUNNING,
+                        "worker": str(slot),
+                        "pid": worker.proc.pid,
+                        "attempts": attempt,
+                        "log": str(_log_path(run, slot)),
+                    }
+                    launch_record()
+                else:
+                    worker.send(None)  # nothing left to hand out: it exits
             time.sleep(POLL_S)
-            for slot, (proc, p, attempt) in list(running.items()):
-                code = proc.poll()
+            for slot, worker in list(workers.items()):
+                if worker.cell is not None and worker.cell[0].cell_id in worker.ended():
+                    p, _ = worker.cell  # every task recorded by the worker: it reads its next cell
+                    entries[p.cell_id]["state"] = cell_state(p, {c.key: c for c in run.merged_cells()[0]}) or FAILED
+                    worker.cell = None
+                    launch_record()
+                code = worker.proc.poll()
                 if code is None:
                     continue
-                del running[slot]
-                free.append(slot)
-                free.sort()
-                state = cell_state(p, {c.key: c for c in run.merged_cells()[0]})
-                entry = entries[p.cell_id]
-                entry.update(exit_code=code)
-                if state is not None:  # every task recorded by the worker itself
-                    entry["state"] = state
-                elif attempt <= launch.retries:
-                    entry.update(state=QUEUED, reason=f"worker died ({_exit_reason(code)}), started again")
-                    queue.append((p, attempt + 1))
-                else:
-                    reason = f"worker died ({_exit_reason(code)}) on each of {attempt} attempt(s); log: {entry['log']}"
-                    _record_lost(run, p, reason, str(slot))
-                    entry.update(state=FAILED, reason=reason)
-                write_launch(run, "local", launch.workers, planned, entries)
+                del workers[slot]
+                os.close(worker.done)
+                if worker.cell is not None:  # it died with a cell unrecorded
+                    _lost(run, worker.cell, code, slot, entries, queue, launch.retries)
+                    launch_record()
     finally:
-        for proc, _, _ in running.values():  # interrupted: no worker outlives its coordinator
-            proc.terminate()
-            proc.wait()
+        for worker in workers.values():  # interrupted: no worker outlives its coordinator
+            worker.proc.terminate()
+            worker.proc.wait()
+            os.close(worker.done)
 
 
-def _start(run: RunDir, config, p: PlannedCell, slot: int, attempt: int, gpu: bool, threads: int | None):
-    env = {**os.environ, LAUNCHER_ENV: "local", WORKER_ENV: str(slot)}
+def _lost(run: RunDir, running: tuple, code: int, slot: int, entries: dict, queue: deque, retries: int) -> None:
+    """The cell a worker died in: handed out again while it has attempts left, else its missing tasks recorded
+    failed."""
+    p, attempt = running
+    entry = entries[p.cell_id]
+    entry.update(exit_code=code)
+    if attempt <= retries:
+        entry.update(state=QUEUED, reason=f"worker died ({_exit_reason(code)}), started again")
+        queue.appendleft((p, attempt + 1))
+    else:
+        reason = f"worker died ({_exit_reason(code)}) on each of {attempt} attempt(s); log: {entry['log']}"
+        _record_lost(run, p, reason, str(slot))
+        entry.update(state=FAILED, reason=reason)
+
+
+def _start(run: RunDir, config, slot: int, gpu: bool, threads: int | None) -> tuple[subprocess.Popen, int]:
+    """A worker process for `slot` (reading cell ids on its standard input) and the read end of its pipe."""
+    done_read, done_write = os.pipe()
+    os.set_blocking(done_read, False)
+    env = {**os.environ, LAUNCHER_ENV: "local", WORKER_ENV: str(slot), DONE_FD_ENV: str(done_write)}
     if gpu:
         env["CUDA_VISIBLE_DEVICES"] = str(slot)
     else:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-    args = worker_arguments(config, run, [p.cell_id], threads, "cuda" if gpu else config.device)
-    log = _log_path(run, p)
+    args = worker_arguments(config, run, [FROM_STDIN], threads, "cuda" if gpu else config.device)
+    log = _log_path(run, slot)
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as handle:
-        handle.write(f"== attempt {attempt}, worker {slot}\n".encode())
-        handle.flush()
-        return subprocess.Popen(
-            [sys.executable, "-m", "vistog_bench", *args], env=env, stdout=handle, stderr=subprocess.STDOUT
-        )
+    try:
+        with open(log, "ab") as handle:
+            handle.write(f"== worker {slot} started\n".encode())
+            handle.flush()
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "vistog_bench", *args],
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                text=True,
+                pass_fds=(done_write,),
+            )
+    finally:
+        os.close(done_write)  # the worker holds its own copy
+    return proc, done_read
 
 
-def _log_path(run: RunDir, p: PlannedCell):
-    return run.cell_dir(p.stem) / "worker.log"
-
-
-def _entry(proc, p: PlannedCell, slot: int, attempt: int, run: RunDir) -> dict:
-    return {"state": RUNNING, "worker": str(slot), "pid": proc.pid, "attempts": attempt, "log": str(_log_path(run, p))}
+def _log_path(run: RunDir, slot: int):
+    return run.path / WORKERS_DIR / f"{slot}.log"
 
 
 def _record_lost(run: RunDir, p: PlannedCell, reason: str, worker: str, launcher: str = "local") -> None:

@@ -28,6 +28,9 @@ LAUNCHERS = ("local", "slurm")  # `--launcher` choices the run command takes (in
 LAUNCHER_ENV, WORKER_ENV = "VISTOG_BENCH_LAUNCHER", "VISTOG_BENCH_WORKER"
 INPROCESS = "inprocess"  # the launcher of a sweep run in the `run` process itself
 QUEUED, RUNNING, OK, FAILED = "queued", "running", "ok", "failed"
+FROM_STDIN = "-"  # `--cells -`: the worker reads its cell ids from standard input, one per line, as they come
+CELL_START = "vistog-bench worker: cell"  # the line a worker prints as it starts a cell (`CELL_START <id>`)
+DONE_FD_ENV = "VISTOG_BENCH_DONE_FD"  # a pipe the local launcher gives its worker: each cell's id once it has ended
 ID_LENGTH = 12  # hex digits of the definition's SHA-256 kept in the id
 
 
@@ -76,6 +79,26 @@ def cell_id(definition: dict) -> str:
 def plan(config, cells: list, tasks: list[str]) -> list[PlannedCell]:
     tasks = tuple(tasks)
     return [PlannedCell(i, c, tasks, cell_id(cell_definition(config, c, tasks))) for i, c in enumerate(cells)]
+
+
+def cells_from(lines, planned: list[PlannedCell]):
+    """The cells named by `lines` (`--cells -`: one id per line of standard input), each as its line arrives; the
+    worker's output says which it starts."""
+    import sys
+
+    for line in lines:
+        if line.strip():
+            (p,) = select(planned, (line.strip(),))
+            print(f"{CELL_START} {p.cell_id}", file=sys.stderr, flush=True)
+            yield p
+
+
+def announce_done(p: PlannedCell) -> None:
+    """Tell the launcher that started this worker (through its pipe, DONE_FD_ENV) that cell `p` has ended, every
+    task recorded: it hands out the next one."""
+    fd = os.environ.get(DONE_FD_ENV)
+    if fd:
+        os.write(int(fd), f"{p.cell_id}\n".encode())
 
 
 def select(planned: list[PlannedCell], ids: tuple[str, ...]) -> list[PlannedCell]:

@@ -32,7 +32,18 @@ from ..results.provenance import git_sha, now, package_versions
 from .config import RunConfig, check_run_config, comparable, config_differences, config_from_manifest
 from .console import third_party_output_to
 from .lmms_results import cell_from_lmms_results, sample_lines, token_means
-from .plan import INPROCESS, CellSink, PlannedCell, plan, print_plan, process_stamp, select
+from .plan import (
+    FROM_STDIN,
+    INPROCESS,
+    CellSink,
+    PlannedCell,
+    announce_done,
+    cells_from,
+    plan,
+    print_plan,
+    process_stamp,
+    select,
+)
 from .ranks import Ranks, evaluate_in_ranks, first, from_writer, held_by_writer, process_group, ranks_from_env, share
 from .tasks import TaskGroup, expand_tasks, group_cell, task_limits
 
@@ -347,7 +358,12 @@ def run_sweep(
         check_combinations(cells)
         with process_group(ranks, config.device):
             if launch.cells:
-                outcome = _run_worker(config, command, select(planned, launch.cells), groups, manager, ranks)
+                if launch.cells == (FROM_STDIN,) and ranks.distributed:
+                    raise UsageError("--cells -: a data-parallel launch names its cells (--cells ID,...)")
+                chosen = (
+                    cells_from(sys.stdin, planned) if launch.cells == (FROM_STDIN,) else select(planned, launch.cells)
+                )
+                outcome = _run_worker(config, command, chosen, groups, manager, ranks)
                 return outcome if ranks.writes else None
             if ranks.distributed:
                 return _run_in_ranks(config, command, planned, groups, manager, ranks)
@@ -435,18 +451,23 @@ def _run_planned(
             _record_groups(sink, cell, groups, done)
 
 
-def _run_worker(config: RunConfig, command, planned: list[PlannedCell], groups, manager, ranks: Ranks):
-    """The worker entry (`--cells`): run `planned` into the run folder `config.output` (created when new), beside
-    other workers: each cell under its own lock, into its own files; the coordinator (or `report`) merges. In a
-    data-parallel launch (a SLURM cell's K tasks) every rank runs the cells and rank 0 writes."""
+def _run_worker(config: RunConfig, command, planned, groups, manager, ranks: Ranks):
+    """The worker entry (`--cells`): run the cells of `planned` (a list, or `cells_from` standard input) into the run
+    folder `config.output` (created when new), beside other workers: each cell under its own lock, into its own
+    files; the coordinator (or `report`) merges. In a data-parallel launch (a SLURM cell's K tasks) every rank runs
+    the cells and rank 0 writes."""
     opened = from_writer(ranks, lambda: _open_worker_run(config, command))
     run = opened if ranks.writes else RunDir(Path(config.output))
     stamp = process_stamp(config.device, ranks=ranks.world_size)
+    ran = []
     for p in planned:
         with held_by_writer(ranks, lambda stem=p.stem: run.cell_lock(stem)):
             _run_planned(run, [p], groups, config, manager, stamp, shared=False, ranks=ranks)
+        ran.append(p)
+        announce_done(p)
     if not ranks.writes:
         return None
+    planned = ran
     cells = {c.key: c for c in run.merged_cells()[0]}
     mine = [cells[k] for p in planned for t in p.tasks if (k := CellKey(t, p.cell.method, p.cell.budget)) in cells]
     return run, mine
@@ -597,9 +618,9 @@ def _run_cell(
         try:
             with third_party_output_to(log_path), profiler.attached() if profiler else contextlib.nullcontext():
                 lm, task_dict = _task_adapter(served, profiler, task, config, manager)
-                cell_files = sink.run.cell_files(CellKey(task, cell.method, cell.budget))
+                task_files = sink.run.task_files(sink.planned.stem, task)
                 limit = limits.get(task, config.limit)
-                results = _evaluate_task(lm, task_dict, limit, config, manager, cell_files, ranks)
+                results = _evaluate_task(lm, task_dict, limit, config, manager, task_files, ranks)
         except Exception as exc:  # noqa: BLE001 - a failed task is a failed cell; the sweep goes on
             if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
                 raise  # a full disk ends the run (exit 3), it is not this cell's failure
