@@ -109,9 +109,11 @@ def process_group(ranks: Ranks, device: str) -> Iterator[None]:
             raise UsageError(f"WORLD_SIZE={ranks.world_size} but ${name} is not set: start the ranks with torchrun")
     made = not dist.is_initialized()
     timeout = datetime.timedelta(minutes=TIMEOUT_MIN)
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.set_device(ranks.local_rank)  # NCCL's device, and where unnamed allocations land: this rank's GPU
     if made:
-        backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=timeout)
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout)
     _Group.control = dist.new_group(backend="gloo", timeout=timeout)
     try:
         yield
