@@ -164,3 +164,21 @@ def test_merge_is_the_same_bytes_whatever_order_cells_finish(tmp_path):
         texts.append((run.path / "metrics.json").read_bytes())
     assert texts[0] == texts[1]
     assert [c.budget for c in RunDir(tmp_path / "0").cells()] == [16, 16, 4]  # plan order, not finishing order
+
+
+def test_status_shows_a_cell_run_again_not_its_earlier_failure(tmp_path):
+    """A resumed run's cell whose last attempt failed is `running` while its coordinator (holding the run's lock)
+    runs it again, the failure named as the earlier one; with no coordinator left, the records decide."""
+    from vistog_bench.run.plan import PlannedCell, write_launch
+    from vistog_bench.run.status import status_rows
+    from vistog_bench.run.sweep import Cell
+
+    run = RunDir(tmp_path)
+    planned = PlannedCell(0, Cell("tome", 16, "/ckpt"), ("t1",), "a" * 12)
+    run.record_plan_cell(planned.stem, 0, planned.cell_id, CellResult("t1", "tome", 16, "failed: out of disk"))
+    write_launch(run, "local", 1, [planned], {planned.cell_id: {"state": "running", "worker": "0", "pid": 1}})
+    with run.lock():  # the coordinator of the resumed run
+        (row,) = status_rows(run)
+        assert row[1] == "running" and row[-1] == "run again after: failed: out of disk"
+    (row,) = status_rows(run)
+    assert row[1] == "failed" and row[-1] == "failed: out of disk"

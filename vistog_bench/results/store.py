@@ -524,6 +524,14 @@ class RunDir:
         with _flock(lock_path, busy + "; wait for it or stop it"):
             yield
 
+    def in_use(self) -> bool:
+        """Whether a process holds the run's lock now (its coordinator is running it), probed without waiting."""
+        try:
+            with self.lock():
+                return False
+        except UsageError:
+            return True
+
     def prepare_resume(self) -> list[str]:
         """Make the folder safe to append to again, and say what was changed (one message each):
 
