@@ -6,16 +6,15 @@ lmms-eval, the embedded tiny checkpoints."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import datasets
 import pytest
-from test_runner_robust import _image_task
+from test_nothing_lost import _png_bytes
+from test_runner_robust import image_task
 from test_scale import PER_PROCESS, answers, only_run
 from testers import random_images
 
@@ -105,25 +104,9 @@ def test_a_worker_cell_in_two_ranks_equals_the_one_process_cell(embedded_runs, t
 def test_a_failed_sample_is_replayed_as_failed_in_two_ranks(tmp_path):
     """A truncated PNG fails its sample alone in the rank that serves it; scored as one process, the sample line
     says why, and the cell equals the one-process cell."""
-    whole = []
-    for image in random_images(5, size=24):
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        whole.append(buffer.getvalue())
+    whole = [_png_bytes(image) for image in random_images(5, size=24)]
     whole[3] = whole[3][: len(whole[3]) // 2]  # doc 3: rank 1's second sample
-    rows = {
-        "image": [{"bytes": b, "path": None} for b in whole],
-        "question": ["what colour ?"] * 5,
-        "answer": ["red", "green", "blue", "red", "green"],
-    }
-    features = datasets.Features(
-        {"image": datasets.Image(), "question": datasets.Value("string"), "answer": datasets.Value("string")}
-    )
-    data_file = tmp_path / "images.parquet"
-    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(data_file))
-    tasks_dir = tmp_path / "tasks"
-    tasks_dir.mkdir()
-    _image_task(tasks_dir, data_file)
+    tasks_dir = image_task(tmp_path, whole, ["red", "green", "blue", "red", "green"])
     from vistog_bench import demo
 
     sweep = [

@@ -18,12 +18,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import datasets
 import pandas as pd
 import pytest
 from PIL import Image
 from test_results_robust import make_run
-from test_runner_robust import _image_task
+from test_runner_robust import image_task
 from testers import random_images, save_tiny_checkpoints
 
 from vistog_bench.cli import main as cli_main
@@ -165,23 +164,8 @@ def test_a_truncated_png_fails_its_sample_with_the_reason(checkpoints, tmp_path)
     from PIL import ImageFile
 
     whole = [_png_bytes(image) for image in random_images(3, size=24)]  # noise: no row compresses to nothing
-    rows = {
-        "image": [
-            {"bytes": whole[0], "path": None},
-            {"bytes": whole[1][: len(whole[1]) // 2], "path": None},  # the file cut short
-            {"bytes": whole[2], "path": None},
-        ],
-        "question": ["what colour ?"] * 3,
-        "answer": ["red", "green", "blue"],
-    }
-    features = datasets.Features(
-        {"image": datasets.Image(), "question": datasets.Value("string"), "answer": datasets.Value("string")}
-    )
-    data_file = tmp_path / "images.parquet"
-    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(data_file))
-    tasks_dir = tmp_path / "tasks"
-    tasks_dir.mkdir()
-    _image_task(tasks_dir, data_file)
+    whole[1] = whole[1][: len(whole[1]) // 2]  # the file cut short
+    tasks_dir = image_task(tmp_path, whole, ["red", "green", "blue"])
     config = RunConfig(
         models=checkpoints[:1],
         tasks=("user_images",),

@@ -73,24 +73,28 @@ def _image_task(folder, data_file) -> None:
     )
 
 
-def test_an_undecodable_image_row_costs_only_its_sample(checkpoints, tmp_path):
-    data_file = tmp_path / "images.parquet"
+def image_task(root, images: list[bytes], answers: list[str]):
+    """`user_images` (`_image_task`) over `root`/images.parquet, a `datasets` Image column of `images` (encoded
+    bytes) asked "what colour ?" with `answers`; returns its include-path folder."""
+    data_file = root / "images.parquet"
     rows = {
-        "image": [
-            {"bytes": _png("red"), "path": None},
-            {"bytes": b"not an image at all", "path": None},
-            {"bytes": _png("blue"), "path": None},
-        ],
-        "question": ["what colour ?"] * 3,
-        "answer": ["red", "green", "blue"],
+        "image": [{"bytes": image, "path": None} for image in images],
+        "question": ["what colour ?"] * len(images),
+        "answer": answers,
     }
     features = datasets.Features(
         {"image": datasets.Image(), "question": datasets.Value("string"), "answer": datasets.Value("string")}
     )
     datasets.Dataset.from_dict(rows, features=features).to_parquet(str(data_file))
-    tasks_dir = tmp_path / "tasks"
+    tasks_dir = root / "tasks"
     tasks_dir.mkdir()
     _image_task(tasks_dir, data_file)
+    return tasks_dir
+
+
+def test_an_undecodable_image_row_costs_only_its_sample(checkpoints, tmp_path):
+    images = [_png("red"), b"not an image at all", _png("blue")]
+    tasks_dir = image_task(tmp_path, images, ["red", "green", "blue"])
     template = tmp_path / "plain.jinja"
     template.write_text(
         "{% for m in messages %}QQ {{ m['content'] }}{% endfor %}{% if add_generation_prompt %} AA:{% endif %}"
