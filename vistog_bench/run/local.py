@@ -34,6 +34,7 @@ from .plan import (
     cell_state,
     write_launch,
 )
+from .ranks import threads_each
 
 POLL_S = 0.2  # how often the coordinator looks at its workers (a cell takes seconds at least)
 WORKERS_DIR = "workers"  # <run>/workers/<slot>.log: each worker slot's output, every process started in it
@@ -103,7 +104,7 @@ def run_local(run: RunDir, config, planned: list[PlannedCell], launch) -> None:
     """Run the cells of `planned` not yet ok on `launch.workers` worker processes; returns when every cell has ended
     and every worker has exited."""
     gpu = config.device.startswith("cuda")
-    threads = None if gpu else max(1, (config.threads or 1) // launch.workers)
+    threads = None if gpu else threads_each(config.threads or 1, launch.workers)
     done = {c.key: c for c in run.merged_cells()[0]}
     entries = {p.cell_id: {"state": OK} for p in planned if cell_state(p, done) == OK}
     queue = deque((p, 1) for p in planned if p.cell_id not in entries)

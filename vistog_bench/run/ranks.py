@@ -60,8 +60,13 @@ class Ranks:
         return self.rank == 0
 
     def threads_each(self, threads: int | None) -> int | None:
-        """A CPU run's threads divided among the ranks of this node (at least one each); None stays torch's own."""
-        return None if threads is None else max(1, threads // self.local_world_size)
+        """A CPU run's threads divided among the ranks of this node; None stays torch's own."""
+        return None if threads is None else threads_each(threads, self.local_world_size)
+
+
+def threads_each(threads: int, processes: int) -> int:
+    """`threads` of a CPU run divided among `processes` sharing its node (ranks, local workers), at least one each."""
+    return max(1, threads // processes)
 
 
 def ranks_from_env(environ=os.environ) -> Ranks:
@@ -222,4 +227,5 @@ __all__ = [
     "ranks_from_env",
     "share",
     "single_process_environment",
+    "threads_each",
 ]

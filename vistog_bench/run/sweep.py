@@ -404,8 +404,7 @@ def _begin(run: RunDir, config: RunConfig) -> None:
 def _run_in_ranks(config: RunConfig, command, planned: list[PlannedCell], groups, manager, ranks: Ranks):
     """The in-process sweep in every rank of a data-parallel launch (run/ranks.py): rank 0 opens the run, holds its
     lock, records and ends it; every rank evaluates every cell. Returns rank 0's run and cells (None elsewhere)."""
-    opened = from_writer(ranks, lambda: _open_run(config, command))
-    run = opened if ranks.writes else RunDir(opened.path)
+    run = from_writer(ranks, lambda: _open_run(config, command))  # the other ranks get rank 0's, to read and log in
     with held_by_writer(ranks, run.lock):
         if ranks.writes:
             _begin(run, config)
@@ -456,8 +455,7 @@ def _run_worker(config: RunConfig, command, planned, groups, manager, ranks: Ran
     folder `config.output` (created when new), beside other workers: each cell under its own lock, into its own
     files; the coordinator (or `report`) merges. In a data-parallel launch (a SLURM cell's K tasks) every rank runs
     the cells and rank 0 writes."""
-    opened = from_writer(ranks, lambda: _open_worker_run(config, command))
-    run = opened if ranks.writes else RunDir(Path(config.output))
+    run = from_writer(ranks, lambda: _open_worker_run(config, command))
     stamp = process_stamp(config.device, ranks=ranks.world_size)
     ran = []
     for p in planned:
