@@ -39,6 +39,7 @@ from transformers.masking_utils import create_causal_mask
 from transformers.models.llama.modeling_llama import repeat_kv, rotate_half
 
 from ..errors import UsageError
+from .schedule import stage_layers
 from .spec import Option
 
 
@@ -61,6 +62,23 @@ INPUT_POSITIONS = Option(
     "the pruned prompt numbered 0..T'-1, as the reference's shorter LLM input, or each token's own position",
     (RENUMBER, ORIGINAL),
 )
+
+
+# The `layers` option of a method that prunes in stages inside the LLM (pdrop, sparsevlm)
+STAGE_LAYERS = Option("layers", str, None, "comma-separated decoder layers, e.g. 2,6,12; default the paper's, scaled")
+
+
+def staged_where(paper_layers: tuple[int, ...]) -> str:
+    """Where a method that prunes in stages acts (its MethodSpec's `where`): its paper's layers, scaled."""
+    return f"inside the LLM at layers {' / '.join(map(str, paper_layers))} (scaled)"
+
+
+def staged_geometry(model, options: dict, paper_layers: tuple[int, ...]) -> tuple[int, tuple[int, ...], int, int]:
+    """What a staged pruner is built from: the LLM's depth L, its stage layers (the `layers` option, or the paper's
+    scaled to L), the patches per image and the image token id."""
+    num_layers = model.config.text_config.num_hidden_layers
+    layers = stage_layers(options, paper_layers, num_layers)
+    return num_layers, layers, model.config.num_patches, model.config.image_token_id
 
 
 def renumbers(options: dict) -> bool:
@@ -527,6 +545,7 @@ __all__ = [
     "PREVIOUS_LAYER",
     "RENUMBER",
     "STAGE_LAYER",
+    "STAGE_LAYERS",
     "LLMPruner",
     "SampleView",
     "Selection",
@@ -537,4 +556,6 @@ __all__ = [
     "installed_pruner",
     "left_pad",
     "merged_states",
+    "staged_geometry",
+    "staged_where",
 ]

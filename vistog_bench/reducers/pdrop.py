@@ -25,8 +25,18 @@ extra projection); `positions="original"` keeps each token's RoPE position inste
 from __future__ import annotations
 
 from .fastv import LastTokenAttention
-from .llm_pruning import ORIGINAL, PREVIOUS_LAYER, RENUMBER, STAGE_LAYER, LLMPruner, Stage
-from .schedule import mean_schedule, stage_layers
+from .llm_pruning import (
+    ORIGINAL,
+    PREVIOUS_LAYER,
+    RENUMBER,
+    STAGE_LAYER,
+    STAGE_LAYERS,
+    LLMPruner,
+    Stage,
+    staged_geometry,
+    staged_where,
+)
+from .schedule import mean_schedule
 from .spec import INSIDE_LLM, LAYER_MEAN, MethodSpec, Option, Parts, given
 
 LAYERS = (8, 16, 24)  # the paper's stage boundaries for LLaVA-1.5-7B (32 layers)
@@ -72,10 +82,8 @@ __all__ = ["LAYERS", "POSITIONS", "SCORES", "pdrop"]
 
 # -- the method's spec (registry.py) --------------------------------------------------------------------------------
 def _build(model, budget: int, seed: int, options: dict) -> Parts:
-    num_layers = model.config.text_config.num_hidden_layers
-    layers = stage_layers(options, LAYERS, num_layers)
-    num_patches, image_token = model.config.num_patches, model.config.image_token_id
-    pruner = pdrop(budget, num_layers, layers, num_patches, image_token, **given(options, "positions", "scores"))
+    geometry = staged_geometry(model, options, LAYERS)
+    pruner = pdrop(budget, *geometry, **given(options, "positions", "scores"))
     return Parts(pruner=pruner)
 
 
@@ -83,12 +91,12 @@ SPEC = MethodSpec(
     "pdrop",
     "PyramidDrop: staged drops by the last instruction token's attention (Xing et al., CVPR 2025)",
     acts=(INSIDE_LLM,),
-    where=f"inside the LLM at layers {' / '.join(map(str, LAYERS))} (scaled)",
+    where=staged_where(LAYERS),
     build=_build,
     budget_convention=LAYER_MEAN,
     prompt_tokens="P",
     options=(
-        Option("layers", str, None, "comma-separated decoder layers, e.g. 2,6,12; default the paper's, scaled"),
+        STAGE_LAYERS,
         POSITIONS,
         SCORES,
     ),

@@ -42,8 +42,18 @@ from dataclasses import dataclass
 import torch
 
 from .cdpruner import instruction_positions
-from .llm_pruning import ORIGINAL, RENUMBER, LLMPruner, SampleView, Selection, Stage
-from .schedule import mean_schedule, stage_layers
+from .llm_pruning import (
+    ORIGINAL,
+    RENUMBER,
+    STAGE_LAYERS,
+    LLMPruner,
+    SampleView,
+    Selection,
+    Stage,
+    staged_geometry,
+    staged_where,
+)
+from .schedule import mean_schedule
 from .spec import INSIDE_LLM, LAYER_MEAN, MethodSpec, Option, Parts, given
 
 LAYERS = (3, 7, 16)  # inputs of the layers after the reference's 2, 6, 15 (32 layers)
@@ -201,11 +211,8 @@ __all__ = [
 
 # -- the method's spec (registry.py) --------------------------------------------------------------------------------
 def _build(model, budget: int, seed: int, options: dict) -> Parts:
-    num_layers = model.config.text_config.num_hidden_layers
-    layers = stage_layers(options, LAYERS, num_layers)
-    num_patches, image_token = model.config.num_patches, model.config.image_token_id
     chosen = given(options, "raters", "positions", "ties")
-    pruner = sparsevlm(budget, num_layers, layers, num_patches, image_token, seed=seed, **chosen)
+    pruner = sparsevlm(budget, *staged_geometry(model, options, LAYERS), seed=seed, **chosen)
     return Parts(pruner=pruner)
 
 
@@ -213,12 +220,12 @@ SPEC = MethodSpec(
     "sparsevlm",
     "text-guided pruning with recycled clusters of the deleted tokens (Zhang et al., ICML 2025, arXiv 2410.04417)",
     acts=(INSIDE_LLM,),
-    where=f"inside the LLM at layers {' / '.join(map(str, LAYERS))} (scaled)",
+    where=staged_where(LAYERS),
     build=_build,
     budget_convention=LAYER_MEAN,
     prompt_tokens="P",
     options=(
-        Option("layers", str, None, "comma-separated decoder layers; default the paper's, scaled"),
+        STAGE_LAYERS,
         Option(
             "raters",
             str,
