@@ -40,6 +40,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..model.presets import PRESETS
 from .hub_checkpoints import _CORPUS, _dump, _write_sharded, llama_tokenizer, train_sentencepiece
 
 # llava-hf/llava-onevision-qwen2-7b-ov-hf chat_template.json (transformers tests/models/llava_onevision/
@@ -165,16 +166,9 @@ ONEVISION_ADDED = ("<image>", "<video>")  # llava-hf appends them after Qwen2's 
 BPE_VOCAB = 512
 _EXTRA_CORPUS = " [INST] [/INST] system user assistant You are a helpful assistant."
 
-TINY_VISION_CLIP = dict(
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    image_size=336,
-    patch_size=14,
-    hidden_act="quick_gelu",
-    layer_norm_eps=1e-5,
-)
+# the tiny LLaVA-1.5 preset's CLIP tower (model/presets.py), without what each layout below sets itself
+_SET_PER_LAYOUT = ("model_type", "projection_dim")
+TINY_VISION_CLIP = {k: v for k, v in PRESETS["tiny"]["vision_config"].items() if k not in _SET_PER_LAYOUT}
 TINY_VISION_SIGLIP = dict(
     hidden_size=32,
     intermediate_size=64,
